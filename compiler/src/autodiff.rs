@@ -1,0 +1,285 @@
+//! Symbolic reverse-mode differentiation as a graph-to-graph transform.
+//!
+//! [`differentiate`] walks the graph backwards from a scalar loss and adds, *to the same graph*,
+//! nodes that compute the gradient of the loss with respect to each requested node. Each
+//! primitive has exactly one rule in [`vjp`] (its vector-Jacobian product); fan-out is summed in
+//! exactly one place ([`accumulate`]), and gradients are reduced back over broadcast axes in
+//! exactly one place ([`unbroadcast`], the rule of [`Op::Broadcast`]).
+//!
+//! **Architecture invariant:** autodiff emits primitives only and never simplifies; making the
+//! result small is the e-graph's job.
+//!
+//! Choices at non-differentiable points, matching PyTorch:
+//! - `relu` lowers to `select(x > 0, x, 0)`, so its derivative at 0 is 0;
+//! - `abs` has derivative `sign(x)`, 0 at 0;
+//! - binary `max`/`min` split the gradient evenly between equal operands;
+//! - `reduce_max` splits the gradient evenly between all maximal elements;
+//! - comparisons, `sign`, `iota` and `numel` have zero derivative everywhere.
+
+use std::collections::HashMap;
+
+use crate::ir::{BinaryOp, Graph, NodeId, Op, ReduceOp, Shape, ShapeError, UnaryOp};
+
+/// Why differentiation failed.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum AutodiffError {
+    /// Reverse mode needs a scalar to start from.
+    #[error("the loss must be a scalar, but it has shape {0}")]
+    NonScalarLoss(Shape),
+    /// A rule built an ill-shaped node; a bug in a rule, reported rather than hidden.
+    #[error("internal error in a gradient rule: {0}")]
+    Shape(#[from] ShapeError),
+}
+
+/// The signature of a gradient rule table; [`vjp`] is nabla's.
+pub type VjpRule =
+    fn(&mut Graph, NodeId, NodeId, &[bool]) -> Result<Vec<Option<NodeId>>, ShapeError>;
+
+/// Adds the gradient of `loss` with respect to each node of `wrt` to the graph and returns the
+/// gradient nodes in the same order. A node the loss does not depend on gets zeros.
+pub fn differentiate(
+    graph: &mut Graph,
+    loss: NodeId,
+    wrt: &[NodeId],
+) -> Result<Vec<NodeId>, AutodiffError> {
+    differentiate_with(graph, loss, wrt, vjp)
+}
+
+/// [`differentiate`] with another rule table, for custom gradients (and for showing that the
+/// gradient checker catches a wrong rule).
+pub fn differentiate_with(
+    graph: &mut Graph,
+    loss: NodeId,
+    wrt: &[NodeId],
+    rules: VjpRule,
+) -> Result<Vec<NodeId>, AutodiffError> {
+    if graph.shape(loss).rank() != 0 {
+        return Err(AutodiffError::NonScalarLoss(graph.shape(loss).clone()));
+    }
+    let forward = graph.ancestors(&[loss]);
+    let mut needs_grad: HashMap<NodeId, bool> = HashMap::new();
+    for &id in &forward {
+        let needed = wrt.contains(&id) || graph.operands(id).iter().any(|o| needs_grad[o]);
+        needs_grad.insert(id, needed);
+    }
+
+    let mut grads: HashMap<NodeId, NodeId> = HashMap::new();
+    grads.insert(loss, graph.constant(1.0));
+    for &id in forward.iter().rev() {
+        let Some(&grad) = grads.get(&id) else { continue };
+        let operands = graph.operands(id);
+        let wants: Vec<bool> = operands.iter().map(|o| needs_grad[o]).collect();
+        if !wants.iter().any(|&w| w) {
+            continue;
+        }
+        let contributions = rules(graph, id, grad, &wants)?;
+        for ((operand, contribution), wanted) in operands.into_iter().zip(contributions).zip(wants) {
+            if let (Some(c), true) = (contribution, wanted) {
+                accumulate(graph, &mut grads, operand, c)?;
+            }
+        }
+    }
+
+    wrt.iter()
+        .map(|&w| {
+            let grad = match grads.get(&w) {
+                Some(&g) => g,
+                None => graph.full(0.0, &graph.shape(w).clone())?,
+            };
+            Ok(grad)
+        })
+        .collect()
+}
+
+/// Sums a gradient contribution into a node's running gradient (fan-out).
+fn accumulate(
+    graph: &mut Graph,
+    grads: &mut HashMap<NodeId, NodeId>,
+    node: NodeId,
+    contribution: NodeId,
+) -> Result<(), ShapeError> {
+    let total = match grads.get(&node) {
+        Some(&previous) => graph.add(previous, contribution)?,
+        None => contribution,
+    };
+    grads.insert(node, total);
+    Ok(())
+}
+
+/// The vector-Jacobian product of one node: given the gradient `g` of the loss with respect to
+/// the node's output, the gradient with respect to each operand (`None` where it is zero or not
+/// wanted).
+pub fn vjp(
+    graph: &mut Graph,
+    node: NodeId,
+    g: NodeId,
+    wants: &[bool],
+) -> Result<Vec<Option<NodeId>>, ShapeError> {
+    let x = graph.operands(node);
+    let out = node;
+    let op = graph.op(node).clone();
+    let one = graph.constant(1.0);
+    let grads = match op {
+        Op::Input { .. } | Op::Param { .. } | Op::Const(_) | Op::Iota { .. } | Op::Numel(_) => {
+            vec![]
+        }
+        Op::Unary(u) => vec![match u {
+            // d(-x) = -1
+            UnaryOp::Neg => Some(graph.unary(UnaryOp::Neg, g)?),
+            // d(1/x) = -1/x^2 = -out^2
+            UnaryOp::Recip => {
+                let out_sq = graph.mul(out, out)?;
+                let t = graph.mul(g, out_sq)?;
+                Some(graph.unary(UnaryOp::Neg, t)?)
+            }
+            // d(e^x) = e^x = out
+            UnaryOp::Exp => Some(graph.mul(g, out)?),
+            // d(ln x) = 1/x
+            UnaryOp::Log => Some(graph.div(g, x[0])?),
+            // d(sqrt x) = 1 / (2 sqrt x) = 1 / (2 out)
+            UnaryOp::Sqrt => {
+                let two_out = graph.scale(out, 2.0)?;
+                Some(graph.div(g, two_out)?)
+            }
+            // d|x| = sign(x), 0 at 0
+            UnaryOp::Abs => {
+                let sign = graph.unary(UnaryOp::Sign, x[0])?;
+                Some(graph.mul(g, sign)?)
+            }
+            // d sign(x) = 0
+            UnaryOp::Sign => None,
+            // d tanh(x) = 1 - tanh(x)^2 = 1 - out^2
+            UnaryOp::Tanh => {
+                let out_sq = graph.mul(out, out)?;
+                let d = graph.sub(one, out_sq)?;
+                Some(graph.mul(g, d)?)
+            }
+            // d sigmoid(x) = sigmoid(x) (1 - sigmoid(x)) = out (1 - out)
+            UnaryOp::Sigmoid => {
+                let rest = graph.sub(one, out)?;
+                let d = graph.mul(out, rest)?;
+                Some(graph.mul(g, d)?)
+            }
+        }],
+        Op::Binary(b) => {
+            let (a, bb) = (x[0], x[1]);
+            match b {
+                // d(a + b) = (1, 1)
+                BinaryOp::Add => vec![Some(g), Some(g)],
+                // d(a - b) = (1, -1)
+                BinaryOp::Sub => vec![Some(g), Some(graph.unary(UnaryOp::Neg, g)?)],
+                // d(a b) = (b, a)
+                BinaryOp::Mul => vec![Some(graph.mul(g, bb)?), Some(graph.mul(g, a)?)],
+                // d(a / b) = (1 / b, -a / b^2 = -out / b)
+                BinaryOp::Div => {
+                    let ga = graph.div(g, bb)?;
+                    let gb = if wants[1] {
+                        let t = graph.mul(ga, out)?;
+                        Some(graph.unary(UnaryOp::Neg, t)?)
+                    } else {
+                        None
+                    };
+                    vec![Some(ga), gb]
+                }
+                // d(a^b) = (b a^(b-1), a^b ln a = out ln a)
+                BinaryOp::Pow => {
+                    let ga = if wants[0] {
+                        let b_minus_1 = graph.sub(bb, one)?;
+                        let p = graph.binary(BinaryOp::Pow, a, b_minus_1)?;
+                        let d = graph.mul(bb, p)?;
+                        Some(graph.mul(g, d)?)
+                    } else {
+                        None
+                    };
+                    let gb = if wants[1] {
+                        let ln_a = graph.unary(UnaryOp::Log, a)?;
+                        let d = graph.mul(out, ln_a)?;
+                        Some(graph.mul(g, d)?)
+                    } else {
+                        None
+                    };
+                    vec![ga, gb]
+                }
+                // d max(a, b) = (a > b, a < b), halves where a == b; min mirrors it.
+                BinaryOp::Max | BinaryOp::Min => {
+                    let (win_a, win_b) = match b {
+                        BinaryOp::Max => (BinaryOp::Gt, BinaryOp::Lt),
+                        _ => (BinaryOp::Lt, BinaryOp::Gt),
+                    };
+                    let tie = graph.binary(BinaryOp::Eq, a, bb)?;
+                    let half_tie = graph.scale(tie, 0.5)?;
+                    let mut share = |wins: BinaryOp| -> Result<NodeId, ShapeError> {
+                        let w = graph.binary(wins, a, bb)?;
+                        let mask = graph.add(w, half_tie)?;
+                        graph.mul(g, mask)
+                    };
+                    vec![Some(share(win_a)?), Some(share(win_b)?)]
+                }
+                // comparisons are piecewise constant
+                BinaryOp::Lt | BinaryOp::Gt | BinaryOp::Eq => vec![None, None],
+            }
+        }
+        // d select(c, a, b) = (0, c, not c)
+        Op::Select => {
+            let zero = graph.constant(0.0);
+            vec![None, Some(graph.select(x[0], g, zero)?), Some(graph.select(x[0], zero, g)?)]
+        }
+        // d sum = 1 for every summed element
+        Op::Reduce(ReduceOp::Sum, _) => {
+            let shape = graph.shape(x[0]).clone();
+            vec![Some(graph.broadcast(g, &shape)?)]
+        }
+        // d max = 1 / (number of maxima) at each maximum, 0 elsewhere
+        Op::Reduce(ReduceOp::Max, axes) => {
+            let is_max = graph.binary(BinaryOp::Eq, x[0], out)?;
+            let count = graph.sum(is_max, &axes)?;
+            let share = graph.div(g, count)?;
+            vec![Some(graph.mul(is_max, share)?)]
+        }
+        Op::Broadcast(_) => {
+            let shape = graph.shape(x[0]).clone();
+            vec![Some(unbroadcast(graph, g, &shape)?)]
+        }
+        Op::Reshape(_) => {
+            let shape = graph.shape(x[0]).clone();
+            vec![Some(graph.reshape(g, &shape)?)]
+        }
+        // the inverse permutation
+        Op::Transpose(perm) => {
+            let mut inverse = vec![0; perm.len()];
+            for (i, &p) in perm.iter().enumerate() {
+                inverse[p] = i;
+            }
+            vec![Some(graph.transpose(g, &inverse)?)]
+        }
+        // d(A B) = (G B^T, A^T G)
+        Op::MatMul => {
+            let ga = if wants[0] {
+                let bt = graph.transpose(x[1], &[1, 0])?;
+                Some(graph.matmul(g, bt)?)
+            } else {
+                None
+            };
+            let gb = if wants[1] {
+                let at = graph.transpose(x[0], &[1, 0])?;
+                Some(graph.matmul(at, g)?)
+            } else {
+                None
+            };
+            vec![ga, gb]
+        }
+    };
+    Ok(grads)
+}
+
+/// Sums `g` over the axes that broadcasting to its shape added or stretched, giving a gradient
+/// of shape `to`. The only place broadcast axes are reduced.
+pub fn unbroadcast(graph: &mut Graph, g: NodeId, to: &Shape) -> Result<NodeId, ShapeError> {
+    let from = graph.shape(g).clone();
+    let lead = from.rank() - to.rank();
+    let axes: Vec<usize> = (0..from.rank())
+        .filter(|&i| i < lead || (to.0[i - lead] != from.0[i] && to.0[i - lead].known() == Some(1)))
+        .collect();
+    let summed = graph.sum(g, &axes)?;
+    graph.reshape(summed, to)
+}

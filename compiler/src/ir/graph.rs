@@ -1,0 +1,354 @@
+//! The computation graph: a petgraph `DiGraph` of primitive [`Op`]s with static shapes.
+//!
+//! The graph owns its nodes; builders borrow `&mut Graph` and hand out `Copy` [`NodeId`]s.
+//! Every insertion goes through [`Graph::node`], which infers and checks the shape and
+//! hash-conses: asking twice for the same op on the same operands returns the same node, so the
+//! graph never holds two structurally equal nodes (common subexpressions are shared by
+//! construction). The convenience builders (`add`, `matmul`, `sum`, ...) insert the explicit
+//! broadcasts that the primitives require.
+//!
+//! ```
+//! use nabla_compiler::ir::{Graph, Shape, Dim};
+//! let mut g = Graph::new();
+//! let x = g.input("x", Shape(vec![Dim::sym("B"), Dim::Known(3)])).unwrap();
+//! let w = g.param("w", Shape::known(&[3, 2])).unwrap();
+//! let b = g.param("b", Shape::known(&[2])).unwrap();
+//! let xw = g.matmul(x, w).unwrap();
+//! let h = g.add(xw, b).unwrap(); // `b` is broadcast to [B, 2]
+//! assert_eq!(g.shape(h).to_string(), "[B, 2]");
+//! ```
+
+use std::collections::HashMap;
+
+use petgraph::Direction;
+use petgraph::graph::{DiGraph, NodeIndex};
+use petgraph::visit::EdgeRef;
+
+use super::op::{BinaryOp, Op, ReduceOp, Scalar, UnaryOp};
+use super::shape::{Shape, ShapeError};
+
+/// A node of a [`Graph`].
+pub type NodeId = NodeIndex<u32>;
+
+/// The element type a graph is evaluated and compiled in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum DType {
+    /// 32-bit floats: training.
+    #[default]
+    F32,
+    /// 64-bit floats: checking.
+    F64,
+}
+
+/// One node: its op, its inferred shape, and the DSL name it was bound to, if any.
+#[derive(Clone, Debug)]
+pub struct Node {
+    /// The primitive.
+    pub op: Op,
+    /// The output shape, inferred from the op and its operands.
+    pub shape: Shape,
+    /// A name for humans (`h1`, `loss`, `grad w`), shown in dumps.
+    pub label: Option<String>,
+}
+
+/// A computation graph. Edge weights are operand positions.
+#[derive(Clone, Debug, Default)]
+pub struct Graph {
+    inner: DiGraph<Node, u8>,
+    interned: HashMap<(Op, Vec<NodeId>), NodeId>,
+    /// The element type the graph is meant to run in.
+    pub dtype: DType,
+}
+
+impl Graph {
+    /// An empty graph.
+    pub fn new() -> Graph {
+        Graph::default()
+    }
+
+    /// Inserts `op` applied to `operands`, or returns the existing identical node.
+    pub fn node(&mut self, op: Op, operands: &[NodeId]) -> Result<NodeId, ShapeError> {
+        let key = (op, operands.to_vec());
+        if let Some(&id) = self.interned.get(&key) {
+            return Ok(id);
+        }
+        let shapes: Vec<&Shape> = operands.iter().map(|&o| self.shape(o)).collect();
+        let shape = key.0.infer_shape(&shapes)?;
+        let id = self.inner.add_node(Node { op: key.0.clone(), shape, label: None });
+        for (i, &o) in operands.iter().enumerate() {
+            self.inner.add_edge(o, id, i as u8);
+        }
+        self.interned.insert(key, id);
+        Ok(id)
+    }
+
+    /// The node's data.
+    pub fn get(&self, id: NodeId) -> &Node {
+        &self.inner[id]
+    }
+
+    /// The node's op.
+    pub fn op(&self, id: NodeId) -> &Op {
+        &self.inner[id].op
+    }
+
+    /// The node's shape.
+    pub fn shape(&self, id: NodeId) -> &Shape {
+        &self.inner[id].shape
+    }
+
+    /// Names a node for dumps; the first name given sticks.
+    pub fn label(&mut self, id: NodeId, label: &str) {
+        self.inner[id].label.get_or_insert_with(|| label.to_string());
+    }
+
+    /// The operands of a node, in order.
+    pub fn operands(&self, id: NodeId) -> Vec<NodeId> {
+        let mut edges: Vec<(u8, NodeId)> = self
+            .inner
+            .edges_directed(id, Direction::Incoming)
+            .map(|e| (*e.weight(), e.source()))
+            .collect();
+        edges.sort_unstable();
+        edges.into_iter().map(|(_, src)| src).collect()
+    }
+
+    /// All node ids, in insertion order.
+    pub fn node_ids(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.inner.node_indices()
+    }
+
+    /// Number of nodes.
+    pub fn len(&self) -> usize {
+        self.inner.node_count()
+    }
+
+    /// Whether the graph has no nodes.
+    pub fn is_empty(&self) -> bool {
+        self.inner.node_count() == 0
+    }
+
+    /// The underlying petgraph graph, for algorithms and rendering.
+    pub fn petgraph(&self) -> &DiGraph<Node, u8> {
+        &self.inner
+    }
+
+    /// Nodes in an order where every operand comes before its users. Nodes are never removed and
+    /// only ever added after their operands, so ascending ids are such an order; passes that
+    /// drop nodes build a new graph instead.
+    pub fn topo_order(&self) -> Vec<NodeId> {
+        self.inner.node_indices().collect()
+    }
+
+    /// The nodes `roots` depend on (themselves included), in topological order.
+    pub fn ancestors(&self, roots: &[NodeId]) -> Vec<NodeId> {
+        let mut seen = vec![false; self.inner.node_count()];
+        let mut stack: Vec<NodeId> = roots.to_vec();
+        while let Some(id) = stack.pop() {
+            if !std::mem::replace(&mut seen[id.index()], true) {
+                stack.extend(self.inner.neighbors_directed(id, Direction::Incoming));
+            }
+        }
+        self.topo_order().into_iter().filter(|id| seen[id.index()]).collect()
+    }
+
+    /// The parameter nodes, in insertion order.
+    pub fn params(&self) -> Vec<NodeId> {
+        self.node_ids().filter(|&id| matches!(self.op(id), Op::Param { .. })).collect()
+    }
+
+    /// The input nodes, in insertion order.
+    pub fn inputs(&self) -> Vec<NodeId> {
+        self.node_ids().filter(|&id| matches!(self.op(id), Op::Input { .. })).collect()
+    }
+
+    /// Finds the input or parameter called `name`.
+    pub fn find_leaf(&self, name: &str) -> Option<NodeId> {
+        self.node_ids().find(|&id| match self.op(id) {
+            Op::Input { name: n, .. } | Op::Param { name: n, .. } => n == name,
+            _ => false,
+        })
+    }
+
+    /// Replaces every symbolic dimension that `lookup` knows by its number, in place, and checks
+    /// every shape again.
+    pub fn bind(&mut self, lookup: &dyn Fn(&str) -> Option<usize>) -> Result<(), ShapeError> {
+        for id in self.topo_order() {
+            let op = bind_op(&self.inner[id].op, lookup);
+            let operands = self.operands(id);
+            let shapes: Vec<&Shape> = operands.iter().map(|&o| self.shape(o)).collect();
+            let shape = op.infer_shape(&shapes)?;
+            let node = &mut self.inner[id];
+            node.op = op;
+            node.shape = shape;
+        }
+        self.interned = self
+            .node_ids()
+            .map(|id| ((self.op(id).clone(), self.operands(id)), id))
+            .collect();
+        Ok(())
+    }
+
+    // ---- Builders. Each inserts the broadcasts its primitive needs. ----
+
+    /// A run-time input.
+    pub fn input(&mut self, name: &str, shape: Shape) -> Result<NodeId, ShapeError> {
+        self.node(Op::Input { name: name.into(), shape }, &[])
+    }
+
+    /// A trainable parameter.
+    pub fn param(&mut self, name: &str, shape: Shape) -> Result<NodeId, ShapeError> {
+        self.node(Op::Param { name: name.into(), shape }, &[])
+    }
+
+    /// A scalar constant.
+    pub fn constant(&mut self, value: f64) -> NodeId {
+        self.node(Op::Const(Scalar::new(value)), &[]).expect("a scalar constant is always well-shaped")
+    }
+
+    /// A constant filled to `shape`.
+    pub fn full(&mut self, value: f64, shape: &Shape) -> Result<NodeId, ShapeError> {
+        let c = self.constant(value);
+        self.broadcast(c, shape)
+    }
+
+    /// Broadcasts `x` to `shape`; no node when it already has that shape.
+    pub fn broadcast(&mut self, x: NodeId, shape: &Shape) -> Result<NodeId, ShapeError> {
+        if self.shape(x) == shape {
+            return Ok(x);
+        }
+        self.node(Op::Broadcast(shape.clone()), &[x])
+    }
+
+    /// Reshapes `x`; no node when it already has that shape.
+    pub fn reshape(&mut self, x: NodeId, shape: &Shape) -> Result<NodeId, ShapeError> {
+        if self.shape(x) == shape {
+            return Ok(x);
+        }
+        self.node(Op::Reshape(shape.clone()), &[x])
+    }
+
+    /// An elementwise unary op.
+    pub fn unary(&mut self, op: UnaryOp, x: NodeId) -> Result<NodeId, ShapeError> {
+        self.node(Op::Unary(op), &[x])
+    }
+
+    /// An elementwise binary op with NumPy broadcasting of the operands.
+    pub fn binary(&mut self, op: BinaryOp, a: NodeId, b: NodeId) -> Result<NodeId, ShapeError> {
+        let shape = Shape::broadcast(self.shape(a), self.shape(b))?;
+        let a = self.broadcast(a, &shape)?;
+        let b = self.broadcast(b, &shape)?;
+        self.node(Op::Binary(op), &[a, b])
+    }
+
+    /// `a + b`, broadcasting.
+    pub fn add(&mut self, a: NodeId, b: NodeId) -> Result<NodeId, ShapeError> {
+        self.binary(BinaryOp::Add, a, b)
+    }
+
+    /// `a - b`, broadcasting.
+    pub fn sub(&mut self, a: NodeId, b: NodeId) -> Result<NodeId, ShapeError> {
+        self.binary(BinaryOp::Sub, a, b)
+    }
+
+    /// `a * b`, broadcasting.
+    pub fn mul(&mut self, a: NodeId, b: NodeId) -> Result<NodeId, ShapeError> {
+        self.binary(BinaryOp::Mul, a, b)
+    }
+
+    /// `a / b`, broadcasting.
+    pub fn div(&mut self, a: NodeId, b: NodeId) -> Result<NodeId, ShapeError> {
+        self.binary(BinaryOp::Div, a, b)
+    }
+
+    /// `x * c` for a scalar constant `c`.
+    pub fn scale(&mut self, x: NodeId, c: f64) -> Result<NodeId, ShapeError> {
+        let c = self.constant(c);
+        self.mul(x, c)
+    }
+
+    /// `cond != 0 ? a : b`, broadcasting all three.
+    pub fn select(&mut self, cond: NodeId, a: NodeId, b: NodeId) -> Result<NodeId, ShapeError> {
+        let shape = Shape::broadcast(self.shape(a), self.shape(b))?;
+        let shape = Shape::broadcast(&shape, self.shape(cond))?;
+        let cond = self.broadcast(cond, &shape)?;
+        let a = self.broadcast(a, &shape)?;
+        let b = self.broadcast(b, &shape)?;
+        self.node(Op::Select, &[cond, a, b])
+    }
+
+    /// A reduction keeping the reduced axes with size 1; no node for an empty axis list.
+    pub fn reduce(&mut self, op: ReduceOp, x: NodeId, axes: &[usize]) -> Result<NodeId, ShapeError> {
+        if axes.is_empty() {
+            return Ok(x);
+        }
+        let mut axes = axes.to_vec();
+        axes.sort_unstable();
+        self.node(Op::Reduce(op, axes), &[x])
+    }
+
+    /// Sum over `axes`, keeping them with size 1.
+    pub fn sum(&mut self, x: NodeId, axes: &[usize]) -> Result<NodeId, ShapeError> {
+        self.reduce(ReduceOp::Sum, x, axes)
+    }
+
+    /// Sum of all elements as a scalar.
+    pub fn sum_all(&mut self, x: NodeId) -> Result<NodeId, ShapeError> {
+        let axes: Vec<usize> = (0..self.shape(x).rank()).collect();
+        let s = self.sum(x, &axes)?;
+        self.reshape(s, &Shape::scalar())
+    }
+
+    /// Permutes axes; no node for the identity permutation.
+    pub fn transpose(&mut self, x: NodeId, perm: &[usize]) -> Result<NodeId, ShapeError> {
+        if perm.iter().enumerate().all(|(i, &p)| i == p) && perm.len() == self.shape(x).rank() {
+            return Ok(x);
+        }
+        self.node(Op::Transpose(perm.to_vec()), &[x])
+    }
+
+    /// Matrix product of two matrices.
+    pub fn matmul(&mut self, a: NodeId, b: NodeId) -> Result<NodeId, ShapeError> {
+        self.node(Op::MatMul, &[a, b])
+    }
+}
+
+/// The op with its symbolic dimensions bound where `lookup` knows them.
+fn bind_op(op: &Op, lookup: &dyn Fn(&str) -> Option<usize>) -> Op {
+    match op {
+        Op::Input { name, shape } => Op::Input { name: name.clone(), shape: shape.bind(lookup) },
+        Op::Param { name, shape } => Op::Param { name: name.clone(), shape: shape.bind(lookup) },
+        Op::Iota { shape, axis } => Op::Iota { shape: shape.bind(lookup), axis: *axis },
+        Op::Numel(s) => Op::Numel(s.bind(lookup)),
+        Op::Broadcast(s) => Op::Broadcast(s.bind(lookup)),
+        Op::Reshape(s) => Op::Reshape(s.bind(lookup)),
+        other => other.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::Dim;
+
+    #[test]
+    fn equal_nodes_are_shared() {
+        let mut g = Graph::new();
+        let x = g.input("x", Shape::known(&[3])).unwrap();
+        let a = g.unary(UnaryOp::Exp, x).unwrap();
+        let b = g.unary(UnaryOp::Exp, x).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(g.len(), 2);
+    }
+
+    #[test]
+    fn binding_fixes_symbols_and_rechecks() {
+        let mut g = Graph::new();
+        let x = g.input("x", Shape(vec![Dim::sym("B"), Dim::Known(2)])).unwrap();
+        let s = g.sum_all(x).unwrap();
+        g.bind(&|name| (name == "B").then_some(5)).unwrap();
+        assert_eq!(g.shape(x), &Shape::known(&[5, 2]));
+        assert_eq!(g.shape(s), &Shape::scalar());
+        assert_eq!(g.operands(s).len(), 1);
+    }
+}

@@ -1,0 +1,300 @@
+//! The reference interpreter: naive, obviously correct evaluation of a graph in f32 or f64.
+//!
+//! It is the oracle every faster path is tested against (autodiff against finite differences,
+//! simplified graphs against the originals, compiled kernels against it), so it favours plain
+//! loops over cleverness and is never used on a fast path.
+
+use std::collections::HashMap;
+
+use num_traits::Float;
+
+use super::graph::{Graph, NodeId};
+use super::op::{BinaryOp, Op, ReduceOp, UnaryOp};
+
+/// A dense row-major tensor of concrete shape.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tensor<T> {
+    /// The dimensions.
+    pub shape: Vec<usize>,
+    /// `shape.iter().product()` elements, row-major.
+    pub data: Vec<T>,
+}
+
+impl<T: Float> Tensor<T> {
+    /// A tensor from parts; `data.len()` must equal the element count of `shape`.
+    pub fn new(shape: Vec<usize>, data: Vec<T>) -> Tensor<T> {
+        debug_assert_eq!(shape.iter().product::<usize>(), data.len());
+        Tensor { shape, data }
+    }
+
+    /// A scalar.
+    pub fn scalar(v: T) -> Tensor<T> {
+        Tensor { shape: Vec::new(), data: vec![v] }
+    }
+
+    /// A tensor of one repeated value.
+    pub fn full(shape: &[usize], v: T) -> Tensor<T> {
+        Tensor { shape: shape.to_vec(), data: vec![v; shape.iter().product()] }
+    }
+}
+
+/// Why a graph could not be evaluated.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum EvalError {
+    /// An input or parameter was not fed.
+    #[error("no value was given for `{0}`")]
+    Missing(String),
+    /// A fed value has the wrong shape.
+    #[error("`{name}` needs shape {expected:?}, got {got:?}")]
+    WrongShape {
+        /// The leaf's name.
+        name: String,
+        /// The graph's shape for it.
+        expected: Vec<usize>,
+        /// The shape that was fed.
+        got: Vec<usize>,
+    },
+    /// A shape still has a symbolic dimension.
+    #[error("shape {0} has unbound symbolic dimensions; bind them before running")]
+    Unbound(String),
+}
+
+/// Evaluates `outputs`, reading inputs and parameters from `feeds` by name.
+pub fn eval<T: Float>(
+    graph: &Graph,
+    feeds: &HashMap<String, Tensor<T>>,
+    outputs: &[NodeId],
+) -> Result<Vec<Tensor<T>>, EvalError> {
+    let mut values: HashMap<NodeId, Tensor<T>> = HashMap::new();
+    for id in graph.ancestors(outputs) {
+        let shape = graph
+            .shape(id)
+            .concrete()
+            .ok_or_else(|| EvalError::Unbound(graph.shape(id).to_string()))?;
+        let args: Vec<&Tensor<T>> = graph.operands(id).iter().map(|o| &values[o]).collect();
+        let value = eval_op(graph.op(id), &shape, &args, feeds)?;
+        values.insert(id, value);
+    }
+    Ok(outputs.iter().map(|o| values[o].clone()).collect())
+}
+
+fn eval_op<T: Float>(
+    op: &Op,
+    shape: &[usize],
+    args: &[&Tensor<T>],
+    feeds: &HashMap<String, Tensor<T>>,
+) -> Result<Tensor<T>, EvalError> {
+    let cast = |v: f64| T::from(v).expect("every f64 converts to a float type");
+    let data = match op {
+        Op::Input { name, .. } | Op::Param { name, .. } => {
+            let fed = feeds.get(name).ok_or_else(|| EvalError::Missing(name.clone()))?;
+            if fed.shape != shape {
+                return Err(EvalError::WrongShape {
+                    name: name.clone(),
+                    expected: shape.to_vec(),
+                    got: fed.shape.clone(),
+                });
+            }
+            fed.data.clone()
+        }
+        Op::Const(c) => vec![cast(c.get())],
+        Op::Numel(s) => {
+            let n = s.numel().ok_or_else(|| EvalError::Unbound(s.to_string()))?;
+            vec![cast(n as f64)]
+        }
+        Op::Iota { axis, .. } => {
+            let strides = strides(shape);
+            (0..numel(shape)).map(|i| cast(((i / strides[*axis]) % shape[*axis]) as f64)).collect()
+        }
+        Op::Unary(u) => args[0].data.iter().map(|&x| unary(*u, x)).collect(),
+        Op::Binary(b) => {
+            args[0].data.iter().zip(&args[1].data).map(|(&x, &y)| binary(*b, x, y)).collect()
+        }
+        Op::Select => (0..numel(shape))
+            .map(|i| if args[0].data[i] != T::zero() { args[1].data[i] } else { args[2].data[i] })
+            .collect(),
+        Op::Reduce(r, _) => reduce(*r, args[0], shape),
+        Op::Broadcast(_) => broadcast(args[0], shape),
+        Op::Reshape(_) => args[0].data.clone(),
+        Op::Transpose(perm) => transpose(args[0], perm, shape),
+        Op::MatMul => matmul(args[0], args[1]),
+    };
+    Ok(Tensor::new(shape.to_vec(), data))
+}
+
+/// The scalar meaning of each unary op.
+pub fn unary<T: Float>(op: UnaryOp, x: T) -> T {
+    match op {
+        UnaryOp::Neg => -x,
+        UnaryOp::Recip => x.recip(),
+        UnaryOp::Exp => x.exp(),
+        UnaryOp::Log => x.ln(),
+        UnaryOp::Sqrt => x.sqrt(),
+        UnaryOp::Abs => x.abs(),
+        UnaryOp::Sign => {
+            if x > T::zero() {
+                T::one()
+            } else if x < T::zero() {
+                -T::one()
+            } else {
+                x
+            }
+        }
+        UnaryOp::Tanh => x.tanh(),
+        UnaryOp::Sigmoid => T::one() / (T::one() + (-x).exp()),
+    }
+}
+
+/// The scalar meaning of each binary op.
+pub fn binary<T: Float>(op: BinaryOp, a: T, b: T) -> T {
+    let mask = |c: bool| if c { T::one() } else { T::zero() };
+    match op {
+        BinaryOp::Add => a + b,
+        BinaryOp::Sub => a - b,
+        BinaryOp::Mul => a * b,
+        BinaryOp::Div => a / b,
+        BinaryOp::Pow => a.powf(b),
+        BinaryOp::Max => a.max(b),
+        BinaryOp::Min => a.min(b),
+        BinaryOp::Lt => mask(a < b),
+        BinaryOp::Gt => mask(a > b),
+        BinaryOp::Eq => mask(a == b),
+    }
+}
+
+fn numel(shape: &[usize]) -> usize {
+    shape.iter().product()
+}
+
+/// Row-major strides of a shape.
+fn strides(shape: &[usize]) -> Vec<usize> {
+    let mut strides = vec![1; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        strides[i] = strides[i + 1] * shape[i + 1];
+    }
+    strides
+}
+
+/// Calls `f(flat_index, multi_index)` for every element of `shape`, row-major.
+fn for_each_index(shape: &[usize], mut f: impl FnMut(usize, &[usize])) {
+    let total = numel(shape);
+    let mut index = vec![0; shape.len()];
+    for flat in 0..total {
+        f(flat, &index);
+        for axis in (0..shape.len()).rev() {
+            index[axis] += 1;
+            if index[axis] < shape[axis] {
+                break;
+            }
+            index[axis] = 0;
+        }
+    }
+}
+
+/// Flat offset of `index` in a tensor of shape `shape` read with NumPy broadcasting (`index`
+/// may be longer; size-1 dimensions are read at 0).
+fn broadcast_offset(shape: &[usize], index: &[usize]) -> usize {
+    let lead = index.len() - shape.len();
+    let strides = strides(shape);
+    shape
+        .iter()
+        .enumerate()
+        .map(|(i, &d)| if d == 1 { 0 } else { index[lead + i] * strides[i] })
+        .sum()
+}
+
+fn reduce<T: Float>(op: ReduceOp, x: &Tensor<T>, out_shape: &[usize]) -> Vec<T> {
+    let init = match op {
+        ReduceOp::Sum => T::zero(),
+        ReduceOp::Max => T::neg_infinity(),
+    };
+    let mut out = vec![init; numel(out_shape)];
+    for_each_index(&x.shape, |flat, index| {
+        let slot = &mut out[broadcast_offset(out_shape, index)];
+        *slot = match op {
+            ReduceOp::Sum => *slot + x.data[flat],
+            ReduceOp::Max => slot.max(x.data[flat]),
+        };
+    });
+    out
+}
+
+fn broadcast<T: Float>(x: &Tensor<T>, out_shape: &[usize]) -> Vec<T> {
+    let mut out = Vec::with_capacity(numel(out_shape));
+    for_each_index(out_shape, |_, index| out.push(x.data[broadcast_offset(&x.shape, index)]));
+    out
+}
+
+fn transpose<T: Float>(x: &Tensor<T>, perm: &[usize], out_shape: &[usize]) -> Vec<T> {
+    let in_strides = strides(&x.shape);
+    let mut out = Vec::with_capacity(numel(out_shape));
+    for_each_index(out_shape, |_, index| {
+        let offset: usize = perm.iter().enumerate().map(|(i, &p)| index[i] * in_strides[p]).sum();
+        out.push(x.data[offset]);
+    });
+    out
+}
+
+fn matmul<T: Float>(a: &Tensor<T>, b: &Tensor<T>) -> Vec<T> {
+    let (m, k, n) = (a.shape[0], a.shape[1], b.shape[1]);
+    let mut out = vec![T::zero(); m * n];
+    for i in 0..m {
+        for p in 0..k {
+            let aip = a.data[i * k + p];
+            for j in 0..n {
+                out[i * n + j] = out[i * n + j] + aip * b.data[p * n + j];
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::Shape;
+
+    fn run(g: &Graph, feeds: &[(&str, Tensor<f64>)], out: NodeId) -> Tensor<f64> {
+        let feeds = feeds.iter().map(|(n, t)| (n.to_string(), t.clone())).collect();
+        eval(g, &feeds, &[out]).unwrap().remove(0)
+    }
+
+    #[test]
+    fn matmul_broadcast_and_reduce_match_hand_results() {
+        let mut g = Graph::new();
+        let x = g.input("x", Shape::known(&[2, 3])).unwrap();
+        let w = g.input("w", Shape::known(&[3, 2])).unwrap();
+        let b = g.input("b", Shape::known(&[2])).unwrap();
+        let xw = g.matmul(x, w).unwrap();
+        let y = g.add(xw, b).unwrap();
+        let s = g.sum(y, &[0]).unwrap();
+        let x_t = Tensor::new(vec![2, 3], vec![1., 2., 3., 4., 5., 6.]);
+        let w_t = Tensor::new(vec![3, 2], vec![1., 0., 0., 1., 1., 1.]);
+        let b_t = Tensor::new(vec![2], vec![10., 20.]);
+        let feeds = [("x", x_t), ("w", w_t), ("b", b_t)];
+        assert_eq!(run(&g, &feeds, y).data, vec![14., 25., 20., 31.]);
+        assert_eq!(run(&g, &feeds, s), Tensor::new(vec![1, 2], vec![34., 56.]));
+    }
+
+    #[test]
+    fn transpose_iota_and_reduce_max() {
+        let mut g = Graph::new();
+        let x = g.input("x", Shape::known(&[2, 3])).unwrap();
+        let t = g.transpose(x, &[1, 0]).unwrap();
+        let m = g.reduce(ReduceOp::Max, x, &[1]).unwrap();
+        let i = g.node(Op::Iota { shape: Shape::known(&[2, 3]), axis: 1 }, &[]).unwrap();
+        let feeds = [("x", Tensor::new(vec![2, 3], vec![1., 5., 3., -4., -2., -6.]))];
+        assert_eq!(run(&g, &feeds, t).data, vec![1., -4., 5., -2., 3., -6.]);
+        assert_eq!(run(&g, &feeds, m).data, vec![5., -2.]);
+        assert_eq!(run(&g, &feeds, i).data, vec![0., 1., 2., 0., 1., 2.]);
+    }
+
+    #[test]
+    fn missing_and_misshapen_feeds_are_errors() {
+        let mut g = Graph::new();
+        let x = g.input("x", Shape::known(&[2])).unwrap();
+        assert_eq!(eval::<f64>(&g, &HashMap::new(), &[x]), Err(EvalError::Missing("x".into())));
+        let feeds = [("x".to_string(), Tensor::new(vec![3], vec![0.0f64; 3]))].into();
+        assert!(matches!(eval(&g, &feeds, &[x]), Err(EvalError::WrongShape { .. })));
+    }
+}

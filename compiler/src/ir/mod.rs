@@ -1,0 +1,15 @@
+//! The intermediate representation: shapes, primitive ops, the graph, its text/dot/json forms,
+//! the verifier and the reference interpreter.
+
+mod graph;
+pub mod formula;
+pub mod interp;
+mod op;
+mod shape;
+pub mod text;
+pub mod verify;
+
+pub use graph::{DType, Graph, Node, NodeId};
+pub use interp::{EvalError, Tensor};
+pub use op::{BinaryOp, Op, ReduceOp, Scalar, UnaryOp};
+pub use shape::{Dim, MAX_ELEMENTS, Shape, ShapeError};

@@ -1,0 +1,341 @@
+//! The closed set of primitive tensor operations and their shape rules.
+//!
+//! Every model, every gradient and every kernel is built from these primitives only. Elementwise
+//! operations take operands of *equal* shapes: broadcasting is always an explicit
+//! [`Op::Broadcast`] node, inserted by the builder, so that autodiff has exactly one place that
+//! reduces a gradient back over broadcast axes. Reductions keep the reduced axes with size 1.
+//!
+//! New primitives (conv2d, pooling, gather, slicing, concatenation) are new variants with a shape
+//! rule here, an evaluation in the interpreter and a rule in the VJP table.
+
+use std::fmt;
+
+use super::shape::{Dim, Shape, ShapeError};
+
+/// A scalar constant stored by its bits, so that ops compare and hash structurally.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Scalar(u64);
+
+impl Scalar {
+    /// Wraps a value.
+    pub fn new(value: f64) -> Scalar {
+        // One representation of zero and of NaN, so that equal constants hash equal.
+        let value = if value == 0.0 { 0.0 } else { value };
+        let value = if value.is_nan() { f64::NAN } else { value };
+        Scalar(value.to_bits())
+    }
+
+    /// The value.
+    pub fn get(self) -> f64 {
+        f64::from_bits(self.0)
+    }
+}
+
+impl fmt::Debug for Scalar {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
+impl fmt::Display for Scalar {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.get())
+    }
+}
+
+/// Elementwise functions of one operand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum UnaryOp {
+    /// `-x`
+    Neg,
+    /// `1 / x`
+    Recip,
+    /// `e^x`
+    Exp,
+    /// natural logarithm
+    Log,
+    /// square root
+    Sqrt,
+    /// `|x|`
+    Abs,
+    /// -1, 0 or 1 by the sign of `x` (0 at 0)
+    Sign,
+    /// hyperbolic tangent
+    Tanh,
+    /// logistic function `1 / (1 + e^-x)`
+    Sigmoid,
+}
+
+/// Elementwise functions of two operands of equal shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum BinaryOp {
+    /// `a + b`
+    Add,
+    /// `a - b`
+    Sub,
+    /// `a * b`
+    Mul,
+    /// `a / b`
+    Div,
+    /// `a ^ b`
+    Pow,
+    /// larger of the two
+    Max,
+    /// smaller of the two
+    Min,
+    /// 1 where `a < b`, else 0
+    Lt,
+    /// 1 where `a > b`, else 0
+    Gt,
+    /// 1 where `a == b`, else 0
+    Eq,
+}
+
+impl BinaryOp {
+    /// Comparisons produce 0/1 masks and carry no gradient.
+    pub fn is_comparison(self) -> bool {
+        matches!(self, BinaryOp::Lt | BinaryOp::Gt | BinaryOp::Eq)
+    }
+}
+
+/// How a reduction combines elements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ReduceOp {
+    /// sum of the elements
+    Sum,
+    /// largest element
+    Max,
+}
+
+/// A primitive operation: the weight of a graph node.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Op {
+    /// Data fed in at run time (model inputs and targets).
+    Input {
+        /// The name the data is fed under.
+        name: String,
+        /// Its shape.
+        shape: Shape,
+    },
+    /// A trainable parameter.
+    Param {
+        /// The name it is stored and saved under.
+        name: String,
+        /// Its shape.
+        shape: Shape,
+    },
+    /// A scalar constant.
+    Const(Scalar),
+    /// Indices `0, 1, 2, ...` along `axis`, repeated over the other axes of `shape`.
+    Iota {
+        /// The output shape.
+        shape: Shape,
+        /// The counting axis.
+        axis: usize,
+    },
+    /// The scalar element count of a shape (known once its symbols are bound).
+    Numel(Shape),
+    /// An elementwise function of one operand.
+    Unary(UnaryOp),
+    /// An elementwise function of two operands of equal shape.
+    Binary(BinaryOp),
+    /// `cond != 0 ? a : b`, elementwise over three operands of equal shape.
+    Select,
+    /// A reduction over the listed axes, which stay in the output with size 1.
+    Reduce(ReduceOp, Vec<usize>),
+    /// Broadcast (NumPy rules) to the given shape.
+    Broadcast(Shape),
+    /// The same elements, row-major, in the given shape.
+    Reshape(Shape),
+    /// Permutes the axes: output axis `i` is input axis `perm[i]`.
+    Transpose(Vec<usize>),
+    /// Matrix product `[M, K] @ [K, N] -> [M, N]`.
+    MatMul,
+}
+
+impl Op {
+    /// How many operands the op takes.
+    pub fn arity(&self) -> usize {
+        match self {
+            Op::Input { .. } | Op::Param { .. } | Op::Const(_) | Op::Iota { .. } | Op::Numel(_) => 0,
+            Op::Unary(_) | Op::Reduce(..) | Op::Broadcast(_) | Op::Reshape(_) | Op::Transpose(_) => 1,
+            Op::Binary(_) | Op::MatMul => 2,
+            Op::Select => 3,
+        }
+    }
+
+    /// The output shape for operands of the given shapes, or why they do not fit.
+    pub fn infer_shape(&self, operands: &[&Shape]) -> Result<Shape, ShapeError> {
+        if operands.len() != self.arity() {
+            return Err(ShapeError(format!(
+                "{self} takes {} operands, got {}",
+                self.arity(),
+                operands.len()
+            )));
+        }
+        let shape = match self {
+            Op::Input { shape, .. } | Op::Param { shape, .. } => shape.clone(),
+            Op::Const(_) | Op::Numel(_) => Shape::scalar(),
+            Op::Iota { shape, axis } => {
+                if *axis >= shape.rank() {
+                    return Err(ShapeError(format!("iota axis {axis} is out of range for {shape}")));
+                }
+                shape.clone()
+            }
+            Op::Unary(_) => operands[0].clone(),
+            Op::Binary(_) | Op::Select => {
+                let first = operands[0];
+                if let Some(other) = operands.iter().find(|s| *s != &first) {
+                    return Err(ShapeError(format!(
+                        "{self} needs operands of equal shape, got {first} and {other}"
+                    )));
+                }
+                first.clone()
+            }
+            Op::Reduce(_, axes) => reduce_shape(operands[0], axes)?,
+            Op::Broadcast(target) => {
+                if !operands[0].broadcasts_to(target) {
+                    return Err(ShapeError(format!(
+                        "cannot broadcast {} to {target}",
+                        operands[0]
+                    )));
+                }
+                target.clone()
+            }
+            Op::Reshape(target) => {
+                if !operands[0].same_size(target) {
+                    return Err(ShapeError(format!(
+                        "cannot reshape {} to {target}: the element counts differ",
+                        operands[0]
+                    )));
+                }
+                target.clone()
+            }
+            Op::Transpose(perm) => transpose_shape(operands[0], perm)?,
+            Op::MatMul => matmul_shape(operands[0], operands[1])?,
+        };
+        shape.check_size()?;
+        Ok(shape)
+    }
+
+    /// Short lower-case name of the op kind, as shown in graph dumps.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Input { .. } => "input",
+            Op::Param { .. } => "param",
+            Op::Const(_) => "const",
+            Op::Iota { .. } => "iota",
+            Op::Numel(_) => "numel",
+            Op::Unary(u) => match u {
+                UnaryOp::Neg => "neg",
+                UnaryOp::Recip => "recip",
+                UnaryOp::Exp => "exp",
+                UnaryOp::Log => "log",
+                UnaryOp::Sqrt => "sqrt",
+                UnaryOp::Abs => "abs",
+                UnaryOp::Sign => "sign",
+                UnaryOp::Tanh => "tanh",
+                UnaryOp::Sigmoid => "sigmoid",
+            },
+            Op::Binary(b) => match b {
+                BinaryOp::Add => "add",
+                BinaryOp::Sub => "sub",
+                BinaryOp::Mul => "mul",
+                BinaryOp::Div => "div",
+                BinaryOp::Pow => "pow",
+                BinaryOp::Max => "max",
+                BinaryOp::Min => "min",
+                BinaryOp::Lt => "lt",
+                BinaryOp::Gt => "gt",
+                BinaryOp::Eq => "eq",
+            },
+            Op::Select => "select",
+            Op::Reduce(ReduceOp::Sum, _) => "reduce_sum",
+            Op::Reduce(ReduceOp::Max, _) => "reduce_max",
+            Op::Broadcast(_) => "broadcast",
+            Op::Reshape(_) => "reshape",
+            Op::Transpose(_) => "transpose",
+            Op::MatMul => "matmul",
+        }
+    }
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = self.name();
+        match self {
+            Op::Input { name: n, .. } | Op::Param { name: n, .. } => write!(f, "{name} {n}"),
+            Op::Const(c) => write!(f, "{name} {c}"),
+            Op::Iota { shape, axis } => write!(f, "{name} {shape} axis={axis}"),
+            Op::Numel(s) | Op::Broadcast(s) | Op::Reshape(s) => write!(f, "{name} {s}"),
+            Op::Reduce(_, axes) | Op::Transpose(axes) => write!(f, "{name} {axes:?}"),
+            Op::Unary(_) | Op::Binary(_) | Op::Select | Op::MatMul => write!(f, "{name}"),
+        }
+    }
+}
+
+fn reduce_shape(input: &Shape, axes: &[usize]) -> Result<Shape, ShapeError> {
+    let mut dims = input.0.clone();
+    for (i, &axis) in axes.iter().enumerate() {
+        if axis >= input.rank() || axes[..i].contains(&axis) {
+            return Err(ShapeError(format!("bad reduction axes {axes:?} for shape {input}")));
+        }
+        dims[axis] = Dim::Known(1);
+    }
+    Ok(Shape(dims))
+}
+
+fn transpose_shape(input: &Shape, perm: &[usize]) -> Result<Shape, ShapeError> {
+    let mut seen = vec![false; input.rank()];
+    let valid = perm.len() == input.rank()
+        && perm.iter().all(|&p| p < seen.len() && !std::mem::replace(&mut seen[p], true));
+    if !valid {
+        return Err(ShapeError(format!(
+            "{perm:?} is not a permutation of the {} axes of {input}",
+            input.rank()
+        )));
+    }
+    Ok(Shape(perm.iter().map(|&p| input.0[p].clone()).collect()))
+}
+
+fn matmul_shape(a: &Shape, b: &Shape) -> Result<Shape, ShapeError> {
+    match (a.dims(), b.dims()) {
+        ([m, k1], [k2, n]) if k1 == k2 => Ok(Shape(vec![m.clone(), n.clone()])),
+        ([_, k1], [k2, _]) => Err(ShapeError(format!(
+            "matmul {a} @ {b}: inner dimensions {k1} and {k2} differ"
+        ))),
+        _ => Err(ShapeError(format!("matmul {a} @ {b}: both operands must be matrices (rank 2)"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matmul_errors_name_both_shapes() {
+        let a = Shape(vec![Dim::sym("B"), Dim::Known(3)]);
+        let b = Shape::known(&[4, 2]);
+        let err = Op::MatMul.infer_shape(&[&a, &b]).unwrap_err();
+        assert_eq!(err.0, "matmul [B, 3] @ [4, 2]: inner dimensions 3 and 4 differ");
+        let ok = Op::MatMul.infer_shape(&[&a, &Shape::known(&[3, 2])]).unwrap();
+        assert_eq!(ok.to_string(), "[B, 2]");
+    }
+
+    #[test]
+    fn reductions_keep_axes_and_transposes_permute() {
+        let x = Shape::known(&[2, 3, 4]);
+        let r = Op::Reduce(ReduceOp::Sum, vec![0, 2]).infer_shape(&[&x]).unwrap();
+        assert_eq!(r, Shape::known(&[1, 3, 1]));
+        assert!(Op::Reduce(ReduceOp::Sum, vec![3]).infer_shape(&[&x]).is_err());
+        let t = Op::Transpose(vec![2, 0, 1]).infer_shape(&[&x]).unwrap();
+        assert_eq!(t, Shape::known(&[4, 2, 3]));
+        assert!(Op::Transpose(vec![0, 0, 1]).infer_shape(&[&x]).is_err());
+    }
+
+    #[test]
+    fn scalars_have_one_zero() {
+        assert_eq!(Scalar::new(0.0), Scalar::new(-0.0));
+        assert_eq!(Scalar::new(2.5).get(), 2.5);
+    }
+}

@@ -1,0 +1,13 @@
+//! The nabla compiler: from a tensor graph to its gradient, simplified.
+//!
+//! Pipeline: a [`ir::Graph`] built by the DSL (or by hand through the builder API) is
+//! differentiated by [`autodiff`] and simplified by [`egraph`]; the [`ir::interp`]reter is the
+//! oracle that every transformation is tested against, and [`gradcheck`] compares gradients
+//! with finite differences.
+#![deny(missing_docs)]
+
+pub mod autodiff;
+pub mod egraph;
+pub mod gradcheck;
+pub mod ir;
+pub mod model;

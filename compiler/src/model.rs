@@ -1,0 +1,110 @@
+//! A model: a graph plus the roles of its nodes (inputs, targets, parameters, loss).
+//!
+//! This is the hand-off between the DSL and everything after it. It is plain data with no
+//! reference to source text, so models can also be built directly in Rust.
+
+use nabla_runtime::Init;
+
+use crate::ir::{Graph, NodeId, ShapeError};
+
+/// Whether fed data is a model input or a training target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Fed at training and inference time.
+    Input,
+    /// Fed only to compute the loss.
+    Target,
+}
+
+/// What the numbers of a fed tensor mean.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ValueKind {
+    /// Real values.
+    Real,
+    /// Integer class indices in `0..classes` (known once a loss names the class count).
+    Class {
+        /// The number of classes, when a loss has fixed it.
+        classes: Option<usize>,
+    },
+}
+
+/// A fed tensor.
+#[derive(Clone, Debug)]
+pub struct InputSpec {
+    /// The name data is fed under.
+    pub name: String,
+    /// Its node.
+    pub node: NodeId,
+    /// Input or target.
+    pub role: Role,
+    /// Real values or class indices.
+    pub kind: ValueKind,
+}
+
+/// A trainable parameter.
+#[derive(Clone, Debug)]
+pub struct ParamSpec {
+    /// The name it is saved under (`w1`, `h2.w`).
+    pub name: String,
+    /// Its node.
+    pub node: NodeId,
+    /// How to fill it before training.
+    pub init: Init,
+    /// The initialiser as the user wrote it (`he_uniform`), for summaries.
+    pub init_name: String,
+}
+
+/// A named intermediate value.
+#[derive(Clone, Debug)]
+pub struct Binding {
+    /// The name.
+    pub name: String,
+    /// Its node.
+    pub node: NodeId,
+}
+
+/// A model ready for differentiation, checking and compilation.
+#[derive(Clone, Debug)]
+pub struct Model {
+    /// The model's name.
+    pub name: String,
+    /// The forward graph.
+    pub graph: Graph,
+    /// Inputs and targets, in declaration order.
+    pub inputs: Vec<InputSpec>,
+    /// Parameters, in creation order.
+    pub params: Vec<ParamSpec>,
+    /// Named intermediate values, in order.
+    pub bindings: Vec<Binding>,
+    /// The scalar loss.
+    pub loss: NodeId,
+    /// The model's prediction (what the loss compares with the target), when known.
+    pub prediction: Option<NodeId>,
+}
+
+impl Model {
+    /// Total number of trainable scalars (parameters never have symbolic dimensions).
+    pub fn param_count(&self) -> usize {
+        self.params.iter().map(|p| self.graph.shape(p.node).numel().unwrap_or(0)).sum()
+    }
+
+    /// Binds every symbolic dimension that `lookup` knows, checking all shapes again.
+    pub fn bind(&mut self, lookup: &dyn Fn(&str) -> Option<usize>) -> Result<(), ShapeError> {
+        self.graph.bind(lookup)
+    }
+
+    /// The names of the symbolic dimensions of the inputs, in order of first appearance.
+    pub fn symbols(&self) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        for input in &self.inputs {
+            for dim in self.graph.shape(input.node).dims() {
+                if let crate::ir::Dim::Sym(s) = dim {
+                    if !names.iter().any(|n| **n == **s) {
+                        names.push(s.to_string());
+                    }
+                }
+            }
+        }
+        names
+    }
+}

@@ -1,0 +1,12 @@
+//! The runtime: what a compiled nabla program needs to run, and nothing more.
+//!
+//! **Architecture invariant:** this crate depends on no other crate of the workspace. It knows
+//! nothing of the DSL or of the compiler's graph; it deals in plain data (initialiser specs,
+//! flat buffers, seeds) so that the compiler and the CLI can both hand it work.
+#![deny(missing_docs)]
+
+pub mod init;
+pub mod rng;
+
+pub use init::Init;
+pub use rng::Rng;
