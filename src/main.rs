@@ -1,1 +1,53 @@
-fn main() {}
+//! `nabla`: the command-line driver. A thin layer that wires the crates together: read files,
+//! call the DSL, the compiler and the runtime, and print results. No compiler logic lives here.
+
+mod commands;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// nabla: a deep-learning compiler. Models are `.nn` files; see README.md for the language.
+#[derive(Parser)]
+#[command(name = "nabla", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check a model and print a summary of its bindings and parameters.
+    Check(commands::check::Args),
+    /// Print a model's computation graph (forward or with gradients).
+    Graph(commands::graph::Args),
+    /// Differentiate a formula symbolically, e.g. `nabla diff "x^2 + 3*x*y" --wrt x,y --at x=1,y=2`.
+    Diff(commands::diff::Args),
+    /// Compare autodiff gradients with central finite differences.
+    Gradcheck(commands::gradcheck::Args),
+}
+
+/// Deeply nested input is rejected by the parser long before this, but lowering and printing
+/// recurse over expression trees, so the work runs on a thread with a generous stack.
+const STACK_BYTES: usize = 256 << 20;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let worker = std::thread::Builder::new().stack_size(STACK_BYTES).spawn(move || match cli.command {
+        Command::Check(args) => commands::check::run(args),
+        Command::Graph(args) => commands::graph::run(args),
+        Command::Diff(args) => commands::diff::run(args),
+        Command::Gradcheck(args) => commands::gradcheck::run(args),
+    });
+    let outcome = match worker {
+        Ok(handle) => handle.join().unwrap_or(Err(commands::Failure::Message("internal error: the compiler crashed".into()))),
+        Err(e) => Err(commands::Failure::Message(format!("cannot start the compiler thread: {e}"))),
+    };
+    match outcome {
+        Ok(code) => code,
+        Err(failure) => {
+            failure.report();
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -108,3 +108,17 @@ impl Model {
         names
     }
 }
+
+impl Model {
+    /// A copy of the graph with the gradient of the loss for every parameter added (labelled
+    /// `grad NAME`): `(graph, loss, gradients in parameter order)`.
+    pub fn gradient_graph(&self) -> Result<(Graph, NodeId, Vec<NodeId>), crate::autodiff::AutodiffError> {
+        let mut graph = self.graph.clone();
+        let params: Vec<NodeId> = self.params.iter().map(|p| p.node).collect();
+        let grads = crate::autodiff::differentiate(&mut graph, self.loss, &params)?;
+        for (p, &g) in self.params.iter().zip(&grads) {
+            graph.label(g, &format!("grad {}", p.name));
+        }
+        Ok((graph, self.loss, grads))
+    }
+}

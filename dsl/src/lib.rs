@@ -1,1 +1,80 @@
+//! The nabla model language: `.nn` source to a [`Model`] the compiler understands.
+//!
+//! Stages: [`lexer`] (text to tokens), [`parser`] (tokens to [`ast`], never panics, bounded
+//! nesting), then lowering (names, functions, layers, initialisers and shapes, straight into the
+//! compiler's graph builder) and [`train`] (training settings). Errors are [`Diagnostic`]s with
+//! source spans, rendered by [`diagnostic::render`].
+//!
+//! ```
+//! let model = nabla_dsl::compile("model m {\n  input x[B, 3]\n  target y[B, 1]\n  out = dense(x, 1)\n  loss = mse(out, y)\n}\n").unwrap().model;
+//! assert_eq!(model.params.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["out.w", "out.b"]);
+//! assert_eq!(model.param_count(), 4);
+//! ```
+#![deny(missing_docs)]
 
+mod args;
+pub mod ast;
+mod builtins;
+pub mod diagnostic;
+mod init;
+pub mod lexer;
+mod lower;
+pub mod parser;
+pub mod train;
+
+use nabla_compiler::ir::{Graph, NodeId};
+use nabla_compiler::model::Model;
+
+pub use builtins::BUILTINS;
+pub use diagnostic::Diagnostic;
+pub use train::TrainSpec;
+
+/// A checked file: its model and training configurations.
+#[derive(Clone, Debug)]
+pub struct Compiled {
+    /// The model.
+    pub model: Model,
+    /// The `train` blocks, in order.
+    pub trains: Vec<TrainSpec>,
+}
+
+/// Checks a source file and lowers it. On failure, every error found.
+pub fn compile(source: &str) -> Result<Compiled, Vec<Diagnostic>> {
+    let tokens = lexer::lex(source).map_err(|d| vec![d])?;
+    let (file, mut errors) = parser::parse_file(&tokens);
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let model = lower::lower_model(&file)?;
+    let mut trains = Vec::new();
+    for def in &file.trains {
+        match train::check_train(def, &model) {
+            Ok(spec) => trains.push(spec),
+            Err(d) => errors.push(d),
+        }
+    }
+    if errors.is_empty() { Ok(Compiled { model, trains }) } else { Err(errors) }
+}
+
+/// [`compile`] for raw bytes, reporting invalid UTF-8 at its position.
+pub fn compile_bytes(bytes: &[u8]) -> Result<Compiled, (String, Vec<Diagnostic>)> {
+    match std::str::from_utf8(bytes) {
+        Ok(source) => compile(source).map_err(|d| (source.to_string(), d)),
+        Err(e) => {
+            let valid = e.valid_up_to();
+            let source = String::from_utf8_lossy(bytes).into_owned();
+            let start = String::from_utf8_lossy(&bytes[..valid]).len();
+            let d = Diagnostic::new("the file is not valid UTF-8", ast::Span::new(start, start + 1))
+                .label("invalid byte sequence here");
+            Err((source, vec![d]))
+        }
+    }
+}
+
+/// Parses and lowers a scalar formula whose free names become scalar inputs (for `nabla diff`):
+/// the graph, its root, and the variables in order of first appearance.
+pub fn formula(source: &str) -> Result<(Graph, NodeId, Vec<(String, NodeId)>), Diagnostic> {
+    let tokens = lexer::lex(source)?;
+    let expr = parser::parse_expr(&tokens)?;
+    lower::lower_formula(&expr)
+}

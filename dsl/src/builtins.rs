@@ -1,0 +1,371 @@
+//! The built-in functions: activations, reductions, layout, layers and losses, each lowered to
+//! graph primitives. Numerically stable forms throughout: softmax and cross-entropy subtract the
+//! row maximum (log-sum-exp), `bce_with_logits` uses `max(z, 0) - z t + log(1 + e^-|z|)`, and
+//! `bce` clamps its logarithms at -100 as PyTorch does. Every loss averages over its elements
+//! (PyTorch's `reduction = "mean"`); `cross_entropy` averages over the batch.
+
+use nabla_compiler::ir::{BinaryOp, Dim, NodeId, Op, ReduceOp, Shape, ShapeError, UnaryOp};
+
+use crate::args::Args;
+use crate::ast::{Arg, ExprKind, Span};
+use crate::diagnostic::Diagnostic;
+use crate::init;
+use crate::lower::{Env, LResult, Lowerer};
+
+/// Every built-in function name.
+pub const BUILTINS: [&str; 24] = [
+    "exp", "log", "sqrt", "abs", "tanh", "sigmoid", "relu", "leaky_relu", "identity", "softmax", "log_softmax",
+    "sum", "mean", "max", "min", "transpose", "reshape", "dense",
+    "mse", "l1", "smooth_l1", "bce", "bce_with_logits", "cross_entropy",
+];
+
+/// Whether `name` is a built-in function.
+pub fn is_builtin(name: &str) -> bool {
+    BUILTINS.contains(&name)
+}
+
+impl Lowerer<'_> {
+    /// Lowers a built-in call, or `None` when `name` is not a built-in.
+    pub(crate) fn builtin(&mut self, name: &str, span: Span, args: &[Arg], env: &Env) -> Option<LResult<NodeId>> {
+        let unary = match name {
+            "exp" => Some(UnaryOp::Exp),
+            "log" => Some(UnaryOp::Log),
+            "sqrt" => Some(UnaryOp::Sqrt),
+            "abs" => Some(UnaryOp::Abs),
+            "tanh" => Some(UnaryOp::Tanh),
+            "sigmoid" => Some(UnaryOp::Sigmoid),
+            _ => None,
+        };
+        if let Some(op) = unary {
+            return Some(self.unary_call(name, op, span, args, env));
+        }
+        let result = match name {
+            "identity" => self.tensor_args(name, span, args, env, 1).map(|x| x[0]),
+            "relu" => self.tensor_args(name, span, args, env, 1).and_then(|x| self.leaky_relu(x[0], 0.0, span)),
+            "leaky_relu" => (|| {
+                let a = Args::new(name, span, args, 1, 2, &["a"])?;
+                let slope = a.number(1, "a", 0.01)?;
+                let x = self.expr(a.positional[0], env)?;
+                self.leaky_relu(x, slope, span)
+            })(),
+            "softmax" | "log_softmax" => (|| {
+                let a = Args::new(name, span, args, 1, 1, &["axis"])?;
+                let x = self.expr(a.positional[0], env)?;
+                let axis = self.axis(&a, x)?.unwrap_or(self.graph.shape(x).rank().saturating_sub(1));
+                if self.graph.shape(x).rank() == 0 {
+                    return Err(Diagnostic::new(format!("`{name}` needs at least one axis, but its argument is a scalar"), span).into());
+                }
+                let (shifted, sum_exp) = self.shifted_exp_sum(x, axis, span)?;
+                if name == "softmax" {
+                    let e = located(self.graph.unary(UnaryOp::Exp, shifted), span)?;
+                    located(self.graph.div(e, sum_exp), span)
+                } else {
+                    let log_sum = located(self.graph.unary(UnaryOp::Log, sum_exp), span)?;
+                    located(self.graph.sub(shifted, log_sum), span)
+                }
+            })(),
+            "sum" | "mean" | "max" | "min" => self.reduction(name, span, args, env),
+            "transpose" => (|| {
+                let a = Args::new(name, span, args, 1, 2, &["axes"])?;
+                let x = self.expr(a.positional[0], env)?;
+                let rank = self.graph.shape(x).rank();
+                let perm = match a.get(1, "axes") {
+                    None => (0..rank).rev().collect(),
+                    Some(list) => {
+                        let (values, _) = init::literal(list)?;
+                        values.iter().map(|&v| v as usize).collect::<Vec<usize>>()
+                    }
+                };
+                located(self.graph.transpose(x, &perm), span)
+            })(),
+            "reshape" => self.reshape_call(span, args, env),
+            "dense" => self.dense(span, args, env),
+            "mse" | "l1" | "smooth_l1" | "bce" | "bce_with_logits" => self.elementwise_loss(name, span, args, env),
+            "cross_entropy" => self.cross_entropy(span, args, env),
+            _ => return None,
+        };
+        Some(result)
+    }
+
+    /// Exactly `n` positional tensor arguments.
+    fn tensor_args(&mut self, name: &str, span: Span, args: &[Arg], env: &Env, n: usize) -> LResult<Vec<NodeId>> {
+        let a = Args::new(name, span, args, n, n, &[])?;
+        a.positional.iter().map(|e| self.expr(e, env)).collect()
+    }
+
+    fn unary_call(&mut self, name: &str, op: UnaryOp, span: Span, args: &[Arg], env: &Env) -> LResult<NodeId> {
+        let x = self.tensor_args(name, span, args, env, 1)?[0];
+        if let Some(c) = self.constant_of(x) {
+            return Ok(self.constant(nabla_compiler::ir::interp::unary(op, c)));
+        }
+        located(self.graph.unary(op, x), span)
+    }
+
+    /// `x > 0 ? x : slope * x` (relu for slope 0). The derivative at 0 is `slope`, as in PyTorch.
+    fn leaky_relu(&mut self, x: NodeId, slope: f64, span: Span) -> LResult<NodeId> {
+        let zero = self.constant(0.0);
+        let positive = located(self.graph.binary(BinaryOp::Gt, x, zero), span)?;
+        let negative = if slope == 0.0 { zero } else { located(self.graph.scale(x, slope), span)? };
+        located(self.graph.select(positive, x, negative), span)
+    }
+
+    /// The optional `axis = k` argument, resolved against `x`'s rank.
+    fn axis(&self, a: &Args, x: NodeId) -> LResult<Option<usize>> {
+        let Some(e) = a.named("axis") else { return Ok(None) };
+        let rank = self.graph.shape(x).rank() as u64;
+        let k = crate::args::number(e, "axis")?;
+        if k.fract() != 0.0 {
+            return Err(Diagnostic::new("`axis` must be a whole number", e.span).into());
+        }
+        let axis = self.graph.shape(x).axis(k as i64).map_err(|err| Diagnostic::new(err.0, e.span)
+            .label(format!("expected an axis from {} to {}", -(rank as i64), rank as i64 - 1)))?;
+        Ok(Some(axis))
+    }
+
+    /// `(x - max(x), sum(exp(x - max(x))))` along `axis`, the stable core of softmax.
+    fn shifted_exp_sum(&mut self, x: NodeId, axis: usize, span: Span) -> LResult<(NodeId, NodeId)> {
+        let max = located(self.graph.reduce(ReduceOp::Max, x, &[axis]), span)?;
+        let shifted = located(self.graph.sub(x, max), span)?;
+        let e = located(self.graph.unary(UnaryOp::Exp, shifted), span)?;
+        let sum = located(self.graph.sum(e, &[axis]), span)?;
+        Ok((shifted, sum))
+    }
+
+    fn log_softmax(&mut self, x: NodeId, axis: usize, span: Span) -> LResult<NodeId> {
+        let (shifted, sum) = self.shifted_exp_sum(x, axis, span)?;
+        let log_sum = located(self.graph.unary(UnaryOp::Log, sum), span)?;
+        located(self.graph.sub(shifted, log_sum), span)
+    }
+
+    /// `sum`, `mean`, `max`, `min` over all elements or `axis = k` (which is then dropped, as in
+    /// NumPy); `max(a, b)` and `min(a, b)` with two tensors are elementwise.
+    fn reduction(&mut self, name: &str, span: Span, args: &[Arg], env: &Env) -> LResult<NodeId> {
+        let a = Args::new(name, span, args, 1, if matches!(name, "max" | "min") { 2 } else { 1 }, &["axis"])?;
+        let x = self.expr(a.positional[0], env)?;
+        if a.positional.len() == 2 {
+            let y = self.expr(a.positional[1], env)?;
+            let op = if name == "max" { BinaryOp::Max } else { BinaryOp::Min };
+            return self.graph.binary(op, x, y)
+                .map_err(|e| self.shape_error(e, span, &[(a.positional[0].span, x), (a.positional[1].span, y)]));
+        }
+        let shape = self.graph.shape(x).clone();
+        let axes: Vec<usize> = match self.axis(&a, x)? {
+            Some(axis) => vec![axis],
+            None => (0..shape.rank()).collect(),
+        };
+        let reduced = match name {
+            "sum" | "mean" => located(self.graph.sum(x, &axes), span)?,
+            "max" => located(self.graph.reduce(ReduceOp::Max, x, &axes), span)?,
+            _ => {
+                let neg = located(self.graph.unary(UnaryOp::Neg, x), span)?;
+                let m = located(self.graph.reduce(ReduceOp::Max, neg, &axes), span)?;
+                located(self.graph.unary(UnaryOp::Neg, m), span)?
+            }
+        };
+        let kept = Shape(shape.0.iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, d)| d.clone()).collect());
+        let dropped = located(self.graph.reshape(reduced, &kept), span)?;
+        if name != "mean" {
+            return Ok(dropped);
+        }
+        let count_shape = Shape(axes.iter().map(|&i| shape.0[i].clone()).collect());
+        let count = located(self.graph.node(Op::Numel(count_shape), &[]), span)?;
+        located(self.graph.div(dropped, count), span)
+    }
+
+    fn mean_all(&mut self, x: NodeId, span: Span) -> LResult<NodeId> {
+        let total = located(self.graph.sum_all(x), span)?;
+        let count = located(self.graph.node(Op::Numel(self.graph.shape(x).clone()), &[]), span)?;
+        located(self.graph.div(total, count), span)
+    }
+
+    /// `reshape(x, [d0, d1, ...])`: numbers, symbols like `B`, and at most one `-1`.
+    fn reshape_call(&mut self, span: Span, args: &[Arg], env: &Env) -> LResult<NodeId> {
+        let a = Args::new("reshape", span, args, 2, 2, &["shape"])?;
+        let x = self.expr(a.positional[0], env)?;
+        let list = a.required(1, "shape")?;
+        let ExprKind::List(items) = &list.kind else {
+            return Err(Diagnostic::new("`reshape` needs a list of dimensions", list.span).label("expected a list like [B, 784]").into());
+        };
+        let mut dims = Vec::new();
+        let mut infer = None;
+        for (i, item) in items.iter().enumerate() {
+            match (item.as_name(), item.constant()) {
+                (Some(name), _) => dims.push(Dim::sym(name)),
+                (None, Some(-1.0)) if infer.is_none() => {
+                    infer = Some(i);
+                    dims.push(Dim::Known(1));
+                }
+                (None, value) => dims.push(Dim::Known(self.dim_size(value, item.span)?)),
+            }
+        }
+        if let Some(i) = infer {
+            let from = self.graph.shape(x).clone();
+            let (n_from, n_to) = (known_product(&from), known_product(&Shape(dims.clone())));
+            if n_to == 0 || n_from % n_to != 0 {
+                return Err(Diagnostic::new(format!("cannot infer the `-1` dimension reshaping {from}"), list.span).into());
+            }
+            dims[i] = Dim::Known(n_from / n_to);
+        }
+        let target = Shape(dims);
+        self.graph.reshape(x, &target).map_err(|e| self.shape_error(e, span, &[(a.positional[0].span, x)]))
+    }
+
+    /// `dense(x, n, init = ..., bias = true, bias_init = ...)`: `x @ w + b` with `w: [in, n]`
+    /// and `b: [n]`, both PyTorch `nn.Linear`-initialised unless told otherwise.
+    fn dense(&mut self, span: Span, args: &[Arg], env: &Env) -> LResult<NodeId> {
+        let a = Args::new("dense", span, args, 2, 2, &["units", "init", "bias", "bias_init"])?;
+        let x = self.expr(a.positional[0], env)?;
+        let units_expr = a.required(1, "units")?;
+        let units_node = self.expr(units_expr, env)?;
+        let units = self.dim_size(self.constant_of(units_node), units_expr.span)?;
+        let shape = self.graph.shape(x).clone();
+        let fan_in = match shape.dims() {
+            [_, Dim::Known(n)] => *n,
+            _ => {
+                return Err(Diagnostic::new(format!("`dense` needs a matrix [batch, features] with a known width, got {shape}"), a.positional[0].span)
+                    .label(format!("this has shape {shape}")).into());
+            }
+        };
+        let prefix = self.layer_name();
+        let w_shape = [fan_in, units];
+        let (w_init, w_name) = match a.named("init") {
+            Some(e) => init::resolve(Some(e), &w_shape, (fan_in, units))?,
+            None => (init::fan_in_uniform(fan_in), "fan_in_uniform".into()),
+        };
+        let w = self.new_param(&format!("{prefix}.w"), Shape::known(&w_shape), w_init, w_name, span)?;
+        let y = located(self.graph.matmul(x, w), span)?;
+        if !a.flag("bias", true)? {
+            return Ok(y);
+        }
+        let (b_init, b_name) = match a.named("bias_init") {
+            Some(e) => init::resolve(Some(e), &[units], (fan_in, units))?,
+            None => (init::fan_in_uniform(fan_in), "fan_in_uniform".into()),
+        };
+        let b = self.new_param(&format!("{prefix}.b"), Shape::known(&[units]), b_init, b_name, span)?;
+        located(self.graph.add(y, b), span)
+    }
+
+    /// Prediction and target of a loss, which must have equal shapes.
+    fn loss_operands(&mut self, name: &str, a: &Args, env: &Env) -> LResult<(NodeId, NodeId)> {
+        let (p_expr, t_expr) = (a.positional[0], a.positional[1]);
+        let (p, t) = (self.expr(p_expr, env)?, self.expr(t_expr, env)?);
+        let (ps, ts) = (self.graph.shape(p).clone(), self.graph.shape(t).clone());
+        if ps != ts {
+            return Err(Diagnostic::new(format!("`{name}` needs prediction and target of equal shape, got {ps} and {ts}"), a.span)
+                .secondary(p_expr.span, format!("prediction: {ps}"))
+                .secondary(t_expr.span, format!("target: {ts}")).into());
+        }
+        self.prediction = Some(p);
+        Ok((p, t))
+    }
+
+    fn elementwise_loss(&mut self, name: &str, span: Span, args: &[Arg], env: &Env) -> LResult<NodeId> {
+        let a = Args::new(name, span, args, 2, 3, &["beta"])?;
+        let (p, t) = self.loss_operands(name, &a, env)?;
+        let g = |r: Result<NodeId, ShapeError>| located(r, span);
+        let per_element = match name {
+            "mse" => {
+                let d = g(self.graph.sub(p, t))?;
+                g(self.graph.mul(d, d))?
+            }
+            "l1" => {
+                let d = g(self.graph.sub(p, t))?;
+                g(self.graph.unary(UnaryOp::Abs, d))?
+            }
+            "smooth_l1" => {
+                // |d| < beta ? 0.5 d^2 / beta : |d| - 0.5 beta
+                let beta = a.number(2, "beta", 1.0)?;
+                if beta <= 0.0 {
+                    return Err(Diagnostic::new("`beta` must be positive", span).into());
+                }
+                let d = g(self.graph.sub(p, t))?;
+                let abs = g(self.graph.unary(UnaryOp::Abs, d))?;
+                let beta_node = self.constant(beta);
+                let small = g(self.graph.binary(BinaryOp::Lt, abs, beta_node))?;
+                let sq = g(self.graph.mul(d, d))?;
+                let quadratic = g(self.graph.scale(sq, 0.5 / beta))?;
+                let half_beta = self.constant(0.5 * beta);
+                let linear = g(self.graph.sub(abs, half_beta))?;
+                g(self.graph.select(small, quadratic, linear))?
+            }
+            "bce" => {
+                // -(t log p + (1 - t) log(1 - p)), logs clamped at -100
+                let one = self.constant(1.0);
+                let floor = self.constant(-100.0);
+                let log_p = g(self.graph.unary(UnaryOp::Log, p))?;
+                let log_p = g(self.graph.binary(BinaryOp::Max, log_p, floor))?;
+                let q = g(self.graph.sub(one, p))?;
+                let log_q = g(self.graph.unary(UnaryOp::Log, q))?;
+                let log_q = g(self.graph.binary(BinaryOp::Max, log_q, floor))?;
+                let not_t = g(self.graph.sub(one, t))?;
+                let a1 = g(self.graph.mul(t, log_p))?;
+                let a2 = g(self.graph.mul(not_t, log_q))?;
+                let s = g(self.graph.add(a1, a2))?;
+                g(self.graph.unary(UnaryOp::Neg, s))?
+            }
+            _ => {
+                // max(z, 0) - z t + log(1 + e^-|z|)
+                let zero = self.constant(0.0);
+                let one = self.constant(1.0);
+                let relu = g(self.graph.binary(BinaryOp::Max, p, zero))?;
+                let zt = g(self.graph.mul(p, t))?;
+                let abs = g(self.graph.unary(UnaryOp::Abs, p))?;
+                let neg = g(self.graph.unary(UnaryOp::Neg, abs))?;
+                let e = g(self.graph.unary(UnaryOp::Exp, neg))?;
+                let one_plus = g(self.graph.add(one, e))?;
+                let softplus = g(self.graph.unary(UnaryOp::Log, one_plus))?;
+                let d = g(self.graph.sub(relu, zt))?;
+                g(self.graph.add(d, softplus))?
+            }
+        };
+        self.mean_all(per_element, span)
+    }
+
+    /// `cross_entropy(logits, y)` over the last axis: `y` holds class indices (a `: class`
+    /// target with the logits' shape less its last axis) or probabilities (the logits' shape).
+    /// The mean over the batch of `-sum(target * log_softmax(logits))`.
+    fn cross_entropy(&mut self, span: Span, args: &[Arg], env: &Env) -> LResult<NodeId> {
+        let a = Args::new("cross_entropy", span, args, 2, 2, &[])?;
+        let (l_expr, y_expr) = (a.positional[0], a.positional[1]);
+        let (logits, y) = (self.expr(l_expr, env)?, self.expr(y_expr, env)?);
+        let (ls, ys) = (self.graph.shape(logits).clone(), self.graph.shape(y).clone());
+        let Some((Dim::Known(classes), batch_dims)) = ls.0.split_last().map(|(c, b)| (c.clone(), b.to_vec())) else {
+            return Err(Diagnostic::new(format!("`cross_entropy` needs logits whose last axis (the classes) has a known size, got {ls}"), l_expr.span).into());
+        };
+        let batch = Shape(batch_dims);
+        let target = if self.class_target(y, classes) {
+            if ys != batch {
+                return Err(Diagnostic::new(format!("class targets for logits {ls} must have shape {batch}, got {ys}"), a.span)
+                    .secondary(l_expr.span, format!("logits: {ls}"))
+                    .secondary(y_expr.span, format!("class indices: {ys}")).into());
+            }
+            let mut column = batch.0.clone();
+            column.push(Dim::Known(1));
+            let y_col = located(self.graph.reshape(y, &Shape(column)), span)?;
+            let iota = located(self.graph.node(Op::Iota { shape: ls.clone(), axis: ls.rank() - 1 }, &[]), span)?;
+            located(self.graph.binary(BinaryOp::Eq, y_col, iota), span)?
+        } else if ys == ls {
+            y
+        } else {
+            return Err(Diagnostic::new(format!("`cross_entropy` needs class indices of shape {batch} (declared `: class`) or probabilities of shape {ls}, got {ys}"), a.span)
+                .secondary(l_expr.span, format!("logits: {ls}"))
+                .secondary(y_expr.span, format!("target: {ys}")).into());
+        };
+        self.prediction = Some(logits);
+        let log_probs = self.log_softmax(logits, ls.rank() - 1, span)?;
+        let picked = located(self.graph.mul(target, log_probs), span)?;
+        let total = located(self.graph.sum_all(picked), span)?;
+        let count = located(self.graph.node(Op::Numel(batch), &[]), span)?;
+        let mean = located(self.graph.div(total, count), span)?;
+        located(self.graph.unary(UnaryOp::Neg, mean), span)
+    }
+}
+
+/// Maps a builder result to an error located at `span`.
+fn located<T>(r: Result<T, ShapeError>, span: Span) -> LResult<T> {
+    r.map_err(|e| Diagnostic::new(format!("shape mismatch: {}", e.0), span).label("in this expression").into())
+}
+
+fn known_product(shape: &Shape) -> usize {
+    shape.0.iter().filter_map(Dim::known).product()
+}

@@ -1,0 +1,84 @@
+//! Located errors and their rendering (`file:line:col`, the source line, a caret and what was
+//! expected), via `codespan-reporting`.
+
+use codespan_reporting::diagnostic::{Diagnostic as Report, Label};
+use codespan_reporting::files::SimpleFile;
+use codespan_reporting::term::{self, Config};
+
+use crate::ast::Span;
+
+/// An error in a `.nn` source.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Diagnostic {
+    /// The headline.
+    pub message: String,
+    /// Where the error is.
+    pub span: Span,
+    /// What is wrong at `span` (or what was expected there).
+    pub label: String,
+    /// Other places that explain the error.
+    pub secondary: Vec<(Span, String)>,
+    /// Extra explanation after the snippet.
+    pub notes: Vec<String>,
+}
+
+impl Diagnostic {
+    /// An error at `span`.
+    pub fn new(message: impl Into<String>, span: Span) -> Diagnostic {
+        Diagnostic { message: message.into(), span, label: String::new(), secondary: Vec::new(), notes: Vec::new() }
+    }
+
+    /// Sets the primary label.
+    pub fn label(mut self, label: impl Into<String>) -> Diagnostic {
+        self.label = label.into();
+        self
+    }
+
+    /// Adds a secondary label.
+    pub fn secondary(mut self, span: Span, label: impl Into<String>) -> Diagnostic {
+        self.secondary.push((span, label.into()));
+        self
+    }
+
+    /// Adds a note.
+    pub fn note(mut self, note: impl Into<String>) -> Diagnostic {
+        self.notes.push(note.into());
+        self
+    }
+}
+
+/// Renders diagnostics as rustc-style text: `error: ...` then `┌─ file:line:col` and the
+/// source lines with carets.
+pub fn render(diagnostics: &[Diagnostic], file_name: &str, source: &str) -> String {
+    let file = SimpleFile::new(file_name, source);
+    let config = Config::default();
+    let clamp = |span: Span| {
+        let end = span.end.min(source.len());
+        let start = span.start.min(end);
+        // Keep spans on character boundaries so the renderer can slice the line.
+        let start = (0..=start).rev().find(|&i| source.is_char_boundary(i)).unwrap_or(0);
+        let end = (end..=source.len()).find(|&i| source.is_char_boundary(i)).unwrap_or(source.len());
+        start..end
+    };
+    let mut out = String::new();
+    for d in diagnostics {
+        let mut labels = vec![Label::primary((), clamp(d.span)).with_message(&d.label)];
+        labels.extend(d.secondary.iter().map(|(s, l)| Label::secondary((), clamp(*s)).with_message(l)));
+        let report = Report::error().with_message(&d.message).with_labels(labels).with_notes(d.notes.clone());
+        match term::emit_into_string(&config, &file, &report) {
+            Ok(text) => out.push_str(&text),
+            Err(_) => out.push_str(&format!("error: {}\n  at {file_name} byte {}\n", d.message, d.span.start)),
+        }
+    }
+    out
+}
+
+/// The 1-based line and column of a byte offset.
+pub fn line_col(source: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(source.len());
+    let before = &source.as_bytes()[..offset];
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let line_start = before.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
+    let col = String::from_utf8_lossy(&before[line_start..]).chars().count() + 1;
+    (line, col)
+}

@@ -1,0 +1,423 @@
+//! Syntax tree to [`Model`]: name resolution, function inlining, layer and initialiser
+//! resolution, and shape checking, all through the compiler's graph-builder API.
+//!
+//! Shapes are checked by the graph builder itself (one set of shape rules for everyone); this
+//! module only attaches source locations to its errors. A binding that fails is remembered as
+//! failed, so later uses of its name do not report the same problem again.
+//!
+//! Parameter naming, for layer calls like `dense`: a layer's parameters are named after the
+//! binding that contains it (`h2 = relu(dense(h, 256))` creates `h2.w` and `h2.b`). Inside an
+//! inlined function, the function's own bindings extend the name (`h.a.w`). When a name is
+//! taken, `.2`, `.3`, ... is appended in order of appearance (`out.w`, then `out.2.w`).
+
+use std::collections::{HashMap, HashSet};
+
+use nabla_compiler::ir::{BinaryOp, Dim, Graph, MAX_ELEMENTS, NodeId, Op, Scalar, Shape, ShapeError, UnaryOp, interp};
+use nabla_compiler::model::{Binding, InputSpec, Model, ParamSpec, Role, ValueKind};
+use nabla_runtime::Init;
+
+use crate::ast::*;
+use crate::diagnostic::Diagnostic;
+
+/// Expression nodes that lowering may visit, counting every inlined function body again, before
+/// it gives up: a guard against exponential inlining.
+const BUDGET: usize = 200_000;
+
+/// Why lowering an expression stopped.
+pub(crate) enum Fail {
+    /// A new error to report.
+    Report(Diagnostic),
+    /// A consequence of an error already reported.
+    Cascade,
+}
+
+impl From<Diagnostic> for Fail {
+    fn from(d: Diagnostic) -> Fail {
+        Fail::Report(d)
+    }
+}
+
+pub(crate) type LResult<T> = Result<T, Fail>;
+
+/// Names in scope: `None` marks a binding whose definition failed.
+pub(crate) type Env = HashMap<String, Option<NodeId>>;
+
+pub(crate) struct Lowerer<'f> {
+    pub(crate) graph: Graph,
+    functions: HashMap<&'f str, &'f Function>,
+    pub(crate) inputs: Vec<InputSpec>,
+    pub(crate) params: Vec<ParamSpec>,
+    scope_path: Vec<String>,
+    inlining: Vec<String>,
+    used_layer_names: HashSet<String>,
+    budget: usize,
+    pub(crate) prediction: Option<NodeId>,
+    /// In formula mode (`nabla diff`) unknown names become scalar inputs.
+    free_variables: Option<Vec<(String, NodeId)>>,
+}
+
+/// Lowers the file's model. Errors are every problem found, in source order.
+pub fn lower_model(file: &File) -> Result<Model, Vec<Diagnostic>> {
+    let mut errors = Vec::new();
+    let mut lw = Lowerer::new(&file.functions, None, &mut errors);
+    let model = match file.models.as_slice() {
+        [model] => lw.model(model, &mut errors),
+        [] => {
+            errors.push(Diagnostic::new("no model in this file", Span::default())
+                .label("expected `model NAME { ... }`")
+                .note("a model declares inputs, parameters and a scalar `loss`"));
+            None
+        }
+        [_, second, ..] => {
+            errors.push(Diagnostic::new("more than one model in this file", second.name.span)
+                .label("a second model")
+                .note("put each model in its own file"));
+            None
+        }
+    };
+    match model {
+        Some(m) if errors.is_empty() => Ok(m),
+        _ => Err(errors),
+    }
+}
+
+/// Lowers a formula whose free names are scalar inputs (for `nabla diff`): the graph, the root
+/// and the variables in order of first appearance.
+pub fn lower_formula(expr: &Expr) -> Result<(Graph, NodeId, Vec<(String, NodeId)>), Diagnostic> {
+    let mut errors = Vec::new();
+    let mut lw = Lowerer::new(&[], Some(Vec::new()), &mut errors);
+    let root = match lw.expr(expr, &Env::new()) {
+        Ok(root) => root,
+        Err(Fail::Report(d)) => return Err(d),
+        Err(Fail::Cascade) => return Err(Diagnostic::new("invalid formula", expr.span)),
+    };
+    if lw.graph.shape(root).rank() != 0 {
+        return Err(Diagnostic::new(format!("the formula must be a scalar, but it has shape {}", lw.graph.shape(root)), expr.span));
+    }
+    let vars = lw.free_variables.take().unwrap_or_default();
+    Ok((lw.graph, root, vars))
+}
+
+impl<'f> Lowerer<'f> {
+    fn new(functions: &'f [Function], free_variables: Option<Vec<(String, NodeId)>>, errors: &mut Vec<Diagnostic>) -> Lowerer<'f> {
+        let mut table = HashMap::new();
+        for f in functions {
+            if crate::builtins::is_builtin(&f.name.name) {
+                errors.push(Diagnostic::new(format!("`{}` is a built-in function", f.name.name), f.name.span)
+                    .label("choose another name"));
+            } else if let Some(first) = table.insert(f.name.name.as_str(), f) {
+                errors.push(Diagnostic::new(format!("function `{}` is defined twice", f.name.name), f.name.span)
+                    .secondary(first.name.span, "first defined here"));
+            }
+        }
+        Lowerer {
+            graph: Graph::new(),
+            functions: table,
+            inputs: Vec::new(),
+            params: Vec::new(),
+            scope_path: Vec::new(),
+            inlining: Vec::new(),
+            used_layer_names: HashSet::new(),
+            budget: BUDGET,
+            prediction: None,
+            free_variables,
+        }
+    }
+
+    fn model(&mut self, def: &ModelDef, errors: &mut Vec<Diagnostic>) -> Option<Model> {
+        let mut env = Env::new();
+        let mut defined: HashMap<String, Span> = HashMap::new();
+        let mut bindings = Vec::new();
+        let mut loss: Option<(NodeId, Span)> = None;
+        for item in &def.items {
+            let name = match item {
+                Item::Data { name, .. } | Item::Param { name, .. } | Item::Binding { name, .. } => name,
+            };
+            if let Some(&first) = defined.get(&name.name) {
+                errors.push(Diagnostic::new(format!("`{}` is defined twice", name.name), name.span)
+                    .label("redefined here")
+                    .secondary(first, "first defined here"));
+                continue;
+            }
+            defined.insert(name.name.clone(), name.span);
+            let result = match item {
+                Item::Data { target, name, dims, annotation } => self.data_item(*target, name, dims, *annotation, &env),
+                Item::Param { name, dims, init } => self.param_item(name, dims, init.as_ref(), &env),
+                Item::Binding { name, value } => {
+                    self.scope_path = vec![name.name.clone()];
+                    let node = self.expr(value, &env);
+                    self.scope_path.clear();
+                    node.inspect(|&node| {
+                        self.graph.label(node, &name.name);
+                        bindings.push(Binding { name: name.name.clone(), node });
+                        if name.name == "loss" {
+                            loss = Some((node, value.span));
+                        }
+                    })
+                }
+            };
+            match result {
+                Ok(node) => {
+                    env.insert(name.name.clone(), Some(node));
+                }
+                Err(fail) => {
+                    if let Fail::Report(d) = fail {
+                        errors.push(d);
+                    }
+                    env.insert(name.name.clone(), None);
+                }
+            }
+        }
+        let loss = match (loss, defined.get("loss")) {
+            (Some((node, span)), _) => {
+                let shape = self.graph.shape(node);
+                if shape.rank() != 0 {
+                    errors.push(Diagnostic::new(format!("`loss` must be a scalar, but it has shape {shape}"), span)
+                        .label(format!("this has shape {shape}"))
+                        .note("reduce it, for example with `mean(...)` or `sum(...)`"));
+                    return None;
+                }
+                node
+            }
+            (None, Some(_)) => return None,
+            (None, None) => {
+                errors.push(Diagnostic::new(format!("model `{}` has no `loss`", def.name.name), def.name.span)
+                    .label("expected a binding named `loss` in this model")
+                    .note("add a line like `loss = cross_entropy(logits, y)`"));
+                return None;
+            }
+        };
+        Some(Model {
+            name: def.name.name.clone(),
+            graph: std::mem::take(&mut self.graph),
+            inputs: std::mem::take(&mut self.inputs),
+            params: std::mem::take(&mut self.params),
+            bindings,
+            loss,
+            prediction: self.prediction,
+        })
+    }
+
+    fn data_item(&mut self, target: bool, name: &Ident, dims: &[Expr], annotation: Annotation, env: &Env) -> LResult<NodeId> {
+        let shape = self.shape(dims, env, true, name.span)?;
+        let node = self.graph.input(&name.name, shape).map_err(|e| Diagnostic::new(e.0, name.span))?;
+        self.inputs.push(InputSpec {
+            name: name.name.clone(),
+            node,
+            role: if target { Role::Target } else { Role::Input },
+            kind: match annotation {
+                Annotation::Real => ValueKind::Real,
+                Annotation::Class => ValueKind::Class { classes: None },
+            },
+        });
+        Ok(node)
+    }
+
+    fn param_item(&mut self, name: &Ident, dims: &[Expr], init: Option<&Expr>, env: &Env) -> LResult<NodeId> {
+        if name.name.contains('.') {
+            return Err(Diagnostic::new("parameter names cannot contain `.`", name.span).into());
+        }
+        let shape = self.shape(dims, env, false, name.span)?;
+        let concrete = shape.concrete().unwrap_or_default();
+        let fans = crate::init::fans(&concrete);
+        let (init, init_name) = crate::init::resolve(init, &concrete, fans)?;
+        self.new_param(&name.name, shape, init, init_name, name.span)
+    }
+
+    pub(crate) fn new_param(&mut self, name: &str, shape: Shape, init: Init, init_name: String, span: Span) -> LResult<NodeId> {
+        let node = self.graph.param(name, shape).map_err(|e| Diagnostic::new(e.0, span))?;
+        self.params.push(ParamSpec { name: name.to_string(), node, init, init_name });
+        Ok(node)
+    }
+
+    /// A shape from dimension expressions: whole numbers, or names of symbolic dimensions where
+    /// `symbolic` allows them.
+    pub(crate) fn shape(&mut self, dims: &[Expr], env: &Env, symbolic: bool, owner: Span) -> LResult<Shape> {
+        let mut out = Vec::with_capacity(dims.len());
+        for d in dims {
+            let bound = d.as_name().and_then(|n| env.get(n).copied().flatten());
+            if let (Some(name), None) = (d.as_name(), bound) {
+                if !symbolic {
+                    return Err(Diagnostic::new(format!("parameter shapes must be known numbers, but `{name}` is symbolic"), d.span)
+                        .label("expected a number").into());
+                }
+                out.push(Dim::sym(name));
+                continue;
+            }
+            let value = match bound {
+                Some(node) => self.constant_of(node),
+                None => d.constant(),
+            };
+            out.push(Dim::Known(self.dim_size(value, d.span)?));
+        }
+        let shape = Shape(out);
+        shape.check_size().map_err(|e| Diagnostic::new(e.0, owner))?;
+        Ok(shape)
+    }
+
+    pub(crate) fn dim_size(&self, value: Option<f64>, span: Span) -> Result<usize, Diagnostic> {
+        match value {
+            Some(v) if v.fract() == 0.0 && v >= 1.0 && v <= MAX_ELEMENTS as f64 => Ok(v as usize),
+            Some(v) if v.fract() == 0.0 && v > MAX_ELEMENTS as f64 => Err(Diagnostic::new(format!("dimension {v:.0} is too large"), span)
+                .label(format!("at most {MAX_ELEMENTS}"))),
+            _ => Err(Diagnostic::new("a dimension must be a positive whole number or a symbol like `B`", span)
+                .label("expected a positive whole number")),
+        }
+    }
+
+    /// The value of a scalar constant node.
+    pub(crate) fn constant_of(&self, node: NodeId) -> Option<f64> {
+        match self.graph.op(node) {
+            Op::Const(c) => Some(c.get()),
+            _ => None,
+        }
+    }
+
+    /// The name prefix for the next layer's parameters.
+    pub(crate) fn layer_name(&mut self) -> String {
+        let base = if self.scope_path.is_empty() { "layer".to_string() } else { self.scope_path.join(".") };
+        let name = (1..).map(|k| if k == 1 { base.clone() } else { format!("{base}.{k}") })
+            .find(|n| !self.used_layer_names.contains(n))
+            .expect("an unused name exists");
+        self.used_layer_names.insert(name.clone());
+        name
+    }
+
+    /// Maps a builder shape error to a diagnostic on `span`, labelling the operands' shapes.
+    pub(crate) fn shape_error(&self, err: ShapeError, span: Span, operands: &[(Span, NodeId)]) -> Fail {
+        let mut d = Diagnostic::new(format!("shape mismatch: {}", err.0), span).label("in this expression");
+        for &(s, node) in operands {
+            d = d.secondary(s, format!("this has shape {}", self.graph.shape(node)));
+        }
+        Fail::Report(d)
+    }
+
+    pub(crate) fn expr(&mut self, e: &Expr, env: &Env) -> LResult<NodeId> {
+        if self.budget == 0 {
+            return Err(Diagnostic::new("the model is too large after inlining its functions", e.span)
+                .label(format!("more than {BUDGET} expression nodes"))
+                .note("functions are inlined at every call; a function calling another several times multiplies its size").into());
+        }
+        self.budget -= 1;
+        match &e.kind {
+            ExprKind::Number(v) => Ok(self.graph.constant(*v)),
+            ExprKind::Name(name) => self.name(name, e.span, env),
+            ExprKind::Neg(inner) => {
+                let x = self.expr(inner, env)?;
+                match self.constant_of(x) {
+                    Some(c) => Ok(self.graph.constant(-c)),
+                    None => self.graph.unary(UnaryOp::Neg, x).map_err(|err| self.shape_error(err, e.span, &[])),
+                }
+            }
+            ExprKind::Binary(op, a, b) => {
+                let (x, y) = (self.expr(a, env)?, self.expr(b, env)?);
+                let operands = [(a.span, x), (b.span, y)];
+                let result = match op {
+                    BinOp::MatMul => self.graph.matmul(x, y),
+                    _ => {
+                        let op = match op {
+                            BinOp::Add => BinaryOp::Add,
+                            BinOp::Sub => BinaryOp::Sub,
+                            BinOp::Mul => BinaryOp::Mul,
+                            BinOp::Div => BinaryOp::Div,
+                            _ => BinaryOp::Pow,
+                        };
+                        if let (Some(p), Some(q)) = (self.constant_of(x), self.constant_of(y)) {
+                            return Ok(self.graph.constant(interp::binary(op, p, q)));
+                        }
+                        self.graph.binary(op, x, y)
+                    }
+                };
+                result.map_err(|err| self.shape_error(err, e.span, &operands))
+            }
+            ExprKind::Call(callee, args) => self.call(callee, args, e.span, env),
+            ExprKind::Str(_) => Err(Diagnostic::new("a string is not a tensor", e.span)
+                .label("strings are only used in `train` blocks").into()),
+            ExprKind::List(_) => Err(Diagnostic::new("a list is not a tensor here", e.span)
+                .label("lists are only used as parameter values and settings").into()),
+            ExprKind::Range(..) => Err(Diagnostic::new("a range is not a tensor", e.span)
+                .label("ranges are only used to pick CSV columns").into()),
+        }
+    }
+
+    fn name(&mut self, name: &str, span: Span, env: &Env) -> LResult<NodeId> {
+        match env.get(name) {
+            Some(Some(node)) => return Ok(*node),
+            Some(None) => return Err(Fail::Cascade),
+            None => {}
+        }
+        if let Some(vars) = &mut self.free_variables {
+            if let Some((_, node)) = vars.iter().find(|(n, _)| n == name) {
+                return Ok(*node);
+            }
+            let node = self.graph.input(name, Shape::scalar()).map_err(|e| Diagnostic::new(e.0, span))?;
+            self.free_variables.get_or_insert_with(Vec::new).push((name.to_string(), node));
+            return Ok(node);
+        }
+        let mut d = Diagnostic::new(format!("unknown name `{name}`"), span).label("not defined before this point");
+        if crate::builtins::is_builtin(name) || self.functions.contains_key(name) {
+            d = d.note(format!("`{name}` is a function; call it like `{name}(x)`"));
+        } else if !self.inlining.is_empty() {
+            d = d.note("a function body sees only its parameters and its own bindings");
+        }
+        Err(d.into())
+    }
+
+    fn call(&mut self, callee: &Ident, args: &[Arg], span: Span, env: &Env) -> LResult<NodeId> {
+        if let Some(result) = self.builtin(&callee.name, span, args, env) {
+            return result;
+        }
+        let Some(&function) = self.functions.get(callee.name.as_str()) else {
+            return Err(Diagnostic::new(format!("unknown function `{}`", callee.name), callee.span)
+                .label("not a built-in or a function defined in this file")
+                .note("built-ins: ".to_string() + &crate::builtins::BUILTINS.join(", ")).into());
+        };
+        if self.inlining.contains(&callee.name) {
+            return Err(Diagnostic::new(format!("function `{}` calls itself", callee.name), span)
+                .label("recursive call").secondary(function.name.span, "defined here")
+                .note("functions are inlined, so recursion is not supported").into());
+        }
+        if let Some(named) = args.iter().find_map(|a| a.name.as_ref()) {
+            return Err(Diagnostic::new("user functions take positional arguments only", named.span).into());
+        }
+        if args.len() != function.params.len() {
+            return Err(Diagnostic::new(format!("`{}` takes {} arguments, got {}", callee.name, function.params.len(), args.len()), span)
+                .label(format!("expected {} arguments", function.params.len()))
+                .secondary(function.name.span, "defined here").into());
+        }
+        let mut local = Env::new();
+        for (param, arg) in function.params.iter().zip(args) {
+            local.insert(param.name.clone(), Some(self.expr(&arg.value, env)?));
+        }
+        self.inlining.push(callee.name.clone());
+        let result = self.function_body(function, &mut local);
+        self.inlining.pop();
+        result
+    }
+
+    fn function_body(&mut self, function: &Function, local: &mut Env) -> LResult<NodeId> {
+        for (name, value) in &function.bindings {
+            self.scope_path.push(name.name.clone());
+            let node = self.expr(value, local);
+            self.scope_path.pop();
+            local.insert(name.name.clone(), Some(node?));
+        }
+        self.expr(&function.body, local)
+    }
+
+    /// Marks `target` as a class-index input with `classes` classes, if it is one.
+    pub(crate) fn class_target(&mut self, target: NodeId, classes: usize) -> bool {
+        match self.inputs.iter_mut().find(|i| i.node == target) {
+            Some(InputSpec { kind: ValueKind::Class { classes: c }, .. }) => {
+                *c = Some(classes);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// A scalar constant node.
+    pub(crate) fn constant(&mut self, v: f64) -> NodeId {
+        self.graph.node(Op::Const(Scalar::new(v)), &[]).expect("scalars are well-shaped")
+    }
+}
