@@ -201,6 +201,11 @@ impl Lowerer<'_> {
         if let Some(i) = infer {
             let from = self.graph.shape(x).clone();
             let (n_from, n_to) = (known_product(&from), known_product(&Shape(dims.clone())));
+            let symbols = |s: &Shape| { let mut v: Vec<Dim> = s.0.iter().filter(|d| d.known().is_none()).cloned().collect(); v.sort(); v };
+            if symbols(&from) != symbols(&Shape(dims.clone())) {
+                return Err(Diagnostic::new(format!("cannot infer the `-1` dimension reshaping {from}: keep its symbolic dimensions"), list.span)
+                    .label("a `-1` stands for a known number of elements").into());
+            }
             if n_to == 0 || n_from % n_to != 0 {
                 return Err(Diagnostic::new(format!("cannot infer the `-1` dimension reshaping {from}"), list.span).into());
             }

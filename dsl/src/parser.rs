@@ -454,7 +454,7 @@ mod tests {
 
     #[test]
     fn recovers_to_report_several_errors() {
-        let src = "model m {\n  a = (\n  b = 1 +\n  loss = a\n}\n";
+        let src = "model m {\n  a = 1 +\n  b = * 2\n  loss = a\n}\n";
         let (file, errors) = parse_file(&lex(src).unwrap());
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert_eq!(file.models.len(), 1);

@@ -70,13 +70,14 @@ fn number(v: f64) -> (String, u8) {
     (text, strength)
 }
 
-/// A flattened sum, terms ordered by the variables they mention (constants last).
+/// A flattened sum: added terms before subtracted ones, each ordered by the variables they
+/// mention (constants last), so `1 - sigmoid(x)` rather than `-sigmoid(x) + 1`.
 fn sum(graph: &Graph, id: NodeId) -> (String, u8) {
     let mut terms = Vec::new();
     collect_terms(graph, id, true, &mut terms);
-    terms.sort_by_key(|&(_, term)| {
+    terms.sort_by_key(|&(positive, term)| {
         let vars = variables(graph, term);
-        (vars.is_empty(), vars)
+        (!positive, vars.is_empty(), vars)
     });
     let mut out = String::new();
     for (i, &(positive, term)) in terms.iter().enumerate() {

@@ -191,16 +191,16 @@ fn for_each_index(shape: &[usize], mut f: impl FnMut(usize, &[usize])) {
     }
 }
 
-/// Flat offset of `index` in a tensor of shape `shape` read with NumPy broadcasting (`index`
-/// may be longer; size-1 dimensions are read at 0).
-fn broadcast_offset(shape: &[usize], index: &[usize]) -> usize {
-    let lead = index.len() - shape.len();
-    let strides = strides(shape);
-    shape
-        .iter()
-        .enumerate()
-        .map(|(i, &d)| if d == 1 { 0 } else { index[lead + i] * strides[i] })
-        .sum()
+/// Strides for reading a tensor of shape `shape` with NumPy broadcasting at indices of rank
+/// `rank`: missing leading dimensions and size-1 dimensions get stride 0.
+fn broadcast_strides(shape: &[usize], rank: usize) -> Vec<usize> {
+    let own = strides(shape);
+    let lead = rank - shape.len();
+    (0..rank).map(|i| if i < lead || shape[i - lead] == 1 { 0 } else { own[i - lead] }).collect()
+}
+
+fn offset(strides: &[usize], index: &[usize]) -> usize {
+    strides.iter().zip(index).map(|(s, i)| s * i).sum()
 }
 
 fn reduce<T: Float>(op: ReduceOp, x: &Tensor<T>, out_shape: &[usize]) -> Vec<T> {
@@ -209,8 +209,9 @@ fn reduce<T: Float>(op: ReduceOp, x: &Tensor<T>, out_shape: &[usize]) -> Vec<T> 
         ReduceOp::Max => T::neg_infinity(),
     };
     let mut out = vec![init; numel(out_shape)];
+    let out_strides = broadcast_strides(out_shape, x.shape.len());
     for_each_index(&x.shape, |flat, index| {
-        let slot = &mut out[broadcast_offset(out_shape, index)];
+        let slot = &mut out[offset(&out_strides, index)];
         *slot = match op {
             ReduceOp::Sum => *slot + x.data[flat],
             ReduceOp::Max => slot.max(x.data[flat]),
@@ -221,7 +222,8 @@ fn reduce<T: Float>(op: ReduceOp, x: &Tensor<T>, out_shape: &[usize]) -> Vec<T> 
 
 fn broadcast<T: Float>(x: &Tensor<T>, out_shape: &[usize]) -> Vec<T> {
     let mut out = Vec::with_capacity(numel(out_shape));
-    for_each_index(out_shape, |_, index| out.push(x.data[broadcast_offset(&x.shape, index)]));
+    let in_strides = broadcast_strides(&x.shape, out_shape.len());
+    for_each_index(out_shape, |_, index| out.push(x.data[offset(&in_strides, index)]));
     out
 }
 

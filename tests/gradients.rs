@@ -1,0 +1,183 @@
+//! Gradients checked three ways: every built-in (random shapes, broadcasting, random values)
+//! against central finite differences in f64; random formulas, with shrinking; and simplified
+//! gradient graphs against unsimplified ones. A deliberately wrong rule must be caught.
+
+use std::collections::HashMap;
+
+use nabla_compiler::autodiff::{self, differentiate};
+use nabla_compiler::egraph::{self, Limits};
+use nabla_compiler::gradcheck::{self, Config, ParamResult};
+use nabla_compiler::ir::{Graph, NodeId, Op, ShapeError, Tensor, UnaryOp, interp};
+use nabla_compiler::model::Model;
+use nabla_runtime::Rng;
+use proptest::prelude::*;
+
+fn model(source: &str) -> Model {
+    match nabla_dsl::compile(source) {
+        Ok(c) => c.model,
+        Err(d) => panic!("{}\n{}", source, nabla_dsl::diagnostic::render(&d, "test.nn", source)),
+    }
+}
+
+fn check(source: &str, batch: usize, seed: u64, rules: autodiff::VjpRule) -> Vec<ParamResult> {
+    let config = Config { cases: 2, seed, batch, samples: 12, ..Config::default() };
+    gradcheck::check(&model(source), &config, rules, &interp::eval).expect("gradcheck runs")
+}
+
+/// A model whose loss applies `body` (in terms of `z`, a `[B, N]` tensor depending on every
+/// parameter through broadcasting) and reduces it to a scalar.
+fn template(n: usize, body: &str) -> String {
+    format!(
+        "model t {{
+  input  x[B, {n}]
+  input  u[B, {n}]
+  target y[B] : class
+  target t[B, {n}]
+  param  p[{n}] = normal(0, 1)
+  param  q[1, {n}] = normal(0, 1)
+  param  m[{n}, {n}] = normal(0, 0.5)
+  z      = x * p + q
+  loss   = {body}
+}}"
+    )
+}
+
+/// One expression per primitive, activation, reduction and loss.
+const BODIES: &[&str] = &[
+    "sum(exp(z))",
+    "sum(log(1 + exp(z)))",
+    "sum(sqrt(1 + z * z))",
+    "sum(abs(z))",
+    "sum(tanh(z) * u)",
+    "sum(sigmoid(z) * u)",
+    "sum(relu(z) * u)",
+    "sum(leaky_relu(z, 0.1) * u)",
+    "sum(identity(z) ^ 2)",
+    "sum(z ^ 3)",
+    "sum(u / (1 + z * z))",
+    "sum(-z * u - z)",
+    "sum(softmax(z) * u)",
+    "sum(softmax(z, axis = 0) * u)",
+    "sum(log_softmax(z) * u)",
+    "mean(z * u)",
+    "sum(mean(z, axis = 0) * sum(u, axis = 0))",
+    "sum(max(z, axis = 1)) + sum(min(z, axis = 0))",
+    "max(z) - min(z)",
+    "sum(max(z, u) + min(z, u))",
+    "sum((z @ m) * u)",
+    "sum(transpose(z) @ (u @ m))",
+    "sum(reshape(m, [-1]) * reshape(transpose(m), [-1]))",
+    "sum(reshape(z * u, [B, 1, -1]))",
+    "sum(tanh(dense(z, 3)))",
+    "mse(z, t)",
+    "l1(z, t)",
+    "smooth_l1(z, t, beta = 0.5)",
+    "bce(sigmoid(z), t)",
+    "bce_with_logits(z, t)",
+    "cross_entropy(z, y)",
+    "cross_entropy(z, softmax(u))",
+];
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+    /// Every built-in, at random sizes and values, agrees with finite differences.
+    #[test]
+    fn builtins_match_finite_differences(n in 1usize..5, batch in 1usize..4, seed in 0u64..1000) {
+        for body in BODIES {
+            for r in check(&template(n, body), batch, seed, autodiff::vjp) {
+                prop_assert!(r.passed, "{body} (n = {n}, batch = {batch}, seed = {seed}): {r:?}");
+            }
+        }
+    }
+}
+
+/// `d tanh(x) = 1 - tanh(x)` instead of `1 - tanh(x)^2`: a plausible slip.
+fn wrong_tanh_rule(graph: &mut Graph, node: NodeId, g: NodeId, wants: &[bool]) -> Result<Vec<Option<NodeId>>, ShapeError> {
+    if *graph.op(node) == Op::Unary(UnaryOp::Tanh) {
+        let one = graph.constant(1.0);
+        let d = graph.sub(one, node)?;
+        return Ok(vec![Some(graph.mul(g, d)?)]);
+    }
+    autodiff::vjp(graph, node, g, wants)
+}
+
+#[test]
+fn gradcheck_catches_a_wrong_rule() {
+    let source = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/xor.nn")).expect("example");
+    let right = check(&source, 4, 0, autodiff::vjp);
+    assert!(right.iter().all(|r| r.passed), "{right:?}");
+    let wrong = check(&source, 4, 0, wrong_tanh_rule);
+    let failed: Vec<&str> = wrong.iter().filter(|r| !r.passed).map(|r| r.name.as_str()).collect();
+    // Only the parameters below the tanh layer see its derivative.
+    assert_eq!(failed, ["h.w", "h.b"], "{wrong:?}");
+}
+
+/// Random formulas over `x`, `y`: smooth everywhere, so finite differences are trustworthy.
+fn formula() -> impl Strategy<Value = String> {
+    let leaf = prop_oneof![Just("x".to_string()), Just("y".to_string()), (1u8..5).prop_map(|c| c.to_string())];
+    leaf.prop_recursive(5, 32, 2, |inner| {
+        prop_oneof![
+            (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a} + {b})")),
+            (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a} - {b})")),
+            (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a} * {b})")),
+            (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a} / (1 + {b}^2))")),
+            inner.clone().prop_map(|a| format!("tanh({a})")),
+            inner.clone().prop_map(|a| format!("sigmoid({a})")),
+            inner.clone().prop_map(|a| format!("sqrt(1 + {a}^2)")),
+            inner.prop_map(|a| format!("(-{a})")),
+        ]
+    })
+}
+
+fn eval_at(graph: &Graph, roots: &[NodeId], x: f64, y: f64) -> Vec<f64> {
+    let feeds: HashMap<String, Tensor<f64>> = [("x".to_string(), Tensor::scalar(x)), ("y".to_string(), Tensor::scalar(y))].into();
+    interp::eval(graph, &feeds, roots).expect("evaluates").into_iter().map(|t| t.data[0]).collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Symbolic derivatives of random formulas, simplified or not, agree with finite differences.
+    #[test]
+    fn random_formulas_differentiate_correctly(f in formula(), x in -2.0f64..2.0, y in -2.0f64..2.0) {
+        let source = format!("{f} + 0*x + 0*y");
+        let (mut graph, root, vars) = nabla_dsl::formula(&source).expect("the formula parses");
+        let wrt: Vec<NodeId> = ["x", "y"].iter().map(|n| vars.iter().find(|(v, _)| v == n).expect("used").1).collect();
+        let grads = differentiate(&mut graph, root, &wrt).expect("differentiates");
+        let simplified = egraph::simplify(&graph, &grads, &Limits::default()).expect("simplifies");
+        let analytic = eval_at(&graph, &grads, x, y);
+        let simple = eval_at(&simplified.graph, &simplified.roots, x, y);
+        let eps = 1e-6;
+        let loss = |x: f64, y: f64| eval_at(&graph, &[root], x, y)[0];
+        let numeric = [(loss(x + eps, y) - loss(x - eps, y)) / (2.0 * eps), (loss(x, y + eps) - loss(x, y - eps)) / (2.0 * eps)];
+        for i in 0..2 {
+            prop_assert!((analytic[i] - numeric[i]).abs() <= 1e-5 + 1e-4 * numeric[i].abs(), "{f}: d{i} {} vs {}", analytic[i], numeric[i]);
+            prop_assert!((analytic[i] - simple[i]).abs() <= 1e-9 * (1.0 + analytic[i].abs()), "{f}: simplified {} vs {}", simple[i], analytic[i]);
+        }
+    }
+}
+
+/// For every example, the simplified gradient graph computes what the raw one does.
+#[test]
+fn simplification_preserves_gradients_of_examples() {
+    for name in ["backprop", "xor", "linear_regression", "mnist_mlp"] {
+        let source = std::fs::read_to_string(format!("{}/examples/{name}.nn", env!("CARGO_MANIFEST_DIR"))).expect("example");
+        let mut m = model(&source);
+        m.bind(&|_| Some(2)).expect("binds");
+        let (graph, loss, grads) = m.gradient_graph().expect("differentiates");
+        let roots: Vec<NodeId> = std::iter::once(loss).chain(grads).collect();
+        let simplified = egraph::simplify(&graph, &roots, &Limits::default()).expect("simplifies");
+        nabla_compiler::ir::verify::verify(&simplified.graph).expect("a well-formed graph");
+        let feeds = gradcheck::random_feeds(&m, &graph, &mut Rng::seeded(3));
+        let before = interp::eval(&graph, &feeds, &roots).expect("evaluates");
+        let after = interp::eval(&simplified.graph, &feeds, &simplified.roots).expect("evaluates");
+        for (b, a) in before.iter().zip(&after) {
+            assert_eq!(b.shape, a.shape, "{name}");
+            for (x, y) in b.data.iter().zip(&a.data) {
+                assert!((x - y).abs() <= 1e-12 * (1.0 + x.abs()), "{name}: {x} vs {y}");
+            }
+        }
+        assert!(simplified.graph.ancestors(&simplified.roots).len() <= graph.ancestors(&roots).len(), "{name} grew");
+    }
+}
