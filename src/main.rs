@@ -33,15 +33,21 @@ const STACK_BYTES: usize = 256 << 20;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let worker = std::thread::Builder::new().stack_size(STACK_BYTES).spawn(move || match cli.command {
-        Command::Check(args) => commands::check::run(args),
-        Command::Graph(args) => commands::graph::run(args),
-        Command::Diff(args) => commands::diff::run(args),
-        Command::Gradcheck(args) => commands::gradcheck::run(args),
-    });
+    let worker = std::thread::Builder::new()
+        .stack_size(STACK_BYTES)
+        .spawn(move || match cli.command {
+            Command::Check(args) => commands::check::run(args),
+            Command::Graph(args) => commands::graph::run(args),
+            Command::Diff(args) => commands::diff::run(args),
+            Command::Gradcheck(args) => commands::gradcheck::run(args),
+        });
     let outcome = match worker {
-        Ok(handle) => handle.join().unwrap_or(Err(commands::Failure::Message("internal error: the compiler crashed".into()))),
-        Err(e) => Err(commands::Failure::Message(format!("cannot start the compiler thread: {e}"))),
+        Ok(handle) => handle.join().unwrap_or(Err(commands::Failure::Message(
+            "internal error: the compiler crashed".into(),
+        ))),
+        Err(e) => Err(commands::Failure::Message(format!(
+            "cannot start the compiler thread: {e}"
+        ))),
     };
     match outcome {
         Ok(code) => code,

@@ -21,18 +21,22 @@ fn nabla(args: &[&str]) -> std::process::Output {
 fn transcript(output: &std::process::Output) -> String {
     format!(
         "exit: {}\n--- stdout\n{}--- stderr\n{}",
-        output.status.code().map_or("signal".to_string(), |c| c.to_string()),
+        output
+            .status
+            .code()
+            .map_or("signal".to_string(), |c| c.to_string()),
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     )
 }
 
 fn nn_files(dir: &str) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(dir))
-        .expect("the filetest directory exists")
-        .map(|e| e.expect("a readable entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "nn"))
-        .collect();
+    let mut files: Vec<PathBuf> =
+        std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(dir))
+            .expect("the filetest directory exists")
+            .map(|e| e.expect("a readable entry").path())
+            .filter(|p| p.extension().is_some_and(|e| e == "nn"))
+            .collect();
     files.sort();
     files
 }
@@ -43,11 +47,22 @@ fn run_dir(dir: &str, expect_success: bool) {
     let files = nn_files(dir);
     assert!(!files.is_empty(), "no filetests in {dir}");
     for file in files {
-        let relative = file.strip_prefix(env!("CARGO_MANIFEST_DIR")).expect("under the manifest dir");
+        let relative = file
+            .strip_prefix(env!("CARGO_MANIFEST_DIR"))
+            .expect("under the manifest dir");
         let output = nabla(&["check", relative.to_str().expect("utf-8 path")]);
         let actual = transcript(&output);
-        assert_eq!(output.status.success(), expect_success, "{}:\n{actual}", relative.display());
-        assert!(!actual.contains("panicked"), "{} panicked:\n{actual}", relative.display());
+        assert_eq!(
+            output.status.success(),
+            expect_success,
+            "{}:\n{actual}",
+            relative.display()
+        );
+        assert!(
+            !actual.contains("panicked"),
+            "{} panicked:\n{actual}",
+            relative.display()
+        );
         let expected_path = file.with_extension("expected");
         if bless {
             std::fs::write(&expected_path, &actual).expect("write the expectation");
@@ -55,10 +70,18 @@ fn run_dir(dir: &str, expect_success: bool) {
         }
         let expected = std::fs::read_to_string(&expected_path).unwrap_or_default();
         if expected != actual {
-            failures.push(format!("{}:\n--- expected\n{expected}\n--- actual\n{actual}", relative.display()));
+            failures.push(format!(
+                "{}:\n--- expected\n{expected}\n--- actual\n{actual}",
+                relative.display()
+            ));
         }
     }
-    assert!(failures.is_empty(), "{} filetests differ (NABLA_BLESS=1 to update):\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} filetests differ (NABLA_BLESS=1 to update):\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -85,16 +108,33 @@ fn every_example_checks() {
 fn pathological_inputs_fail_cleanly() {
     let dir = std::env::temp_dir().join(format!("nabla-filetests-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let deep = format!("model m {{\n  input x[B, 1]\n  loss = sum({}x{})\n}}\n", "(".repeat(100_000), ")".repeat(100_000));
-    let long_sum = format!("model m {{\n  input x[B, 1]\n  loss = sum({})\n}}\n", vec!["x"; 100_000].join(" + "));
+    let deep = format!(
+        "model m {{\n  input x[B, 1]\n  loss = sum({}x{})\n}}\n",
+        "(".repeat(100_000),
+        ")".repeat(100_000)
+    );
+    let long_sum = format!(
+        "model m {{\n  input x[B, 1]\n  loss = sum({})\n}}\n",
+        vec!["x"; 100_000].join(" + ")
+    );
     let exponential = "fn f0(x) = x + x\n".to_string()
-        + &(1..40).map(|i| format!("fn f{i}(x) = f{}(x) + f{}(x)\n", i - 1, i - 1)).collect::<String>()
+        + &(1..40)
+            .map(|i| format!("fn f{i}(x) = f{}(x) + f{}(x)\n", i - 1, i - 1))
+            .collect::<String>()
         + "model m {\n  input x[B, 1]\n  loss = sum(f39(x))\n}\n";
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("invalid_utf8.nn", b"model m {\n  input x[B, \xff\xfe]\n}\n".to_vec(), "not valid UTF-8"),
+        (
+            "invalid_utf8.nn",
+            b"model m {\n  input x[B, \xff\xfe]\n}\n".to_vec(),
+            "not valid UTF-8",
+        ),
         ("deep.nn", deep.into_bytes(), "nested too deeply"),
         ("long_sum.nn", long_sum.into_bytes(), "nested too deeply"),
-        ("exponential.nn", exponential.into_bytes(), "too large after inlining"),
+        (
+            "exponential.nn",
+            exponential.into_bytes(),
+            "too large after inlining",
+        ),
     ];
     for (name, bytes, message) in cases {
         let path = dir.join(name);
@@ -102,8 +142,14 @@ fn pathological_inputs_fail_cleanly() {
         let output = nabla(&["check", path.to_str().expect("utf-8 path")]);
         let text = transcript(&output);
         assert_eq!(output.status.code(), Some(1), "{name}: {text}");
-        assert!(text.contains(message), "{name}: expected `{message}` in\n{text}");
-        assert!(text.contains(&format!("{name}:")), "{name}: the error is not located:\n{text}");
+        assert!(
+            text.contains(message),
+            "{name}: expected `{message}` in\n{text}"
+        );
+        assert!(
+            text.contains(&format!("{name}:")),
+            "{name}: the error is not located:\n{text}"
+        );
     }
     let missing = nabla(&["check", "no/such/file.nn"]);
     assert_eq!(missing.status.code(), Some(1));

@@ -15,12 +15,22 @@ use proptest::prelude::*;
 fn model(source: &str) -> Model {
     match nabla_dsl::compile(source) {
         Ok(c) => c.model,
-        Err(d) => panic!("{}\n{}", source, nabla_dsl::diagnostic::render(&d, "test.nn", source)),
+        Err(d) => panic!(
+            "{}\n{}",
+            source,
+            nabla_dsl::diagnostic::render(&d, "test.nn", source)
+        ),
     }
 }
 
 fn check(source: &str, batch: usize, seed: u64, rules: autodiff::VjpRule) -> Vec<ParamResult> {
-    let config = Config { cases: 2, seed, batch, samples: 12, ..Config::default() };
+    let config = Config {
+        cases: 2,
+        seed,
+        batch,
+        samples: 12,
+        ..Config::default()
+    };
     gradcheck::check(&model(source), &config, rules, &interp::eval).expect("gradcheck runs")
 }
 
@@ -93,7 +103,12 @@ proptest! {
 }
 
 /// `d tanh(x) = 1 - tanh(x)` instead of `1 - tanh(x)^2`: a plausible slip.
-fn wrong_tanh_rule(graph: &mut Graph, node: NodeId, g: NodeId, wants: &[bool]) -> Result<Vec<Option<NodeId>>, ShapeError> {
+fn wrong_tanh_rule(
+    graph: &mut Graph,
+    node: NodeId,
+    g: NodeId,
+    wants: &[bool],
+) -> Result<Vec<Option<NodeId>>, ShapeError> {
     if *graph.op(node) == Op::Unary(UnaryOp::Tanh) {
         let one = graph.constant(1.0);
         let d = graph.sub(one, node)?;
@@ -104,18 +119,27 @@ fn wrong_tanh_rule(graph: &mut Graph, node: NodeId, g: NodeId, wants: &[bool]) -
 
 #[test]
 fn gradcheck_catches_a_wrong_rule() {
-    let source = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/xor.nn")).expect("example");
+    let source = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/xor.nn"))
+        .expect("example");
     let right = check(&source, 4, 0, autodiff::vjp);
     assert!(right.iter().all(|r| r.passed), "{right:?}");
     let wrong = check(&source, 4, 0, wrong_tanh_rule);
-    let failed: Vec<&str> = wrong.iter().filter(|r| !r.passed).map(|r| r.name.as_str()).collect();
+    let failed: Vec<&str> = wrong
+        .iter()
+        .filter(|r| !r.passed)
+        .map(|r| r.name.as_str())
+        .collect();
     // Only the parameters below the tanh layer see its derivative.
     assert_eq!(failed, ["h.w", "h.b"], "{wrong:?}");
 }
 
 /// Random formulas over `x`, `y`: smooth everywhere, so finite differences are trustworthy.
 fn formula() -> impl Strategy<Value = String> {
-    let leaf = prop_oneof![Just("x".to_string()), Just("y".to_string()), (1u8..5).prop_map(|c| c.to_string())];
+    let leaf = prop_oneof![
+        Just("x".to_string()),
+        Just("y".to_string()),
+        (1u8..5).prop_map(|c| c.to_string())
+    ];
     leaf.prop_recursive(5, 32, 2, |inner| {
         prop_oneof![
             (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a} + {b})")),
@@ -131,8 +155,16 @@ fn formula() -> impl Strategy<Value = String> {
 }
 
 fn eval_at(graph: &Graph, roots: &[NodeId], x: f64, y: f64) -> Vec<f64> {
-    let feeds: HashMap<String, Tensor<f64>> = [("x".to_string(), Tensor::scalar(x)), ("y".to_string(), Tensor::scalar(y))].into();
-    interp::eval(graph, &feeds, roots).expect("evaluates").into_iter().map(|t| t.data[0]).collect()
+    let feeds: HashMap<String, Tensor<f64>> = [
+        ("x".to_string(), Tensor::scalar(x)),
+        ("y".to_string(), Tensor::scalar(y)),
+    ]
+    .into();
+    interp::eval(graph, &feeds, roots)
+        .expect("evaluates")
+        .into_iter()
+        .map(|t| t.data[0])
+        .collect()
 }
 
 proptest! {
@@ -142,7 +174,7 @@ proptest! {
     #[test]
     fn random_formulas_differentiate_correctly(f in formula(), x in -2.0f64..2.0, y in -2.0f64..2.0) {
         let source = format!("{f} + 0*x + 0*y");
-        let (mut graph, root, vars) = nabla_dsl::formula(&source).expect("the formula parses");
+        let nabla_dsl::Formula { mut graph, root, variables: vars } = nabla_dsl::formula(&source).expect("the formula parses");
         let wrt: Vec<NodeId> = ["x", "y"].iter().map(|n| vars.iter().find(|(v, _)| v == n).expect("used").1).collect();
         let grads = differentiate(&mut graph, root, &wrt).expect("differentiates");
         let simplified = egraph::simplify(&graph, &grads, &Limits::default()).expect("simplifies");
@@ -162,7 +194,9 @@ proptest! {
 #[test]
 fn simplification_preserves_gradients_of_examples() {
     for name in ["backprop", "xor", "linear_regression", "mnist_mlp"] {
-        let source = std::fs::read_to_string(format!("{}/examples/{name}.nn", env!("CARGO_MANIFEST_DIR"))).expect("example");
+        let source =
+            std::fs::read_to_string(format!("{}/examples/{name}.nn", env!("CARGO_MANIFEST_DIR")))
+                .expect("example");
         let mut m = model(&source);
         m.bind(&|_| Some(2)).expect("binds");
         let (graph, loss, grads) = m.gradient_graph().expect("differentiates");
@@ -175,9 +209,15 @@ fn simplification_preserves_gradients_of_examples() {
         for (b, a) in before.iter().zip(&after) {
             assert_eq!(b.shape, a.shape, "{name}");
             for (x, y) in b.data.iter().zip(&a.data) {
-                assert!((x - y).abs() <= 1e-12 * (1.0 + x.abs()), "{name}: {x} vs {y}");
+                assert!(
+                    (x - y).abs() <= 1e-12 * (1.0 + x.abs()),
+                    "{name}: {x} vs {y}"
+                );
             }
         }
-        assert!(simplified.graph.ancestors(&simplified.roots).len() <= graph.ancestors(&roots).len(), "{name} grew");
+        assert!(
+            simplified.graph.ancestors(&simplified.roots).len() <= graph.ancestors(&roots).len(),
+            "{name} grew"
+        );
     }
 }

@@ -14,10 +14,60 @@ fn compile_renders(source: &str) {
 
 /// Fragments of the language, so that random programs get past the lexer often.
 const WORDS: &[&str] = &[
-    "model", "m", "{", "}", "input", "target", "param", "fn", "train", "x", "y", "w", "B", "loss", "=", "[", "]", "(", ")",
-    ",", ":", "class", "@", "+", "-", "*", "/", "^", "..", "\n", "1", "3", "0.5", "1e30", "-1", "relu", "dense", "sum",
-    "mean", "softmax", "cross_entropy", "mse", "axis", "reshape", "transpose", "\"f\"", "zeros", "he_uniform", "normal",
-    "sgd", "optimizer", "data", "inline", "max",
+    "model",
+    "m",
+    "{",
+    "}",
+    "input",
+    "target",
+    "param",
+    "fn",
+    "train",
+    "x",
+    "y",
+    "w",
+    "B",
+    "loss",
+    "=",
+    "[",
+    "]",
+    "(",
+    ")",
+    ",",
+    ":",
+    "class",
+    "@",
+    "+",
+    "-",
+    "*",
+    "/",
+    "^",
+    "..",
+    "\n",
+    "1",
+    "3",
+    "0.5",
+    "1e30",
+    "-1",
+    "relu",
+    "dense",
+    "sum",
+    "mean",
+    "softmax",
+    "cross_entropy",
+    "mse",
+    "axis",
+    "reshape",
+    "transpose",
+    "\"f\"",
+    "zeros",
+    "he_uniform",
+    "normal",
+    "sgd",
+    "optimizer",
+    "data",
+    "inline",
+    "max",
 ];
 
 proptest! {
@@ -36,7 +86,11 @@ proptest! {
 
 #[test]
 fn a_valid_model_survives_every_truncation() {
-    let source = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/filetests/check/functions.nn")).expect("file");
+    let source = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/filetests/check/functions.nn"
+    ))
+    .expect("file");
     for end in (0..source.len()).filter(|&i| source.is_char_boundary(i)) {
         compile_renders(&source[..end]);
     }

@@ -66,14 +66,17 @@ pub fn differentiate_with(
     let mut grads: HashMap<NodeId, NodeId> = HashMap::new();
     grads.insert(loss, graph.constant(1.0));
     for &id in forward.iter().rev() {
-        let Some(&grad) = grads.get(&id) else { continue };
+        let Some(&grad) = grads.get(&id) else {
+            continue;
+        };
         let operands = graph.operands(id);
         let wants: Vec<bool> = operands.iter().map(|o| needs_grad[o]).collect();
         if !wants.iter().any(|&w| w) {
             continue;
         }
         let contributions = rules(graph, id, grad, &wants)?;
-        for ((operand, contribution), wanted) in operands.into_iter().zip(contributions).zip(wants) {
+        for ((operand, contribution), wanted) in operands.into_iter().zip(contributions).zip(wants)
+        {
             if let (Some(c), true) = (contribution, wanted) {
                 accumulate(graph, &mut grads, operand, c)?;
             }
@@ -222,7 +225,11 @@ pub fn vjp(
         // d select(c, a, b) = (0, c, not c)
         Op::Select => {
             let zero = graph.constant(0.0);
-            vec![None, Some(graph.select(x[0], g, zero)?), Some(graph.select(x[0], zero, g)?)]
+            vec![
+                None,
+                Some(graph.select(x[0], g, zero)?),
+                Some(graph.select(x[0], zero, g)?),
+            ]
         }
         // d sum = 1 for every summed element
         Op::Reduce(ReduceOp::Sum, _) => {

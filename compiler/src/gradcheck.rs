@@ -15,8 +15,11 @@ use crate::ir::{EvalError, Graph, NodeId, ShapeError, Tensor};
 use crate::model::{Model, Role, ValueKind};
 
 /// Evaluates graph nodes in f64 given feeds by name (the interpreter's `eval` has this type).
-pub type Evaluator<'a> =
-    &'a dyn Fn(&Graph, &HashMap<String, Tensor<f64>>, &[NodeId]) -> Result<Vec<Tensor<f64>>, EvalError>;
+pub type Evaluator<'a> = &'a dyn Fn(
+    &Graph,
+    &HashMap<String, Tensor<f64>>,
+    &[NodeId],
+) -> Result<Vec<Tensor<f64>>, EvalError>;
 
 /// How to check.
 #[derive(Clone, Debug)]
@@ -39,7 +42,15 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Config {
-        Config { cases: 3, seed: 0, eps: 1e-6, batch: 3, samples: 24, atol: 1e-6, rtol: 1e-4 }
+        Config {
+            cases: 3,
+            seed: 0,
+            eps: 1e-6,
+            batch: 3,
+            samples: 24,
+            atol: 1e-6,
+            rtol: 1e-4,
+        }
     }
 }
 
@@ -103,10 +114,16 @@ pub fn check(
         for (i, spec) in model.params.iter().enumerate() {
             let len = analytic[i].data.len();
             for element in sample_elements(len, config.samples, &mut rng) {
-                let numeric = central_difference(&graph, model.loss, &mut feeds, &spec.name, element, config.eps, evaluate)?;
+                let numeric = central_difference(
+                    &graph, model.loss, &mut feeds, &spec.name, element, config.eps, evaluate,
+                )?;
                 let a = analytic[i].data[element];
                 let abs = (a - numeric).abs();
-                let rel = if abs == 0.0 { 0.0 } else { abs / a.abs().max(numeric.abs()) };
+                let rel = if abs == 0.0 {
+                    0.0
+                } else {
+                    abs / a.abs().max(numeric.abs())
+                };
                 let result = &mut results[i];
                 result.checked += 1;
                 result.max_abs_err = result.max_abs_err.max(abs);
@@ -165,9 +182,9 @@ pub fn random_feeds(model: &Model, graph: &Graph, rng: &mut Rng) -> HashMap<Stri
         let shape = graph.shape(input.node).concrete().unwrap_or_default();
         let len = shape.iter().product();
         let data = match (input.role, input.kind) {
-            (_, ValueKind::Class { classes }) => {
-                (0..len).map(|_| rng.below(classes.unwrap_or(2)) as f64).collect()
-            }
+            (_, ValueKind::Class { classes }) => (0..len)
+                .map(|_| rng.below(classes.unwrap_or(2)) as f64)
+                .collect(),
             (Role::Target, ValueKind::Real) => (0..len).map(|_| rng.uniform(0.0, 1.0)).collect(),
             (Role::Input, ValueKind::Real) => (0..len).map(|_| rng.normal(0.0, 1.0)).collect(),
         };
@@ -178,7 +195,9 @@ pub fn random_feeds(model: &Model, graph: &Graph, rng: &mut Rng) -> HashMap<Stri
         let len = shape.iter().product();
         let data = match &param.init {
             random @ (Init::Uniform { .. } | Init::Normal { .. }) => random.sample(len, rng),
-            Init::Constant(_) | Init::Values(_) => (0..len).map(|_| rng.uniform(-1.0, 1.0)).collect(),
+            Init::Constant(_) | Init::Values(_) => {
+                (0..len).map(|_| rng.uniform(-1.0, 1.0)).collect()
+            }
         };
         feeds.insert(param.name.clone(), Tensor::new(shape, data));
     }

@@ -85,7 +85,10 @@ pub struct Model {
 impl Model {
     /// Total number of trainable scalars (parameters never have symbolic dimensions).
     pub fn param_count(&self) -> usize {
-        self.params.iter().map(|p| self.graph.shape(p.node).numel().unwrap_or(0)).sum()
+        self.params
+            .iter()
+            .map(|p| self.graph.shape(p.node).numel().unwrap_or(0))
+            .sum()
     }
 
     /// Binds every symbolic dimension that `lookup` knows, checking all shapes again.
@@ -98,10 +101,10 @@ impl Model {
         let mut names: Vec<String> = Vec::new();
         for input in &self.inputs {
             for dim in self.graph.shape(input.node).dims() {
-                if let crate::ir::Dim::Sym(s) = dim {
-                    if !names.iter().any(|n| **n == **s) {
-                        names.push(s.to_string());
-                    }
+                if let crate::ir::Dim::Sym(s) = dim
+                    && !names.iter().any(|n| **n == **s)
+                {
+                    names.push(s.to_string());
                 }
             }
         }
@@ -112,7 +115,9 @@ impl Model {
 impl Model {
     /// A copy of the graph with the gradient of the loss for every parameter added (labelled
     /// `grad NAME`): `(graph, loss, gradients in parameter order)`.
-    pub fn gradient_graph(&self) -> Result<(Graph, NodeId, Vec<NodeId>), crate::autodiff::AutodiffError> {
+    pub fn gradient_graph(
+        &self,
+    ) -> Result<(Graph, NodeId, Vec<NodeId>), crate::autodiff::AutodiffError> {
         let mut graph = self.graph.clone();
         let params: Vec<NodeId> = self.params.iter().map(|p| p.node).collect();
         let grads = crate::autodiff::differentiate(&mut graph, self.loss, &params)?;

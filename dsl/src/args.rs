@@ -19,37 +19,74 @@ pub struct Args<'a> {
 impl<'a> Args<'a> {
     /// Splits `args` and checks counts and names: between `min` and `max` positional arguments,
     /// named ones only from `names` (a name may also fill a positional slot, as in Python).
-    pub fn new(callee: &'a str, span: Span, args: &'a [Arg], min: usize, max: usize, names: &[&str]) -> Result<Args<'a>, Diagnostic> {
+    pub fn new(
+        callee: &'a str,
+        span: Span,
+        args: &'a [Arg],
+        min: usize,
+        max: usize,
+        names: &[&str],
+    ) -> Result<Args<'a>, Diagnostic> {
         let mut positional = Vec::new();
         let mut named: Vec<(&Ident, &Expr)> = Vec::new();
         for arg in args {
             match &arg.name {
                 None if !named.is_empty() => {
-                    return Err(Diagnostic::new("positional argument after a named one", arg.value.span)
-                        .label("move it before the named arguments"));
+                    return Err(Diagnostic::new(
+                        "positional argument after a named one",
+                        arg.value.span,
+                    )
+                    .label("move it before the named arguments"));
                 }
                 None => positional.push(&arg.value),
                 Some(name) => {
                     if !names.contains(&name.name.as_str()) {
-                        let expected = if names.is_empty() { "it takes no named arguments".to_string() } else { format!("expected one of: {}", names.join(", ")) };
-                        return Err(Diagnostic::new(format!("`{callee}` has no argument named `{}`", name.name), name.span)
-                            .label(expected));
+                        let expected = if names.is_empty() {
+                            "it takes no named arguments".to_string()
+                        } else {
+                            format!("expected one of: {}", names.join(", "))
+                        };
+                        return Err(Diagnostic::new(
+                            format!("`{callee}` has no argument named `{}`", name.name),
+                            name.span,
+                        )
+                        .label(expected));
                     }
                     if let Some((first, _)) = named.iter().find(|(n, _)| n.name == name.name) {
-                        return Err(Diagnostic::new(format!("argument `{}` given twice", name.name), name.span)
-                            .secondary(first.span, "first given here"));
+                        return Err(Diagnostic::new(
+                            format!("argument `{}` given twice", name.name),
+                            name.span,
+                        )
+                        .secondary(first.span, "first given here"));
                     }
                     named.push((name, &arg.value));
                 }
             }
         }
         if positional.len() > max || positional.len() + named.len() < min {
-            let count = if min == max { format!("{min}") } else if max == usize::MAX { format!("at least {min}") } else { format!("{min} to {max}") };
+            let count = if min == max {
+                format!("{min}")
+            } else if max == usize::MAX {
+                format!("at least {min}")
+            } else {
+                format!("{min} to {max}")
+            };
             let plural = if max == 1 && min == 1 { "" } else { "s" };
-            return Err(Diagnostic::new(format!("`{callee}` takes {count} positional argument{plural}, got {}", positional.len()), span)
-                .label(format!("expected {count} argument{plural}")));
+            return Err(Diagnostic::new(
+                format!(
+                    "`{callee}` takes {count} positional argument{plural}, got {}",
+                    positional.len()
+                ),
+                span,
+            )
+            .label(format!("expected {count} argument{plural}")));
         }
-        Ok(Args { callee, span, positional, named })
+        Ok(Args {
+            callee,
+            span,
+            positional,
+            named,
+        })
     }
 
     /// The argument at position `i`, or the one named `name`.
@@ -59,13 +96,20 @@ impl<'a> Args<'a> {
 
     /// The argument named `name`.
     pub fn named(&self, name: &str) -> Option<&'a Expr> {
-        self.named.iter().find(|(n, _)| n.name == name).map(|(_, e)| *e)
+        self.named
+            .iter()
+            .find(|(n, _)| n.name == name)
+            .map(|(_, e)| *e)
     }
 
     /// A required argument.
     pub fn required(&self, i: usize, name: &str) -> Result<&'a Expr, Diagnostic> {
         self.get(i, name).ok_or_else(|| {
-            Diagnostic::new(format!("`{}` needs the argument `{name}`", self.callee), self.span).label(format!("`{name}` is missing"))
+            Diagnostic::new(
+                format!("`{}` needs the argument `{name}`", self.callee),
+                self.span,
+            )
+            .label(format!("`{name}` is missing"))
         })
     }
 
@@ -84,7 +128,10 @@ impl<'a> Args<'a> {
             Some(e) => match e.as_name() {
                 Some("true") => Ok(true),
                 Some("false") => Ok(false),
-                _ => Err(Diagnostic::new(format!("`{name}` must be `true` or `false`"), e.span).label("expected `true` or `false`")),
+                _ => Err(
+                    Diagnostic::new(format!("`{name}` must be `true` or `false`"), e.span)
+                        .label("expected `true` or `false`"),
+                ),
             },
         }
     }
@@ -93,7 +140,8 @@ impl<'a> Args<'a> {
 /// A constant number.
 pub fn number(e: &Expr, what: &str) -> Result<f64, Diagnostic> {
     e.constant().filter(|v| v.is_finite()).ok_or_else(|| {
-        Diagnostic::new(format!("`{what}` must be a constant number"), e.span).label("expected a number")
+        Diagnostic::new(format!("`{what}` must be a constant number"), e.span)
+            .label("expected a number")
     })
 }
 
@@ -101,8 +149,11 @@ pub fn number(e: &Expr, what: &str) -> Result<f64, Diagnostic> {
 pub fn integer(e: &Expr, what: &str, min: u64, max: u64) -> Result<u64, Diagnostic> {
     let v = number(e, what)?;
     if v.fract() != 0.0 || v < min as f64 || v > max as f64 {
-        return Err(Diagnostic::new(format!("`{what}` must be a whole number from {min} to {max}, got {v}"), e.span)
-            .label(format!("expected a whole number from {min} to {max}")));
+        return Err(Diagnostic::new(
+            format!("`{what}` must be a whole number from {min} to {max}, got {v}"),
+            e.span,
+        )
+        .label(format!("expected a whole number from {min} to {max}")));
     }
     Ok(v as u64)
 }
@@ -111,6 +162,9 @@ pub fn integer(e: &Expr, what: &str, min: u64, max: u64) -> Result<u64, Diagnost
 pub fn string<'e>(e: &'e Expr, what: &str) -> Result<&'e str, Diagnostic> {
     match &e.kind {
         crate::ast::ExprKind::Str(s) => Ok(s),
-        _ => Err(Diagnostic::new(format!("`{what}` must be a string"), e.span).label("expected a string like \"data/file.csv\"")),
+        _ => Err(
+            Diagnostic::new(format!("`{what}` must be a string"), e.span)
+                .label("expected a string like \"data/file.csv\""),
+        ),
     }
 }

@@ -14,9 +14,30 @@ use crate::lower::{Env, LResult, Lowerer};
 
 /// Every built-in function name.
 pub const BUILTINS: [&str; 24] = [
-    "exp", "log", "sqrt", "abs", "tanh", "sigmoid", "relu", "leaky_relu", "identity", "softmax", "log_softmax",
-    "sum", "mean", "max", "min", "transpose", "reshape", "dense",
-    "mse", "l1", "smooth_l1", "bce", "bce_with_logits", "cross_entropy",
+    "exp",
+    "log",
+    "sqrt",
+    "abs",
+    "tanh",
+    "sigmoid",
+    "relu",
+    "leaky_relu",
+    "identity",
+    "softmax",
+    "log_softmax",
+    "sum",
+    "mean",
+    "max",
+    "min",
+    "transpose",
+    "reshape",
+    "dense",
+    "mse",
+    "l1",
+    "smooth_l1",
+    "bce",
+    "bce_with_logits",
+    "cross_entropy",
 ];
 
 /// Whether `name` is a built-in function.
@@ -26,7 +47,13 @@ pub fn is_builtin(name: &str) -> bool {
 
 impl Lowerer<'_> {
     /// Lowers a built-in call, or `None` when `name` is not a built-in.
-    pub(crate) fn builtin(&mut self, name: &str, span: Span, args: &[Arg], env: &Env) -> Option<LResult<NodeId>> {
+    pub(crate) fn builtin(
+        &mut self,
+        name: &str,
+        span: Span,
+        args: &[Arg],
+        env: &Env,
+    ) -> Option<LResult<NodeId>> {
         let unary = match name {
             "exp" => Some(UnaryOp::Exp),
             "log" => Some(UnaryOp::Log),
@@ -41,7 +68,9 @@ impl Lowerer<'_> {
         }
         let result = match name {
             "identity" => self.tensor_args(name, span, args, env, 1).map(|x| x[0]),
-            "relu" => self.tensor_args(name, span, args, env, 1).and_then(|x| self.leaky_relu(x[0], 0.0, span)),
+            "relu" => self
+                .tensor_args(name, span, args, env, 1)
+                .and_then(|x| self.leaky_relu(x[0], 0.0, span)),
             "leaky_relu" => (|| {
                 let a = Args::new(name, span, args, 1, 2, &["a"])?;
                 let slope = a.number(1, "a", 0.01)?;
@@ -51,9 +80,15 @@ impl Lowerer<'_> {
             "softmax" | "log_softmax" => (|| {
                 let a = Args::new(name, span, args, 1, 1, &["axis"])?;
                 let x = self.expr(a.positional[0], env)?;
-                let axis = self.axis(&a, x)?.unwrap_or(self.graph.shape(x).rank().saturating_sub(1));
+                let axis = self
+                    .axis(&a, x)?
+                    .unwrap_or(self.graph.shape(x).rank().saturating_sub(1));
                 if self.graph.shape(x).rank() == 0 {
-                    return Err(Diagnostic::new(format!("`{name}` needs at least one axis, but its argument is a scalar"), span).into());
+                    return Err(Diagnostic::new(
+                        format!("`{name}` needs at least one axis, but its argument is a scalar"),
+                        span,
+                    )
+                    .into());
                 }
                 let (shifted, sum_exp) = self.shifted_exp_sum(x, axis, span)?;
                 if name == "softmax" {
@@ -80,7 +115,9 @@ impl Lowerer<'_> {
             })(),
             "reshape" => self.reshape_call(span, args, env),
             "dense" => self.dense(span, args, env),
-            "mse" | "l1" | "smooth_l1" | "bce" | "bce_with_logits" => self.elementwise_loss(name, span, args, env),
+            "mse" | "l1" | "smooth_l1" | "bce" | "bce_with_logits" => {
+                self.elementwise_loss(name, span, args, env)
+            }
             "cross_entropy" => self.cross_entropy(span, args, env),
             _ => return None,
         };
@@ -88,12 +125,26 @@ impl Lowerer<'_> {
     }
 
     /// Exactly `n` positional tensor arguments.
-    fn tensor_args(&mut self, name: &str, span: Span, args: &[Arg], env: &Env, n: usize) -> LResult<Vec<NodeId>> {
+    fn tensor_args(
+        &mut self,
+        name: &str,
+        span: Span,
+        args: &[Arg],
+        env: &Env,
+        n: usize,
+    ) -> LResult<Vec<NodeId>> {
         let a = Args::new(name, span, args, n, n, &[])?;
         a.positional.iter().map(|e| self.expr(e, env)).collect()
     }
 
-    fn unary_call(&mut self, name: &str, op: UnaryOp, span: Span, args: &[Arg], env: &Env) -> LResult<NodeId> {
+    fn unary_call(
+        &mut self,
+        name: &str,
+        op: UnaryOp,
+        span: Span,
+        args: &[Arg],
+        env: &Env,
+    ) -> LResult<NodeId> {
         let x = self.tensor_args(name, span, args, env, 1)?[0];
         if let Some(c) = self.constant_of(x) {
             return Ok(self.constant(nabla_compiler::ir::interp::unary(op, c)));
@@ -105,20 +156,31 @@ impl Lowerer<'_> {
     fn leaky_relu(&mut self, x: NodeId, slope: f64, span: Span) -> LResult<NodeId> {
         let zero = self.constant(0.0);
         let positive = located(self.graph.binary(BinaryOp::Gt, x, zero), span)?;
-        let negative = if slope == 0.0 { zero } else { located(self.graph.scale(x, slope), span)? };
+        let negative = if slope == 0.0 {
+            zero
+        } else {
+            located(self.graph.scale(x, slope), span)?
+        };
         located(self.graph.select(positive, x, negative), span)
     }
 
     /// The optional `axis = k` argument, resolved against `x`'s rank.
     fn axis(&self, a: &Args, x: NodeId) -> LResult<Option<usize>> {
-        let Some(e) = a.named("axis") else { return Ok(None) };
+        let Some(e) = a.named("axis") else {
+            return Ok(None);
+        };
         let rank = self.graph.shape(x).rank() as u64;
         let k = crate::args::number(e, "axis")?;
         if k.fract() != 0.0 {
             return Err(Diagnostic::new("`axis` must be a whole number", e.span).into());
         }
-        let axis = self.graph.shape(x).axis(k as i64).map_err(|err| Diagnostic::new(err.0, e.span)
-            .label(format!("expected an axis from {} to {}", -(rank as i64), rank as i64 - 1)))?;
+        let axis = self.graph.shape(x).axis(k as i64).map_err(|err| {
+            Diagnostic::new(err.0, e.span).label(format!(
+                "expected an axis from {} to {}",
+                -(rank as i64),
+                rank as i64 - 1
+            ))
+        })?;
         Ok(Some(axis))
     }
 
@@ -140,13 +202,29 @@ impl Lowerer<'_> {
     /// `sum`, `mean`, `max`, `min` over all elements or `axis = k` (which is then dropped, as in
     /// NumPy); `max(a, b)` and `min(a, b)` with two tensors are elementwise.
     fn reduction(&mut self, name: &str, span: Span, args: &[Arg], env: &Env) -> LResult<NodeId> {
-        let a = Args::new(name, span, args, 1, if matches!(name, "max" | "min") { 2 } else { 1 }, &["axis"])?;
+        let a = Args::new(
+            name,
+            span,
+            args,
+            1,
+            if matches!(name, "max" | "min") { 2 } else { 1 },
+            &["axis"],
+        )?;
         let x = self.expr(a.positional[0], env)?;
         if a.positional.len() == 2 {
             let y = self.expr(a.positional[1], env)?;
-            let op = if name == "max" { BinaryOp::Max } else { BinaryOp::Min };
-            return self.graph.binary(op, x, y)
-                .map_err(|e| self.shape_error(e, span, &[(a.positional[0].span, x), (a.positional[1].span, y)]));
+            let op = if name == "max" {
+                BinaryOp::Max
+            } else {
+                BinaryOp::Min
+            };
+            return self.graph.binary(op, x, y).map_err(|e| {
+                self.shape_error(
+                    e,
+                    span,
+                    &[(a.positional[0].span, x), (a.positional[1].span, y)],
+                )
+            });
         }
         let shape = self.graph.shape(x).clone();
         let axes: Vec<usize> = match self.axis(&a, x)? {
@@ -162,7 +240,15 @@ impl Lowerer<'_> {
                 located(self.graph.unary(UnaryOp::Neg, m), span)?
             }
         };
-        let kept = Shape(shape.0.iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, d)| d.clone()).collect());
+        let kept = Shape(
+            shape
+                .0
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !axes.contains(i))
+                .map(|(_, d)| d.clone())
+                .collect(),
+        );
         let dropped = located(self.graph.reshape(reduced, &kept), span)?;
         if name != "mean" {
             return Ok(dropped);
@@ -174,7 +260,10 @@ impl Lowerer<'_> {
 
     fn mean_all(&mut self, x: NodeId, span: Span) -> LResult<NodeId> {
         let total = located(self.graph.sum_all(x), span)?;
-        let count = located(self.graph.node(Op::Numel(self.graph.shape(x).clone()), &[]), span)?;
+        let count = located(
+            self.graph.node(Op::Numel(self.graph.shape(x).clone()), &[]),
+            span,
+        )?;
         located(self.graph.div(total, count), span)
     }
 
@@ -184,7 +273,11 @@ impl Lowerer<'_> {
         let x = self.expr(a.positional[0], env)?;
         let list = a.required(1, "shape")?;
         let ExprKind::List(items) = &list.kind else {
-            return Err(Diagnostic::new("`reshape` needs a list of dimensions", list.span).label("expected a list like [B, 784]").into());
+            return Err(
+                Diagnostic::new("`reshape` needs a list of dimensions", list.span)
+                    .label("expected a list like [B, 784]")
+                    .into(),
+            );
         };
         let mut dims = Vec::new();
         let mut infer = None;
@@ -201,24 +294,45 @@ impl Lowerer<'_> {
         if let Some(i) = infer {
             let from = self.graph.shape(x).clone();
             let (n_from, n_to) = (known_product(&from), known_product(&Shape(dims.clone())));
-            let symbols = |s: &Shape| { let mut v: Vec<Dim> = s.0.iter().filter(|d| d.known().is_none()).cloned().collect(); v.sort(); v };
+            let symbols = |s: &Shape| {
+                let mut v: Vec<Dim> =
+                    s.0.iter()
+                        .filter(|d| d.known().is_none())
+                        .cloned()
+                        .collect();
+                v.sort();
+                v
+            };
             if symbols(&from) != symbols(&Shape(dims.clone())) {
                 return Err(Diagnostic::new(format!("cannot infer the `-1` dimension reshaping {from}: keep its symbolic dimensions"), list.span)
                     .label("a `-1` stands for a known number of elements").into());
             }
             if n_to == 0 || n_from % n_to != 0 {
-                return Err(Diagnostic::new(format!("cannot infer the `-1` dimension reshaping {from}"), list.span).into());
+                return Err(Diagnostic::new(
+                    format!("cannot infer the `-1` dimension reshaping {from}"),
+                    list.span,
+                )
+                .into());
             }
             dims[i] = Dim::Known(n_from / n_to);
         }
         let target = Shape(dims);
-        self.graph.reshape(x, &target).map_err(|e| self.shape_error(e, span, &[(a.positional[0].span, x)]))
+        self.graph
+            .reshape(x, &target)
+            .map_err(|e| self.shape_error(e, span, &[(a.positional[0].span, x)]))
     }
 
     /// `dense(x, n, init = ..., bias = true, bias_init = ...)`: `x @ w + b` with `w: [in, n]`
     /// and `b: [n]`, both PyTorch `nn.Linear`-initialised unless told otherwise.
     fn dense(&mut self, span: Span, args: &[Arg], env: &Env) -> LResult<NodeId> {
-        let a = Args::new("dense", span, args, 2, 2, &["units", "init", "bias", "bias_init"])?;
+        let a = Args::new(
+            "dense",
+            span,
+            args,
+            2,
+            2,
+            &["units", "init", "bias", "bias_init"],
+        )?;
         let x = self.expr(a.positional[0], env)?;
         let units_expr = a.required(1, "units")?;
         let units_node = self.expr(units_expr, env)?;
@@ -227,8 +341,14 @@ impl Lowerer<'_> {
         let fan_in = match shape.dims() {
             [_, Dim::Known(n)] => *n,
             _ => {
-                return Err(Diagnostic::new(format!("`dense` needs a matrix [batch, features] with a known width, got {shape}"), a.positional[0].span)
-                    .label(format!("this has shape {shape}")).into());
+                return Err(Diagnostic::new(
+                    format!(
+                        "`dense` needs a matrix [batch, features] with a known width, got {shape}"
+                    ),
+                    a.positional[0].span,
+                )
+                .label(format!("this has shape {shape}"))
+                .into());
             }
         };
         let prefix = self.layer_name();
@@ -237,7 +357,13 @@ impl Lowerer<'_> {
             Some(e) => init::resolve(Some(e), &w_shape, (fan_in, units))?,
             None => (init::fan_in_uniform(fan_in), "fan_in_uniform".into()),
         };
-        let w = self.new_param(&format!("{prefix}.w"), Shape::known(&w_shape), w_init, w_name, span)?;
+        let w = self.new_param(
+            &format!("{prefix}.w"),
+            Shape::known(&w_shape),
+            w_init,
+            w_name,
+            span,
+        )?;
         let y = located(self.graph.matmul(x, w), span)?;
         if !a.flag("bias", true)? {
             return Ok(y);
@@ -246,7 +372,13 @@ impl Lowerer<'_> {
             Some(e) => init::resolve(Some(e), &[units], (fan_in, units))?,
             None => (init::fan_in_uniform(fan_in), "fan_in_uniform".into()),
         };
-        let b = self.new_param(&format!("{prefix}.b"), Shape::known(&[units]), b_init, b_name, span)?;
+        let b = self.new_param(
+            &format!("{prefix}.b"),
+            Shape::known(&[units]),
+            b_init,
+            b_name,
+            span,
+        )?;
         located(self.graph.add(y, b), span)
     }
 
@@ -256,15 +388,25 @@ impl Lowerer<'_> {
         let (p, t) = (self.expr(p_expr, env)?, self.expr(t_expr, env)?);
         let (ps, ts) = (self.graph.shape(p).clone(), self.graph.shape(t).clone());
         if ps != ts {
-            return Err(Diagnostic::new(format!("`{name}` needs prediction and target of equal shape, got {ps} and {ts}"), a.span)
-                .secondary(p_expr.span, format!("prediction: {ps}"))
-                .secondary(t_expr.span, format!("target: {ts}")).into());
+            return Err(Diagnostic::new(
+                format!("`{name}` needs prediction and target of equal shape, got {ps} and {ts}"),
+                a.span,
+            )
+            .secondary(p_expr.span, format!("prediction: {ps}"))
+            .secondary(t_expr.span, format!("target: {ts}"))
+            .into());
         }
         self.prediction = Some(p);
         Ok((p, t))
     }
 
-    fn elementwise_loss(&mut self, name: &str, span: Span, args: &[Arg], env: &Env) -> LResult<NodeId> {
+    fn elementwise_loss(
+        &mut self,
+        name: &str,
+        span: Span,
+        args: &[Arg],
+        env: &Env,
+    ) -> LResult<NodeId> {
         let a = Args::new(name, span, args, 2, 3, &["beta"])?;
         let (p, t) = self.loss_operands(name, &a, env)?;
         let g = |r: Result<NodeId, ShapeError>| located(r, span);
@@ -333,21 +475,39 @@ impl Lowerer<'_> {
         let a = Args::new("cross_entropy", span, args, 2, 2, &[])?;
         let (l_expr, y_expr) = (a.positional[0], a.positional[1]);
         let (logits, y) = (self.expr(l_expr, env)?, self.expr(y_expr, env)?);
-        let (ls, ys) = (self.graph.shape(logits).clone(), self.graph.shape(y).clone());
-        let Some((Dim::Known(classes), batch_dims)) = ls.0.split_last().map(|(c, b)| (c.clone(), b.to_vec())) else {
+        let (ls, ys) = (
+            self.graph.shape(logits).clone(),
+            self.graph.shape(y).clone(),
+        );
+        let Some((Dim::Known(classes), batch_dims)) =
+            ls.0.split_last().map(|(c, b)| (c.clone(), b.to_vec()))
+        else {
             return Err(Diagnostic::new(format!("`cross_entropy` needs logits whose last axis (the classes) has a known size, got {ls}"), l_expr.span).into());
         };
         let batch = Shape(batch_dims);
         let target = if self.class_target(y, classes) {
             if ys != batch {
-                return Err(Diagnostic::new(format!("class targets for logits {ls} must have shape {batch}, got {ys}"), a.span)
-                    .secondary(l_expr.span, format!("logits: {ls}"))
-                    .secondary(y_expr.span, format!("class indices: {ys}")).into());
+                return Err(Diagnostic::new(
+                    format!("class targets for logits {ls} must have shape {batch}, got {ys}"),
+                    a.span,
+                )
+                .secondary(l_expr.span, format!("logits: {ls}"))
+                .secondary(y_expr.span, format!("class indices: {ys}"))
+                .into());
             }
             let mut column = batch.0.clone();
             column.push(Dim::Known(1));
             let y_col = located(self.graph.reshape(y, &Shape(column)), span)?;
-            let iota = located(self.graph.node(Op::Iota { shape: ls.clone(), axis: ls.rank() - 1 }, &[]), span)?;
+            let iota = located(
+                self.graph.node(
+                    Op::Iota {
+                        shape: ls.clone(),
+                        axis: ls.rank() - 1,
+                    },
+                    &[],
+                ),
+                span,
+            )?;
             located(self.graph.binary(BinaryOp::Eq, y_col, iota), span)?
         } else if ys == ls {
             y
@@ -368,7 +528,11 @@ impl Lowerer<'_> {
 
 /// Maps a builder result to an error located at `span`.
 fn located<T>(r: Result<T, ShapeError>, span: Span) -> LResult<T> {
-    r.map_err(|e| Diagnostic::new(format!("shape mismatch: {}", e.0), span).label("in this expression").into())
+    r.map_err(|e| {
+        Diagnostic::new(format!("shape mismatch: {}", e.0), span)
+            .label("in this expression")
+            .into()
+    })
 }
 
 fn known_product(shape: &Shape) -> usize {

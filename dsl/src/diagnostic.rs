@@ -25,7 +25,13 @@ pub struct Diagnostic {
 impl Diagnostic {
     /// An error at `span`.
     pub fn new(message: impl Into<String>, span: Span) -> Diagnostic {
-        Diagnostic { message: message.into(), span, label: String::new(), secondary: Vec::new(), notes: Vec::new() }
+        Diagnostic {
+            message: message.into(),
+            span,
+            label: String::new(),
+            secondary: Vec::new(),
+            notes: Vec::new(),
+        }
     }
 
     /// Sets the primary label.
@@ -56,18 +62,33 @@ pub fn render(diagnostics: &[Diagnostic], file_name: &str, source: &str) -> Stri
         let end = span.end.min(source.len());
         let start = span.start.min(end);
         // Keep spans on character boundaries so the renderer can slice the line.
-        let start = (0..=start).rev().find(|&i| source.is_char_boundary(i)).unwrap_or(0);
-        let end = (end..=source.len()).find(|&i| source.is_char_boundary(i)).unwrap_or(source.len());
+        let start = (0..=start)
+            .rev()
+            .find(|&i| source.is_char_boundary(i))
+            .unwrap_or(0);
+        let end = (end..=source.len())
+            .find(|&i| source.is_char_boundary(i))
+            .unwrap_or(source.len());
         start..end
     };
     let mut out = String::new();
     for d in diagnostics {
         let mut labels = vec![Label::primary((), clamp(d.span)).with_message(&d.label)];
-        labels.extend(d.secondary.iter().map(|(s, l)| Label::secondary((), clamp(*s)).with_message(l)));
-        let report = Report::error().with_message(&d.message).with_labels(labels).with_notes(d.notes.clone());
+        labels.extend(
+            d.secondary
+                .iter()
+                .map(|(s, l)| Label::secondary((), clamp(*s)).with_message(l)),
+        );
+        let report = Report::error()
+            .with_message(&d.message)
+            .with_labels(labels)
+            .with_notes(d.notes.clone());
         match term::emit_into_string(&config, &file, &report) {
             Ok(text) => out.push_str(&text),
-            Err(_) => out.push_str(&format!("error: {}\n  at {file_name} byte {}\n", d.message, d.span.start)),
+            Err(_) => out.push_str(&format!(
+                "error: {}\n  at {file_name} byte {}\n",
+                d.message, d.span.start
+            )),
         }
     }
     out
@@ -78,7 +99,13 @@ pub fn line_col(source: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(source.len());
     let before = &source.as_bytes()[..offset];
     let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
-    let line_start = before.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
-    let col = String::from_utf8_lossy(&before[line_start..]).chars().count() + 1;
+    let line_start = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |p| p + 1);
+    let col = String::from_utf8_lossy(&before[line_start..])
+        .chars()
+        .count()
+        + 1;
     (line, col)
 }

@@ -11,7 +11,15 @@ use crate::ast::{Expr, ExprKind};
 use crate::diagnostic::Diagnostic;
 
 /// The initialisers that take no arguments.
-pub const NAMED: [&str; 7] = ["zeros", "ones", "xavier_uniform", "xavier_normal", "he_uniform", "he_normal", "fan_in_uniform"];
+pub const NAMED: [&str; 7] = [
+    "zeros",
+    "ones",
+    "xavier_uniform",
+    "xavier_normal",
+    "he_uniform",
+    "he_normal",
+    "fan_in_uniform",
+];
 
 /// `(fan_in, fan_out)` of a parameter shape.
 pub fn fans(shape: &[usize]) -> (usize, usize) {
@@ -29,12 +37,21 @@ pub fn fans(shape: &[usize]) -> (usize, usize) {
 /// PyTorch's `nn.Linear` default: uniform in `±1/sqrt(fan_in)`.
 pub fn fan_in_uniform(fan_in: usize) -> Init {
     let bound = 1.0 / (fan_in.max(1) as f64).sqrt();
-    Init::Uniform { lo: -bound, hi: bound }
+    Init::Uniform {
+        lo: -bound,
+        hi: bound,
+    }
 }
 
 /// Resolves an initialiser expression (zeros when absent) for a parameter of `shape`.
-pub fn resolve(expr: Option<&Expr>, shape: &[usize], (fan_in, fan_out): (usize, usize)) -> Result<(Init, String), Diagnostic> {
-    let Some(expr) = expr else { return Ok((Init::Constant(0.0), "zeros".into())) };
+pub fn resolve(
+    expr: Option<&Expr>,
+    shape: &[usize],
+    (fan_in, fan_out): (usize, usize),
+) -> Result<(Init, String), Diagnostic> {
+    let Some(expr) = expr else {
+        return Ok((Init::Constant(0.0), "zeros".into()));
+    };
     let (fi, fo) = (fan_in.max(1) as f64, fan_out.max(1) as f64);
     let init = match &expr.kind {
         ExprKind::Name(name) => match name.as_str() {
@@ -42,14 +59,26 @@ pub fn resolve(expr: Option<&Expr>, shape: &[usize], (fan_in, fan_out): (usize, 
             "ones" => Init::Constant(1.0),
             "xavier_uniform" => {
                 let bound = (6.0 / (fi + fo)).sqrt();
-                Init::Uniform { lo: -bound, hi: bound }
+                Init::Uniform {
+                    lo: -bound,
+                    hi: bound,
+                }
             }
-            "xavier_normal" => Init::Normal { mean: 0.0, std: (2.0 / (fi + fo)).sqrt() },
+            "xavier_normal" => Init::Normal {
+                mean: 0.0,
+                std: (2.0 / (fi + fo)).sqrt(),
+            },
             "he_uniform" => {
                 let bound = (6.0 / fi).sqrt();
-                Init::Uniform { lo: -bound, hi: bound }
+                Init::Uniform {
+                    lo: -bound,
+                    hi: bound,
+                }
             }
-            "he_normal" => Init::Normal { mean: 0.0, std: (2.0 / fi).sqrt() },
+            "he_normal" => Init::Normal {
+                mean: 0.0,
+                std: (2.0 / fi).sqrt(),
+            },
             "fan_in_uniform" => fan_in_uniform(fan_in),
             _ => return Err(unknown(expr)),
         },
@@ -64,15 +93,25 @@ pub fn resolve(expr: Option<&Expr>, shape: &[usize], (fan_in, fan_out): (usize, 
                     let a = Args::new(name, expr.span, args, 0, 2, &["mean", "std"])?;
                     let std = a.number(1, "std", 1.0)?;
                     if std < 0.0 {
-                        return Err(Diagnostic::new("`std` must not be negative", a.get(1, "std").map_or(expr.span, |e| e.span)));
+                        return Err(Diagnostic::new(
+                            "`std` must not be negative",
+                            a.get(1, "std").map_or(expr.span, |e| e.span),
+                        ));
                     }
-                    Init::Normal { mean: a.number(0, "mean", 0.0)?, std }
+                    Init::Normal {
+                        mean: a.number(0, "mean", 0.0)?,
+                        std,
+                    }
                 }
                 "uniform" => {
                     let a = Args::new(name, expr.span, args, 0, 2, &["lo", "hi"])?;
                     let (lo, hi) = (a.number(0, "lo", 0.0)?, a.number(1, "hi", 1.0)?);
                     if lo > hi {
-                        return Err(Diagnostic::new(format!("`uniform({lo}, {hi})` has its bounds reversed"), expr.span).label("expected lo <= hi"));
+                        return Err(Diagnostic::new(
+                            format!("`uniform({lo}, {hi})` has its bounds reversed"),
+                            expr.span,
+                        )
+                        .label("expected lo <= hi"));
                     }
                     Init::Uniform { lo, hi }
                 }
@@ -117,8 +156,13 @@ pub fn literal(expr: &Expr) -> Result<(Vec<f64>, Vec<usize>), Diagnostic> {
                 let (v, s) = literal(item)?;
                 match &inner {
                     Some(first) if *first != s => {
-                        return Err(Diagnostic::new(format!("ragged list: this element has shape {s:?}, the first has {first:?}"), item.span)
-                            .label("every row must have the same length"));
+                        return Err(Diagnostic::new(
+                            format!(
+                                "ragged list: this element has shape {s:?}, the first has {first:?}"
+                            ),
+                            item.span,
+                        )
+                        .label("every row must have the same length"));
                     }
                     _ => inner = Some(s),
                 }

@@ -30,8 +30,9 @@ pub struct Token {
     pub span: Span,
 }
 
-const PUNCTUATION: [&str; 17] =
-    ["..", "(", ")", "[", "]", "{", "}", ",", "=", ":", "+", "-", "*", "/", "^", "@", ";"];
+const PUNCTUATION: [&str; 17] = [
+    "..", "(", ")", "[", "]", "{", "}", ",", "=", ":", "+", "-", "*", "/", "^", "@", ";",
+];
 
 /// Splits `source` into tokens, ending with [`Tok::Eof`].
 pub fn lex(source: &str) -> Result<Vec<Token>, Diagnostic> {
@@ -51,7 +52,10 @@ pub fn lex(source: &str) -> Result<Vec<Token>, Diagnostic> {
             b'\n' => {
                 i += 1;
                 if depth == 0 {
-                    tokens.push(Token { tok: Tok::Newline, span: Span::new(start, i) });
+                    tokens.push(Token {
+                        tok: Tok::Newline,
+                        span: Span::new(start, i),
+                    });
                 }
             }
             c if c.is_ascii_whitespace() => i += 1,
@@ -59,16 +63,27 @@ pub fn lex(source: &str) -> Result<Vec<Token>, Diagnostic> {
                 while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
                     i += 1;
                 }
-                tokens.push(Token { tok: Tok::Ident(source[start..i].to_string()), span: Span::new(start, i) });
+                tokens.push(Token {
+                    tok: Tok::Ident(source[start..i].to_string()),
+                    span: Span::new(start, i),
+                });
             }
-            c if c.is_ascii_digit() || (c == b'.' && bytes.get(i + 1).is_some_and(u8::is_ascii_digit)) => {
+            c if c.is_ascii_digit()
+                || (c == b'.' && bytes.get(i + 1).is_some_and(u8::is_ascii_digit)) =>
+            {
                 i = number_end(bytes, i);
                 let text = &source[start..i];
                 let value: f64 = text.parse().map_err(|_| {
-                    Diagnostic::new(format!("`{text}` is not a valid number"), Span::new(start, i))
-                        .label("expected digits, optionally with `.` and an exponent like `1e-3`")
+                    Diagnostic::new(
+                        format!("`{text}` is not a valid number"),
+                        Span::new(start, i),
+                    )
+                    .label("expected digits, optionally with `.` and an exponent like `1e-3`")
                 })?;
-                tokens.push(Token { tok: Tok::Number(value), span: Span::new(start, i) });
+                tokens.push(Token {
+                    tok: Tok::Number(value),
+                    span: Span::new(start, i),
+                });
             }
             b'"' => {
                 i += 1;
@@ -80,13 +95,19 @@ pub fn lex(source: &str) -> Result<Vec<Token>, Diagnostic> {
                         .label("expected a closing `\"` on this line"));
                 }
                 i += 1;
-                tokens.push(Token { tok: Tok::Str(source[start + 1..i - 1].to_string()), span: Span::new(start, i) });
+                tokens.push(Token {
+                    tok: Tok::Str(source[start + 1..i - 1].to_string()),
+                    span: Span::new(start, i),
+                });
             }
             _ => {
                 let Some(p) = PUNCTUATION.iter().find(|p| source[i..].starts_with(**p)) else {
                     let ch = source[i..].chars().next().unwrap_or('?');
-                    return Err(Diagnostic::new(format!("unexpected character `{ch}`"), Span::new(i, i + ch.len_utf8()))
-                        .label("not part of the language"));
+                    return Err(Diagnostic::new(
+                        format!("unexpected character `{ch}`"),
+                        Span::new(i, i + ch.len_utf8()),
+                    )
+                    .label("not part of the language"));
                 };
                 i += p.len();
                 match *p {
@@ -94,11 +115,17 @@ pub fn lex(source: &str) -> Result<Vec<Token>, Diagnostic> {
                     ")" | "]" => depth = depth.saturating_sub(1),
                     _ => {}
                 }
-                tokens.push(Token { tok: Tok::Punct(p), span: Span::new(start, i) });
+                tokens.push(Token {
+                    tok: Tok::Punct(p),
+                    span: Span::new(start, i),
+                });
             }
         }
     }
-    tokens.push(Token { tok: Tok::Eof, span: Span::new(source.len(), source.len()) });
+    tokens.push(Token {
+        tok: Tok::Eof,
+        span: Span::new(source.len(), source.len()),
+    });
     Ok(tokens)
 }
 
@@ -144,8 +171,14 @@ mod tests {
 
     #[test]
     fn numbers_and_ranges() {
-        assert_eq!(kinds("0..2")[..3], [Tok::Number(0.0), Tok::Punct(".."), Tok::Number(2.0)]);
-        assert_eq!(kinds("1e-3 .5 2.")[..3], [Tok::Number(1e-3), Tok::Number(0.5), Tok::Number(2.0)]);
+        assert_eq!(
+            kinds("0..2")[..3],
+            [Tok::Number(0.0), Tok::Punct(".."), Tok::Number(2.0)]
+        );
+        assert_eq!(
+            kinds("1e-3 .5 2.")[..3],
+            [Tok::Number(1e-3), Tok::Number(0.5), Tok::Number(2.0)]
+        );
     }
 
     #[test]

@@ -53,7 +53,11 @@ pub fn compile(source: &str) -> Result<Compiled, Vec<Diagnostic>> {
             Err(d) => errors.push(d),
         }
     }
-    if errors.is_empty() { Ok(Compiled { model, trains }) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(Compiled { model, trains })
+    } else {
+        Err(errors)
+    }
 }
 
 /// [`compile`] for raw bytes, reporting invalid UTF-8 at its position.
@@ -64,16 +68,29 @@ pub fn compile_bytes(bytes: &[u8]) -> Result<Compiled, (String, Vec<Diagnostic>)
             let valid = e.valid_up_to();
             let source = String::from_utf8_lossy(bytes).into_owned();
             let start = String::from_utf8_lossy(&bytes[..valid]).len();
-            let d = Diagnostic::new("the file is not valid UTF-8", ast::Span::new(start, start + 1))
-                .label("invalid byte sequence here");
+            let d = Diagnostic::new(
+                "the file is not valid UTF-8",
+                ast::Span::new(start, start + 1),
+            )
+            .label("invalid byte sequence here");
             Err((source, vec![d]))
         }
     }
 }
 
-/// Parses and lowers a scalar formula whose free names become scalar inputs (for `nabla diff`):
-/// the graph, its root, and the variables in order of first appearance.
-pub fn formula(source: &str) -> Result<(Graph, NodeId, Vec<(String, NodeId)>), Diagnostic> {
+/// A scalar formula lowered to a graph (for `nabla diff`).
+#[derive(Clone, Debug)]
+pub struct Formula {
+    /// The graph.
+    pub graph: Graph,
+    /// The formula's value.
+    pub root: NodeId,
+    /// Its free names, scalar inputs, in order of first appearance.
+    pub variables: Vec<(String, NodeId)>,
+}
+
+/// Parses and lowers a scalar formula whose free names become scalar inputs.
+pub fn formula(source: &str) -> Result<Formula, Diagnostic> {
     let tokens = lexer::lex(source)?;
     let expr = parser::parse_expr(&tokens)?;
     lower::lower_formula(&expr)

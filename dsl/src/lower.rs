@@ -12,7 +12,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-use nabla_compiler::ir::{BinaryOp, Dim, Graph, MAX_ELEMENTS, NodeId, Op, Scalar, Shape, ShapeError, UnaryOp, interp};
+use nabla_compiler::ir::{
+    BinaryOp, Dim, Graph, MAX_ELEMENTS, NodeId, Op, Scalar, Shape, ShapeError, UnaryOp, interp,
+};
 use nabla_compiler::model::{Binding, InputSpec, Model, ParamSpec, Role, ValueKind};
 use nabla_runtime::Init;
 
@@ -63,15 +65,19 @@ pub fn lower_model(file: &File) -> Result<Model, Vec<Diagnostic>> {
     let model = match file.models.as_slice() {
         [model] => lw.model(model, &mut errors),
         [] => {
-            errors.push(Diagnostic::new("no model in this file", Span::default())
-                .label("expected `model NAME { ... }`")
-                .note("a model declares inputs, parameters and a scalar `loss`"));
+            errors.push(
+                Diagnostic::new("no model in this file", Span::default())
+                    .label("expected `model NAME { ... }`")
+                    .note("a model declares inputs, parameters and a scalar `loss`"),
+            );
             None
         }
         [_, second, ..] => {
-            errors.push(Diagnostic::new("more than one model in this file", second.name.span)
-                .label("a second model")
-                .note("put each model in its own file"));
+            errors.push(
+                Diagnostic::new("more than one model in this file", second.name.span)
+                    .label("a second model")
+                    .note("put each model in its own file"),
+            );
             None
         }
     };
@@ -83,7 +89,7 @@ pub fn lower_model(file: &File) -> Result<Model, Vec<Diagnostic>> {
 
 /// Lowers a formula whose free names are scalar inputs (for `nabla diff`): the graph, the root
 /// and the variables in order of first appearance.
-pub fn lower_formula(expr: &Expr) -> Result<(Graph, NodeId, Vec<(String, NodeId)>), Diagnostic> {
+pub fn lower_formula(expr: &Expr) -> Result<crate::Formula, Diagnostic> {
     let mut errors = Vec::new();
     let mut lw = Lowerer::new(&[], Some(Vec::new()), &mut errors);
     let root = match lw.expr(expr, &Env::new()) {
@@ -92,22 +98,46 @@ pub fn lower_formula(expr: &Expr) -> Result<(Graph, NodeId, Vec<(String, NodeId)
         Err(Fail::Cascade) => return Err(Diagnostic::new("invalid formula", expr.span)),
     };
     if lw.graph.shape(root).rank() != 0 {
-        return Err(Diagnostic::new(format!("the formula must be a scalar, but it has shape {}", lw.graph.shape(root)), expr.span));
+        return Err(Diagnostic::new(
+            format!(
+                "the formula must be a scalar, but it has shape {}",
+                lw.graph.shape(root)
+            ),
+            expr.span,
+        ));
     }
-    let vars = lw.free_variables.take().unwrap_or_default();
-    Ok((lw.graph, root, vars))
+    let variables = lw.free_variables.take().unwrap_or_default();
+    Ok(crate::Formula {
+        graph: lw.graph,
+        root,
+        variables,
+    })
 }
 
 impl<'f> Lowerer<'f> {
-    fn new(functions: &'f [Function], free_variables: Option<Vec<(String, NodeId)>>, errors: &mut Vec<Diagnostic>) -> Lowerer<'f> {
+    fn new(
+        functions: &'f [Function],
+        free_variables: Option<Vec<(String, NodeId)>>,
+        errors: &mut Vec<Diagnostic>,
+    ) -> Lowerer<'f> {
         let mut table = HashMap::new();
         for f in functions {
             if crate::builtins::is_builtin(&f.name.name) {
-                errors.push(Diagnostic::new(format!("`{}` is a built-in function", f.name.name), f.name.span)
-                    .label("choose another name"));
+                errors.push(
+                    Diagnostic::new(
+                        format!("`{}` is a built-in function", f.name.name),
+                        f.name.span,
+                    )
+                    .label("choose another name"),
+                );
             } else if let Some(first) = table.insert(f.name.name.as_str(), f) {
-                errors.push(Diagnostic::new(format!("function `{}` is defined twice", f.name.name), f.name.span)
-                    .secondary(first.name.span, "first defined here"));
+                errors.push(
+                    Diagnostic::new(
+                        format!("function `{}` is defined twice", f.name.name),
+                        f.name.span,
+                    )
+                    .secondary(first.name.span, "first defined here"),
+                );
             }
         }
         Lowerer {
@@ -131,25 +161,39 @@ impl<'f> Lowerer<'f> {
         let mut loss: Option<(NodeId, Span)> = None;
         for item in &def.items {
             let name = match item {
-                Item::Data { name, .. } | Item::Param { name, .. } | Item::Binding { name, .. } => name,
+                Item::Data { name, .. } | Item::Param { name, .. } | Item::Binding { name, .. } => {
+                    name
+                }
             };
             if let Some(&first) = defined.get(&name.name) {
-                errors.push(Diagnostic::new(format!("`{}` is defined twice", name.name), name.span)
-                    .label("redefined here")
-                    .secondary(first, "first defined here"));
+                errors.push(
+                    Diagnostic::new(format!("`{}` is defined twice", name.name), name.span)
+                        .label("redefined here")
+                        .secondary(first, "first defined here"),
+                );
                 continue;
             }
             defined.insert(name.name.clone(), name.span);
             let result = match item {
-                Item::Data { target, name, dims, annotation } => self.data_item(*target, name, dims, *annotation, &env),
-                Item::Param { name, dims, init } => self.param_item(name, dims, init.as_ref(), &env),
+                Item::Data {
+                    target,
+                    name,
+                    dims,
+                    annotation,
+                } => self.data_item(*target, name, dims, *annotation, &env),
+                Item::Param { name, dims, init } => {
+                    self.param_item(name, dims, init.as_ref(), &env)
+                }
                 Item::Binding { name, value } => {
                     self.scope_path = vec![name.name.clone()];
                     let node = self.expr(value, &env);
                     self.scope_path.clear();
                     node.inspect(|&node| {
                         self.graph.label(node, &name.name);
-                        bindings.push(Binding { name: name.name.clone(), node });
+                        bindings.push(Binding {
+                            name: name.name.clone(),
+                            node,
+                        });
                         if name.name == "loss" {
                             loss = Some((node, value.span));
                         }
@@ -172,18 +216,28 @@ impl<'f> Lowerer<'f> {
             (Some((node, span)), _) => {
                 let shape = self.graph.shape(node);
                 if shape.rank() != 0 {
-                    errors.push(Diagnostic::new(format!("`loss` must be a scalar, but it has shape {shape}"), span)
+                    errors.push(
+                        Diagnostic::new(
+                            format!("`loss` must be a scalar, but it has shape {shape}"),
+                            span,
+                        )
                         .label(format!("this has shape {shape}"))
-                        .note("reduce it, for example with `mean(...)` or `sum(...)`"));
+                        .note("reduce it, for example with `mean(...)` or `sum(...)`"),
+                    );
                     return None;
                 }
                 node
             }
             (None, Some(_)) => return None,
             (None, None) => {
-                errors.push(Diagnostic::new(format!("model `{}` has no `loss`", def.name.name), def.name.span)
+                errors.push(
+                    Diagnostic::new(
+                        format!("model `{}` has no `loss`", def.name.name),
+                        def.name.span,
+                    )
                     .label("expected a binding named `loss` in this model")
-                    .note("add a line like `loss = cross_entropy(logits, y)`"));
+                    .note("add a line like `loss = cross_entropy(logits, y)`"),
+                );
                 return None;
             }
         };
@@ -198,9 +252,19 @@ impl<'f> Lowerer<'f> {
         })
     }
 
-    fn data_item(&mut self, target: bool, name: &Ident, dims: &[Expr], annotation: Annotation, env: &Env) -> LResult<NodeId> {
+    fn data_item(
+        &mut self,
+        target: bool,
+        name: &Ident,
+        dims: &[Expr],
+        annotation: Annotation,
+        env: &Env,
+    ) -> LResult<NodeId> {
         let shape = self.shape(dims, env, true, name.span)?;
-        let node = self.graph.input(&name.name, shape).map_err(|e| Diagnostic::new(e.0, name.span))?;
+        let node = self
+            .graph
+            .input(&name.name, shape)
+            .map_err(|e| Diagnostic::new(e.0, name.span))?;
         self.inputs.push(InputSpec {
             name: name.name.clone(),
             node,
@@ -213,7 +277,13 @@ impl<'f> Lowerer<'f> {
         Ok(node)
     }
 
-    fn param_item(&mut self, name: &Ident, dims: &[Expr], init: Option<&Expr>, env: &Env) -> LResult<NodeId> {
+    fn param_item(
+        &mut self,
+        name: &Ident,
+        dims: &[Expr],
+        init: Option<&Expr>,
+        env: &Env,
+    ) -> LResult<NodeId> {
         if name.name.contains('.') {
             return Err(Diagnostic::new("parameter names cannot contain `.`", name.span).into());
         }
@@ -224,22 +294,47 @@ impl<'f> Lowerer<'f> {
         self.new_param(&name.name, shape, init, init_name, name.span)
     }
 
-    pub(crate) fn new_param(&mut self, name: &str, shape: Shape, init: Init, init_name: String, span: Span) -> LResult<NodeId> {
-        let node = self.graph.param(name, shape).map_err(|e| Diagnostic::new(e.0, span))?;
-        self.params.push(ParamSpec { name: name.to_string(), node, init, init_name });
+    pub(crate) fn new_param(
+        &mut self,
+        name: &str,
+        shape: Shape,
+        init: Init,
+        init_name: String,
+        span: Span,
+    ) -> LResult<NodeId> {
+        let node = self
+            .graph
+            .param(name, shape)
+            .map_err(|e| Diagnostic::new(e.0, span))?;
+        self.params.push(ParamSpec {
+            name: name.to_string(),
+            node,
+            init,
+            init_name,
+        });
         Ok(node)
     }
 
     /// A shape from dimension expressions: whole numbers, or names of symbolic dimensions where
     /// `symbolic` allows them.
-    pub(crate) fn shape(&mut self, dims: &[Expr], env: &Env, symbolic: bool, owner: Span) -> LResult<Shape> {
+    pub(crate) fn shape(
+        &mut self,
+        dims: &[Expr],
+        env: &Env,
+        symbolic: bool,
+        owner: Span,
+    ) -> LResult<Shape> {
         let mut out = Vec::with_capacity(dims.len());
         for d in dims {
             let bound = d.as_name().and_then(|n| env.get(n).copied().flatten());
             if let (Some(name), None) = (d.as_name(), bound) {
                 if !symbolic {
-                    return Err(Diagnostic::new(format!("parameter shapes must be known numbers, but `{name}` is symbolic"), d.span)
-                        .label("expected a number").into());
+                    return Err(Diagnostic::new(
+                        format!("parameter shapes must be known numbers, but `{name}` is symbolic"),
+                        d.span,
+                    )
+                    .label("expected a number")
+                    .into());
                 }
                 out.push(Dim::sym(name));
                 continue;
@@ -251,17 +346,25 @@ impl<'f> Lowerer<'f> {
             out.push(Dim::Known(self.dim_size(value, d.span)?));
         }
         let shape = Shape(out);
-        shape.check_size().map_err(|e| Diagnostic::new(e.0, owner))?;
+        shape
+            .check_size()
+            .map_err(|e| Diagnostic::new(e.0, owner))?;
         Ok(shape)
     }
 
     pub(crate) fn dim_size(&self, value: Option<f64>, span: Span) -> Result<usize, Diagnostic> {
         match value {
             Some(v) if v.fract() == 0.0 && v >= 1.0 && v <= MAX_ELEMENTS as f64 => Ok(v as usize),
-            Some(v) if v.fract() == 0.0 && v > MAX_ELEMENTS as f64 => Err(Diagnostic::new(format!("dimension {v:.0} is too large"), span)
-                .label(format!("at most {MAX_ELEMENTS}"))),
-            _ => Err(Diagnostic::new("a dimension must be a positive whole number or a symbol like `B`", span)
-                .label("expected a positive whole number")),
+            Some(v) if v.fract() == 0.0 && v > MAX_ELEMENTS as f64 => Err(Diagnostic::new(
+                format!("dimension {v:.0} is too large"),
+                span,
+            )
+            .label(format!("at most {MAX_ELEMENTS}"))),
+            _ => Err(Diagnostic::new(
+                "a dimension must be a positive whole number or a symbol like `B`",
+                span,
+            )
+            .label("expected a positive whole number")),
         }
     }
 
@@ -275,8 +378,19 @@ impl<'f> Lowerer<'f> {
 
     /// The name prefix for the next layer's parameters.
     pub(crate) fn layer_name(&mut self) -> String {
-        let base = if self.scope_path.is_empty() { "layer".to_string() } else { self.scope_path.join(".") };
-        let name = (1..).map(|k| if k == 1 { base.clone() } else { format!("{base}.{k}") })
+        let base = if self.scope_path.is_empty() {
+            "layer".to_string()
+        } else {
+            self.scope_path.join(".")
+        };
+        let name = (1..)
+            .map(|k| {
+                if k == 1 {
+                    base.clone()
+                } else {
+                    format!("{base}.{k}")
+                }
+            })
             .find(|n| !self.used_layer_names.contains(n))
             .expect("an unused name exists");
         self.used_layer_names.insert(name.clone());
@@ -284,8 +398,14 @@ impl<'f> Lowerer<'f> {
     }
 
     /// Maps a builder shape error to a diagnostic on `span`, labelling the operands' shapes.
-    pub(crate) fn shape_error(&self, err: ShapeError, span: Span, operands: &[(Span, NodeId)]) -> Fail {
-        let mut d = Diagnostic::new(format!("shape mismatch: {}", err.0), span).label("in this expression");
+    pub(crate) fn shape_error(
+        &self,
+        err: ShapeError,
+        span: Span,
+        operands: &[(Span, NodeId)],
+    ) -> Fail {
+        let mut d =
+            Diagnostic::new(format!("shape mismatch: {}", err.0), span).label("in this expression");
         for &(s, node) in operands {
             d = d.secondary(s, format!("this has shape {}", self.graph.shape(node)));
         }
@@ -306,7 +426,10 @@ impl<'f> Lowerer<'f> {
                 let x = self.expr(inner, env)?;
                 match self.constant_of(x) {
                     Some(c) => Ok(self.graph.constant(-c)),
-                    None => self.graph.unary(UnaryOp::Neg, x).map_err(|err| self.shape_error(err, e.span, &[])),
+                    None => self
+                        .graph
+                        .unary(UnaryOp::Neg, x)
+                        .map_err(|err| self.shape_error(err, e.span, &[])),
                 }
             }
             ExprKind::Binary(op, a, b) => {
@@ -332,11 +455,14 @@ impl<'f> Lowerer<'f> {
             }
             ExprKind::Call(callee, args) => self.call(callee, args, e.span, env),
             ExprKind::Str(_) => Err(Diagnostic::new("a string is not a tensor", e.span)
-                .label("strings are only used in `train` blocks").into()),
+                .label("strings are only used in `train` blocks")
+                .into()),
             ExprKind::List(_) => Err(Diagnostic::new("a list is not a tensor here", e.span)
-                .label("lists are only used as parameter values and settings").into()),
+                .label("lists are only used as parameter values and settings")
+                .into()),
             ExprKind::Range(..) => Err(Diagnostic::new("a range is not a tensor", e.span)
-                .label("ranges are only used to pick CSV columns").into()),
+                .label("ranges are only used to pick CSV columns")
+                .into()),
         }
     }
 
@@ -350,11 +476,17 @@ impl<'f> Lowerer<'f> {
             if let Some((_, node)) = vars.iter().find(|(n, _)| n == name) {
                 return Ok(*node);
             }
-            let node = self.graph.input(name, Shape::scalar()).map_err(|e| Diagnostic::new(e.0, span))?;
-            self.free_variables.get_or_insert_with(Vec::new).push((name.to_string(), node));
+            let node = self
+                .graph
+                .input(name, Shape::scalar())
+                .map_err(|e| Diagnostic::new(e.0, span))?;
+            self.free_variables
+                .get_or_insert_with(Vec::new)
+                .push((name.to_string(), node));
             return Ok(node);
         }
-        let mut d = Diagnostic::new(format!("unknown name `{name}`"), span).label("not defined before this point");
+        let mut d = Diagnostic::new(format!("unknown name `{name}`"), span)
+            .label("not defined before this point");
         if crate::builtins::is_builtin(name) || self.functions.contains_key(name) {
             d = d.note(format!("`{name}` is a function; call it like `{name}(x)`"));
         } else if !self.inlining.is_empty() {
@@ -368,22 +500,43 @@ impl<'f> Lowerer<'f> {
             return result;
         }
         let Some(&function) = self.functions.get(callee.name.as_str()) else {
-            return Err(Diagnostic::new(format!("unknown function `{}`", callee.name), callee.span)
-                .label("not a built-in or a function defined in this file")
-                .note("built-ins: ".to_string() + &crate::builtins::BUILTINS.join(", ")).into());
+            return Err(Diagnostic::new(
+                format!("unknown function `{}`", callee.name),
+                callee.span,
+            )
+            .label("not a built-in or a function defined in this file")
+            .note("built-ins: ".to_string() + &crate::builtins::BUILTINS.join(", "))
+            .into());
         };
         if self.inlining.contains(&callee.name) {
-            return Err(Diagnostic::new(format!("function `{}` calls itself", callee.name), span)
-                .label("recursive call").secondary(function.name.span, "defined here")
-                .note("functions are inlined, so recursion is not supported").into());
+            return Err(
+                Diagnostic::new(format!("function `{}` calls itself", callee.name), span)
+                    .label("recursive call")
+                    .secondary(function.name.span, "defined here")
+                    .note("functions are inlined, so recursion is not supported")
+                    .into(),
+            );
         }
         if let Some(named) = args.iter().find_map(|a| a.name.as_ref()) {
-            return Err(Diagnostic::new("user functions take positional arguments only", named.span).into());
+            return Err(Diagnostic::new(
+                "user functions take positional arguments only",
+                named.span,
+            )
+            .into());
         }
         if args.len() != function.params.len() {
-            return Err(Diagnostic::new(format!("`{}` takes {} arguments, got {}", callee.name, function.params.len(), args.len()), span)
-                .label(format!("expected {} arguments", function.params.len()))
-                .secondary(function.name.span, "defined here").into());
+            return Err(Diagnostic::new(
+                format!(
+                    "`{}` takes {} arguments, got {}",
+                    callee.name,
+                    function.params.len(),
+                    args.len()
+                ),
+                span,
+            )
+            .label(format!("expected {} arguments", function.params.len()))
+            .secondary(function.name.span, "defined here")
+            .into());
         }
         let mut local = Env::new();
         for (param, arg) in function.params.iter().zip(args) {
@@ -408,7 +561,10 @@ impl<'f> Lowerer<'f> {
     /// Marks `target` as a class-index input with `classes` classes, if it is one.
     pub(crate) fn class_target(&mut self, target: NodeId, classes: usize) -> bool {
         match self.inputs.iter_mut().find(|i| i.node == target) {
-            Some(InputSpec { kind: ValueKind::Class { classes: c }, .. }) => {
+            Some(InputSpec {
+                kind: ValueKind::Class { classes: c },
+                ..
+            }) => {
                 *c = Some(classes);
                 true
             }
@@ -418,6 +574,8 @@ impl<'f> Lowerer<'f> {
 
     /// A scalar constant node.
     pub(crate) fn constant(&mut self, v: f64) -> NodeId {
-        self.graph.node(Op::Const(Scalar::new(v)), &[]).expect("scalars are well-shaped")
+        self.graph
+            .node(Op::Const(Scalar::new(v)), &[])
+            .expect("scalars are well-shaped")
     }
 }

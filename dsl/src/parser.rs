@@ -11,7 +11,12 @@ pub const MAX_DEPTH: usize = 256;
 
 /// Parses a whole file.
 pub fn parse_file(tokens: &[Token]) -> (File, Vec<Diagnostic>) {
-    let mut p = Parser { tokens, pos: 0, errors: Vec::new(), depth: 0 };
+    let mut p = Parser {
+        tokens,
+        pos: 0,
+        errors: Vec::new(),
+        depth: 0,
+    };
     let mut file = File::default();
     loop {
         p.skip_newlines();
@@ -32,7 +37,12 @@ pub fn parse_file(tokens: &[Token]) -> (File, Vec<Diagnostic>) {
 
 /// Parses a lone expression (for `nabla diff`).
 pub fn parse_expr(tokens: &[Token]) -> Result<Expr, Diagnostic> {
-    let mut p = Parser { tokens, pos: 0, errors: Vec::new(), depth: 0 };
+    let mut p = Parser {
+        tokens,
+        pos: 0,
+        errors: Vec::new(),
+        depth: 0,
+    };
     p.skip_newlines();
     let e = p.expr()?;
     p.skip_newlines();
@@ -92,8 +102,11 @@ impl Parser<'_> {
     }
 
     fn expected(&self, what: &str) -> Diagnostic {
-        Diagnostic::new(format!("expected {what}, found {}", Self::describe(self.peek())), self.span())
-            .label(format!("expected {what}"))
+        Diagnostic::new(
+            format!("expected {what}, found {}", Self::describe(self.peek())),
+            self.span(),
+        )
+        .label(format!("expected {what}"))
     }
 
     fn expect(&mut self, p: &str) -> PResult<Span> {
@@ -133,14 +146,22 @@ impl Parser<'_> {
             self.bump();
             match self.peek() {
                 Tok::Eof => return,
-                Tok::Ident(k) if ["model", "fn", "train"].contains(&k.as_str()) && self.line_start() => return,
+                Tok::Ident(k)
+                    if ["model", "fn", "train"].contains(&k.as_str()) && self.line_start() =>
+                {
+                    return;
+                }
                 _ => {}
             }
         }
     }
 
     fn line_start(&self) -> bool {
-        self.pos == 0 || matches!(self.tokens[self.pos - 1].tok, Tok::Newline | Tok::Punct("}"))
+        self.pos == 0
+            || matches!(
+                self.tokens[self.pos - 1].tok,
+                Tok::Newline | Tok::Punct("}")
+            )
     }
 
     /// The end of an item: a newline, `;`, or the block's `}` (left for the caller).
@@ -153,7 +174,10 @@ impl Parser<'_> {
     }
 
     /// Parses `{ item* }` with per-item recovery.
-    fn block<T>(&mut self, mut item: impl FnMut(&mut Self) -> PResult<T>) -> PResult<(Vec<T>, Span)> {
+    fn block<T>(
+        &mut self,
+        mut item: impl FnMut(&mut Self) -> PResult<T>,
+    ) -> PResult<(Vec<T>, Span)> {
         let open = self.expect("{")?;
         let mut items = Vec::new();
         loop {
@@ -163,7 +187,8 @@ impl Parser<'_> {
                 return Ok((items, open.to(close)));
             }
             if *self.peek() == Tok::Eof {
-                return Err(Diagnostic::new("unclosed `{`", open).label("this block is never closed")
+                return Err(Diagnostic::new("unclosed `{`", open)
+                    .label("this block is never closed")
                     .secondary(self.span(), "expected `}` before the end of the file"));
             }
             match item(self).and_then(|i| self.end_item().map(|_| i)) {
@@ -190,35 +215,54 @@ impl Parser<'_> {
         self.expect(")")?;
         if self.eat("=") {
             let body = self.expr()?;
-            return Ok(Function { name, params, bindings: Vec::new(), body });
+            return Ok(Function {
+                name,
+                params,
+                bindings: Vec::new(),
+                body,
+            });
         }
         let (mut lines, span) = self.block(|p| {
             let first = p.expr()?;
             if p.eat("=") {
                 let Some(n) = first.as_name() else {
-                    return Err(Diagnostic::new("only a name can be bound", first.span).label("expected a name before `=`"));
+                    return Err(Diagnostic::new("only a name can be bound", first.span)
+                        .label("expected a name before `=`"));
                 };
-                let binding = Ident { name: n.to_string(), span: first.span };
+                let binding = Ident {
+                    name: n.to_string(),
+                    span: first.span,
+                };
                 Ok((Some(binding), p.expr()?))
             } else {
                 Ok((None, first))
             }
         })?;
         let Some((None, body)) = lines.pop() else {
-            return Err(Diagnostic::new(format!("function `{}` has no result", name.name), span)
-                .label("expected an expression as the last line of the body"));
+            return Err(
+                Diagnostic::new(format!("function `{}` has no result", name.name), span)
+                    .label("expected an expression as the last line of the body"),
+            );
         };
         let mut bindings = Vec::new();
         for (binding, value) in lines {
             match binding {
                 Some(b) => bindings.push((b, value)),
                 None => {
-                    return Err(Diagnostic::new("only the last line of a function body may be a bare expression", value.span)
-                        .label("bind this to a name, or move it last"));
+                    return Err(Diagnostic::new(
+                        "only the last line of a function body may be a bare expression",
+                        value.span,
+                    )
+                    .label("bind this to a name, or move it last"));
                 }
             }
         }
-        Ok(Function { name, params, bindings, body })
+        Ok(Function {
+            name,
+            params,
+            bindings,
+            body,
+        })
     }
 
     fn model(&mut self) -> PResult<ModelDef> {
@@ -233,29 +277,46 @@ impl Parser<'_> {
             Tok::Ident(k) if matches!(k.as_str(), "input" | "target" | "param") => Some(k.clone()),
             _ => None,
         };
-        let Some(keyword) = keyword.filter(|_| !matches!(self.tokens[self.pos + 1].tok, Tok::Punct("="))) else {
+        let Some(keyword) =
+            keyword.filter(|_| !matches!(self.tokens[self.pos + 1].tok, Tok::Punct("=")))
+        else {
             let name = self.ident("`input`, `target`, `param` or a binding `name = ...`")?;
             self.expect("=")?;
-            return Ok(Item::Binding { name, value: self.expr()? });
+            return Ok(Item::Binding {
+                name,
+                value: self.expr()?,
+            });
         };
         self.bump();
         let name = self.ident(&format!("the {keyword}'s name"))?;
         let dims = self.dims()?;
         if keyword == "param" {
-            let init = if self.eat("=") { Some(self.expr()?) } else { None };
+            let init = if self.eat("=") {
+                Some(self.expr()?)
+            } else {
+                None
+            };
             return Ok(Item::Param { name, dims, init });
         }
         let annotation = if self.eat(":") {
             let kind = self.ident("`class`")?;
             if kind.name != "class" {
-                return Err(Diagnostic::new(format!("unknown annotation `{}`", kind.name), kind.span)
-                    .label("expected `class`"));
+                return Err(Diagnostic::new(
+                    format!("unknown annotation `{}`", kind.name),
+                    kind.span,
+                )
+                .label("expected `class`"));
             }
             Annotation::Class
         } else {
             Annotation::Real
         };
-        Ok(Item::Data { target: keyword == "target", name, dims, annotation })
+        Ok(Item::Data {
+            target: keyword == "target",
+            name,
+            dims,
+            annotation,
+        })
     }
 
     fn dims(&mut self) -> PResult<Vec<Expr>> {
@@ -279,7 +340,11 @@ impl Parser<'_> {
             p.expect("=")?;
             Ok((key, p.expr()?))
         })?;
-        Ok(TrainDef { name, settings, span: start.to(span) })
+        Ok(TrainDef {
+            name,
+            settings,
+            span: start.to(span),
+        })
     }
 
     // ---- Expressions ----
@@ -287,9 +352,12 @@ impl Parser<'_> {
     fn enter(&mut self) -> PResult<()> {
         self.depth += 1;
         if self.depth > MAX_DEPTH {
-            return Err(Diagnostic::new(format!("expression nested too deeply (more than {MAX_DEPTH} levels)"), self.span())
-                .label("nesting limit reached here")
-                .note("split the expression into several bindings"));
+            return Err(Diagnostic::new(
+                format!("expression nested too deeply (more than {MAX_DEPTH} levels)"),
+                self.span(),
+            )
+            .label("nesting limit reached here")
+            .note("split the expression into several bindings"));
         }
         Ok(())
     }
@@ -306,7 +374,10 @@ impl Parser<'_> {
         if self.eat("..") {
             let hi = self.binary(0)?;
             let span = lo.span.to(hi.span);
-            return Ok(Expr { kind: ExprKind::Range(Box::new(lo), Box::new(hi)), span });
+            return Ok(Expr {
+                kind: ExprKind::Range(Box::new(lo), Box::new(hi)),
+                span,
+            });
         }
         Ok(lo)
     }
@@ -314,7 +385,11 @@ impl Parser<'_> {
     /// Left-associative levels: 0 is `+ -`, 1 is `* / @`. Each chained operator counts as one
     /// level of nesting, since the tree it builds is that deep.
     fn binary(&mut self, level: usize) -> PResult<Expr> {
-        let mut lhs = if level == 0 { self.binary(1)? } else { self.unary()? };
+        let mut lhs = if level == 0 {
+            self.binary(1)?
+        } else {
+            self.unary()?
+        };
         let saved_depth = self.depth;
         loop {
             let op = match (level, self.peek()) {
@@ -327,9 +402,16 @@ impl Parser<'_> {
             };
             self.bump();
             self.enter()?;
-            let rhs = if level == 0 { self.binary(1)? } else { self.unary()? };
+            let rhs = if level == 0 {
+                self.binary(1)?
+            } else {
+                self.unary()?
+            };
             let span = lhs.span.to(rhs.span);
-            lhs = Expr { kind: ExprKind::Binary(op, Box::new(lhs), Box::new(rhs)), span };
+            lhs = Expr {
+                kind: ExprKind::Binary(op, Box::new(lhs), Box::new(rhs)),
+                span,
+            };
         }
         self.depth = saved_depth;
         Ok(lhs)
@@ -343,7 +425,10 @@ impl Parser<'_> {
             let operand = self.unary()?;
             self.depth -= 1;
             let span = start.to(operand.span);
-            return Ok(Expr { kind: ExprKind::Neg(Box::new(operand)), span });
+            return Ok(Expr {
+                kind: ExprKind::Neg(Box::new(operand)),
+                span,
+            });
         }
         self.power()
     }
@@ -356,7 +441,10 @@ impl Parser<'_> {
             let exponent = self.unary()?;
             self.depth -= 1;
             let span = base.span.to(exponent.span);
-            return Ok(Expr { kind: ExprKind::Binary(BinOp::Pow, Box::new(base), Box::new(exponent)), span });
+            return Ok(Expr {
+                kind: ExprKind::Binary(BinOp::Pow, Box::new(base), Box::new(exponent)),
+                span,
+            });
         }
         Ok(base)
     }
@@ -366,27 +454,42 @@ impl Parser<'_> {
         match self.peek().clone() {
             Tok::Number(v) => {
                 self.bump();
-                Ok(Expr { kind: ExprKind::Number(v), span })
+                Ok(Expr {
+                    kind: ExprKind::Number(v),
+                    span,
+                })
             }
             Tok::Str(s) => {
                 self.bump();
-                Ok(Expr { kind: ExprKind::Str(s), span })
+                Ok(Expr {
+                    kind: ExprKind::Str(s),
+                    span,
+                })
             }
             Tok::Ident(name) => {
                 self.bump();
                 if !self.at("(") {
-                    return Ok(Expr { kind: ExprKind::Name(name), span });
+                    return Ok(Expr {
+                        kind: ExprKind::Name(name),
+                        span,
+                    });
                 }
                 self.bump();
                 let args = self.args()?;
                 let close = self.expect(")")?;
-                Ok(Expr { kind: ExprKind::Call(Ident { name, span }, args), span: span.to(close) })
+                Ok(Expr {
+                    kind: ExprKind::Call(Ident { name, span }, args),
+                    span: span.to(close),
+                })
             }
             Tok::Punct("(") => {
                 self.bump();
                 let inner = self.expr()?;
                 let close = self.expect(")")?;
-                Ok(Expr { kind: inner.kind, span: span.to(close) })
+                Ok(Expr {
+                    kind: inner.kind,
+                    span: span.to(close),
+                })
             }
             Tok::Punct("[") => {
                 self.bump();
@@ -398,7 +501,10 @@ impl Parser<'_> {
                     }
                 }
                 let close = self.expect("]")?;
-                Ok(Expr { kind: ExprKind::List(items), span: span.to(close) })
+                Ok(Expr {
+                    kind: ExprKind::List(items),
+                    span: span.to(close),
+                })
             }
             _ => Err(self.expected("an expression")),
         }
@@ -407,7 +513,8 @@ impl Parser<'_> {
     fn args(&mut self) -> PResult<Vec<Arg>> {
         let mut args = Vec::new();
         while !self.at(")") {
-            let named = matches!(self.peek(), Tok::Ident(_)) && matches!(self.tokens[self.pos + 1].tok, Tok::Punct("="));
+            let named = matches!(self.peek(), Tok::Ident(_))
+                && matches!(self.tokens[self.pos + 1].tok, Tok::Punct("="));
             let name = if named {
                 let n = self.ident("an argument name")?;
                 self.bump();
@@ -415,7 +522,10 @@ impl Parser<'_> {
             } else {
                 None
             };
-            args.push(Arg { name, value: self.expr()? });
+            args.push(Arg {
+                name,
+                value: self.expr()?,
+            });
             if !self.eat(",") {
                 break;
             }
@@ -436,9 +546,13 @@ mod tests {
     #[test]
     fn precedence_and_associativity() {
         let e = expr("-x^2 + 3*x*y");
-        let ExprKind::Binary(BinOp::Add, lhs, rhs) = e.kind else { panic!("{e:?}") };
+        let ExprKind::Binary(BinOp::Add, lhs, rhs) = e.kind else {
+            panic!("{e:?}")
+        };
         assert!(matches!(lhs.kind, ExprKind::Neg(_)));
-        let ExprKind::Binary(BinOp::Mul, inner, _) = rhs.kind else { panic!() };
+        let ExprKind::Binary(BinOp::Mul, inner, _) = rhs.kind else {
+            panic!()
+        };
         assert!(matches!(inner.kind, ExprKind::Binary(BinOp::Mul, _, _)));
         let e = expr("2^3^2");
         assert_eq!(e.constant(), Some(512.0));
@@ -447,7 +561,12 @@ mod tests {
     #[test]
     fn deep_nesting_is_an_error_not_a_crash() {
         let src = format!("{}x{}", "(".repeat(100_000), ")".repeat(100_000));
-        assert!(parse_expr(&lex(&src).unwrap()).unwrap_err().message.contains("nested too deeply"));
+        assert!(
+            parse_expr(&lex(&src).unwrap())
+                .unwrap_err()
+                .message
+                .contains("nested too deeply")
+        );
         let chain = vec!["x"; 100_000].join(" + ");
         assert!(parse_expr(&lex(&chain).unwrap()).is_err());
     }

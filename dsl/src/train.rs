@@ -110,7 +110,16 @@ pub struct TrainSpec {
     pub seed: Option<u64>,
 }
 
-const SETTINGS: [&str; 8] = ["data", "test", "optimizer", "schedule", "batch", "epochs", "steps", "seed"];
+const SETTINGS: [&str; 8] = [
+    "data",
+    "test",
+    "optimizer",
+    "schedule",
+    "batch",
+    "epochs",
+    "steps",
+    "seed",
+];
 
 /// Checks a `train` block against the model it trains.
 pub fn check_train(def: &TrainDef, model: &Model) -> Result<TrainSpec, Diagnostic> {
@@ -127,7 +136,10 @@ pub fn check_train(def: &TrainDef, model: &Model) -> Result<TrainSpec, Diagnosti
     };
     for (i, (key, value)) in def.settings.iter().enumerate() {
         if let Some((first, _)) = def.settings[..i].iter().find(|(k, _)| k.name == key.name) {
-            return Err(Diagnostic::new(format!("`{}` is set twice", key.name), key.span).secondary(first.span, "first set here"));
+            return Err(
+                Diagnostic::new(format!("`{}` is set twice", key.name), key.span)
+                    .secondary(first.span, "first set here"),
+            );
         }
         match key.name.as_str() {
             "data" => spec.data = Some(data(value, model)?),
@@ -139,12 +151,17 @@ pub fn check_train(def: &TrainDef, model: &Model) -> Result<TrainSpec, Diagnosti
             "steps" => spec.steps = Some(integer(value, "steps", 1, 1 << 40)? as usize),
             "seed" => spec.seed = Some(integer(value, "seed", 0, u32::MAX as u64)?),
             other => {
-                return Err(Diagnostic::new(format!("unknown setting `{other}`"), key.span)
-                    .label(format!("expected one of: {}", SETTINGS.join(", "))));
+                return Err(
+                    Diagnostic::new(format!("unknown setting `{other}`"), key.span)
+                        .label(format!("expected one of: {}", SETTINGS.join(", "))),
+                );
             }
         }
     }
-    if let (Some(_), Some((k, _))) = (spec.epochs, def.settings.iter().find(|(k, _)| k.name == "steps")) {
+    if let (Some(_), Some((k, _))) = (
+        spec.epochs,
+        def.settings.iter().find(|(k, _)| k.name == "steps"),
+    ) {
         return Err(Diagnostic::new("set `epochs` or `steps`, not both", k.span));
     }
     Ok(spec)
@@ -154,7 +171,10 @@ fn call<'e>(e: &'e Expr, what: &str) -> Result<(&'e str, &'e [crate::ast::Arg]),
     match &e.kind {
         ExprKind::Call(callee, args) => Ok((callee.name.as_str(), args.as_slice())),
         ExprKind::Name(n) => Ok((n.as_str(), &[])),
-        _ => Err(Diagnostic::new(format!("expected {what}"), e.span).label(format!("expected {what}"))),
+        _ => {
+            Err(Diagnostic::new(format!("expected {what}"), e.span)
+                .label(format!("expected {what}")))
+        }
     }
 }
 
@@ -226,7 +246,17 @@ fn optimizer_defaults(kind: &str) -> OptimizerSpec {
     };
     let eps = if kind == "adagrad" { 1e-10 } else { 1e-8 };
     let beta2 = if kind == "rmsprop" { 0.99 } else { 0.999 };
-    OptimizerSpec { kind: kind.to_string(), lr, momentum: 0.0, nesterov: false, weight_decay: 0.0, l1: 0.0, beta1: 0.9, beta2, eps }
+    OptimizerSpec {
+        kind: kind.to_string(),
+        lr,
+        momentum: 0.0,
+        nesterov: false,
+        weight_decay: 0.0,
+        l1: 0.0,
+        beta1: 0.9,
+        beta2,
+        eps,
+    }
 }
 
 fn optimizer(e: &Expr) -> Result<OptimizerSpec, Diagnostic> {
@@ -237,14 +267,23 @@ fn optimizer(e: &Expr) -> Result<OptimizerSpec, Diagnostic> {
         "rmsprop" => &["lr", "alpha", "eps", "momentum", "weight_decay", "l1"],
         "adam" | "adamax" => &["lr", "beta1", "beta2", "eps", "weight_decay", "l1"],
         other => {
-            return Err(Diagnostic::new(format!("unknown optimizer `{other}`"), e.span)
-                .label("expected sgd, adagrad, rmsprop, adam or adamax"));
+            return Err(
+                Diagnostic::new(format!("unknown optimizer `{other}`"), e.span)
+                    .label("expected sgd, adagrad, rmsprop, adam or adamax"),
+            );
         }
     };
     let a = Args::new(name, e.span, args, 0, 1, names)?;
     let d = optimizer_defaults(name);
     let nonneg = |v: f64, what: &str, at: &Expr| {
-        if v < 0.0 { Err(Diagnostic::new(format!("`{what}` must not be negative"), at.span)) } else { Ok(v) }
+        if v < 0.0 {
+            Err(Diagnostic::new(
+                format!("`{what}` must not be negative"),
+                at.span,
+            ))
+        } else {
+            Ok(v)
+        }
     };
     let spec = OptimizerSpec {
         kind: name.to_string(),
@@ -254,11 +293,18 @@ fn optimizer(e: &Expr) -> Result<OptimizerSpec, Diagnostic> {
         weight_decay: nonneg(a.number(9, "weight_decay", 0.0)?, "weight_decay", e)?,
         l1: nonneg(a.number(9, "l1", 0.0)?, "l1", e)?,
         beta1: a.number(9, "beta1", d.beta1)?,
-        beta2: a.number(9, if name == "rmsprop" { "alpha" } else { "beta2" }, d.beta2)?,
+        beta2: a.number(
+            9,
+            if name == "rmsprop" { "alpha" } else { "beta2" },
+            d.beta2,
+        )?,
         eps: nonneg(a.number(9, "eps", d.eps)?, "eps", e)?,
     };
     if spec.nesterov && spec.momentum == 0.0 {
-        return Err(Diagnostic::new("Nesterov momentum needs `momentum` > 0", e.span));
+        return Err(Diagnostic::new(
+            "Nesterov momentum needs `momentum` > 0",
+            e.span,
+        ));
     }
     Ok(spec)
 }
@@ -271,16 +317,25 @@ fn schedule(e: &Expr) -> Result<ScheduleSpec, Diagnostic> {
             let (boundaries, _) = literal(a.required(0, "boundaries")?)?;
             let (values, _) = literal(a.required(1, "values")?)?;
             if values.len() != boundaries.len() + 1 || boundaries.windows(2).any(|w| w[0] >= w[1]) {
-                return Err(Diagnostic::new("`piecewise` needs increasing boundaries and one more value than boundaries", e.span));
+                return Err(Diagnostic::new(
+                    "`piecewise` needs increasing boundaries and one more value than boundaries",
+                    e.span,
+                ));
             }
             Ok(ScheduleSpec::Piecewise { boundaries, values })
         }
         "exponential" | "inverse_time" => {
             let a = Args::new(name, e.span, args, 1, 1, &["k"])?;
             let k = number(a.required(0, "k")?, "k")?;
-            Ok(if name == "exponential" { ScheduleSpec::Exponential(k) } else { ScheduleSpec::InverseTime(k) })
+            Ok(if name == "exponential" {
+                ScheduleSpec::Exponential(k)
+            } else {
+                ScheduleSpec::InverseTime(k)
+            })
         }
-        other => Err(Diagnostic::new(format!("unknown schedule `{other}`"), e.span)
-            .label("expected piecewise(boundaries, values), exponential(k) or inverse_time(k)")),
+        other => Err(
+            Diagnostic::new(format!("unknown schedule `{other}`"), e.span)
+                .label("expected piecewise(boundaries, values), exponential(k) or inverse_time(k)"),
+        ),
     }
 }

@@ -58,7 +58,10 @@ mod tests {
 
     #[test]
     fn same_seed_same_values() {
-        let init = Init::Normal { mean: 0.0, std: 1.0 };
+        let init = Init::Normal {
+            mean: 0.0,
+            std: 1.0,
+        };
         let a = init.sample(100, &mut Rng::seeded(7));
         let b = init.sample(100, &mut Rng::seeded(7));
         let c = init.sample(100, &mut Rng::seeded(8));
@@ -71,7 +74,11 @@ mod tests {
         let mut rng = Rng::seeded(1);
         let u = Init::Uniform { lo: -0.5, hi: 0.25 }.sample(10_000, &mut rng);
         assert!(u.iter().all(|&v| (-0.5..0.25).contains(&v)));
-        let n = Init::Normal { mean: 2.0, std: 3.0 }.sample(100_000, &mut rng);
+        let n = Init::Normal {
+            mean: 2.0,
+            std: 3.0,
+        }
+        .sample(100_000, &mut rng);
         let mean = n.iter().sum::<f64>() / n.len() as f64;
         let var = n.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n.len() as f64;
         assert!((mean - 2.0).abs() < 0.05, "mean {mean}");

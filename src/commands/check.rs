@@ -45,21 +45,43 @@ pub fn run(args: Args) -> Outcome {
     }
     let mut rows: Vec<[String; 4]> = Vec::new();
     for i in &model.inputs {
-        let role = if i.role == Role::Target { "target" } else { "input" };
-        rows.push([i.name.clone(), role.into(), g.shape(i.node).to_string(), kind(i.kind)]);
+        let role = if i.role == Role::Target {
+            "target"
+        } else {
+            "input"
+        };
+        rows.push([
+            i.name.clone(),
+            role.into(),
+            g.shape(i.node).to_string(),
+            kind(i.kind),
+        ]);
     }
     for b in &model.bindings {
-        rows.push([b.name.clone(), "binding".into(), g.shape(b.node).to_string(), String::new()]);
+        rows.push([
+            b.name.clone(),
+            "binding".into(),
+            g.shape(b.node).to_string(),
+            String::new(),
+        ]);
     }
     for p in &model.params {
         let count = g.shape(p.node).numel().unwrap_or(0);
-        rows.push([p.name.clone(), "param".into(), g.shape(p.node).to_string(), format!("{} params, {}", group(count), p.init_name)]);
+        rows.push([
+            p.name.clone(),
+            "param".into(),
+            g.shape(p.node).to_string(),
+            format!("{} params, {}", group(count), p.init_name),
+        ]);
     }
     println!("model {}", model.name);
     print_table(&["name", "kind", "shape", "notes"], &rows);
     println!("total params: {}", group(model.param_count()));
     for t in &compiled.trains {
-        println!("train {}: optimizer {} (lr {})", t.name, t.optimizer.kind, t.optimizer.lr);
+        println!(
+            "train {}: optimizer {} (lr {})",
+            t.name, t.optimizer.kind, t.optimizer.lr
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -73,7 +95,11 @@ fn print_table(header: &[&str; 4], rows: &[[String; 4]]) {
         }
     }
     let line = |cells: [&str; 4]| {
-        let padded: Vec<String> = cells.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
         println!("  {}", padded.join("  ").trim_end());
     };
     line(*header);
@@ -88,7 +114,7 @@ fn group(n: usize) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

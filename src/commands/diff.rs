@@ -27,38 +27,75 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Outcome {
-    let (mut graph, root, mut vars) = nabla_dsl::formula(&args.expr).map_err(|d| {
+    let nabla_dsl::Formula {
+        mut graph,
+        root,
+        variables: mut vars,
+    } = nabla_dsl::formula(&args.expr).map_err(|d| {
         Failure::Diagnostics(nabla_dsl::diagnostic::render(&[d], "<formula>", &args.expr))
     })?;
     let point = parse_point(&args.at)?;
     for name in &args.wrt {
         if !vars.iter().any(|(n, _)| n == name) {
-            let node = graph.input(name, Shape::scalar()).map_err(|e| Failure::Message(e.0))?;
+            let node = graph
+                .input(name, Shape::scalar())
+                .map_err(|e| Failure::Message(e.0))?;
             vars.push((name.clone(), node));
         }
     }
     if let Some(name) = point.keys().find(|k| !vars.iter().any(|(n, _)| n == *k)) {
-        return Err(Failure::Message(format!("`--at` gives `{name}`, which the formula does not use")));
+        return Err(Failure::Message(format!(
+            "`--at` gives `{name}`, which the formula does not use"
+        )));
     }
-    let wrt: Vec<_> = args.wrt.iter().map(|w| vars.iter().find(|(n, _)| n == w).map(|(_, id)| *id).expect("added above")).collect();
-    let grads = differentiate(&mut graph, root, &wrt).map_err(|e| Failure::Message(e.to_string()))?;
-    let simplified = egraph::simplify(&graph, &grads, &Limits::default()).map_err(|e| Failure::Message(e.0))?;
+    let wrt: Vec<_> = args
+        .wrt
+        .iter()
+        .map(|w| {
+            vars.iter()
+                .find(|(n, _)| n == w)
+                .map(|(_, id)| *id)
+                .expect("added above")
+        })
+        .collect();
+    let grads =
+        differentiate(&mut graph, root, &wrt).map_err(|e| Failure::Message(e.to_string()))?;
+    let simplified =
+        egraph::simplify(&graph, &grads, &Limits::default()).map_err(|e| Failure::Message(e.0))?;
 
-    let missing: Vec<&str> = vars.iter().map(|(n, _)| n.as_str()).filter(|n| !point.contains_key(*n)).collect();
+    let missing: Vec<&str> = vars
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .filter(|n| !point.contains_key(*n))
+        .collect();
     let values = if point.is_empty() {
         None
     } else if !missing.is_empty() {
-        return Err(Failure::Message(format!("`--at` gives no value for {}", missing.join(", "))));
+        return Err(Failure::Message(format!(
+            "`--at` gives no value for {}",
+            missing.join(", ")
+        )));
     } else {
-        let feeds: HashMap<String, Tensor<f64>> = point.iter().map(|(k, v)| (k.clone(), Tensor::scalar(*v))).collect();
-        let out = interp::eval(&simplified.graph, &feeds, &simplified.roots).map_err(|e| Failure::Message(e.to_string()))?;
+        let feeds: HashMap<String, Tensor<f64>> = point
+            .iter()
+            .map(|(k, v)| (k.clone(), Tensor::scalar(*v)))
+            .collect();
+        let out = interp::eval(&simplified.graph, &feeds, &simplified.roots)
+            .map_err(|e| Failure::Message(e.to_string()))?;
         Some(out.into_iter().map(|t| t.data[0]).collect::<Vec<f64>>())
     };
-    let formulas: Vec<String> = simplified.roots.iter().map(|&r| formula::to_formula(&simplified.graph, r)).collect();
+    let formulas: Vec<String> = simplified
+        .roots
+        .iter()
+        .map(|&r| formula::to_formula(&simplified.graph, r))
+        .collect();
     if args.json {
         let mut object = serde_json::Map::new();
         for (i, name) in args.wrt.iter().enumerate() {
-            object.insert(name.clone(), json!({"formula": formulas[i], "value": values.as_ref().map(|v| v[i])}));
+            object.insert(
+                name.clone(),
+                json!({"formula": formulas[i], "value": values.as_ref().map(|v| v[i])}),
+            );
         }
         print_json(&serde_json::Value::Object(object));
     } else {
@@ -76,8 +113,13 @@ pub fn run(args: Args) -> Outcome {
 fn parse_point(items: &[String]) -> Result<HashMap<String, f64>, Failure> {
     let mut point = HashMap::new();
     for item in items {
-        let (name, value) = item.split_once('=').ok_or_else(|| Failure::Message(format!("`--at` expects name=value, got `{item}`")))?;
-        let value: f64 = value.trim().parse().map_err(|_| Failure::Message(format!("`--at`: `{value}` is not a number")))?;
+        let (name, value) = item
+            .split_once('=')
+            .ok_or_else(|| Failure::Message(format!("`--at` expects name=value, got `{item}`")))?;
+        let value: f64 = value
+            .trim()
+            .parse()
+            .map_err(|_| Failure::Message(format!("`--at`: `{value}` is not a number")))?;
         point.insert(name.trim().to_string(), value);
     }
     Ok(point)

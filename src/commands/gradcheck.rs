@@ -36,29 +36,77 @@ pub struct Args {
 
 pub fn run(args: Args) -> Outcome {
     if !(args.eps > 0.0 && args.eps.is_finite()) {
-        return Err(Failure::Message(format!("`--eps` must be a positive number, got {}", args.eps)));
+        return Err(Failure::Message(format!(
+            "`--eps` must be a positive number, got {}",
+            args.eps
+        )));
     }
     if args.batch == 0 || args.cases == 0 {
-        return Err(Failure::Message("`--batch` and `--cases` must be at least 1".into()));
+        return Err(Failure::Message(
+            "`--batch` and `--cases` must be at least 1".into(),
+        ));
     }
     let model = load(&args.file)?.model;
-    let config = Config { cases: args.cases, seed: args.seed, eps: args.eps, batch: args.batch, samples: args.samples.max(2), ..Config::default() };
+    let config = Config {
+        cases: args.cases,
+        seed: args.seed,
+        eps: args.eps,
+        batch: args.batch,
+        samples: args.samples.max(2),
+        ..Config::default()
+    };
     let results = gradcheck::check(&model, &config, autodiff::vjp, &interp::eval)
         .map_err(|e| Failure::Message(e.to_string()))?;
     let passed = results.iter().all(|r| r.passed);
     if args.json {
         for r in &results {
-            print_json(&json!({"param": r.name, "checked": r.checked, "max_abs_err": r.max_abs_err, "max_rel_err": r.max_rel_err, "passed": r.passed}));
+            print_json(
+                &json!({"param": r.name, "checked": r.checked, "max_abs_err": r.max_abs_err, "max_rel_err": r.max_rel_err, "passed": r.passed}),
+            );
         }
         print_json(&json!({"passed": passed, "params": results.len(), "cases": config.cases}));
     } else {
-        println!("gradcheck {}: {} cases, batch {}, eps {:e}, tolerance |a - n| <= {:e} + {:e} |n|", args.file.display(), config.cases, config.batch, config.eps, config.atol, config.rtol);
-        let width = results.iter().map(|r| r.name.len()).max().unwrap_or(5).max(5);
-        println!("  {:<width$}  {:>7}  {:>11}  {:>11}  result", "param", "checked", "max_abs_err", "max_rel_err");
+        println!(
+            "gradcheck {}: {} cases, batch {}, eps {:e}, tolerance |a - n| <= {:e} + {:e} |n|",
+            args.file.display(),
+            config.cases,
+            config.batch,
+            config.eps,
+            config.atol,
+            config.rtol
+        );
+        let width = results
+            .iter()
+            .map(|r| r.name.len())
+            .max()
+            .unwrap_or(5)
+            .max(5);
+        println!(
+            "  {:<width$}  {:>7}  {:>11}  {:>11}  result",
+            "param", "checked", "max_abs_err", "max_rel_err"
+        );
         for r in &results {
-            println!("  {:<width$}  {:>7}  {:>11.3e}  {:>11.3e}  {}", r.name, r.checked, r.max_abs_err, r.max_rel_err, if r.passed { "ok" } else { "FAILED" });
+            println!(
+                "  {:<width$}  {:>7}  {:>11.3e}  {:>11.3e}  {}",
+                r.name,
+                r.checked,
+                r.max_abs_err,
+                r.max_rel_err,
+                if r.passed { "ok" } else { "FAILED" }
+            );
         }
-        println!("{}", if passed { "gradcheck passed" } else { "gradcheck FAILED" });
+        println!(
+            "{}",
+            if passed {
+                "gradcheck passed"
+            } else {
+                "gradcheck FAILED"
+            }
+        );
     }
-    Ok(if passed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

@@ -49,18 +49,28 @@ pub struct Args {
 pub fn run(args: Args) -> Outcome {
     let mut model = load(&args.file)?.model;
     if let Some(b) = args.batch {
-        model.bind(&|_| Some(b)).map_err(|e| Failure::Message(e.0))?;
+        model
+            .bind(&|_| Some(b))
+            .map_err(|e| Failure::Message(e.0))?;
     }
     let (graph, roots, note): (Graph, Vec<NodeId>, Option<String>) = match args.stage {
         Stage::Forward => (model.graph.clone(), vec![model.loss], None),
         Stage::Grad => {
-            let (graph, loss, grads) = model.gradient_graph().map_err(|e| Failure::Message(e.to_string()))?;
+            let (graph, loss, grads) = model
+                .gradient_graph()
+                .map_err(|e| Failure::Message(e.to_string()))?;
             let roots: Vec<NodeId> = std::iter::once(loss).chain(grads).collect();
             if args.no_simplify {
                 (graph, roots, None)
             } else {
-                let s = egraph::simplify(&graph, &roots, &Limits::default()).map_err(|e| Failure::Message(e.0))?;
-                let note = format!("simplified {} nodes to {} ({})", s.nodes_before, s.graph.ancestors(&s.roots).len(), s.report);
+                let s = egraph::simplify(&graph, &roots, &Limits::default())
+                    .map_err(|e| Failure::Message(e.0))?;
+                let note = format!(
+                    "simplified {} nodes to {} ({})",
+                    s.nodes_before,
+                    s.graph.ancestors(&s.roots).len(),
+                    s.report
+                );
                 (s.graph, s.roots, Some(note))
             }
         }

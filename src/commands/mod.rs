@@ -34,11 +34,16 @@ pub type Outcome = Result<ExitCode, Failure>;
 
 /// Reads and checks a model file.
 pub fn load(path: &Path) -> Result<Compiled, Failure> {
-    let bytes = std::fs::read(path).map_err(|e| Failure::Message(format!("cannot read `{}`: {e}", path.display())))?;
+    let bytes = std::fs::read(path)
+        .map_err(|e| Failure::Message(format!("cannot read `{}`: {e}", path.display())))?;
     nabla_dsl::compile_bytes(&bytes).map_err(|(source, diagnostics)| {
         let mut text = diagnostic::render(&diagnostics, &path.display().to_string(), &source);
         let n = diagnostics.len();
-        text.push_str(&format!("error: could not compile `{}` due to {n} previous error{}\n", path.display(), if n == 1 { "" } else { "s" }));
+        text.push_str(&format!(
+            "error: could not compile `{}` due to {n} previous error{}\n",
+            path.display(),
+            if n == 1 { "" } else { "s" }
+        ));
         Failure::Diagnostics(text)
     })
 }

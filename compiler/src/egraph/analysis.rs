@@ -28,7 +28,11 @@ impl Analysis<TensorNode> for TensorAnalysis {
 
     fn make(egraph: &mut TensorEGraph, enode: &TensorNode, _id: Id) -> ClassData {
         let child = |i: usize| &egraph[enode.children[i]].data;
-        let shapes: Vec<&Shape> = enode.children.iter().map(|&c| &egraph[c].data.shape).collect();
+        let shapes: Vec<&Shape> = enode
+            .children
+            .iter()
+            .map(|&c| &egraph[c].data.shape)
+            .collect();
         // Rules only ever build well-shaped nodes; an ill-shaped one would be a rule bug, and
         // then keeping the first operand's shape is the least surprising fallback.
         let shape = enode
@@ -86,10 +90,16 @@ impl Analysis<TensorNode> for TensorAnalysis {
 
 /// Adds `c` filled to `shape`: a scalar `const`, broadcast when the shape is not scalar.
 pub fn constant_node(egraph: &mut TensorEGraph, c: f64, shape: &Shape) -> Id {
-    let scalar = egraph.add(TensorNode { op: Op::Const(Scalar::new(c)), children: vec![] });
+    let scalar = egraph.add(TensorNode {
+        op: Op::Const(Scalar::new(c)),
+        children: vec![],
+    });
     if shape.rank() == 0 {
         scalar
     } else {
-        egraph.add(TensorNode { op: Op::Broadcast(shape.clone()), children: vec![scalar] })
+        egraph.add(TensorNode {
+            op: Op::Broadcast(shape.clone()),
+            children: vec![scalar],
+        })
     }
 }

@@ -69,7 +69,10 @@ impl FromOp for TensorNode {
                 .ok_or_else(|| UnknownOp(name.to_string()))?
         };
         if op.arity() != children.len() {
-            return Err(UnknownOp(format!("{name} with {} operands", children.len())));
+            return Err(UnknownOp(format!(
+                "{name} with {} operands",
+                children.len()
+            )));
         }
         Ok(TensorNode { op, children })
     }

@@ -34,7 +34,11 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Limits {
-        Limits { nodes: 50_000, iterations: 30, time: Duration::from_secs(5) }
+        Limits {
+            nodes: 50_000,
+            iterations: 30,
+            time: Duration::from_secs(5),
+        }
     }
 }
 
@@ -52,13 +56,23 @@ pub struct Simplified {
 }
 
 /// Simplifies what `roots` compute, returning a new graph. Root labels carry over.
-pub fn simplify(graph: &Graph, roots: &[NodeId], limits: &Limits) -> Result<Simplified, ShapeError> {
+pub fn simplify(
+    graph: &Graph,
+    roots: &[NodeId],
+    limits: &Limits,
+) -> Result<Simplified, ShapeError> {
     let nodes = graph.ancestors(roots);
     let mut egraph = TensorEGraph::new(TensorAnalysis);
     let mut class_of: HashMap<NodeId, Id> = HashMap::new();
     for &id in &nodes {
         let children = graph.operands(id).iter().map(|o| class_of[o]).collect();
-        class_of.insert(id, egraph.add(TensorNode { op: graph.op(id).clone(), children }));
+        class_of.insert(
+            id,
+            egraph.add(TensorNode {
+                op: graph.op(id).clone(),
+                children,
+            }),
+        );
     }
     let runner = Runner::default()
         .with_egraph(egraph)
@@ -84,7 +98,11 @@ pub fn simplify(graph: &Graph, roots: &[NodeId], limits: &Limits) -> Result<Simp
         let (_, expr) = extractor.find_best(runner.egraph.find(class_of[&root]));
         let mut ids: Vec<NodeId> = Vec::with_capacity(expr.as_ref().len());
         for enode in expr.as_ref() {
-            let operands: Vec<NodeId> = enode.children().iter().map(|&c| ids[usize::from(c)]).collect();
+            let operands: Vec<NodeId> = enode
+                .children()
+                .iter()
+                .map(|&c| ids[usize::from(c)])
+                .collect();
             ids.push(out.node(enode.op.clone(), &operands)?);
         }
         let new_root = *ids.last().expect("an extracted term has at least one node");
@@ -93,7 +111,12 @@ pub fn simplify(graph: &Graph, roots: &[NodeId], limits: &Limits) -> Result<Simp
         }
         new_roots.push(new_root);
     }
-    Ok(Simplified { graph: out, roots: new_roots, nodes_before: nodes.len(), report })
+    Ok(Simplified {
+        graph: out,
+        roots: new_roots,
+        nodes_before: nodes.len(),
+        report,
+    })
 }
 
 /// Extraction cost: roughly the work a kernel does per output element, summed over the term.

@@ -73,5 +73,8 @@ pub fn constant_gathering() -> Vec<Rule> {
 
 /// Every rule, in the order the groups are listed above.
 pub fn all() -> Vec<Rule> {
-    [identities(), cancellations(), constant_gathering()].into_iter().flatten().collect()
+    [identities(), cancellations(), constant_gathering()]
+        .into_iter()
+        .flatten()
+        .collect()
 }

@@ -61,11 +61,19 @@ fn render(graph: &Graph, id: NodeId) -> (String, u8) {
 /// A node's text, parenthesised when it binds less strongly than `needed`.
 fn wrap(graph: &Graph, id: NodeId, needed: u8) -> String {
     let (text, strength) = render(graph, id);
-    if strength < needed { format!("({text})") } else { text }
+    if strength < needed {
+        format!("({text})")
+    } else {
+        text
+    }
 }
 
 fn number(v: f64) -> (String, u8) {
-    let text = if v.fract() == 0.0 && v.abs() < 1e15 { format!("{}", v as i64) } else { format!("{v}") };
+    let text = if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{}", v as i64)
+    } else {
+        format!("{v}")
+    };
     let strength = if v < 0.0 { PREFIX } else { ATOM };
     (text, strength)
 }

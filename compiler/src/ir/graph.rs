@@ -74,7 +74,11 @@ impl Graph {
         }
         let shapes: Vec<&Shape> = operands.iter().map(|&o| self.shape(o)).collect();
         let shape = key.0.infer_shape(&shapes)?;
-        let id = self.inner.add_node(Node { op: key.0.clone(), shape, label: None });
+        let id = self.inner.add_node(Node {
+            op: key.0.clone(),
+            shape,
+            label: None,
+        });
         for (i, &o) in operands.iter().enumerate() {
             self.inner.add_edge(o, id, i as u8);
         }
@@ -99,7 +103,9 @@ impl Graph {
 
     /// Names a node for dumps; the first name given sticks.
     pub fn label(&mut self, id: NodeId, label: &str) {
-        self.inner[id].label.get_or_insert_with(|| label.to_string());
+        self.inner[id]
+            .label
+            .get_or_insert_with(|| label.to_string());
     }
 
     /// The operands of a node, in order.
@@ -149,17 +155,24 @@ impl Graph {
                 stack.extend(self.inner.neighbors_directed(id, Direction::Incoming));
             }
         }
-        self.topo_order().into_iter().filter(|id| seen[id.index()]).collect()
+        self.topo_order()
+            .into_iter()
+            .filter(|id| seen[id.index()])
+            .collect()
     }
 
     /// The parameter nodes, in insertion order.
     pub fn params(&self) -> Vec<NodeId> {
-        self.node_ids().filter(|&id| matches!(self.op(id), Op::Param { .. })).collect()
+        self.node_ids()
+            .filter(|&id| matches!(self.op(id), Op::Param { .. }))
+            .collect()
     }
 
     /// The input nodes, in insertion order.
     pub fn inputs(&self) -> Vec<NodeId> {
-        self.node_ids().filter(|&id| matches!(self.op(id), Op::Input { .. })).collect()
+        self.node_ids()
+            .filter(|&id| matches!(self.op(id), Op::Input { .. }))
+            .collect()
     }
 
     /// Finds the input or parameter called `name`.
@@ -193,17 +206,30 @@ impl Graph {
 
     /// A run-time input.
     pub fn input(&mut self, name: &str, shape: Shape) -> Result<NodeId, ShapeError> {
-        self.node(Op::Input { name: name.into(), shape }, &[])
+        self.node(
+            Op::Input {
+                name: name.into(),
+                shape,
+            },
+            &[],
+        )
     }
 
     /// A trainable parameter.
     pub fn param(&mut self, name: &str, shape: Shape) -> Result<NodeId, ShapeError> {
-        self.node(Op::Param { name: name.into(), shape }, &[])
+        self.node(
+            Op::Param {
+                name: name.into(),
+                shape,
+            },
+            &[],
+        )
     }
 
     /// A scalar constant.
     pub fn constant(&mut self, value: f64) -> NodeId {
-        self.node(Op::Const(Scalar::new(value)), &[]).expect("a scalar constant is always well-shaped")
+        self.node(Op::Const(Scalar::new(value)), &[])
+            .expect("a scalar constant is always well-shaped")
     }
 
     /// A constant filled to `shape`.
@@ -278,7 +304,12 @@ impl Graph {
     }
 
     /// A reduction keeping the reduced axes with size 1; no node for an empty axis list.
-    pub fn reduce(&mut self, op: ReduceOp, x: NodeId, axes: &[usize]) -> Result<NodeId, ShapeError> {
+    pub fn reduce(
+        &mut self,
+        op: ReduceOp,
+        x: NodeId,
+        axes: &[usize],
+    ) -> Result<NodeId, ShapeError> {
         if axes.is_empty() {
             return Ok(x);
         }
@@ -316,9 +347,18 @@ impl Graph {
 /// The op with its symbolic dimensions bound where `lookup` knows them.
 fn bind_op(op: &Op, lookup: &dyn Fn(&str) -> Option<usize>) -> Op {
     match op {
-        Op::Input { name, shape } => Op::Input { name: name.clone(), shape: shape.bind(lookup) },
-        Op::Param { name, shape } => Op::Param { name: name.clone(), shape: shape.bind(lookup) },
-        Op::Iota { shape, axis } => Op::Iota { shape: shape.bind(lookup), axis: *axis },
+        Op::Input { name, shape } => Op::Input {
+            name: name.clone(),
+            shape: shape.bind(lookup),
+        },
+        Op::Param { name, shape } => Op::Param {
+            name: name.clone(),
+            shape: shape.bind(lookup),
+        },
+        Op::Iota { shape, axis } => Op::Iota {
+            shape: shape.bind(lookup),
+            axis: *axis,
+        },
         Op::Numel(s) => Op::Numel(s.bind(lookup)),
         Op::Broadcast(s) => Op::Broadcast(s.bind(lookup)),
         Op::Reshape(s) => Op::Reshape(s.bind(lookup)),
@@ -344,7 +384,9 @@ mod tests {
     #[test]
     fn binding_fixes_symbols_and_rechecks() {
         let mut g = Graph::new();
-        let x = g.input("x", Shape(vec![Dim::sym("B"), Dim::Known(2)])).unwrap();
+        let x = g
+            .input("x", Shape(vec![Dim::sym("B"), Dim::Known(2)]))
+            .unwrap();
         let s = g.sum_all(x).unwrap();
         g.bind(&|name| (name == "B").then_some(5)).unwrap();
         assert_eq!(g.shape(x), &Shape::known(&[5, 2]));

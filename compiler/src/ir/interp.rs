@@ -29,12 +29,18 @@ impl<T: Float> Tensor<T> {
 
     /// A scalar.
     pub fn scalar(v: T) -> Tensor<T> {
-        Tensor { shape: Vec::new(), data: vec![v] }
+        Tensor {
+            shape: Vec::new(),
+            data: vec![v],
+        }
     }
 
     /// A tensor of one repeated value.
     pub fn full(shape: &[usize], v: T) -> Tensor<T> {
-        Tensor { shape: shape.to_vec(), data: vec![v; shape.iter().product()] }
+        Tensor {
+            shape: shape.to_vec(),
+            data: vec![v; shape.iter().product()],
+        }
     }
 }
 
@@ -87,7 +93,9 @@ fn eval_op<T: Float>(
     let cast = |v: f64| T::from(v).expect("every f64 converts to a float type");
     let data = match op {
         Op::Input { name, .. } | Op::Param { name, .. } => {
-            let fed = feeds.get(name).ok_or_else(|| EvalError::Missing(name.clone()))?;
+            let fed = feeds
+                .get(name)
+                .ok_or_else(|| EvalError::Missing(name.clone()))?;
             if fed.shape != shape {
                 return Err(EvalError::WrongShape {
                     name: name.clone(),
@@ -104,14 +112,25 @@ fn eval_op<T: Float>(
         }
         Op::Iota { axis, .. } => {
             let strides = strides(shape);
-            (0..numel(shape)).map(|i| cast(((i / strides[*axis]) % shape[*axis]) as f64)).collect()
+            (0..numel(shape))
+                .map(|i| cast(((i / strides[*axis]) % shape[*axis]) as f64))
+                .collect()
         }
         Op::Unary(u) => args[0].data.iter().map(|&x| unary(*u, x)).collect(),
-        Op::Binary(b) => {
-            args[0].data.iter().zip(&args[1].data).map(|(&x, &y)| binary(*b, x, y)).collect()
-        }
+        Op::Binary(b) => args[0]
+            .data
+            .iter()
+            .zip(&args[1].data)
+            .map(|(&x, &y)| binary(*b, x, y))
+            .collect(),
         Op::Select => (0..numel(shape))
-            .map(|i| if args[0].data[i] != T::zero() { args[1].data[i] } else { args[2].data[i] })
+            .map(|i| {
+                if args[0].data[i] != T::zero() {
+                    args[1].data[i]
+                } else {
+                    args[2].data[i]
+                }
+            })
             .collect(),
         Op::Reduce(r, _) => reduce(*r, args[0], shape),
         Op::Broadcast(_) => broadcast(args[0], shape),
@@ -196,7 +215,15 @@ fn for_each_index(shape: &[usize], mut f: impl FnMut(usize, &[usize])) {
 fn broadcast_strides(shape: &[usize], rank: usize) -> Vec<usize> {
     let own = strides(shape);
     let lead = rank - shape.len();
-    (0..rank).map(|i| if i < lead || shape[i - lead] == 1 { 0 } else { own[i - lead] }).collect()
+    (0..rank)
+        .map(|i| {
+            if i < lead || shape[i - lead] == 1 {
+                0
+            } else {
+                own[i - lead]
+            }
+        })
+        .collect()
 }
 
 fn offset(strides: &[usize], index: &[usize]) -> usize {
@@ -223,7 +250,9 @@ fn reduce<T: Float>(op: ReduceOp, x: &Tensor<T>, out_shape: &[usize]) -> Vec<T> 
 fn broadcast<T: Float>(x: &Tensor<T>, out_shape: &[usize]) -> Vec<T> {
     let mut out = Vec::with_capacity(numel(out_shape));
     let in_strides = broadcast_strides(&x.shape, out_shape.len());
-    for_each_index(out_shape, |_, index| out.push(x.data[offset(&in_strides, index)]));
+    for_each_index(out_shape, |_, index| {
+        out.push(x.data[offset(&in_strides, index)])
+    });
     out
 }
 
@@ -231,7 +260,11 @@ fn transpose<T: Float>(x: &Tensor<T>, perm: &[usize], out_shape: &[usize]) -> Ve
     let in_strides = strides(&x.shape);
     let mut out = Vec::with_capacity(numel(out_shape));
     for_each_index(out_shape, |_, index| {
-        let offset: usize = perm.iter().enumerate().map(|(i, &p)| index[i] * in_strides[p]).sum();
+        let offset: usize = perm
+            .iter()
+            .enumerate()
+            .map(|(i, &p)| index[i] * in_strides[p])
+            .sum();
         out.push(x.data[offset]);
     });
     out
@@ -257,7 +290,10 @@ mod tests {
     use crate::ir::Shape;
 
     fn run(g: &Graph, feeds: &[(&str, Tensor<f64>)], out: NodeId) -> Tensor<f64> {
-        let feeds = feeds.iter().map(|(n, t)| (n.to_string(), t.clone())).collect();
+        let feeds = feeds
+            .iter()
+            .map(|(n, t)| (n.to_string(), t.clone()))
+            .collect();
         eval(g, &feeds, &[out]).unwrap().remove(0)
     }
 
@@ -284,8 +320,19 @@ mod tests {
         let x = g.input("x", Shape::known(&[2, 3])).unwrap();
         let t = g.transpose(x, &[1, 0]).unwrap();
         let m = g.reduce(ReduceOp::Max, x, &[1]).unwrap();
-        let i = g.node(Op::Iota { shape: Shape::known(&[2, 3]), axis: 1 }, &[]).unwrap();
-        let feeds = [("x", Tensor::new(vec![2, 3], vec![1., 5., 3., -4., -2., -6.]))];
+        let i = g
+            .node(
+                Op::Iota {
+                    shape: Shape::known(&[2, 3]),
+                    axis: 1,
+                },
+                &[],
+            )
+            .unwrap();
+        let feeds = [(
+            "x",
+            Tensor::new(vec![2, 3], vec![1., 5., 3., -4., -2., -6.]),
+        )];
         assert_eq!(run(&g, &feeds, t).data, vec![1., -4., 5., -2., 3., -6.]);
         assert_eq!(run(&g, &feeds, m).data, vec![5., -2.]);
         assert_eq!(run(&g, &feeds, i).data, vec![0., 1., 2., 0., 1., 2.]);
@@ -295,8 +342,14 @@ mod tests {
     fn missing_and_misshapen_feeds_are_errors() {
         let mut g = Graph::new();
         let x = g.input("x", Shape::known(&[2])).unwrap();
-        assert_eq!(eval::<f64>(&g, &HashMap::new(), &[x]), Err(EvalError::Missing("x".into())));
+        assert_eq!(
+            eval::<f64>(&g, &HashMap::new(), &[x]),
+            Err(EvalError::Missing("x".into()))
+        );
         let feeds = [("x".to_string(), Tensor::new(vec![3], vec![0.0f64; 3]))].into();
-        assert!(matches!(eval(&g, &feeds, &[x]), Err(EvalError::WrongShape { .. })));
+        assert!(matches!(
+            eval(&g, &feeds, &[x]),
+            Err(EvalError::WrongShape { .. })
+        ));
     }
 }

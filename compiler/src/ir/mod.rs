@@ -1,8 +1,8 @@
 //! The intermediate representation: shapes, primitive ops, the graph, its text/dot/json forms,
 //! the verifier and the reference interpreter.
 
-mod graph;
 pub mod formula;
+mod graph;
 pub mod interp;
 mod op;
 mod shape;

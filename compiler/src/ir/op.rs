@@ -157,8 +157,14 @@ impl Op {
     /// How many operands the op takes.
     pub fn arity(&self) -> usize {
         match self {
-            Op::Input { .. } | Op::Param { .. } | Op::Const(_) | Op::Iota { .. } | Op::Numel(_) => 0,
-            Op::Unary(_) | Op::Reduce(..) | Op::Broadcast(_) | Op::Reshape(_) | Op::Transpose(_) => 1,
+            Op::Input { .. } | Op::Param { .. } | Op::Const(_) | Op::Iota { .. } | Op::Numel(_) => {
+                0
+            }
+            Op::Unary(_)
+            | Op::Reduce(..)
+            | Op::Broadcast(_)
+            | Op::Reshape(_)
+            | Op::Transpose(_) => 1,
             Op::Binary(_) | Op::MatMul => 2,
             Op::Select => 3,
         }
@@ -178,7 +184,9 @@ impl Op {
             Op::Const(_) | Op::Numel(_) => Shape::scalar(),
             Op::Iota { shape, axis } => {
                 if *axis >= shape.rank() {
-                    return Err(ShapeError(format!("iota axis {axis} is out of range for {shape}")));
+                    return Err(ShapeError(format!(
+                        "iota axis {axis} is out of range for {shape}"
+                    )));
                 }
                 shape.clone()
             }
@@ -278,7 +286,9 @@ fn reduce_shape(input: &Shape, axes: &[usize]) -> Result<Shape, ShapeError> {
     let mut dims = input.0.clone();
     for (i, &axis) in axes.iter().enumerate() {
         if axis >= input.rank() || axes[..i].contains(&axis) {
-            return Err(ShapeError(format!("bad reduction axes {axes:?} for shape {input}")));
+            return Err(ShapeError(format!(
+                "bad reduction axes {axes:?} for shape {input}"
+            )));
         }
         dims[axis] = Dim::Known(1);
     }
@@ -288,7 +298,9 @@ fn reduce_shape(input: &Shape, axes: &[usize]) -> Result<Shape, ShapeError> {
 fn transpose_shape(input: &Shape, perm: &[usize]) -> Result<Shape, ShapeError> {
     let mut seen = vec![false; input.rank()];
     let valid = perm.len() == input.rank()
-        && perm.iter().all(|&p| p < seen.len() && !std::mem::replace(&mut seen[p], true));
+        && perm
+            .iter()
+            .all(|&p| p < seen.len() && !std::mem::replace(&mut seen[p], true));
     if !valid {
         return Err(ShapeError(format!(
             "{perm:?} is not a permutation of the {} axes of {input}",
@@ -304,7 +316,9 @@ fn matmul_shape(a: &Shape, b: &Shape) -> Result<Shape, ShapeError> {
         ([_, k1], [k2, _]) => Err(ShapeError(format!(
             "matmul {a} @ {b}: inner dimensions {k1} and {k2} differ"
         ))),
-        _ => Err(ShapeError(format!("matmul {a} @ {b}: both operands must be matrices (rank 2)"))),
+        _ => Err(ShapeError(format!(
+            "matmul {a} @ {b}: both operands must be matrices (rank 2)"
+        ))),
     }
 }
 
@@ -317,17 +331,28 @@ mod tests {
         let a = Shape(vec![Dim::sym("B"), Dim::Known(3)]);
         let b = Shape::known(&[4, 2]);
         let err = Op::MatMul.infer_shape(&[&a, &b]).unwrap_err();
-        assert_eq!(err.0, "matmul [B, 3] @ [4, 2]: inner dimensions 3 and 4 differ");
-        let ok = Op::MatMul.infer_shape(&[&a, &Shape::known(&[3, 2])]).unwrap();
+        assert_eq!(
+            err.0,
+            "matmul [B, 3] @ [4, 2]: inner dimensions 3 and 4 differ"
+        );
+        let ok = Op::MatMul
+            .infer_shape(&[&a, &Shape::known(&[3, 2])])
+            .unwrap();
         assert_eq!(ok.to_string(), "[B, 2]");
     }
 
     #[test]
     fn reductions_keep_axes_and_transposes_permute() {
         let x = Shape::known(&[2, 3, 4]);
-        let r = Op::Reduce(ReduceOp::Sum, vec![0, 2]).infer_shape(&[&x]).unwrap();
+        let r = Op::Reduce(ReduceOp::Sum, vec![0, 2])
+            .infer_shape(&[&x])
+            .unwrap();
         assert_eq!(r, Shape::known(&[1, 3, 1]));
-        assert!(Op::Reduce(ReduceOp::Sum, vec![3]).infer_shape(&[&x]).is_err());
+        assert!(
+            Op::Reduce(ReduceOp::Sum, vec![3])
+                .infer_shape(&[&x])
+                .is_err()
+        );
         let t = Op::Transpose(vec![2, 0, 1]).infer_shape(&[&x]).unwrap();
         assert_eq!(t, Shape::known(&[4, 2, 3]));
         assert!(Op::Transpose(vec![0, 0, 1]).infer_shape(&[&x]).is_err());

@@ -158,8 +158,7 @@ impl Shape {
 
     /// Whether `self` broadcasts to exactly `target` (NumPy rules, one direction).
     pub fn broadcasts_to(&self, target: &Shape) -> bool {
-        self.rank() <= target.rank()
-            && Shape::broadcast(self, target).is_ok_and(|s| &s == target)
+        self.rank() <= target.rank() && Shape::broadcast(self, target).is_ok_and(|s| &s == target)
     }
 
     /// Resolves a possibly negative axis against this rank.
@@ -169,7 +168,9 @@ impl Shape {
         if (0..rank).contains(&resolved) {
             Ok(resolved as usize)
         } else {
-            Err(ShapeError(format!("axis {axis} is out of range for shape {self} (rank {rank})")))
+            Err(ShapeError(format!(
+                "axis {axis} is out of range for shape {self} (rank {rank})"
+            )))
         }
     }
 }
@@ -177,7 +178,11 @@ impl Shape {
 /// The dimension `k` places from the right (0 = last), with missing leading dimensions read as 1.
 fn dim_from_right(s: &Shape, k: usize) -> &Dim {
     const ONE: &Dim = &Dim::Known(1);
-    if k < s.rank() { &s.0[s.rank() - 1 - k] } else { ONE }
+    if k < s.rank() {
+        &s.0[s.rank() - 1 - k]
+    } else {
+        ONE
+    }
 }
 
 impl fmt::Display for Shape {
@@ -209,7 +214,10 @@ mod tests {
         assert_eq!(Shape::broadcast(&x, &Shape::known(&[1, 3])).unwrap(), x);
         assert_eq!(Shape::broadcast(&Shape::scalar(), &x).unwrap(), x);
         let err = Shape::broadcast(&x, &Shape::known(&[4])).unwrap_err();
-        assert_eq!(err.0, "shapes [B, 3] and [4] do not broadcast: dimension 3 does not match 4");
+        assert_eq!(
+            err.0,
+            "shapes [B, 3] and [4] do not broadcast: dimension 3 does not match 4"
+        );
         assert!(Shape::known(&[3]).broadcasts_to(&x));
         assert!(!x.broadcasts_to(&Shape::known(&[3])));
     }

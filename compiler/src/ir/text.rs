@@ -14,8 +14,11 @@ pub fn to_text(graph: &Graph, roots: &[NodeId]) -> String {
     let mut out = String::new();
     for id in graph.ancestors(roots) {
         let node = graph.get(id);
-        let operands: Vec<String> =
-            graph.operands(id).iter().map(|o| format!("%{}", o.index())).collect();
+        let operands: Vec<String> = graph
+            .operands(id)
+            .iter()
+            .map(|o| format!("%{}", o.index()))
+            .collect();
         let mut line = format!("%{} = {}", id.index(), node.op);
         if !operands.is_empty() {
             let _ = write!(line, " {}", operands.join(", "));
@@ -32,7 +35,9 @@ pub fn to_text(graph: &Graph, roots: &[NodeId]) -> String {
 
 /// Graphviz source: a node per op labelled with op and shape, edges from operands to users.
 pub fn to_dot(graph: &Graph, roots: &[NodeId]) -> String {
-    let mut out = String::from("digraph nabla {\n  rankdir=TB;\n  node [shape=box, fontname=\"monospace\"];\n");
+    let mut out = String::from(
+        "digraph nabla {\n  rankdir=TB;\n  node [shape=box, fontname=\"monospace\"];\n",
+    );
     for id in graph.ancestors(roots) {
         let node = graph.get(id);
         let mut label = format!("{}\\n{}", node.op, node.shape);
@@ -44,9 +49,20 @@ pub fn to_dot(graph: &Graph, roots: &[NodeId]) -> String {
             Op::Input { .. } => ", style=filled, fillcolor=\"#c8e0ff\"",
             _ => "",
         };
-        let _ = writeln!(out, "  n{} [label=\"{}\"{}];", id.index(), escape(&label), style);
+        let _ = writeln!(
+            out,
+            "  n{} [label=\"{}\"{}];",
+            id.index(),
+            escape(&label),
+            style
+        );
         for (i, operand) in graph.operands(id).into_iter().enumerate() {
-            let _ = writeln!(out, "  n{} -> n{} [label=\"{i}\"];", operand.index(), id.index());
+            let _ = writeln!(
+                out,
+                "  n{} -> n{} [label=\"{i}\"];",
+                operand.index(),
+                id.index()
+            );
         }
     }
     out.push_str("}\n");
