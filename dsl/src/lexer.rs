@@ -60,7 +60,12 @@ pub fn lex(source: &str) -> Result<Vec<Token>, Diagnostic> {
             }
             c if c.is_ascii_whitespace() => i += 1,
             c if c.is_ascii_alphabetic() || c == b'_' => {
-                while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
+                // Layer parameters have dotted names (`h2.w`, `out.2.b`).
+                let name_char = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+                while i < bytes.len()
+                    && (name_char(bytes[i])
+                        || (bytes[i] == b'.' && bytes.get(i + 1).is_some_and(|&b| name_char(b))))
+                {
                     i += 1;
                 }
                 tokens.push(Token {
@@ -167,6 +172,12 @@ mod tests {
     fn newlines_count_only_outside_brackets() {
         let toks = kinds("a = f(1,\n 2)\nb");
         assert_eq!(toks.iter().filter(|t| **t == Tok::Newline).count(), 1);
+    }
+
+    #[test]
+    fn dotted_names_are_one_token() {
+        assert_eq!(kinds("h2.w")[0], Tok::Ident("h2.w".into()));
+        assert_eq!(kinds("a..b")[1], Tok::Punct(".."));
     }
 
     #[test]

@@ -472,6 +472,9 @@ impl<'f> Lowerer<'f> {
             Some(None) => return Err(Fail::Cascade),
             None => {}
         }
+        if let Some(param) = self.params.iter().find(|p| p.name == name) {
+            return Ok(param.node);
+        }
         if let Some(vars) = &mut self.free_variables {
             if let Some((_, node)) = vars.iter().find(|(n, _)| n == name) {
                 return Ok(*node);

@@ -74,13 +74,15 @@ pub fn run(args: Args) -> Outcome {
             format!("{} params, {}", group(count), p.init_name),
         ]);
     }
-    println!("model {}", model.name);
+    out!("model {}", model.name);
     print_table(&["name", "kind", "shape", "notes"], &rows);
-    println!("total params: {}", group(model.param_count()));
+    out!("total params: {}", group(model.param_count()));
     for t in &compiled.trains {
-        println!(
+        out!(
             "train {}: optimizer {} (lr {})",
-            t.name, t.optimizer.kind, t.optimizer.lr
+            t.name,
+            t.optimizer.kind,
+            t.optimizer.lr
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -100,7 +102,7 @@ fn print_table(header: &[&str; 4], rows: &[[String; 4]]) {
             .zip(widths)
             .map(|(c, w)| format!("{c:<w$}"))
             .collect();
-        println!("  {}", padded.join("  ").trim_end());
+        out!("  {}", padded.join("  ").trim_end());
     };
     line(*header);
     line(widths.map(|w| "-".repeat(w)).each_ref().map(String::as_str));

@@ -101,8 +101,8 @@ pub fn run(args: Args) -> Outcome {
     } else {
         for (i, name) in args.wrt.iter().enumerate() {
             match &values {
-                Some(v) => println!("d/d{name} = {} = {}", formulas[i], v[i]),
-                None => println!("d/d{name} = {}", formulas[i]),
+                Some(v) => out!("d/d{name} = {} = {}", formulas[i], v[i]),
+                None => out!("d/d{name} = {}", formulas[i]),
             }
         }
     }

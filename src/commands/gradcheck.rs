@@ -66,7 +66,7 @@ pub fn run(args: Args) -> Outcome {
         }
         print_json(&json!({"passed": passed, "params": results.len(), "cases": config.cases}));
     } else {
-        println!(
+        out!(
             "gradcheck {}: {} cases, batch {}, eps {:e}, tolerance |a - n| <= {:e} + {:e} |n|",
             args.file.display(),
             config.cases,
@@ -81,12 +81,15 @@ pub fn run(args: Args) -> Outcome {
             .max()
             .unwrap_or(5)
             .max(5);
-        println!(
+        out!(
             "  {:<width$}  {:>7}  {:>11}  {:>11}  result",
-            "param", "checked", "max_abs_err", "max_rel_err"
+            "param",
+            "checked",
+            "max_abs_err",
+            "max_rel_err"
         );
         for r in &results {
-            println!(
+            out!(
                 "  {:<width$}  {:>7}  {:>11.3e}  {:>11.3e}  {}",
                 r.name,
                 r.checked,
@@ -95,7 +98,7 @@ pub fn run(args: Args) -> Outcome {
                 if r.passed { "ok" } else { "FAILED" }
             );
         }
-        println!(
+        out!(
             "{}",
             if passed {
                 "gradcheck passed"

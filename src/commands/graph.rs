@@ -78,11 +78,11 @@ pub fn run(args: Args) -> Outcome {
     match args.format {
         Format::Text => {
             if let Some(note) = note {
-                println!("# {note}");
+                out!("# {note}");
             }
-            print!("{}", text::to_text(&graph, &roots));
+            out!("{}", text::to_text(&graph, &roots).trim_end());
         }
-        Format::Dot => print!("{}", text::to_dot(&graph, &roots)),
+        Format::Dot => out!("{}", text::to_dot(&graph, &roots).trim_end()),
         Format::Json => print_json(&text::to_json(&graph, &roots)),
     }
     Ok(ExitCode::SUCCESS)

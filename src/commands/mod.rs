@@ -1,6 +1,12 @@
 //! One module per subcommand, plus what they share: loading a model with rendered diagnostics,
 //! and the failure type every command returns.
 
+/// `println!` for command output, treating a closed stdout (`nabla graph ... | head`) as the
+/// end of the run rather than an error.
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::commands::write_stdout(&format!($($arg)*)) };
+}
+
 pub mod check;
 pub mod diff;
 pub mod gradcheck;
@@ -50,5 +56,18 @@ pub fn load(path: &Path) -> Result<Compiled, Failure> {
 
 /// Prints one JSON object on its own line.
 pub fn print_json(value: &serde_json::Value) {
-    println!("{value}");
+    out!("{value}");
+}
+
+/// Writes one line to stdout; exits quietly when the reader has gone away.
+pub fn write_stdout(line: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = writeln!(stdout, "{line}") {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write output: {e}");
+        std::process::exit(1);
+    }
 }
