@@ -8,20 +8,11 @@ use nabla_compiler::autodiff::{self, differentiate};
 use nabla_compiler::egraph::{self, Limits};
 use nabla_compiler::gradcheck::{self, Config, ParamResult};
 use nabla_compiler::ir::{Graph, NodeId, Op, ShapeError, Tensor, UnaryOp, interp};
-use nabla_compiler::model::Model;
 use nabla_runtime::Rng;
 use proptest::prelude::*;
 
-fn model(source: &str) -> Model {
-    match nabla_dsl::compile(source) {
-        Ok(c) => c.model,
-        Err(d) => panic!(
-            "{}\n{}",
-            source,
-            nabla_dsl::diagnostic::render(&d, "test.nn", source)
-        ),
-    }
-}
+mod common;
+use common::{BODIES, model, template};
 
 fn check(source: &str, batch: usize, seed: u64, rules: autodiff::VjpRule) -> Vec<ParamResult> {
     let config = Config {
@@ -33,60 +24,6 @@ fn check(source: &str, batch: usize, seed: u64, rules: autodiff::VjpRule) -> Vec
     };
     gradcheck::check(&model(source), &config, rules, &interp::eval).expect("gradcheck runs")
 }
-
-/// A model whose loss applies `body` (in terms of `z`, a `[B, N]` tensor depending on every
-/// parameter through broadcasting) and reduces it to a scalar.
-fn template(n: usize, body: &str) -> String {
-    format!(
-        "model t {{
-  input  x[B, {n}]
-  input  u[B, {n}]
-  target y[B] : class
-  target t[B, {n}]
-  param  p[{n}] = normal(0, 1)
-  param  q[1, {n}] = normal(0, 1)
-  param  m[{n}, {n}] = normal(0, 0.5)
-  z      = x * p + q
-  loss   = {body}
-}}"
-    )
-}
-
-/// One expression per primitive, activation, reduction and loss.
-const BODIES: &[&str] = &[
-    "sum(exp(z))",
-    "sum(log(1 + exp(z)))",
-    "sum(sqrt(1 + z * z))",
-    "sum(abs(z))",
-    "sum(tanh(z) * u)",
-    "sum(sigmoid(z) * u)",
-    "sum(relu(z) * u)",
-    "sum(leaky_relu(z, 0.1) * u)",
-    "sum(identity(z) ^ 2)",
-    "sum(z ^ 3)",
-    "sum(u / (1 + z * z))",
-    "sum(-z * u - z)",
-    "sum(softmax(z) * u)",
-    "sum(softmax(z, axis = 0) * u)",
-    "sum(log_softmax(z) * u)",
-    "mean(z * u)",
-    "sum(mean(z, axis = 0) * sum(u, axis = 0))",
-    "sum(max(z, axis = 1)) + sum(min(z, axis = 0))",
-    "max(z) - min(z)",
-    "sum(max(z, u) + min(z, u))",
-    "sum((z @ m) * u)",
-    "sum(transpose(z) @ (u @ m))",
-    "sum(reshape(m, [-1]) * reshape(transpose(m), [-1]))",
-    "sum(reshape(z * u, [B, 1, -1]))",
-    "sum(tanh(dense(z, 3)))",
-    "mse(z, t)",
-    "l1(z, t)",
-    "smooth_l1(z, t, beta = 0.5)",
-    "bce(sigmoid(z), t)",
-    "bce_with_logits(z, t)",
-    "cross_entropy(z, y)",
-    "cross_entropy(z, softmax(u))",
-];
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]

@@ -7,7 +7,10 @@
 #![deny(missing_docs)]
 
 pub mod autodiff;
+pub mod codegen;
 pub mod egraph;
 pub mod gradcheck;
 pub mod ir;
 pub mod model;
+pub mod pipeline;
+pub mod schedule;

@@ -5,8 +5,12 @@
 //! flat buffers, seeds) so that the compiler and the CLI can both hand it work.
 #![deny(missing_docs)]
 
+pub mod buffer;
 pub mod init;
+pub mod program;
 pub mod rng;
 
+pub use buffer::{Buffer, Elem};
 pub use init::Init;
+pub use program::{BufferSpec, Executable, KernelFn, Program, RunError};
 pub use rng::Rng;

@@ -60,6 +60,9 @@ pub enum EvalError {
         /// The shape that was fed.
         got: Vec<usize>,
     },
+    /// Compiled code could not be built or run.
+    #[error("{0}")]
+    Backend(String),
     /// A shape still has a symbolic dimension.
     #[error("shape {0} has unbound symbolic dimensions; bind them before running")]
     Unbound(String),

@@ -1,0 +1,164 @@
+//! Plan to machine code: one Cranelift function per kernel, compiled with the host's ISA flags
+//! (SSE4.1/AVX/FMA where present) into a `cranelift-jit` module that the returned program owns.
+
+use cranelift_codegen::ir::{AbiParam, UserFuncName, types};
+use cranelift_codegen::settings::{self, Configurable};
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
+use cranelift_jit::{JITBuilder, JITModule};
+use cranelift_module::{Linkage, Module, default_libcall_names};
+use nabla_runtime::{Elem, KernelFn, Program};
+
+use super::clif::{MathFn, Target, emit_kernel};
+use crate::schedule::Plan;
+
+/// Why code generation failed (a bug or an unsupported host, never bad user input).
+#[derive(Debug, thiserror::Error)]
+#[error("code generation failed: {0}")]
+pub struct CodegenError(pub String);
+
+fn err(e: impl std::fmt::Display) -> CodegenError {
+    CodegenError(e.to_string())
+}
+
+/// A compiled program and, on request, the Cranelift IR of each kernel.
+pub struct Compiled {
+    /// The runnable program.
+    pub program: Program,
+    /// Textual Cranelift IR per kernel (empty unless asked for).
+    pub clif: Vec<String>,
+}
+
+extern "C" fn exp_f32(x: f32) -> f32 {
+    x.exp()
+}
+extern "C" fn log_f32(x: f32) -> f32 {
+    x.ln()
+}
+extern "C" fn tanh_f32(x: f32) -> f32 {
+    x.tanh()
+}
+extern "C" fn sigmoid_f32(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+extern "C" fn pow_f32(a: f32, b: f32) -> f32 {
+    a.powf(b)
+}
+extern "C" fn exp_f64(x: f64) -> f64 {
+    x.exp()
+}
+extern "C" fn log_f64(x: f64) -> f64 {
+    x.ln()
+}
+extern "C" fn tanh_f64(x: f64) -> f64 {
+    x.tanh()
+}
+extern "C" fn sigmoid_f64(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+extern "C" fn pow_f64(a: f64, b: f64) -> f64 {
+    a.powf(b)
+}
+
+/// The symbol name and address of a math function in the given precision.
+fn math_symbol(f: MathFn, elem: Elem) -> (String, *const u8) {
+    let name = format!("nabla_{f:?}_{elem:?}").to_lowercase();
+    let ptr = match (f, elem) {
+        (MathFn::Exp, Elem::F32) => exp_f32 as *const u8,
+        (MathFn::Log, Elem::F32) => log_f32 as *const u8,
+        (MathFn::Tanh, Elem::F32) => tanh_f32 as *const u8,
+        (MathFn::Sigmoid, Elem::F32) => sigmoid_f32 as *const u8,
+        (MathFn::Pow, Elem::F32) => pow_f32 as *const u8,
+        (MathFn::Exp, Elem::F64) => exp_f64 as *const u8,
+        (MathFn::Log, Elem::F64) => log_f64 as *const u8,
+        (MathFn::Tanh, Elem::F64) => tanh_f64 as *const u8,
+        (MathFn::Sigmoid, Elem::F64) => sigmoid_f64 as *const u8,
+        (MathFn::Pow, Elem::F64) => pow_f64 as *const u8,
+    };
+    (name, ptr)
+}
+
+/// Compiles every kernel of `plan` for elements of type `elem`.
+pub fn compile(plan: &Plan, elem: Elem, keep_text: bool) -> Result<Compiled, CodegenError> {
+    let mut flag_builder = settings::builder();
+    flag_builder.set("opt_level", "speed").map_err(err)?;
+    let isa = cranelift_native::builder()
+        .map_err(err)?
+        .finish(settings::Flags::new(flag_builder))
+        .map_err(err)?;
+    let mut jit_builder = JITBuilder::with_isa(isa, default_libcall_names());
+    for f in MathFn::ALL {
+        let (name, ptr) = math_symbol(f, elem);
+        jit_builder.symbol(name, ptr);
+    }
+    let mut module = JITModule::new(jit_builder);
+    let pointer = module.target_config().pointer_type();
+    let (scalar, vector) = match elem {
+        Elem::F32 => (types::F32, types::F32X4),
+        Elem::F64 => (types::F64, types::F64X2),
+    };
+
+    let mut math_ids = Vec::new();
+    for f in MathFn::ALL {
+        let mut sig = module.make_signature();
+        sig.params
+            .extend(std::iter::repeat_n(AbiParam::new(scalar), f.arity()));
+        sig.returns.push(AbiParam::new(scalar));
+        math_ids.push(
+            module
+                .declare_function(&math_symbol(f, elem).0, Linkage::Import, &sig)
+                .map_err(err)?,
+        );
+    }
+
+    let mut ctx = module.make_context();
+    let mut builder_ctx = FunctionBuilderContext::new();
+    let mut ids = Vec::with_capacity(plan.kernels.len());
+    let mut clif = Vec::new();
+    for (i, kernel) in plan.kernels.iter().enumerate() {
+        ctx.func.signature.params.push(AbiParam::new(pointer));
+        let id = module
+            .declare_function(&format!("kernel{i}"), Linkage::Local, &ctx.func.signature)
+            .map_err(err)?;
+        ctx.func.name = UserFuncName::user(0, id.as_u32());
+        {
+            let mut b = FunctionBuilder::new(&mut ctx.func, &mut builder_ctx);
+            let math = math_ids
+                .iter()
+                .map(|&m| module.declare_func_in_func(m, b.func))
+                .collect();
+            let target = Target {
+                scalar,
+                vector,
+                pointer,
+                math,
+            };
+            emit_kernel(&mut b, kernel, &target);
+            b.finalize(module.target_config());
+        }
+        if keep_text {
+            clif.push(ctx.func.display().to_string());
+        }
+        module
+            .define_function(id, &mut ctx)
+            .map_err(|e| CodegenError(format!("kernel {i}: {e:?}")))?;
+        module.clear_context(&mut ctx);
+        ids.push(id);
+    }
+    module.finalize_definitions().map_err(err)?;
+    let kernels = ids
+        .iter()
+        .map(|&id| {
+            let ptr = module.get_finalized_function(id);
+            // SAFETY: every kernel was declared with the signature `fn(*const *mut u8)`.
+            unsafe { std::mem::transmute::<*const u8, KernelFn>(ptr) }
+        })
+        .collect();
+    let program = Program {
+        buffers: plan.buffers.clone(),
+        kernels,
+        outputs: plan.outputs.clone(),
+        elem,
+        code: Box::new(module),
+    };
+    Ok(Compiled { program, clif })
+}

@@ -1,0 +1,178 @@
+//! Tensors' storage: zero-initialised, 64-byte aligned allocations of f32 or f64 elements.
+//!
+//! Generated kernels receive raw pointers to these buffers; alignment lets them use full-width
+//! vector loads, and the element count is fixed at creation so that the program can check every
+//! buffer against its plan before any kernel runs.
+
+use std::alloc::{Layout, alloc_zeroed, dealloc};
+use std::ptr::NonNull;
+
+/// The alignment of every buffer, in bytes (a cache line).
+pub const ALIGN: usize = 64;
+
+/// Element type of a buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Elem {
+    /// 32-bit float.
+    F32,
+    /// 64-bit float.
+    F64,
+}
+
+impl Elem {
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            Elem::F32 => 4,
+            Elem::F64 => 8,
+        }
+    }
+}
+
+/// An aligned, zero-initialised array of floats.
+pub struct Buffer {
+    ptr: NonNull<u8>,
+    len: usize,
+    elem: Elem,
+}
+
+// The buffer owns its allocation exclusively.
+unsafe impl Send for Buffer {}
+
+impl Buffer {
+    /// `len` zeros.
+    pub fn zeros(len: usize, elem: Elem) -> Buffer {
+        let bytes = (len * elem.size()).max(ALIGN);
+        let layout =
+            Layout::from_size_align(bytes, ALIGN).expect("sizes are bounded by MAX_ELEMENTS");
+        // SAFETY: the layout has a non-zero size.
+        let raw = unsafe { alloc_zeroed(layout) };
+        let ptr = NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        Buffer { ptr, len, elem }
+    }
+
+    /// A buffer holding `values`, converted to `elem`.
+    pub fn from_f64(values: &[f64], elem: Elem) -> Buffer {
+        let mut b = Buffer::zeros(values.len(), elem);
+        b.write_f64(values);
+        b
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The element type.
+    pub fn elem(&self) -> Elem {
+        self.elem
+    }
+
+    /// The start of the data, for generated code.
+    pub fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// The elements as f32 (the buffer must be f32).
+    pub fn f32s(&self) -> &[f32] {
+        assert_eq!(self.elem, Elem::F32);
+        // SAFETY: the allocation holds `len` f32s, aligned, and lives as long as `self`.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().cast(), self.len) }
+    }
+
+    /// The elements as mutable f32 (the buffer must be f32).
+    pub fn f32s_mut(&mut self) -> &mut [f32] {
+        assert_eq!(self.elem, Elem::F32);
+        // SAFETY: as in `f32s`, and `&mut self` makes the access exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().cast(), self.len) }
+    }
+
+    /// The elements as f64 (the buffer must be f64).
+    pub fn f64s(&self) -> &[f64] {
+        assert_eq!(self.elem, Elem::F64);
+        // SAFETY: the allocation holds `len` f64s, aligned, and lives as long as `self`.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().cast(), self.len) }
+    }
+
+    /// The elements as mutable f64 (the buffer must be f64).
+    pub fn f64s_mut(&mut self) -> &mut [f64] {
+        assert_eq!(self.elem, Elem::F64);
+        // SAFETY: as in `f64s`, and `&mut self` makes the access exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().cast(), self.len) }
+    }
+
+    /// Element `i` as f64.
+    pub fn get(&self, i: usize) -> f64 {
+        match self.elem {
+            Elem::F32 => self.f32s()[i] as f64,
+            Elem::F64 => self.f64s()[i],
+        }
+    }
+
+    /// All elements as f64.
+    pub fn to_f64(&self) -> Vec<f64> {
+        (0..self.len).map(|i| self.get(i)).collect()
+    }
+
+    /// Overwrites the first `values.len()` elements (at most `len`).
+    pub fn write_f64(&mut self, values: &[f64]) {
+        match self.elem {
+            Elem::F32 => self
+                .f32s_mut()
+                .iter_mut()
+                .zip(values)
+                .for_each(|(d, &s)| *d = s as f32),
+            Elem::F64 => self
+                .f64s_mut()
+                .iter_mut()
+                .zip(values)
+                .for_each(|(d, &s)| *d = s),
+        }
+    }
+}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        let bytes = (self.len * self.elem.size()).max(ALIGN);
+        let layout = Layout::from_size_align(bytes, ALIGN).expect("the layout it was made with");
+        // SAFETY: allocated in `zeros` with this layout.
+        unsafe { dealloc(self.ptr.as_ptr(), layout) }
+    }
+}
+
+impl Clone for Buffer {
+    fn clone(&self) -> Buffer {
+        let b = Buffer::zeros(self.len, self.elem);
+        let bytes = self.len * self.elem.size();
+        // SAFETY: both allocations hold at least `bytes` bytes and do not overlap.
+        unsafe { std::ptr::copy_nonoverlapping(self.ptr.as_ptr(), b.ptr.as_ptr(), bytes) };
+        b
+    }
+}
+
+impl std::fmt::Debug for Buffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Buffer({:?} x {})", self.elem, self.len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_are_aligned_zeroed_and_typed() {
+        for len in [0, 1, 3, 17, 1023] {
+            let b = Buffer::zeros(len, Elem::F32);
+            assert_eq!(b.f32s().as_ptr() as usize % ALIGN, 0);
+            assert!(b.f32s().iter().all(|&v| v == 0.0));
+        }
+        let b = Buffer::from_f64(&[1.5, -2.0], Elem::F64);
+        assert_eq!(b.clone().to_f64(), vec![1.5, -2.0]);
+    }
+}

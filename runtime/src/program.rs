@@ -1,0 +1,147 @@
+//! A compiled program: an ordered list of kernel calls over a buffer plan fixed at compile time.
+//!
+//! Kernel ABI (shared with the compiler's code generator): every kernel is
+//! `extern "C" fn(table: *const *mut u8)`, where `table[i]` is the start of buffer `i` of the
+//! plan. A kernel knows at compile time which slots it reads and writes, how many elements each
+//! holds, and its loop bounds; it receives nothing else. Shapes are therefore checked once, when
+//! the table is built ([`Executable::run`] compares every buffer with its planned length), and
+//! generated code never needs a bounds check.
+//!
+//! The program never compiles and allocates nothing per run.
+
+use std::any::Any;
+use std::collections::HashMap;
+
+use crate::buffer::{Buffer, Elem};
+
+/// A generated kernel.
+pub type KernelFn = unsafe extern "C" fn(*const *mut u8);
+
+/// One slot of the buffer plan.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BufferSpec {
+    /// Elements it holds.
+    pub len: usize,
+    /// For buffers that live outside the program (inputs, parameters, optimizer state, learning
+    /// rate), the name they are bound under; `None` for the program's own temporaries.
+    pub external: Option<String>,
+}
+
+/// Machine code plus its plan.
+pub struct Program {
+    /// The plan: one entry per table slot.
+    pub buffers: Vec<BufferSpec>,
+    /// Kernels in execution order.
+    pub kernels: Vec<KernelFn>,
+    /// Named results: the slot holding each.
+    pub outputs: Vec<(String, usize)>,
+    /// Element type of every buffer.
+    pub elem: Elem,
+    /// Keeps the machine code alive as long as the kernels may be called.
+    pub code: Box<dyn Any>,
+}
+
+/// Why a program cannot run on the given buffers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunError {
+    /// An external buffer was not provided.
+    Missing(String),
+    /// An external buffer has the wrong size or element type.
+    Mismatch {
+        /// Its name.
+        name: String,
+        /// Elements the plan expects.
+        expected: usize,
+        /// Elements it has.
+        got: usize,
+    },
+}
+
+impl std::fmt::Display for RunError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RunError::Missing(n) => write!(f, "no buffer was bound for `{n}`"),
+            RunError::Mismatch {
+                name,
+                expected,
+                got,
+            } => {
+                write!(
+                    f,
+                    "`{name}` has {got} elements but the program expects {expected}"
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for RunError {}
+
+/// A program with its temporaries allocated, ready to run repeatedly.
+pub struct Executable {
+    program: Program,
+    temps: Vec<Option<Buffer>>,
+    table: Vec<*mut u8>,
+}
+
+impl Executable {
+    /// Allocates the program's temporaries once.
+    pub fn new(program: Program) -> Executable {
+        let temps = program
+            .buffers
+            .iter()
+            .map(|b| {
+                b.external
+                    .is_none()
+                    .then(|| Buffer::zeros(b.len, program.elem))
+            })
+            .collect();
+        let table = vec![std::ptr::null_mut(); program.buffers.len()];
+        Executable {
+            program,
+            temps,
+            table,
+        }
+    }
+
+    /// The program.
+    pub fn program(&self) -> &Program {
+        &self.program
+    }
+
+    /// Runs every kernel once over `externals`, after checking that each external buffer the
+    /// plan names is present with exactly the planned length and element type.
+    pub fn run(&mut self, externals: &mut HashMap<String, Buffer>) -> Result<(), RunError> {
+        for (slot, spec) in self.program.buffers.iter().enumerate() {
+            self.table[slot] = match (&spec.external, &mut self.temps[slot]) {
+                (Some(name), _) => {
+                    let buffer = externals
+                        .get_mut(name)
+                        .ok_or_else(|| RunError::Missing(name.clone()))?;
+                    if buffer.len() != spec.len || buffer.elem() != self.program.elem {
+                        return Err(RunError::Mismatch {
+                            name: name.clone(),
+                            expected: spec.len,
+                            got: buffer.len(),
+                        });
+                    }
+                    buffer.as_mut_ptr()
+                }
+                (None, Some(temp)) => temp.as_mut_ptr(),
+                (None, None) => unreachable!("every temporary is allocated in `new`"),
+            };
+        }
+        for kernel in &self.program.kernels {
+            // SAFETY: every slot points at a live buffer of the planned length and element type
+            // (checked above), which is all the kernel ABI requires.
+            unsafe { kernel(self.table.as_ptr()) };
+        }
+        Ok(())
+    }
+
+    /// The buffer holding the named output after a run.
+    pub fn output(&self, name: &str) -> Option<&Buffer> {
+        let (_, slot) = self.program.outputs.iter().find(|(n, _)| n == name)?;
+        self.temps[*slot].as_ref()
+    }
+}
