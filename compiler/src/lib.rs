@@ -12,5 +12,6 @@ pub mod egraph;
 pub mod gradcheck;
 pub mod ir;
 pub mod model;
+pub mod optim;
 pub mod pipeline;
 pub mod schedule;

@@ -1,91 +1,18 @@
 //! `train NAME { ... }` blocks checked into plain settings ([`TrainSpec`]). Nothing here runs;
 //! the CLI hands these settings to the runtime.
 //!
-//! Optimizer defaults are PyTorch's (`torch.optim`): sgd lr 0.01 (nabla's choice; PyTorch has
-//! none), adagrad lr 0.01 eps 1e-10, rmsprop lr 0.01 alpha 0.99 eps 1e-8, adam lr 0.001
-//! betas (0.9, 0.999) eps 1e-8, adamax lr 0.002 betas (0.9, 0.999) eps 1e-8; weight decay and
-//! the L1 penalty default to 0. Schedules count `t` in epochs from 0.
+//! Optimizer defaults are PyTorch's (`nabla_compiler::optim::Optimizer::defaults`). Schedules
+//! count `t` in epochs from 0.
 
 use nabla_compiler::model::Model;
+use nabla_compiler::optim::{Optimizer, OptimizerKind};
+use nabla_runtime::Schedule;
+use nabla_runtime::data::DataSource;
 
 use crate::args::{Args, integer, number, string};
 use crate::ast::{Expr, ExprKind, TrainDef};
 use crate::diagnostic::Diagnostic;
 use crate::init::literal;
-
-/// Where training or test data comes from.
-#[derive(Clone, Debug, PartialEq)]
-pub enum DataSpec {
-    /// Literal rows per input name: `(name, values row-major, shape)`.
-    Inline(Vec<(String, Vec<f64>, Vec<usize>)>),
-    /// MNIST IDX files in a directory (training files `train-*`, test files `t10k-*`).
-    Mnist {
-        /// The directory.
-        dir: String,
-    },
-    /// One IDX image file and one IDX label file.
-    Idx {
-        /// Image file.
-        images: String,
-        /// Label file.
-        labels: String,
-    },
-    /// A CSV file with columns assigned to inputs: `(name, first column, one past last)`.
-    Csv {
-        /// The file.
-        path: String,
-        /// Column ranges per input name.
-        columns: Vec<(String, usize, usize)>,
-    },
-    /// A generated 2-D toy dataset like TensorFlow Playground's.
-    Toy {
-        /// `xor`, `circle`, `gauss` or `spiral`.
-        kind: String,
-        /// Number of points.
-        n: usize,
-        /// Label noise / spread, as in the Playground.
-        noise: f64,
-    },
-}
-
-/// An optimizer and its hyperparameters (every field used by its `kind`).
-#[derive(Clone, Debug, PartialEq)]
-pub struct OptimizerSpec {
-    /// `sgd`, `adagrad`, `rmsprop`, `adam` or `adamax`.
-    pub kind: String,
-    /// Learning rate.
-    pub lr: f64,
-    /// SGD / RMSprop momentum.
-    pub momentum: f64,
-    /// Nesterov momentum (SGD).
-    pub nesterov: bool,
-    /// L2 penalty added to the gradient.
-    pub weight_decay: f64,
-    /// L1 penalty: `l1 * sign(w)` added to the gradient.
-    pub l1: f64,
-    /// First-moment decay (Adam, Adamax).
-    pub beta1: f64,
-    /// Second-moment decay (Adam, Adamax); RMSprop's `alpha`.
-    pub beta2: f64,
-    /// Denominator guard.
-    pub eps: f64,
-}
-
-/// A learning-rate schedule over epochs `t = 0, 1, ...`.
-#[derive(Clone, Debug, PartialEq)]
-pub enum ScheduleSpec {
-    /// `values[i]` while `t < boundaries[i]`, then the last value.
-    Piecewise {
-        /// Increasing epoch boundaries.
-        boundaries: Vec<f64>,
-        /// One more value than boundaries.
-        values: Vec<f64>,
-    },
-    /// `lr0 * e^(-k t)`.
-    Exponential(f64),
-    /// `lr0 / (1 + k t)`.
-    InverseTime(f64),
-}
 
 /// A checked training configuration.
 #[derive(Clone, Debug, PartialEq)]
@@ -93,13 +20,13 @@ pub struct TrainSpec {
     /// Its name.
     pub name: String,
     /// Training data.
-    pub data: Option<DataSpec>,
+    pub data: Option<DataSource>,
     /// Test data.
-    pub test: Option<DataSpec>,
+    pub test: Option<DataSource>,
     /// The optimizer.
-    pub optimizer: OptimizerSpec,
-    /// The schedule, if any.
-    pub schedule: Option<ScheduleSpec>,
+    pub optimizer: Optimizer,
+    /// The learning-rate schedule.
+    pub schedule: Schedule,
     /// Batch size.
     pub batch: Option<usize>,
     /// Epochs.
@@ -127,8 +54,8 @@ pub fn check_train(def: &TrainDef, model: &Model) -> Result<TrainSpec, Diagnosti
         name: def.name.name.clone(),
         data: None,
         test: None,
-        optimizer: optimizer_defaults("sgd"),
-        schedule: None,
+        optimizer: Optimizer::defaults(OptimizerKind::Sgd),
+        schedule: Schedule::Constant,
         batch: None,
         epochs: None,
         steps: None,
@@ -145,7 +72,7 @@ pub fn check_train(def: &TrainDef, model: &Model) -> Result<TrainSpec, Diagnosti
             "data" => spec.data = Some(data(value, model)?),
             "test" => spec.test = Some(data(value, model)?),
             "optimizer" => spec.optimizer = optimizer(value)?,
-            "schedule" => spec.schedule = Some(schedule(value)?),
+            "schedule" => spec.schedule = schedule(value)?,
             "batch" => spec.batch = Some(integer(value, "batch", 1, 1 << 24)? as usize),
             "epochs" => spec.epochs = Some(integer(value, "epochs", 1, 1 << 24)? as usize),
             "steps" => spec.steps = Some(integer(value, "steps", 1, 1 << 40)? as usize),
@@ -178,7 +105,7 @@ fn call<'e>(e: &'e Expr, what: &str) -> Result<(&'e str, &'e [crate::ast::Arg]),
     }
 }
 
-fn data(e: &Expr, model: &Model) -> Result<DataSpec, Diagnostic> {
+fn data(e: &Expr, model: &Model) -> Result<DataSource, Diagnostic> {
     let (name, args) = call(e, "a data source like `mnist(\"data/mnist\")`")?;
     let inputs: Vec<&str> = model.inputs.iter().map(|i| i.name.as_str()).collect();
     match name {
@@ -197,7 +124,7 @@ fn data(e: &Expr, model: &Model) -> Result<DataSpec, Diagnostic> {
                     let (values, shape) = literal(value)?;
                     columns.push((n.name.clone(), values, shape));
                 }
-                return Ok(DataSpec::Inline(columns));
+                return Ok(DataSource::Inline(columns));
             }
             let path = string(a.positional[0], "file")?.to_string();
             let mut columns = Vec::new();
@@ -214,15 +141,15 @@ fn data(e: &Expr, model: &Model) -> Result<DataSpec, Diagnostic> {
                 }
                 columns.push((n.name.clone(), lo as usize, hi as usize));
             }
-            Ok(DataSpec::Csv { path, columns })
+            Ok(DataSource::Csv { path, columns })
         }
         "mnist" => {
             let a = Args::new(name, e.span, args, 1, 1, &["dir"])?;
-            Ok(DataSpec::Mnist { dir: string(a.required(0, "dir")?, "dir")?.to_string() })
+            Ok(DataSource::Mnist { dir: string(a.required(0, "dir")?, "dir")?.to_string() })
         }
         "idx" => {
             let a = Args::new(name, e.span, args, 0, 0, &["images", "labels"])?;
-            Ok(DataSpec::Idx {
+            Ok(DataSource::Idx {
                 images: string(a.required(0, "images")?, "images")?.to_string(),
                 labels: string(a.required(1, "labels")?, "labels")?.to_string(),
             })
@@ -231,41 +158,21 @@ fn data(e: &Expr, model: &Model) -> Result<DataSpec, Diagnostic> {
             let a = Args::new(name, e.span, args, 1, 2, &["n", "noise"])?;
             let n = integer(a.required(0, "n")?, "n", 1, 10_000_000)? as usize;
             let noise = a.number(1, "noise", 0.0)?;
-            Ok(DataSpec::Toy { kind: name.to_string(), n, noise })
+            Ok(DataSource::Toy { kind: name.to_string(), n, noise })
         }
         other => Err(Diagnostic::new(format!("unknown data source `{other}`"), e.span)
             .label("expected inline(...), mnist(dir), idx(images = ..., labels = ...), csv(file, ...), xor(n), circle(n), gauss(n) or spiral(n)")),
     }
 }
 
-fn optimizer_defaults(kind: &str) -> OptimizerSpec {
-    let lr = match kind {
-        "adam" => 1e-3,
-        "adamax" => 2e-3,
-        _ => 1e-2,
-    };
-    let eps = if kind == "adagrad" { 1e-10 } else { 1e-8 };
-    let beta2 = if kind == "rmsprop" { 0.99 } else { 0.999 };
-    OptimizerSpec {
-        kind: kind.to_string(),
-        lr,
-        momentum: 0.0,
-        nesterov: false,
-        weight_decay: 0.0,
-        l1: 0.0,
-        beta1: 0.9,
-        beta2,
-        eps,
-    }
-}
-
-fn optimizer(e: &Expr) -> Result<OptimizerSpec, Diagnostic> {
+fn optimizer(e: &Expr) -> Result<Optimizer, Diagnostic> {
     let (name, args) = call(e, "an optimizer like `sgd(0.1)`")?;
-    let names: &[&str] = match name {
-        "sgd" => &["lr", "momentum", "nesterov", "weight_decay", "l1"],
-        "adagrad" => &["lr", "eps", "weight_decay", "l1"],
-        "rmsprop" => &["lr", "alpha", "eps", "momentum", "weight_decay", "l1"],
-        "adam" | "adamax" => &["lr", "beta1", "beta2", "eps", "weight_decay", "l1"],
+    let (kind, names): (OptimizerKind, &[&str]) = match name {
+        "sgd" => (OptimizerKind::Sgd, &["lr", "momentum", "nesterov", "weight_decay", "l1"]),
+        "adagrad" => (OptimizerKind::Adagrad, &["lr", "eps", "weight_decay", "l1"]),
+        "rmsprop" => (OptimizerKind::RmsProp, &["lr", "alpha", "eps", "momentum", "weight_decay", "l1"]),
+        "adam" => (OptimizerKind::Adam, &["lr", "beta1", "beta2", "eps", "weight_decay", "l1"]),
+        "adamax" => (OptimizerKind::Adamax, &["lr", "beta1", "beta2", "eps", "weight_decay", "l1"]),
         other => {
             return Err(
                 Diagnostic::new(format!("unknown optimizer `{other}`"), e.span)
@@ -274,7 +181,7 @@ fn optimizer(e: &Expr) -> Result<OptimizerSpec, Diagnostic> {
         }
     };
     let a = Args::new(name, e.span, args, 0, 1, names)?;
-    let d = optimizer_defaults(name);
+    let d = Optimizer::defaults(kind);
     let nonneg = |v: f64, what: &str, at: &Expr| {
         if v < 0.0 {
             Err(Diagnostic::new(
@@ -285,8 +192,8 @@ fn optimizer(e: &Expr) -> Result<OptimizerSpec, Diagnostic> {
             Ok(v)
         }
     };
-    let spec = OptimizerSpec {
-        kind: name.to_string(),
+    let spec = Optimizer {
+        kind,
         lr: nonneg(a.number(0, "lr", d.lr)?, "lr", e)?,
         momentum: nonneg(a.number(9, "momentum", d.momentum)?, "momentum", e)?,
         nesterov: a.flag("nesterov", false)?,
@@ -309,7 +216,7 @@ fn optimizer(e: &Expr) -> Result<OptimizerSpec, Diagnostic> {
     Ok(spec)
 }
 
-fn schedule(e: &Expr) -> Result<ScheduleSpec, Diagnostic> {
+fn schedule(e: &Expr) -> Result<Schedule, Diagnostic> {
     let (name, args) = call(e, "a schedule like `exponential(0.1)`")?;
     match name {
         "piecewise" => {
@@ -322,15 +229,15 @@ fn schedule(e: &Expr) -> Result<ScheduleSpec, Diagnostic> {
                     e.span,
                 ));
             }
-            Ok(ScheduleSpec::Piecewise { boundaries, values })
+            Ok(Schedule::Piecewise { boundaries, values })
         }
         "exponential" | "inverse_time" => {
             let a = Args::new(name, e.span, args, 1, 1, &["k"])?;
             let k = number(a.required(0, "k")?, "k")?;
             Ok(if name == "exponential" {
-                ScheduleSpec::Exponential(k)
+                Schedule::Exponential(k)
             } else {
-                ScheduleSpec::InverseTime(k)
+                Schedule::InverseTime(k)
             })
         }
         other => Err(

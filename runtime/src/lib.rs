@@ -6,11 +6,14 @@
 #![deny(missing_docs)]
 
 pub mod buffer;
+pub mod data;
 pub mod init;
 pub mod program;
 pub mod rng;
+pub mod schedule;
 
 pub use buffer::{Buffer, Elem};
 pub use init::Init;
 pub use program::{BufferSpec, Executable, KernelFn, Program, RunError};
 pub use rng::Rng;
+pub use schedule::Schedule;

@@ -1,0 +1,247 @@
+//! Optimizers as graph nodes: the parameter and state updates of one training step, appended to
+//! the differentiated graph so that forward, backward and update compile into one program.
+//!
+//! Formulas follow `torch.optim` (with `g` the gradient plus `weight_decay * w` plus
+//! `l1 * sign(w)`):
+//! - sgd: `v = momentum v + g`; `w -= lr (g + momentum v)` with Nesterov, else `w -= lr v`
+//!   (plain SGD when momentum is 0);
+//! - adagrad: `s += g²`; `w -= lr g / (sqrt(s) + eps)`;
+//! - rmsprop: `s = alpha s + (1 - alpha) g²`; `u = g / (sqrt(s) + eps)`; with momentum
+//!   `b = momentum b + u`, `w -= lr b`, else `w -= lr u`;
+//! - adam: `m = β1 m + (1 - β1) g`; `v = β2 v + (1 - β2) g²`;
+//!   `w -= lr (m / (1 - β1^t)) / (sqrt(v / (1 - β2^t)) + eps)`;
+//! - adamax: `m = β1 m + (1 - β1) g`; `u = max(β2 u, |g| + eps)`; `w -= lr / (1 - β1^t) m / u`.
+//!
+//! The learning rate and the bias corrections `1 / (1 - β^t)` are scalar inputs, fed every step
+//! by the runtime, so schedules never force a recompile.
+
+use crate::ir::{BinaryOp, Graph, NodeId, Shape, ShapeError, UnaryOp};
+use crate::model::Model;
+
+/// An optimizer and its hyperparameters (each kind reads the fields it uses).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Optimizer {
+    /// Which algorithm.
+    pub kind: OptimizerKind,
+    /// Learning rate.
+    pub lr: f64,
+    /// SGD / RMSprop momentum.
+    pub momentum: f64,
+    /// Nesterov momentum (SGD).
+    pub nesterov: bool,
+    /// L2 penalty: `weight_decay * w` added to the gradient.
+    pub weight_decay: f64,
+    /// L1 penalty: `l1 * sign(w)` added to the gradient.
+    pub l1: f64,
+    /// First-moment decay (Adam, Adamax).
+    pub beta1: f64,
+    /// Second-moment decay (Adam, Adamax); RMSprop's `alpha`.
+    pub beta2: f64,
+    /// Denominator guard.
+    pub eps: f64,
+}
+
+/// The optimization algorithms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OptimizerKind {
+    /// Stochastic gradient descent, optionally with (Nesterov) momentum.
+    Sgd,
+    /// AdaGrad.
+    Adagrad,
+    /// RMSprop.
+    RmsProp,
+    /// Adam with bias correction.
+    Adam,
+    /// Adamax.
+    Adamax,
+}
+
+impl std::fmt::Display for OptimizerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            OptimizerKind::Sgd => "sgd",
+            OptimizerKind::Adagrad => "adagrad",
+            OptimizerKind::RmsProp => "rmsprop",
+            OptimizerKind::Adam => "adam",
+            OptimizerKind::Adamax => "adamax",
+        })
+    }
+}
+
+impl Optimizer {
+    /// PyTorch's defaults for `kind` (SGD gets lr 0.01, where PyTorch has none).
+    pub fn defaults(kind: OptimizerKind) -> Optimizer {
+        let lr = match kind {
+            OptimizerKind::Adam => 1e-3,
+            OptimizerKind::Adamax => 2e-3,
+            _ => 1e-2,
+        };
+        Optimizer {
+            kind,
+            lr,
+            momentum: 0.0,
+            nesterov: false,
+            weight_decay: 0.0,
+            l1: 0.0,
+            beta1: 0.9,
+            beta2: if kind == OptimizerKind::RmsProp { 0.99 } else { 0.999 },
+            eps: if kind == OptimizerKind::Adagrad { 1e-10 } else { 1e-8 },
+        }
+    }
+
+    /// The per-parameter state buffers this optimizer keeps (suffixes of `param#...`).
+    pub fn state_names(&self) -> &'static [&'static str] {
+        match self.kind {
+            OptimizerKind::Sgd if self.momentum == 0.0 => &[],
+            OptimizerKind::Sgd => &["momentum"],
+            OptimizerKind::Adagrad => &["sum_sq"],
+            OptimizerKind::RmsProp if self.momentum == 0.0 => &["square_avg"],
+            OptimizerKind::RmsProp => &["square_avg", "momentum"],
+            OptimizerKind::Adam => &["exp_avg", "exp_avg_sq"],
+            OptimizerKind::Adamax => &["exp_avg", "exp_inf"],
+        }
+    }
+
+    /// `1 / (1 - β1^t)` and `1 / (1 - β2^t)` at step `t` (from 1), fed as `#bc1` and `#bc2`.
+    pub fn bias_corrections(&self, t: u64) -> (f64, f64) {
+        let t = t.max(1) as i32;
+        (1.0 / (1.0 - self.beta1.powi(t)), 1.0 / (1.0 - self.beta2.powi(t)))
+    }
+}
+
+/// Names of the scalar inputs a step reads.
+pub const LR: &str = "#lr";
+/// `1 / (1 - β1^t)`.
+pub const BC1: &str = "#bc1";
+/// `1 / (1 - β2^t)`.
+pub const BC2: &str = "#bc2";
+
+/// The external buffer holding optimizer state `state` of parameter `param`.
+pub fn state_buffer(param: &str, state: &str) -> String {
+    format!("{param}#{state}")
+}
+
+/// A training step: the model's graph with gradients and updates added.
+pub struct TrainStep {
+    /// The graph.
+    pub graph: Graph,
+    /// Named results: `loss`, and `prediction` when the model has one.
+    pub outputs: Vec<(String, NodeId)>,
+    /// New values for parameters and optimizer state, by buffer name.
+    pub assignments: Vec<(NodeId, String)>,
+}
+
+/// Builds one training step for `model` (its dimensions already bound).
+pub fn train_step(model: &Model, optimizer: &Optimizer) -> Result<TrainStep, crate::autodiff::AutodiffError> {
+    let (mut graph, loss, grads) = model.gradient_graph()?;
+    let mut assignments = Vec::new();
+    let g = &mut graph;
+    let lr = g.input(LR, Shape::scalar())?;
+    for (spec, &grad) in model.params.iter().zip(&grads) {
+        let shape = g.shape(spec.node).clone();
+        let w = spec.node;
+        let state = |g: &mut Graph, name: &str| g.input(&state_buffer(&spec.name, name), shape.clone());
+        let mut grad = grad;
+        if optimizer.weight_decay != 0.0 {
+            let decay = g.scale(w, optimizer.weight_decay)?;
+            grad = g.add(grad, decay)?;
+        }
+        if optimizer.l1 != 0.0 {
+            let sign = g.unary(UnaryOp::Sign, w)?;
+            let l1 = g.scale(sign, optimizer.l1)?;
+            grad = g.add(grad, l1)?;
+        }
+        let (step, states) = update(g, optimizer, grad, &state)?;
+        let scaled = g.mul(step, lr)?;
+        let new_w = g.sub(w, scaled)?;
+        assignments.push((new_w, spec.name.clone()));
+        for (name, value) in optimizer.state_names().iter().zip(states) {
+            assignments.push((value, state_buffer(&spec.name, name)));
+        }
+    }
+    let mut outputs = vec![("loss".to_string(), loss)];
+    if let Some(p) = model.prediction {
+        outputs.push(("prediction".to_string(), p));
+    }
+    Ok(TrainStep { graph, outputs, assignments })
+}
+
+/// The step direction (to be scaled by `-lr`) and the new state values, in
+/// [`Optimizer::state_names`] order.
+fn update(
+    g: &mut Graph,
+    o: &Optimizer,
+    grad: NodeId,
+    state: &dyn Fn(&mut Graph, &str) -> Result<NodeId, ShapeError>,
+) -> Result<(NodeId, Vec<NodeId>), ShapeError> {
+    // `decay * old + (1 - decay) * new`
+    let ema = |g: &mut Graph, old: NodeId, new: NodeId, decay: f64| -> Result<NodeId, ShapeError> {
+        let a = g.scale(old, decay)?;
+        let b = g.scale(new, 1.0 - decay)?;
+        g.add(a, b)
+    };
+    let eps = g.constant(o.eps);
+    Ok(match o.kind {
+        OptimizerKind::Sgd if o.momentum == 0.0 => (grad, vec![]),
+        OptimizerKind::Sgd => {
+            let v = state(g, "momentum")?;
+            let decayed = g.scale(v, o.momentum)?;
+            let v_new = g.add(decayed, grad)?;
+            let step = if o.nesterov {
+                let ahead = g.scale(v_new, o.momentum)?;
+                g.add(grad, ahead)?
+            } else {
+                v_new
+            };
+            (step, vec![v_new])
+        }
+        OptimizerKind::Adagrad => {
+            let s = state(g, "sum_sq")?;
+            let sq = g.mul(grad, grad)?;
+            let s_new = g.add(s, sq)?;
+            let root = g.unary(UnaryOp::Sqrt, s_new)?;
+            let denom = g.add(root, eps)?;
+            (g.div(grad, denom)?, vec![s_new])
+        }
+        OptimizerKind::RmsProp => {
+            let s = state(g, "square_avg")?;
+            let sq = g.mul(grad, grad)?;
+            let s_new = ema(g, s, sq, o.beta2)?;
+            let root = g.unary(UnaryOp::Sqrt, s_new)?;
+            let denom = g.add(root, eps)?;
+            let u = g.div(grad, denom)?;
+            if o.momentum == 0.0 {
+                (u, vec![s_new])
+            } else {
+                let b = state(g, "momentum")?;
+                let decayed = g.scale(b, o.momentum)?;
+                let b_new = g.add(decayed, u)?;
+                (b_new, vec![s_new, b_new])
+            }
+        }
+        OptimizerKind::Adam => {
+            let (m, v) = (state(g, "exp_avg")?, state(g, "exp_avg_sq")?);
+            let m_new = ema(g, m, grad, o.beta1)?;
+            let sq = g.mul(grad, grad)?;
+            let v_new = ema(g, v, sq, o.beta2)?;
+            let bc1 = g.input(BC1, Shape::scalar())?;
+            let bc2 = g.input(BC2, Shape::scalar())?;
+            let m_hat = g.mul(m_new, bc1)?;
+            let v_hat = g.mul(v_new, bc2)?;
+            let root = g.unary(UnaryOp::Sqrt, v_hat)?;
+            let denom = g.add(root, eps)?;
+            (g.div(m_hat, denom)?, vec![m_new, v_new])
+        }
+        OptimizerKind::Adamax => {
+            let (m, u) = (state(g, "exp_avg")?, state(g, "exp_inf")?);
+            let m_new = ema(g, m, grad, o.beta1)?;
+            let decayed = g.scale(u, o.beta2)?;
+            let abs = g.unary(UnaryOp::Abs, grad)?;
+            let bumped = g.add(abs, eps)?;
+            let u_new = g.binary(BinaryOp::Max, decayed, bumped)?;
+            let bc1 = g.input(BC1, Shape::scalar())?;
+            let m_hat = g.mul(m_new, bc1)?;
+            (g.div(m_hat, u_new)?, vec![m_new, u_new])
+        }
+    })
+}
