@@ -25,6 +25,12 @@ enum Command {
     Diff(commands::diff::Args),
     /// Compare autodiff gradients with central finite differences.
     Gradcheck(commands::gradcheck::Args),
+    /// Train a model with natively compiled steps.
+    Train(commands::train::Args),
+    /// Evaluate saved parameters on the test data.
+    Eval(commands::eval::Args),
+    /// Print predictions for the rows of a CSV file.
+    Predict(commands::predict::Args),
 }
 
 /// Deeply nested input is rejected by the parser long before this, but lowering and printing
@@ -40,6 +46,9 @@ fn main() -> ExitCode {
             Command::Graph(args) => commands::graph::run(args),
             Command::Diff(args) => commands::diff::run(args),
             Command::Gradcheck(args) => commands::gradcheck::run(args),
+            Command::Train(args) => commands::train::run(args),
+            Command::Eval(args) => commands::eval::run(args),
+            Command::Predict(args) => commands::predict::run(args),
         });
     let outcome = match worker {
         Ok(handle) => handle.join().unwrap_or(Err(commands::Failure::Message(

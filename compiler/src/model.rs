@@ -4,6 +4,7 @@
 //! reference to source text, so models can also be built directly in Rust.
 
 use nabla_runtime::Init;
+pub use nabla_runtime::train::PredictionKind;
 
 use crate::ir::{Graph, NodeId, ShapeError};
 
@@ -63,6 +64,15 @@ pub struct Binding {
     pub node: NodeId,
 }
 
+/// What a model predicts and how to read it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Prediction {
+    /// The node.
+    pub node: NodeId,
+    /// How accuracy is read from it.
+    pub kind: PredictionKind,
+}
+
 /// A model ready for differentiation, checking and compilation.
 #[derive(Clone, Debug)]
 pub struct Model {
@@ -79,7 +89,7 @@ pub struct Model {
     /// The scalar loss.
     pub loss: NodeId,
     /// The model's prediction (what the loss compares with the target), when known.
-    pub prediction: Option<NodeId>,
+    pub prediction: Option<Prediction>,
 }
 
 impl Model {

@@ -84,8 +84,16 @@ impl Optimizer {
             weight_decay: 0.0,
             l1: 0.0,
             beta1: 0.9,
-            beta2: if kind == OptimizerKind::RmsProp { 0.99 } else { 0.999 },
-            eps: if kind == OptimizerKind::Adagrad { 1e-10 } else { 1e-8 },
+            beta2: if kind == OptimizerKind::RmsProp {
+                0.99
+            } else {
+                0.999
+            },
+            eps: if kind == OptimizerKind::Adagrad {
+                1e-10
+            } else {
+                1e-8
+            },
         }
     }
 
@@ -105,7 +113,10 @@ impl Optimizer {
     /// `1 / (1 - β1^t)` and `1 / (1 - β2^t)` at step `t` (from 1), fed as `#bc1` and `#bc2`.
     pub fn bias_corrections(&self, t: u64) -> (f64, f64) {
         let t = t.max(1) as i32;
-        (1.0 / (1.0 - self.beta1.powi(t)), 1.0 / (1.0 - self.beta2.powi(t)))
+        (
+            1.0 / (1.0 - self.beta1.powi(t)),
+            1.0 / (1.0 - self.beta2.powi(t)),
+        )
     }
 }
 
@@ -132,7 +143,10 @@ pub struct TrainStep {
 }
 
 /// Builds one training step for `model` (its dimensions already bound).
-pub fn train_step(model: &Model, optimizer: &Optimizer) -> Result<TrainStep, crate::autodiff::AutodiffError> {
+pub fn train_step(
+    model: &Model,
+    optimizer: &Optimizer,
+) -> Result<TrainStep, crate::autodiff::AutodiffError> {
     let (mut graph, loss, grads) = model.gradient_graph()?;
     let mut assignments = Vec::new();
     let g = &mut graph;
@@ -140,7 +154,8 @@ pub fn train_step(model: &Model, optimizer: &Optimizer) -> Result<TrainStep, cra
     for (spec, &grad) in model.params.iter().zip(&grads) {
         let shape = g.shape(spec.node).clone();
         let w = spec.node;
-        let state = |g: &mut Graph, name: &str| g.input(&state_buffer(&spec.name, name), shape.clone());
+        let state =
+            |g: &mut Graph, name: &str| g.input(&state_buffer(&spec.name, name), shape.clone());
         let mut grad = grad;
         if optimizer.weight_decay != 0.0 {
             let decay = g.scale(w, optimizer.weight_decay)?;
@@ -161,9 +176,13 @@ pub fn train_step(model: &Model, optimizer: &Optimizer) -> Result<TrainStep, cra
     }
     let mut outputs = vec![("loss".to_string(), loss)];
     if let Some(p) = model.prediction {
-        outputs.push(("prediction".to_string(), p));
+        outputs.push(("prediction".to_string(), p.node));
     }
-    Ok(TrainStep { graph, outputs, assignments })
+    Ok(TrainStep {
+        graph,
+        outputs,
+        assignments,
+    })
 }
 
 /// The step direction (to be scaled by `-lr`) and the new state values, in

@@ -5,11 +5,14 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use nabla_runtime::{Buffer, Elem, Executable};
+use nabla_runtime::train::{BiasCorrection, Compile, Feed, ModelInfo, PredictionKind};
+use nabla_runtime::{Buffer, Elem, Executable, Program};
 
 use crate::codegen::jit::{self, CodegenError, Compiled};
 use crate::egraph::{self, Limits};
-use crate::ir::{EvalError, Graph, NodeId, ShapeError, Tensor};
+use crate::ir::{Dim, EvalError, Graph, NodeId, Shape, ShapeError, Tensor};
+use crate::model::{Model, Role, ValueKind};
+use crate::optim::{self, Optimizer, OptimizerKind};
 use crate::schedule::{self, ScheduleError};
 
 /// Why a graph could not be compiled.
@@ -48,7 +51,17 @@ pub fn compile(request: &Request) -> Result<Compiled, CompileError> {
         .map(|(_, n)| *n)
         .chain(request.assignments.iter().map(|(n, _)| *n))
         .collect();
+    let started = std::time::Instant::now();
     let simplified = egraph::simplify(request.graph, &roots, &Limits::default())?;
+    if debug_level() >= 1 {
+        eprintln!(
+            "[nabla] simplify: {} nodes -> {} in {:.3}s ({})",
+            simplified.nodes_before,
+            simplified.graph.ancestors(&simplified.roots).len(),
+            started.elapsed().as_secs_f64(),
+            simplified.report
+        );
+    }
     let (outputs, assignments) = simplified.roots.split_at(request.outputs.len());
     let outputs: Vec<(String, NodeId)> = request
         .outputs
@@ -62,7 +75,25 @@ pub fn compile(request: &Request) -> Result<Compiled, CompileError> {
         .zip(request.assignments.iter().map(|(_, n)| n.clone()))
         .collect();
     let plan = schedule::schedule(&simplified.graph, &outputs, &assignments)?;
-    Ok(jit::compile(&plan, request.elem, request.keep_clif)?)
+    let started = std::time::Instant::now();
+    let compiled = jit::compile(&plan, request.elem, request.keep_clif)?;
+    if debug_level() >= 1 {
+        eprintln!(
+            "[nabla] codegen: {} kernels, {} buffers in {:.3}s",
+            plan.kernels.len(),
+            plan.buffers.len(),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(compiled)
+}
+
+/// The `NABLA_DEBUG` level: 0 (default) silent, 1 pass reports and timings on stderr.
+pub fn debug_level() -> u32 {
+    std::env::var("NABLA_DEBUG")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Evaluates graphs with compiled code, with the interpreter's signature (so it can stand in for
@@ -124,5 +155,149 @@ impl JitEvaluator {
                 Tensor::new(shape, data)
             })
             .collect())
+    }
+}
+
+/// A model's programs for the runtime's training loop: a train step, evaluation and prediction,
+/// compiled per batch size on request.
+pub struct ModelPrograms {
+    model: Model,
+    optimizer: Optimizer,
+    elem: Elem,
+}
+
+impl ModelPrograms {
+    /// Programs for `model` trained with `optimizer`, computing in `elem`.
+    pub fn new(model: Model, optimizer: Optimizer, elem: Elem) -> ModelPrograms {
+        ModelPrograms {
+            model,
+            optimizer,
+            elem,
+        }
+    }
+
+    /// What the training loop needs to know, as plain data. Fails when an input has no batch
+    /// dimension first.
+    pub fn info(&self) -> Result<ModelInfo, String> {
+        let g = &self.model.graph;
+        let mut feeds = Vec::new();
+        for input in &self.model.inputs {
+            let dims = g.shape(input.node).dims();
+            if !matches!(dims.first(), Some(Dim::Sym(_))) {
+                return Err(format!(
+                    "`{}` has shape {}; data needs a symbolic batch dimension first, like [B, ...]",
+                    input.name,
+                    g.shape(input.node)
+                ));
+            }
+            let row_len = Shape(dims[1..].to_vec())
+                .numel()
+                .ok_or_else(|| format!("`{}` may have only one symbolic dimension", input.name))?;
+            let classes = match input.kind {
+                ValueKind::Class { classes } => Some(classes.unwrap_or(usize::MAX)),
+                ValueKind::Real => None,
+            };
+            feeds.push(Feed {
+                name: input.name.clone(),
+                row_len,
+                classes,
+                target: input.role == Role::Target,
+            });
+        }
+        let mut params = Vec::new();
+        let mut states = Vec::new();
+        for p in &self.model.params {
+            let len = g.shape(p.node).numel().expect("parameter shapes are known");
+            params.push((p.name.clone(), len, p.init.clone()));
+            for s in self.optimizer.state_names() {
+                states.push((optim::state_buffer(&p.name, s), len));
+            }
+        }
+        let bias_correction = match self.optimizer.kind {
+            OptimizerKind::Adam => Some(BiasCorrection {
+                terms: vec![
+                    (optim::BC1.into(), self.optimizer.beta1),
+                    (optim::BC2.into(), self.optimizer.beta2),
+                ],
+            }),
+            OptimizerKind::Adamax => Some(BiasCorrection {
+                terms: vec![(optim::BC1.into(), self.optimizer.beta1)],
+            }),
+            _ => None,
+        };
+        Ok(ModelInfo {
+            feeds,
+            params,
+            states,
+            prediction: self
+                .model
+                .prediction
+                .map_or(PredictionKind::Regression, |p| p.kind),
+            bias_correction,
+            lr_name: optim::LR.into(),
+        })
+    }
+
+    fn bound(&self, batch: usize) -> Result<Model, String> {
+        let mut model = self.model.clone();
+        model.bind(&|_| Some(batch)).map_err(|e| e.0)?;
+        Ok(model)
+    }
+
+    fn build(
+        &self,
+        graph: &Graph,
+        outputs: Vec<(String, NodeId)>,
+        assignments: Vec<(NodeId, String)>,
+    ) -> Result<Program, String> {
+        let request = Request {
+            graph,
+            outputs,
+            assignments,
+            elem: self.elem,
+            keep_clif: false,
+        };
+        compile(&request)
+            .map(|c| c.program)
+            .map_err(|e| e.to_string())
+    }
+
+    /// The Cranelift IR of every kernel of the train step at `batch`.
+    pub fn train_step_clif(&self, batch: usize) -> Result<Vec<String>, String> {
+        let step =
+            optim::train_step(&self.bound(batch)?, &self.optimizer).map_err(|e| e.to_string())?;
+        let request = Request {
+            graph: &step.graph,
+            outputs: step.outputs,
+            assignments: step.assignments,
+            elem: self.elem,
+            keep_clif: true,
+        };
+        compile(&request).map(|c| c.clif).map_err(|e| e.to_string())
+    }
+}
+
+impl Compile for ModelPrograms {
+    fn train_step(&mut self, batch: usize) -> Result<Program, String> {
+        let step =
+            optim::train_step(&self.bound(batch)?, &self.optimizer).map_err(|e| e.to_string())?;
+        self.build(&step.graph, step.outputs, step.assignments)
+    }
+
+    fn evaluate(&mut self, batch: usize) -> Result<Program, String> {
+        let model = self.bound(batch)?;
+        let mut outputs = vec![("loss".to_string(), model.loss)];
+        outputs.extend(model.prediction.map(|p| ("prediction".to_string(), p.node)));
+        self.build(&model.graph, outputs, Vec::new())
+    }
+
+    fn predict(&mut self, batch: usize) -> Result<Program, String> {
+        let model = self.bound(batch)?;
+        let p = model.prediction.ok_or("the model has no prediction")?;
+        self.build(
+            &model.graph,
+            vec![("prediction".to_string(), p.node)],
+            Vec::new(),
+        )
     }
 }

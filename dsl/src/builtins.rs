@@ -5,6 +5,7 @@
 //! (PyTorch's `reduction = "mean"`); `cross_entropy` averages over the batch.
 
 use nabla_compiler::ir::{BinaryOp, Dim, NodeId, Op, ReduceOp, Shape, ShapeError, UnaryOp};
+use nabla_compiler::model::{Prediction, PredictionKind};
 
 use crate::args::Args;
 use crate::ast::{Arg, ExprKind, Span};
@@ -396,7 +397,17 @@ impl Lowerer<'_> {
             .secondary(t_expr.span, format!("target: {ts}"))
             .into());
         }
-        self.prediction = Some(p);
+        self.prediction = Some(match name {
+            "bce_with_logits" => Prediction {
+                node: p,
+                kind: PredictionKind::Logit,
+            },
+            "bce" => Prediction {
+                node: p,
+                kind: PredictionKind::Probability,
+            },
+            _ => self.regression(p),
+        });
         Ok((p, t))
     }
 
@@ -516,7 +527,10 @@ impl Lowerer<'_> {
                 .secondary(l_expr.span, format!("logits: {ls}"))
                 .secondary(y_expr.span, format!("target: {ys}")).into());
         };
-        self.prediction = Some(logits);
+        self.prediction = Some(Prediction {
+            node: logits,
+            kind: PredictionKind::Classes,
+        });
         let log_probs = self.log_softmax(logits, ls.rank() - 1, span)?;
         let picked = located(self.graph.mul(target, log_probs), span)?;
         let total = located(self.graph.sum_all(picked), span)?;

@@ -15,7 +15,9 @@ use std::collections::{HashMap, HashSet};
 use nabla_compiler::ir::{
     BinaryOp, Dim, Graph, MAX_ELEMENTS, NodeId, Op, Scalar, Shape, ShapeError, UnaryOp, interp,
 };
-use nabla_compiler::model::{Binding, InputSpec, Model, ParamSpec, Role, ValueKind};
+use nabla_compiler::model::{
+    Binding, InputSpec, Model, ParamSpec, Prediction, PredictionKind, Role, ValueKind,
+};
 use nabla_runtime::Init;
 
 use crate::ast::*;
@@ -53,7 +55,7 @@ pub(crate) struct Lowerer<'f> {
     inlining: Vec<String>,
     used_layer_names: HashSet<String>,
     budget: usize,
-    pub(crate) prediction: Option<NodeId>,
+    pub(crate) prediction: Option<Prediction>,
     /// In formula mode (`nabla diff`) unknown names become scalar inputs.
     free_variables: Option<Vec<(String, NodeId)>>,
 }
@@ -241,6 +243,14 @@ impl<'f> Lowerer<'f> {
                 return None;
             }
         };
+        if self.prediction.is_none() {
+            // Without a loss built-in, the binding computed just before `loss` is the prediction.
+            self.prediction = bindings
+                .iter()
+                .rev()
+                .find(|b| b.name != "loss")
+                .map(|b| self.regression(b.node));
+        }
         Some(Model {
             name: def.name.name.clone(),
             graph: std::mem::take(&mut self.graph),
@@ -573,6 +583,17 @@ impl<'f> Lowerer<'f> {
             }
             _ => false,
         }
+    }
+
+    /// A real-valued prediction; a single sigmoid output reads as a probability.
+    pub(crate) fn regression(&self, node: NodeId) -> Prediction {
+        let single = self.graph.shape(node).dims().last() == Some(&Dim::Known(1));
+        let kind = if single && *self.graph.op(node) == Op::Unary(UnaryOp::Sigmoid) {
+            PredictionKind::Probability
+        } else {
+            PredictionKind::Regression
+        };
+        Prediction { node, kind }
     }
 
     /// A scalar constant node.

@@ -168,11 +168,23 @@ fn data(e: &Expr, model: &Model) -> Result<DataSource, Diagnostic> {
 fn optimizer(e: &Expr) -> Result<Optimizer, Diagnostic> {
     let (name, args) = call(e, "an optimizer like `sgd(0.1)`")?;
     let (kind, names): (OptimizerKind, &[&str]) = match name {
-        "sgd" => (OptimizerKind::Sgd, &["lr", "momentum", "nesterov", "weight_decay", "l1"]),
+        "sgd" => (
+            OptimizerKind::Sgd,
+            &["lr", "momentum", "nesterov", "weight_decay", "l1"],
+        ),
         "adagrad" => (OptimizerKind::Adagrad, &["lr", "eps", "weight_decay", "l1"]),
-        "rmsprop" => (OptimizerKind::RmsProp, &["lr", "alpha", "eps", "momentum", "weight_decay", "l1"]),
-        "adam" => (OptimizerKind::Adam, &["lr", "beta1", "beta2", "eps", "weight_decay", "l1"]),
-        "adamax" => (OptimizerKind::Adamax, &["lr", "beta1", "beta2", "eps", "weight_decay", "l1"]),
+        "rmsprop" => (
+            OptimizerKind::RmsProp,
+            &["lr", "alpha", "eps", "momentum", "weight_decay", "l1"],
+        ),
+        "adam" => (
+            OptimizerKind::Adam,
+            &["lr", "beta1", "beta2", "eps", "weight_decay", "l1"],
+        ),
+        "adamax" => (
+            OptimizerKind::Adamax,
+            &["lr", "beta1", "beta2", "eps", "weight_decay", "l1"],
+        ),
         other => {
             return Err(
                 Diagnostic::new(format!("unknown optimizer `{other}`"), e.span)

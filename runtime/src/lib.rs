@@ -6,11 +6,13 @@
 #![deny(missing_docs)]
 
 pub mod buffer;
+pub mod checkpoint;
 pub mod data;
 pub mod init;
 pub mod program;
 pub mod rng;
 pub mod schedule;
+pub mod train;
 
 pub use buffer::{Buffer, Elem};
 pub use init::Init;

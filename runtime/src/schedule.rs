@@ -41,8 +41,14 @@ mod tests {
 
     #[test]
     fn schedules_follow_their_formulas() {
-        let p = Schedule::Piecewise { boundaries: vec![2.0, 4.0], values: vec![1.0, 0.5, 0.1] };
-        assert_eq!([0, 1, 2, 3, 4, 9].map(|t| p.rate(9.0, t)), [1.0, 1.0, 0.5, 0.5, 0.1, 0.1]);
+        let p = Schedule::Piecewise {
+            boundaries: vec![2.0, 4.0],
+            values: vec![1.0, 0.5, 0.1],
+        };
+        assert_eq!(
+            [0, 1, 2, 3, 4, 9].map(|t| p.rate(9.0, t)),
+            [1.0, 1.0, 0.5, 0.5, 0.1, 0.1]
+        );
         assert!((Schedule::Exponential(0.5).rate(2.0, 2) - 2.0 * (-1.0f64).exp()).abs() < 1e-15);
         assert_eq!(Schedule::InverseTime(0.5).rate(3.0, 4), 1.0);
     }

@@ -9,8 +9,12 @@ macro_rules! out {
 
 pub mod check;
 pub mod diff;
+pub mod eval;
 pub mod gradcheck;
 pub mod graph;
+pub mod predict;
+pub mod session;
+pub mod train;
 
 use std::path::Path;
 use std::process::ExitCode;

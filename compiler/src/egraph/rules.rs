@@ -18,12 +18,13 @@ fn is(var: &str, value: f64) -> impl Fn(&mut TensorEGraph, egg::Id, &Subst) -> b
     move |egraph, _, subst| egraph[subst[var]].data.constant == Some(value)
 }
 
-/// A condition: the e-classes bound to both variables are known constants.
-fn both_constant(a: &str, b: &str) -> impl Fn(&mut TensorEGraph, egg::Id, &Subst) -> bool {
-    let a: Var = a.parse().expect("rule variables are well-formed");
-    let b: Var = b.parse().expect("rule variables are well-formed");
+/// A condition: `a` and `b` are known constants and `x` is not (gathering constants out of a
+/// product that is itself constant would only mint new constants forever).
+fn gatherable(a: &str, b: &str, x: &str) -> impl Fn(&mut TensorEGraph, egg::Id, &Subst) -> bool {
+    let [a, b, x]: [Var; 3] = [a, b, x].map(|v| v.parse().expect("rule variables are well-formed"));
     move |egraph, _, subst| {
-        egraph[subst[a]].data.constant.is_some() && egraph[subst[b]].data.constant.is_some()
+        let constant = |v: Var| egraph[subst[v]].data.constant.is_some();
+        constant(a) && constant(b) && !constant(x)
     }
 }
 
@@ -64,10 +65,10 @@ pub fn cancellations() -> Vec<Rule> {
 /// constants `a`, `b` becomes `(a * b) * x`.
 pub fn constant_gathering() -> Vec<Rule> {
     vec![
-        rw!("mul-const-const-x"; "(mul ?a (mul ?b ?x))" => "(mul (mul ?a ?b) ?x)" if both_constant("?a", "?b")),
-        rw!("mul-const-x-const"; "(mul ?a (mul ?x ?b))" => "(mul (mul ?a ?b) ?x)" if both_constant("?a", "?b")),
-        rw!("mul-const-x-const-r"; "(mul (mul ?x ?b) ?a)" => "(mul (mul ?a ?b) ?x)" if both_constant("?a", "?b")),
-        rw!("mul-const-const-x-r"; "(mul (mul ?b ?x) ?a)" => "(mul (mul ?a ?b) ?x)" if both_constant("?a", "?b")),
+        rw!("mul-const-const-x"; "(mul ?a (mul ?b ?x))" => "(mul (mul ?a ?b) ?x)" if gatherable("?a", "?b", "?x")),
+        rw!("mul-const-x-const"; "(mul ?a (mul ?x ?b))" => "(mul (mul ?a ?b) ?x)" if gatherable("?a", "?b", "?x")),
+        rw!("mul-const-x-const-r"; "(mul (mul ?x ?b) ?a)" => "(mul (mul ?a ?b) ?x)" if gatherable("?a", "?b", "?x")),
+        rw!("mul-const-const-x-r"; "(mul (mul ?b ?x) ?a)" => "(mul (mul ?a ?b) ?x)" if gatherable("?a", "?b", "?x")),
     ]
 }
 

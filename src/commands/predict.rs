@@ -1,0 +1,93 @@
+//! `nabla predict FILE --weights PATH --input CSV`: the model's prediction for every row of a
+//! CSV file whose columns are the model's input values, in order.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use nabla_compiler::model::{PredictionKind, Role};
+use nabla_runtime::Elem;
+use nabla_runtime::data::DataSource;
+use nabla_runtime::{data::Split, train};
+use serde_json::json;
+
+use super::session::open;
+use super::{Failure, Outcome, print_json};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The model file.
+    file: PathBuf,
+    /// Parameters saved by `nabla train --save`.
+    #[arg(long)]
+    weights: PathBuf,
+    /// A CSV file: one example per line, the input's values in order.
+    #[arg(long)]
+    input: PathBuf,
+    /// The `train` block to use (default: the first).
+    #[arg(long)]
+    config: Option<String>,
+    /// One JSON object per example.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: Args) -> Outcome {
+    let mut session = open(&args.file, args.config.as_deref())?;
+    let mut store = session.load_weights(&args.weights)?;
+    let inputs: Vec<_> = session
+        .info
+        .feeds
+        .iter()
+        .filter(|f| !f.target)
+        .cloned()
+        .collect();
+    let mut columns = Vec::new();
+    let mut next = 0;
+    for feed in &inputs {
+        columns.push((feed.name.clone(), next, next + feed.row_len));
+        next += feed.row_len;
+    }
+    let source = DataSource::Csv {
+        path: args.input.display().to_string(),
+        columns,
+    };
+    let data = session.data(&source, Split::Test, true)?;
+    let predictions = train::predict(
+        &session.info,
+        Elem::F32,
+        &mut session.programs,
+        &mut store,
+        &data,
+    )
+    .map_err(Failure::Message)?;
+    let kind = session.info.prediction;
+    let _ = session
+        .compiled
+        .model
+        .inputs
+        .iter()
+        .find(|i| i.role == Role::Target);
+    for (row, values) in predictions.iter().enumerate() {
+        let class = match kind {
+            PredictionKind::Classes => Some(
+                values
+                    .iter()
+                    .enumerate()
+                    .fold(0, |best, (i, v)| if *v > values[best] { i } else { best }),
+            ),
+            PredictionKind::Logit => Some(usize::from(values[0] > 0.0)),
+            PredictionKind::Probability => Some(usize::from(values[0] > 0.5)),
+            PredictionKind::Regression => None,
+        };
+        if args.json {
+            print_json(&json!({"row": row, "prediction": values, "class": class}));
+        } else {
+            let shown: Vec<String> = values.iter().map(|v| format!("{v:.6}")).collect();
+            match class {
+                Some(c) => out!("{row}: class {c}  [{}]", shown.join(", ")),
+                None => out!("{row}: [{}]", shown.join(", ")),
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

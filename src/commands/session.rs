@@ -1,0 +1,151 @@
+//! What `train`, `eval` and `predict` share: a checked model with its training configuration,
+//! its programs, data loading, and converting parameters to and from checkpoints.
+
+use std::path::{Path, PathBuf};
+
+use nabla_compiler::model::Role;
+use nabla_compiler::pipeline::ModelPrograms;
+use nabla_dsl::{Compiled, TrainSpec};
+use nabla_runtime::data::{self, DataSource, Dataset, Split};
+use nabla_runtime::train::{ModelInfo, Store};
+use nabla_runtime::{Buffer, Elem, checkpoint};
+
+use super::{Failure, load};
+
+/// A model ready to train or run.
+pub struct Session {
+    /// The checked file.
+    pub compiled: Compiled,
+    /// The chosen training configuration.
+    pub spec: TrainSpec,
+    /// Its programs.
+    pub programs: ModelPrograms,
+    /// What the runtime needs to know.
+    pub info: ModelInfo,
+    /// The model file's directory, for relative data paths.
+    pub base: PathBuf,
+}
+
+/// Checks `file` and picks its `train` block `config` (the first when not named).
+pub fn open(file: &Path, config: Option<&str>) -> Result<Session, Failure> {
+    let compiled = load(file)?;
+    let spec = match config {
+        Some(name) => compiled.trains.iter().find(|t| t.name == name).cloned().ok_or_else(|| {
+            let names: Vec<&str> = compiled.trains.iter().map(|t| t.name.as_str()).collect();
+            Failure::Message(format!("`{}` has no train block named `{name}` (it has: {})", file.display(), names.join(", ")))
+        })?,
+        None => compiled.trains.first().cloned().ok_or_else(|| {
+            Failure::Message(format!("`{}` has no `train` block; add one saying where the data is, e.g. `train default {{ data = mnist(\"data/mnist\") }}`", file.display()))
+        })?,
+    };
+    let programs = ModelPrograms::new(compiled.model.clone(), spec.optimizer.clone(), Elem::F32);
+    let info = programs.info().map_err(Failure::Message)?;
+    let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
+    Ok(Session {
+        compiled,
+        spec,
+        programs,
+        info,
+        base,
+    })
+}
+
+impl Session {
+    fn role_name(&self, role: Role) -> &str {
+        self.compiled
+            .model
+            .inputs
+            .iter()
+            .find(|i| i.role == role)
+            .map_or("", |i| i.name.as_str())
+    }
+
+    /// Loads a data source for this model, checking it feeds every input (and target unless
+    /// `inputs_only`).
+    pub fn data(
+        &self,
+        source: &DataSource,
+        split: Split,
+        inputs_only: bool,
+    ) -> Result<Dataset, Failure> {
+        let seed = self.spec.seed.unwrap_or(0) + if split == Split::Test { 1 } else { 0 };
+        let data = data::load(
+            source,
+            split,
+            self.role_name(Role::Input),
+            self.role_name(Role::Target),
+            &self.base,
+            seed,
+        )
+        .map_err(|e| Failure::Message(e.0))?;
+        nabla_runtime::train::validate(&self.info, &data, inputs_only).map_err(Failure::Message)?;
+        Ok(data)
+    }
+
+    /// The test data: the `test` setting, else MNIST's test split, else none.
+    pub fn test_data(&self) -> Result<Option<Dataset>, Failure> {
+        match (&self.spec.test, &self.spec.data) {
+            (Some(source), _) => self.data(source, Split::Test, false).map(Some),
+            (None, Some(source @ DataSource::Mnist { .. })) => {
+                self.data(source, Split::Test, false).map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The training data.
+    pub fn train_data(&self) -> Result<Dataset, Failure> {
+        let source = self.spec.data.as_ref().ok_or_else(|| {
+            Failure::Message(format!(
+                "train block `{}` has no `data` setting",
+                self.spec.name
+            ))
+        })?;
+        self.data(source, Split::Train, false)
+    }
+
+    /// The parameters of `store` as named tensors with their model shapes.
+    pub fn tensors(&self, store: &Store) -> Vec<checkpoint::Tensor> {
+        let g = &self.compiled.model.graph;
+        self.compiled
+            .model
+            .params
+            .iter()
+            .map(|p| {
+                let shape = g.shape(p.node).concrete().unwrap_or_default();
+                let values = store[&p.name]
+                    .to_f64()
+                    .into_iter()
+                    .map(|v| v as f32)
+                    .collect();
+                (p.name.clone(), shape, values)
+            })
+            .collect()
+    }
+
+    /// A store holding the parameters saved in `path`, each checked against the model.
+    pub fn load_weights(&self, path: &Path) -> Result<Store, Failure> {
+        let tensors = checkpoint::load(path).map_err(Failure::Message)?;
+        let g = &self.compiled.model.graph;
+        let mut store = Store::new();
+        for p in &self.compiled.model.params {
+            let shape = g.shape(p.node).concrete().unwrap_or_default();
+            let (_, found_shape, values) = tensors
+                .iter()
+                .find(|(n, _, _)| *n == p.name)
+                .ok_or_else(|| {
+                    Failure::Message(format!("`{}` has no tensor `{}`", path.display(), p.name))
+                })?;
+            if *found_shape != shape {
+                return Err(Failure::Message(format!(
+                    "`{}`: `{}` has shape {found_shape:?}, the model needs {shape:?}",
+                    path.display(),
+                    p.name
+                )));
+            }
+            let values: Vec<f64> = values.iter().map(|&v| v as f64).collect();
+            store.insert(p.name.clone(), Buffer::from_f64(&values, Elem::F32));
+        }
+        Ok(store)
+    }
+}
