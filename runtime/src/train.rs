@@ -165,9 +165,8 @@ pub fn validate(info: &ModelInfo, data: &Dataset, inputs_only: bool) -> Result<(
     Ok(())
 }
 
-/// Programs and their input buffers, one set per batch size.
-struct Runner<'c> {
-    compile: &'c mut dyn Compile,
+/// Programs of one kind and their input buffers, one set per batch size.
+struct Runner {
     kind: ProgramKind,
     elem: Elem,
     programs: HashMap<usize, (Executable, Store)>,
@@ -180,10 +179,20 @@ enum ProgramKind {
     Predict,
 }
 
-impl Runner<'_> {
-    /// Copies the examples `rows` into the batch buffers and runs the program.
+impl Runner {
+    fn new(kind: ProgramKind, elem: Elem) -> Runner {
+        Runner {
+            kind,
+            elem,
+            programs: HashMap::new(),
+        }
+    }
+
+    /// Copies the examples `rows` into the batch buffers and runs the program (compiled on
+    /// first use of this batch size).
     fn run(
         &mut self,
+        compile: &mut dyn Compile,
         info: &ModelInfo,
         data: &Dataset,
         rows: &[usize],
@@ -192,9 +201,9 @@ impl Runner<'_> {
         let batch = rows.len();
         if !self.programs.contains_key(&batch) {
             let program = match self.kind {
-                ProgramKind::Train => self.compile.train_step(batch),
-                ProgramKind::Evaluate => self.compile.evaluate(batch),
-                ProgramKind::Predict => self.compile.predict(batch),
+                ProgramKind::Train => compile.train_step(batch),
+                ProgramKind::Evaluate => compile.evaluate(batch),
+                ProgramKind::Predict => compile.predict(batch),
             }?;
             let inputs = info
                 .feeds
@@ -321,12 +330,8 @@ pub fn train(
     let total_steps = settings
         .steps
         .unwrap_or(settings.epochs * batches_per_epoch);
-    let mut trainer = Runner {
-        compile: &mut *compile,
-        kind: ProgramKind::Train,
-        elem: settings.elem,
-        programs: HashMap::new(),
-    };
+    let mut trainer = Runner::new(ProgramKind::Train, settings.elem);
+    let mut tester = Runner::new(ProgramKind::Evaluate, settings.elem);
     let mut step = 0;
     let mut epoch = 0;
     store.insert(info.lr_name.clone(), Buffer::zeros(1, settings.elem));
@@ -356,7 +361,7 @@ pub fn train(
                         .write_f64(&[value]);
                 }
             }
-            let exe = trainer.run(info, train_data, chunk, store)?;
+            let exe = trainer.run(compile, info, train_data, chunk, store)?;
             if step == 0 {
                 let mut first = Tally::default();
                 first.add(info, exe, train_data, chunk);
@@ -378,7 +383,7 @@ pub fn train(
         epoch += 1;
         let (test_loss, test_accuracy) = match test_data {
             Some(test) => {
-                let (l, a) = evaluate(info, settings.elem, &mut *trainer.compile, store, test)?;
+                let (l, a) = evaluate_with(&mut tester, compile, info, store, test)?;
                 (Some(l), a)
             }
             None => (None, None),
@@ -408,16 +413,22 @@ pub fn evaluate(
     store: &mut Store,
     data: &Dataset,
 ) -> Result<(f64, Option<f64>), String> {
-    let mut runner = Runner {
-        compile,
-        kind: ProgramKind::Evaluate,
-        elem,
-        programs: HashMap::new(),
-    };
+    let mut runner = Runner::new(ProgramKind::Evaluate, elem);
+    evaluate_with(&mut runner, compile, info, store, data)
+}
+
+/// [`evaluate`] with programs cached in `runner`.
+fn evaluate_with(
+    runner: &mut Runner,
+    compile: &mut dyn Compile,
+    info: &ModelInfo,
+    store: &mut Store,
+    data: &Dataset,
+) -> Result<(f64, Option<f64>), String> {
     let rows: Vec<usize> = (0..data.rows).collect();
     let mut tally = Tally::default();
     for chunk in rows.chunks(EVAL_BATCH) {
-        let exe = runner.run(info, data, chunk, store)?;
+        let exe = runner.run(compile, info, data, chunk, store)?;
         tally.add(info, exe, data, chunk);
     }
     Ok((tally.loss(), tally.accuracy(info)))
@@ -431,16 +442,11 @@ pub fn predict(
     store: &mut Store,
     data: &Dataset,
 ) -> Result<Vec<Vec<f64>>, String> {
-    let mut runner = Runner {
-        compile,
-        kind: ProgramKind::Predict,
-        elem,
-        programs: HashMap::new(),
-    };
+    let mut runner = Runner::new(ProgramKind::Predict, elem);
     let rows: Vec<usize> = (0..data.rows).collect();
     let mut out = Vec::with_capacity(data.rows);
     for chunk in rows.chunks(EVAL_BATCH) {
-        let exe = runner.run(info, data, chunk, store)?;
+        let exe = runner.run(compile, info, data, chunk, store)?;
         let prediction = exe
             .output("prediction")
             .ok_or("the model has no prediction")?;

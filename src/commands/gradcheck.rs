@@ -6,9 +6,19 @@ use std::process::ExitCode;
 use nabla_compiler::autodiff;
 use nabla_compiler::gradcheck::{self, Config};
 use nabla_compiler::ir::interp;
+use nabla_compiler::pipeline::JitEvaluator;
+use nabla_runtime::Elem;
 use serde_json::json;
 
 use super::{Failure, Outcome, load, print_json};
+
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
+enum Backend {
+    /// Native code from Cranelift.
+    Jit,
+    /// The reference interpreter.
+    Interp,
+}
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -29,6 +39,9 @@ pub struct Args {
     /// Elements checked per parameter at most (the first and last always).
     #[arg(long, default_value_t = 24)]
     samples: usize,
+    /// Compute gradients with compiled code (f64 kernels) or with the reference interpreter.
+    #[arg(long, value_enum, default_value = "jit")]
+    backend: Backend,
     /// One JSON object per parameter, then a summary object.
     #[arg(long)]
     json: bool,
@@ -55,7 +68,13 @@ pub fn run(args: Args) -> Outcome {
         samples: args.samples.max(2),
         ..Config::default()
     };
-    let results = gradcheck::check(&model, &config, autodiff::vjp, &interp::eval)
+    let jit = JitEvaluator::new(Elem::F64);
+    let jit_eval = |g: &_, f: &_, o: &[_]| jit.eval(g, f, o);
+    let evaluator: gradcheck::Evaluator = match args.backend {
+        Backend::Jit => &jit_eval,
+        Backend::Interp => &interp::eval,
+    };
+    let results = gradcheck::check(&model, &config, autodiff::vjp, evaluator)
         .map_err(|e| Failure::Message(e.to_string()))?;
     let passed = results.iter().all(|r| r.passed);
     if args.json {

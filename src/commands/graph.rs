@@ -7,6 +7,9 @@ use std::process::ExitCode;
 use clap::ValueEnum;
 use nabla_compiler::egraph::{self, Limits};
 use nabla_compiler::ir::{Graph, NodeId, text};
+use nabla_compiler::optim::{Optimizer, OptimizerKind};
+use nabla_compiler::pipeline::ModelPrograms;
+use nabla_runtime::Elem;
 
 use super::{Failure, Outcome, load, print_json};
 
@@ -16,6 +19,8 @@ enum Stage {
     Forward,
     /// The forward graph plus the gradient of the loss for every parameter, simplified.
     Grad,
+    /// The Cranelift IR of every kernel of the compiled train step (at `--batch`, default 1).
+    Clif,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -47,6 +52,9 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Outcome {
+    if let Stage::Clif = args.stage {
+        return clif(&args);
+    }
     let mut model = load(&args.file)?.model;
     if let Some(b) = args.batch {
         model
@@ -54,7 +62,7 @@ pub fn run(args: Args) -> Outcome {
             .map_err(|e| Failure::Message(e.0))?;
     }
     let (graph, roots, note): (Graph, Vec<NodeId>, Option<String>) = match args.stage {
-        Stage::Forward => (model.graph.clone(), vec![model.loss], None),
+        Stage::Forward | Stage::Clif => (model.graph.clone(), vec![model.loss], None),
         Stage::Grad => {
             let (graph, loss, grads) = model
                 .gradient_graph()
@@ -84,6 +92,23 @@ pub fn run(args: Args) -> Outcome {
         }
         Format::Dot => out!("{}", text::to_dot(&graph, &roots).trim_end()),
         Format::Json => print_json(&text::to_json(&graph, &roots)),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints each kernel of the train step (with the file's first optimizer, else plain SGD).
+fn clif(args: &Args) -> Outcome {
+    let compiled = load(&args.file)?;
+    let optimizer = compiled.trains.first().map_or_else(
+        || Optimizer::defaults(OptimizerKind::Sgd),
+        |t| t.optimizer.clone(),
+    );
+    let programs = ModelPrograms::new(compiled.model, optimizer, Elem::F32);
+    let kernels = programs
+        .train_step_clif(args.batch.unwrap_or(1))
+        .map_err(Failure::Message)?;
+    for (i, text) in kernels.iter().enumerate() {
+        out!("; kernel {i}\n{}", text.trim_end());
     }
     Ok(ExitCode::SUCCESS)
 }

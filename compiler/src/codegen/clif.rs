@@ -438,45 +438,126 @@ impl Emitter<'_, '_> {
         }
     }
 
-    /// `C[M, N] = A[M, K] @ B[K, N]`, loops i-k-j: each `A[i, k]` is splatted once and the row
-    /// of `B` streams through fused multiply-adds into the row of `C`, in vectors with a scalar
-    /// tail.
+    /// `C[M, N] = A[M, K] @ B[K, N]` by register tiles: each tile of up to 4 rows by 2 vectors
+    /// (8 f32 columns) keeps its accumulators in registers for the whole `k` loop, splatting
+    /// one `A` element per row and streaming one row of `B` per step through fused
+    /// multiply-adds. Columns left over after whole vectors use scalar tiles, rows left over
+    /// after whole groups of 4 use shorter tiles.
     fn matmul(&mut self, c: Value, a: Value, b: Value, a_shape: &[usize], b_shape: &[usize]) {
         let (m, k, n) = (a_shape[0] as i64, a_shape[1] as i64, b_shape[1] as i64);
-        let (vty, sty, lanes) = (self.t.vector, self.t.scalar, self.t.lanes());
-        self.flat_map(
-            (m * n) as usize,
-            &[],
-            c,
-            &mut |e, _, ty| e.constant(ty, 0.0),
-            true,
-        );
-        let vector_end = (n / lanes) * lanes;
-        self.for_range(0, m, 1, &mut |e, i| {
-            let c_row = e.b.ins().imul_imm_s(i, n);
-            let a_row = e.b.ins().imul_imm_s(i, k);
-            e.for_range(0, k, 1, &mut |e, p| {
-                let a_index = e.b.ins().iadd(a_row, p);
-                let aip = e.load(sty, a, a_index);
-                let aip_v = e.b.ins().splat(vty, aip);
-                let b_row = e.b.ins().imul_imm_s(p, n);
-                e.for_range(0, vector_end, lanes, &mut |e, j| {
-                    let bj = e.b.ins().iadd(b_row, j);
-                    let cj = e.b.ins().iadd(c_row, j);
-                    let bv = e.load(vty, b, bj);
-                    let cv = e.load(vty, c, cj);
-                    let sum = e.b.ins().fma(aip_v, bv, cv);
-                    e.store(sum, c, cj);
-                });
-                e.for_range(vector_end, n, 1, &mut |e, j| {
-                    let bj = e.b.ins().iadd(b_row, j);
-                    let cj = e.b.ins().iadd(c_row, j);
-                    let bv = e.load(sty, b, bj);
-                    let cv = e.load(sty, c, cj);
-                    let sum = e.b.ins().fma(aip, bv, cv);
-                    e.store(sum, c, cj);
-                });
+        let lanes = self.t.lanes();
+        let wide = 2 * lanes;
+        let dims = MatDims { k, n };
+        let full_rows = (m / TILE_ROWS) * TILE_ROWS;
+        let row_tiles = |e: &mut Self, i0: Value, rows: i64| {
+            let wide_end = (n / wide) * wide;
+            e.for_range(0, wide_end, wide, &mut |e, j0| {
+                e.tile(c, a, b, dims, i0, j0, rows, 2, 0)
             });
+            let mut j = wide_end;
+            if n - j >= lanes {
+                let j0 = e.b.ins().iconst(types::I64, j);
+                e.tile(c, a, b, dims, i0, j0, rows, 1, 0);
+                j += lanes;
+            }
+            if n > j {
+                let j0 = e.b.ins().iconst(types::I64, j);
+                e.tile(c, a, b, dims, i0, j0, rows, 0, n - j);
+            }
+        };
+        self.for_range(0, full_rows, TILE_ROWS, &mut |e, i0| {
+            row_tiles(e, i0, TILE_ROWS)
         });
+        if m > full_rows {
+            let i0 = self.b.ins().iconst(types::I64, full_rows);
+            row_tiles(self, i0, m - full_rows);
+        }
     }
+
+    /// One tile of `C` at (`i0`, `j0`): `rows` rows by `vectors` vectors or `scalars` columns.
+    #[allow(clippy::too_many_arguments)]
+    fn tile(
+        &mut self,
+        c: Value,
+        a: Value,
+        b: Value,
+        d: MatDims,
+        i0: Value,
+        j0: Value,
+        rows: i64,
+        vectors: i64,
+        scalars: i64,
+    ) {
+        let (vty, sty, lanes) = (self.t.vector, self.t.scalar, self.t.lanes());
+        let columns: Vec<(Type, i64)> = (0..vectors)
+            .map(|v| (vty, v * lanes))
+            .chain((0..scalars).map(|s| (sty, s)))
+            .collect();
+        let mut acc = Vec::new();
+        for _ in 0..rows {
+            for &(ty, _) in &columns {
+                let zero = self.constant(ty, 0.0);
+                let var = self.b.declare_var(ty);
+                self.b.def_var(var, zero);
+                acc.push(var);
+            }
+        }
+        let a_rows: Vec<Value> = (0..rows)
+            .map(|r| {
+                let row = self.b.ins().iadd_imm_s(i0, r);
+                self.b.ins().imul_imm_s(row, d.k)
+            })
+            .collect();
+        self.for_range(0, d.k, 1, &mut |e, p| {
+            let b_row = e.b.ins().imul_imm_s(p, d.n);
+            let b_start = e.b.ins().iadd(b_row, j0);
+            let b_values: Vec<Value> = columns
+                .iter()
+                .map(|&(ty, offset)| {
+                    let index = e.b.ins().iadd_imm_s(b_start, offset);
+                    e.load(ty, b, index)
+                })
+                .collect();
+            for (r, &a_row) in a_rows.iter().enumerate() {
+                let a_index = e.b.ins().iadd(a_row, p);
+                let a_scalar = e.load(sty, a, a_index);
+                let a_vector = if vectors > 0 {
+                    Some(e.b.ins().splat(vty, a_scalar))
+                } else {
+                    None
+                };
+                for (ci, &(ty, _)) in columns.iter().enumerate() {
+                    let var = acc[r * columns.len() + ci];
+                    let sum = e.b.use_var(var);
+                    let factor = if ty.is_vector() {
+                        a_vector.expect("made for vector tiles")
+                    } else {
+                        a_scalar
+                    };
+                    let next = e.b.ins().fma(factor, b_values[ci], sum);
+                    e.b.def_var(var, next);
+                }
+            }
+        });
+        for r in 0..rows {
+            let row = self.b.ins().iadd_imm_s(i0, r);
+            let c_row = self.b.ins().imul_imm_s(row, d.n);
+            let c_start = self.b.ins().iadd(c_row, j0);
+            for (ci, &(_, offset)) in columns.iter().enumerate() {
+                let value = self.b.use_var(acc[r as usize * columns.len() + ci]);
+                let index = self.b.ins().iadd_imm_s(c_start, offset);
+                self.store(value, c, index);
+            }
+        }
+    }
+}
+
+/// Rows of `C` per register tile.
+const TILE_ROWS: i64 = 4;
+
+/// The inner and column sizes of a matrix product.
+#[derive(Clone, Copy)]
+struct MatDims {
+    k: i64,
+    n: i64,
 }
