@@ -28,7 +28,7 @@ enum Command {
     /// Train a model with natively compiled steps.
     Train(commands::train::Args),
     /// Evaluate saved parameters on the test data.
-    Eval(commands::eval::Args),
+    Eval(commands::session::WeightsArgs),
     /// Print predictions for the rows of a CSV file.
     Predict(commands::predict::Args),
 }

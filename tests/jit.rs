@@ -27,7 +27,7 @@ fn compare(m: &Model, batch: usize, seed: u64, elem: Elem, tol: f64) -> Result<(
     for (i, (e, a)) in expected.iter().zip(&actual).enumerate() {
         let scale = e.data.iter().fold(1.0f64, |s, v| s.max(v.abs()));
         for (j, (x, y)) in e.data.iter().zip(&a.data).enumerate() {
-            if !((x - y).abs() <= tol * scale) {
+            if (x - y).is_nan() || (x - y).abs() > tol * scale {
                 return Err(format!(
                     "root {i} element {j}: interpreter {x}, compiled {y}"
                 ));

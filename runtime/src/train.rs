@@ -145,18 +145,17 @@ pub fn validate(info: &ModelInfo, data: &Dataset, inputs_only: bool) -> Result<(
                 data.origin, feed.name, column.row_len, feed.row_len
             ));
         }
-        if let Some(classes) = feed.classes {
-            if let Some((i, v)) = column
+        if let Some(classes) = feed.classes
+            && let Some((i, v)) = column
                 .values
                 .iter()
                 .enumerate()
                 .find(|(_, v)| v.fract() != 0.0 || **v < 0.0 || **v >= classes as f32)
-            {
-                return Err(format!(
-                    "{}: label {v} of example {i} is not a class index in 0..{classes}",
-                    data.origin
-                ));
-            }
+        {
+            return Err(format!(
+                "{}: label {v} of example {i} is not a class index in 0..{classes}",
+                data.origin
+            ));
         }
     }
     if data.rows == 0 {
@@ -310,6 +309,22 @@ fn argmax(b: &Buffer, start: usize, len: usize) -> usize {
     })
 }
 
+/// Training and optional test data.
+pub struct Data<'a> {
+    /// Examples to train on.
+    pub train: &'a Dataset,
+    /// Examples to evaluate after every epoch.
+    pub test: Option<&'a Dataset>,
+}
+
+/// What the caller hears during training.
+pub struct Hooks<'a> {
+    /// Called after the first step (epoch 0) and after every epoch.
+    pub on_report: &'a mut dyn FnMut(&Report),
+    /// Called with `(steps done, total steps)` after every step.
+    pub on_batch: &'a mut dyn FnMut(usize, usize),
+}
+
 /// Trains, calling `on_report` after the first step (epoch 0: the first batch's loss before any
 /// update) and after every epoch, and `on_batch(done, total)` after every step.
 pub fn train(
@@ -317,11 +332,11 @@ pub fn train(
     settings: &Settings,
     compile: &mut dyn Compile,
     store: &mut Store,
-    train_data: &Dataset,
-    test_data: Option<&Dataset>,
-    on_report: &mut dyn FnMut(&Report),
-    on_batch: &mut dyn FnMut(usize, usize),
+    data: Data,
+    hooks: Hooks,
 ) -> Result<(), String> {
+    let (train_data, test_data) = (data.train, data.test);
+    let (on_report, on_batch) = (hooks.on_report, hooks.on_batch);
     let start = Instant::now();
     let mut rng = Rng::seeded(settings.seed.wrapping_add(1));
     let mut order: Vec<usize> = (0..train_data.rows).collect();

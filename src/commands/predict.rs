@@ -4,36 +4,26 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use nabla_compiler::model::{PredictionKind, Role};
+use nabla_compiler::model::PredictionKind;
 use nabla_runtime::Elem;
 use nabla_runtime::data::DataSource;
 use nabla_runtime::{data::Split, train};
 use serde_json::json;
 
-use super::session::open;
+use super::session::WeightsArgs;
 use super::{Failure, Outcome, print_json};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The model file.
-    file: PathBuf,
-    /// Parameters saved by `nabla train --save`.
-    #[arg(long)]
-    weights: PathBuf,
+    #[command(flatten)]
+    common: WeightsArgs,
     /// A CSV file: one example per line, the input's values in order.
     #[arg(long)]
     input: PathBuf,
-    /// The `train` block to use (default: the first).
-    #[arg(long)]
-    config: Option<String>,
-    /// One JSON object per example.
-    #[arg(long)]
-    json: bool,
 }
 
 pub fn run(args: Args) -> Outcome {
-    let mut session = open(&args.file, args.config.as_deref())?;
-    let mut store = session.load_weights(&args.weights)?;
+    let (mut session, mut store) = args.common.open()?;
     let inputs: Vec<_> = session
         .info
         .feeds
@@ -61,12 +51,6 @@ pub fn run(args: Args) -> Outcome {
     )
     .map_err(Failure::Message)?;
     let kind = session.info.prediction;
-    let _ = session
-        .compiled
-        .model
-        .inputs
-        .iter()
-        .find(|i| i.role == Role::Target);
     for (row, values) in predictions.iter().enumerate() {
         let class = match kind {
             PredictionKind::Classes => Some(
@@ -79,7 +63,7 @@ pub fn run(args: Args) -> Outcome {
             PredictionKind::Probability => Some(usize::from(values[0] > 0.5)),
             PredictionKind::Regression => None,
         };
-        if args.json {
+        if args.common.json {
             print_json(&json!({"row": row, "prediction": values, "class": class}));
         } else {
             let shown: Vec<String> = values.iter().map(|v| format!("{v:.6}")).collect();

@@ -12,6 +12,31 @@ use nabla_runtime::{Buffer, Elem, checkpoint};
 
 use super::{Failure, load};
 
+/// The arguments of commands that run saved parameters.
+#[derive(clap::Args)]
+pub struct WeightsArgs {
+    /// The model file.
+    pub file: PathBuf,
+    /// Parameters saved by `nabla train --save`.
+    #[arg(long)]
+    pub weights: PathBuf,
+    /// The `train` block to use (default: the first).
+    #[arg(long)]
+    pub config: Option<String>,
+    /// JSON output, one object per line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl WeightsArgs {
+    /// The session and its stored parameters.
+    pub fn open(&self) -> Result<(Session, Store), Failure> {
+        let session = open(&self.file, self.config.as_deref())?;
+        let store = session.load_weights(&self.weights)?;
+        Ok((session, store))
+    }
+}
+
 /// A model ready to train or run.
 pub struct Session {
     /// The checked file.

@@ -132,10 +132,14 @@ pub fn run(args: Args) -> Outcome {
         &settings,
         &mut session.programs,
         &mut store,
-        &train_data,
-        test_data.as_ref(),
-        &mut on_report,
-        &mut on_batch,
+        train::Data {
+            train: &train_data,
+            test: test_data.as_ref(),
+        },
+        train::Hooks {
+            on_report: &mut on_report,
+            on_batch: &mut on_batch,
+        },
     );
     if let Some(b) = &bar {
         b.finish_and_clear();

@@ -11,7 +11,7 @@ use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{Block, FuncRef, InstBuilder, MemFlagsData, Type, Value, types};
 use cranelift_frontend::FunctionBuilder;
 
-use crate::ir::{BinaryOp, Op, ReduceOp, UnaryOp};
+use crate::ir::{self, BinaryOp, Op, ReduceOp, UnaryOp};
 use crate::schedule::KernelSpec;
 
 /// Scalar functions generated code calls, by the order of [`MathFn::ALL`].
@@ -106,27 +106,16 @@ fn flags() -> MemFlagsData {
     MemFlagsData::new().with_notrap()
 }
 
-/// Row-major strides.
+/// Row-major strides as immediates.
 fn strides(shape: &[usize]) -> Vec<i64> {
-    let mut s = vec![1i64; shape.len()];
-    for i in (0..shape.len().saturating_sub(1)).rev() {
-        s[i] = s[i + 1] * shape[i + 1] as i64;
-    }
-    s
+    ir::strides(shape).into_iter().map(|s| s as i64).collect()
 }
 
-/// Strides for reading `shape` at indices of `out_rank` dimensions with NumPy broadcasting.
+/// Broadcast-reading strides as immediates.
 fn broadcast_strides(shape: &[usize], out_rank: usize) -> Vec<i64> {
-    let own = strides(shape);
-    let lead = out_rank - shape.len();
-    (0..out_rank)
-        .map(|i| {
-            if i < lead || shape[i - lead] == 1 {
-                0
-            } else {
-                own[i - lead]
-            }
-        })
+    ir::broadcast_strides(shape, out_rank)
+        .into_iter()
+        .map(|s| s as i64)
         .collect()
 }
 

@@ -28,36 +28,30 @@ pub struct Compiled {
     pub clif: Vec<String>,
 }
 
-extern "C" fn exp_f32(x: f32) -> f32 {
-    x.exp()
+/// The scalar functions kernels call, for one float type: `extern "C"` shims over Rust's
+/// implementations.
+macro_rules! math_shims {
+    ($t:ty, $exp:ident, $log:ident, $tanh:ident, $sigmoid:ident, $pow:ident) => {
+        extern "C" fn $exp(x: $t) -> $t {
+            x.exp()
+        }
+        extern "C" fn $log(x: $t) -> $t {
+            x.ln()
+        }
+        extern "C" fn $tanh(x: $t) -> $t {
+            x.tanh()
+        }
+        extern "C" fn $sigmoid(x: $t) -> $t {
+            1.0 / (1.0 + (-x).exp())
+        }
+        extern "C" fn $pow(a: $t, b: $t) -> $t {
+            a.powf(b)
+        }
+    };
 }
-extern "C" fn log_f32(x: f32) -> f32 {
-    x.ln()
-}
-extern "C" fn tanh_f32(x: f32) -> f32 {
-    x.tanh()
-}
-extern "C" fn sigmoid_f32(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
-}
-extern "C" fn pow_f32(a: f32, b: f32) -> f32 {
-    a.powf(b)
-}
-extern "C" fn exp_f64(x: f64) -> f64 {
-    x.exp()
-}
-extern "C" fn log_f64(x: f64) -> f64 {
-    x.ln()
-}
-extern "C" fn tanh_f64(x: f64) -> f64 {
-    x.tanh()
-}
-extern "C" fn sigmoid_f64(x: f64) -> f64 {
-    1.0 / (1.0 + (-x).exp())
-}
-extern "C" fn pow_f64(a: f64, b: f64) -> f64 {
-    a.powf(b)
-}
+
+math_shims!(f32, exp_f32, log_f32, tanh_f32, sigmoid_f32, pow_f32);
+math_shims!(f64, exp_f64, log_f64, tanh_f64, sigmoid_f64, pow_f64);
 
 /// The symbol name and address of a math function in the given precision.
 fn math_symbol(f: MathFn, elem: Elem) -> (String, *const u8) {

@@ -10,6 +10,7 @@ use num_traits::Float;
 
 use super::graph::{Graph, NodeId};
 use super::op::{BinaryOp, Op, ReduceOp, UnaryOp};
+use super::shape::{broadcast_strides, strides};
 
 /// A dense row-major tensor of concrete shape.
 #[derive(Clone, Debug, PartialEq)]
@@ -188,15 +189,6 @@ fn numel(shape: &[usize]) -> usize {
     shape.iter().product()
 }
 
-/// Row-major strides of a shape.
-fn strides(shape: &[usize]) -> Vec<usize> {
-    let mut strides = vec![1; shape.len()];
-    for i in (0..shape.len().saturating_sub(1)).rev() {
-        strides[i] = strides[i + 1] * shape[i + 1];
-    }
-    strides
-}
-
 /// Calls `f(flat_index, multi_index)` for every element of `shape`, row-major.
 fn for_each_index(shape: &[usize], mut f: impl FnMut(usize, &[usize])) {
     let total = numel(shape);
@@ -211,22 +203,6 @@ fn for_each_index(shape: &[usize], mut f: impl FnMut(usize, &[usize])) {
             index[axis] = 0;
         }
     }
-}
-
-/// Strides for reading a tensor of shape `shape` with NumPy broadcasting at indices of rank
-/// `rank`: missing leading dimensions and size-1 dimensions get stride 0.
-fn broadcast_strides(shape: &[usize], rank: usize) -> Vec<usize> {
-    let own = strides(shape);
-    let lead = rank - shape.len();
-    (0..rank)
-        .map(|i| {
-            if i < lead || shape[i - lead] == 1 {
-                0
-            } else {
-                own[i - lead]
-            }
-        })
-        .collect()
 }
 
 fn offset(strides: &[usize], index: &[usize]) -> usize {

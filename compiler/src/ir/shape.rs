@@ -175,6 +175,31 @@ impl Shape {
     }
 }
 
+/// Row-major strides of a concrete shape, in elements.
+pub fn strides(shape: &[usize]) -> Vec<usize> {
+    let mut strides = vec![1; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        strides[i] = strides[i + 1] * shape[i + 1];
+    }
+    strides
+}
+
+/// Strides for reading a tensor of shape `shape` at indices of rank `rank` with NumPy
+/// broadcasting: missing leading dimensions and size-1 dimensions get stride 0.
+pub fn broadcast_strides(shape: &[usize], rank: usize) -> Vec<usize> {
+    let own = strides(shape);
+    let lead = rank - shape.len();
+    (0..rank)
+        .map(|i| {
+            if i < lead || shape[i - lead] == 1 {
+                0
+            } else {
+                own[i - lead]
+            }
+        })
+        .collect()
+}
+
 /// The dimension `k` places from the right (0 = last), with missing leading dimensions read as 1.
 fn dim_from_right(s: &Shape, k: usize) -> &Dim {
     const ONE: &Dim = &Dim::Known(1);
