@@ -221,3 +221,158 @@ fn bad_data_gives_a_clear_error() {
         stderr(&o)
     );
 }
+
+/// Three steps of every optimizer on `loss = sum(w^3) / 3` (gradient `w^2`) against the
+/// algorithms as `torch.optim` documents them, computed here in f64.
+#[test]
+fn optimizers_follow_torch_optim() {
+    struct Opt {
+        source: &'static str,
+        kind: &'static str,
+        lr: f64,
+        momentum: f64,
+        nesterov: bool,
+        weight_decay: f64,
+        l1: f64,
+    }
+    let base = Opt {
+        source: "",
+        kind: "",
+        lr: 0.1,
+        momentum: 0.0,
+        nesterov: false,
+        weight_decay: 0.0,
+        l1: 0.0,
+    };
+    let cases = [
+        Opt {
+            source: "sgd(0.1)",
+            kind: "sgd",
+            ..base
+        },
+        Opt {
+            source: "sgd(0.1, momentum = 0.9)",
+            kind: "sgd",
+            momentum: 0.9,
+            ..base
+        },
+        Opt {
+            source: "sgd(0.1, momentum = 0.9, nesterov = true, weight_decay = 0.1)",
+            kind: "sgd",
+            momentum: 0.9,
+            nesterov: true,
+            weight_decay: 0.1,
+            ..base
+        },
+        Opt {
+            source: "sgd(0.1, l1 = 0.05)",
+            kind: "sgd",
+            l1: 0.05,
+            ..base
+        },
+        Opt {
+            source: "adagrad(0.1)",
+            kind: "adagrad",
+            ..base
+        },
+        Opt {
+            source: "rmsprop(0.01)",
+            kind: "rmsprop",
+            lr: 0.01,
+            ..base
+        },
+        Opt {
+            source: "rmsprop(0.01, momentum = 0.5)",
+            kind: "rmsprop",
+            lr: 0.01,
+            momentum: 0.5,
+            ..base
+        },
+        Opt {
+            source: "adam(0.1, weight_decay = 0.01)",
+            kind: "adam",
+            weight_decay: 0.01,
+            ..base
+        },
+        Opt {
+            source: "adamax(0.1)",
+            kind: "adamax",
+            ..base
+        },
+    ];
+    for (i, o) in cases.iter().enumerate() {
+        let file = temp(&format!("opt{i}.nn"));
+        std::fs::write(&file, format!(
+            "model q {{\n  input x[B, 1]\n  param w[3] = [1.0, -2.0, 0.5]\n  loss = sum(w * w * w) / 3 + 0 * sum(x)\n}}\ntrain t {{\n  data = inline(x = [[0]])\n  optimizer = {}\n  batch = 1\n  steps = 3\n}}\n",
+            o.source
+        )).expect("write");
+        let save = temp(&format!("opt{i}.safetensors"));
+        let out = nabla(&[
+            "train",
+            file.to_str().expect("utf-8"),
+            "--json",
+            "--save",
+            save.to_str().expect("utf-8"),
+        ]);
+        assert!(out.status.success(), "{}: {}", o.source, stderr(&out));
+        let got = tensor(&save, "w");
+
+        let mut w = [1.0f64, -2.0, 0.5];
+        let (mut m, mut v) = ([0.0f64; 3], [0.0f64; 3]);
+        let (beta1, beta2, eps) = match o.kind {
+            "adagrad" => (0.9, 0.999, 1e-10),
+            "rmsprop" => (0.9, 0.99, 1e-8),
+            _ => (0.9, 0.999, 1e-8),
+        };
+        for t in 1..=3 {
+            for j in 0..3 {
+                let g = w[j] * w[j] + o.weight_decay * w[j] + o.l1 * w[j].signum();
+                let step = match o.kind {
+                    "sgd" if o.momentum == 0.0 => g,
+                    "sgd" => {
+                        m[j] = o.momentum * m[j] + g;
+                        if o.nesterov {
+                            g + o.momentum * m[j]
+                        } else {
+                            m[j]
+                        }
+                    }
+                    "adagrad" => {
+                        v[j] += g * g;
+                        g / (v[j].sqrt() + eps)
+                    }
+                    "rmsprop" => {
+                        v[j] = beta2 * v[j] + (1.0 - beta2) * g * g;
+                        let u = g / (v[j].sqrt() + eps);
+                        if o.momentum == 0.0 {
+                            u
+                        } else {
+                            m[j] = o.momentum * m[j] + u;
+                            m[j]
+                        }
+                    }
+                    "adam" => {
+                        m[j] = beta1 * m[j] + (1.0 - beta1) * g;
+                        v[j] = beta2 * v[j] + (1.0 - beta2) * g * g;
+                        let m_hat = m[j] / (1.0 - beta1.powi(t));
+                        let v_hat = v[j] / (1.0 - beta2.powi(t));
+                        m_hat / (v_hat.sqrt() + eps)
+                    }
+                    _ => {
+                        m[j] = beta1 * m[j] + (1.0 - beta1) * g;
+                        v[j] = (beta2 * v[j]).max(g.abs() + eps);
+                        m[j] / (1.0 - beta1.powi(t)) / v[j]
+                    }
+                };
+                w[j] -= o.lr * step;
+            }
+        }
+        for (g, e) in got.iter().zip(&w) {
+            assert!(
+                (g - e).abs() < 1e-5 * (1.0 + e.abs()),
+                "{}: {got:?} vs {w:?}",
+                o.source
+            );
+        }
+    }
+}
