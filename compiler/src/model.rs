@@ -105,21 +105,6 @@ impl Model {
     pub fn bind(&mut self, lookup: &dyn Fn(&str) -> Option<usize>) -> Result<(), ShapeError> {
         self.graph.bind(lookup)
     }
-
-    /// The names of the symbolic dimensions of the inputs, in order of first appearance.
-    pub fn symbols(&self) -> Vec<String> {
-        let mut names: Vec<String> = Vec::new();
-        for input in &self.inputs {
-            for dim in self.graph.shape(input.node).dims() {
-                if let crate::ir::Dim::Sym(s) = dim
-                    && !names.iter().any(|n| **n == **s)
-                {
-                    names.push(s.to_string());
-                }
-            }
-        }
-        names
-    }
 }
 
 impl Model {

@@ -109,15 +109,6 @@ impl Optimizer {
             OptimizerKind::Adamax => &["exp_avg", "exp_inf"],
         }
     }
-
-    /// `1 / (1 - β1^t)` and `1 / (1 - β2^t)` at step `t` (from 1), fed as `#bc1` and `#bc2`.
-    pub fn bias_corrections(&self, t: u64) -> (f64, f64) {
-        let t = t.max(1) as i32;
-        (
-            1.0 / (1.0 - self.beta1.powi(t)),
-            1.0 / (1.0 - self.beta2.powi(t)),
-        )
-    }
 }
 
 /// Names of the scalar inputs a step reads.

@@ -141,7 +141,7 @@ impl JitEvaluator {
             .iter()
             .map(|(k, t)| (k.clone(), Buffer::from_f64(&t.data, self.elem)))
             .collect();
-        exe.run(&mut externals)
+        exe.run(&mut [&mut externals])
             .map_err(|e| EvalError::Backend(e.to_string()))?;
         Ok(outputs
             .iter()
@@ -249,46 +249,42 @@ impl ModelPrograms {
         graph: &Graph,
         outputs: Vec<(String, NodeId)>,
         assignments: Vec<(NodeId, String)>,
-    ) -> Result<Program, String> {
+        keep_clif: bool,
+    ) -> Result<Compiled, String> {
         let request = Request {
             graph,
             outputs,
             assignments,
             elem: self.elem,
-            keep_clif: false,
+            keep_clif,
         };
-        compile(&request)
-            .map(|c| c.program)
-            .map_err(|e| e.to_string())
+        compile(&request).map_err(|e| e.to_string())
+    }
+
+    /// Forward, backward and update at `batch`, compiled.
+    fn compile_train_step(&self, batch: usize, keep_clif: bool) -> Result<Compiled, String> {
+        let step =
+            optim::train_step(&self.bound(batch)?, &self.optimizer).map_err(|e| e.to_string())?;
+        self.build(&step.graph, step.outputs, step.assignments, keep_clif)
     }
 
     /// The Cranelift IR of every kernel of the train step at `batch`.
     pub fn train_step_clif(&self, batch: usize) -> Result<Vec<String>, String> {
-        let step =
-            optim::train_step(&self.bound(batch)?, &self.optimizer).map_err(|e| e.to_string())?;
-        let request = Request {
-            graph: &step.graph,
-            outputs: step.outputs,
-            assignments: step.assignments,
-            elem: self.elem,
-            keep_clif: true,
-        };
-        compile(&request).map(|c| c.clif).map_err(|e| e.to_string())
+        self.compile_train_step(batch, true).map(|c| c.clif)
     }
 }
 
 impl Compile for ModelPrograms {
     fn train_step(&mut self, batch: usize) -> Result<Program, String> {
-        let step =
-            optim::train_step(&self.bound(batch)?, &self.optimizer).map_err(|e| e.to_string())?;
-        self.build(&step.graph, step.outputs, step.assignments)
+        self.compile_train_step(batch, false).map(|c| c.program)
     }
 
     fn evaluate(&mut self, batch: usize) -> Result<Program, String> {
         let model = self.bound(batch)?;
         let mut outputs = vec![("loss".to_string(), model.loss)];
         outputs.extend(model.prediction.map(|p| ("prediction".to_string(), p.node)));
-        self.build(&model.graph, outputs, Vec::new())
+        self.build(&model.graph, outputs, Vec::new(), false)
+            .map(|c| c.program)
     }
 
     fn predict(&mut self, batch: usize) -> Result<Program, String> {
@@ -298,6 +294,8 @@ impl Compile for ModelPrograms {
             &model.graph,
             vec![("prediction".to_string(), p.node)],
             Vec::new(),
+            false,
         )
+        .map(|c| c.program)
     }
 }

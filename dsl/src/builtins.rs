@@ -91,14 +91,12 @@ impl Lowerer<'_> {
                     )
                     .into());
                 }
-                let (shifted, sum_exp) = self.shifted_exp_sum(x, axis, span)?;
-                if name == "softmax" {
-                    let e = located(self.graph.unary(UnaryOp::Exp, shifted), span)?;
-                    located(self.graph.div(e, sum_exp), span)
-                } else {
-                    let log_sum = located(self.graph.unary(UnaryOp::Log, sum_exp), span)?;
-                    located(self.graph.sub(shifted, log_sum), span)
+                if name == "log_softmax" {
+                    return self.log_softmax(x, axis, span);
                 }
+                let (shifted, sum_exp) = self.shifted_exp_sum(x, axis, span)?;
+                let e = located(self.graph.unary(UnaryOp::Exp, shifted), span)?;
+                located(self.graph.div(e, sum_exp), span)
             })(),
             "sum" | "mean" | "max" | "min" => self.reduction(name, span, args, env),
             "transpose" => (|| {
@@ -148,14 +146,16 @@ impl Lowerer<'_> {
     ) -> LResult<NodeId> {
         let x = self.tensor_args(name, span, args, env, 1)?[0];
         if let Some(c) = self.constant_of(x) {
-            return Ok(self.constant(nabla_compiler::ir::interp::unary(op, c)));
+            return Ok(self
+                .graph
+                .constant(nabla_compiler::ir::interp::unary(op, c)));
         }
         located(self.graph.unary(op, x), span)
     }
 
     /// `x > 0 ? x : slope * x` (relu for slope 0). The derivative at 0 is `slope`, as in PyTorch.
     fn leaky_relu(&mut self, x: NodeId, slope: f64, span: Span) -> LResult<NodeId> {
-        let zero = self.constant(0.0);
+        let zero = self.graph.constant(0.0);
         let positive = located(self.graph.binary(BinaryOp::Gt, x, zero), span)?;
         let negative = if slope == 0.0 {
             zero
@@ -438,18 +438,18 @@ impl Lowerer<'_> {
                 }
                 let d = g(self.graph.sub(p, t))?;
                 let abs = g(self.graph.unary(UnaryOp::Abs, d))?;
-                let beta_node = self.constant(beta);
+                let beta_node = self.graph.constant(beta);
                 let small = g(self.graph.binary(BinaryOp::Lt, abs, beta_node))?;
                 let sq = g(self.graph.mul(d, d))?;
                 let quadratic = g(self.graph.scale(sq, 0.5 / beta))?;
-                let half_beta = self.constant(0.5 * beta);
+                let half_beta = self.graph.constant(0.5 * beta);
                 let linear = g(self.graph.sub(abs, half_beta))?;
                 g(self.graph.select(small, quadratic, linear))?
             }
             "bce" => {
                 // -(t log p + (1 - t) log(1 - p)), logs clamped at -100
-                let one = self.constant(1.0);
-                let floor = self.constant(-100.0);
+                let one = self.graph.constant(1.0);
+                let floor = self.graph.constant(-100.0);
                 let log_p = g(self.graph.unary(UnaryOp::Log, p))?;
                 let log_p = g(self.graph.binary(BinaryOp::Max, log_p, floor))?;
                 let q = g(self.graph.sub(one, p))?;
@@ -463,8 +463,8 @@ impl Lowerer<'_> {
             }
             _ => {
                 // max(z, 0) - z t + log(1 + e^-|z|)
-                let zero = self.constant(0.0);
-                let one = self.constant(1.0);
+                let zero = self.graph.constant(0.0);
+                let one = self.graph.constant(1.0);
                 let relu = g(self.graph.binary(BinaryOp::Max, p, zero))?;
                 let zt = g(self.graph.mul(p, t))?;
                 let abs = g(self.graph.unary(UnaryOp::Abs, p))?;

@@ -13,7 +13,7 @@
 use std::collections::{HashMap, HashSet};
 
 use nabla_compiler::ir::{
-    BinaryOp, Dim, Graph, MAX_ELEMENTS, NodeId, Op, Scalar, Shape, ShapeError, UnaryOp, interp,
+    BinaryOp, Dim, Graph, MAX_ELEMENTS, NodeId, Op, Shape, ShapeError, UnaryOp, interp,
 };
 use nabla_compiler::model::{
     Binding, InputSpec, Model, ParamSpec, Prediction, PredictionKind, Role, ValueKind,
@@ -594,12 +594,5 @@ impl<'f> Lowerer<'f> {
             PredictionKind::Regression
         };
         Prediction { node, kind }
-    }
-
-    /// A scalar constant node.
-    pub(crate) fn constant(&mut self, v: f64) -> NodeId {
-        self.graph
-            .node(Op::Const(Scalar::new(v)), &[])
-            .expect("scalars are well-shaped")
     }
 }

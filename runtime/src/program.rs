@@ -104,19 +104,17 @@ impl Executable {
         }
     }
 
-    /// The program.
-    pub fn program(&self) -> &Program {
-        &self.program
-    }
-
-    /// Runs every kernel once over `externals`, after checking that each external buffer the
-    /// plan names is present with exactly the planned length and element type.
-    pub fn run(&mut self, externals: &mut HashMap<String, Buffer>) -> Result<(), RunError> {
+    /// Runs every kernel once, binding each external buffer the plan names to the first of
+    /// `externals` that holds it, after checking it has exactly the planned length and element
+    /// type. Several maps let callers keep, say, per-batch inputs apart from parameters without
+    /// moving buffers between them.
+    pub fn run(&mut self, externals: &mut [&mut HashMap<String, Buffer>]) -> Result<(), RunError> {
         for (slot, spec) in self.program.buffers.iter().enumerate() {
             self.table[slot] = match (&spec.external, &mut self.temps[slot]) {
                 (Some(name), _) => {
                     let buffer = externals
-                        .get_mut(name)
+                        .iter_mut()
+                        .find_map(|map| map.get_mut(name))
                         .ok_or_else(|| RunError::Missing(name.clone()))?;
                     if buffer.len() != spec.len || buffer.elem() != self.program.elem {
                         return Err(RunError::Mismatch {

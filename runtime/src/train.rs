@@ -25,6 +25,21 @@ pub enum PredictionKind {
     Regression,
 }
 
+impl PredictionKind {
+    /// The class one example's prediction stands for (`None` for regression), reading its
+    /// `len` values through `value`.
+    pub fn class_of(self, len: usize, value: impl Fn(usize) -> f64) -> Option<usize> {
+        match self {
+            PredictionKind::Classes => {
+                Some((0..len).fold(0, |best, i| if value(i) > value(best) { i } else { best }))
+            }
+            PredictionKind::Logit => Some(usize::from(value(0) > 0.0)),
+            PredictionKind::Probability => Some(usize::from(value(0) > 0.5)),
+            PredictionKind::Regression => None,
+        }
+    }
+}
+
 /// A tensor the data feeds.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Feed {
@@ -214,8 +229,8 @@ impl Runner {
         }
         let (exe, inputs) = self.programs.get_mut(&batch).expect("inserted above");
         for feed in &info.feeds {
-            let (Some(column), Some(mut buffer)) =
-                (data.column(&feed.name), inputs.remove(&feed.name))
+            let (Some(column), Some(buffer)) =
+                (data.column(&feed.name), inputs.get_mut(&feed.name))
             else {
                 continue;
             };
@@ -230,15 +245,8 @@ impl Runner {
                         .for_each(|(d, &s)| *d = s as f64),
                 }
             }
-            store.insert(feed.name.clone(), buffer);
         }
-        let result = exe.run(store).map_err(|e| e.to_string());
-        for feed in &info.feeds {
-            if let Some(buffer) = store.remove(&feed.name) {
-                inputs.insert(feed.name.clone(), buffer);
-            }
-        }
-        result?;
+        exe.run(&mut [inputs, store]).map_err(|e| e.to_string())?;
         Ok(exe)
     }
 }
@@ -286,27 +294,16 @@ fn correct(info: &ModelInfo, prediction: &Buffer, data: &Dataset, rows: &[usize]
     rows.iter()
         .enumerate()
         .filter(|&(slot, &row)| {
-            let label = target.values[row * target.row_len] as f64;
-            match info.prediction {
-                PredictionKind::Classes => {
-                    argmax(prediction, slot * per_row, per_row) as f64 == label
-                }
-                PredictionKind::Logit => (prediction.get(slot) > 0.0) == (label > 0.5),
-                PredictionKind::Probability => (prediction.get(slot) > 0.5) == (label > 0.5),
-                PredictionKind::Regression => false,
-            }
+            let label = target.values[row * target.row_len];
+            let expected = match info.prediction {
+                PredictionKind::Classes => label as usize,
+                _ => usize::from(label > 0.5),
+            };
+            info.prediction
+                .class_of(per_row, |i| prediction.get(slot * per_row + i))
+                == Some(expected)
         })
         .count()
-}
-
-fn argmax(b: &Buffer, start: usize, len: usize) -> usize {
-    (0..len).fold(0, |best, i| {
-        if b.get(start + i) > b.get(start + best) {
-            i
-        } else {
-            best
-        }
-    })
 }
 
 /// Training and optional test data.

@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use nabla_compiler::model::PredictionKind;
 use nabla_runtime::Elem;
 use nabla_runtime::data::DataSource;
 use nabla_runtime::{data::Split, train};
@@ -52,17 +51,7 @@ pub fn run(args: Args) -> Outcome {
     .map_err(Failure::Message)?;
     let kind = session.info.prediction;
     for (row, values) in predictions.iter().enumerate() {
-        let class = match kind {
-            PredictionKind::Classes => Some(
-                values
-                    .iter()
-                    .enumerate()
-                    .fold(0, |best, (i, v)| if *v > values[best] { i } else { best }),
-            ),
-            PredictionKind::Logit => Some(usize::from(values[0] > 0.0)),
-            PredictionKind::Probability => Some(usize::from(values[0] > 0.5)),
-            PredictionKind::Regression => None,
-        };
+        let class = kind.class_of(values.len(), |i| values[i]);
         if args.common.json {
             print_json(&json!({"row": row, "prediction": values, "class": class}));
         } else {

@@ -134,11 +134,6 @@ impl Graph {
         self.inner.node_count() == 0
     }
 
-    /// The underlying petgraph graph, for algorithms and rendering.
-    pub fn petgraph(&self) -> &DiGraph<Node, u8> {
-        &self.inner
-    }
-
     /// Nodes in an order where every operand comes before its users. Nodes are never removed and
     /// only ever added after their operands, so ascending ids are such an order; passes that
     /// drop nodes build a new graph instead.
@@ -159,28 +154,6 @@ impl Graph {
             .into_iter()
             .filter(|id| seen[id.index()])
             .collect()
-    }
-
-    /// The parameter nodes, in insertion order.
-    pub fn params(&self) -> Vec<NodeId> {
-        self.node_ids()
-            .filter(|&id| matches!(self.op(id), Op::Param { .. }))
-            .collect()
-    }
-
-    /// The input nodes, in insertion order.
-    pub fn inputs(&self) -> Vec<NodeId> {
-        self.node_ids()
-            .filter(|&id| matches!(self.op(id), Op::Input { .. }))
-            .collect()
-    }
-
-    /// Finds the input or parameter called `name`.
-    pub fn find_leaf(&self, name: &str) -> Option<NodeId> {
-        self.node_ids().find(|&id| match self.op(id) {
-            Op::Input { name: n, .. } | Op::Param { name: n, .. } => n == name,
-            _ => false,
-        })
     }
 
     /// Replaces every symbolic dimension that `lookup` knows by its number, in place, and checks

@@ -35,14 +35,6 @@ impl<T: Float> Tensor<T> {
             data: vec![v],
         }
     }
-
-    /// A tensor of one repeated value.
-    pub fn full(shape: &[usize], v: T) -> Tensor<T> {
-        Tensor {
-            shape: shape.to_vec(),
-            data: vec![v; shape.iter().product()],
-        }
-    }
 }
 
 /// Why a graph could not be evaluated.

@@ -91,13 +91,6 @@ pub enum BinaryOp {
     Eq,
 }
 
-impl BinaryOp {
-    /// Comparisons produce 0/1 masks and carry no gradient.
-    pub fn is_comparison(self) -> bool {
-        matches!(self, BinaryOp::Lt | BinaryOp::Gt | BinaryOp::Eq)
-    }
-}
-
 /// How a reduction combines elements.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ReduceOp {
