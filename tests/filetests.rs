@@ -151,7 +151,25 @@ fn pathological_inputs_fail_cleanly() {
             "{name}: the error is not located:\n{text}"
         );
     }
-    let missing = nabla(&["check", "no/such/file.nn"]);
-    assert_eq!(missing.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read `no/such/file.nn`"));
+    // Missing files, directories and endless files are refused before anything is read.
+    let dir_arg = dir.to_str().expect("utf-8 path");
+    let mut refused = vec![
+        (
+            "no/such/file.nn",
+            "cannot read model file `no/such/file.nn`",
+        ),
+        (dir_arg, "is not a regular file"),
+    ];
+    if Path::new("/dev/zero").exists() {
+        refused.push((
+            "/dev/zero",
+            "cannot read model file `/dev/zero`: it is not a regular file",
+        ));
+    }
+    for (path, message) in refused {
+        let output = nabla(&["check", path]);
+        assert_eq!(output.status.code(), Some(1), "{path}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(message), "{path}: {stderr}");
+    }
 }

@@ -66,8 +66,120 @@ fn gradcheck_catches_a_wrong_rule() {
         .filter(|r| !r.passed)
         .map(|r| r.name.as_str())
         .collect();
-    // Only the parameters below the tanh layer see its derivative.
-    assert_eq!(failed, ["h.w", "h.b"], "{wrong:?}");
+    // Only the parameters below the tanh layer see its derivative; the check along a random
+    // direction through all of them sees it too.
+    assert_eq!(failed, ["h.w", "h.b", gradcheck::ALL_PARAMS], "{wrong:?}");
+}
+
+/// A chain of `layers` tanh layers of width 2: two parameter tensors per layer.
+fn deep_model(layers: usize) -> String {
+    let mut source = "model deep {\n  input x[B, 2]\n  target y[B, 2]\n  h0 = x\n".to_string();
+    for i in 1..=layers {
+        source += &format!("  h{i} = tanh(dense(h{}, 2))\n", i - 1);
+    }
+    source + &format!("  loss = mse(h{layers}, y)\n}}\n")
+}
+
+/// Finite differences evaluate the whole loss per nudge, so checking every tensor of a deep
+/// model is quadratic; the per-draw budget keeps the number of evaluations constant, and the
+/// directional check still sees a wrong rule in a tensor the draw did not sample.
+#[test]
+fn gradcheck_evaluations_are_bounded_and_still_catch_a_wrong_rule() {
+    let evaluations = std::cell::Cell::new(0usize);
+    let counting = |g: &Graph, f: &HashMap<String, Tensor<f64>>, o: &[NodeId]| {
+        evaluations.set(evaluations.get() + 1);
+        interp::eval(g, f, o)
+    };
+    let config = Config {
+        cases: 1,
+        max_elements: 16,
+        ..Config::default()
+    };
+    for layers in [4, 40] {
+        evaluations.set(0);
+        let results = gradcheck::check(
+            &model(&deep_model(layers)),
+            &config,
+            autodiff::vjp,
+            &counting,
+        )
+        .expect("gradcheck runs");
+        assert!(results.iter().all(|r| r.passed), "{results:?}");
+        // One evaluation of the gradients, two per nudged element, two for the direction.
+        assert!(
+            evaluations.get() <= 1 + 2 * 16 + 2,
+            "{layers} layers: {}",
+            evaluations.get()
+        );
+        if layers == 40 {
+            assert!(
+                results.iter().any(|r| r.cases == 0),
+                "a deep model is sampled"
+            );
+            let wrong = gradcheck::check(
+                &model(&deep_model(layers)),
+                &config,
+                wrong_tanh_rule,
+                &counting,
+            )
+            .expect("gradcheck runs");
+            let all = wrong.last().expect("the directional result");
+            assert!(all.name == gradcheck::ALL_PARAMS && !all.passed, "{all:?}");
+        }
+    }
+}
+
+/// Simplifying a deep model's gradient graph is linear in its depth: extraction once took
+/// seconds for 800 layers (every root extracted separately, costs relaxed in hash order) and
+/// minutes for 3,000, while saturation took milliseconds. The bound is generous; the
+/// quadratic version exceeded it many times over.
+#[test]
+fn simplifying_a_deep_model_scales_linearly() {
+    let m = model(&deep_model(3000));
+    let (graph, loss, grads) = m.gradient_graph().expect("differentiable");
+    let roots: Vec<NodeId> = std::iter::once(loss).chain(grads).collect();
+    let started = std::time::Instant::now();
+    let s = egraph::simplify(&graph, &roots, &Limits::default()).expect("simplifies");
+    assert!(
+        s.graph.ancestors(&s.roots).len() <= s.nodes_before,
+        "{}",
+        s.report
+    );
+    assert!(
+        started.elapsed().as_secs() < 30,
+        "{:?}: {}",
+        started.elapsed(),
+        s.report
+    );
+}
+
+/// NaN and infinities fail and are reported, not dropped by `max`; a 100% error in a tiny
+/// gradient fails; literal parameter values are kept unless asked otherwise.
+#[test]
+fn gradcheck_reports_non_finite_values_and_scales_its_tolerance() {
+    let run = |body: &str, random_params: bool| {
+        let source = format!(
+            "model m {{\n  input x[B, 2]\n  param w[2, 1] = [[0], [1]]\n  loss = {body}\n}}\n"
+        );
+        let config = Config {
+            random_params,
+            ..Config::default()
+        };
+        gradcheck::check(&model(&source), &config, autodiff::vjp, &interp::eval)
+            .expect("gradcheck runs")
+    };
+    let sqrt = run("sum(sqrt(w))", false);
+    assert!(!sqrt[0].passed && sqrt[0].max_abs_err.is_nan(), "{sqrt:?}");
+    let worst = sqrt[0].worst.as_ref().expect("the failing element");
+    assert_eq!((worst.element, worst.analytic), (0, f64::INFINITY));
+    // relu'(0) = 0 against a numeric 0.5, scaled by 1e-7: a 100% error however small.
+    let kink = run("1e-7 * sum(relu(w))", false);
+    assert!(!kink[0].passed, "{kink:?}");
+    // Redrawn away from the kink, the same model passes.
+    assert!(run("1e-7 * sum(relu(w))", true).iter().all(|r| r.passed));
+    // Round-off of a huge loss is not mistaken for a wrong gradient.
+    let big = run("1e10 + sum(x @ w)", false);
+    assert!(big.iter().all(|r| r.passed && r.round_off > 1.0), "{big:?}");
 }
 
 /// Random formulas over `x`, `y`: smooth everywhere, so finite differences are trustworthy.
@@ -140,7 +252,7 @@ fn simplification_preserves_gradients_of_examples() {
         let roots: Vec<NodeId> = std::iter::once(loss).chain(grads).collect();
         let simplified = egraph::simplify(&graph, &roots, &Limits::default()).expect("simplifies");
         nabla_compiler::ir::verify::verify(&simplified.graph).expect("a well-formed graph");
-        let feeds = gradcheck::random_feeds(&m, &graph, &mut Rng::seeded(3));
+        let feeds = gradcheck::random_feeds(&m, &graph, &mut Rng::seeded(3), false);
         let before = interp::eval(&graph, &feeds, &roots).expect("evaluates");
         let after = interp::eval(&simplified.graph, &feeds, &simplified.roots).expect("evaluates");
         for (b, a) in before.iter().zip(&after) {

@@ -35,7 +35,7 @@ fn json_lines(o: &Output) -> Vec<serde_json::Value> {
 }
 
 fn tensor(path: &Path, name: &str) -> Vec<f64> {
-    let all = checkpoint::load(path).expect("a checkpoint");
+    let all = checkpoint::load(path, 1 << 30).expect("a checkpoint");
     all.into_iter()
         .find(|(n, _, _)| n == name)
         .expect("the tensor")
@@ -176,7 +176,7 @@ fn bad_data_gives_a_clear_error() {
         ),
         (
             "train t {\n  data = csv(\"no/such.csv\", x = 0..2, y = 2)\n}\n",
-            "cannot read `no/such.csv`",
+            "no/such.csv`: No such file",
         ),
         (
             "train t {\n  data = inline(x = [[1, 2], [3, 4]], y = [[0], [5]])\n}\n",
@@ -375,4 +375,35 @@ fn optimizers_follow_torch_optim() {
             );
         }
     }
+}
+
+/// Issue 6's reproducer: `bce` on a sigmoid saturated in f32 (logit 40 rounds `p` to 1). One
+/// SGD step must match PyTorch (`w = 40.0`, `b = 1.5e-6`), not turn the parameters NaN.
+#[test]
+fn a_saturated_bce_step_matches_pytorch() {
+    let file = temp("saturated.nn");
+    std::fs::write(
+        &file,
+        "model m {\n  input x[B, 1]\n  target y[B, 1]\n  param w[1, 1] = [[40]]\n  param b[1] = [0]\n  p = sigmoid(x @ w + b)\n  loss = bce(p, y)\n}\ntrain t {\n  data = inline(x = [[1], [-0.5], [0.25]], y = [[1], [0], [1]])\n  optimizer = sgd(0.1)\n  batch = 3\n  steps = 1\n}\n",
+    )
+    .expect("write");
+    let save = temp("saturated.safetensors");
+    let o = nabla(&[
+        "train",
+        file.to_str().expect("utf-8"),
+        "--save",
+        save.to_str().expect("utf-8"),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(tensor(&save, "w"), [40.0]);
+    // PyTorch: b = -0.1 * mean(p - t) over the three examples, with p = sigmoid(40) = 1 in f32.
+    let p = |z: f64| sigmoid(z) as f32 as f64;
+    let expected_b = -0.1 * ((p(40.0) - 1.0) + p(-20.0) + (p(10.0) - 1.0)) / 3.0;
+    let b = tensor(&save, "b")[0];
+    assert!(
+        (b - expected_b).abs() < 1e-11,
+        "b = {b}, expected {expected_b}"
+    );
+    assert!((b - 1.5e-6).abs() < 1e-7);
 }

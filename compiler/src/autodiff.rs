@@ -14,7 +14,10 @@
 //! - `abs` has derivative `sign(x)`, 0 at 0;
 //! - binary `max`/`min` split the gradient evenly between equal operands;
 //! - `reduce_max` splits the gradient evenly between all maximal elements;
-//! - comparisons, `sign`, `iota` and `numel` have zero derivative everywhere.
+//! - comparisons, `sign`, `iota` and `numel` have zero derivative everywhere, and
+//!   `stop_gradient` passes none by definition;
+//! - masks select rather than multiply (`select(a > b, g, 0)`, not `g * (a > b)`), so a branch
+//!   that is not taken gets an exact zero even where the incoming gradient is infinite.
 
 use std::collections::HashMap;
 
@@ -151,6 +154,8 @@ pub fn vjp(
             }
             // d sign(x) = 0
             UnaryOp::Sign => None,
+            // no gradient flows through, by definition
+            UnaryOp::StopGradient => None,
             // d tanh(x) = 1 - tanh(x)^2 = 1 - out^2
             UnaryOp::Tanh => {
                 let out_sq = graph.mul(out, out)?;
@@ -209,12 +214,13 @@ pub fn vjp(
                         BinaryOp::Max => (BinaryOp::Gt, BinaryOp::Lt),
                         _ => (BinaryOp::Lt, BinaryOp::Gt),
                     };
+                    let zero = graph.constant(0.0);
                     let tie = graph.binary(BinaryOp::Eq, a, bb)?;
-                    let half_tie = graph.scale(tie, 0.5)?;
+                    let half_g = graph.scale(g, 0.5)?;
+                    let on_tie = graph.select(tie, half_g, zero)?;
                     let mut share = |wins: BinaryOp| -> Result<NodeId, ShapeError> {
                         let w = graph.binary(wins, a, bb)?;
-                        let mask = graph.add(w, half_tie)?;
-                        graph.mul(g, mask)
+                        graph.select(w, g, on_tie)
                     };
                     vec![Some(share(win_a)?), Some(share(win_b)?)]
                 }
@@ -241,7 +247,8 @@ pub fn vjp(
             let is_max = graph.binary(BinaryOp::Eq, x[0], out)?;
             let count = graph.sum(is_max, &axes)?;
             let share = graph.div(g, count)?;
-            vec![Some(graph.mul(is_max, share)?)]
+            let zero = graph.constant(0.0);
+            vec![Some(graph.select(is_max, share, zero)?)]
         }
         Op::Broadcast(_) => {
             let shape = graph.shape(x[0]).clone();

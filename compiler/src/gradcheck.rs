@@ -1,10 +1,21 @@
 //! Gradient checking: symbolic gradients against central finite differences, in f64.
 //!
-//! For each of several seeded random draws of inputs, targets and parameters, every parameter
-//! element (a random sample plus the first and last element, for large tensors) is nudged by
-//! `±eps` and `(L(w + eps) - L(w - eps)) / 2 eps` is compared with the gradient the graph
-//! computes. Both the gradient rules and the evaluator are parameters, so the same check runs
-//! the interpreter or compiled code, and can be shown to catch a wrong rule.
+//! For each of several seeded random draws of inputs, targets and parameters, parameter elements
+//! are nudged by `±eps` and `(L(w + eps) - L(w - eps)) / 2 eps` is compared with the gradient the
+//! graph computes. Both the gradient rules and the evaluator are parameters, so the same check
+//! runs the interpreter or compiled code, and can be shown to catch a wrong rule.
+//!
+//! **Tolerance.** An element passes when `|a - n| <= atol * s + rtol * |n|` (PyTorch's
+//! `atol + rtol * |numerical|`, with the absolute part scaled to the problem), where `s` is the
+//! scale of the draw: the larger of `|L|` and the largest `|gradient element|`. So a 100% error
+//! in a gradient of `1e-7` fails, and finite-difference round-off of a loss of `1e10` passes.
+//! A non-finite analytic or numeric value always fails and is reported as such.
+//!
+//! **Cost.** Every nudge evaluates the whole loss, so checking every tensor of a model costs
+//! tensors x graph size. Each draw nudges at most [`Config::max_elements`] elements, spread over
+//! the tensors (all of them when they fit; otherwise a different random subset each draw, which
+//! the result reports), plus one nudge of *every* element along a random direction, compared
+//! with the directional derivative `g . v`. The check is thus linear in the model's size.
 
 use std::collections::HashMap;
 
@@ -13,6 +24,9 @@ use nabla_runtime::{Init, Rng};
 use crate::autodiff::{self, AutodiffError};
 use crate::ir::{EvalError, Graph, NodeId, ShapeError, Tensor};
 use crate::model::{Model, Role, ValueKind};
+
+/// Feeds by name: inputs, targets and parameters.
+type Feeds = HashMap<String, Tensor<f64>>;
 
 /// Evaluates graph nodes in f64 given feeds by name (the interpreter's `eval` has this type).
 pub type Evaluator<'a> = &'a dyn Fn(
@@ -34,10 +48,15 @@ pub struct Config {
     pub batch: usize,
     /// Elements checked per parameter at most (first and last always among them).
     pub samples: usize,
-    /// Absolute tolerance.
+    /// Elements nudged per draw at most, over all parameters.
+    pub max_elements: usize,
+    /// Absolute tolerance, relative to the draw's scale (see the module docs).
     pub atol: f64,
-    /// Relative tolerance: an element passes when `|a - n| <= atol + rtol * |n|`.
+    /// Relative tolerance.
     pub rtol: f64,
+    /// Redraw parameters whose values the model gives literally (`= [[40]]`); by default they
+    /// are checked at those values, which may be the very point of the model.
+    pub random_params: bool,
 }
 
 impl Default for Config {
@@ -48,25 +67,97 @@ impl Default for Config {
             eps: 1e-6,
             batch: 3,
             samples: 24,
+            max_elements: 512,
             atol: 1e-6,
             rtol: 1e-4,
+            random_params: false,
         }
     }
 }
 
-/// The outcome for one parameter over all draws.
+/// The element that fits worst (or the first non-finite one).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Worst {
+    /// Row-major index into the parameter.
+    pub element: usize,
+    /// The draw it was found in.
+    pub case: usize,
+    /// The gradient the graph computed.
+    pub analytic: f64,
+    /// The central difference.
+    pub numeric: f64,
+}
+
+/// The outcome for one parameter (or, named [`ALL_PARAMS`], for the directional check) over
+/// all draws.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ParamResult {
     /// The parameter's name.
     pub name: String,
     /// Elements compared, over all draws.
     pub checked: usize,
-    /// Largest `|analytic - numeric|`.
+    /// Draws in which the parameter was checked.
+    pub cases: usize,
+    /// Largest `|analytic - numeric|`; NaN when a value was not finite.
     pub max_abs_err: f64,
-    /// Largest `|analytic - numeric| / max(|analytic|, |numeric|)`.
+    /// Largest `|analytic - numeric| / max(|analytic|, |numeric|)`; NaN likewise.
     pub max_rel_err: f64,
-    /// Whether every element was within tolerance.
+    /// Where the error is largest.
+    pub worst: Option<Worst>,
+    /// The largest round-off a central difference can carry in its draws (`2^-52 |L| / eps`):
+    /// errors below it cannot be seen.
+    pub round_off: f64,
+    /// Whether every element was finite and within tolerance.
     pub passed: bool,
+}
+
+/// The name of the directional check's result: every parameter nudged along one random
+/// direction.
+pub const ALL_PARAMS: &str = "(all, random direction)";
+
+impl ParamResult {
+    fn new(name: &str) -> ParamResult {
+        ParamResult {
+            name: name.to_string(),
+            checked: 0,
+            cases: 0,
+            max_abs_err: 0.0,
+            max_rel_err: 0.0,
+            worst: None,
+            round_off: 0.0,
+            passed: true,
+        }
+    }
+
+    /// Records one comparison; NaN and infinities are kept, not dropped by `max`.
+    fn record(&mut self, worst: Worst, tolerance: (f64, f64)) {
+        let (a, n) = (worst.analytic, worst.numeric);
+        let finite = a.is_finite() && n.is_finite();
+        let (abs, rel) = if finite {
+            let abs = (a - n).abs();
+            (
+                abs,
+                if abs == 0.0 {
+                    0.0
+                } else {
+                    abs / a.abs().max(n.abs())
+                },
+            )
+        } else {
+            (f64::NAN, f64::NAN)
+        };
+        let ok = finite && abs <= tolerance.0 + tolerance.1 * n.abs();
+        self.checked += 1;
+        let worse = !self.max_abs_err.is_nan() && (abs.is_nan() || abs > self.max_abs_err);
+        if worse || (self.worst.is_none() && !ok) {
+            self.max_abs_err = abs;
+            self.worst = Some(worst);
+        }
+        if !self.max_rel_err.is_nan() && (rel.is_nan() || rel > self.max_rel_err) {
+            self.max_rel_err = rel;
+        }
+        self.passed &= ok;
+    }
 }
 
 /// Why a check could not run.
@@ -84,7 +175,8 @@ pub enum GradcheckError {
 }
 
 /// Checks the gradient of `model`'s loss with respect to every parameter, with the given VJP
-/// rules and evaluator. Returns one result per parameter, in order.
+/// rules and evaluator. Returns one result per parameter, in order, then the directional
+/// check's ([`ALL_PARAMS`]).
 pub fn check(
     model: &Model,
     config: &Config,
@@ -95,74 +187,153 @@ pub fn check(
     graph.bind(&|_| Some(config.batch))?;
     let params: Vec<NodeId> = model.params.iter().map(|p| p.node).collect();
     let grads = autodiff::differentiate_with(&mut graph, model.loss, &params, rules)?;
+    let mut outputs = grads.clone();
+    outputs.push(model.loss);
 
     let mut results: Vec<ParamResult> = model
         .params
         .iter()
-        .map(|p| ParamResult {
-            name: p.name.clone(),
-            checked: 0,
-            max_abs_err: 0.0,
-            max_rel_err: 0.0,
-            passed: true,
-        })
+        .map(|p| ParamResult::new(&p.name))
         .collect();
+    let mut directional = ParamResult::new(ALL_PARAMS);
+    let per_param = (config.max_elements / params.len().max(1)).clamp(1, config.samples.max(1));
     for case in 0..config.cases {
         let mut rng = Rng::seeded(config.seed.wrapping_add(case as u64));
-        let mut feeds = random_feeds(model, &graph, &mut rng);
-        let analytic = evaluate(&graph, &feeds, &grads)?;
-        for (i, spec) in model.params.iter().enumerate() {
+        let mut feeds = random_feeds(model, &graph, &mut rng, config.random_params);
+        let values = evaluate(&graph, &feeds, &outputs)?;
+        let (analytic, loss) = values.split_at(grads.len());
+        let scale = analytic
+            .iter()
+            .flat_map(|t| t.data.iter())
+            .chain(&loss[0].data)
+            .fold(
+                0.0f64,
+                |m, v| if v.is_finite() { m.max(v.abs()) } else { m },
+            );
+        let tolerance = (config.atol * scale, config.rtol);
+        let round_off = f64::EPSILON * loss[0].data[0].abs() / config.eps;
+        for i in checked_params(params.len(), config.max_elements, &mut rng) {
+            let spec = &model.params[i];
             let len = analytic[i].data.len();
-            for element in sample_elements(len, config.samples, &mut rng) {
-                let numeric = central_difference(
-                    &graph, model.loss, &mut feeds, &spec.name, element, config.eps, evaluate,
-                )?;
-                let a = analytic[i].data[element];
-                let abs = (a - numeric).abs();
-                let rel = if abs == 0.0 {
-                    0.0
-                } else {
-                    abs / a.abs().max(numeric.abs())
+            results[i].cases += 1;
+            results[i].round_off = results[i].round_off.max(round_off);
+            for element in sample_elements(len, per_param, &mut rng) {
+                let original = feeds[&spec.name].data[element];
+                let mut set = |feeds: &mut Feeds, step: f64| {
+                    let data = &mut feeds
+                        .get_mut(&spec.name)
+                        .expect("the parameter was fed")
+                        .data;
+                    data[element] = if step == 0.0 {
+                        original
+                    } else {
+                        original + step
+                    };
                 };
-                let result = &mut results[i];
-                result.checked += 1;
-                result.max_abs_err = result.max_abs_err.max(abs);
-                result.max_rel_err = result.max_rel_err.max(rel);
-                result.passed &= abs <= config.atol + config.rtol * numeric.abs() && a.is_finite();
+                let numeric = central_difference(
+                    &graph, model.loss, &mut feeds, config.eps, evaluate, &mut set,
+                )?;
+                let worst = Worst {
+                    element,
+                    case,
+                    analytic: analytic[i].data[element],
+                    numeric,
+                };
+                results[i].record(worst, tolerance);
             }
         }
+        // Every element at once, along a random direction of ±1s.
+        let direction: Vec<Vec<f64>> = analytic
+            .iter()
+            .map(|t| {
+                t.data
+                    .iter()
+                    .map(|_| if rng.below(2) == 0 { -1.0 } else { 1.0 })
+                    .collect()
+            })
+            .collect();
+        let projected: f64 = analytic
+            .iter()
+            .zip(&direction)
+            .flat_map(|(t, d)| t.data.iter().zip(d))
+            .map(|(g, v)| g * v)
+            .sum();
+        let originals: Vec<Vec<f64>> = model
+            .params
+            .iter()
+            .map(|p| feeds[&p.name].data.clone())
+            .collect();
+        let mut set = |feeds: &mut Feeds, step: f64| {
+            for ((spec, d), original) in model.params.iter().zip(&direction).zip(&originals) {
+                let data = &mut feeds
+                    .get_mut(&spec.name)
+                    .expect("the parameter was fed")
+                    .data;
+                for ((x, v), o) in data.iter_mut().zip(d).zip(original) {
+                    *x = o + step * v;
+                }
+            }
+        };
+        let numeric = central_difference(
+            &graph, model.loss, &mut feeds, config.eps, evaluate, &mut set,
+        )?;
+        directional.cases += 1;
+        directional.round_off = directional.round_off.max(round_off);
+        let worst = Worst {
+            element: 0,
+            case,
+            analytic: projected,
+            numeric,
+        };
+        directional.record(worst, tolerance);
     }
+    results.push(directional);
     Ok(results)
 }
 
-/// `(L(x + eps) - L(x - eps)) / 2 eps` for one element of one fed tensor, restoring it after.
+/// Which parameters a draw checks: all of them when each can have an element within the
+/// budget, else a random subset of `max_elements`.
+fn checked_params(count: usize, max_elements: usize, rng: &mut Rng) -> Vec<usize> {
+    let mut all: Vec<usize> = (0..count).collect();
+    if count <= max_elements.max(1) {
+        return all;
+    }
+    rng.shuffle(&mut all);
+    all.truncate(max_elements.max(1));
+    all.sort_unstable();
+    all
+}
+
+/// `(L(x + eps) - L(x - eps)) / 2 eps`, where `set(feeds, step)` sets what is checked to its
+/// original value plus `step` (times a direction); `set(feeds, 0)` restores it exactly.
 fn central_difference(
     graph: &Graph,
     loss: NodeId,
-    feeds: &mut HashMap<String, Tensor<f64>>,
-    name: &str,
-    element: usize,
+    feeds: &mut Feeds,
     eps: f64,
     evaluate: Evaluator,
+    set: &mut dyn FnMut(&mut Feeds, f64),
 ) -> Result<f64, EvalError> {
-    let original = feeds[name].data[element];
-    let loss_at = |value: f64, feeds: &mut HashMap<String, Tensor<f64>>| {
-        feeds.get_mut(name).expect("the parameter was fed").data[element] = value;
+    let mut loss_at = |step: f64| {
+        set(feeds, step);
         evaluate(graph, feeds, &[loss]).map(|v| v[0].data[0])
     };
-    let plus = loss_at(original + eps, feeds)?;
-    let minus = loss_at(original - eps, feeds)?;
-    feeds.get_mut(name).expect("the parameter was fed").data[element] = original;
-    Ok((plus - minus) / (2.0 * eps))
+    let (plus, minus) = (loss_at(eps), loss_at(-eps));
+    set(feeds, 0.0);
+    Ok((plus? - minus?) / (2.0 * eps))
 }
 
-/// Which elements to check: all of a small tensor; otherwise the first, the last and a random
-/// sample of the rest.
+/// Which elements to check, at most `samples`: all of a small tensor; otherwise the first and
+/// the last (edges are where indexing bugs live) and a random sample of the rest.
 fn sample_elements(len: usize, samples: usize, rng: &mut Rng) -> Vec<usize> {
-    if len <= samples.max(2) {
+    if len <= samples {
         return (0..len).collect();
     }
-    let mut picked = vec![0, len - 1];
+    let mut picked: Vec<usize> = match samples {
+        0 => return Vec::new(),
+        1 => vec![rng.below(len)],
+        _ => vec![0, len - 1],
+    };
     while picked.len() < samples {
         let i = rng.below(len);
         if !picked.contains(&i) {
@@ -173,10 +344,15 @@ fn sample_elements(len: usize, samples: usize, rng: &mut Rng) -> Vec<usize> {
 }
 
 /// Random inputs (standard normal), targets (class indices, or uniform in [0, 1) so that
-/// probability losses are defined) and parameters (from their initialiser when it is random,
-/// else uniform in [-1, 1) so that literal and constant parameters are checked away from their
-/// special values).
-pub fn random_feeds(model: &Model, graph: &Graph, rng: &mut Rng) -> HashMap<String, Tensor<f64>> {
+/// probability losses are defined) and parameters: from their initialiser when it is random,
+/// the model's literal values unless `random_params`, else uniform in [-1, 1) (so that `zeros`
+/// and `ones` parameters are checked away from their special values).
+pub fn random_feeds(
+    model: &Model,
+    graph: &Graph,
+    rng: &mut Rng,
+    random_params: bool,
+) -> HashMap<String, Tensor<f64>> {
     let mut feeds = HashMap::new();
     for input in &model.inputs {
         let shape = graph.shape(input.node).concrete().unwrap_or_default();
@@ -195,6 +371,7 @@ pub fn random_feeds(model: &Model, graph: &Graph, rng: &mut Rng) -> HashMap<Stri
         let len = shape.iter().product();
         let data = match &param.init {
             random @ (Init::Uniform { .. } | Init::Normal { .. }) => random.sample(len, rng),
+            Init::Values(values) if !random_params => values.clone(),
             Init::Constant(_) | Init::Values(_) => {
                 (0..len).map(|_| rng.uniform(-1.0, 1.0)).collect()
             }

@@ -68,6 +68,40 @@ impl std::fmt::Display for OptimizerKind {
     }
 }
 
+/// The optimizer as it would be written in a `train` block, with every setting its kind reads
+/// (penalties when set): `sgd(lr = 0.1, momentum = 0.9, nesterov = true, weight_decay = 0.0001)`.
+impl std::fmt::Display for Optimizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut settings = vec![format!("lr = {}", self.lr)];
+        match self.kind {
+            OptimizerKind::Sgd => {
+                settings.push(format!("momentum = {}", self.momentum));
+                if self.nesterov {
+                    settings.push("nesterov = true".into());
+                }
+            }
+            OptimizerKind::Adagrad => settings.push(format!("eps = {:e}", self.eps)),
+            OptimizerKind::RmsProp => settings.extend([
+                format!("alpha = {}", self.beta2),
+                format!("eps = {:e}", self.eps),
+                format!("momentum = {}", self.momentum),
+            ]),
+            OptimizerKind::Adam | OptimizerKind::Adamax => settings.extend([
+                format!("beta1 = {}", self.beta1),
+                format!("beta2 = {}", self.beta2),
+                format!("eps = {:e}", self.eps),
+            ]),
+        }
+        if self.weight_decay != 0.0 {
+            settings.push(format!("weight_decay = {}", self.weight_decay));
+        }
+        if self.l1 != 0.0 {
+            settings.push(format!("l1 = {}", self.l1));
+        }
+        write!(f, "{}({})", self.kind, settings.join(", "))
+    }
+}
+
 impl Optimizer {
     /// PyTorch's defaults for `kind` (SGD gets lr 0.01, where PyTorch has none).
     pub fn defaults(kind: OptimizerKind) -> Optimizer {

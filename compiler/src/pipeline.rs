@@ -13,7 +13,7 @@ use crate::egraph::{self, Limits};
 use crate::ir::{Dim, EvalError, Graph, NodeId, Shape, ShapeError, Tensor};
 use crate::model::{Model, Role, ValueKind};
 use crate::optim::{self, Optimizer, OptimizerKind};
-use crate::schedule::{self, ScheduleError};
+use crate::schedule::{self, Plan, ScheduleError};
 
 /// Why a graph could not be compiled.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +45,22 @@ pub struct Request<'a> {
 
 /// Simplifies, plans and compiles what `request` asks for.
 pub fn compile(request: &Request) -> Result<Compiled, CompileError> {
+    let plan = plan(request)?;
+    let started = std::time::Instant::now();
+    let compiled = jit::compile(&plan, request.elem, request.keep_clif)?;
+    if debug_level() >= 1 {
+        eprintln!(
+            "[nabla] codegen: {} kernels, {} buffers in {:.3}s",
+            plan.kernels.len(),
+            plan.buffers.len(),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(compiled)
+}
+
+/// Simplifies and plans what `request` asks for: every pass before code generation.
+pub fn plan(request: &Request) -> Result<Plan, CompileError> {
     let roots: Vec<NodeId> = request
         .outputs
         .iter()
@@ -74,18 +90,11 @@ pub fn compile(request: &Request) -> Result<Compiled, CompileError> {
         .copied()
         .zip(request.assignments.iter().map(|(_, n)| n.clone()))
         .collect();
-    let plan = schedule::schedule(&simplified.graph, &outputs, &assignments)?;
-    let started = std::time::Instant::now();
-    let compiled = jit::compile(&plan, request.elem, request.keep_clif)?;
-    if debug_level() >= 1 {
-        eprintln!(
-            "[nabla] codegen: {} kernels, {} buffers in {:.3}s",
-            plan.kernels.len(),
-            plan.buffers.len(),
-            started.elapsed().as_secs_f64()
-        );
-    }
-    Ok(compiled)
+    Ok(schedule::schedule(
+        &simplified.graph,
+        &outputs,
+        &assignments,
+    )?)
 }
 
 /// The `NABLA_DEBUG` level: 0 (default) silent, 1 pass reports and timings on stderr.
@@ -134,7 +143,9 @@ impl JitEvaluator {
                 keep_clif: false,
             };
             let compiled = compile(&request).map_err(|e| EvalError::Backend(e.to_string()))?;
-            cache.insert(outputs.to_vec(), Executable::new(compiled.program));
+            let exe =
+                Executable::new(compiled.program).map_err(|e| EvalError::Backend(e.to_string()))?;
+            cache.insert(outputs.to_vec(), exe);
         }
         let exe = cache.get_mut(outputs).expect("inserted above");
         let mut externals: HashMap<String, Buffer> = feeds
@@ -155,6 +166,24 @@ impl JitEvaluator {
                 Tensor::new(shape, data)
             })
             .collect())
+    }
+}
+
+/// Bytes a training run holds at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Memory {
+    /// The parameters.
+    pub params: u64,
+    /// The optimizer's state.
+    pub state: u64,
+    /// The train step's temporaries and one batch of inputs.
+    pub step: u64,
+}
+
+impl Memory {
+    /// Everything together.
+    pub fn total(&self) -> u64 {
+        self.params + self.state + self.step
     }
 }
 
@@ -235,6 +264,41 @@ impl ModelPrograms {
                 .map_or(PredictionKind::Regression, |p| p.kind),
             bias_correction,
             lr_name: optim::LR.into(),
+        })
+    }
+
+    /// The memory a training run at `batch` needs: parameters, optimizer state, and the train
+    /// step's buffers (temporaries and the batch's inputs), planned before simplification, which
+    /// only removes nodes: an upper bound that costs no e-graph run.
+    pub fn memory(&self, batch: usize) -> Result<Memory, String> {
+        let size = self.elem.size() as u64;
+        let g = &self.model.graph;
+        let params: u64 = self
+            .model
+            .params
+            .iter()
+            .map(|p| g.shape(p.node).numel().unwrap_or(0) as u64)
+            .sum();
+        let step =
+            optim::train_step(&self.bound(batch)?, &self.optimizer).map_err(|e| e.to_string())?;
+        let plan = schedule::schedule(&step.graph, &step.outputs, &step.assignments)
+            .map_err(|e| e.to_string())?;
+        let temporaries: u64 = plan
+            .buffers
+            .iter()
+            .filter(|b| b.external.is_none())
+            .map(|b| b.len as u64)
+            .sum();
+        let inputs: u64 = self
+            .info()?
+            .feeds
+            .iter()
+            .map(|f| (batch * f.row_len) as u64)
+            .sum();
+        Ok(Memory {
+            params: params * size,
+            state: params * self.optimizer.state_names().len() as u64 * size,
+            step: (temporaries + inputs) * size,
         })
     }
 

@@ -1,8 +1,9 @@
 //! The built-in functions: activations, reductions, layout, layers and losses, each lowered to
 //! graph primitives. Numerically stable forms throughout: softmax and cross-entropy subtract the
 //! row maximum (log-sum-exp), `bce_with_logits` uses `max(z, 0) - z t + log(1 + e^-|z|)`, and
-//! `bce` clamps its logarithms at -100 as PyTorch does. Every loss averages over its elements
-//! (PyTorch's `reduction = "mean"`); `cross_entropy` averages over the batch.
+//! `bce` clamps its logarithms at -100 and bounds its gradient as PyTorch does. Every loss
+//! averages over its elements (PyTorch's `reduction = "mean"`); `cross_entropy` averages over
+//! the batch.
 
 use nabla_compiler::ir::{BinaryOp, Dim, NodeId, Op, ReduceOp, Shape, ShapeError, UnaryOp};
 use nabla_compiler::model::{Prediction, PredictionKind};
@@ -14,13 +15,14 @@ use crate::init;
 use crate::lower::{Env, LResult, Lowerer};
 
 /// Every built-in function name.
-pub const BUILTINS: [&str; 24] = [
+pub const BUILTINS: [&str; 25] = [
     "exp",
     "log",
     "sqrt",
     "abs",
     "tanh",
     "sigmoid",
+    "stop_gradient",
     "relu",
     "leaky_relu",
     "identity",
@@ -62,6 +64,7 @@ impl Lowerer<'_> {
             "abs" => Some(UnaryOp::Abs),
             "tanh" => Some(UnaryOp::Tanh),
             "sigmoid" => Some(UnaryOp::Sigmoid),
+            "stop_gradient" => Some(UnaryOp::StopGradient),
             _ => None,
         };
         if let Some(op) = unary {
@@ -447,19 +450,33 @@ impl Lowerer<'_> {
                 g(self.graph.select(small, quadratic, linear))?
             }
             "bce" => {
-                // -(t log p + (1 - t) log(1 - p)), logs clamped at -100
+                // Value: -(t max(log p, -100) + (1 - t) max(log(1 - p), -100)), PyTorch's.
+                // Gradient: PyTorch's (p - t) / max(p (1 - p), 1e-12), not the derivative of the
+                // clamped logs, which is 0 * inf = NaN once p rounds to 0 or 1. It is carried by
+                // a surrogate: value + (p G - stop(p G)) with G = stop(that gradient) adds exactly
+                // 0 to the value and exactly G to dL/dp. (Targets get no gradient.)
                 let one = self.graph.constant(1.0);
                 let floor = self.graph.constant(-100.0);
-                let log_p = g(self.graph.unary(UnaryOp::Log, p))?;
+                let p_value = g(self.graph.unary(UnaryOp::StopGradient, p))?;
+                let log_p = g(self.graph.unary(UnaryOp::Log, p_value))?;
                 let log_p = g(self.graph.binary(BinaryOp::Max, log_p, floor))?;
-                let q = g(self.graph.sub(one, p))?;
+                let q = g(self.graph.sub(one, p_value))?;
                 let log_q = g(self.graph.unary(UnaryOp::Log, q))?;
                 let log_q = g(self.graph.binary(BinaryOp::Max, log_q, floor))?;
                 let not_t = g(self.graph.sub(one, t))?;
                 let a1 = g(self.graph.mul(t, log_p))?;
                 let a2 = g(self.graph.mul(not_t, log_q))?;
                 let s = g(self.graph.add(a1, a2))?;
-                g(self.graph.unary(UnaryOp::Neg, s))?
+                let value = g(self.graph.unary(UnaryOp::Neg, s))?;
+                let residual = g(self.graph.sub(p_value, t))?;
+                let variance = g(self.graph.mul(p_value, q))?;
+                let tiny = self.graph.constant(1e-12);
+                let bounded = g(self.graph.binary(BinaryOp::Max, variance, tiny))?;
+                let grad = g(self.graph.div(residual, bounded))?;
+                let surrogate = g(self.graph.mul(p, grad))?;
+                let surrogate_value = g(self.graph.unary(UnaryOp::StopGradient, surrogate))?;
+                let zero = g(self.graph.sub(surrogate, surrogate_value))?;
+                g(self.graph.add(value, zero))?
             }
             _ => {
                 // max(z, 0) - z t + log(1 + e^-|z|)

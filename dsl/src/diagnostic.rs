@@ -20,6 +20,8 @@ pub struct Diagnostic {
     pub secondary: Vec<(Span, String)>,
     /// Extra explanation after the snippet.
     pub notes: Vec<String>,
+    /// A warning rather than an error: reported, but nothing fails.
+    pub warning: bool,
 }
 
 impl Diagnostic {
@@ -31,7 +33,14 @@ impl Diagnostic {
             label: String::new(),
             secondary: Vec::new(),
             notes: Vec::new(),
+            warning: false,
         }
+    }
+
+    /// Makes it a warning.
+    pub fn as_warning(mut self) -> Diagnostic {
+        self.warning = true;
+        self
     }
 
     /// Sets the primary label.
@@ -79,15 +88,22 @@ pub fn render(diagnostics: &[Diagnostic], file_name: &str, source: &str) -> Stri
                 .iter()
                 .map(|(s, l)| Label::secondary((), clamp(*s)).with_message(l)),
         );
-        let report = Report::error()
+        let report = if d.warning {
+            Report::warning()
+        } else {
+            Report::error()
+        };
+        let report = report
             .with_message(&d.message)
             .with_labels(labels)
             .with_notes(d.notes.clone());
         match term::emit_into_string(&config, &file, &report) {
             Ok(text) => out.push_str(&text),
             Err(_) => out.push_str(&format!(
-                "error: {}\n  at {file_name} byte {}\n",
-                d.message, d.span.start
+                "{}: {}\n  at {file_name} byte {}\n",
+                if d.warning { "warning" } else { "error" },
+                d.message,
+                d.span.start
             )),
         }
     }

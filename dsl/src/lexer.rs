@@ -85,6 +85,16 @@ pub fn lex(source: &str) -> Result<Vec<Token>, Diagnostic> {
                     )
                     .label("expected digits, optionally with `.` and an exponent like `1e-3`")
                 })?;
+                if !value.is_finite() {
+                    return Err(Diagnostic::new(
+                        format!("the number `{text}` is out of range"),
+                        Span::new(start, i),
+                    )
+                    .label(format!(
+                        "numbers must have a magnitude below {:e}",
+                        f64::MAX
+                    )));
+                }
                 tokens.push(Token {
                     tok: Tok::Number(value),
                     span: Span::new(start, i),

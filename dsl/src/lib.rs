@@ -36,6 +36,8 @@ pub struct Compiled {
     pub model: Model,
     /// The `train` blocks, in order.
     pub trains: Vec<TrainSpec>,
+    /// Where each parameter of `model.params` was declared (or its layer called).
+    pub param_spans: Vec<ast::Span>,
 }
 
 /// Checks a source file and lowers it. On failure, every error found.
@@ -45,7 +47,7 @@ pub fn compile(source: &str) -> Result<Compiled, Vec<Diagnostic>> {
     if !errors.is_empty() {
         return Err(errors);
     }
-    let model = lower::lower_model(&file)?;
+    let (model, param_spans) = lower::lower_model(&file)?;
     let mut trains = Vec::new();
     for def in &file.trains {
         match train::check_train(def, &model) {
@@ -54,7 +56,11 @@ pub fn compile(source: &str) -> Result<Compiled, Vec<Diagnostic>> {
         }
     }
     if errors.is_empty() {
-        Ok(Compiled { model, trains })
+        Ok(Compiled {
+            model,
+            trains,
+            param_spans,
+        })
     } else {
         Err(errors)
     }

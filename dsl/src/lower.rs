@@ -51,6 +51,8 @@ pub(crate) struct Lowerer<'f> {
     functions: HashMap<&'f str, &'f Function>,
     pub(crate) inputs: Vec<InputSpec>,
     pub(crate) params: Vec<ParamSpec>,
+    /// Where each parameter was declared (or its layer called), parallel to `params`.
+    param_spans: Vec<Span>,
     scope_path: Vec<String>,
     inlining: Vec<String>,
     used_layer_names: HashSet<String>,
@@ -61,7 +63,8 @@ pub(crate) struct Lowerer<'f> {
 }
 
 /// Lowers the file's model. Errors are every problem found, in source order.
-pub fn lower_model(file: &File) -> Result<Model, Vec<Diagnostic>> {
+/// Lowers the file's model; also returns where each parameter was declared.
+pub fn lower_model(file: &File) -> Result<(Model, Vec<Span>), Vec<Diagnostic>> {
     let mut errors = Vec::new();
     let mut lw = Lowerer::new(&file.functions, None, &mut errors);
     let model = match file.models.as_slice() {
@@ -83,8 +86,9 @@ pub fn lower_model(file: &File) -> Result<Model, Vec<Diagnostic>> {
             None
         }
     };
+    let spans = std::mem::take(&mut lw.param_spans);
     match model {
-        Some(m) if errors.is_empty() => Ok(m),
+        Some(m) if errors.is_empty() => Ok((m, spans)),
         _ => Err(errors),
     }
 }
@@ -147,6 +151,7 @@ impl<'f> Lowerer<'f> {
             functions: table,
             inputs: Vec::new(),
             params: Vec::new(),
+            param_spans: Vec::new(),
             scope_path: Vec::new(),
             inlining: Vec::new(),
             used_layer_names: HashSet::new(),
@@ -322,6 +327,7 @@ impl<'f> Lowerer<'f> {
             init,
             init_name,
         });
+        self.param_spans.push(span);
         Ok(node)
     }
 

@@ -111,7 +111,11 @@ fn data(e: &Expr, model: &Model) -> Result<DataSource, Diagnostic> {
     match name {
         "inline" | "csv" => {
             let (min, max) = if name == "csv" { (1, 1) } else { (0, 0) };
-            let a = Args::new(name, e.span, args, min, max, &inputs)?;
+            let mut names = inputs.clone();
+            if name == "csv" && !inputs.contains(&"header") {
+                names.push("header");
+            }
+            let a = Args::new(name, e.span, args, min, max, &names)?;
             for input in &inputs {
                 if a.named(input).is_none() {
                     return Err(Diagnostic::new(format!("`{name}` gives no values for `{input}`"), e.span)
@@ -127,8 +131,12 @@ fn data(e: &Expr, model: &Model) -> Result<DataSource, Diagnostic> {
                 return Ok(DataSource::Inline(columns));
             }
             let path = string(a.positional[0], "file")?.to_string();
+            let header = match a.named("header") {
+                Some(_) if !inputs.contains(&"header") => Some(a.flag("header", false)?),
+                _ => None,
+            };
             let mut columns = Vec::new();
-            for (n, value) in &a.named {
+            for (n, value) in a.named.iter().filter(|(n, _)| inputs.contains(&n.name.as_str())) {
                 let (lo, hi) = match &value.kind {
                     ExprKind::Range(lo, hi) => (integer(lo, "column", 0, 1 << 20)?, integer(hi, "column", 0, 1 << 20)?),
                     _ => {
@@ -141,7 +149,7 @@ fn data(e: &Expr, model: &Model) -> Result<DataSource, Diagnostic> {
                 }
                 columns.push((n.name.clone(), lo as usize, hi as usize));
             }
-            Ok(DataSource::Csv { path, columns })
+            Ok(DataSource::Csv { path, columns, header })
         }
         "mnist" => {
             let a = Args::new(name, e.span, args, 1, 1, &["dir"])?;
@@ -194,30 +202,41 @@ fn optimizer(e: &Expr) -> Result<Optimizer, Diagnostic> {
     };
     let a = Args::new(name, e.span, args, 0, 1, names)?;
     let d = Optimizer::defaults(kind);
-    let nonneg = |v: f64, what: &str, at: &Expr| {
-        if v < 0.0 {
-            Err(Diagnostic::new(
-                format!("`{what}` must not be negative"),
-                at.span,
-            ))
-        } else {
-            Ok(v)
+    // A setting within `lo..hi` (`hi` itself allowed when `closed`), located at its argument.
+    let setting = |i: usize, key: &str, default: f64, lo: f64, hi: f64, closed: bool| {
+        let Some(at) = a.get(i, key) else {
+            return Ok(default);
+        };
+        let v = number(at, key)?;
+        if v < lo || v > hi || (!closed && v == hi) {
+            let range = match (hi.is_infinite(), closed) {
+                (true, _) => format!("at least {lo}"),
+                (false, true) => format!("from {lo} to {hi}"),
+                (false, false) => format!("at least {lo} and below {hi}"),
+            };
+            return Err(
+                Diagnostic::new(format!("`{key}` must be {range}, got {v}"), at.span)
+                    .label(format!("expected a number {range}")),
+            );
         }
+        Ok(v)
+    };
+    let any = f64::INFINITY;
+    let (beta2_key, beta2_closed) = if name == "rmsprop" {
+        ("alpha", true)
+    } else {
+        ("beta2", false)
     };
     let spec = Optimizer {
         kind,
-        lr: nonneg(a.number(0, "lr", d.lr)?, "lr", e)?,
-        momentum: nonneg(a.number(9, "momentum", d.momentum)?, "momentum", e)?,
+        lr: setting(0, "lr", d.lr, 0.0, any, true)?,
+        momentum: setting(9, "momentum", d.momentum, 0.0, any, true)?,
         nesterov: a.flag("nesterov", false)?,
-        weight_decay: nonneg(a.number(9, "weight_decay", 0.0)?, "weight_decay", e)?,
-        l1: nonneg(a.number(9, "l1", 0.0)?, "l1", e)?,
-        beta1: a.number(9, "beta1", d.beta1)?,
-        beta2: a.number(
-            9,
-            if name == "rmsprop" { "alpha" } else { "beta2" },
-            d.beta2,
-        )?,
-        eps: nonneg(a.number(9, "eps", d.eps)?, "eps", e)?,
+        weight_decay: setting(9, "weight_decay", 0.0, 0.0, any, true)?,
+        l1: setting(9, "l1", 0.0, 0.0, any, true)?,
+        beta1: setting(9, "beta1", d.beta1, 0.0, 1.0, false)?,
+        beta2: setting(9, beta2_key, d.beta2, 0.0, 1.0, beta2_closed)?,
+        eps: setting(9, "eps", d.eps, 0.0, any, true)?,
     };
     if spec.nesterov && spec.momentum == 0.0 {
         return Err(Diagnostic::new(
@@ -233,19 +252,37 @@ fn schedule(e: &Expr) -> Result<Schedule, Diagnostic> {
     match name {
         "piecewise" => {
             let a = Args::new(name, e.span, args, 2, 2, &["boundaries", "values"])?;
+            let values_expr = a.required(1, "values")?;
             let (boundaries, _) = literal(a.required(0, "boundaries")?)?;
-            let (values, _) = literal(a.required(1, "values")?)?;
+            let (values, _) = literal(values_expr)?;
             if values.len() != boundaries.len() + 1 || boundaries.windows(2).any(|w| w[0] >= w[1]) {
                 return Err(Diagnostic::new(
                     "`piecewise` needs increasing boundaries and one more value than boundaries",
                     e.span,
                 ));
             }
+            if let Some(bad) = values.iter().find(|v| **v < 0.0) {
+                return Err(Diagnostic::new(
+                    format!(
+                        "`piecewise` values are learning rates and must not be negative, got {bad}"
+                    ),
+                    values_expr.span,
+                )
+                .label("expected learning rates of 0 or more"));
+            }
             Ok(Schedule::Piecewise { boundaries, values })
         }
         "exponential" | "inverse_time" => {
             let a = Args::new(name, e.span, args, 1, 1, &["k"])?;
-            let k = number(a.required(0, "k")?, "k")?;
+            let k_expr = a.required(0, "k")?;
+            let k = number(k_expr, "k")?;
+            if k < 0.0 {
+                return Err(Diagnostic::new(
+                    format!("`{name}` decays the learning rate and needs a rate `k` of 0 or more, got {k}"),
+                    k_expr.span,
+                )
+                .label("a negative `k` would grow the learning rate without bound"));
+            }
             Ok(if name == "exponential" {
                 Schedule::Exponential(k)
             } else {

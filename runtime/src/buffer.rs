@@ -1,4 +1,6 @@
 //! Tensors' storage: zero-initialised, 64-byte aligned allocations of f32 or f64 elements.
+//! Large buffers are allocated with [`Buffer::try_zeros`], so running out of memory is an error
+//! the caller reports, never an abort.
 //!
 //! Generated kernels receive raw pointers to these buffers; alignment lets them use full-width
 //! vector loads, and the element count is fixed at creation so that the program can check every
@@ -39,16 +41,43 @@ pub struct Buffer {
 // The buffer owns its allocation exclusively.
 unsafe impl Send for Buffer {}
 
+/// A buffer that could not be allocated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AllocError {
+    /// The bytes asked for.
+    pub bytes: usize,
+}
+
+impl std::fmt::Display for AllocError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "cannot allocate a buffer of {} bytes: out of memory",
+            self.bytes
+        )
+    }
+}
+
+impl std::error::Error for AllocError {}
+
 impl Buffer {
-    /// `len` zeros.
-    pub fn zeros(len: usize, elem: Elem) -> Buffer {
-        let bytes = (len * elem.size()).max(ALIGN);
-        let layout =
-            Layout::from_size_align(bytes, ALIGN).expect("sizes are bounded by MAX_ELEMENTS");
+    /// `len` zeros, or an error when the memory cannot be had (never an abort).
+    pub fn try_zeros(len: usize, elem: Elem) -> Result<Buffer, AllocError> {
+        let bytes = len.saturating_mul(elem.size()).max(ALIGN);
+        let layout = Layout::from_size_align(bytes, ALIGN).map_err(|_| AllocError { bytes })?;
         // SAFETY: the layout has a non-zero size.
         let raw = unsafe { alloc_zeroed(layout) };
-        let ptr = NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
-        Buffer { ptr, len, elem }
+        let ptr = NonNull::new(raw).ok_or(AllocError { bytes })?;
+        Ok(Buffer { ptr, len, elem })
+    }
+
+    /// `len` zeros, for buffers known to be small; aborts like `Vec` when memory runs out.
+    pub fn zeros(len: usize, elem: Elem) -> Buffer {
+        Buffer::try_zeros(len, elem).unwrap_or_else(|e| {
+            std::alloc::handle_alloc_error(
+                Layout::from_size_align(e.bytes, ALIGN).unwrap_or(Layout::new::<u8>()),
+            )
+        })
     }
 
     /// A buffer holding `values`, converted to `elem`.
@@ -56,6 +85,29 @@ impl Buffer {
         let mut b = Buffer::zeros(values.len(), elem);
         b.write_f64(values);
         b
+    }
+
+    /// A buffer of `len` values drawn from `value(i)`, converted to `elem`; an error when the
+    /// memory cannot be had.
+    pub fn try_from_fn(
+        len: usize,
+        elem: Elem,
+        mut value: impl FnMut(usize) -> f64,
+    ) -> Result<Buffer, AllocError> {
+        let mut b = Buffer::try_zeros(len, elem)?;
+        match elem {
+            Elem::F32 => b
+                .f32s_mut()
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, x)| *x = value(i) as f32),
+            Elem::F64 => b
+                .f64s_mut()
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, x)| *x = value(i)),
+        }
+        Ok(b)
     }
 
     /// Number of elements.
@@ -159,6 +211,14 @@ impl std::fmt::Debug for Buffer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Buffer({:?} x {})", self.elem, self.len)
     }
+}
+
+/// The memory this machine can still hand out (Linux's `MemAvailable`), when it can be known.
+pub fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
 }
 
 #[cfg(test)]

@@ -1,11 +1,14 @@
 //! Parameters on disk in the safetensors format, under their model names (`w1`, `h2.w`), as
-//! f32 little-endian tensors. Files are written atomically: to a temporary file beside the
-//! target, flushed, then renamed over it, so an interrupted save never destroys the last one.
+//! f32 little-endian tensors. Files are written atomically ([`files::write_atomically`]), so an
+//! interrupted save never destroys the last one. Loading refuses what would load wrong values
+//! silently: duplicate names, non-finite values, and f64 values outside f32's range.
 
-use std::io::Write;
 use std::path::Path;
 
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
+
+use crate::files;
 
 /// A named tensor: its shape and values.
 pub type Tensor = (String, Vec<usize>, Vec<f32>);
@@ -26,41 +29,27 @@ pub fn save(path: &Path, tensors: &[Tensor]) -> Result<(), String> {
         .map_err(|e| format!("cannot encode the parameters: {e}"))?;
     let encoded = safetensors::serialize(views, None)
         .map_err(|e| format!("cannot encode the parameters: {e}"))?;
-    write_atomically(path, &encoded)
+    files::write_atomically(path, &encoded)
 }
 
-/// Writes `bytes` to a temporary file in the same directory and renames it over `path`.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| format!("`{}` is not a file path", path.display()))?;
-    let temp = dir.join(format!(
-        ".{}.tmp{}",
-        file_name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut file = std::fs::File::create(&temp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&temp, path)
-    })();
-    result.map_err(|e| {
-        let _ = std::fs::remove_file(&temp);
-        format!("cannot write `{}`: {e}", path.display())
-    })
-}
-
-/// Reads every tensor of a safetensors file as f32 (f32 and f64 files are accepted).
-pub fn load(path: &Path) -> Result<Vec<Tensor>, String> {
-    let bytes =
-        std::fs::read(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+/// Reads every tensor of a safetensors file of at most `limit` bytes as f32 (f32 and f64 files
+/// are accepted).
+pub fn load(path: &Path, limit: u64) -> Result<Vec<Tensor>, String> {
+    let bytes = files::read_limited(path, "weights file", limit)?;
     let file = SafeTensors::deserialize(&bytes)
         .map_err(|e| format!("`{}` is not a valid safetensors file: {e}", path.display()))?;
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+    let keys: HeaderKeys = serde_json::from_slice(&bytes[8..8 + header_len])
+        .map_err(|e| format!("`{}` is not a valid safetensors file: {e}", path.display()))?;
+    let mut names = keys.0;
+    names.sort_unstable();
+    if let Some(pair) = names.windows(2).find(|w| w[0] == w[1]) {
+        return Err(format!(
+            "`{}` names the tensor `{}` twice",
+            path.display(),
+            pair[0]
+        ));
+    }
     let mut out = Vec::new();
     for (name, view) in file.tensors() {
         let values: Vec<f32> = match view.dtype() {
@@ -81,10 +70,48 @@ pub fn load(path: &Path) -> Result<Vec<Tensor>, String> {
                 ));
             }
         };
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Err(format!(
+                "`{}`: tensor `{name}` element {i} is {}{}",
+                path.display(),
+                values[i],
+                if view.dtype() == Dtype::F64 {
+                    " in f32 (the f64 value is out of f32's range or not finite)"
+                } else {
+                    ""
+                }
+            ));
+        }
         out.push((name, view.shape().to_vec(), values));
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
+}
+
+/// The keys of a safetensors header in file order, duplicates kept (a JSON map would silently
+/// keep the last of two equal keys).
+struct HeaderKeys(Vec<String>);
+
+impl<'de> Deserialize<'de> for HeaderKeys {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<HeaderKeys, D::Error> {
+        struct Keys;
+        impl<'de> Visitor<'de> for Keys {
+            type Value = HeaderKeys;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<HeaderKeys, A::Error> {
+                let mut keys = Vec::new();
+                while let Some((key, IgnoredAny)) = map.next_entry::<String, IgnoredAny>()? {
+                    if key != "__metadata__" {
+                        keys.push(key);
+                    }
+                }
+                Ok(HeaderKeys(keys))
+            }
+        }
+        deserializer.deserialize_map(Keys)
+    }
 }
 
 #[cfg(test)]
@@ -101,9 +128,9 @@ mod tests {
             ("b".to_string(), vec![1], vec![-1.0]),
         ];
         save(&path, &tensors).unwrap();
-        assert_eq!(load(&path).unwrap(), tensors);
+        assert_eq!(load(&path, 1 << 20).unwrap(), tensors);
         save(&path, &tensors[1..]).unwrap();
-        assert_eq!(load(&path).unwrap(), tensors[1..]);
+        assert_eq!(load(&path, 1 << 20).unwrap(), tensors[1..]);
         assert_eq!(
             std::fs::read_dir(&dir).unwrap().count(),
             1,
@@ -111,9 +138,44 @@ mod tests {
         );
         std::fs::write(&path, b"garbage").unwrap();
         assert!(
-            load(&path)
+            load(&path, 1 << 20)
                 .unwrap_err()
                 .contains("not a valid safetensors file")
         );
+    }
+
+    /// A safetensors file written by hand: `header` JSON, then `data`.
+    fn raw_file(path: &Path, header: &str, data: &[u8]) {
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header.as_bytes());
+        bytes.extend_from_slice(data);
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    #[test]
+    fn duplicate_names_and_non_finite_values_are_refused() {
+        let dir = std::env::temp_dir().join(format!("nabla-ckpt-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bad.safetensors");
+        let one = 1.0f32.to_le_bytes();
+        raw_file(
+            &path,
+            r#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#,
+            &one,
+        );
+        let err = load(&path, 1 << 20).unwrap_err();
+        assert!(err.contains("names the tensor `w` twice"), "{err}");
+        save(&path, &[("w".into(), vec![2], vec![1.0, f32::NAN])]).unwrap();
+        let err = load(&path, 1 << 20).unwrap_err();
+        assert!(err.contains("tensor `w` element 1 is NaN"), "{err}");
+        raw_file(
+            &path,
+            r#"{"w":{"dtype":"F64","shape":[1],"data_offsets":[0,8]}}"#,
+            &1e300f64.to_le_bytes(),
+        );
+        let err = load(&path, 1 << 20).unwrap_err();
+        assert!(err.contains("element 0 is inf in f32"), "{err}");
+        let err = load(&path, 10).unwrap_err();
+        assert!(err.contains("more than the 10 bytes"), "{err}");
     }
 }

@@ -1,11 +1,18 @@
 //! Datasets: loading IDX (MNIST; gzip or raw), CSV, inline literals, and generated 2-D toy sets
 //! like TensorFlow Playground's. Every loader checks what it reads and names the file in its
 //! errors. Values are stored as f32 rows; MNIST pixels are scaled to [0, 1].
+//!
+//! Reads are bounded: a data file must be a regular file of at most [`MAX_FILE_BYTES`], and an
+//! IDX file's header is checked before its body, which is read (and, when gzipped, inflated)
+//! only as far as the header's dimensions imply, so a gzip bomb costs nothing.
 
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
-use crate::Rng;
+use crate::{Rng, files};
+
+/// The largest data file nabla reads, and the largest IDX body (after gunzipping): 1 GiB.
+pub const MAX_FILE_BYTES: u64 = 1 << 30;
 
 /// Where data comes from.
 #[derive(Clone, Debug, PartialEq)]
@@ -32,6 +39,8 @@ pub enum DataSource {
         path: String,
         /// Column ranges per input name.
         columns: Vec<(String, usize, usize)>,
+        /// Whether the first row is a header; `None`: only when none of its fields is a number.
+        header: Option<bool>,
     },
     /// A generated 2-D toy dataset.
     Toy {
@@ -95,7 +104,8 @@ pub enum Split {
 }
 
 /// Loads `source`. Image/label sources feed `input` and `target`; relative paths are resolved
-/// against `base` (the model file's directory) when the file is not found as given.
+/// against `base` (the model file's directory), so a model finds its data from any working
+/// directory.
 pub fn load(
     source: &DataSource,
     split: Split,
@@ -118,7 +128,13 @@ pub fn load(
                     .flat_map(|p| [format!("{p}-{kind}.gz"), format!("{p}-{kind}")])
                     .map(|name| dir.join(name))
                     .find(|p| p.exists())
-                    .ok_or_else(|| DataError(format!("no MNIST {kind} file for the {split:?} split in `{}` (expected {}-{kind}[.gz])", dir.display(), prefixes[0]).to_lowercase().replace("mnist", "MNIST")))
+                    .ok_or_else(|| {
+                        let split = match split {
+                            Split::Train => "training",
+                            Split::Test => "test",
+                        };
+                        DataError(format!("no MNIST {kind} file for the {split} split in `{}` (expected {}-{kind}[.gz])", dir.display(), prefixes[0]))
+                    })
             };
             idx_pair(
                 &find("images-idx3-ubyte")?,
@@ -133,18 +149,17 @@ pub fn load(
             input,
             target,
         ),
-        DataSource::Csv { path, columns } => csv(&resolve(path, base), columns),
+        DataSource::Csv {
+            path,
+            columns,
+            header,
+        } => csv(&resolve(path, base), columns, *header),
         DataSource::Toy { kind, n, noise } => Ok(toy(kind, *n, *noise, input, target, seed)),
     }
 }
 
 fn resolve(path: &str, base: &Path) -> PathBuf {
-    let p = PathBuf::from(path);
-    if p.is_relative() && !p.exists() && base.join(&p).exists() {
-        base.join(p)
-    } else {
-        p
-    }
+    base.join(path)
 }
 
 fn inline(columns: &[(String, Vec<f64>, Vec<usize>)]) -> Result<Dataset, DataError> {
@@ -172,62 +187,69 @@ fn inline(columns: &[(String, Vec<f64>, Vec<usize>)]) -> Result<Dataset, DataErr
     })
 }
 
-/// Reads a whole file, gunzipping it when it starts with the gzip magic bytes.
-fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, DataError> {
-    let raw = std::fs::read(path)
-        .map_err(|e| DataError(format!("cannot read `{}`: {e}", path.display())))?;
-    if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(raw.as_slice())
-            .read_to_end(&mut out)
-            .map_err(|e| {
-                DataError(format!(
-                    "`{}` is not a valid gzip file: {e}",
-                    path.display()
-                ))
-            })?;
-        Ok(out)
-    } else {
-        Ok(raw)
-    }
-}
-
-/// Parses an IDX file of unsigned bytes: its dimensions and data.
+/// Parses an IDX file of unsigned bytes (gzipped or not): its dimensions and data. The header
+/// is read first; the body is read only as far as the dimensions imply, plus one byte to tell
+/// whether the file has more.
 fn idx(path: &Path, magic: u32) -> Result<(Vec<usize>, Vec<u8>), DataError> {
-    let bytes = read_maybe_gz(path)?;
+    let (file, _) = files::open_limited(path, "data file", MAX_FILE_BYTES).map_err(DataError)?;
+    let cannot = |e: std::io::Error| DataError(format!("cannot read `{}`: {e}", path.display()));
+    let mut buffered = BufReader::new(file);
+    let gzipped = buffered
+        .fill_buf()
+        .map_err(cannot)?
+        .starts_with(&[0x1f, 0x8b]);
+    let mut reader: Box<dyn Read> = if gzipped {
+        Box::new(flate2::read::GzDecoder::new(buffered))
+    } else {
+        Box::new(buffered)
+    };
     let bad = |what: String| {
         DataError(format!(
             "`{}` is not a valid IDX file: {what}",
             path.display()
         ))
     };
-    let word = |i: usize| -> Result<u32, DataError> {
-        bytes
-            .get(4 * i..4 * i + 4)
-            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-            .ok_or_else(|| bad("it ends inside the header".into()))
+    let mut word = || -> Result<u32, DataError> {
+        let mut b = [0; 4];
+        reader.read_exact(&mut b).map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => bad("it ends inside the header".into()),
+            _ => bad(e.to_string()),
+        })?;
+        Ok(u32::from_be_bytes(b))
     };
-    let found = word(0)?;
+    let found = word()?;
     if found != magic {
         return Err(bad(format!("magic number {found} (expected {magic})")));
     }
     let rank = (magic & 0xff) as usize;
-    let dims: Vec<usize> = (1..=rank)
-        .map(|i| word(i).map(|d| d as usize))
+    let dims: Vec<usize> = (0..rank)
+        .map(|_| word().map(|d| d as usize))
         .collect::<Result<_, _>>()?;
-    let header = 4 * (rank + 1);
     let len = dims
         .iter()
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .ok_or_else(|| bad("absurd dimensions".into()))?;
-    if bytes.len() != header + len {
+        .filter(|&n| n as u64 <= MAX_FILE_BYTES)
+        .ok_or_else(|| {
+            bad(format!(
+                "dimensions {dims:?} are more than the {MAX_FILE_BYTES} bytes nabla reads"
+            ))
+        })?;
+    let mut body = Vec::new();
+    reader
+        .take(len as u64 + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| bad(e.to_string()))?;
+    if body.len() != len {
+        let found = if body.len() > len {
+            "more".to_string()
+        } else {
+            body.len().to_string()
+        };
         return Err(bad(format!(
-            "dimensions {dims:?} need {} data bytes, found {}",
-            len,
-            bytes.len() - header.min(bytes.len())
+            "dimensions {dims:?} need {len} data bytes, found {found}"
         )));
     }
-    Ok((dims, bytes[header..].to_vec()))
+    Ok((dims, body))
 }
 
 fn idx_pair(images: &Path, labels: &Path, input: &str, target: &str) -> Result<Dataset, DataError> {
@@ -262,9 +284,17 @@ fn idx_pair(images: &Path, labels: &Path, input: &str, target: &str) -> Result<D
     })
 }
 
-fn csv(path: &Path, columns: &[(String, usize, usize)]) -> Result<Dataset, DataError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| DataError(format!("cannot read `{}`: {e}", path.display())))?;
+/// Reads a CSV file with the `csv` crate (quoting, a UTF-8 byte-order mark, `#` comment lines,
+/// blank lines skipped). Every row must have exactly as many fields as the columns read reach,
+/// and every field read must be a finite number. The first row is a header when `header` says
+/// so, or, when it says nothing, when none of its fields is a number.
+fn csv(
+    path: &Path,
+    columns: &[(String, usize, usize)],
+    header: Option<bool>,
+) -> Result<Dataset, DataError> {
+    let (file, _) = files::open_limited(path, "data file", MAX_FILE_BYTES).map_err(DataError)?;
+    let width = columns.iter().map(|(_, _, hi)| *hi).max().unwrap_or(0);
     let mut out: Vec<Column> = columns
         .iter()
         .map(|(n, lo, hi)| Column {
@@ -273,34 +303,62 @@ fn csv(path: &Path, columns: &[(String, usize, usize)]) -> Result<Dataset, DataE
             values: Vec::new(),
         })
         .collect();
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .comment(Some(b'#'))
+        .trim(csv::Trim::All)
+        .from_reader(file.take(MAX_FILE_BYTES));
     let mut rows = 0;
-    for (number, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
+    let mut values = Vec::with_capacity(width);
+    for (index, record) in reader.records().enumerate() {
+        let record = record.map_err(|e| DataError(format!("{}: {e}", path.display())))?;
+        let line = record.position().map_or(0, |p| p.line());
+        let at = format!("{}:{line}", path.display());
+        let is_number = |field: &str| field.parse::<f32>().is_ok();
+        if index == 0 && header.unwrap_or_else(|| !record.iter().any(is_number)) {
             continue;
         }
-        let fields: Vec<&str> = line.split(',').map(str::trim).collect();
-        let parsed: Result<Vec<f32>, _> = fields.iter().map(|f| f.parse::<f32>()).collect();
-        let Ok(values) = parsed else {
-            if rows == 0 && number == 0 {
-                continue; // a header line
-            }
+        if record.len() != width {
+            let names: Vec<String> = columns
+                .iter()
+                .map(|(n, lo, hi)| match hi - lo {
+                    1 => format!("{n} = {lo}"),
+                    _ => format!("{n} = {lo}..{hi}"),
+                })
+                .collect();
             return Err(DataError(format!(
-                "{}:{}: expected numbers separated by commas",
-                path.display(),
-                number + 1
+                "{at}: the row has {} field{}, but the columns read ({}) need exactly {width}",
+                record.len(),
+                if record.len() == 1 { "" } else { "s" },
+                names.join(", ")
             )));
-        };
-        for (column, (_, lo, hi)) in out.iter_mut().zip(columns) {
-            if *hi > values.len() {
+        }
+        values.clear();
+        for (c, field) in record.iter().enumerate() {
+            let value = field.parse::<f32>().map_err(|_| {
+                let hint = if index == 0 && header.is_none() {
+                    " (a header row must have no number at all, or say `header = true`)"
+                } else {
+                    ""
+                };
+                DataError(format!(
+                    "{at}: column {c} is `{field}`, expected a number{hint}"
+                ))
+            })?;
+            if !value.is_finite() {
                 return Err(DataError(format!(
-                    "{}:{}: needs column {} but the line has {} columns",
-                    path.display(),
-                    number + 1,
-                    hi - 1,
-                    values.len()
+                    "{at}: column {c} is `{field}`, expected a finite number{}",
+                    if field.parse::<f64>().is_ok_and(f64::is_finite) {
+                        " (it is out of f32's range)"
+                    } else {
+                        ""
+                    }
                 )));
             }
+            values.push(value);
+        }
+        for (column, (_, lo, hi)) in out.iter_mut().zip(columns) {
             column.values.extend_from_slice(&values[*lo..*hi]);
         }
         rows += 1;
@@ -438,19 +496,84 @@ mod tests {
 
     #[test]
     fn csv_reads_columns_and_locates_errors() {
-        let p = write("d.csv", b"a,b,c\n1,2,3\n4,5,6\n");
-        let d = csv(&p, &[("x".into(), 0, 2), ("y".into(), 2, 3)]).unwrap();
+        let xy = [("x".to_string(), 0, 2), ("y".to_string(), 2, 3)];
+        let read = |name: &str, text: &str, header: Option<bool>| {
+            csv(&write(name, text.as_bytes()), &xy, header)
+        };
+        let d = read("d.csv", "a,b,c\n1,2,3\n# a comment\n\n4, 5 ,6\n", None).unwrap();
         assert_eq!(
             (d.rows, d.column("x").unwrap().values.clone()),
             (2, vec![1.0, 2.0, 4.0, 5.0])
         );
-        let bad = write("e.csv", b"1,2,3\n4,x,6\n");
+        // A byte-order mark is not a header, and no row is lost to it.
+        let d = read("bom.csv", "\u{feff}1,2,3\n4,5,6\n", None).unwrap();
+        assert_eq!(d.column("y").unwrap().values, vec![3.0, 6.0]);
+        // Quoted fields are fields.
+        let d = read("q.csv", "\"1\",2,\"3\"\n", None).unwrap();
+        assert_eq!(d.rows, 1);
+        // Explicit header rules.
+        assert_eq!(read("h.csv", "7,8,9\n1,2,3\n", Some(true)).unwrap().rows, 1);
+        let err = read("n.csv", "a,b,c\n1,2,3\n", Some(false)).unwrap_err().0;
         assert!(
-            csv(&bad, &[("x".into(), 0, 2)])
-                .unwrap_err()
-                .0
-                .ends_with("e.csv:2: expected numbers separated by commas")
+            err.ends_with("n.csv:1: column 0 is `a`, expected a number"),
+            "{err}"
         );
+        // A typo in the first row is an error, not a silently skipped header.
+        let err = read("t.csv", "1,2x,3\n4,5,6\n", None).unwrap_err().0;
+        assert!(
+            err.ends_with("t.csv:1: column 1 is `2x`, expected a number (a header row must have no number at all, or say `header = true`)"),
+            "{err}"
+        );
+        let err = read("e.csv", "1,2,3\n4,x,6\n", None).unwrap_err().0;
+        assert!(
+            err.ends_with("e.csv:2: column 1 is `x`, expected a number"),
+            "{err}"
+        );
+        let err = read("w.csv", "1,2,3\n4,5,6,7\n", None).unwrap_err().0;
+        assert!(
+            err.ends_with("w.csv:2: the row has 4 fields, but the columns read (x = 0..2, y = 2) need exactly 3"),
+            "{err}"
+        );
+        let err = read("m.csv", "1,2\n", None).unwrap_err().0;
+        assert!(err.contains("m.csv:1: the row has 2 fields"), "{err}");
+        for bad in ["NaN", "inf", "-inf", "1e39"] {
+            let err = read("f.csv", &format!("1,2,3\n4,{bad},6\n"), None)
+                .unwrap_err()
+                .0;
+            assert!(
+                err.contains(&format!(
+                    "f.csv:2: column 1 is `{bad}`, expected a finite number"
+                )),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_gzip_bomb_is_refused_without_inflating_it() {
+        use std::io::Write;
+        // A header for 4 images of 28x28 and 64 MiB of zeros behind it: the header is believed,
+        // so inflation stops one byte after the 3,136 bytes it implies.
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&idx_bytes(2051, &[4, 28, 28], &[])).unwrap();
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..64 {
+            gz.write_all(&zeros).unwrap();
+        }
+        let bomb = write("bomb.gz", &gz.finish().unwrap());
+        let err = idx(&bomb, 2051).unwrap_err().0;
+        assert!(err.contains("need 3136 data bytes, found more"), "{err}");
+        // An honest gzipped file loads.
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&idx_bytes(2049, &[3], &[1, 2, 3])).unwrap();
+        let ok = write("ok.gz", &gz.finish().unwrap());
+        assert_eq!(idx(&ok, 2049).unwrap(), (vec![3], vec![1, 2, 3]));
+        // A header promising more than nabla reads is refused before any body is read.
+        let huge = write(
+            "huge.idx",
+            &idx_bytes(2051, &[1 << 20, 1 << 10, 1 << 10], &[]),
+        );
+        assert!(idx(&huge, 2051).unwrap_err().0.contains("more than the"));
     }
 
     #[test]

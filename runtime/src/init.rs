@@ -32,11 +32,16 @@ pub enum Init {
 impl Init {
     /// Draws `len` values in row-major order from this initialiser.
     pub fn sample(&self, len: usize, rng: &mut Rng) -> Vec<f64> {
+        (0..len).map(|i| self.draw(i, rng)).collect()
+    }
+
+    /// Value `i` of the row-major order; random initialisers draw from `rng`.
+    pub fn draw(&self, i: usize, rng: &mut Rng) -> f64 {
         match self {
-            Init::Constant(v) => vec![*v; len],
-            Init::Uniform { lo, hi } => (0..len).map(|_| rng.uniform(*lo, *hi)).collect(),
-            Init::Normal { mean, std } => (0..len).map(|_| rng.normal(*mean, *std)).collect(),
-            Init::Values(values) => values.clone(),
+            Init::Constant(v) => *v,
+            Init::Uniform { lo, hi } => rng.uniform(*lo, *hi),
+            Init::Normal { mean, std } => rng.normal(*mean, *std),
+            Init::Values(values) => values[i],
         }
     }
 }

@@ -8,13 +8,14 @@
 pub mod buffer;
 pub mod checkpoint;
 pub mod data;
+pub mod files;
 pub mod init;
 pub mod program;
 pub mod rng;
 pub mod schedule;
 pub mod train;
 
-pub use buffer::{Buffer, Elem};
+pub use buffer::{AllocError, Buffer, Elem, available_memory};
 pub use init::Init;
 pub use program::{BufferSpec, Executable, KernelFn, Program, RunError};
 pub use rng::Rng;

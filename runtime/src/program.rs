@@ -12,7 +12,7 @@
 use std::any::Any;
 use std::collections::HashMap;
 
-use crate::buffer::{Buffer, Elem};
+use crate::buffer::{AllocError, Buffer, Elem};
 
 /// A generated kernel.
 pub type KernelFn = unsafe extern "C" fn(*const *mut u8);
@@ -85,23 +85,24 @@ pub struct Executable {
 }
 
 impl Executable {
-    /// Allocates the program's temporaries once.
-    pub fn new(program: Program) -> Executable {
+    /// Allocates the program's temporaries once; an error when the memory cannot be had.
+    pub fn new(program: Program) -> Result<Executable, AllocError> {
         let temps = program
             .buffers
             .iter()
             .map(|b| {
                 b.external
                     .is_none()
-                    .then(|| Buffer::zeros(b.len, program.elem))
+                    .then(|| Buffer::try_zeros(b.len, program.elem))
+                    .transpose()
             })
-            .collect();
+            .collect::<Result<_, _>>()?;
         let table = vec![std::ptr::null_mut(); program.buffers.len()];
-        Executable {
+        Ok(Executable {
             program,
             temps,
             table,
-        }
+        })
     }
 
     /// Runs every kernel once, binding each external buffer the plan names to the first of

@@ -19,6 +19,24 @@ pub enum Schedule {
     InverseTime(f64),
 }
 
+/// The schedule as it would be written in a `train` block (`constant` when there is none).
+impl std::fmt::Display for Schedule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list = |v: &[f64]| {
+            let items: Vec<String> = v.iter().map(f64::to_string).collect();
+            format!("[{}]", items.join(", "))
+        };
+        match self {
+            Schedule::Constant => f.write_str("constant"),
+            Schedule::Piecewise { boundaries, values } => {
+                write!(f, "piecewise({}, {})", list(boundaries), list(values))
+            }
+            Schedule::Exponential(k) => write!(f, "exponential({k})"),
+            Schedule::InverseTime(k) => write!(f, "inverse_time({k})"),
+        }
+    }
+}
+
 impl Schedule {
     /// The rate at epoch `t` for base rate `lr0`.
     pub fn rate(&self, lr0: f64, t: usize) -> f64 {

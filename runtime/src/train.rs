@@ -131,20 +131,21 @@ pub struct Report {
 pub type Store = HashMap<String, Buffer>;
 
 /// Initialises every parameter from its initialiser (in order, from `seed`) and zeroes the
-/// optimizer state.
-pub fn init_store(info: &ModelInfo, seed: u64, elem: Elem) -> Store {
+/// optimizer state; an error when the memory cannot be had.
+pub fn init_store(info: &ModelInfo, seed: u64, elem: Elem) -> Result<Store, String> {
     let mut rng = Rng::seeded(seed);
     let mut store = Store::new();
     for (name, len, init) in &info.params {
-        store.insert(
-            name.clone(),
-            Buffer::from_f64(&init.sample(*len, &mut rng), elem),
-        );
+        let buffer = Buffer::try_from_fn(*len, elem, |i| init.draw(i, &mut rng))
+            .map_err(|e| format!("parameter `{name}`: {e}"))?;
+        store.insert(name.clone(), buffer);
     }
     for (name, len) in &info.states {
-        store.insert(name.clone(), Buffer::zeros(*len, elem));
+        let buffer =
+            Buffer::try_zeros(*len, elem).map_err(|e| format!("optimizer state `{name}`: {e}"))?;
+        store.insert(name.clone(), buffer);
     }
-    store
+    Ok(store)
 }
 
 /// Checks that `data` feeds every input (and every target, unless `inputs_only`) with rows of
@@ -156,8 +157,12 @@ pub fn validate(info: &ModelInfo, data: &Dataset, inputs_only: bool) -> Result<(
             .ok_or_else(|| format!("{} has no values for `{}`", data.origin, feed.name))?;
         if column.row_len != feed.row_len {
             return Err(format!(
-                "{} gives `{}` {} values per example, but the model needs {}",
-                data.origin, feed.name, column.row_len, feed.row_len
+                "{} gives `{}` {} value{} per example, but the model needs {}",
+                data.origin,
+                feed.name,
+                column.row_len,
+                if column.row_len == 1 { "" } else { "s" },
+                feed.row_len
             ));
         }
         if let Some(classes) = feed.classes
@@ -222,10 +227,15 @@ impl Runner {
             let inputs = info
                 .feeds
                 .iter()
-                .map(|f| (f.name.clone(), Buffer::zeros(batch * f.row_len, self.elem)))
-                .collect();
-            self.programs
-                .insert(batch, (Executable::new(program), inputs));
+                .map(|f| {
+                    let buffer = Buffer::try_zeros(batch * f.row_len, self.elem);
+                    buffer
+                        .map(|b| (f.name.clone(), b))
+                        .map_err(|e| e.to_string())
+                })
+                .collect::<Result<_, _>>()?;
+            let exe = Executable::new(program).map_err(|e| e.to_string())?;
+            self.programs.insert(batch, (exe, inputs));
         }
         let (exe, inputs) = self.programs.get_mut(&batch).expect("inserted above");
         for feed in &info.feeds {
@@ -314,12 +324,42 @@ pub struct Data<'a> {
     pub test: Option<&'a Dataset>,
 }
 
+/// Where training stands after a step, for progress bars.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Progress {
+    /// Steps done.
+    pub step: usize,
+    /// Steps in the whole run.
+    pub total: usize,
+    /// Mean training loss of the current epoch so far.
+    pub running_loss: f64,
+    /// Seconds since training started, test evaluations included.
+    pub seconds: f64,
+}
+
 /// What the caller hears during training.
 pub struct Hooks<'a> {
     /// Called after the first step (epoch 0) and after every epoch.
     pub on_report: &'a mut dyn FnMut(&Report),
-    /// Called with `(steps done, total steps)` after every step.
-    pub on_batch: &'a mut dyn FnMut(usize, usize),
+    /// Called after every step.
+    pub on_batch: &'a mut dyn FnMut(&Progress),
+}
+
+/// The number of steps `settings` asks for on `rows` examples, or why it is out of range.
+pub fn total_steps(settings: &Settings, rows: usize) -> Result<usize, String> {
+    let batches_per_epoch = rows.div_ceil(settings.batch.max(1));
+    match settings.steps {
+        Some(steps) => Ok(steps),
+        None => settings
+            .epochs
+            .checked_mul(batches_per_epoch)
+            .ok_or_else(|| {
+                format!(
+                    "{} epochs of {batches_per_epoch} steps is more steps than can be counted",
+                    settings.epochs
+                )
+            }),
+    }
 }
 
 /// Trains, calling `on_report` after the first step (epoch 0: the first batch's loss before any
@@ -338,10 +378,7 @@ pub fn train(
     let mut rng = Rng::seeded(settings.seed.wrapping_add(1));
     let mut order: Vec<usize> = (0..train_data.rows).collect();
     let batch = settings.batch.max(1);
-    let batches_per_epoch = train_data.rows.div_ceil(batch);
-    let total_steps = settings
-        .steps
-        .unwrap_or(settings.epochs * batches_per_epoch);
+    let total_steps = total_steps(settings, train_data.rows)?;
     let mut trainer = Runner::new(ProgramKind::Train, settings.elem);
     let mut tester = Runner::new(ProgramKind::Evaluate, settings.elem);
     let mut step = 0;
@@ -390,7 +427,12 @@ pub fn train(
             }
             tally.add(info, exe, train_data, chunk);
             step += 1;
-            on_batch(step, total_steps);
+            on_batch(&Progress {
+                step,
+                total: total_steps,
+                running_loss: tally.loss(),
+                seconds: start.elapsed().as_secs_f64(),
+            });
         }
         epoch += 1;
         let (test_loss, test_accuracy) = match test_data {

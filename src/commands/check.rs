@@ -4,9 +4,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use nabla_compiler::model::{Role, ValueKind};
+use nabla_compiler::optim::{Optimizer, OptimizerKind};
+use nabla_compiler::pipeline::ModelPrograms;
+use nabla_runtime::{Elem, Schedule};
 use serde_json::json;
 
-use super::{Outcome, load, print_json};
+use super::{Failure, Outcome, bytes, group, load_file, memory_diagnostic, print_json};
+
+/// The batch size `train` uses when neither the file nor a flag sets one.
+pub const DEFAULT_BATCH: usize = 32;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -18,9 +24,32 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Outcome {
-    let compiled = load(&args.file)?;
+    let loaded = load_file(&args.file)?;
+    let compiled = &loaded.compiled;
     let model = &compiled.model;
     let g = &model.graph;
+    let first = compiled.trains.first();
+    let batch = first.and_then(|t| t.batch).unwrap_or(DEFAULT_BATCH);
+    let optimizer = first.map_or_else(
+        || Optimizer::defaults(OptimizerKind::Sgd),
+        |t| t.optimizer.clone(),
+    );
+    let memory = ModelPrograms::new(model.clone(), optimizer, Elem::F32)
+        .memory(batch)
+        .map_err(Failure::Message)?;
+    let what = format!("training at batch {batch}");
+    if let Some(warning) = memory_diagnostic(&loaded, &memory, &what, true) {
+        eprint!("{}", loaded.render(&[warning]));
+    }
+    let shape = |id| {
+        json!(
+            g.shape(id)
+                .dims()
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+        )
+    };
     let kind = |k: ValueKind| match k {
         ValueKind::Real => "real".to_string(),
         ValueKind::Class { classes: Some(c) } => format!("class ({c} classes)"),
@@ -31,15 +60,18 @@ pub fn run(args: Args) -> Outcome {
             "model": model.name,
             "inputs": model.inputs.iter().map(|i| json!({
                 "name": i.name, "role": if i.role == Role::Target { "target" } else { "input" },
-                "shape": g.shape(i.node).to_string(), "kind": kind(i.kind),
+                "shape": shape(i.node), "kind": kind(i.kind),
             })).collect::<Vec<_>>(),
-            "bindings": model.bindings.iter().map(|b| json!({"name": b.name, "shape": g.shape(b.node).to_string()})).collect::<Vec<_>>(),
+            "bindings": model.bindings.iter().map(|b| json!({"name": b.name, "shape": shape(b.node)})).collect::<Vec<_>>(),
             "params": model.params.iter().map(|p| json!({
-                "name": p.name, "shape": g.shape(p.node).to_string(),
+                "name": p.name, "shape": shape(p.node),
                 "count": g.shape(p.node).numel(), "init": p.init_name,
             })).collect::<Vec<_>>(),
             "total_params": model.param_count(),
-            "train": compiled.trains.iter().map(|t| t.name.clone()).collect::<Vec<_>>(),
+            "memory": {"batch": batch, "params": memory.params, "optimizer_state": memory.state, "step": memory.step, "total": memory.total()},
+            "train": compiled.trains.iter().map(|t| json!({
+                "name": t.name, "optimizer": t.optimizer.to_string(), "schedule": t.schedule.to_string(),
+            })).collect::<Vec<_>>(),
         }));
         return Ok(ExitCode::SUCCESS);
     }
@@ -71,19 +103,25 @@ pub fn run(args: Args) -> Outcome {
             p.name.clone(),
             "param".into(),
             g.shape(p.node).to_string(),
-            format!("{} params, {}", group(count), p.init_name),
+            format!("{}, {}", super::count(count, "param"), p.init_name),
         ]);
     }
     out!("model {}", model.name);
     print_table(&["name", "kind", "shape", "notes"], &rows);
     out!("total params: {}", group(model.param_count()));
+    out!(
+        "memory at batch {batch}: {} (parameters {}, optimizer state {}, step buffers {})",
+        bytes(memory.total()),
+        bytes(memory.params),
+        bytes(memory.state),
+        bytes(memory.step)
+    );
     for t in &compiled.trains {
-        out!(
-            "train {}: optimizer {} (lr {})",
-            t.name,
-            t.optimizer.kind,
-            t.optimizer.lr
-        );
+        let schedule = match t.schedule {
+            Schedule::Constant => String::new(),
+            ref s => format!(", schedule {s}"),
+        };
+        out!("train {}: {}{schedule}", t.name, t.optimizer);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -109,17 +147,4 @@ fn print_table(header: &[&str; 4], rows: &[[String; 4]]) {
     for row in rows {
         line(row.each_ref().map(String::as_str));
     }
-}
-
-/// `535818` as `535,818`.
-fn group(n: usize) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }

@@ -6,11 +6,12 @@ use std::process::ExitCode;
 use nabla_compiler::autodiff;
 use nabla_compiler::gradcheck::{self, Config};
 use nabla_compiler::ir::interp;
-use nabla_compiler::pipeline::JitEvaluator;
+use nabla_compiler::optim::{Optimizer, OptimizerKind};
+use nabla_compiler::pipeline::{JitEvaluator, ModelPrograms};
 use nabla_runtime::Elem;
 use serde_json::json;
 
-use super::{Failure, Outcome, load, print_json};
+use super::{Failure, Outcome, count, load_file, memory_diagnostic, print_json};
 
 #[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
 enum Backend {
@@ -25,7 +26,7 @@ pub struct Args {
     /// The model file.
     file: PathBuf,
     /// Random draws of inputs, targets and parameters.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1 << 20))]
     cases: usize,
     /// Seed of the first draw.
     #[arg(long, default_value_t = 0)]
@@ -34,11 +35,18 @@ pub struct Args {
     #[arg(long, default_value_t = 1e-6)]
     eps: f64,
     /// Size the batch (every symbolic dimension) is bound to.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1 << 24))]
     batch: usize,
     /// Elements checked per parameter at most (the first and last always).
     #[arg(long, default_value_t = 24)]
     samples: usize,
+    /// Elements nudged per draw at most, over all parameters (each draw also nudges every
+    /// element at once along a random direction).
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    max_elements: u64,
+    /// Draw every parameter at random, also those the model gives literal values.
+    #[arg(long)]
+    random_params: bool,
     /// Compute gradients with compiled code (f64 kernels) or with the reference interpreter.
     #[arg(long, value_enum, default_value = "jit")]
     backend: Backend,
@@ -54,20 +62,29 @@ pub fn run(args: Args) -> Outcome {
             args.eps
         )));
     }
-    if args.batch == 0 || args.cases == 0 {
-        return Err(Failure::Message(
-            "`--batch` and `--cases` must be at least 1".into(),
-        ));
-    }
-    let model = load(&args.file)?.model;
+    let loaded = load_file(&args.file)?;
+    let model = loaded.compiled.model.clone();
     let config = Config {
         cases: args.cases,
         seed: args.seed,
         eps: args.eps,
         batch: args.batch,
         samples: args.samples.max(2),
+        max_elements: args.max_elements as usize,
+        random_params: args.random_params,
         ..Config::default()
     };
+    let memory = ModelPrograms::new(
+        model.clone(),
+        Optimizer::defaults(OptimizerKind::Sgd),
+        Elem::F64,
+    )
+    .memory(config.batch)
+    .map_err(Failure::Message)?;
+    let what = format!("gradcheck (f64, batch {})", config.batch);
+    if let Some(d) = memory_diagnostic(&loaded, &memory, &what, false) {
+        return Err(Failure::Diagnostics(loaded.render(&[d])));
+    }
     let jit = JitEvaluator::new(Elem::F64);
     let jit_eval = |g: &_, f: &_, o: &[_]| jit.eval(g, f, o);
     let evaluator: gradcheck::Evaluator = match args.backend {
@@ -77,18 +94,38 @@ pub fn run(args: Args) -> Outcome {
     let results = gradcheck::check(&model, &config, autodiff::vjp, evaluator)
         .map_err(|e| Failure::Message(e.to_string()))?;
     let passed = results.iter().all(|r| r.passed);
+    let sampled = results
+        .iter()
+        .any(|r| r.name != gradcheck::ALL_PARAMS && r.cases < config.cases);
+    let shape = |name: &str| {
+        model
+            .params
+            .iter()
+            .find(|p| p.name == name)
+            .and_then(|p| model.graph.shape(p.node).concrete())
+    };
     if args.json {
         for r in &results {
-            print_json(
-                &json!({"param": r.name, "checked": r.checked, "max_abs_err": r.max_abs_err, "max_rel_err": r.max_rel_err, "passed": r.passed}),
-            );
+            let worst = r.worst.as_ref().map(|w| {
+                json!({
+                    "element": w.element, "index": shape(&r.name).map(|s| index(&s, w.element)),
+                    "case": w.case, "analytic": number(w.analytic), "numeric": number(w.numeric),
+                })
+            });
+            print_json(&json!({
+                "param": r.name, "checked": r.checked, "cases": r.cases,
+                "max_abs_err": number(r.max_abs_err), "max_rel_err": number(r.max_rel_err),
+                "worst": worst, "round_off": r.round_off, "passed": r.passed,
+            }));
         }
-        print_json(&json!({"passed": passed, "params": results.len(), "cases": config.cases}));
+        print_json(
+            &json!({"passed": passed, "params": model.params.len(), "cases": config.cases, "sampled": sampled}),
+        );
     } else {
         out!(
-            "gradcheck {}: {} cases, batch {}, eps {:e}, tolerance |a - n| <= {:e} + {:e} |n|",
+            "gradcheck {}: {}, batch {}, eps {:e}, tolerance |a - n| <= {:e} s + {:e} |n| (s: the draw's largest |loss| or |gradient|)",
             args.file.display(),
-            config.cases,
+            count(config.cases, "case"),
             config.batch,
             config.eps,
             config.atol,
@@ -117,6 +154,33 @@ pub fn run(args: Args) -> Outcome {
                 if r.passed { "ok" } else { "FAILED" }
             );
         }
+        for r in results.iter().filter(|r| !r.passed) {
+            if let Some(w) = &r.worst {
+                let at = match shape(&r.name) {
+                    Some(s) => format!("{}{:?}", r.name, index(&s, w.element)),
+                    None => r.name.clone(),
+                };
+                out!(
+                    "  {at}: analytic {:e}, numeric {:e} (case {})",
+                    w.analytic,
+                    w.numeric,
+                    w.case
+                );
+            }
+        }
+        let round_off = results.iter().map(|r| r.round_off).fold(0.0, f64::max);
+        if round_off > config.atol {
+            out!(
+                "  note: at this loss's magnitude, central differences with eps {:e} carry round-off up to {round_off:.1e}; smaller errors cannot be seen (a larger --eps resolves more)",
+                config.eps
+            );
+        }
+        if sampled {
+            out!(
+                "  (more parameters than --max-elements {}: each case checked a random subset of them, and all of them along a random direction)",
+                config.max_elements
+            );
+        }
         out!(
             "{}",
             if passed {
@@ -131,4 +195,24 @@ pub fn run(args: Args) -> Outcome {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// A row-major element number as a multi-index into `shape`.
+fn index(shape: &[usize], mut element: usize) -> Vec<usize> {
+    let mut out = vec![0; shape.len()];
+    for (slot, &d) in out.iter_mut().zip(shape).rev() {
+        *slot = element % d.max(1);
+        element /= d.max(1);
+    }
+    out
+}
+
+/// A float as JSON: a number, or the strings `"NaN"`, `"inf"`, `"-inf"` (JSON has no such
+/// numbers).
+fn number(v: f64) -> serde_json::Value {
+    if v.is_finite() {
+        json!(v)
+    } else {
+        json!(v.to_string())
+    }
 }

@@ -40,11 +40,12 @@ pub struct Args {
     /// Which graph to print.
     #[arg(long, value_enum, default_value = "forward")]
     stage: Stage,
-    /// Output format.
-    #[arg(long, value_enum, default_value = "text")]
-    format: Format,
-    /// Bind every symbolic dimension (the batch) to this size before printing.
-    #[arg(long)]
+    /// Output format (`clif` prints text only).
+    #[arg(long, value_enum)]
+    format: Option<Format>,
+    /// Bind every symbolic dimension (the batch) to this size before printing (1 to
+    /// 16,777,216).
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1 << 24))]
     batch: Option<usize>,
     /// Print the gradient graph as autodiff emits it, without e-graph simplification.
     #[arg(long)]
@@ -53,6 +54,12 @@ pub struct Args {
 
 pub fn run(args: Args) -> Outcome {
     if let Stage::Clif = args.stage {
+        if let Some(Format::Dot | Format::Json) = args.format {
+            return Err(Failure::Message(
+                "`--stage clif` prints Cranelift IR as text; it has no `--format dot` or `json`"
+                    .into(),
+            ));
+        }
         return clif(&args);
     }
     let mut model = load(&args.file)?.model;
@@ -83,7 +90,7 @@ pub fn run(args: Args) -> Outcome {
             }
         }
     };
-    match args.format {
+    match args.format.unwrap_or(Format::Text) {
         Format::Text => {
             if let Some(note) = note {
                 out!("# {note}");

@@ -16,10 +16,11 @@ pub mod predict;
 pub mod session;
 pub mod train;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use nabla_dsl::{Compiled, diagnostic};
+use nabla_compiler::pipeline::Memory;
+use nabla_dsl::{Compiled, Diagnostic, diagnostic};
 
 /// Why a command failed; printed to stderr, exit code 1.
 pub enum Failure {
@@ -42,20 +43,112 @@ impl Failure {
 /// What a command returns: an exit code on success.
 pub type Outcome = Result<ExitCode, Failure>;
 
+/// The largest model file nabla reads: 16 MiB of source is far beyond any hand-written model.
+const MAX_MODEL_BYTES: u64 = 16 << 20;
+
+/// A checked model file with its source, for diagnostics found after checking.
+pub struct Loaded {
+    /// The checked model and its `train` blocks.
+    pub compiled: Compiled,
+    /// The file's text.
+    pub source: String,
+    /// The file's path as the user gave it.
+    pub path: PathBuf,
+}
+
+impl Loaded {
+    /// Renders diagnostics against this file.
+    pub fn render(&self, diagnostics: &[Diagnostic]) -> String {
+        diagnostic::render(diagnostics, &self.path.display().to_string(), &self.source)
+    }
+}
+
 /// Reads and checks a model file.
 pub fn load(path: &Path) -> Result<Compiled, Failure> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| Failure::Message(format!("cannot read `{}`: {e}", path.display())))?;
-    nabla_dsl::compile_bytes(&bytes).map_err(|(source, diagnostics)| {
-        let mut text = diagnostic::render(&diagnostics, &path.display().to_string(), &source);
-        let n = diagnostics.len();
-        text.push_str(&format!(
-            "error: could not compile `{}` due to {n} previous error{}\n",
-            path.display(),
-            if n == 1 { "" } else { "s" }
-        ));
-        Failure::Diagnostics(text)
-    })
+    load_file(path).map(|l| l.compiled)
+}
+
+/// Reads and checks a model file, keeping its source.
+pub fn load_file(path: &Path) -> Result<Loaded, Failure> {
+    let bytes = nabla_runtime::files::read_limited(path, "model file", MAX_MODEL_BYTES)
+        .map_err(Failure::Message)?;
+    match nabla_dsl::compile_bytes(&bytes) {
+        Ok(compiled) => Ok(Loaded {
+            compiled,
+            source: String::from_utf8(bytes).unwrap_or_default(),
+            path: path.to_path_buf(),
+        }),
+        Err((source, diagnostics)) => {
+            let mut text = diagnostic::render(&diagnostics, &path.display().to_string(), &source);
+            let n = diagnostics.len();
+            text.push_str(&format!(
+                "error: could not compile `{}` due to {n} previous error{}\n",
+                path.display(),
+                if n == 1 { "" } else { "s" }
+            ));
+            Err(Failure::Diagnostics(text))
+        }
+    }
+}
+
+/// The memory a run needs against what the machine has: `None` when it fits, else a
+/// diagnostic at the largest parameter's declaration (a warning when `warn_only`). `what` says
+/// which run ("training at batch 32").
+pub fn memory_diagnostic(
+    loaded: &Loaded,
+    memory: &Memory,
+    what: &str,
+    warn_only: bool,
+) -> Option<Diagnostic> {
+    let available = nabla_runtime::available_memory()?;
+    if memory.total() <= available {
+        return None;
+    }
+    let model = &loaded.compiled.model;
+    let (largest, span) = model
+        .params
+        .iter()
+        .zip(&loaded.compiled.param_spans)
+        .rev()
+        .max_by_key(|(p, _)| model.graph.shape(p.node).numel().unwrap_or(0))?;
+    let count = model.graph.shape(largest.node).numel().unwrap_or(0);
+    let d = Diagnostic::new(
+        format!(
+            "{what} needs about {}, but this machine has {} available",
+            bytes(memory.total()),
+            bytes(available)
+        ),
+        *span,
+    )
+    .label(format!(
+        "`{}` {} alone has {} values",
+        largest.name,
+        model.graph.shape(largest.node),
+        group(count)
+    ))
+    .note(format!(
+        "parameters {}, optimizer state {}, step buffers {}",
+        bytes(memory.params),
+        bytes(memory.state),
+        bytes(memory.step)
+    ))
+    .note("make the model or the batch smaller");
+    Some(if warn_only { d.as_warning() } else { d })
+}
+
+/// `1.5 GiB`, `512.0 KiB`, `12 bytes`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} bytes");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
 }
 
 /// Prints one JSON object on its own line.
@@ -74,4 +167,22 @@ pub fn write_stdout(line: &str) {
         eprintln!("error: cannot write output: {e}");
         std::process::exit(1);
     }
+}
+
+/// `535818` as `535,818`.
+pub fn group(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// `1 example`, `10,000 examples`.
+pub fn count(n: usize, noun: &str) -> String {
+    format!("{} {noun}{}", group(n), if n == 1 { "" } else { "s" })
 }

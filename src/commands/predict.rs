@@ -39,6 +39,7 @@ pub fn run(args: Args) -> Outcome {
     let source = DataSource::Csv {
         path: args.input.display().to_string(),
         columns,
+        header: None,
     };
     let data = session.data(&source, Split::Test, true)?;
     let predictions = train::predict(

@@ -5,12 +5,12 @@ use std::path::{Path, PathBuf};
 
 use nabla_compiler::model::Role;
 use nabla_compiler::pipeline::ModelPrograms;
-use nabla_dsl::{Compiled, TrainSpec};
+use nabla_dsl::TrainSpec;
 use nabla_runtime::data::{self, DataSource, Dataset, Split};
 use nabla_runtime::train::{ModelInfo, Store};
 use nabla_runtime::{Buffer, Elem, checkpoint};
 
-use super::{Failure, load};
+use super::{Failure, Loaded, load_file, memory_diagnostic};
 
 /// The arguments of commands that run saved parameters.
 #[derive(clap::Args)]
@@ -39,8 +39,8 @@ impl WeightsArgs {
 
 /// A model ready to train or run.
 pub struct Session {
-    /// The checked file.
-    pub compiled: Compiled,
+    /// The checked file, with its source.
+    pub loaded: Loaded,
     /// The chosen training configuration.
     pub spec: TrainSpec,
     /// Its programs.
@@ -53,21 +53,26 @@ pub struct Session {
 
 /// Checks `file` and picks its `train` block `config` (the first when not named).
 pub fn open(file: &Path, config: Option<&str>) -> Result<Session, Failure> {
-    let compiled = load(file)?;
+    let loaded = load_file(file)?;
+    let trains = &loaded.compiled.trains;
     let spec = match config {
-        Some(name) => compiled.trains.iter().find(|t| t.name == name).cloned().ok_or_else(|| {
-            let names: Vec<&str> = compiled.trains.iter().map(|t| t.name.as_str()).collect();
+        Some(name) => trains.iter().find(|t| t.name == name).cloned().ok_or_else(|| {
+            let names: Vec<&str> = trains.iter().map(|t| t.name.as_str()).collect();
             Failure::Message(format!("`{}` has no train block named `{name}` (it has: {})", file.display(), names.join(", ")))
         })?,
-        None => compiled.trains.first().cloned().ok_or_else(|| {
-            Failure::Message(format!("`{}` has no `train` block; add one saying where the data is, e.g. `train default {{ data = mnist(\"data/mnist\") }}`", file.display()))
+        None => trains.first().cloned().ok_or_else(|| {
+            Failure::Message(format!("`{}` has no `train` block; add one saying where the data is, e.g. `train default {{ data = mnist(\"../data/mnist\") }}`", file.display()))
         })?,
     };
-    let programs = ModelPrograms::new(compiled.model.clone(), spec.optimizer.clone(), Elem::F32);
+    let programs = ModelPrograms::new(
+        loaded.compiled.model.clone(),
+        spec.optimizer.clone(),
+        Elem::F32,
+    );
     let info = programs.info().map_err(Failure::Message)?;
     let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
     Ok(Session {
-        compiled,
+        loaded,
         spec,
         programs,
         info,
@@ -77,7 +82,8 @@ pub fn open(file: &Path, config: Option<&str>) -> Result<Session, Failure> {
 
 impl Session {
     fn role_name(&self, role: Role) -> &str {
-        self.compiled
+        self.loaded
+            .compiled
             .model
             .inputs
             .iter()
@@ -131,8 +137,9 @@ impl Session {
 
     /// The parameters of `store` as named tensors with their model shapes.
     pub fn tensors(&self, store: &Store) -> Vec<checkpoint::Tensor> {
-        let g = &self.compiled.model.graph;
-        self.compiled
+        let g = &self.loaded.compiled.model.graph;
+        self.loaded
+            .compiled
             .model
             .params
             .iter()
@@ -148,12 +155,25 @@ impl Session {
             .collect()
     }
 
-    /// A store holding the parameters saved in `path`, each checked against the model.
+    /// Fails with a located error when running at `batch` needs more memory than the machine
+    /// has available.
+    pub fn check_memory(&self, batch: usize) -> Result<(), Failure> {
+        let memory = self.programs.memory(batch).map_err(Failure::Message)?;
+        let what = format!("training at batch {batch}");
+        match memory_diagnostic(&self.loaded, &memory, &what, false) {
+            Some(d) => Err(Failure::Diagnostics(self.loaded.render(&[d]))),
+            None => Ok(()),
+        }
+    }
+
+    /// A store holding the parameters saved in `path`, each checked against the model. The
+    /// file may hold at most what f64 tensors of the model's parameters need, plus a header.
     pub fn load_weights(&self, path: &Path) -> Result<Store, Failure> {
-        let tensors = checkpoint::load(path).map_err(Failure::Message)?;
-        let g = &self.compiled.model.graph;
+        let limit = 8 * self.loaded.compiled.model.param_count() as u64 + (1 << 20);
+        let tensors = checkpoint::load(path, limit).map_err(Failure::Message)?;
+        let g = &self.loaded.compiled.model.graph;
         let mut store = Store::new();
-        for p in &self.compiled.model.params {
+        for p in &self.loaded.compiled.model.params {
             let shape = g.shape(p.node).concrete().unwrap_or_default();
             let (_, found_shape, values) = tensors
                 .iter()

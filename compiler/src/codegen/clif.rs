@@ -270,6 +270,7 @@ impl Emitter<'_, '_> {
 
     fn unary(&mut self, op: UnaryOp, x: Value, ty: Type) -> Value {
         match op {
+            UnaryOp::StopGradient => x,
             UnaryOp::Neg => self.b.ins().fneg(x),
             UnaryOp::Abs => self.b.ins().fabs(x),
             UnaryOp::Sqrt => self.b.ins().sqrt(x),
@@ -337,7 +338,11 @@ impl Emitter<'_, '_> {
             Op::Unary(u) => {
                 let vectorise = matches!(
                     u,
-                    UnaryOp::Neg | UnaryOp::Abs | UnaryOp::Sqrt | UnaryOp::Recip
+                    UnaryOp::Neg
+                        | UnaryOp::Abs
+                        | UnaryOp::Sqrt
+                        | UnaryOp::Recip
+                        | UnaryOp::StopGradient
                 );
                 self.flat_map(
                     len,

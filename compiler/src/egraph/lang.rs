@@ -79,7 +79,7 @@ impl FromOp for TensorNode {
 }
 
 /// The elementwise ops patterns may name.
-const ELEMENTWISE: [Op; 19] = [
+const ELEMENTWISE: [Op; 20] = [
     Op::Unary(UnaryOp::Neg),
     Op::Unary(UnaryOp::Recip),
     Op::Unary(UnaryOp::Exp),
@@ -89,6 +89,7 @@ const ELEMENTWISE: [Op; 19] = [
     Op::Unary(UnaryOp::Sign),
     Op::Unary(UnaryOp::Tanh),
     Op::Unary(UnaryOp::Sigmoid),
+    Op::Unary(UnaryOp::StopGradient),
     Op::Binary(BinaryOp::Add),
     Op::Binary(BinaryOp::Sub),
     Op::Binary(BinaryOp::Mul),

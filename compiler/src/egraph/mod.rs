@@ -15,7 +15,7 @@ pub mod rules;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use egg::{CostFunction, Extractor, Id, Language, Runner};
+use egg::{CostFunction, Id, Language, Runner};
 
 use crate::ir::{Graph, NodeId, Op, ReduceOp, ShapeError};
 use analysis::{TensorAnalysis, TensorEGraph};
@@ -24,7 +24,8 @@ use lang::TensorNode;
 /// Bounds on saturation, always set so that simplification terminates quickly.
 #[derive(Clone, Debug)]
 pub struct Limits {
-    /// Maximum e-nodes.
+    /// Maximum e-nodes beyond those of the input graph (so that a large graph is simplified
+    /// too, rather than stopped at once).
     pub nodes: usize,
     /// Maximum iterations.
     pub iterations: usize,
@@ -76,7 +77,7 @@ pub fn simplify(
     }
     let runner = Runner::default()
         .with_egraph(egraph)
-        .with_node_limit(limits.nodes)
+        .with_node_limit(nodes.len() + limits.nodes)
         .with_iter_limit(limits.iterations)
         .with_time_limit(limits.time)
         .run(&rules::all());
@@ -90,22 +91,21 @@ pub fn simplify(
         report.total_time
     );
 
-    let extractor = Extractor::new(&runner.egraph, KernelCost);
+    // Every root is extracted into one shared graph, each e-class once: extracting roots one
+    // term at a time would copy what they share once per root (quadratic in the model's depth).
+    let best = best_nodes(&runner.egraph);
     let mut out = Graph::new();
     out.dtype = graph.dtype;
+    let mut built: HashMap<Id, NodeId> = HashMap::new();
     let mut new_roots = Vec::with_capacity(roots.len());
     for &root in roots {
-        let (_, expr) = extractor.find_best(runner.egraph.find(class_of[&root]));
-        let mut ids: Vec<NodeId> = Vec::with_capacity(expr.as_ref().len());
-        for enode in expr.as_ref() {
-            let operands: Vec<NodeId> = enode
-                .children()
-                .iter()
-                .map(|&c| ids[usize::from(c)])
-                .collect();
-            ids.push(out.node(enode.op.clone(), &operands)?);
-        }
-        let new_root = *ids.last().expect("an extracted term has at least one node");
+        let new_root = extract(
+            &runner.egraph,
+            &best,
+            runner.egraph.find(class_of[&root]),
+            &mut out,
+            &mut built,
+        )?;
         if let Some(label) = &graph.get(root).label {
             out.label(new_root, label);
         }
@@ -117,6 +117,71 @@ pub fn simplify(
         nodes_before: nodes.len(),
         report,
     })
+}
+
+/// The cheapest node of every e-class under [`KernelCost`]. Classes are relaxed in id order,
+/// which is close to topological (ids follow insertion, and the input graph is inserted operands
+/// first), so a deep graph settles in a few passes; egg's `Extractor` visits classes in hash
+/// order and needs about as many passes as the graph is deep.
+fn best_nodes(egraph: &TensorEGraph) -> HashMap<Id, (f64, TensorNode)> {
+    let mut classes: Vec<&egg::EClass<TensorNode, analysis::ClassData>> =
+        egraph.classes().collect();
+    classes.sort_unstable_by_key(|c| c.id);
+    let mut best: HashMap<Id, (f64, TensorNode)> = HashMap::with_capacity(classes.len());
+    let mut changed = true;
+    while changed {
+        changed = false;
+        for class in &classes {
+            for enode in class.iter() {
+                let known = enode
+                    .children()
+                    .iter()
+                    .all(|c| best.contains_key(&egraph.find(*c)));
+                if !known {
+                    continue;
+                }
+                let cost = KernelCost.cost(enode, |c| best[&egraph.find(c)].0);
+                if best.get(&class.id).is_none_or(|(old, _)| cost < *old) {
+                    best.insert(class.id, (cost, enode.clone()));
+                    changed = true;
+                }
+            }
+        }
+    }
+    best
+}
+
+/// Adds the best node of `class` (and, first, of its children's classes) to `out`, once per
+/// class. Iterative, so that deep graphs cannot overflow the stack.
+fn extract(
+    egraph: &TensorEGraph,
+    best: &HashMap<Id, (f64, TensorNode)>,
+    class: Id,
+    out: &mut Graph,
+    built: &mut HashMap<Id, NodeId>,
+) -> Result<NodeId, ShapeError> {
+    let mut stack = vec![class];
+    while let Some(&top) = stack.last() {
+        if built.contains_key(&top) {
+            stack.pop();
+            continue;
+        }
+        let enode = &best[&top].1;
+        let children: Vec<Id> = enode.children().iter().map(|&c| egraph.find(c)).collect();
+        let missing: Vec<Id> = children
+            .iter()
+            .copied()
+            .filter(|c| !built.contains_key(c))
+            .collect();
+        if missing.is_empty() {
+            let operands: Vec<NodeId> = children.iter().map(|c| built[c]).collect();
+            built.insert(top, out.node(enode.op.clone(), &operands)?);
+            stack.pop();
+        } else {
+            stack.extend(missing);
+        }
+    }
+    Ok(built[&class])
 }
 
 /// Extraction cost: roughly the work a kernel does per output element, summed over the term.

@@ -58,6 +58,8 @@ pub fn cancellations() -> Vec<Rule> {
         rw!("neg-mul-neg"; "(mul (neg ?x) (neg ?y))" => "(mul ?x ?y)"),
         rw!("log-exp"; "(log (exp ?x))" => "?x"),
         rw!("recip-recip"; "(recip (recip ?x))" => "?x"),
+        // Simplification runs after differentiation, where `stop_gradient` is the identity.
+        rw!("stop-gradient"; "(stop_gradient ?x)" => "?x"),
     ]
 }
 

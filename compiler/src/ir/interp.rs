@@ -157,6 +157,7 @@ pub fn unary<T: Float>(op: UnaryOp, x: T) -> T {
         }
         UnaryOp::Tanh => x.tanh(),
         UnaryOp::Sigmoid => T::one() / (T::one() + (-x).exp()),
+        UnaryOp::StopGradient => x,
     }
 }
 

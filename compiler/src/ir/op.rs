@@ -64,6 +64,9 @@ pub enum UnaryOp {
     Tanh,
     /// logistic function `1 / (1 + e^-x)`
     Sigmoid,
+    /// `x`, through which no gradient flows (JAX's `stop_gradient`, PyTorch's `detach`): how a
+    /// built-in states a gradient other than its value's derivative.
+    StopGradient,
 }
 
 /// Elementwise functions of two operands of equal shape.
@@ -237,6 +240,7 @@ impl Op {
                 UnaryOp::Sign => "sign",
                 UnaryOp::Tanh => "tanh",
                 UnaryOp::Sigmoid => "sigmoid",
+                UnaryOp::StopGradient => "stop_gradient",
             },
             Op::Binary(b) => match b {
                 BinaryOp::Add => "add",
