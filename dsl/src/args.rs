@@ -50,7 +50,8 @@ impl<'a> Args<'a> {
                             format!("`{callee}` has no argument named `{}`", name.name),
                             name.span,
                         )
-                        .label(expected));
+                        .label(expected)
+                        .suggesting(&name.name, names.iter().copied()));
                     }
                     if let Some((first, _)) = named.iter().find(|(n, _)| n.name == name.name) {
                         return Err(Diagnostic::new(

@@ -62,6 +62,40 @@ impl Diagnostic {
     }
 }
 
+/// The candidate closest to a misspelt `name`, as rustc suggests one: equal but for case, or
+/// within an edit distance of a third of the name's length (at least 1).
+pub fn suggest<'c>(name: &str, candidates: impl IntoIterator<Item = &'c str>) -> Option<&'c str> {
+    let limit = (name.chars().count() / 3).max(1);
+    candidates
+        .into_iter()
+        .filter(|c| *c != name)
+        .map(|c| {
+            let distance = if c.eq_ignore_ascii_case(name) {
+                0
+            } else {
+                strsim::damerau_levenshtein(name, c)
+            };
+            (distance, c)
+        })
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+impl Diagnostic {
+    /// Adds `did you mean ...?` when a candidate is close to the misspelt `name`.
+    pub fn suggesting<'c>(
+        self,
+        name: &str,
+        candidates: impl IntoIterator<Item = &'c str>,
+    ) -> Diagnostic {
+        match suggest(name, candidates) {
+            Some(close) => self.note(format!("did you mean `{close}`?")),
+            None => self,
+        }
+    }
+}
+
 /// Renders diagnostics as rustc-style text: `error: ...` then `┌─ file:line:col` and the
 /// source lines with carets.
 pub fn render(diagnostics: &[Diagnostic], file_name: &str, source: &str) -> String {

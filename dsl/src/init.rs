@@ -140,8 +140,14 @@ pub fn resolve(
 }
 
 fn unknown(expr: &Expr) -> Diagnostic {
+    let name = match &expr.kind {
+        ExprKind::Name(n) | ExprKind::Call(crate::ast::Ident { name: n, .. }, _) => n.as_str(),
+        _ => "",
+    };
+    let known = NAMED.into_iter().chain(["constant", "normal", "uniform"]);
     Diagnostic::new("unknown initialiser", expr.span)
         .label("expected an initialiser")
+        .suggesting(name, known)
         .note(format!("initialisers: {}, constant(v), normal(mean, std), uniform(lo, hi), a number, or a nested list of numbers", NAMED.join(", ")))
 }
 

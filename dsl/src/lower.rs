@@ -504,8 +504,14 @@ impl<'f> Lowerer<'f> {
                 .push((name.to_string(), node));
             return Ok(node);
         }
+        let known = env
+            .keys()
+            .map(String::as_str)
+            .chain(self.params.iter().map(|p| p.name.as_str()))
+            .chain(self.inputs.iter().map(|i| i.name.as_str()));
         let mut d = Diagnostic::new(format!("unknown name `{name}`"), span)
-            .label("not defined before this point");
+            .label("not defined before this point")
+            .suggesting(name, known);
         if crate::builtins::is_builtin(name) || self.functions.contains_key(name) {
             d = d.note(format!("`{name}` is a function; call it like `{name}(x)`"));
         } else if !self.inlining.is_empty() {
@@ -519,13 +525,17 @@ impl<'f> Lowerer<'f> {
             return result;
         }
         let Some(&function) = self.functions.get(callee.name.as_str()) else {
-            return Err(Diagnostic::new(
-                format!("unknown function `{}`", callee.name),
-                callee.span,
-            )
-            .label("not a built-in or a function defined in this file")
-            .note("built-ins: ".to_string() + &crate::builtins::BUILTINS.join(", "))
-            .into());
+            let known = crate::builtins::BUILTINS
+                .iter()
+                .copied()
+                .chain(self.functions.keys().copied());
+            let d = Diagnostic::new(format!("unknown function `{}`", callee.name), callee.span)
+                .label("not a built-in or a function defined in this file");
+            let d = match crate::diagnostic::suggest(&callee.name, known) {
+                Some(close) => d.note(format!("did you mean `{close}`?")),
+                None => d.note("docs/language.md lists the built-in functions"),
+            };
+            return Err(d.into());
         };
         if self.inlining.contains(&callee.name) {
             return Err(

@@ -80,7 +80,8 @@ pub fn check_train(def: &TrainDef, model: &Model) -> Result<TrainSpec, Diagnosti
             other => {
                 return Err(
                     Diagnostic::new(format!("unknown setting `{other}`"), key.span)
-                        .label(format!("expected one of: {}", SETTINGS.join(", "))),
+                        .label(format!("expected one of: {}", SETTINGS.join(", ")))
+                        .suggesting(other, SETTINGS),
                 );
             }
         }
@@ -169,6 +170,7 @@ fn data(e: &Expr, model: &Model) -> Result<DataSource, Diagnostic> {
             Ok(DataSource::Toy { kind: name.to_string(), n, noise })
         }
         other => Err(Diagnostic::new(format!("unknown data source `{other}`"), e.span)
+            .suggesting(other, ["inline", "csv", "mnist", "idx", "xor", "circle", "gauss", "spiral"])
             .label("expected inline(...), mnist(dir), idx(images = ..., labels = ...), csv(file, ...), xor(n), circle(n), gauss(n) or spiral(n)")),
     }
 }
@@ -196,6 +198,7 @@ fn optimizer(e: &Expr) -> Result<Optimizer, Diagnostic> {
         other => {
             return Err(
                 Diagnostic::new(format!("unknown optimizer `{other}`"), e.span)
+                    .suggesting(other, ["sgd", "adagrad", "rmsprop", "adam", "adamax"])
                     .label("expected sgd, adagrad, rmsprop, adam or adamax"),
             );
         }
@@ -291,6 +294,7 @@ fn schedule(e: &Expr) -> Result<Schedule, Diagnostic> {
         }
         other => Err(
             Diagnostic::new(format!("unknown schedule `{other}`"), e.span)
+                .suggesting(other, ["piecewise", "exponential", "inverse_time"])
                 .label("expected piecewise(boundaries, values), exponential(k) or inverse_time(k)"),
         ),
     }
