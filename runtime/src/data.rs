@@ -513,27 +513,37 @@ mod tests {
         assert_eq!(d.rows, 1);
         // Explicit header rules.
         assert_eq!(read("h.csv", "7,8,9\n1,2,3\n", Some(true)).unwrap().rows, 1);
-        let err = read("n.csv", "a,b,c\n1,2,3\n", Some(false)).unwrap_err().0;
-        assert!(
-            err.ends_with("n.csv:1: column 0 is `a`, expected a number"),
-            "{err}"
-        );
-        // A typo in the first row is an error, not a silently skipped header.
-        let err = read("t.csv", "1,2x,3\n4,5,6\n", None).unwrap_err().0;
-        assert!(
-            err.ends_with("t.csv:1: column 1 is `2x`, expected a number (a header row must have no number at all, or say `header = true`)"),
-            "{err}"
-        );
-        let err = read("e.csv", "1,2,3\n4,x,6\n", None).unwrap_err().0;
-        assert!(
-            err.ends_with("e.csv:2: column 1 is `x`, expected a number"),
-            "{err}"
-        );
-        let err = read("w.csv", "1,2,3\n4,5,6,7\n", None).unwrap_err().0;
-        assert!(
-            err.ends_with("w.csv:2: the row has 4 fields, but the columns read (x = 0..2, y = 2) need exactly 3"),
-            "{err}"
-        );
+        let errors = [
+            (
+                "n.csv",
+                "a,b,c\n1,2,3\n",
+                Some(false),
+                "n.csv:1: column 0 is `a`, expected a number",
+            ),
+            // A typo in the first row is an error, not a silently skipped header.
+            (
+                "t.csv",
+                "1,2x,3\n4,5,6\n",
+                None,
+                "t.csv:1: column 1 is `2x`, expected a number (a header row must have no number at all, or say `header = true`)",
+            ),
+            (
+                "e.csv",
+                "1,2,3\n4,x,6\n",
+                None,
+                "e.csv:2: column 1 is `x`, expected a number",
+            ),
+            (
+                "w.csv",
+                "1,2,3\n4,5,6,7\n",
+                None,
+                "w.csv:2: the row has 4 fields, but the columns read (x = 0..2, y = 2) need exactly 3",
+            ),
+        ];
+        for (name, text, header, expected) in errors {
+            let err = read(name, text, header).unwrap_err().0;
+            assert!(err.ends_with(expected), "{err}");
+        }
         let err = read("m.csv", "1,2\n", None).unwrap_err().0;
         assert!(err.contains("m.csv:1: the row has 2 fields"), "{err}");
         for bad in ["NaN", "inf", "-inf", "1e39"] {
