@@ -8,7 +8,7 @@ use nabla_runtime::train;
 use serde_json::json;
 
 use super::session::WeightsArgs;
-use super::{Failure, Outcome, print_json};
+use super::{Failure, Outcome, count, print_json};
 
 pub fn run(args: WeightsArgs) -> Outcome {
     let (mut session, mut store) = args.open()?;
@@ -29,8 +29,8 @@ pub fn run(args: WeightsArgs) -> Outcome {
     } else {
         let accuracy = accuracy.map_or(String::new(), |a| format!("  accuracy {:.2}%", 100.0 * a));
         out!(
-            "{} examples ({})  loss {loss:.6}{accuracy}",
-            data.rows,
+            "{} ({})  loss {loss:.6}{accuracy}",
+            count(data.rows, "example"),
             data.origin
         );
     }

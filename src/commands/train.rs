@@ -213,7 +213,13 @@ fn epoch_line(r: &Report, total: usize, width: usize, show_lr: bool) -> String {
         line += &format!("  test {l:.6}{}", percent(r.test_accuracy));
     }
     if show_lr {
-        line += &format!("  lr {:.2e}", r.lr);
+        let short = r.lr.to_string();
+        let lr = if short.len() <= 7 {
+            short
+        } else {
+            format!("{:.2e}", r.lr)
+        };
+        line += &format!("  lr {lr}");
     }
     line + &format!("  {}", seconds(r.seconds))
 }
