@@ -1,10 +1,11 @@
 //! Compiled code against the reference interpreter: every built-in's forward value and
 //! gradients, in f64 and f32, at random and at odd sizes (1, 3, 5, 17, 1023) that exercise the
-//! vector loops' scalar tails; and gradient checks run on compiled code.
+//! vector loops' scalar tails, with fusion and without (every op its own kernel), simplified
+//! and not; and gradient checks run on compiled code.
 
 use nabla_compiler::gradcheck::{self, Config};
 use nabla_compiler::ir::{NodeId, interp};
-use nabla_compiler::pipeline::JitEvaluator;
+use nabla_compiler::pipeline::{JitEvaluator, Passes};
 use nabla_compiler::{autodiff, model::Model};
 use nabla_runtime::{Elem, Rng};
 use proptest::prelude::*;
@@ -12,16 +13,47 @@ use proptest::prelude::*;
 mod common;
 use common::{BODIES, model, template};
 
-/// The loss and every gradient of `m` at batch `batch`, compiled in `elem`, compared with the
-/// interpreter in f64 to `tol` (relative to the magnitude of the values).
+/// Every combination of the optional passes.
+const PASSES: [Passes; 3] = [
+    Passes {
+        simplify: true,
+        fuse: true,
+    },
+    Passes {
+        simplify: true,
+        fuse: false,
+    },
+    Passes {
+        simplify: false,
+        fuse: true,
+    },
+];
+
+/// [`compare_with`] for every combination of passes.
 fn compare(m: &Model, batch: usize, seed: u64, elem: Elem, tol: f64) -> Result<(), String> {
+    for passes in PASSES {
+        compare_with(m, batch, seed, elem, tol, passes).map_err(|e| format!("{passes:?}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// The loss and every gradient of `m` at batch `batch`, compiled in `elem` with `passes`,
+/// compared with the interpreter in f64 to `tol` (relative to the magnitude of the values).
+fn compare_with(
+    m: &Model,
+    batch: usize,
+    seed: u64,
+    elem: Elem,
+    tol: f64,
+    passes: Passes,
+) -> Result<(), String> {
     let mut m = m.clone();
     m.bind(&|_| Some(batch)).map_err(|e| e.0)?;
     let (graph, loss, grads) = m.gradient_graph().map_err(|e| e.to_string())?;
     let roots: Vec<NodeId> = std::iter::once(loss).chain(grads).collect();
     let feeds = gradcheck::random_feeds(&m, &graph, &mut Rng::seeded(seed), false);
     let expected = interp::eval(&graph, &feeds, &roots).map_err(|e| e.to_string())?;
-    let actual = JitEvaluator::new(elem)
+    let actual = JitEvaluator::with_passes(elem, passes)
         .eval(&graph, &feeds, &roots)
         .map_err(|e| e.to_string())?;
     for (i, (e, a)) in expected.iter().zip(&actual).enumerate() {

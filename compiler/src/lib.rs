@@ -9,8 +9,10 @@
 pub mod autodiff;
 pub mod codegen;
 pub mod egraph;
+pub mod fusion;
 pub mod gradcheck;
 pub mod ir;
+pub mod kernel;
 pub mod model;
 pub mod optim;
 pub mod pipeline;

@@ -10,6 +10,7 @@ use nabla_runtime::{Buffer, Elem, Executable, Program};
 
 use crate::codegen::jit::{self, CodegenError, Compiled};
 use crate::egraph::{self, Limits};
+use crate::fusion;
 use crate::ir::{Dim, EvalError, Graph, NodeId, Shape, ShapeError, Tensor};
 use crate::model::{Model, Role, ValueKind};
 use crate::optim::{self, Optimizer, OptimizerKind};
@@ -29,6 +30,25 @@ pub enum CompileError {
     Codegen(#[from] CodegenError),
 }
 
+/// Which optional passes run (both by default; `--no-simplify` and `--no-fuse` turn them off
+/// to measure their effect).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Passes {
+    /// E-graph simplification.
+    pub simplify: bool,
+    /// Kernel fusion.
+    pub fuse: bool,
+}
+
+impl Default for Passes {
+    fn default() -> Passes {
+        Passes {
+            simplify: true,
+            fuse: true,
+        }
+    }
+}
+
 /// What to compute: named outputs and assignments into external buffers.
 pub struct Request<'a> {
     /// The graph, with every dimension bound.
@@ -41,6 +61,8 @@ pub struct Request<'a> {
     pub elem: Elem,
     /// Keep the Cranelift IR text of each kernel.
     pub keep_clif: bool,
+    /// Which optional passes run.
+    pub passes: Passes,
 }
 
 /// Simplifies, plans and compiles what `request` asks for.
@@ -68,7 +90,11 @@ pub fn plan(request: &Request) -> Result<Plan, CompileError> {
         .chain(request.assignments.iter().map(|(n, _)| *n))
         .collect();
     let started = std::time::Instant::now();
-    let simplified = egraph::simplify(request.graph, &roots, &Limits::default())?;
+    let simplified = if request.passes.simplify {
+        egraph::simplify(request.graph, &roots, &Limits::default())?
+    } else {
+        egraph::Simplified::unchanged(request.graph, &roots)
+    };
     if debug_level() >= 1 {
         eprintln!(
             "[nabla] simplify: {} nodes -> {} in {:.3}s ({})",
@@ -90,10 +116,14 @@ pub fn plan(request: &Request) -> Result<Plan, CompileError> {
         .copied()
         .zip(request.assignments.iter().map(|(_, n)| n.clone()))
         .collect();
+    let options = fusion::Options {
+        fuse: request.passes.fuse,
+    };
     Ok(schedule::schedule(
         &simplified.graph,
         &outputs,
         &assignments,
+        options,
     )?)
 }
 
@@ -110,14 +140,21 @@ pub fn debug_level() -> u32 {
 /// and reused.
 pub struct JitEvaluator {
     elem: Elem,
+    passes: Passes,
     cache: RefCell<HashMap<Vec<NodeId>, Executable>>,
 }
 
 impl JitEvaluator {
-    /// An evaluator computing in `elem`.
+    /// An evaluator computing in `elem` with every pass.
     pub fn new(elem: Elem) -> JitEvaluator {
+        JitEvaluator::with_passes(elem, Passes::default())
+    }
+
+    /// An evaluator computing in `elem` with the given passes.
+    pub fn with_passes(elem: Elem, passes: Passes) -> JitEvaluator {
         JitEvaluator {
             elem,
+            passes,
             cache: RefCell::new(HashMap::new()),
         }
     }
@@ -141,6 +178,7 @@ impl JitEvaluator {
                 assignments: Vec::new(),
                 elem: self.elem,
                 keep_clif: false,
+                passes: self.passes,
             };
             let compiled = compile(&request).map_err(|e| EvalError::Backend(e.to_string()))?;
             let exe =
@@ -193,6 +231,8 @@ pub struct ModelPrograms {
     model: Model,
     optimizer: Optimizer,
     elem: Elem,
+    /// Which optional passes run.
+    pub passes: Passes,
 }
 
 impl ModelPrograms {
@@ -202,6 +242,7 @@ impl ModelPrograms {
             model,
             optimizer,
             elem,
+            passes: Passes::default(),
         }
     }
 
@@ -281,7 +322,8 @@ impl ModelPrograms {
             .sum();
         let step =
             optim::train_step(&self.bound(batch)?, &self.optimizer).map_err(|e| e.to_string())?;
-        let plan = schedule::schedule(&step.graph, &step.outputs, &step.assignments)
+        let unfused = fusion::Options { fuse: false };
+        let plan = schedule::schedule(&step.graph, &step.outputs, &step.assignments, unfused)
             .map_err(|e| e.to_string())?;
         let temporaries: u64 = plan
             .buffers
@@ -321,6 +363,7 @@ impl ModelPrograms {
             assignments,
             elem: self.elem,
             keep_clif,
+            passes: self.passes,
         };
         compile(&request).map_err(|e| e.to_string())
     }

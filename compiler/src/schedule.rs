@@ -1,9 +1,16 @@
-//! Graph to buffer plan: which buffer every node lives in and the order kernels run.
+//! Fused groups to a buffer plan and kernels in the kernel IR ([`crate::kernel`]).
 //!
-//! Input and parameter nodes live in *external* buffers, bound by name at run time; a reshape
-//! shares its operand's buffer; every other node gets a temporary and one kernel. Assignments
-//! (`new value -> external buffer`, for parameter and optimizer-state updates) become copies
-//! that run after every kernel, so no kernel ever reads a value already overwritten.
+//! Inputs and parameters live in *external* buffers, bound by name at run time; every stored
+//! value gets a temporary, except a reshape, which aliases its operand's buffer. Each group of
+//! [`crate::fusion`] becomes one kernel; inline values are lowered into the expressions of every
+//! kernel that reads them, with every access an affine function of the loop variables
+//! (broadcasts, transposes and reshapes are read in place).
+//!
+//! An assignment (`new value -> external buffer`, for parameter and optimizer-state updates) is
+//! written *in place* by the kernel computing it when that is safe: every other kernel reading
+//! the buffer's old value runs earlier, and the kernel itself reads it only at the element it
+//! writes. Otherwise the value goes to a temporary and a final kernel copies it over, after
+//! every other kernel, so no kernel ever reads a value already overwritten.
 //!
 //! **Architecture invariant:** no Cranelift types here; the plan is plain data that the code
 //! generator turns into machine code.
@@ -12,40 +19,17 @@ use std::collections::HashMap;
 
 use nabla_runtime::BufferSpec;
 
-use crate::ir::{Graph, NodeId, Op};
+use crate::fusion::{self, Fusion, GroupKind};
+use crate::ir::{Dim, Graph, NodeId, Op};
+use crate::kernel::{Expr, Kernel, Loop, Operand, Phase, Reduction, Store, row_major};
 
-/// One kernel of the plan.
-#[derive(Clone, Debug, PartialEq)]
-pub enum KernelSpec {
-    /// Computes one graph node.
-    Node {
-        /// The primitive.
-        op: Op,
-        /// Output slot.
-        out: usize,
-        /// Output shape.
-        out_shape: Vec<usize>,
-        /// Operand slots and shapes, in operand order.
-        args: Vec<(usize, Vec<usize>)>,
-    },
-    /// Copies `len` elements from one slot to another.
-    Copy {
-        /// Source slot.
-        src: usize,
-        /// Destination slot.
-        dst: usize,
-        /// Elements.
-        len: usize,
-    },
-}
-
-/// The buffer plan and kernel order of one program.
+/// The buffer plan and kernels of one program.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Plan {
     /// One entry per table slot.
     pub buffers: Vec<BufferSpec>,
     /// Kernels in execution order.
-    pub kernels: Vec<KernelSpec>,
+    pub kernels: Vec<Kernel>,
     /// Named results and the temporary slot holding each.
     pub outputs: Vec<(String, usize)>,
 }
@@ -56,81 +40,133 @@ pub struct Plan {
 pub struct ScheduleError(pub String);
 
 /// Plans the computation of `outputs` and of the `assignments` (each writes a node's value into
-/// the external buffer of the given name at the end of the run).
+/// the external buffer of the given name at the end of the run), fused as `options` says.
 pub fn schedule(
     graph: &Graph,
     outputs: &[(String, NodeId)],
     assignments: &[(NodeId, String)],
+    options: fusion::Options,
 ) -> Result<Plan, ScheduleError> {
     let roots: Vec<NodeId> = outputs
         .iter()
         .map(|(_, n)| *n)
         .chain(assignments.iter().map(|(n, _)| *n))
         .collect();
+    let nodes = graph.ancestors(&roots);
+    for &id in &nodes {
+        if graph.shape(id).concrete().is_none() {
+            return Err(ScheduleError(format!(
+                "shape {} is not bound",
+                graph.shape(id)
+            )));
+        }
+    }
+    let fused = fusion::fuse(graph, &roots, options);
     let mut plan = Plan {
         buffers: Vec::new(),
         kernels: Vec::new(),
         outputs: Vec::new(),
     };
-    let mut slot_of: HashMap<NodeId, usize> = HashMap::new();
-    let mut externals: HashMap<String, usize> = HashMap::new();
-    for id in graph.ancestors(&roots) {
-        let shape = graph
-            .shape(id)
-            .concrete()
-            .ok_or_else(|| ScheduleError(format!("shape {} is not bound", graph.shape(id))))?;
-        let len = shape.iter().product();
-        let slot = match graph.op(id) {
+    let mut slots = Slots::default();
+    for &id in &nodes {
+        let len = numel(graph, id);
+        match graph.op(id) {
             Op::Input { name, .. } | Op::Param { name, .. } => {
-                external(&mut plan, &mut externals, name, len)
+                slots.external(&mut plan, name, len);
+                slots.of.insert(id, slots.named[name]);
             }
-            Op::Reshape(_) => slot_of[&graph.operands(id)[0]],
-            op => {
-                let out = temp(&mut plan, len);
-                let args = graph
-                    .operands(id)
-                    .iter()
-                    .map(|o| {
-                        (
-                            slot_of[o],
-                            graph
-                                .shape(*o)
-                                .concrete()
-                                .expect("operands are bound before users"),
-                        )
-                    })
-                    .collect();
-                plan.kernels.push(KernelSpec::Node {
-                    op: op.clone(),
-                    out,
-                    out_shape: shape,
-                    args,
-                });
-                out
+            Op::Reshape(_) => {
+                if let Some(&slot) = slots.of.get(&graph.operands(id)[0]) {
+                    slots.of.insert(id, slot);
+                }
             }
-        };
-        slot_of.insert(id, slot);
+            _ if fused.stored[id.index()] => {
+                slots.of.insert(id, temp(&mut plan, len));
+            }
+            _ => {}
+        }
     }
+    for (&(node, ref name), _) in assignments.iter().zip(0..) {
+        slots.external(&mut plan, name, numel(graph, node));
+    }
+    let lower = Lowering {
+        graph,
+        fused: &fused,
+        slots: &slots,
+    };
+    let mut kernels: Vec<Kernel> = fused
+        .groups
+        .iter()
+        .map(|group| lower.group(group))
+        .collect();
+    let mut finale = Vec::new();
     for (name, node) in outputs {
-        let slot = readable_temp(&mut plan, slot_of[node]);
+        let slot = readable_temp(&mut plan, &mut finale, slots.of[node]);
         plan.outputs.push((name.clone(), slot));
     }
-    let sources: Vec<usize> = assignments
-        .iter()
-        .map(|(node, _)| readable_temp(&mut plan, slot_of[node]))
-        .collect();
-    for ((node, name), src) in assignments.iter().zip(sources) {
-        let len = graph.shape(*node).numel().expect("bound above");
-        let dst = external(&mut plan, &mut externals, name, len);
-        if plan.buffers[dst].len != len {
+    let output_slots: Vec<usize> = plan.outputs.iter().map(|(_, s)| *s).collect();
+    for (node, name) in assignments {
+        let (src, dst) = (slots.of[node], slots.named[name]);
+        if plan.buffers[dst].len != plan.buffers[src].len {
             return Err(ScheduleError(format!(
-                "`{name}` holds {} elements but is assigned {len}",
-                plan.buffers[dst].len
+                "`{name}` holds {} elements but is assigned {}",
+                plan.buffers[dst].len, plan.buffers[src].len
             )));
         }
-        plan.kernels.push(KernelSpec::Copy { src, dst, len });
+        let writer = fused.group_of(*node);
+        let read_at_the_end = finale
+            .iter()
+            .any(|p| loads(p).iter().any(|(s, _)| *s == dst));
+        let in_place = writer.is_some_and(|g| {
+            !output_slots.contains(&src)
+                && !read_at_the_end
+                && in_place_is_safe(&kernels, g, src, dst)
+        });
+        match writer {
+            Some(g) if in_place => {
+                for kernel in &mut kernels[g..] {
+                    rename_slot(kernel, src, dst);
+                }
+            }
+            _ => finale.push(copy(src, dst, plan.buffers[src].len)),
+        }
     }
+    if !finale.is_empty() {
+        kernels.push(Kernel {
+            title: "copy results and updates".into(),
+            phases: finale,
+        });
+    }
+    plan.kernels = kernels;
+    drop_unused_temporaries(&mut plan);
     Ok(plan)
+}
+
+fn numel(graph: &Graph, id: NodeId) -> usize {
+    graph.shape(id).numel().expect("checked to be bound")
+}
+
+fn dims(graph: &Graph, id: NodeId) -> Vec<usize> {
+    graph.shape(id).concrete().expect("checked to be bound")
+}
+
+/// Buffer slots: of every stored node, and of every external buffer by name.
+#[derive(Default)]
+struct Slots {
+    of: HashMap<NodeId, usize>,
+    named: HashMap<String, usize>,
+}
+
+impl Slots {
+    fn external(&mut self, plan: &mut Plan, name: &str, len: usize) -> usize {
+        *self.named.entry(name.to_string()).or_insert_with(|| {
+            plan.buffers.push(BufferSpec {
+                len,
+                external: Some(name.to_string()),
+            });
+            plan.buffers.len() - 1
+        })
+    }
 }
 
 fn temp(plan: &mut Plan, len: usize) -> usize {
@@ -141,33 +177,549 @@ fn temp(plan: &mut Plan, len: usize) -> usize {
     plan.buffers.len() - 1
 }
 
-fn external(
-    plan: &mut Plan,
-    externals: &mut HashMap<String, usize>,
-    name: &str,
-    len: usize,
-) -> usize {
-    *externals.entry(name.to_string()).or_insert_with(|| {
-        plan.buffers.push(BufferSpec {
-            len,
-            external: Some(name.to_string()),
-        });
-        plan.buffers.len() - 1
+/// A phase copying `len` elements from `src` to `dst`.
+fn copy(src: usize, dst: usize, len: usize) -> Phase {
+    Phase::Map(Loop {
+        dims: vec![len],
+        exprs: vec![Expr::Load {
+            slot: src,
+            coeffs: vec![1],
+        }],
+        stores: vec![Store {
+            value: 0,
+            slot: dst,
+            coeffs: vec![1],
+        }],
     })
 }
 
 /// A temporary holding the value of `slot` (a copy when `slot` is external), so that results
 /// survive later writes to external buffers and can be read after the run.
-fn readable_temp(plan: &mut Plan, slot: usize) -> usize {
+fn readable_temp(plan: &mut Plan, finale: &mut Vec<Phase>, slot: usize) -> usize {
     if plan.buffers[slot].external.is_none() {
         return slot;
     }
     let len = plan.buffers[slot].len;
-    let copy = temp(plan, len);
-    plan.kernels.push(KernelSpec::Copy {
-        src: slot,
-        dst: copy,
-        len,
-    });
-    copy
+    let copy_slot = temp(plan, len);
+    finale.push(copy(slot, copy_slot, len));
+    copy_slot
+}
+
+/// The slots a phase loads from, with the offset coefficients of each load.
+fn loads(phase: &Phase) -> Vec<(usize, &[i64])> {
+    let exprs = match phase {
+        Phase::Map(l) | Phase::Reduce { body: l, .. } => &l.exprs,
+        Phase::MatMul { epilogue, .. } => &epilogue.exprs,
+    };
+    let mut out: Vec<(usize, &[i64])> = exprs
+        .iter()
+        .filter_map(|e| match e {
+            Expr::Load { slot, coeffs } => Some((*slot, coeffs.as_slice())),
+            _ => None,
+        })
+        .collect();
+    if let Phase::MatMul { a, b, .. } = phase {
+        out.extend([(a.slot, &[][..]), (b.slot, &[][..])]);
+    }
+    out
+}
+
+fn stores(phase: &Phase) -> &[Store] {
+    match phase {
+        Phase::Map(l) => &l.stores,
+        Phase::MatMul { epilogue, .. } => &epilogue.stores,
+        Phase::Reduce { .. } => &[],
+    }
+}
+
+/// Whether kernel `g` may write the value it stores in `src` directly into `dst`: no later
+/// kernel reads `dst`'s old value, and kernel `g` reads it only at the element being written,
+/// in the phase that writes it or earlier.
+fn in_place_is_safe(kernels: &[Kernel], g: usize, src: usize, dst: usize) -> bool {
+    let later_reads = kernels[g + 1..]
+        .iter()
+        .flat_map(|k| &k.phases)
+        .any(|p| loads(p).iter().any(|(s, _)| *s == dst));
+    if later_reads {
+        return false;
+    }
+    let phases = &kernels[g].phases;
+    let Some(write_phase) = phases
+        .iter()
+        .position(|p| stores(p).iter().any(|s| s.slot == src))
+    else {
+        return false;
+    };
+    let store = stores(&phases[write_phase])
+        .iter()
+        .find(|s| s.slot == src)
+        .expect("found above");
+    phases.iter().enumerate().all(|(i, p)| {
+        loads(p).iter().all(|(s, coeffs)| {
+            *s != dst || i < write_phase || (i == write_phase && *coeffs == store.coeffs)
+        })
+    })
+}
+
+/// Replaces every use of slot `from` by `to`.
+fn rename_slot(kernel: &mut Kernel, from: usize, to: usize) {
+    let fix = |slot: &mut usize| {
+        if *slot == from {
+            *slot = to;
+        }
+    };
+    for phase in &mut kernel.phases {
+        let body = match phase {
+            Phase::Map(l) => l,
+            Phase::Reduce { body, reductions } => {
+                reductions.iter_mut().for_each(|r| fix(&mut r.slot));
+                body
+            }
+            Phase::MatMul { a, b, epilogue, .. } => {
+                fix(&mut a.slot);
+                fix(&mut b.slot);
+                epilogue
+            }
+        };
+        for e in &mut body.exprs {
+            if let Expr::Load { slot, .. } = e {
+                fix(slot);
+            }
+        }
+        body.stores.iter_mut().for_each(|s| fix(&mut s.slot));
+    }
+}
+
+/// Removes temporaries no kernel touches any more (those replaced by in-place writes) and
+/// renumbers the rest.
+fn drop_unused_temporaries(plan: &mut Plan) {
+    let mut used = vec![false; plan.buffers.len()];
+    for (slot, b) in plan.buffers.iter().enumerate() {
+        used[slot] = b.external.is_some();
+    }
+    for (_, slot) in &plan.outputs {
+        used[*slot] = true;
+    }
+    for phase in plan.kernels.iter().flat_map(|k| &k.phases) {
+        for (slot, _) in loads(phase) {
+            used[slot] = true;
+        }
+        for s in stores(phase) {
+            used[s.slot] = true;
+        }
+        if let Phase::Reduce { reductions, .. } = phase {
+            reductions.iter().for_each(|r| used[r.slot] = true);
+        }
+    }
+    let mut new_index = vec![usize::MAX; used.len()];
+    let mut buffers = Vec::new();
+    for (slot, b) in plan.buffers.iter().enumerate() {
+        if used[slot] {
+            new_index[slot] = buffers.len();
+            buffers.push(b.clone());
+        }
+    }
+    plan.buffers = buffers;
+    for (_, slot) in &mut plan.outputs {
+        *slot = new_index[*slot];
+    }
+    for kernel in &mut plan.kernels {
+        for (old, &new) in new_index.iter().enumerate() {
+            if new != usize::MAX && new != old {
+                // Renumbering downwards in slot order never collides with a slot not yet
+                // renamed, since `new <= old`.
+                rename_slot(kernel, old, new);
+            }
+        }
+    }
+}
+
+/// How a node's index relates to the loop variables: one row of coefficients per dimension of
+/// the node (`index[d] = Σ rows[d][k] * i_k`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct IndexMap(Vec<Vec<i64>>);
+
+impl IndexMap {
+    fn identity(rank: usize) -> IndexMap {
+        IndexMap(
+            (0..rank)
+                .map(|d| (0..rank).map(|k| i64::from(d == k)).collect())
+                .collect(),
+        )
+    }
+
+    /// Offset coefficients of a row-major buffer of `shape` read at this index.
+    fn offset(&self, shape: &[usize], loop_vars: usize) -> Vec<i64> {
+        let strides = row_major(shape);
+        (0..loop_vars)
+            .map(|k| self.0.iter().zip(&strides).map(|(row, s)| row[k] * s).sum())
+            .collect()
+    }
+}
+
+/// Lowers groups to kernels.
+struct Lowering<'a> {
+    graph: &'a Graph,
+    fused: &'a Fusion,
+    slots: &'a Slots,
+}
+
+/// Expressions of one phase under construction.
+struct PhaseBuilder<'a> {
+    exprs: Vec<Expr>,
+    memo: HashMap<(NodeId, IndexMap), usize>,
+    /// Values computed in this phase (read at the same point, they are expressions, not loads).
+    here: &'a [NodeId],
+    /// The matrix product whose value is [`Expr::Product`], if any.
+    product: Option<NodeId>,
+    loop_vars: usize,
+}
+
+impl Lowering<'_> {
+    fn group(&self, group: &fusion::Group) -> Kernel {
+        let g = self.graph;
+        let mut phases = Vec::new();
+        match group.kind {
+            GroupKind::Map => phases.push(self.map_phase(&group.members, None)),
+            GroupKind::MatMul => {
+                let product = group.anchors[0];
+                let [a, b] = [0, 1].map(|i| g.operands(product)[i]);
+                let (a_dims, b_dims) = (dims(g, a), dims(g, b));
+                let operand = |node: NodeId, cols: usize| Operand {
+                    slot: self.slots.of[&node],
+                    row: cols as i64,
+                    col: 1,
+                };
+                let mut epilogue = match self.map_phase(&group.members, Some(product)) {
+                    Phase::Map(l) => l,
+                    _ => unreachable!("map_phase builds maps"),
+                };
+                epilogue.dims = dims(g, product);
+                if self.fused.stored[product.index()] {
+                    let value = epilogue.exprs.len();
+                    epilogue.exprs.push(Expr::Product);
+                    epilogue.stores.push(Store {
+                        value,
+                        slot: self.slots.of[&product],
+                        coeffs: row_major(&epilogue.dims),
+                    });
+                }
+                phases.push(Phase::MatMul {
+                    m: a_dims[0],
+                    k: a_dims[1],
+                    n: b_dims[1],
+                    a: operand(a, a_dims[1]),
+                    b: operand(b, b_dims[1]),
+                    epilogue,
+                });
+            }
+            GroupKind::Reduce => {
+                phases.push(self.reduce_phase(&group.anchors));
+                // Later phases: members of one shape reading each other at the same point share
+                // a loop.
+                let mut start = 0;
+                for end in 1..=group.members.len() {
+                    let split = end == group.members.len() || {
+                        let next = group.members[end];
+                        let current = &group.members[start..end];
+                        g.shape(next) != g.shape(current[0])
+                            || fusion::reads(g, next, &self.fused.stored)
+                                .iter()
+                                .any(|(x, same)| current.contains(x) && !same)
+                    };
+                    if split {
+                        phases.push(self.map_phase(&group.members[start..end], None));
+                        start = end;
+                    }
+                }
+            }
+        }
+        Kernel {
+            title: self.title(group),
+            phases: phases.into_iter().map(collapse).collect(),
+        }
+    }
+
+    /// A loop over the members' shape storing each of them.
+    fn map_phase(&self, members: &[NodeId], product: Option<NodeId>) -> Phase {
+        let shape = match (members.first(), product) {
+            (Some(&m), _) => dims(self.graph, m),
+            (None, Some(p)) => dims(self.graph, p),
+            (None, None) => unreachable!("a map has members"),
+        };
+        let mut b = PhaseBuilder {
+            exprs: Vec::new(),
+            memo: HashMap::new(),
+            here: members,
+            product,
+            loop_vars: shape.len(),
+        };
+        let identity = IndexMap::identity(shape.len());
+        let mut stores = Vec::new();
+        for &m in members {
+            let value = self.define(&mut b, m, &identity);
+            if self.fused.stored[m.index()] {
+                stores.push(Store {
+                    value,
+                    slot: self.slots.of[&m],
+                    coeffs: row_major(&shape),
+                });
+            }
+        }
+        Phase::Map(Loop {
+            dims: shape,
+            exprs: b.exprs,
+            stores,
+        })
+    }
+
+    /// Sibling reductions over their common operand shape.
+    fn reduce_phase(&self, anchors: &[NodeId]) -> Phase {
+        let g = self.graph;
+        let shape = dims(g, g.operands(anchors[0])[0]);
+        let mut b = PhaseBuilder {
+            exprs: Vec::new(),
+            memo: HashMap::new(),
+            here: &[],
+            product: None,
+            loop_vars: shape.len(),
+        };
+        let identity = IndexMap::identity(shape.len());
+        let reductions = anchors
+            .iter()
+            .map(|&r| {
+                let Op::Reduce(op, axes) = g.op(r) else {
+                    unreachable!("anchors of a reduce group are reductions")
+                };
+                let value = self.value(&mut b, g.operands(r)[0], &identity);
+                let out = row_major(&dims(g, r));
+                let coeffs = out
+                    .iter()
+                    .enumerate()
+                    .map(|(d, &s)| if axes.contains(&d) { 0 } else { s })
+                    .collect();
+                Reduction {
+                    op: *op,
+                    value,
+                    slot: self.slots.of[&r],
+                    coeffs,
+                    len: numel(g, r),
+                }
+            })
+            .collect();
+        Phase::Reduce {
+            body: Loop {
+                dims: shape,
+                exprs: b.exprs,
+                stores: Vec::new(),
+            },
+            reductions,
+        }
+    }
+
+    /// The expression of `node` at `index`: a load when it is in memory (and not computed in
+    /// this phase), else its definition.
+    fn value(&self, b: &mut PhaseBuilder, node: NodeId, index: &IndexMap) -> usize {
+        let same_point = *index == IndexMap::identity(b.loop_vars)
+            && self.graph.shape(node).rank() == b.loop_vars;
+        if b.product == Some(node) && same_point {
+            return push(b, node, index, Expr::Product);
+        }
+        if b.here.contains(&node) && same_point {
+            return self.define(b, node, index);
+        }
+        if let Some(&slot) = self.slots.of.get(&node) {
+            let shape = dims(self.graph, node);
+            let coeffs = index.offset(&shape, b.loop_vars);
+            return push(b, node, index, Expr::Load { slot, coeffs });
+        }
+        self.define(b, node, index)
+    }
+
+    /// The expression computing `node` at `index` from its operands.
+    fn define(&self, b: &mut PhaseBuilder, node: NodeId, index: &IndexMap) -> usize {
+        if let Some(&e) = b.memo.get(&(node, index.clone())) {
+            return e;
+        }
+        let g = self.graph;
+        let operands = g.operands(node);
+        let expr = match g.op(node) {
+            Op::Const(c) => Expr::Const(c.get()),
+            Op::Numel(s) => Expr::Const(s.numel().expect("bound") as f64),
+            Op::Iota { axis, .. } => Expr::Index {
+                coeffs: index.0[*axis].clone(),
+            },
+            Op::Unary(u) => Expr::Unary(*u, self.value(b, operands[0], index)),
+            Op::Binary(op) => {
+                let x = self.value(b, operands[0], index);
+                let y = self.value(b, operands[1], index);
+                Expr::Binary(*op, x, y)
+            }
+            Op::Select => {
+                let c = self.value(b, operands[0], index);
+                let x = self.value(b, operands[1], index);
+                let y = self.value(b, operands[2], index);
+                Expr::Select(c, x, y)
+            }
+            Op::Broadcast(target) => {
+                let from = g.shape(operands[0]);
+                let lead = target.rank() - from.rank();
+                let zero = vec![0; b.loop_vars];
+                let rows = (0..from.rank())
+                    .map(|d| match (&from.0[d], &target.0[d + lead]) {
+                        (Dim::Known(1), t) if t != &Dim::Known(1) => zero.clone(),
+                        _ => index.0[d + lead].clone(),
+                    })
+                    .collect();
+                return self.value(b, operands[0], &IndexMap(rows));
+            }
+            Op::Transpose(perm) => {
+                let mut rows = vec![Vec::new(); perm.len()];
+                for (d, &p) in perm.iter().enumerate() {
+                    rows[p] = index.0[d].clone();
+                }
+                return self.value(b, operands[0], &IndexMap(rows));
+            }
+            Op::Reshape(_) => {
+                // A reshape of something in memory reads its buffer in the new shape; of a
+                // scalar constant, the constant.
+                let base = reshape_base(g, node);
+                return match self.slots.of.get(&base) {
+                    Some(&slot) => {
+                        let coeffs = index.offset(&dims(g, node), b.loop_vars);
+                        push(b, node, index, Expr::Load { slot, coeffs })
+                    }
+                    None => self.value(
+                        b,
+                        base,
+                        &IndexMap(vec![vec![0; b.loop_vars]; g.shape(base).rank()]),
+                    ),
+                };
+            }
+            op @ (Op::Input { .. } | Op::Param { .. } | Op::Reduce(..) | Op::MatMul) => {
+                unreachable!("{} is in memory before it is read", op.name())
+            }
+        };
+        push(b, node, index, expr)
+    }
+
+    /// What a kernel computes, for dumps: `matmul → h1 (+3 ops)`.
+    fn title(&self, group: &fusion::Group) -> String {
+        let g = self.graph;
+        let name = |n: NodeId| match &g.get(n).label {
+            Some(label) => format!("{} ({label})", g.op(n).name()),
+            None => g.op(n).name().to_string(),
+        };
+        let mut parts: Vec<String> = group.anchors.iter().map(|&a| name(a)).collect();
+        let labelled: Vec<String> = group
+            .members
+            .iter()
+            .filter(|&&m| g.get(m).label.is_some())
+            .map(|&m| name(m))
+            .collect();
+        parts.extend(labelled);
+        let unlabelled = group
+            .members
+            .iter()
+            .filter(|&&m| g.get(m).label.is_none())
+            .count();
+        let mut title = parts.join(", ");
+        if unlabelled > 0 {
+            if title.is_empty() {
+                title = name(group.members[0]);
+                if unlabelled > 1 {
+                    title += &format!(" (+{} ops)", unlabelled - 1);
+                }
+            } else {
+                title += &format!(" (+{unlabelled} ops)");
+            }
+        }
+        title
+    }
+}
+
+/// The first node under a chain of reshapes.
+fn reshape_base(graph: &Graph, mut node: NodeId) -> NodeId {
+    while matches!(graph.op(node), Op::Reshape(_)) {
+        node = graph.operands(node)[0];
+    }
+    node
+}
+
+fn push(b: &mut PhaseBuilder, node: NodeId, index: &IndexMap, expr: Expr) -> usize {
+    if let Some(&e) = b.memo.get(&(node, index.clone())) {
+        return e;
+    }
+    b.exprs.push(expr);
+    let e = b.exprs.len() - 1;
+    b.memo.insert((node, index.clone()), e);
+    e
+}
+
+/// Merges adjacent loop dimensions that every access walks contiguously (`c[d] = c[d+1] *
+/// dims[d+1]` for every load, store, index and reduction), so an elementwise kernel over
+/// `[128, 512]` is one loop of 65,536 that vectorises, and size-1 dimensions disappear.
+fn collapse(phase: Phase) -> Phase {
+    let mergeable =
+        |coeffs: &[i64], dims: &[usize], d: usize| coeffs[d] == coeffs[d + 1] * dims[d + 1] as i64;
+    let merge_at = |l: &mut Loop, extra: &mut [&mut Vec<i64>], d: usize| {
+        let inner = l.dims.remove(d + 1);
+        l.dims[d] *= inner;
+        let fix = |c: &mut Vec<i64>| {
+            c.remove(d);
+        };
+        for e in &mut l.exprs {
+            if let Expr::Load { coeffs, .. } | Expr::Index { coeffs } = e {
+                fix(coeffs);
+            }
+        }
+        l.stores.iter_mut().for_each(|s| fix(&mut s.coeffs));
+        extra.iter_mut().for_each(|c| fix(c));
+    };
+    match phase {
+        Phase::Map(mut l) => {
+            let mut d = 0;
+            while d + 1 < l.dims.len() {
+                let all = access_coeffs(&l).all(|c| mergeable(c, &l.dims, d));
+                if all {
+                    merge_at(&mut l, &mut [], d);
+                } else {
+                    d += 1;
+                }
+            }
+            Phase::Map(l)
+        }
+        Phase::Reduce {
+            mut body,
+            mut reductions,
+        } => {
+            let mut d = 0;
+            while d + 1 < body.dims.len() {
+                let all = access_coeffs(&body).all(|c| mergeable(c, &body.dims, d))
+                    && reductions
+                        .iter()
+                        .all(|r| mergeable(&r.coeffs, &body.dims, d));
+                if all {
+                    let mut extra: Vec<&mut Vec<i64>> =
+                        reductions.iter_mut().map(|r| &mut r.coeffs).collect();
+                    merge_at(&mut body, &mut extra, d);
+                } else {
+                    d += 1;
+                }
+            }
+            Phase::Reduce { body, reductions }
+        }
+        matmul @ Phase::MatMul { .. } => matmul,
+    }
+}
+
+/// Every coefficient vector of a loop's loads, indices and stores.
+fn access_coeffs(l: &Loop) -> impl Iterator<Item = &[i64]> {
+    l.exprs
+        .iter()
+        .filter_map(|e| match e {
+            Expr::Load { coeffs, .. } | Expr::Index { coeffs } => Some(coeffs.as_slice()),
+            _ => None,
+        })
+        .chain(l.stores.iter().map(|s| s.coeffs.as_slice()))
 }

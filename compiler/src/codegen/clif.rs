@@ -1,18 +1,24 @@
-//! Kernels as Cranelift IR: loop nests over static shapes.
+//! The emitter core: one Cranelift function per kernel of the kernel IR, its phases in order.
+//! Expressions are evaluated in 128-bit vectors (f32x4 or f64x2) along the innermost loop
+//! variable where the phase allows it, with a scalar tail; loads whose innermost coefficient is
+//! 1 are vector loads, 0 a splat, anything else a gather of lanes. Transcendental functions call
+//! into Rust's implementations, lane by lane. Loop bounds and strides are compile-time
+//! constants, so no kernel takes a length or checks a bound: the runtime checked every buffer
+//! against the plan before the first call.
 //!
-//! Every kernel is `fn(table: *const *mut u8)` (see `nabla_runtime::program` for the ABI). Flat
-//! elementwise arithmetic runs in 128-bit vectors (f32x4 or f64x2) with a scalar tail; matrix
-//! products vectorise their innermost loop over output columns with fused multiply-adds;
-//! transcendental functions call into Rust's `libm`-quality implementations. Loop bounds and
-//! strides are compile-time constants, so no kernel takes a length or checks a bound: the
-//! runtime checked every buffer against the plan before the first call.
+//! The phase families live beside this file: [`super::loops`] (maps and reductions) and
+//! [`super::matmul`] (register-tiled products with their epilogues).
+
+use std::collections::HashMap;
 
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
-use cranelift_codegen::ir::{Block, FuncRef, InstBuilder, MemFlagsData, Type, Value, types};
+use cranelift_codegen::ir::{
+    Block, Endianness, FuncRef, InstBuilder, MemFlagsData, Type, Value, types,
+};
 use cranelift_frontend::FunctionBuilder;
 
-use crate::ir::{self, BinaryOp, Op, ReduceOp, UnaryOp};
-use crate::schedule::KernelSpec;
+use crate::ir::{BinaryOp, UnaryOp};
+use crate::kernel::{Expr, Kernel, Phase};
 
 /// Scalar functions generated code calls, by the order of [`MathFn::ALL`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,7 +64,7 @@ pub struct Target {
 }
 
 impl Target {
-    fn lanes(&self) -> i64 {
+    pub(super) fn lanes(&self) -> i64 {
         self.vector.lane_count() as i64
     }
 
@@ -68,7 +74,7 @@ impl Target {
 }
 
 /// Emits one kernel into an empty function whose only parameter is the buffer table.
-pub fn emit_kernel(b: &mut FunctionBuilder, kernel: &KernelSpec, target: &Target) {
+pub fn emit_kernel(b: &mut FunctionBuilder, kernel: &Kernel, target: &Target) {
     let entry = b.create_block();
     b.append_block_params_for_function_params(entry);
     b.switch_to_block(entry);
@@ -77,27 +83,62 @@ pub fn emit_kernel(b: &mut FunctionBuilder, kernel: &KernelSpec, target: &Target
         b,
         t: target,
         table,
+        bases: HashMap::new(),
     };
-    match kernel {
-        KernelSpec::Copy { src, dst, len } => {
-            let (s, d) = (e.base(*src), e.base(*dst));
-            e.flat_map(*len, &[s], d, &mut |_, xs, _| xs[0], true);
+    // Every buffer start is loaded once, here, where it dominates every use.
+    for slot in slots(kernel) {
+        e.base(slot);
+    }
+    for phase in &kernel.phases {
+        match phase {
+            Phase::Map(l) => e.map(l),
+            Phase::Reduce { body, reductions } => e.reduce(body, reductions),
+            Phase::MatMul {
+                m,
+                k,
+                n,
+                a,
+                b,
+                epilogue,
+            } => e.matmul(*m, *k, *n, *a, *b, epilogue),
         }
-        KernelSpec::Node {
-            op,
-            out,
-            out_shape,
-            args,
-        } => e.node(op, *out, out_shape, args),
     }
     e.b.ins().return_(&[]);
     e.b.seal_all_blocks();
 }
 
-struct Emitter<'a, 'b> {
-    b: &'a mut FunctionBuilder<'b>,
-    t: &'a Target,
+/// Every buffer slot a kernel touches.
+fn slots(kernel: &Kernel) -> Vec<usize> {
+    let mut out = Vec::new();
+    for phase in &kernel.phases {
+        let body = match phase {
+            Phase::Map(l) => l,
+            Phase::Reduce { body, reductions } => {
+                out.extend(reductions.iter().map(|r| r.slot));
+                body
+            }
+            Phase::MatMul { a, b, epilogue, .. } => {
+                out.extend([a.slot, b.slot]);
+                epilogue
+            }
+        };
+        out.extend(body.exprs.iter().filter_map(|e| match e {
+            Expr::Load { slot, .. } => Some(*slot),
+            _ => None,
+        }));
+        out.extend(body.stores.iter().map(|s| s.slot));
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+pub(super) struct Emitter<'a, 'b> {
+    pub(super) b: &'a mut FunctionBuilder<'b>,
+    pub(super) t: &'a Target,
     table: Value,
+    /// Buffer start addresses, loaded once per slot.
+    bases: HashMap<usize, Value>,
 }
 
 /// Memory flags for buffer accesses: in bounds (the plan guarantees it), alignment not assumed
@@ -106,25 +147,19 @@ fn flags() -> MemFlagsData {
     MemFlagsData::new().with_notrap()
 }
 
-/// Row-major strides as immediates.
-fn strides(shape: &[usize]) -> Vec<i64> {
-    ir::strides(shape).into_iter().map(|s| s as i64).collect()
-}
-
-/// Broadcast-reading strides as immediates.
-fn broadcast_strides(shape: &[usize], out_rank: usize) -> Vec<i64> {
-    ir::broadcast_strides(shape, out_rank)
-        .into_iter()
-        .map(|s| s as i64)
-        .collect()
-}
-
 impl Emitter<'_, '_> {
-    fn base(&mut self, slot: usize) -> Value {
+    /// The start of buffer `slot` (loaded in the entry block by [`emit_kernel`]).
+    pub(super) fn base(&mut self, slot: usize) -> Value {
+        if let Some(&v) = self.bases.get(&slot) {
+            return v;
+        }
         let offset = (slot * self.t.pointer.bytes() as usize) as i32;
-        self.b
+        let v = self
+            .b
             .ins()
-            .load(self.t.pointer, MemFlagsData::trusted(), self.table, offset)
+            .load(self.t.pointer, MemFlagsData::trusted(), self.table, offset);
+        self.bases.insert(slot, v);
+        v
     }
 
     /// `base + index * element size`.
@@ -133,17 +168,17 @@ impl Emitter<'_, '_> {
         self.b.ins().iadd(base, bytes)
     }
 
-    fn load(&mut self, ty: Type, base: Value, index: Value) -> Value {
+    pub(super) fn load(&mut self, ty: Type, base: Value, index: Value) -> Value {
         let a = self.addr(base, index);
         self.b.ins().load(ty, flags(), a, 0)
     }
 
-    fn store(&mut self, value: Value, base: Value, index: Value) {
+    pub(super) fn store(&mut self, value: Value, base: Value, index: Value) {
         let a = self.addr(base, index);
         self.b.ins().store(flags(), value, a, 0);
     }
 
-    fn constant(&mut self, ty: Type, v: f64) -> Value {
+    pub(super) fn constant(&mut self, ty: Type, v: f64) -> Value {
         let scalar = if self.t.scalar == types::F32 {
             self.b.ins().f32const(v as f32)
         } else {
@@ -156,8 +191,28 @@ impl Emitter<'_, '_> {
         }
     }
 
+    /// `Σ coeffs[k] * vars[k]` (an element offset).
+    pub(super) fn offset(&mut self, coeffs: &[i64], vars: &[Value]) -> Value {
+        let mut total: Option<Value> = None;
+        for (&c, &v) in coeffs.iter().zip(vars) {
+            if c == 0 {
+                continue;
+            }
+            let term = if c == 1 {
+                v
+            } else {
+                self.b.ins().imul_imm_s(v, c)
+            };
+            total = Some(match total {
+                Some(t) => self.b.ins().iadd(t, term),
+                None => term,
+            });
+        }
+        total.unwrap_or_else(|| self.b.ins().iconst(types::I64, 0))
+    }
+
     /// `for i in (start..end).step_by(step) { body(i) }` with constant bounds.
-    fn for_range(
+    pub(super) fn for_range(
         &mut self,
         start: i64,
         end: i64,
@@ -184,88 +239,164 @@ impl Emitter<'_, '_> {
         self.b.switch_to_block(exit);
     }
 
-    /// Nested loops over `dims`; `body` receives one flat offset per stride vector.
-    fn nest(
-        &mut self,
-        dims: &[usize],
-        stride_sets: &[Vec<i64>],
-        body: &mut dyn FnMut(&mut Self, &[Value]),
-    ) {
-        let zero = self.b.ins().iconst(types::I64, 0);
-        let offsets = vec![zero; stride_sets.len()];
-        self.nest_from(0, dims, stride_sets, offsets, body);
+    /// Nested loops over `dims`, calling `body` with the loop variables.
+    pub(super) fn nest(&mut self, dims: &[usize], body: &mut dyn FnMut(&mut Self, &[Value])) {
+        self.nest_from(dims, &mut Vec::new(), body);
     }
 
     fn nest_from(
         &mut self,
-        depth: usize,
         dims: &[usize],
-        stride_sets: &[Vec<i64>],
-        offsets: Vec<Value>,
+        vars: &mut Vec<Value>,
         body: &mut dyn FnMut(&mut Self, &[Value]),
     ) {
+        let depth = vars.len();
         if depth == dims.len() {
-            body(self, &offsets);
+            body(self, vars);
             return;
         }
         self.for_range(0, dims[depth] as i64, 1, &mut |e, i| {
-            let inner: Vec<Value> = offsets
-                .iter()
-                .zip(stride_sets)
-                .map(|(&o, s)| {
-                    let step = e.b.ins().imul_imm_s(i, s[depth]);
-                    e.b.ins().iadd(o, step)
-                })
-                .collect();
-            e.nest_from(depth + 1, dims, stride_sets, inner, body);
+            vars.push(i);
+            e.nest_from(dims, vars, body);
+            vars.pop();
         });
     }
 
-    /// `out[i] = f(ins[0][i], ins[1][i], ...)` for `i < len`, in vectors when `vectorise`, then
-    /// a scalar tail. `f` gets the loaded values and the element type.
-    fn flat_map(
+    /// Evaluates `exprs` at the point `vars` (whose last entry is lane 0's innermost index when
+    /// `ty` is a vector), with `product` standing for [`Expr::Product`].
+    pub(super) fn eval(
         &mut self,
-        len: usize,
-        ins: &[Value],
-        out: Value,
-        f: &mut dyn FnMut(&mut Self, &[Value], Type) -> Value,
-        vectorise: bool,
-    ) {
-        let lanes = self.t.lanes();
-        let vector_end = if vectorise {
-            (len as i64 / lanes) * lanes
-        } else {
-            0
-        };
-        let vty = self.t.vector;
-        let sty = self.t.scalar;
-        self.for_range(0, vector_end, lanes, &mut |e, i| {
-            let xs: Vec<Value> = ins.iter().map(|&base| e.load(vty, base, i)).collect();
-            let y = f(e, &xs, vty);
-            e.store(y, out, i);
-        });
-        self.for_range(vector_end, len as i64, 1, &mut |e, i| {
-            let xs: Vec<Value> = ins.iter().map(|&base| e.load(sty, base, i)).collect();
-            let y = f(e, &xs, sty);
-            e.store(y, out, i);
-        });
+        exprs: &[Expr],
+        vars: &[Value],
+        ty: Type,
+        product: Option<Value>,
+    ) -> Vec<Value> {
+        let mut values: Vec<Value> = Vec::with_capacity(exprs.len());
+        for expr in exprs {
+            let v = match expr {
+                Expr::Load { slot, coeffs } => self.load_at(*slot, coeffs, vars, ty),
+                Expr::Const(c) => self.constant(ty, *c),
+                Expr::Index { coeffs } => self.index_value(coeffs, vars, ty),
+                Expr::Unary(op, x) => self.unary(*op, values[*x], ty),
+                Expr::Binary(op, x, y) => self.binary(*op, values[*x], values[*y], ty),
+                Expr::Select(c, x, y) => {
+                    let zero = self.constant(ty, 0.0);
+                    let cond = self.compare(FloatCC::NotEqual, values[*c], zero, ty);
+                    self.choose(cond, values[*x], values[*y], ty)
+                }
+                Expr::Product => product.expect("a product only appears in its epilogue"),
+            };
+            values.push(v);
+        }
+        values
     }
 
-    fn call(&mut self, f: MathFn, args: &[Value]) -> Value {
+    /// The element of `slot` at the affine offset, as `ty`: a vector load, a splat or a gather.
+    pub(super) fn load_at(
+        &mut self,
+        slot: usize,
+        coeffs: &[i64],
+        vars: &[Value],
+        ty: Type,
+    ) -> Value {
+        let base = self.base(slot);
+        let at = self.offset(coeffs, vars);
+        if !ty.is_vector() {
+            return self.load(ty, base, at);
+        }
+        match coeffs.last().copied().unwrap_or(0) {
+            1 => self.load(ty, base, at),
+            0 => {
+                let x = self.load(self.t.scalar, base, at);
+                self.b.ins().splat(ty, x)
+            }
+            stride => {
+                let mut v = self.constant(ty, 0.0);
+                for lane in 0..self.t.lanes() {
+                    let i = self.b.ins().iadd_imm_s(at, lane * stride);
+                    let x = self.load(self.t.scalar, base, i);
+                    v = self.b.ins().insertlane(v, x, lane as u8);
+                }
+                v
+            }
+        }
+    }
+
+    /// Stores `value` (of type `ty`) at the affine offset; vector stores need a unit innermost
+    /// coefficient (the loops only vectorise then).
+    pub(super) fn store_at(&mut self, value: Value, slot: usize, coeffs: &[i64], vars: &[Value]) {
+        let base = self.base(slot);
+        let at = self.offset(coeffs, vars);
+        self.store(value, base, at);
+    }
+
+    /// `Σ coeffs[k] * vars[k]` as a float, per lane for vectors.
+    fn index_value(&mut self, coeffs: &[i64], vars: &[Value], ty: Type) -> Value {
+        let at = self.offset(coeffs, vars);
+        let sty = self.t.scalar;
+        if !ty.is_vector() {
+            return self.b.ins().fcvt_from_sint(sty, at);
+        }
+        let stride = coeffs.last().copied().unwrap_or(0);
+        let mut v = self.constant(ty, 0.0);
+        for lane in 0..self.t.lanes() {
+            let i = self.b.ins().iadd_imm_s(at, lane * stride);
+            let x = self.b.ins().fcvt_from_sint(sty, i);
+            v = self.b.ins().insertlane(v, x, lane as u8);
+        }
+        v
+    }
+
+    /// A comparison as a condition: a flag for scalars, a lane mask (as floats) for vectors.
+    fn compare(&mut self, cc: FloatCC, a: Value, b: Value, ty: Type) -> Value {
+        let c = self.b.ins().fcmp(cc, a, b);
+        if ty.is_vector() {
+            let little = MemFlagsData::new().with_endianness(Endianness::Little);
+            self.b.ins().bitcast(ty, little, c)
+        } else {
+            c
+        }
+    }
+
+    /// `cond ? a : b` for a condition made by [`Emitter::compare`].
+    fn choose(&mut self, cond: Value, a: Value, b: Value, ty: Type) -> Value {
+        if ty.is_vector() {
+            self.b.ins().bitselect(cond, a, b)
+        } else {
+            self.b.ins().select(cond, a, b)
+        }
+    }
+
+    /// 1.0 where the comparison holds, else 0.0.
+    fn mask(&mut self, cc: FloatCC, a: Value, b: Value, ty: Type) -> Value {
+        let cond = self.compare(cc, a, b, ty);
+        let one = self.constant(ty, 1.0);
+        let zero = self.constant(ty, 0.0);
+        self.choose(cond, one, zero, ty)
+    }
+
+    /// A math function of scalars, applied lane by lane to vectors.
+    fn call(&mut self, f: MathFn, args: &[Value], ty: Type) -> Value {
         let index = MathFn::ALL
             .iter()
             .position(|&g| g == f)
             .expect("every function is imported");
-        let call = self.b.ins().call(self.t.math[index], args);
-        self.b.inst_results(call)[0]
-    }
-
-    /// 1.0 where `cond` holds, else 0.0 (scalar).
-    fn mask(&mut self, cc: FloatCC, a: Value, b: Value) -> Value {
-        let c = self.b.ins().fcmp(cc, a, b);
-        let one = self.constant(self.t.scalar, 1.0);
-        let zero = self.constant(self.t.scalar, 0.0);
-        self.b.ins().select(c, one, zero)
+        let func = self.t.math[index];
+        if !ty.is_vector() {
+            let call = self.b.ins().call(func, args);
+            return self.b.inst_results(call)[0];
+        }
+        let mut out = self.constant(ty, 0.0);
+        for lane in 0..self.t.lanes() as u8 {
+            let lane_args: Vec<Value> = args
+                .iter()
+                .map(|&a| self.b.ins().extractlane(a, lane))
+                .collect();
+            let call = self.b.ins().call(func, &lane_args);
+            let r = self.b.inst_results(call)[0];
+            out = self.b.ins().insertlane(out, r, lane);
+        }
+        out
     }
 
     fn unary(&mut self, op: UnaryOp, x: Value, ty: Type) -> Value {
@@ -278,23 +409,24 @@ impl Emitter<'_, '_> {
                 let one = self.constant(ty, 1.0);
                 self.b.ins().fdiv(one, x)
             }
-            UnaryOp::Exp => self.call(MathFn::Exp, &[x]),
-            UnaryOp::Log => self.call(MathFn::Log, &[x]),
-            UnaryOp::Tanh => self.call(MathFn::Tanh, &[x]),
-            UnaryOp::Sigmoid => self.call(MathFn::Sigmoid, &[x]),
+            UnaryOp::Exp => self.call(MathFn::Exp, &[x], ty),
+            UnaryOp::Log => self.call(MathFn::Log, &[x], ty),
+            UnaryOp::Tanh => self.call(MathFn::Tanh, &[x], ty),
+            UnaryOp::Sigmoid => self.call(MathFn::Sigmoid, &[x], ty),
             UnaryOp::Sign => {
+                // 1 above 0, -1 below, else x itself: sign(±0) = ±0 and sign(NaN) = NaN, as
+                // the interpreter has it.
                 let zero = self.constant(ty, 0.0);
-                let pos = self.mask(FloatCC::GreaterThan, x, zero);
-                let neg = self.mask(FloatCC::LessThan, x, zero);
-                let s = self.b.ins().fsub(pos, neg);
-                // sign(0) = 0 and sign(NaN) = NaN, as the interpreter has it.
-                let is_zero_or_nan = self.b.ins().fcmp(FloatCC::UnorderedOrEqual, x, zero);
-                self.b.ins().select(is_zero_or_nan, x, s)
+                let (one, minus_one) = (self.constant(ty, 1.0), self.constant(ty, -1.0));
+                let below = self.compare(FloatCC::LessThan, x, zero, ty);
+                let not_above = self.choose(below, minus_one, x, ty);
+                let above = self.compare(FloatCC::GreaterThan, x, zero, ty);
+                self.choose(above, one, not_above, ty)
             }
         }
     }
 
-    fn binary(&mut self, op: BinaryOp, a: Value, b: Value) -> Value {
+    pub(super) fn binary(&mut self, op: BinaryOp, a: Value, b: Value, ty: Type) -> Value {
         match op {
             BinaryOp::Add => self.b.ins().fadd(a, b),
             BinaryOp::Sub => self.b.ins().fsub(a, b),
@@ -302,256 +434,10 @@ impl Emitter<'_, '_> {
             BinaryOp::Div => self.b.ins().fdiv(a, b),
             BinaryOp::Max => self.b.ins().fmax(a, b),
             BinaryOp::Min => self.b.ins().fmin(a, b),
-            BinaryOp::Pow => self.call(MathFn::Pow, &[a, b]),
-            BinaryOp::Lt => self.mask(FloatCC::LessThan, a, b),
-            BinaryOp::Gt => self.mask(FloatCC::GreaterThan, a, b),
-            BinaryOp::Eq => self.mask(FloatCC::Equal, a, b),
+            BinaryOp::Pow => self.call(MathFn::Pow, &[a, b], ty),
+            BinaryOp::Lt => self.mask(FloatCC::LessThan, a, b, ty),
+            BinaryOp::Gt => self.mask(FloatCC::GreaterThan, a, b, ty),
+            BinaryOp::Eq => self.mask(FloatCC::Equal, a, b, ty),
         }
     }
-
-    fn node(&mut self, op: &Op, out: usize, out_shape: &[usize], args: &[(usize, Vec<usize>)]) {
-        let len: usize = out_shape.iter().product();
-        let out_base = self.base(out);
-        let bases: Vec<Value> = args.iter().map(|(slot, _)| self.base(*slot)).collect();
-        let sty = self.t.scalar;
-        match op {
-            Op::Input { .. } | Op::Param { .. } | Op::Reshape(_) => {
-                unreachable!("the scheduler gives these no kernel")
-            }
-            Op::Const(c) => {
-                let v = c.get();
-                self.flat_map(len, &[], out_base, &mut |e, _, ty| e.constant(ty, v), true);
-            }
-            Op::Numel(s) => {
-                let n = s.numel().expect("bound before scheduling") as f64;
-                self.flat_map(len, &[], out_base, &mut |e, _, ty| e.constant(ty, n), false);
-            }
-            Op::Iota { axis, .. } => {
-                let (stride, dim) = (strides(out_shape)[*axis], out_shape[*axis] as i64);
-                self.for_range(0, len as i64, 1, &mut |e, i| {
-                    let q = e.b.ins().udiv_imm_u(i, stride);
-                    let r = e.b.ins().urem_imm_u(q, dim);
-                    let v = e.b.ins().fcvt_from_uint(sty, r);
-                    e.store(v, out_base, i);
-                });
-            }
-            Op::Unary(u) => {
-                let vectorise = matches!(
-                    u,
-                    UnaryOp::Neg
-                        | UnaryOp::Abs
-                        | UnaryOp::Sqrt
-                        | UnaryOp::Recip
-                        | UnaryOp::StopGradient
-                );
-                self.flat_map(
-                    len,
-                    &bases,
-                    out_base,
-                    &mut |e, xs, ty| e.unary(*u, xs[0], ty),
-                    vectorise,
-                );
-            }
-            Op::Binary(bop) => {
-                let vectorise = matches!(
-                    bop,
-                    BinaryOp::Add
-                        | BinaryOp::Sub
-                        | BinaryOp::Mul
-                        | BinaryOp::Div
-                        | BinaryOp::Max
-                        | BinaryOp::Min
-                );
-                self.flat_map(
-                    len,
-                    &bases,
-                    out_base,
-                    &mut |e, xs, _| e.binary(*bop, xs[0], xs[1]),
-                    vectorise,
-                );
-            }
-            Op::Select => {
-                self.flat_map(
-                    len,
-                    &bases,
-                    out_base,
-                    &mut |e, xs, ty| {
-                        let zero = e.constant(ty, 0.0);
-                        let c = e.b.ins().fcmp(FloatCC::NotEqual, xs[0], zero);
-                        e.b.ins().select(c, xs[1], xs[2])
-                    },
-                    false,
-                );
-            }
-            Op::Broadcast(_) => {
-                let in_strides = broadcast_strides(&args[0].1, out_shape.len());
-                let src = bases[0];
-                self.nest(out_shape, &[strides(out_shape), in_strides], &mut |e, o| {
-                    let v = e.load(sty, src, o[1]);
-                    e.store(v, out_base, o[0]);
-                });
-            }
-            Op::Transpose(perm) => {
-                let in_strides = strides(&args[0].1);
-                let permuted: Vec<i64> = perm.iter().map(|&p| in_strides[p]).collect();
-                let src = bases[0];
-                self.nest(out_shape, &[strides(out_shape), permuted], &mut |e, o| {
-                    let v = e.load(sty, src, o[1]);
-                    e.store(v, out_base, o[0]);
-                });
-            }
-            Op::Reduce(r, _) => {
-                let init = if *r == ReduceOp::Sum {
-                    0.0
-                } else {
-                    f64::NEG_INFINITY
-                };
-                self.flat_map(
-                    len,
-                    &[],
-                    out_base,
-                    &mut |e, _, ty| e.constant(ty, init),
-                    true,
-                );
-                let in_shape = &args[0].1;
-                let out_strides = broadcast_strides(out_shape, in_shape.len());
-                let src = bases[0];
-                let r = *r;
-                self.nest(in_shape, &[strides(in_shape), out_strides], &mut |e, o| {
-                    let x = e.load(sty, src, o[0]);
-                    let acc = e.load(sty, out_base, o[1]);
-                    let y = if r == ReduceOp::Sum {
-                        e.b.ins().fadd(acc, x)
-                    } else {
-                        e.b.ins().fmax(acc, x)
-                    };
-                    e.store(y, out_base, o[1]);
-                });
-            }
-            Op::MatMul => self.matmul(out_base, bases[0], bases[1], &args[0].1, &args[1].1),
-        }
-    }
-
-    /// `C[M, N] = A[M, K] @ B[K, N]` by register tiles: each tile of up to 4 rows by 2 vectors
-    /// (8 f32 columns) keeps its accumulators in registers for the whole `k` loop, splatting
-    /// one `A` element per row and streaming one row of `B` per step through fused
-    /// multiply-adds. Columns left over after whole vectors use scalar tiles, rows left over
-    /// after whole groups of 4 use shorter tiles.
-    fn matmul(&mut self, c: Value, a: Value, b: Value, a_shape: &[usize], b_shape: &[usize]) {
-        let (m, k, n) = (a_shape[0] as i64, a_shape[1] as i64, b_shape[1] as i64);
-        let lanes = self.t.lanes();
-        let wide = 2 * lanes;
-        let dims = MatDims { k, n };
-        let full_rows = (m / TILE_ROWS) * TILE_ROWS;
-        let row_tiles = |e: &mut Self, i0: Value, rows: i64| {
-            let wide_end = (n / wide) * wide;
-            e.for_range(0, wide_end, wide, &mut |e, j0| {
-                e.tile(c, a, b, dims, i0, j0, rows, 2, 0)
-            });
-            let mut j = wide_end;
-            if n - j >= lanes {
-                let j0 = e.b.ins().iconst(types::I64, j);
-                e.tile(c, a, b, dims, i0, j0, rows, 1, 0);
-                j += lanes;
-            }
-            if n > j {
-                let j0 = e.b.ins().iconst(types::I64, j);
-                e.tile(c, a, b, dims, i0, j0, rows, 0, n - j);
-            }
-        };
-        self.for_range(0, full_rows, TILE_ROWS, &mut |e, i0| {
-            row_tiles(e, i0, TILE_ROWS)
-        });
-        if m > full_rows {
-            let i0 = self.b.ins().iconst(types::I64, full_rows);
-            row_tiles(self, i0, m - full_rows);
-        }
-    }
-
-    /// One tile of `C` at (`i0`, `j0`): `rows` rows by `vectors` vectors or `scalars` columns.
-    #[allow(clippy::too_many_arguments)]
-    fn tile(
-        &mut self,
-        c: Value,
-        a: Value,
-        b: Value,
-        d: MatDims,
-        i0: Value,
-        j0: Value,
-        rows: i64,
-        vectors: i64,
-        scalars: i64,
-    ) {
-        let (vty, sty, lanes) = (self.t.vector, self.t.scalar, self.t.lanes());
-        let columns: Vec<(Type, i64)> = (0..vectors)
-            .map(|v| (vty, v * lanes))
-            .chain((0..scalars).map(|s| (sty, s)))
-            .collect();
-        let mut acc = Vec::new();
-        for _ in 0..rows {
-            for &(ty, _) in &columns {
-                let zero = self.constant(ty, 0.0);
-                let var = self.b.declare_var(ty);
-                self.b.def_var(var, zero);
-                acc.push(var);
-            }
-        }
-        let a_rows: Vec<Value> = (0..rows)
-            .map(|r| {
-                let row = self.b.ins().iadd_imm_s(i0, r);
-                self.b.ins().imul_imm_s(row, d.k)
-            })
-            .collect();
-        self.for_range(0, d.k, 1, &mut |e, p| {
-            let b_row = e.b.ins().imul_imm_s(p, d.n);
-            let b_start = e.b.ins().iadd(b_row, j0);
-            let b_values: Vec<Value> = columns
-                .iter()
-                .map(|&(ty, offset)| {
-                    let index = e.b.ins().iadd_imm_s(b_start, offset);
-                    e.load(ty, b, index)
-                })
-                .collect();
-            for (r, &a_row) in a_rows.iter().enumerate() {
-                let a_index = e.b.ins().iadd(a_row, p);
-                let a_scalar = e.load(sty, a, a_index);
-                let a_vector = if vectors > 0 {
-                    Some(e.b.ins().splat(vty, a_scalar))
-                } else {
-                    None
-                };
-                for (ci, &(ty, _)) in columns.iter().enumerate() {
-                    let var = acc[r * columns.len() + ci];
-                    let sum = e.b.use_var(var);
-                    let factor = if ty.is_vector() {
-                        a_vector.expect("made for vector tiles")
-                    } else {
-                        a_scalar
-                    };
-                    let next = e.b.ins().fma(factor, b_values[ci], sum);
-                    e.b.def_var(var, next);
-                }
-            }
-        });
-        for r in 0..rows {
-            let row = self.b.ins().iadd_imm_s(i0, r);
-            let c_row = self.b.ins().imul_imm_s(row, d.n);
-            let c_start = self.b.ins().iadd(c_row, j0);
-            for (ci, &(_, offset)) in columns.iter().enumerate() {
-                let value = self.b.use_var(acc[r as usize * columns.len() + ci]);
-                let index = self.b.ins().iadd_imm_s(c_start, offset);
-                self.store(value, c, index);
-            }
-        }
-    }
-}
-
-/// Rows of `C` per register tile.
-const TILE_ROWS: i64 = 4;
-
-/// The inner and column sizes of a matrix product.
-#[derive(Clone, Copy)]
-struct MatDims {
-    k: i64,
-    n: i64,
 }

@@ -56,6 +56,32 @@ pub struct Simplified {
     pub report: String,
 }
 
+impl Simplified {
+    /// What `roots` need of `graph`, copied unsimplified (for `--no-simplify`).
+    pub fn unchanged(graph: &Graph, roots: &[NodeId]) -> Simplified {
+        let nodes = graph.ancestors(roots);
+        let mut out = Graph::new();
+        out.dtype = graph.dtype;
+        let mut new_id: HashMap<NodeId, NodeId> = HashMap::new();
+        for &id in &nodes {
+            let operands: Vec<NodeId> = graph.operands(id).iter().map(|o| new_id[o]).collect();
+            let copy = out
+                .node(graph.op(id).clone(), &operands)
+                .expect("a well-shaped graph copies");
+            if let Some(label) = &graph.get(id).label {
+                out.label(copy, label);
+            }
+            new_id.insert(id, copy);
+        }
+        Simplified {
+            roots: roots.iter().map(|r| new_id[r]).collect(),
+            graph: out,
+            nodes_before: nodes.len(),
+            report: "not simplified".into(),
+        }
+    }
+}
+
 /// Simplifies what `roots` compute, returning a new graph. Root labels carry over.
 pub fn simplify(
     graph: &Graph,

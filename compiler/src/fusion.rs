@@ -1,0 +1,380 @@
+//! Fusion: which graph nodes are computed together in one kernel, and which values live in
+//! memory. Graph in, groups out; no loops and no code (the scheduler lowers groups to the
+//! kernel IR, the code generator translates that).
+//!
+//! Values are either *stored* (a buffer holds them) or *inline* (recomputed, from stored values,
+//! inside every kernel that uses them). Stored are: the roots; every matrix product and
+//! reduction (the anchors of kernels); the operands of matrix products; the elementwise
+//! operands of broadcasts, transposes and reshapes (so that a value read at many points is
+//! computed once); and transcendental values (`exp`, `log`, ...) that several kernels would
+//! otherwise each recompute. Every other value is inline, so it never touches memory.
+//!
+//! Stored values are then grouped, in topological order, into kernels:
+//! - a **matrix product** with its *epilogue*: the elementwise values of its shape that read it
+//!   at the same point (bias, activation, the gradient's activation mask, the optimizer's update
+//!   of a weight from its gradient), computed in registers before anything is stored;
+//! - **reductions** over the same shape and axes (siblings share one pass), followed by
+//!   elementwise phases that read them (`log` of a row sum, the mean's division);
+//! - **maps**: elementwise values of one shape, siblings sharing one loop.
+//!
+//! A value joins an existing group only when everything else it reads is computed by an earlier
+//! group, so the groups in creation order are a valid execution order.
+//!
+//! **Architecture invariant:** no loops, strides or Cranelift types here.
+
+use std::collections::HashMap;
+
+use crate::ir::{BinaryOp, Graph, NodeId, Op, Shape, UnaryOp};
+
+/// Whether to fuse at all (`--no-fuse` makes every op its own kernel, to measure fusion).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// Fuse; when false, every node but reshapes and constants is stored by a kernel of its own.
+    pub fuse: bool,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options { fuse: true }
+    }
+}
+
+/// What kind of kernel a group becomes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GroupKind {
+    /// Elementwise values of one shape, in one loop.
+    Map,
+    /// Reductions over the same shape and axes, then elementwise phases.
+    Reduce,
+    /// A matrix product and its epilogue.
+    MatMul,
+}
+
+/// One kernel-to-be.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Group {
+    /// Its kind.
+    pub kind: GroupKind,
+    /// The reductions, or the matrix product; empty for maps.
+    pub anchors: Vec<NodeId>,
+    /// The elementwise values it computes (a map's values, a product's epilogue, the phases
+    /// after reductions), in topological order.
+    pub members: Vec<NodeId>,
+}
+
+/// The fused graph: groups in execution order and the values held in memory.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Fusion {
+    /// Groups, in an order where every group runs after the groups whose values it reads.
+    pub groups: Vec<Group>,
+    /// For every node, whether a buffer holds its value (parameters and inputs always do).
+    pub stored: Vec<bool>,
+}
+
+impl Fusion {
+    /// The group computing `node`, if it is a member or an anchor of one.
+    pub fn group_of(&self, node: NodeId) -> Option<usize> {
+        self.groups
+            .iter()
+            .position(|g| g.anchors.contains(&node) || g.members.contains(&node))
+    }
+}
+
+/// Groups the nodes that `roots` need into kernels.
+pub fn fuse(graph: &Graph, roots: &[NodeId], options: Options) -> Fusion {
+    let nodes = graph.ancestors(roots);
+    let users = users(graph, &nodes);
+    let mut stored = vec![false; graph.len()];
+    for &id in &nodes {
+        stored[id.index()] = must_store(graph, id, roots, &users, options);
+    }
+    let computed = |id: &NodeId, stored: &[bool]| {
+        let op = graph.op(*id);
+        stored[id.index()] && !is_leaf(op) && !matches!(op, Op::Reshape(_))
+    };
+    loop {
+        let groups = if options.fuse {
+            group(graph, &nodes, &stored, &|id| computed(&id, &stored))
+        } else {
+            nodes
+                .iter()
+                .filter(|id| computed(id, &stored))
+                .map(|&id| single(graph, id))
+                .collect()
+        };
+        // A transcendental value inlined into several kernels is computed once instead.
+        let shared = shared_expensive_values(graph, &groups, &stored);
+        if shared.is_empty() {
+            let stored = storage(graph, &groups, &stored, roots, &users);
+            return Fusion { groups, stored };
+        }
+        for id in shared {
+            stored[id.index()] = true;
+        }
+    }
+}
+
+/// Inputs and parameters: external buffers, never computed.
+fn is_leaf(op: &Op) -> bool {
+    matches!(op, Op::Input { .. } | Op::Param { .. })
+}
+
+/// Constants, counts and reshapes cost nothing to recompute or alias.
+fn is_free(op: &Op) -> bool {
+    matches!(op, Op::Const(_) | Op::Numel(_) | Op::Reshape(_))
+}
+
+fn is_elementwise(op: &Op) -> bool {
+    matches!(op, Op::Unary(_) | Op::Binary(_) | Op::Select)
+}
+
+/// Whether recomputing the op costs a function call.
+fn is_expensive(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Unary(UnaryOp::Exp | UnaryOp::Log | UnaryOp::Tanh | UnaryOp::Sigmoid)
+            | Op::Binary(BinaryOp::Pow)
+    )
+}
+
+fn users(graph: &Graph, nodes: &[NodeId]) -> HashMap<NodeId, Vec<NodeId>> {
+    let mut users: HashMap<NodeId, Vec<NodeId>> = HashMap::new();
+    for &id in nodes {
+        for o in graph.operands(id) {
+            users.entry(o).or_default().push(id);
+        }
+    }
+    users
+}
+
+/// The storage rules of the module docs, before grouping.
+fn must_store(
+    graph: &Graph,
+    id: NodeId,
+    roots: &[NodeId],
+    users: &HashMap<NodeId, Vec<NodeId>>,
+    options: Options,
+) -> bool {
+    let op = graph.op(id);
+    if is_leaf(op) || roots.contains(&id) {
+        return true;
+    }
+    let used_by = |wanted: &dyn Fn(&Op) -> bool| {
+        users
+            .get(&id)
+            .is_some_and(|us| us.iter().any(|&u| wanted(graph.op(u))))
+    };
+    // A reshape aliases its operand's buffer (through a chain of reshapes), which must exist.
+    let reshaped = !matches!(op, Op::Reshape(_)) && used_by(&|u| matches!(u, Op::Reshape(_)));
+    if !options.fuse {
+        return !is_free(op) || reshaped;
+    }
+    if matches!(op, Op::MatMul | Op::Reduce(..)) {
+        return true;
+    }
+    // Matrix products read buffers; values read at many points through a broadcast or a
+    // transpose are computed once.
+    reshaped
+        || (!matches!(op, Op::Reshape(_)) && used_by(&|u| matches!(u, Op::MatMul)))
+        || (is_elementwise(op) && used_by(&|u| matches!(u, Op::Broadcast(_) | Op::Transpose(_))))
+}
+
+/// The stored values (and the leaves) that computing `id` from its operands reads, each with
+/// whether it is read at the same point (through elementwise ops only) or elsewhere (through a
+/// broadcast, transpose or reshape). A reduction's points are its operand's.
+pub fn reads(graph: &Graph, id: NodeId, stored: &[bool]) -> Vec<(NodeId, bool)> {
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let same_point = is_elementwise(graph.op(id)) || matches!(graph.op(id), Op::Reduce(..));
+    let mut stack: Vec<(NodeId, bool)> = graph
+        .operands(id)
+        .into_iter()
+        .map(|o| (o, same_point))
+        .collect();
+    while let Some((x, same_point)) = stack.pop() {
+        if !seen.insert((x, same_point)) {
+            continue;
+        }
+        let op = graph.op(x);
+        if matches!(op, Op::Reshape(_)) {
+            // A reshape reads its operand's buffer elsewhere (it is never computed itself).
+            stack.extend(graph.operands(x).into_iter().map(|o| (o, false)));
+            continue;
+        }
+        if stored[x.index()] || is_leaf(op) {
+            out.push((x, same_point));
+            continue;
+        }
+        let keeps = same_point && is_elementwise(op);
+        stack.extend(graph.operands(x).into_iter().map(|o| (o, keeps)));
+    }
+    out
+}
+
+/// A group of one stored node (no fusion).
+fn single(graph: &Graph, id: NodeId) -> Group {
+    match graph.op(id) {
+        Op::MatMul => Group {
+            kind: GroupKind::MatMul,
+            anchors: vec![id],
+            members: vec![],
+        },
+        Op::Reduce(..) => Group {
+            kind: GroupKind::Reduce,
+            anchors: vec![id],
+            members: vec![],
+        },
+        _ => Group {
+            kind: GroupKind::Map,
+            anchors: vec![],
+            members: vec![id],
+        },
+    }
+}
+
+/// The shape a reduction iterates over: its operand's.
+fn iteration_shape(graph: &Graph, id: NodeId) -> &Shape {
+    match graph.op(id) {
+        Op::Reduce(..) => graph.shape(graph.operands(id)[0]),
+        _ => graph.shape(id),
+    }
+}
+
+/// Greedy grouping in topological order (see the module docs).
+fn group(
+    graph: &Graph,
+    nodes: &[NodeId],
+    stored: &[bool],
+    computed: &dyn Fn(NodeId) -> bool,
+) -> Vec<Group> {
+    let mut groups: Vec<Group> = Vec::new();
+    let mut group_of: HashMap<NodeId, usize> = HashMap::new();
+    for &id in nodes {
+        let op = graph.op(id);
+        if !computed(id) {
+            continue;
+        }
+        let read = reads(graph, id, stored);
+        // Whether `id` may join group `g`: everything it reads from other groups is computed
+        // earlier, and what it reads from `g` itself is read at the same point (or, for a
+        // reduction's later phases, already complete in memory).
+        let fits = |g: usize, groups: &[Group]| {
+            let same_phase = groups[g].kind != GroupKind::Reduce;
+            read.iter().all(|(x, same_point)| match group_of.get(x) {
+                Some(&h) if h == g => *same_point || !same_phase,
+                Some(&h) => h < g,
+                None => true,
+            })
+        };
+        let target = match op {
+            Op::MatMul => None,
+            Op::Reduce(_, axes) => (0..groups.len()).rev().find(|&g| {
+                let group = &groups[g];
+                group.kind == GroupKind::Reduce
+                    && group.members.is_empty()
+                    && group.anchors.iter().all(|&a| {
+                        matches!(graph.op(a), Op::Reduce(_, other) if other == axes)
+                            && iteration_shape(graph, a) == iteration_shape(graph, id)
+                    })
+                    && fits(g, &groups)
+                    && read.iter().all(|(x, _)| group_of.get(x) != Some(&g))
+            }),
+            _ => {
+                // An epilogue of an anchor it reads, else a sibling map of the same shape.
+                let anchors = read.iter().filter_map(|(x, same_point)| {
+                    let g = *group_of.get(x)?;
+                    let group = &groups[g];
+                    let ok = match group.kind {
+                        GroupKind::MatMul => *same_point && graph.shape(*x) == graph.shape(id),
+                        GroupKind::Reduce => true,
+                        GroupKind::Map => false,
+                    };
+                    ok.then_some(g)
+                });
+                let siblings = (0..groups.len()).rev().filter(|&g| {
+                    groups[g].kind == GroupKind::Map
+                        && graph.shape(groups[g].members[0]) == graph.shape(id)
+                });
+                anchors
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .chain(siblings)
+                    .find(|&g| fits(g, &groups))
+            }
+        };
+        let g = match target {
+            Some(g) => {
+                match op {
+                    Op::Reduce(..) => groups[g].anchors.push(id),
+                    _ => groups[g].members.push(id),
+                }
+                g
+            }
+            None => {
+                groups.push(single(graph, id));
+                groups.len() - 1
+            }
+        };
+        group_of.insert(id, g);
+    }
+    groups
+}
+
+/// Inline transcendental values that more than one group would compute.
+fn shared_expensive_values(graph: &Graph, groups: &[Group], stored: &[bool]) -> Vec<NodeId> {
+    let mut computed_by: HashMap<NodeId, usize> = HashMap::new();
+    let mut shared = Vec::new();
+    for (g, group) in groups.iter().enumerate() {
+        let mut stack: Vec<NodeId> = group
+            .anchors
+            .iter()
+            .chain(&group.members)
+            .flat_map(|&n| graph.operands(n))
+            .collect();
+        let mut seen = std::collections::HashSet::new();
+        while let Some(x) = stack.pop() {
+            if stored[x.index()] || !seen.insert(x) {
+                continue;
+            }
+            if is_expensive(graph.op(x)) {
+                match computed_by.insert(x, g) {
+                    Some(other) if other != g && !shared.contains(&x) => shared.push(x),
+                    _ => {}
+                }
+            }
+            stack.extend(graph.operands(x));
+        }
+    }
+    shared
+}
+
+/// Which stored values need a buffer after grouping: all but a matrix product read only by its
+/// own epilogue.
+fn storage(
+    graph: &Graph,
+    groups: &[Group],
+    stored: &[bool],
+    roots: &[NodeId],
+    users: &HashMap<NodeId, Vec<NodeId>>,
+) -> Vec<bool> {
+    let mut out = stored.to_vec();
+    for group in groups.iter().filter(|g| g.kind == GroupKind::MatMul) {
+        let product = group.anchors[0];
+        if roots.contains(&product) {
+            continue;
+        }
+        let in_memory = groups.iter().any(|other| {
+            other != group
+                && other
+                    .anchors
+                    .iter()
+                    .chain(&other.members)
+                    .any(|&n| reads(graph, n, stored).iter().any(|(x, _)| *x == product))
+        }) || users.get(&product).is_some_and(|us| {
+            us.iter()
+                .any(|u| !group.members.contains(u) && !is_elementwise(graph.op(*u)))
+        });
+        out[product.index()] = in_memory;
+    }
+    out
+}

@@ -1,0 +1,198 @@
+//! The kernel IR: what one generated function computes, as plain data. The scheduler lowers
+//! fused groups of graph nodes into it; the code generator translates it to Cranelift IR and
+//! decides nothing.
+//!
+//! A kernel is a sequence of phases run in order. A phase iterates over a box of loop
+//! variables `i_0 .. i_{n-1}` (row-major, the last innermost) and evaluates a small DAG of
+//! [`Expr`]s at every point. Every memory access is affine in the loop variables:
+//! `slot[Σ coeffs[k] * i_k]`, which is how broadcasts (zero coefficients), transposes (permuted
+//! strides) and reshapes (row-major strides of the new shape) are read without copying.
+
+use crate::ir::{BinaryOp, ReduceOp, UnaryOp};
+
+/// One value per iteration point. Operands are indices of earlier entries of the phase's
+/// expression list, so the list is a DAG in topological order, evaluated once per point.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Expr {
+    /// The element of buffer `slot` at `Σ coeffs[k] * i_k`.
+    Load {
+        /// Buffer table slot.
+        slot: usize,
+        /// One coefficient per loop variable.
+        coeffs: Vec<i64>,
+    },
+    /// A constant.
+    Const(f64),
+    /// `Σ coeffs[k] * i_k` as a float (an `iota`).
+    Index {
+        /// One coefficient per loop variable.
+        coeffs: Vec<i64>,
+    },
+    /// An elementwise function of one operand.
+    Unary(UnaryOp, usize),
+    /// An elementwise function of two operands.
+    Binary(BinaryOp, usize, usize),
+    /// `cond != 0 ? a : b`.
+    Select(usize, usize, usize),
+    /// The matrix product at this point (only in a matrix product's epilogue).
+    Product,
+}
+
+/// A value written to memory at every iteration point.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Store {
+    /// The expression stored.
+    pub value: usize,
+    /// Buffer table slot.
+    pub slot: usize,
+    /// Offset coefficients, one per loop variable.
+    pub coeffs: Vec<i64>,
+}
+
+/// A loop nest with its expressions and stores.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Loop {
+    /// Extent of each loop variable, outermost first.
+    pub dims: Vec<usize>,
+    /// The expressions, in evaluation order.
+    pub exprs: Vec<Expr>,
+    /// What is written at every point.
+    pub stores: Vec<Store>,
+}
+
+/// One reduction accumulated over a loop: `slot[out] = op(slot[out], exprs[value])`, where the
+/// output offset has zero coefficients on the reduced loop variables.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reduction {
+    /// Sum or max.
+    pub op: ReduceOp,
+    /// The expression reduced.
+    pub value: usize,
+    /// Output buffer slot.
+    pub slot: usize,
+    /// Output offset coefficients (zero on reduced variables).
+    pub coeffs: Vec<i64>,
+    /// Elements of the output.
+    pub len: usize,
+}
+
+/// A matrix operand in memory: element `(r, c)` is at `slot[r * row + c * col]`, so a
+/// transposed operand is read by swapping the strides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Operand {
+    /// Buffer table slot.
+    pub slot: usize,
+    /// Stride between rows.
+    pub row: i64,
+    /// Stride between columns.
+    pub col: i64,
+}
+
+/// One phase of a kernel.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Phase {
+    /// Evaluate and store at every point.
+    Map(Loop),
+    /// Accumulate reductions over the loop (its `stores` are empty); outputs start at the
+    /// reduction's identity.
+    Reduce {
+        /// The iteration space and the reduced expressions.
+        body: Loop,
+        /// What is accumulated where.
+        reductions: Vec<Reduction>,
+    },
+    /// `A[m, k] @ B[k, n]`, then the epilogue over `[m, n]` with [`Expr::Product`] standing for
+    /// each product element, computed in registers before anything is stored.
+    MatMul {
+        /// Rows of the product.
+        m: usize,
+        /// The contracted dimension.
+        k: usize,
+        /// Columns of the product.
+        n: usize,
+        /// Left operand.
+        a: Operand,
+        /// Right operand.
+        b: Operand,
+        /// Runs over `[m, n]`.
+        epilogue: Loop,
+    },
+}
+
+/// One generated function: its phases in order, and a line saying what it computes (for
+/// dumps).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Kernel {
+    /// What it computes, in graph terms (`matmul h1 + relu`, `reduce_sum [1] + log`).
+    pub title: String,
+    /// The phases.
+    pub phases: Vec<Phase>,
+}
+
+/// Row-major strides of `shape`, as coefficients.
+pub fn row_major(shape: &[usize]) -> Vec<i64> {
+    crate::ir::strides(shape)
+        .into_iter()
+        .map(|s| s as i64)
+        .collect()
+}
+
+impl std::fmt::Display for Kernel {
+    /// One line per phase, then one per expression and store:
+    /// `map [65536]`, `  e3 = add e1 e2`, `  store e3 -> slot 7 [1]`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "kernel {}", self.title)?;
+        for phase in &self.phases {
+            let (head, body) = match phase {
+                Phase::Map(l) => (format!("map {:?}", l.dims), l),
+                Phase::Reduce { body, reductions } => {
+                    let rs: Vec<String> = reductions
+                        .iter()
+                        .map(|r| {
+                            format!("{:?} e{} -> slot {} {:?}", r.op, r.value, r.slot, r.coeffs)
+                        })
+                        .collect();
+                    (format!("reduce {:?}: {}", body.dims, rs.join(", ")), body)
+                }
+                Phase::MatMul {
+                    m,
+                    k,
+                    n,
+                    a,
+                    b,
+                    epilogue,
+                } => (
+                    format!(
+                        "matmul [{m}, {k}] @ [{k}, {n}]: slot {} {:?} @ slot {} {:?}",
+                        a.slot,
+                        [a.row, a.col],
+                        b.slot,
+                        [b.row, b.col]
+                    ),
+                    epilogue,
+                ),
+            };
+            writeln!(f, "  {head}")?;
+            for (i, e) in body.exprs.iter().enumerate() {
+                let text = match e {
+                    Expr::Load { slot, coeffs } => format!("load slot {slot} {coeffs:?}"),
+                    Expr::Const(c) => format!("const {c}"),
+                    Expr::Index { coeffs } => format!("index {coeffs:?}"),
+                    Expr::Unary(op, x) => format!("{op:?} e{x}").to_lowercase(),
+                    Expr::Binary(op, x, y) => format!("{op:?} e{x} e{y}").to_lowercase(),
+                    Expr::Select(c, x, y) => format!("select e{c} e{x} e{y}"),
+                    Expr::Product => "product".into(),
+                };
+                writeln!(f, "    e{i} = {text}")?;
+            }
+            for s in &body.stores {
+                writeln!(
+                    f,
+                    "    store e{} -> slot {} {:?}",
+                    s.value, s.slot, s.coeffs
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
