@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use nabla_compiler::autodiff::{self, differentiate};
-use nabla_compiler::egraph::{self, Limits};
+use nabla_compiler::egraph::{self, Limits, RuleSet};
 use nabla_compiler::gradcheck::{self, Config, ParamResult};
 use nabla_compiler::ir::{Graph, NodeId, Op, ShapeError, Tensor, UnaryOp, interp};
 use nabla_runtime::Rng;
@@ -139,7 +139,8 @@ fn simplifying_a_deep_model_scales_linearly() {
     let (graph, loss, grads) = m.gradient_graph().expect("differentiable");
     let roots: Vec<NodeId> = std::iter::once(loss).chain(grads).collect();
     let started = std::time::Instant::now();
-    let s = egraph::simplify(&graph, &roots, &Limits::default()).expect("simplifies");
+    let s =
+        egraph::simplify(&graph, &roots, &Limits::default(), RuleSet::Ieee).expect("simplifies");
     assert!(
         s.graph.ancestors(&s.roots).len() <= s.nodes_before,
         "{}",
@@ -226,7 +227,7 @@ proptest! {
         let nabla_dsl::Formula { mut graph, root, variables: vars } = nabla_dsl::formula(&source).expect("the formula parses");
         let wrt: Vec<NodeId> = ["x", "y"].iter().map(|n| vars.iter().find(|(v, _)| v == n).expect("used").1).collect();
         let grads = differentiate(&mut graph, root, &wrt).expect("differentiates");
-        let simplified = egraph::simplify(&graph, &grads, &Limits::default()).expect("simplifies");
+        let simplified = egraph::simplify(&graph, &grads, &Limits::default(), RuleSet::Ieee).expect("simplifies");
         let analytic = eval_at(&graph, &grads, x, y);
         let simple = eval_at(&simplified.graph, &simplified.roots, x, y);
         let eps = 1e-6;
@@ -250,7 +251,8 @@ fn simplification_preserves_gradients_of_examples() {
         m.bind(&|_| Some(2)).expect("binds");
         let (graph, loss, grads) = m.gradient_graph().expect("differentiates");
         let roots: Vec<NodeId> = std::iter::once(loss).chain(grads).collect();
-        let simplified = egraph::simplify(&graph, &roots, &Limits::default()).expect("simplifies");
+        let simplified = egraph::simplify(&graph, &roots, &Limits::default(), RuleSet::Ieee)
+            .expect("simplifies");
         nabla_compiler::ir::verify::verify(&simplified.graph).expect("a well-formed graph");
         let feeds = gradcheck::random_feeds(&m, &graph, &mut Rng::seeded(3), false);
         let before = interp::eval(&graph, &feeds, &roots).expect("evaluates");

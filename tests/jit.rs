@@ -18,14 +18,17 @@ const PASSES: [Passes; 3] = [
     Passes {
         simplify: true,
         fuse: true,
+        fast_math: false,
     },
     Passes {
         simplify: true,
         fuse: false,
+        fast_math: false,
     },
     Passes {
         simplify: false,
         fuse: true,
+        fast_math: false,
     },
 ];
 

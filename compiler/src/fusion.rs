@@ -80,6 +80,61 @@ impl Fusion {
     }
 }
 
+/// What a kernel computes, for dumps and kernel titles: its anchors and the members that name
+/// a binding or gradient (`matmul (h1)`, `select (h1)`), and how many other ops it fuses.
+pub fn title(graph: &Graph, group: &Group, ops: usize) -> String {
+    let name = |n: NodeId| match &graph.get(n).label {
+        Some(label) => format!("{} ({label})", graph.op(n).name()),
+        None => graph.op(n).name().to_string(),
+    };
+    let mut parts: Vec<String> = group.anchors.iter().map(|&a| name(a)).collect();
+    parts.extend(
+        group
+            .members
+            .iter()
+            .filter(|&&m| graph.get(m).label.is_some())
+            .map(|&m| name(m)),
+    );
+    if parts.is_empty() {
+        parts.push(name(group.members[0]));
+    }
+    let others = ops.saturating_sub(parts.len());
+    match others {
+        0 => parts.join(", "),
+        1 => format!("{} + 1 op", parts.join(", ")),
+        n => format!("{} + {n} ops", parts.join(", ")),
+    }
+}
+
+impl Fusion {
+    /// Every op a group computes: its anchors, its members, and the inline values they
+    /// recompute (constants and reshapes aside), in topological order.
+    pub fn ops(&self, graph: &Graph, group: &Group) -> Vec<NodeId> {
+        let mut seen = std::collections::HashSet::new();
+        let mut stack: Vec<NodeId> = group
+            .anchors
+            .iter()
+            .chain(&group.members)
+            .copied()
+            .collect();
+        let mut out = Vec::new();
+        while let Some(x) = stack.pop() {
+            if !seen.insert(x) {
+                continue;
+            }
+            out.push(x);
+            for o in graph.operands(x) {
+                let op = graph.op(o);
+                if !self.stored[o.index()] && !is_leaf(op) && !is_free(op) {
+                    stack.push(o);
+                }
+            }
+        }
+        out.sort_unstable();
+        out
+    }
+}
+
 /// Groups the nodes that `roots` need into kernels.
 pub fn fuse(graph: &Graph, roots: &[NodeId], options: Options) -> Fusion {
     let nodes = graph.ancestors(roots);
@@ -172,11 +227,29 @@ fn must_store(
     if matches!(op, Op::MatMul | Op::Reduce(..)) {
         return true;
     }
-    // Matrix products read buffers; values read at many points through a broadcast or a
-    // transpose are computed once.
+    // Matrix products read buffers (a transposed left operand is read in place, with its
+    // strides swapped); values read at many points through a broadcast or a transpose are
+    // computed once.
+    let read_by_matmul = users.get(&id).is_some_and(|us| {
+        us.iter().any(|&u| {
+            matches!(graph.op(u), Op::MatMul)
+                && !(graph.operands(u)[0] == id && transposed_in_place(graph, id))
+        })
+    });
     reshaped
-        || (!matches!(op, Op::Reshape(_)) && used_by(&|u| matches!(u, Op::MatMul)))
+        || (!matches!(op, Op::Reshape(_)) && read_by_matmul)
         || (is_elementwise(op) && used_by(&|u| matches!(u, Op::Broadcast(_) | Op::Transpose(_))))
+}
+
+/// Whether `id` is a transpose a matrix product can read as its left operand without a copy:
+/// of a value that is in memory anyway (an input, a parameter, a product, a reduction, or an
+/// elementwise value, which the transpose makes stored).
+pub fn transposed_in_place(graph: &Graph, id: NodeId) -> bool {
+    matches!(graph.op(id), Op::Transpose(_))
+        && graph.operands(id).first().is_some_and(|&x| {
+            let op = graph.op(x);
+            is_leaf(op) || is_elementwise(op) || matches!(op, Op::MatMul | Op::Reduce(..))
+        })
 }
 
 /// The stored values (and the leaves) that computing `id` from its operands reads, each with

@@ -9,7 +9,7 @@ use nabla_runtime::train::{BiasCorrection, Compile, Feed, ModelInfo, PredictionK
 use nabla_runtime::{Buffer, Elem, Executable, Program};
 
 use crate::codegen::jit::{self, CodegenError, Compiled};
-use crate::egraph::{self, Limits};
+use crate::egraph::{self, Limits, RuleSet};
 use crate::fusion;
 use crate::ir::{Dim, EvalError, Graph, NodeId, Shape, ShapeError, Tensor};
 use crate::model::{Model, Role, ValueKind};
@@ -38,6 +38,8 @@ pub struct Passes {
     pub simplify: bool,
     /// Kernel fusion.
     pub fuse: bool,
+    /// Simplification rules that assume finite values (`--fast-math`).
+    pub fast_math: bool,
 }
 
 impl Default for Passes {
@@ -45,6 +47,7 @@ impl Default for Passes {
         Passes {
             simplify: true,
             fuse: true,
+            fast_math: false,
         }
     }
 }
@@ -65,24 +68,39 @@ pub struct Request<'a> {
     pub passes: Passes,
 }
 
+/// What a compilation produced on the way, for inspection and `--stats`.
+pub struct Trace {
+    /// The graph after simplification (a copy when simplification is off).
+    pub simplified: egraph::Simplified,
+    /// The buffer plan and kernels.
+    pub plan: Plan,
+    /// Milliseconds spent simplifying.
+    pub simplify_ms: f64,
+    /// Milliseconds spent fusing and scheduling.
+    pub schedule_ms: f64,
+    /// Milliseconds spent generating machine code (0 when none was generated).
+    pub codegen_ms: f64,
+}
+
 /// Simplifies, plans and compiles what `request` asks for.
-pub fn compile(request: &Request) -> Result<Compiled, CompileError> {
-    let plan = plan(request)?;
+pub fn compile(request: &Request) -> Result<(Compiled, Trace), CompileError> {
+    let mut trace = plan(request)?;
     let started = std::time::Instant::now();
-    let compiled = jit::compile(&plan, request.elem, request.keep_clif)?;
+    let compiled = jit::compile(&trace.plan, request.elem, request.keep_clif)?;
+    trace.codegen_ms = elapsed_ms(started);
     if debug_level() >= 1 {
         eprintln!(
-            "[nabla] codegen: {} kernels, {} buffers in {:.3}s",
-            plan.kernels.len(),
-            plan.buffers.len(),
-            started.elapsed().as_secs_f64()
+            "[nabla] codegen: {} kernels, {} buffers in {:.1} ms",
+            trace.plan.kernels.len(),
+            trace.plan.buffers.len(),
+            trace.codegen_ms
         );
     }
-    Ok(compiled)
+    Ok((compiled, trace))
 }
 
 /// Simplifies and plans what `request` asks for: every pass before code generation.
-pub fn plan(request: &Request) -> Result<Plan, CompileError> {
+pub fn plan(request: &Request) -> Result<Trace, CompileError> {
     let roots: Vec<NodeId> = request
         .outputs
         .iter()
@@ -91,16 +109,21 @@ pub fn plan(request: &Request) -> Result<Plan, CompileError> {
         .collect();
     let started = std::time::Instant::now();
     let simplified = if request.passes.simplify {
-        egraph::simplify(request.graph, &roots, &Limits::default())?
+        let rules = if request.passes.fast_math {
+            RuleSet::FastMath
+        } else {
+            RuleSet::Ieee
+        };
+        egraph::simplify(request.graph, &roots, &Limits::default(), rules)?
     } else {
         egraph::Simplified::unchanged(request.graph, &roots)
     };
+    let simplify_ms = elapsed_ms(started);
     if debug_level() >= 1 {
         eprintln!(
-            "[nabla] simplify: {} nodes -> {} in {:.3}s ({})",
+            "[nabla] simplify: {} nodes -> {} in {simplify_ms:.1} ms ({})",
             simplified.nodes_before,
             simplified.graph.ancestors(&simplified.roots).len(),
-            started.elapsed().as_secs_f64(),
             simplified.report
         );
     }
@@ -119,12 +142,19 @@ pub fn plan(request: &Request) -> Result<Plan, CompileError> {
     let options = fusion::Options {
         fuse: request.passes.fuse,
     };
-    Ok(schedule::schedule(
-        &simplified.graph,
-        &outputs,
-        &assignments,
-        options,
-    )?)
+    let started = std::time::Instant::now();
+    let plan = schedule::schedule(&simplified.graph, &outputs, &assignments, options)?;
+    Ok(Trace {
+        simplified,
+        plan,
+        simplify_ms,
+        schedule_ms: elapsed_ms(started),
+        codegen_ms: 0.0,
+    })
+}
+
+fn elapsed_ms(since: std::time::Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1e3
 }
 
 /// The `NABLA_DEBUG` level: 0 (default) silent, 1 pass reports and timings on stderr.
@@ -180,7 +210,7 @@ impl JitEvaluator {
                 keep_clif: false,
                 passes: self.passes,
             };
-            let compiled = compile(&request).map_err(|e| EvalError::Backend(e.to_string()))?;
+            let (compiled, _) = compile(&request).map_err(|e| EvalError::Backend(e.to_string()))?;
             let exe =
                 Executable::new(compiled.program).map_err(|e| EvalError::Backend(e.to_string()))?;
             cache.insert(outputs.to_vec(), exe);
@@ -365,25 +395,73 @@ impl ModelPrograms {
             keep_clif,
             passes: self.passes,
         };
-        compile(&request).map_err(|e| e.to_string())
+        compile(&request)
+            .map(|(compiled, _)| compiled)
+            .map_err(|e| e.to_string())
     }
 
     /// Forward, backward and update at `batch`, compiled.
-    fn compile_train_step(&self, batch: usize, keep_clif: bool) -> Result<Compiled, String> {
+    fn compile_train_step(&self, batch: usize) -> Result<Compiled, String> {
         let step =
             optim::train_step(&self.bound(batch)?, &self.optimizer).map_err(|e| e.to_string())?;
-        self.build(&step.graph, step.outputs, step.assignments, keep_clif)
+        self.build(&step.graph, step.outputs, step.assignments, false)
     }
 
-    /// The Cranelift IR of every kernel of the train step at `batch`.
-    pub fn train_step_clif(&self, batch: usize) -> Result<Vec<String>, String> {
-        self.compile_train_step(batch, true).map(|c| c.clif)
+    /// Every stage of the train step at `batch`: the graph as autodiff and the optimizer emit
+    /// it, then what each pass made of it, with timings; the Cranelift IR of each kernel when
+    /// `keep_clif`.
+    pub fn inspect(&self, batch: usize, keep_clif: bool) -> Result<Inspection, String> {
+        let started = std::time::Instant::now();
+        let step =
+            optim::train_step(&self.bound(batch)?, &self.optimizer).map_err(|e| e.to_string())?;
+        let autodiff_ms = elapsed_ms(started);
+        let request = Request {
+            graph: &step.graph,
+            outputs: step.outputs.clone(),
+            assignments: step.assignments.clone(),
+            elem: self.elem,
+            keep_clif,
+            passes: self.passes,
+        };
+        let (compiled, trace) = compile(&request).map_err(|e| e.to_string())?;
+        let unfused = schedule::schedule(
+            &step.graph,
+            &step.outputs,
+            &step.assignments,
+            fusion::Options { fuse: false },
+        );
+        let unfused = match unfused {
+            Ok(plan) => plan,
+            Err(e) => return Err(e.to_string()),
+        };
+        Ok(Inspection {
+            step,
+            autodiff_ms,
+            bytes_unfused: unfused.bytes_moved(self.elem.size()),
+            trace,
+            clif: compiled.clif,
+        })
     }
+}
+
+/// The train step at every stage (see [`ModelPrograms::inspect`]).
+pub struct Inspection {
+    /// The graph after autodiff and the optimizer, before any pass.
+    pub step: optim::TrainStep,
+    /// Milliseconds spent differentiating and appending the optimizer.
+    pub autodiff_ms: f64,
+    /// Bytes the kernels would move without simplification and with every op its own kernel
+    /// (estimated).
+    pub bytes_unfused: u64,
+    /// What the passes produced.
+    pub trace: Trace,
+    /// Cranelift IR per kernel (when asked for).
+    pub clif: Vec<String>,
 }
 
 impl Compile for ModelPrograms {
     fn train_step(&mut self, batch: usize) -> Result<Program, String> {
-        self.compile_train_step(batch, false).map(|c| c.program)
+        self.compile_train_step(batch).map(|c| c.program)
     }
 
     fn evaluate(&mut self, batch: usize) -> Result<Program, String> {

@@ -34,6 +34,28 @@ pub struct Plan {
     pub outputs: Vec<(String, usize)>,
 }
 
+impl Plan {
+    /// An estimate of the memory traffic of one run: every buffer a phase reads or writes,
+    /// counted once per phase (a broadcast read once, a value computed inline not at all).
+    pub fn bytes_moved(&self, elem_size: usize) -> u64 {
+        let mut elements = 0;
+        for phase in self.kernels.iter().flat_map(|k| &k.phases) {
+            let mut touched: Vec<usize> = loads(phase).iter().map(|(s, _)| *s).collect();
+            touched.extend(stores(phase).iter().map(|s| s.slot));
+            if let Phase::Reduce { reductions, .. } = phase {
+                touched.extend(reductions.iter().map(|r| r.slot));
+            }
+            touched.sort_unstable();
+            touched.dedup();
+            elements += touched
+                .iter()
+                .map(|&s| self.buffers[s].len as u64)
+                .sum::<u64>();
+        }
+        elements * elem_size as u64
+    }
+}
+
 /// Why a graph cannot be planned.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 #[error("cannot compile: {0}")]
@@ -385,10 +407,21 @@ impl Lowering<'_> {
                 let product = group.anchors[0];
                 let [a, b] = [0, 1].map(|i| g.operands(product)[i]);
                 let (a_dims, b_dims) = (dims(g, a), dims(g, b));
-                let operand = |node: NodeId, cols: usize| Operand {
-                    slot: self.slots.of[&node],
-                    row: cols as i64,
-                    col: 1,
+                // A row-major operand, or the transpose of one read with swapped strides.
+                let operand = |node: NodeId, cols: usize| match self.slots.of.get(&node) {
+                    Some(&slot) => Operand {
+                        slot,
+                        row: cols as i64,
+                        col: 1,
+                    },
+                    None => {
+                        let inner = g.operands(node)[0];
+                        Operand {
+                            slot: self.slots.of[&inner],
+                            row: 1,
+                            col: dims(g, inner)[1] as i64,
+                        }
+                    }
                 };
                 let mut epilogue = match self.map_phase(&group.members, Some(product)) {
                     Phase::Map(l) => l,
@@ -435,7 +468,7 @@ impl Lowering<'_> {
             }
         }
         Kernel {
-            title: self.title(group),
+            title: fusion::title(g, group, self.fused.ops(g, group).len()),
             phases: phases.into_iter().map(collapse).collect(),
         }
     }
@@ -601,40 +634,6 @@ impl Lowering<'_> {
             }
         };
         push(b, node, index, expr)
-    }
-
-    /// What a kernel computes, for dumps: `matmul → h1 (+3 ops)`.
-    fn title(&self, group: &fusion::Group) -> String {
-        let g = self.graph;
-        let name = |n: NodeId| match &g.get(n).label {
-            Some(label) => format!("{} ({label})", g.op(n).name()),
-            None => g.op(n).name().to_string(),
-        };
-        let mut parts: Vec<String> = group.anchors.iter().map(|&a| name(a)).collect();
-        let labelled: Vec<String> = group
-            .members
-            .iter()
-            .filter(|&&m| g.get(m).label.is_some())
-            .map(|&m| name(m))
-            .collect();
-        parts.extend(labelled);
-        let unlabelled = group
-            .members
-            .iter()
-            .filter(|&&m| g.get(m).label.is_none())
-            .count();
-        let mut title = parts.join(", ");
-        if unlabelled > 0 {
-            if title.is_empty() {
-                title = name(group.members[0]);
-                if unlabelled > 1 {
-                    title += &format!(" (+{} ops)", unlabelled - 1);
-                }
-            } else {
-                title += &format!(" (+{unlabelled} ops)");
-            }
-        }
-        title
     }
 }
 

@@ -188,9 +188,13 @@ impl Lowerer<'_> {
         Ok(Some(axis))
     }
 
-    /// `(x - max(x), sum(exp(x - max(x))))` along `axis`, the stable core of softmax.
+    /// `(x - max(x), sum(exp(x - max(x))))` along `axis`, the stable core of softmax. The
+    /// shift by the maximum changes no value of softmax or log-softmax, so no gradient flows
+    /// through it (as in JAX's `logsumexp` and PyTorch's softmax backward): its exact gradient
+    /// is zero, and computing that zero costs a reduction and ties handling per row.
     fn shifted_exp_sum(&mut self, x: NodeId, axis: usize, span: Span) -> LResult<(NodeId, NodeId)> {
         let max = located(self.graph.reduce(ReduceOp::Max, x, &[axis]), span)?;
+        let max = located(self.graph.unary(UnaryOp::StopGradient, max), span)?;
         let shifted = located(self.graph.sub(x, max), span)?;
         let e = located(self.graph.unary(UnaryOp::Exp, shifted), span)?;
         let sum = located(self.graph.sum(e, &[axis]), span)?;

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::process::ExitCode;
 
 use nabla_compiler::autodiff::differentiate;
-use nabla_compiler::egraph::{self, Limits};
+use nabla_compiler::egraph::{self, Limits, RuleSet};
 use nabla_compiler::ir::{Shape, Tensor, formula, interp};
 use serde_json::json;
 
@@ -60,8 +60,8 @@ pub fn run(args: Args) -> Outcome {
         .collect();
     let grads =
         differentiate(&mut graph, root, &wrt).map_err(|e| Failure::Message(e.to_string()))?;
-    let simplified =
-        egraph::simplify(&graph, &grads, &Limits::default()).map_err(|e| Failure::Message(e.0))?;
+    let simplified = egraph::simplify(&graph, &grads, &Limits::default(), RuleSet::FastMath)
+        .map_err(|e| Failure::Message(e.0))?;
 
     let missing: Vec<&str> = vars
         .iter()

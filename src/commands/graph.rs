@@ -1,33 +1,42 @@
-//! `nabla graph FILE`: the forward graph, or the graph with its gradient nodes, as text, dot or
-//! JSON.
+//! `nabla graph FILE`: the model at every stage of the pipeline (as written, after autodiff and
+//! the optimizer, simplified, fused into kernels, as Cranelift IR) as text, dot or JSON, and
+//! `--stats`, what each pass did to the train step.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Instant;
 
 use clap::ValueEnum;
-use nabla_compiler::egraph::{self, Limits};
+use nabla_compiler::egraph::{self, Limits, RuleSet, Simplified};
+use nabla_compiler::fusion;
 use nabla_compiler::ir::{Graph, NodeId, text};
-use nabla_compiler::optim::{Optimizer, OptimizerKind};
-use nabla_compiler::pipeline::ModelPrograms;
+use nabla_compiler::optim::{self, Optimizer, OptimizerKind};
+use nabla_compiler::pipeline::{Inspection, ModelPrograms, Passes};
 use nabla_runtime::Elem;
+use serde_json::json;
 
-use super::{Failure, Outcome, load, print_json};
+use super::check::DEFAULT_BATCH;
+use super::{Failure, Outcome, load_file, print_json};
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
 enum Stage {
     /// The model as written, lowered to primitives.
     Forward,
-    /// The forward graph plus the gradient of the loss for every parameter, simplified.
+    /// The train step as autodiff and the optimizer emit it: forward, gradients, updates.
     Grad,
-    /// The Cranelift IR of every kernel of the compiled train step (at `--batch`, default 1).
+    /// The train step after e-graph simplification.
+    Simplified,
+    /// The train step's kernels, each listing the ops it computes.
+    Fused,
+    /// The Cranelift IR of every kernel, each headed by what it computes.
     Clif,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
 enum Format {
     /// One node per line.
     Text,
-    /// Graphviz (`dot -Tsvg`).
+    /// Graphviz (`dot -Tsvg`); kernels are clusters.
     Dot,
     /// One JSON object.
     Json,
@@ -37,48 +46,102 @@ enum Format {
 pub struct Args {
     /// The model file.
     file: PathBuf,
-    /// Which graph to print.
+    /// Which stage to print.
     #[arg(long, value_enum, default_value = "forward")]
     stage: Stage,
     /// Output format (`clif` prints text only).
     #[arg(long, value_enum)]
     format: Option<Format>,
-    /// Bind every symbolic dimension (the batch) to this size before printing (1 to
-    /// 16,777,216).
+    /// Bind every symbolic dimension (the batch) to this size (1 to 16,777,216); `fused`,
+    /// `clif` and `--stats` default to the train block's batch.
     #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1 << 24))]
     batch: Option<usize>,
-    /// Print the gradient graph as autodiff emits it, without e-graph simplification.
+    /// Leave out e-graph simplification.
     #[arg(long)]
     no_simplify: bool,
+    /// Also apply simplifications that hold only for finite values (`x * 0 => 0`), as
+    /// fast-math compilers do; by default NaN and infinities behave as written.
+    #[arg(long)]
+    fast_math: bool,
+    /// Leave out kernel fusion (every op its own kernel).
+    #[arg(long)]
+    no_fuse: bool,
+    /// Print what each pass did to the train step instead of a graph.
+    #[arg(long)]
+    stats: bool,
+    /// With `--stats`: one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn run(args: Args) -> Outcome {
-    if let Stage::Clif = args.stage {
-        if let Some(Format::Dot | Format::Json) = args.format {
-            return Err(Failure::Message(
-                "`--stage clif` prints Cranelift IR as text; it has no `--format dot` or `json`"
-                    .into(),
-            ));
-        }
-        return clif(&args);
+    let format = args.format.unwrap_or(Format::Text);
+    if args.stage == Stage::Clif && format != Format::Text {
+        return Err(Failure::Message(
+            "`--stage clif` prints Cranelift IR as text; it has no `--format dot` or `json`".into(),
+        ));
     }
-    let mut model = load(&args.file)?.model;
+    let started = Instant::now();
+    let loaded = load_file(&args.file)?;
+    let parse_ms = started.elapsed().as_secs_f64() * 1e3;
+    let compiled = &loaded.compiled;
+    let first = compiled.trains.first();
+    let optimizer = first.map_or_else(
+        || Optimizer::defaults(OptimizerKind::Sgd),
+        |t| t.optimizer.clone(),
+    );
+    let passes = Passes {
+        simplify: !args.no_simplify,
+        fuse: !args.no_fuse,
+        fast_math: args.fast_math,
+    };
+    let rules = if args.fast_math {
+        RuleSet::FastMath
+    } else {
+        RuleSet::Ieee
+    };
+    let train_batch = first.and_then(|t| t.batch).unwrap_or(DEFAULT_BATCH);
+    if args.stats || matches!(args.stage, Stage::Fused | Stage::Clif) {
+        let batch = args.batch.unwrap_or(train_batch);
+        let mut programs = ModelPrograms::new(compiled.model.clone(), optimizer, Elem::F32);
+        programs.passes = passes;
+        let inspection = programs
+            .inspect(batch, args.stage == Stage::Clif && !args.stats)
+            .map_err(Failure::Message)?;
+        if args.stats {
+            stats(&inspection, batch, parse_ms, args.json);
+        } else if args.stage == Stage::Clif {
+            for (i, (kernel, text)) in inspection
+                .trace
+                .plan
+                .kernels
+                .iter()
+                .zip(&inspection.clif)
+                .enumerate()
+            {
+                out!("; kernel {i}: {}\n{}", kernel.title, text.trim_end());
+            }
+        } else {
+            fused(&inspection, passes, format);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut model = compiled.model.clone();
     if let Some(b) = args.batch {
         model
             .bind(&|_| Some(b))
             .map_err(|e| Failure::Message(e.0))?;
     }
     let (graph, roots, note): (Graph, Vec<NodeId>, Option<String>) = match args.stage {
-        Stage::Forward | Stage::Clif => (model.graph.clone(), vec![model.loss], None),
-        Stage::Grad => {
-            let (graph, loss, grads) = model
-                .gradient_graph()
+        Stage::Forward => (model.graph.clone(), vec![model.loss], None),
+        _ => {
+            let step = optim::train_step(&model, &optimizer)
                 .map_err(|e| Failure::Message(e.to_string()))?;
-            let roots: Vec<NodeId> = std::iter::once(loss).chain(grads).collect();
-            if args.no_simplify {
-                (graph, roots, None)
+            let roots = step_roots(&step);
+            if args.stage == Stage::Grad || args.no_simplify {
+                (step.graph, roots, None)
             } else {
-                let s = egraph::simplify(&graph, &roots, &Limits::default())
+                let s = egraph::simplify(&step.graph, &roots, &Limits::default(), rules)
                     .map_err(|e| Failure::Message(e.0))?;
                 let note = format!(
                     "simplified {} nodes to {} ({})",
@@ -90,7 +153,7 @@ pub fn run(args: Args) -> Outcome {
             }
         }
     };
-    match args.format.unwrap_or(Format::Text) {
+    match format {
         Format::Text => {
             if let Some(note) = note {
                 out!("# {note}");
@@ -103,19 +166,154 @@ pub fn run(args: Args) -> Outcome {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Prints each kernel of the train step (with the file's first optimizer, else plain SGD).
-fn clif(args: &Args) -> Outcome {
-    let compiled = load(&args.file)?;
-    let optimizer = compiled.trains.first().map_or_else(
-        || Optimizer::defaults(OptimizerKind::Sgd),
-        |t| t.optimizer.clone(),
-    );
-    let programs = ModelPrograms::new(compiled.model, optimizer, Elem::F32);
-    let kernels = programs
-        .train_step_clif(args.batch.unwrap_or(1))
-        .map_err(Failure::Message)?;
-    for (i, text) in kernels.iter().enumerate() {
-        out!("; kernel {i}\n{}", text.trim_end());
+/// The train step's results: outputs, then assignments.
+fn step_roots(step: &optim::TrainStep) -> Vec<NodeId> {
+    step.outputs
+        .iter()
+        .map(|(_, n)| *n)
+        .chain(step.assignments.iter().map(|(n, _)| *n))
+        .collect()
+}
+
+/// The kernels of the train step as groups of the simplified graph's ops.
+fn fused(inspection: &Inspection, passes: Passes, format: Format) {
+    let Simplified { graph, roots, .. } = &inspection.trace.simplified;
+    let fusion = fusion::fuse(graph, roots, fusion::Options { fuse: passes.fuse });
+    let kernels: Vec<(String, Vec<NodeId>)> = fusion
+        .groups
+        .iter()
+        .map(|g| {
+            let ops = fusion.ops(graph, g);
+            (fusion::title(graph, g, ops.len()), ops)
+        })
+        .collect();
+    match format {
+        Format::Text => {
+            out!(
+                "# {} kernels for {} ops",
+                kernels.len(),
+                graph.ancestors(roots).len()
+            );
+            for (i, (title, ops)) in kernels.iter().enumerate() {
+                out!("kernel {i}: {title}");
+                for line in text::to_text_nodes(graph, ops).lines() {
+                    out!("  {line}");
+                }
+            }
+        }
+        Format::Dot => out!("{}", dot_clusters(graph, roots, &kernels).trim_end()),
+        Format::Json => {
+            let mut value = text::to_json(graph, roots);
+            value["kernels"] = json!(
+                kernels
+                    .iter()
+                    .map(|(title, ops)| json!({
+                        "title": title,
+                        "ops": ops.iter().map(|o| o.index()).collect::<Vec<_>>(),
+                    }))
+                    .collect::<Vec<_>>()
+            );
+            print_json(&value);
+        }
     }
-    Ok(ExitCode::SUCCESS)
+}
+
+/// The graph as dot with one cluster per kernel (an inline value recomputed by several
+/// kernels is drawn in the first).
+fn dot_clusters(graph: &Graph, roots: &[NodeId], kernels: &[(String, Vec<NodeId>)]) -> String {
+    let plain = text::to_dot(graph, roots);
+    let mut lines: Vec<String> = plain.lines().map(str::to_string).collect();
+    let closing = lines.pop().unwrap_or_default();
+    let mut drawn = std::collections::HashSet::new();
+    for (i, (title, ops)) in kernels.iter().enumerate() {
+        lines.push(format!(
+            "  subgraph cluster_{i} {{ label=\"kernel {i}: {}\"; style=rounded;",
+            title.replace('"', "'")
+        ));
+        for op in ops.iter().filter(|o| drawn.insert(**o)) {
+            lines.push(format!("    n{};", op.index()));
+        }
+        lines.push("  }".into());
+    }
+    lines.push(closing);
+    lines.join("\n") + "\n"
+}
+
+/// `--stats`: op and kernel counts, estimated bytes moved, what the e-graph did, and the time
+/// of every stage from parsing to native code.
+fn stats(inspection: &Inspection, batch: usize, parse_ms: f64, as_json: bool) {
+    let t = &inspection.trace;
+    let step = &inspection.step;
+    let ops_autodiff = step.graph.ancestors(&step_roots(step)).len();
+    let ops_simplified = t.simplified.graph.ancestors(&t.simplified.roots).len();
+    let kernels = t.plan.kernels.len();
+    let bytes_after = t.plan.bytes_moved(4);
+    let stages = [
+        ("parse", parse_ms),
+        ("autodiff", inspection.autodiff_ms),
+        ("simplify", t.simplify_ms),
+        ("fuse_schedule", t.schedule_ms),
+        ("codegen", t.codegen_ms),
+    ];
+    let total: f64 = stages.iter().map(|(_, ms)| ms).sum();
+    if as_json {
+        let mut compile_ms = serde_json::Map::new();
+        for (name, ms) in stages {
+            compile_ms.insert(name.into(), json!(ms));
+        }
+        compile_ms.insert("total".into(), json!(total));
+        let rules: serde_json::Map<String, serde_json::Value> = t
+            .simplified
+            .rules_fired
+            .iter()
+            .map(|(r, n)| (r.clone(), json!(n)))
+            .collect();
+        print_json(&json!({
+            "batch": batch,
+            "ops_autodiff": ops_autodiff,
+            "ops_simplified": ops_simplified,
+            "kernels": kernels,
+            "bytes_moved_before": inspection.bytes_unfused,
+            "bytes_moved_after": bytes_after,
+            "rules_fired": rules,
+            "stop_reason": t.simplified.stop_reason,
+            "compile_ms": compile_ms,
+        }));
+        return;
+    }
+    out!("train step at batch {batch}");
+    out!("  ops after autodiff    {ops_autodiff}");
+    out!("  ops after simplify    {ops_simplified}");
+    out!(
+        "  kernels               {kernels} ({:.0}% of the ops)",
+        100.0 * kernels as f64 / ops_autodiff.max(1) as f64
+    );
+    out!(
+        "  bytes moved per step  {} before simplification and fusion, {} after (estimated)",
+        super::bytes(inspection.bytes_unfused),
+        super::bytes(bytes_after)
+    );
+    out!("  e-graph stopped       {}", t.simplified.stop_reason);
+    let fired: Vec<String> = t
+        .simplified
+        .rules_fired
+        .iter()
+        .map(|(r, n)| format!("{r} {n}"))
+        .collect();
+    out!(
+        "  rules fired           {}",
+        if fired.is_empty() {
+            "none".to_string()
+        } else {
+            fired.join(", ")
+        }
+    );
+    let timings: Vec<String> = stages
+        .iter()
+        .map(|(name, ms)| format!("{name} {ms:.1}"))
+        .collect();
+    out!(
+        "  compile ms            {total:.1} ({})",
+        timings.join(", ")
+    );
 }

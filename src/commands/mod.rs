@@ -63,11 +63,6 @@ impl Loaded {
     }
 }
 
-/// Reads and checks a model file.
-pub fn load(path: &Path) -> Result<Compiled, Failure> {
-    load_file(path).map(|l| l.compiled)
-}
-
 /// Reads and checks a model file, keeping its source.
 pub fn load_file(path: &Path) -> Result<Loaded, Failure> {
     let bytes = nabla_runtime::files::read_limited(path, "model file", MAX_MODEL_BYTES)

@@ -5,8 +5,9 @@
 //! ([`analysis`]); the [`rules`] run to saturation or to the limits in [`Limits`]; and the
 //! cheapest equivalent of each root is extracted back into a fresh graph.
 //!
-//! **Architecture invariant:** simplification never changes what a graph computes (for finite
-//! values) nor any root's shape; tests check both sides in the interpreter.
+//! **Architecture invariant:** simplification never changes any root's shape, and under the
+//! default [`RuleSet::Ieee`] never changes what a graph computes beyond rounding: NaN and
+//! infinities behave as written. Tests check both sides in the interpreter.
 
 pub mod analysis;
 pub mod lang;
@@ -20,6 +21,7 @@ use egg::{CostFunction, Id, Language, Runner};
 use crate::ir::{Graph, NodeId, Op, ReduceOp, ShapeError};
 use analysis::{TensorAnalysis, TensorEGraph};
 use lang::TensorNode;
+pub use rules::RuleSet;
 
 /// Bounds on saturation, always set so that simplification terminates quickly.
 #[derive(Clone, Debug)]
@@ -54,6 +56,10 @@ pub struct Simplified {
     pub nodes_before: usize,
     /// Why saturation stopped, how many iterations and e-nodes it took.
     pub report: String,
+    /// Why saturation stopped (`Saturated`, `NodeLimit(n)`, ...).
+    pub stop_reason: String,
+    /// How often each rule applied, by name, most first.
+    pub rules_fired: Vec<(String, usize)>,
 }
 
 impl Simplified {
@@ -78,15 +84,19 @@ impl Simplified {
             graph: out,
             nodes_before: nodes.len(),
             report: "not simplified".into(),
+            stop_reason: "not simplified".into(),
+            rules_fired: Vec::new(),
         }
     }
 }
 
-/// Simplifies what `roots` compute, returning a new graph. Root labels carry over.
+/// Simplifies what `roots` compute, returning a new graph. Labels carry over to the nodes
+/// that compute the labelled values.
 pub fn simplify(
     graph: &Graph,
     roots: &[NodeId],
     limits: &Limits,
+    rules: RuleSet,
 ) -> Result<Simplified, ShapeError> {
     let nodes = graph.ancestors(roots);
     let mut egraph = TensorEGraph::new(TensorAnalysis);
@@ -106,8 +116,17 @@ pub fn simplify(
         .with_node_limit(nodes.len() + limits.nodes)
         .with_iter_limit(limits.iterations)
         .with_time_limit(limits.time)
-        .run(&rules::all());
+        .run(&rules::all(rules));
+    let mut fired: HashMap<String, usize> = HashMap::new();
+    for iteration in &runner.iterations {
+        for (rule, count) in &iteration.applied {
+            *fired.entry(rule.to_string()).or_default() += count;
+        }
+    }
+    let mut rules_fired: Vec<(String, usize)> = fired.into_iter().collect();
+    rules_fired.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     let report = runner.report();
+    let stop_reason = format!("{:?}", report.stop_reason);
     let report = format!(
         "stopped: {:?}; {} iterations; {} e-nodes in {} e-classes; {:.3}s",
         report.stop_reason,
@@ -137,11 +156,20 @@ pub fn simplify(
         }
         new_roots.push(new_root);
     }
+    // Names (bindings, gradients) survive where their value does.
+    for &id in &nodes {
+        let class = runner.egraph.find(class_of[&id]);
+        if let (Some(label), Some(&new)) = (&graph.get(id).label, built.get(&class)) {
+            out.label(new, label);
+        }
+    }
     Ok(Simplified {
         graph: out,
         roots: new_roots,
         nodes_before: nodes.len(),
         report,
+        stop_reason,
+        rules_fired,
     })
 }
 

@@ -11,8 +11,13 @@ use super::{Graph, NodeId, Op};
 
 /// The graph restricted to `roots`' ancestors, one node per line, operands before users.
 pub fn to_text(graph: &Graph, roots: &[NodeId]) -> String {
+    to_text_nodes(graph, &graph.ancestors(roots))
+}
+
+/// The given nodes, one per line, in the order given.
+pub fn to_text_nodes(graph: &Graph, nodes: &[NodeId]) -> String {
     let mut out = String::new();
-    for id in graph.ancestors(roots) {
+    for &id in nodes {
         let node = graph.get(id);
         let operands: Vec<String> = graph
             .operands(id)
