@@ -245,10 +245,15 @@ impl CostFunction<TensorNode> for KernelCost {
     type Cost = f64;
 
     fn cost<C: FnMut(Id) -> f64>(&mut self, enode: &TensorNode, mut costs: C) -> f64 {
+        use crate::ir::{BinaryOp, UnaryOp};
         let own = match &enode.op {
             Op::MatMul => 16.0,
             Op::Reduce(ReduceOp::Sum | ReduceOp::Max, _) => 2.0,
-            Op::Binary(crate::ir::BinaryOp::Pow) | Op::Unary(_) => 1.5,
+            // A call into a transcendental function.
+            Op::Binary(BinaryOp::Pow)
+            | Op::Unary(UnaryOp::Exp | UnaryOp::Log | UnaryOp::Tanh | UnaryOp::Sigmoid) => 4.0,
+            // Division and square roots take several times a multiplication's throughput.
+            Op::Binary(BinaryOp::Div) | Op::Unary(UnaryOp::Sqrt | UnaryOp::Recip) => 2.0,
             _ => 1.0,
         };
         enode.children.iter().fold(own, |acc, &c| acc + costs(c))
