@@ -44,6 +44,7 @@ const CASES: &[(&str, Contract, &str, &str)] = &[
     ("mul-neg", Contract::Exact, "x * (-y)", "-(x*y)"),
     ("neg-div", Contract::Exact, "(-x) / y", "-(x/y)"),
     ("stop-gradient", Contract::Exact, "stop_gradient(x)", "x"),
+    ("one-div", Contract::Exact, "1 / x", "1/x"),
     (
         "mul-const-const-x",
         Contract::Rounding,

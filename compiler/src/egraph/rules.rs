@@ -91,6 +91,8 @@ pub fn exact() -> Vec<Rule> {
         rw!("neg-mul"; "(mul (neg ?x) ?y)" => "(neg (mul ?x ?y))"),
         rw!("mul-neg"; "(mul ?x (neg ?y))" => "(neg (mul ?x ?y))"),
         rw!("neg-div"; "(div (neg ?x) ?y)" => "(neg (div ?x ?y))"),
+        // 1 / x = recip(x)
+        rw!("one-div"; "(div ?o ?x)" => "(recip ?x)" if is("?o", 1.0)),
         // c ? x : x = x
         rw!("select-same"; "(select ?c ?x ?x)" => "?x"),
         // Simplification runs after differentiation, where `stop_gradient` is the identity.
