@@ -156,6 +156,47 @@ pub fn vjp(
             UnaryOp::Sign => None,
             // no gradient flows through, by definition
             UnaryOp::StopGradient => None,
+            // d sin x = cos x
+            UnaryOp::Sin => {
+                let cos = graph.unary(UnaryOp::Cos, x[0])?;
+                Some(graph.mul(g, cos)?)
+            }
+            // d cos x = -sin x
+            UnaryOp::Cos => {
+                let sin = graph.unary(UnaryOp::Sin, x[0])?;
+                let t = graph.mul(g, sin)?;
+                Some(graph.unary(UnaryOp::Neg, t)?)
+            }
+            // d tan x = 1 + tan(x)^2 = 1 + out^2
+            UnaryOp::Tan => {
+                let out_sq = graph.mul(out, out)?;
+                let d = graph.add(one, out_sq)?;
+                Some(graph.mul(g, d)?)
+            }
+            // d sinh x = cosh x
+            UnaryOp::Sinh => {
+                let cosh = graph.unary(UnaryOp::Cosh, x[0])?;
+                Some(graph.mul(g, cosh)?)
+            }
+            // d cosh x = sinh x
+            UnaryOp::Cosh => {
+                let sinh = graph.unary(UnaryOp::Sinh, x[0])?;
+                Some(graph.mul(g, sinh)?)
+            }
+            // d atan x = 1 / (1 + x^2)
+            UnaryOp::Atan => {
+                let sq = graph.mul(x[0], x[0])?;
+                let d = graph.add(one, sq)?;
+                Some(graph.div(g, d)?)
+            }
+            // d erf x = 2/sqrt(pi) e^(-x^2)
+            UnaryOp::Erf => {
+                let sq = graph.mul(x[0], x[0])?;
+                let neg = graph.unary(UnaryOp::Neg, sq)?;
+                let e = graph.unary(UnaryOp::Exp, neg)?;
+                let d = graph.scale(e, std::f64::consts::FRAC_2_SQRT_PI)?;
+                Some(graph.mul(g, d)?)
+            }
             // d tanh(x) = 1 - tanh(x)^2 = 1 - out^2
             UnaryOp::Tanh => {
                 let out_sq = graph.mul(out, out)?;

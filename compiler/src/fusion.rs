@@ -24,7 +24,7 @@
 
 use std::collections::HashMap;
 
-use crate::ir::{BinaryOp, Graph, NodeId, Op, Shape, UnaryOp};
+use crate::ir::{BinaryOp, Graph, NodeId, Op, Shape};
 
 /// Whether to fuse at all (`--no-fuse` makes every op its own kernel, to measure fusion).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -185,11 +185,11 @@ fn is_elementwise(op: &Op) -> bool {
 
 /// Whether recomputing the op costs a function call.
 fn is_expensive(op: &Op) -> bool {
-    matches!(
-        op,
-        Op::Unary(UnaryOp::Exp | UnaryOp::Log | UnaryOp::Tanh | UnaryOp::Sigmoid)
-            | Op::Binary(BinaryOp::Pow)
-    )
+    match op {
+        Op::Unary(u) => u.is_transcendental(),
+        Op::Binary(b) => *b == BinaryOp::Pow,
+        _ => false,
+    }
 }
 
 fn users(graph: &Graph, nodes: &[NodeId]) -> HashMap<NodeId, Vec<NodeId>> {

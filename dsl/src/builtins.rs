@@ -15,7 +15,7 @@ use crate::init;
 use crate::lower::{Env, LResult, Lowerer};
 
 /// Every built-in function name.
-pub const BUILTINS: [&str; 25] = [
+pub const BUILTINS: [&str; 32] = [
     "exp",
     "log",
     "sqrt",
@@ -23,6 +23,13 @@ pub const BUILTINS: [&str; 25] = [
     "tanh",
     "sigmoid",
     "stop_gradient",
+    "sin",
+    "cos",
+    "tan",
+    "sinh",
+    "cosh",
+    "atan",
+    "erf",
     "relu",
     "leaky_relu",
     "identity",
@@ -65,6 +72,13 @@ impl Lowerer<'_> {
             "tanh" => Some(UnaryOp::Tanh),
             "sigmoid" => Some(UnaryOp::Sigmoid),
             "stop_gradient" => Some(UnaryOp::StopGradient),
+            "sin" => Some(UnaryOp::Sin),
+            "cos" => Some(UnaryOp::Cos),
+            "tan" => Some(UnaryOp::Tan),
+            "sinh" => Some(UnaryOp::Sinh),
+            "cosh" => Some(UnaryOp::Cosh),
+            "atan" => Some(UnaryOp::Atan),
+            "erf" => Some(UnaryOp::Erf),
             _ => None,
         };
         if let Some(op) = unary {

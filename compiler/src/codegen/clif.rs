@@ -33,16 +33,37 @@ pub enum MathFn {
     Sigmoid,
     /// `a^b`
     Pow,
+    /// `sin x`
+    Sin,
+    /// `cos x`
+    Cos,
+    /// `tan x`
+    Tan,
+    /// `sinh x`
+    Sinh,
+    /// `cosh x`
+    Cosh,
+    /// `atan x`
+    Atan,
+    /// `erf x`
+    Erf,
 }
 
 impl MathFn {
     /// Every function, in import order.
-    pub const ALL: [MathFn; 5] = [
+    pub const ALL: [MathFn; 12] = [
         MathFn::Exp,
         MathFn::Log,
         MathFn::Tanh,
         MathFn::Sigmoid,
         MathFn::Pow,
+        MathFn::Sin,
+        MathFn::Cos,
+        MathFn::Tan,
+        MathFn::Sinh,
+        MathFn::Cosh,
+        MathFn::Atan,
+        MathFn::Erf,
     ];
 
     /// How many arguments it takes.
@@ -413,6 +434,13 @@ impl Emitter<'_, '_> {
             UnaryOp::Log => self.call(MathFn::Log, &[x], ty),
             UnaryOp::Tanh => self.call(MathFn::Tanh, &[x], ty),
             UnaryOp::Sigmoid => self.call(MathFn::Sigmoid, &[x], ty),
+            UnaryOp::Sin => self.call(MathFn::Sin, &[x], ty),
+            UnaryOp::Cos => self.call(MathFn::Cos, &[x], ty),
+            UnaryOp::Tan => self.call(MathFn::Tan, &[x], ty),
+            UnaryOp::Sinh => self.call(MathFn::Sinh, &[x], ty),
+            UnaryOp::Cosh => self.call(MathFn::Cosh, &[x], ty),
+            UnaryOp::Atan => self.call(MathFn::Atan, &[x], ty),
+            UnaryOp::Erf => self.call(MathFn::Erf, &[x], ty),
             UnaryOp::Sign => {
                 // 1 above 0, -1 below, else x itself: sign(±0) = ±0 and sign(NaN) = NaN, as
                 // the interpreter has it.

@@ -29,44 +29,79 @@ pub struct Compiled {
 }
 
 /// The scalar functions kernels call, for one float type: `extern "C"` shims over Rust's
-/// implementations.
+/// implementations (and `libm`'s `erf`), in a module per type with `of` giving each address.
 macro_rules! math_shims {
-    ($t:ty, $exp:ident, $log:ident, $tanh:ident, $sigmoid:ident, $pow:ident) => {
-        extern "C" fn $exp(x: $t) -> $t {
-            x.exp()
-        }
-        extern "C" fn $log(x: $t) -> $t {
-            x.ln()
-        }
-        extern "C" fn $tanh(x: $t) -> $t {
-            x.tanh()
-        }
-        extern "C" fn $sigmoid(x: $t) -> $t {
-            1.0 / (1.0 + (-x).exp())
-        }
-        extern "C" fn $pow(a: $t, b: $t) -> $t {
-            a.powf(b)
+    ($module:ident, $t:ty, $erf:path) => {
+        mod $module {
+            use super::MathFn;
+
+            extern "C" fn exp(x: $t) -> $t {
+                x.exp()
+            }
+            extern "C" fn log(x: $t) -> $t {
+                x.ln()
+            }
+            extern "C" fn tanh(x: $t) -> $t {
+                x.tanh()
+            }
+            extern "C" fn sigmoid(x: $t) -> $t {
+                1.0 / (1.0 + (-x).exp())
+            }
+            extern "C" fn pow(a: $t, b: $t) -> $t {
+                a.powf(b)
+            }
+            extern "C" fn sin(x: $t) -> $t {
+                x.sin()
+            }
+            extern "C" fn cos(x: $t) -> $t {
+                x.cos()
+            }
+            extern "C" fn tan(x: $t) -> $t {
+                x.tan()
+            }
+            extern "C" fn sinh(x: $t) -> $t {
+                x.sinh()
+            }
+            extern "C" fn cosh(x: $t) -> $t {
+                x.cosh()
+            }
+            extern "C" fn atan(x: $t) -> $t {
+                x.atan()
+            }
+            extern "C" fn erf(x: $t) -> $t {
+                $erf(x)
+            }
+
+            /// The address of `f`'s shim.
+            pub(super) fn of(f: MathFn) -> *const u8 {
+                match f {
+                    MathFn::Exp => exp as *const u8,
+                    MathFn::Log => log as *const u8,
+                    MathFn::Tanh => tanh as *const u8,
+                    MathFn::Sigmoid => sigmoid as *const u8,
+                    MathFn::Pow => pow as *const u8,
+                    MathFn::Sin => sin as *const u8,
+                    MathFn::Cos => cos as *const u8,
+                    MathFn::Tan => tan as *const u8,
+                    MathFn::Sinh => sinh as *const u8,
+                    MathFn::Cosh => cosh as *const u8,
+                    MathFn::Atan => atan as *const u8,
+                    MathFn::Erf => erf as *const u8,
+                }
+            }
         }
     };
 }
 
-math_shims!(f32, exp_f32, log_f32, tanh_f32, sigmoid_f32, pow_f32);
-math_shims!(f64, exp_f64, log_f64, tanh_f64, sigmoid_f64, pow_f64);
+math_shims!(shims_f32, f32, libm::erff);
+math_shims!(shims_f64, f64, libm::erf);
 
 /// The symbol name and address of a math function in the given precision.
 fn math_symbol(f: MathFn, elem: Elem) -> (String, *const u8) {
     let name = format!("nabla_{f:?}_{elem:?}").to_lowercase();
-    let ptr = match (f, elem) {
-        (MathFn::Exp, Elem::F32) => exp_f32 as *const u8,
-        (MathFn::Log, Elem::F32) => log_f32 as *const u8,
-        (MathFn::Tanh, Elem::F32) => tanh_f32 as *const u8,
-        (MathFn::Sigmoid, Elem::F32) => sigmoid_f32 as *const u8,
-        (MathFn::Pow, Elem::F32) => pow_f32 as *const u8,
-        (MathFn::Exp, Elem::F64) => exp_f64 as *const u8,
-        (MathFn::Log, Elem::F64) => log_f64 as *const u8,
-        (MathFn::Tanh, Elem::F64) => tanh_f64 as *const u8,
-        (MathFn::Sigmoid, Elem::F64) => sigmoid_f64 as *const u8,
-        (MathFn::Pow, Elem::F64) => pow_f64 as *const u8,
+    let ptr = match elem {
+        Elem::F32 => shims_f32::of(f),
+        Elem::F64 => shims_f64::of(f),
     };
     (name, ptr)
 }

@@ -79,7 +79,7 @@ impl FromOp for TensorNode {
 }
 
 /// The elementwise ops patterns may name.
-const ELEMENTWISE: [Op; 20] = [
+const ELEMENTWISE: [Op; 27] = [
     Op::Unary(UnaryOp::Neg),
     Op::Unary(UnaryOp::Recip),
     Op::Unary(UnaryOp::Exp),
@@ -90,6 +90,13 @@ const ELEMENTWISE: [Op; 20] = [
     Op::Unary(UnaryOp::Tanh),
     Op::Unary(UnaryOp::Sigmoid),
     Op::Unary(UnaryOp::StopGradient),
+    Op::Unary(UnaryOp::Sin),
+    Op::Unary(UnaryOp::Cos),
+    Op::Unary(UnaryOp::Tan),
+    Op::Unary(UnaryOp::Sinh),
+    Op::Unary(UnaryOp::Cosh),
+    Op::Unary(UnaryOp::Atan),
+    Op::Unary(UnaryOp::Erf),
     Op::Binary(BinaryOp::Add),
     Op::Binary(BinaryOp::Sub),
     Op::Binary(BinaryOp::Mul),

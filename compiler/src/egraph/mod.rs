@@ -250,8 +250,8 @@ impl CostFunction<TensorNode> for KernelCost {
             Op::MatMul => 16.0,
             Op::Reduce(ReduceOp::Sum | ReduceOp::Max, _) => 2.0,
             // A call into a transcendental function.
-            Op::Binary(BinaryOp::Pow)
-            | Op::Unary(UnaryOp::Exp | UnaryOp::Log | UnaryOp::Tanh | UnaryOp::Sigmoid) => 4.0,
+            Op::Binary(BinaryOp::Pow) => 4.0,
+            Op::Unary(u) if u.is_transcendental() => 4.0,
             // Division and square roots take several times a multiplication's throughput.
             Op::Binary(BinaryOp::Div) | Op::Unary(UnaryOp::Sqrt | UnaryOp::Recip) => 2.0,
             _ => 1.0,

@@ -157,6 +157,13 @@ pub fn unary<T: Float>(op: UnaryOp, x: T) -> T {
         }
         UnaryOp::Tanh => x.tanh(),
         UnaryOp::Sigmoid => T::one() / (T::one() + (-x).exp()),
+        UnaryOp::Sin => x.sin(),
+        UnaryOp::Cos => x.cos(),
+        UnaryOp::Tan => x.tan(),
+        UnaryOp::Sinh => x.sinh(),
+        UnaryOp::Cosh => x.cosh(),
+        UnaryOp::Atan => x.atan(),
+        UnaryOp::Erf => T::from(libm::erf(x.to_f64().unwrap_or(f64::NAN))).unwrap_or(x),
         UnaryOp::StopGradient => x,
     }
 }

@@ -64,9 +64,38 @@ pub enum UnaryOp {
     Tanh,
     /// logistic function `1 / (1 + e^-x)`
     Sigmoid,
+    /// sine
+    Sin,
+    /// cosine
+    Cos,
+    /// tangent
+    Tan,
+    /// hyperbolic sine
+    Sinh,
+    /// hyperbolic cosine
+    Cosh,
+    /// arc tangent
+    Atan,
+    /// the error function `2/sqrt(pi) ∫_0^x e^(-t^2) dt`
+    Erf,
     /// `x`, through which no gradient flows (JAX's `stop_gradient`, PyTorch's `detach`): how a
     /// built-in states a gradient other than its value's derivative.
     StopGradient,
+}
+
+impl UnaryOp {
+    /// Whether computing it calls a transcendental function (rather than a few instructions).
+    pub fn is_transcendental(self) -> bool {
+        !matches!(
+            self,
+            UnaryOp::Neg
+                | UnaryOp::Recip
+                | UnaryOp::Sqrt
+                | UnaryOp::Abs
+                | UnaryOp::Sign
+                | UnaryOp::StopGradient
+        )
+    }
 }
 
 /// Elementwise functions of two operands of equal shape.
@@ -240,6 +269,13 @@ impl Op {
                 UnaryOp::Sign => "sign",
                 UnaryOp::Tanh => "tanh",
                 UnaryOp::Sigmoid => "sigmoid",
+                UnaryOp::Sin => "sin",
+                UnaryOp::Cos => "cos",
+                UnaryOp::Tan => "tan",
+                UnaryOp::Sinh => "sinh",
+                UnaryOp::Cosh => "cosh",
+                UnaryOp::Atan => "atan",
+                UnaryOp::Erf => "erf",
                 UnaryOp::StopGradient => "stop_gradient",
             },
             Op::Binary(b) => match b {
