@@ -6,6 +6,7 @@
 //! with finite differences.
 #![deny(missing_docs)]
 
+pub mod algebra;
 pub mod autodiff;
 pub mod codegen;
 pub mod egraph;

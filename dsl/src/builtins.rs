@@ -15,7 +15,7 @@ use crate::init;
 use crate::lower::{Env, LResult, Lowerer};
 
 /// Every built-in function name.
-pub const BUILTINS: [&str; 32] = [
+pub const BUILTINS: [&str; 33] = [
     "exp",
     "log",
     "sqrt",
@@ -31,6 +31,7 @@ pub const BUILTINS: [&str; 32] = [
     "atan",
     "erf",
     "relu",
+    "step",
     "leaky_relu",
     "identity",
     "softmax",
@@ -89,6 +90,11 @@ impl Lowerer<'_> {
             "relu" => self
                 .tensor_args(name, span, args, env, 1)
                 .and_then(|x| self.leaky_relu(x[0], 0.0, span)),
+            // Heaviside: 1 where x > 0, else 0 (the derivative of relu; `nabla diff` prints it)
+            "step" => self.tensor_args(name, span, args, env, 1).and_then(|x| {
+                let zero = self.graph.constant(0.0);
+                located(self.graph.binary(BinaryOp::Gt, x[0], zero), span)
+            }),
             "leaky_relu" => (|| {
                 let a = Args::new(name, span, args, 1, 2, &["a"])?;
                 let slope = a.number(1, "a", 0.01)?;

@@ -1,12 +1,12 @@
-//! `nabla diff EXPR --wrt x,y --at x=1,y=2`: symbolic partial derivatives of a formula, simplified
-//! and printed as formulas with their values.
+//! `nabla diff EXPR --wrt x,y --at x=1,y=2`: symbolic partial derivatives of a formula, in
+//! canonical real-number form (`nabla_compiler::algebra`), with their values.
 
 use std::collections::HashMap;
 use std::process::ExitCode;
 
+use nabla_compiler::algebra;
 use nabla_compiler::autodiff::differentiate;
-use nabla_compiler::egraph::{self, Limits, RuleSet};
-use nabla_compiler::ir::{Shape, Tensor, formula, interp};
+use nabla_compiler::ir::{Shape, Tensor, interp};
 use serde_json::json;
 
 use super::{Failure, Outcome, print_json};
@@ -60,8 +60,6 @@ pub fn run(args: Args) -> Outcome {
         .collect();
     let grads =
         differentiate(&mut graph, root, &wrt).map_err(|e| Failure::Message(e.to_string()))?;
-    let simplified = egraph::simplify(&graph, &grads, &Limits::default(), RuleSet::FastMath)
-        .map_err(|e| Failure::Message(e.0))?;
 
     let missing: Vec<&str> = vars
         .iter()
@@ -80,14 +78,13 @@ pub fn run(args: Args) -> Outcome {
             .iter()
             .map(|(k, v)| (k.clone(), Tensor::scalar(*v)))
             .collect();
-        let out = interp::eval(&simplified.graph, &feeds, &simplified.roots)
-            .map_err(|e| Failure::Message(e.to_string()))?;
+        let out =
+            interp::eval(&graph, &feeds, &grads).map_err(|e| Failure::Message(e.to_string()))?;
         Some(out.into_iter().map(|t| t.data[0]).collect::<Vec<f64>>())
     };
-    let formulas: Vec<String> = simplified
-        .roots
+    let formulas: Vec<String> = grads
         .iter()
-        .map(|&r| formula::to_formula(&simplified.graph, r))
+        .map(|&g| algebra::canonical(&graph, g).to_string())
         .collect();
     if args.json {
         let mut object = serde_json::Map::new();
