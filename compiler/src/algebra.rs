@@ -423,7 +423,7 @@ fn render_sum(e: &Expr) -> String {
         coeff: Coeff(numeric),
     };
     let inner = format!("({})", render_terms(&sorted(rest)));
-    let outer_text = render_terms(&[outer.clone()]);
+    let outer_text = render_terms(std::slice::from_ref(&outer));
     if outer.factors.is_empty() {
         match numeric {
             1.0 => inner,
