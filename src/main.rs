@@ -31,6 +31,8 @@ enum Command {
     Eval(commands::session::WeightsArgs),
     /// Print predictions for the rows of a CSV file.
     Predict(commands::predict::Args),
+    /// Time compilation and train steps on synthetic data of the model's shapes.
+    Bench(commands::bench::Args),
 }
 
 /// Deeply nested input is rejected by the parser long before this, but lowering and printing
@@ -60,6 +62,7 @@ fn main() -> ExitCode {
             Command::Train(args) => commands::train::run(args),
             Command::Eval(args) => commands::eval::run(args),
             Command::Predict(args) => commands::predict::run(args),
+            Command::Bench(args) => commands::bench::run(args),
         });
     let outcome = match worker {
         Ok(handle) => handle.join().unwrap_or(Err(commands::Failure::Message(

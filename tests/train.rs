@@ -407,3 +407,27 @@ fn a_saturated_bce_step_matches_pytorch() {
     );
     assert!((b - 1.5e-6).abs() < 1e-7);
 }
+
+/// `nabla bench` runs on synthetic data and reports what the peers script reads.
+#[test]
+fn bench_reports_compile_and_step_times() {
+    for args in [&[][..], &["--no-fuse", "--no-simplify"][..]] {
+        let mut all = vec!["bench", "examples/xor.nn", "--steps", "3", "--json"];
+        all.extend_from_slice(args);
+        let o = nabla(&all);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let report = &json_lines(&o)[0];
+        for key in [
+            "compile_ms",
+            "step_ms",
+            "samples_per_s",
+            "peak_rss_mb",
+            "threads",
+            "batch",
+        ] {
+            assert!(report.get(key).is_some(), "{key} missing from {report}");
+        }
+        assert!(report["step_ms"].as_f64().is_some_and(|t| t > 0.0));
+        assert_eq!(report["batch"], 4);
+    }
+}

@@ -207,6 +207,36 @@ impl Runner {
         }
     }
 
+    /// Compiles the program for `batch` and makes its input buffers, once per batch size.
+    fn compile(
+        &mut self,
+        compile: &mut dyn Compile,
+        info: &ModelInfo,
+        batch: usize,
+    ) -> Result<(), String> {
+        if self.programs.contains_key(&batch) {
+            return Ok(());
+        }
+        let program = match self.kind {
+            ProgramKind::Train => compile.train_step(batch),
+            ProgramKind::Evaluate => compile.evaluate(batch),
+            ProgramKind::Predict => compile.predict(batch),
+        }?;
+        let inputs = info
+            .feeds
+            .iter()
+            .map(|f| {
+                let buffer = Buffer::try_zeros(batch * f.row_len, self.elem);
+                buffer
+                    .map(|b| (f.name.clone(), b))
+                    .map_err(|e| e.to_string())
+            })
+            .collect::<Result<_, _>>()?;
+        let exe = Executable::new(program).map_err(|e| e.to_string())?;
+        self.programs.insert(batch, (exe, inputs));
+        Ok(())
+    }
+
     /// Copies the examples `rows` into the batch buffers and runs the program (compiled on
     /// first use of this batch size).
     fn run(
@@ -218,26 +248,8 @@ impl Runner {
         store: &mut Store,
     ) -> Result<&Executable, String> {
         let batch = rows.len();
-        if !self.programs.contains_key(&batch) {
-            let program = match self.kind {
-                ProgramKind::Train => compile.train_step(batch),
-                ProgramKind::Evaluate => compile.evaluate(batch),
-                ProgramKind::Predict => compile.predict(batch),
-            }?;
-            let inputs = info
-                .feeds
-                .iter()
-                .map(|f| {
-                    let buffer = Buffer::try_zeros(batch * f.row_len, self.elem);
-                    buffer
-                        .map(|b| (f.name.clone(), b))
-                        .map_err(|e| e.to_string())
-                })
-                .collect::<Result<_, _>>()?;
-            let exe = Executable::new(program).map_err(|e| e.to_string())?;
-            self.programs.insert(batch, (exe, inputs));
-        }
-        let (exe, inputs) = self.programs.get_mut(&batch).expect("inserted above");
+        self.compile(compile, info, batch)?;
+        let (exe, inputs) = self.programs.get_mut(&batch).expect("compiled above");
         for feed in &info.feeds {
             let (Some(column), Some(buffer)) =
                 (data.column(&feed.name), inputs.get_mut(&feed.name))
@@ -383,33 +395,16 @@ pub fn train(
     let mut tester = Runner::new(ProgramKind::Evaluate, settings.elem);
     let mut step = 0;
     let mut epoch = 0;
-    store.insert(info.lr_name.clone(), Buffer::zeros(1, settings.elem));
-    if let Some(bc) = &info.bias_correction {
-        for (name, _) in &bc.terms {
-            store.insert(name.clone(), Buffer::zeros(1, settings.elem));
-        }
-    }
+    insert_step_scalars(info, settings.elem, store);
     while step < total_steps {
         let lr = settings.schedule.rate(settings.lr, epoch);
-        store
-            .get_mut(&info.lr_name)
-            .expect("inserted above")
-            .write_f64(&[lr]);
         rng.shuffle(&mut order);
         let mut tally = Tally::default();
         for chunk in order.chunks(batch) {
             if step == total_steps {
                 break;
             }
-            if let Some(bc) = &info.bias_correction {
-                for (name, beta) in &bc.terms {
-                    let value = 1.0 / (1.0 - beta.powi((step + 1).min(i32::MAX as usize) as i32));
-                    store
-                        .get_mut(name)
-                        .expect("inserted above")
-                        .write_f64(&[value]);
-                }
-            }
+            feed_step_scalars(info, lr, step, store);
             let exe = trainer.run(compile, info, train_data, chunk, store)?;
             if step == 0 {
                 let mut first = Tally::default();
@@ -454,6 +449,96 @@ pub fn train(
         });
     }
     Ok(())
+}
+
+/// Adds the scalar inputs of a train step (learning rate, bias corrections) to the store.
+fn insert_step_scalars(info: &ModelInfo, elem: Elem, store: &mut Store) {
+    store.insert(info.lr_name.clone(), Buffer::zeros(1, elem));
+    if let Some(bc) = &info.bias_correction {
+        for (name, _) in &bc.terms {
+            store.insert(name.clone(), Buffer::zeros(1, elem));
+        }
+    }
+}
+
+/// Writes step `step`'s learning rate and bias corrections `1 / (1 - beta^(step + 1))`.
+fn feed_step_scalars(info: &ModelInfo, lr: f64, step: usize, store: &mut Store) {
+    let mut set = |name: &str, value: f64| {
+        store
+            .get_mut(name)
+            .expect("inserted by insert_step_scalars")
+            .write_f64(&[value]);
+    };
+    set(&info.lr_name, lr);
+    if let Some(bc) = &info.bias_correction {
+        for (name, beta) in &bc.terms {
+            set(
+                name,
+                1.0 / (1.0 - beta.powi((step + 1).min(i32::MAX as usize) as i32)),
+            );
+        }
+    }
+}
+
+/// `rows` examples of random data of the model's shapes, for benchmarks: standard normal
+/// inputs, uniform targets in [0, 1), class labels drawn uniformly (0 when the class count is
+/// not declared).
+pub fn synthetic(info: &ModelInfo, rows: usize, seed: u64) -> Dataset {
+    let mut rng = Rng::seeded(seed);
+    let columns = info
+        .feeds
+        .iter()
+        .map(|f| {
+            let values = (0..rows * f.row_len)
+                .map(|_| match (f.classes, f.target) {
+                    (Some(c), _) if c < usize::MAX => rng.below(c) as f32,
+                    (Some(_), _) => 0.0,
+                    (None, true) => rng.uniform(0.0, 1.0) as f32,
+                    (None, false) => rng.normal(0.0, 1.0) as f32,
+                })
+                .collect();
+            crate::data::Column {
+                name: f.name.clone(),
+                row_len: f.row_len,
+                values,
+            }
+        })
+        .collect();
+    Dataset {
+        columns,
+        rows,
+        origin: "synthetic data".into(),
+    }
+}
+
+/// Times training steps for benchmarks: `warmup` untimed steps, then `steps` timed ones, all
+/// on the first `settings.batch` examples of `data` (no shuffling, no metrics). Returns the
+/// compilation's seconds and each timed step's.
+pub fn time_steps(
+    info: &ModelInfo,
+    settings: &Settings,
+    compile: &mut dyn Compile,
+    store: &mut Store,
+    data: &Dataset,
+    warmup: usize,
+    steps: usize,
+) -> Result<(f64, Vec<f64>), String> {
+    let mut trainer = Runner::new(ProgramKind::Train, settings.elem);
+    insert_step_scalars(info, settings.elem, store);
+    let rows: Vec<usize> = (0..settings.batch.min(data.rows)).collect();
+    let started = Instant::now();
+    trainer.compile(compile, info, rows.len())?;
+    let compile_seconds = started.elapsed().as_secs_f64();
+    let mut times = Vec::with_capacity(steps);
+    for step in 0..warmup + steps {
+        feed_step_scalars(info, settings.lr, step, store);
+        let started = Instant::now();
+        trainer.run(compile, info, data, &rows, store)?;
+        if step >= warmup {
+            times.push(started.elapsed().as_secs_f64());
+        }
+    }
+    Ok((compile_seconds, times))
 }
 
 /// Examples per evaluation batch.

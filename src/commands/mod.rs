@@ -7,6 +7,7 @@ macro_rules! out {
     ($($arg:tt)*) => { $crate::commands::write_stdout(&format!($($arg)*)) };
 }
 
+pub mod bench;
 pub mod check;
 pub mod diff;
 pub mod eval;

@@ -16,9 +16,9 @@ pub mod rules;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use egg::{CostFunction, Id, Language, Runner};
+use egg::{Id, Language, Runner};
 
-use crate::ir::{Graph, NodeId, Op, ReduceOp, ShapeError};
+use crate::ir::{Graph, NodeId, Op, Shape, ShapeError};
 use analysis::{TensorAnalysis, TensorEGraph};
 use lang::TensorNode;
 pub use rules::RuleSet;
@@ -156,6 +156,16 @@ pub fn simplify(
         }
         new_roots.push(new_root);
     }
+    // Extraction minimises each root's cost as a tree; shared work can make the graph as a
+    // whole costlier than its input, and then the input is kept.
+    let (before, after) = (graph_cost(graph, roots), graph_cost(&out, &new_roots));
+    if after > before {
+        let mut kept = Simplified::unchanged(graph, roots);
+        kept.report = format!("{report}; kept the input (cost {before:.0} < {after:.0})");
+        kept.stop_reason = stop_reason;
+        kept.rules_fired = rules_fired;
+        return Ok(kept);
+    }
     // Names (bindings, gradients) survive where their value does.
     for &id in &nodes {
         let class = runner.egraph.find(class_of[&id]);
@@ -173,7 +183,7 @@ pub fn simplify(
     })
 }
 
-/// The cheapest node of every e-class under [`KernelCost`]. Classes are relaxed in id order,
+/// The cheapest node of every e-class, by [`node_cost`] summed over its term. Classes are relaxed in id order,
 /// which is close to topological (ids follow insertion, and the input graph is inserted operands
 /// first), so a deep graph settles in a few passes; egg's `Extractor` visits classes in hash
 /// order and needs about as many passes as the graph is deep.
@@ -194,7 +204,16 @@ fn best_nodes(egraph: &TensorEGraph) -> HashMap<Id, (f64, TensorNode)> {
                 if !known {
                     continue;
                 }
-                let cost = KernelCost.cost(enode, |c| best[&egraph.find(c)].0);
+                let shapes: Vec<&Shape> = enode
+                    .children()
+                    .iter()
+                    .map(|&c| &egraph[c].data.shape)
+                    .collect();
+                let own = node_cost(&enode.op, &class.data.shape, &shapes);
+                let cost = enode
+                    .children()
+                    .iter()
+                    .fold(own, |acc, &c| acc + best[&egraph.find(c)].0);
                 if best.get(&class.id).is_none_or(|(old, _)| cost < *old) {
                     best.insert(class.id, (cost, enode.clone()));
                     changed = true;
@@ -238,24 +257,51 @@ fn extract(
     Ok(built[&class])
 }
 
-/// Extraction cost: roughly the work a kernel does per output element, summed over the term.
-struct KernelCost;
+/// The cost of computing one node: its floating-point operations plus the elements it reads
+/// and writes (as if unfused), from its output and operand shapes. A symbolic dimension counts
+/// as 64.
+fn node_cost(op: &Op, out: &Shape, operands: &[&Shape]) -> f64 {
+    use crate::ir::{BinaryOp, UnaryOp};
+    let size = |s: &Shape| -> f64 {
+        s.dims()
+            .iter()
+            .map(|d| d.known().unwrap_or(64) as f64)
+            .product()
+    };
+    let n = size(out);
+    let flops = match op {
+        Op::Input { .. } | Op::Param { .. } | Op::Const(_) | Op::Numel(_) | Op::Reshape(_) => {
+            return 0.0;
+        }
+        Op::MatMul => {
+            let k = operands[0]
+                .dims()
+                .last()
+                .and_then(|d| d.known())
+                .unwrap_or(64) as f64;
+            2.0 * n * k
+        }
+        Op::Reduce(..) => size(operands[0]),
+        // A call into a transcendental function.
+        Op::Binary(BinaryOp::Pow) => 8.0 * n,
+        Op::Unary(u) if u.is_transcendental() => 8.0 * n,
+        // Division and square roots take several times a multiplication's throughput.
+        Op::Binary(BinaryOp::Div) | Op::Unary(UnaryOp::Sqrt | UnaryOp::Recip) => 4.0 * n,
+        Op::Iota { .. } | Op::Broadcast(_) | Op::Transpose(_) => 0.0,
+        _ => n,
+    };
+    flops + n + operands.iter().map(|s| size(s)).sum::<f64>()
+}
 
-impl CostFunction<TensorNode> for KernelCost {
-    type Cost = f64;
-
-    fn cost<C: FnMut(Id) -> f64>(&mut self, enode: &TensorNode, mut costs: C) -> f64 {
-        use crate::ir::{BinaryOp, UnaryOp};
-        let own = match &enode.op {
-            Op::MatMul => 16.0,
-            Op::Reduce(ReduceOp::Sum | ReduceOp::Max, _) => 2.0,
-            // A call into a transcendental function.
-            Op::Binary(BinaryOp::Pow) => 4.0,
-            Op::Unary(u) if u.is_transcendental() => 4.0,
-            // Division and square roots take several times a multiplication's throughput.
-            Op::Binary(BinaryOp::Div) | Op::Unary(UnaryOp::Sqrt | UnaryOp::Recip) => 2.0,
-            _ => 1.0,
-        };
-        enode.children.iter().fold(own, |acc, &c| acc + costs(c))
-    }
+/// What a graph costs to compute once: the sum of [`node_cost`] over what `roots` need.
+fn graph_cost(graph: &Graph, roots: &[NodeId]) -> f64 {
+    graph
+        .ancestors(roots)
+        .into_iter()
+        .map(|id| {
+            let operands = graph.operands(id);
+            let shapes: Vec<&Shape> = operands.iter().map(|&o| graph.shape(o)).collect();
+            node_cost(graph.op(id), graph.shape(id), &shapes)
+        })
+        .sum()
 }

@@ -5,7 +5,9 @@
 //! hash-conses: asking twice for the same op on the same operands returns the same node, so the
 //! graph never holds two structurally equal nodes (common subexpressions are shared by
 //! construction). The convenience builders (`add`, `matmul`, `sum`, ...) insert the explicit
-//! broadcasts that the primitives require.
+//! broadcasts that the primitives require, and fold chains of layout ops as they are built (a
+//! transpose of a transpose, a reshape of a reshape, a broadcast of a broadcast), so that no pass
+//! ever sees one.
 //!
 //! ```
 //! use nabla_compiler::ir::{Graph, Shape, Dim};
@@ -211,18 +213,28 @@ impl Graph {
         self.broadcast(c, shape)
     }
 
-    /// Broadcasts `x` to `shape`; no node when it already has that shape.
+    /// Broadcasts `x` to `shape`; no node when it already has that shape, and a broadcast of a
+    /// broadcast broadcasts the original once.
     pub fn broadcast(&mut self, x: NodeId, shape: &Shape) -> Result<NodeId, ShapeError> {
         if self.shape(x) == shape {
             return Ok(x);
         }
+        if let Op::Broadcast(_) = self.op(x) {
+            let inner = self.operands(x)[0];
+            return self.broadcast(inner, shape);
+        }
         self.node(Op::Broadcast(shape.clone()), &[x])
     }
 
-    /// Reshapes `x`; no node when it already has that shape.
+    /// Reshapes `x`; no node when it already has that shape, and a reshape of a reshape
+    /// reshapes the original once.
     pub fn reshape(&mut self, x: NodeId, shape: &Shape) -> Result<NodeId, ShapeError> {
         if self.shape(x) == shape {
             return Ok(x);
+        }
+        if let Op::Reshape(_) = self.op(x) {
+            let inner = self.operands(x)[0];
+            return self.reshape(inner, shape);
         }
         self.node(Op::Reshape(shape.clone()), &[x])
     }
@@ -303,10 +315,20 @@ impl Graph {
         self.reshape(s, &Shape::scalar())
     }
 
-    /// Permutes axes; no node for the identity permutation.
+    /// Permutes axes; no node for the identity permutation, and a transpose of a transpose
+    /// is one transpose (or none, when they cancel).
     pub fn transpose(&mut self, x: NodeId, perm: &[usize]) -> Result<NodeId, ShapeError> {
         if perm.iter().enumerate().all(|(i, &p)| i == p) && perm.len() == self.shape(x).rank() {
             return Ok(x);
+        }
+        if let Op::Transpose(first) = self.op(x)
+            && first.len() == perm.len()
+            && perm.iter().all(|&p| p < first.len())
+        {
+            // Output axis i is x's axis perm[i], which is the original's axis first[perm[i]].
+            let composed: Vec<usize> = perm.iter().map(|&p| first[p]).collect();
+            let inner = self.operands(x)[0];
+            return self.transpose(inner, &composed);
         }
         self.node(Op::Transpose(perm.to_vec()), &[x])
     }
@@ -352,6 +374,29 @@ mod tests {
         let b = g.unary(UnaryOp::Exp, x).unwrap();
         assert_eq!(a, b);
         assert_eq!(g.len(), 2);
+    }
+
+    #[test]
+    fn layout_chains_fold_as_they_are_built() {
+        let mut g = Graph::new();
+        let x = g.input("x", Shape::known(&[2, 3, 4])).unwrap();
+        let t = g.transpose(x, &[2, 0, 1]).unwrap();
+        assert_eq!(
+            g.transpose(t, &[1, 2, 0]).unwrap(),
+            x,
+            "inverse permutations cancel"
+        );
+        let twice = g.transpose(t, &[2, 0, 1]).unwrap();
+        assert_eq!(g.op(twice), &Op::Transpose(vec![1, 2, 0]));
+        assert_eq!(g.operands(twice), [x]);
+        let r = g.reshape(x, &Shape::known(&[6, 4])).unwrap();
+        let rr = g.reshape(r, &Shape::known(&[24])).unwrap();
+        assert_eq!(g.operands(rr), [x]);
+        assert_eq!(g.reshape(rr, &Shape::known(&[2, 3, 4])).unwrap(), x);
+        let s = g.input("s", Shape::known(&[4])).unwrap();
+        let b = g.broadcast(s, &Shape::known(&[3, 4])).unwrap();
+        let bb = g.broadcast(b, &Shape::known(&[2, 3, 4])).unwrap();
+        assert_eq!(g.operands(bb), [s]);
     }
 
     #[test]

@@ -1,0 +1,137 @@
+//! `nabla bench FILE`: compile time and train-step time on synthetic data of the model's
+//! shapes (no data set needed), as text or one JSON object.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use nabla_compiler::optim::{Optimizer, OptimizerKind};
+use nabla_compiler::pipeline::{ModelPrograms, Passes};
+use nabla_runtime::train::{self, Settings};
+use nabla_runtime::{Elem, Schedule};
+use serde_json::json;
+
+use super::check::DEFAULT_BATCH;
+use super::{Failure, Outcome, load_file, memory_diagnostic, print_json};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The model file.
+    file: PathBuf,
+    /// Examples per step (default: the train block's, else 32).
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1 << 24))]
+    batch: Option<usize>,
+    /// Timed steps (after 5 untimed ones).
+    #[arg(long, default_value_t = 100, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1 << 24))]
+    steps: usize,
+    /// One JSON object: compile_ms, step_ms, samples_per_s, peak_rss_mb, threads, batch.
+    #[arg(long)]
+    json: bool,
+    /// Leave out e-graph simplification.
+    #[arg(long)]
+    no_simplify: bool,
+    /// Leave out kernel fusion (every op its own kernel).
+    #[arg(long)]
+    no_fuse: bool,
+    /// Also apply simplifications that hold only for finite values.
+    #[arg(long)]
+    fast_math: bool,
+}
+
+/// Steps run before timing starts (first-touch page faults, caches).
+const WARMUP: usize = 5;
+
+pub fn run(args: Args) -> Outcome {
+    let loaded = load_file(&args.file)?;
+    let compiled = &loaded.compiled;
+    let first = compiled.trains.first();
+    let batch = args
+        .batch
+        .or(first.and_then(|t| t.batch))
+        .unwrap_or(DEFAULT_BATCH);
+    let optimizer = first.map_or_else(
+        || Optimizer::defaults(OptimizerKind::Sgd),
+        |t| t.optimizer.clone(),
+    );
+    let mut programs = ModelPrograms::new(compiled.model.clone(), optimizer.clone(), Elem::F32);
+    programs.passes = Passes {
+        simplify: !args.no_simplify,
+        fuse: !args.no_fuse,
+        fast_math: args.fast_math,
+    };
+    let memory = programs.memory(batch).map_err(Failure::Message)?;
+    let what = format!("benchmarking at batch {batch}");
+    if let Some(d) = memory_diagnostic(&loaded, &memory, &what, false) {
+        return Err(Failure::Diagnostics(loaded.render(&[d])));
+    }
+    let info = programs.info().map_err(Failure::Message)?;
+    let settings = Settings {
+        batch,
+        epochs: 1,
+        steps: Some(args.steps),
+        seed: 0,
+        lr: optimizer.lr,
+        schedule: Schedule::Constant,
+        elem: Elem::F32,
+    };
+    let mut store = train::init_store(&info, 0, Elem::F32).map_err(Failure::Message)?;
+    let data = train::synthetic(&info, batch, 0);
+    let (compile_s, mut times) = train::time_steps(
+        &info,
+        &settings,
+        &mut programs,
+        &mut store,
+        &data,
+        WARMUP,
+        args.steps,
+    )
+    .map_err(Failure::Message)?;
+    times.sort_by(f64::total_cmp);
+    let mean = times.iter().sum::<f64>() / times.len() as f64;
+    let median = times[times.len() / 2];
+    let step_ms = mean * 1e3;
+    let peak_rss_mb = peak_rss_bytes().map(|b| b as f64 / (1 << 20) as f64);
+    if args.json {
+        print_json(&json!({
+            "model": compiled.model.name,
+            "compile_ms": compile_s * 1e3,
+            "step_ms": step_ms,
+            "step_ms_median": median * 1e3,
+            "step_ms_min": times[0] * 1e3,
+            "samples_per_s": batch as f64 / mean,
+            "peak_rss_mb": peak_rss_mb,
+            "threads": 1,
+            "batch": batch,
+            "steps": args.steps,
+        }));
+    } else {
+        out!(
+            "{} at batch {batch}: compile {:.1} ms, step {} (median {}, min {}; {} steps), {:.0} samples/s, peak RSS {}",
+            compiled.model.name,
+            compile_s * 1e3,
+            duration(mean),
+            duration(median),
+            duration(times[0]),
+            args.steps,
+            batch as f64 / mean,
+            peak_rss_mb.map_or("unknown".into(), |m| format!("{m:.0} MB"))
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `8.846 ms`, `1.3 µs`.
+fn duration(seconds: f64) -> String {
+    if seconds < 1e-3 {
+        format!("{:.2} µs", seconds * 1e6)
+    } else {
+        format!("{:.3} ms", seconds * 1e3)
+    }
+}
+
+/// The process's peak resident memory (Linux's `VmHWM`), when it can be known.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
