@@ -84,15 +84,15 @@ impl Fusion {
 /// a binding or gradient (`matmul (h1)`, `select (h1)`), and how many other ops it fuses.
 pub fn title(graph: &Graph, group: &Group, ops: usize) -> String {
     let name = |n: NodeId| match &graph.get(n).label {
-        Some(label) => format!("{} ({label})", graph.op(n).name()),
-        None => graph.op(n).name().to_string(),
+        Some(label) => format!("{} ({label})", graph.describe(n)),
+        None => graph.describe(n).to_string(),
     };
     let mut parts: Vec<String> = group.anchors.iter().map(|&a| name(a)).collect();
     parts.extend(
         group
             .members
             .iter()
-            .filter(|&&m| graph.get(m).label.is_some())
+            .filter(|&&m| graph.get(m).label.is_some() || graph.get(m).builtin.is_some())
             .map(|&m| name(m)),
     );
     if parts.is_empty() {

@@ -143,6 +143,11 @@ impl Lowerer<'_> {
             "cross_entropy" => self.cross_entropy(span, args, env),
             _ => return None,
         };
+        if let Ok(node) = result
+            && self.graph.describe(node) != name
+        {
+            self.graph.tag_builtin(node, name);
+        }
         Some(result)
     }
 

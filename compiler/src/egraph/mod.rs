@@ -77,6 +77,9 @@ impl Simplified {
             if let Some(label) = &graph.get(id).label {
                 out.label(copy, label);
             }
+            if let Some(builtin) = &graph.get(id).builtin {
+                out.tag_builtin(copy, builtin);
+            }
             new_id.insert(id, copy);
         }
         Simplified {
@@ -169,8 +172,14 @@ pub fn simplify(
     // Names (bindings, gradients) survive where their value does.
     for &id in &nodes {
         let class = runner.egraph.find(class_of[&id]);
-        if let (Some(label), Some(&new)) = (&graph.get(id).label, built.get(&class)) {
-            out.label(new, label);
+        if let Some(&new) = built.get(&class) {
+            let node = graph.get(id);
+            if let Some(label) = &node.label {
+                out.label(new, label);
+            }
+            if let Some(builtin) = &node.builtin {
+                out.tag_builtin(new, builtin);
+            }
         }
     }
     Ok(Simplified {

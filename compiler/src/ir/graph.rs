@@ -51,6 +51,9 @@ pub struct Node {
     pub shape: Shape,
     /// A name for humans (`h1`, `loss`, `grad w`), shown in dumps.
     pub label: Option<String>,
+    /// The DSL built-in whose result this node is (`relu`, `cross_entropy`), shown in dumps and
+    /// kernel titles instead of the primitive.
+    pub builtin: Option<String>,
 }
 
 /// A computation graph. Edge weights are operand positions.
@@ -80,6 +83,7 @@ impl Graph {
             op: key.0.clone(),
             shape,
             label: None,
+            builtin: None,
         });
         for (i, &o) in operands.iter().enumerate() {
             self.inner.add_edge(o, id, i as u8);
@@ -108,6 +112,20 @@ impl Graph {
         self.inner[id]
             .label
             .get_or_insert_with(|| label.to_string());
+    }
+
+    /// Records that a node is the result of a DSL built-in; the first name given sticks.
+    pub fn tag_builtin(&mut self, id: NodeId, builtin: &str) {
+        self.inner[id]
+            .builtin
+            .get_or_insert_with(|| builtin.to_string());
+    }
+
+    /// How dumps and kernel titles name a node's computation: the built-in it came from, else
+    /// its primitive.
+    pub fn describe(&self, id: NodeId) -> &str {
+        let node = &self.inner[id];
+        node.builtin.as_deref().unwrap_or(node.op.name())
     }
 
     /// The operands of a node, in order.

@@ -29,8 +29,17 @@ pub fn to_text_nodes(graph: &Graph, nodes: &[NodeId]) -> String {
             let _ = write!(line, " {}", operands.join(", "));
         }
         let _ = write!(line, " : {}", node.shape);
-        if let Some(label) = &node.label {
-            let _ = write!(line, "  # {label}");
+        match (&node.label, &node.builtin) {
+            (Some(label), Some(builtin)) => {
+                let _ = write!(line, "  # {label} = {builtin}(...)");
+            }
+            (Some(label), None) => {
+                let _ = write!(line, "  # {label}");
+            }
+            (None, Some(builtin)) => {
+                let _ = write!(line, "  # {builtin}(...)");
+            }
+            (None, None) => {}
         }
         out.push_str(&line);
         out.push('\n');
