@@ -431,3 +431,42 @@ fn bench_reports_compile_and_step_times() {
         assert_eq!(report["batch"], 4);
     }
 }
+
+/// Epoch lines fit an 80-column terminal; `--log-every` and `--quiet` thin them out; `check
+/// --json` gives shapes as arrays, as `graph --json` does.
+#[test]
+fn output_is_readable() {
+    let o = nabla(&["train", "examples/xor.nn", "--epochs", "12"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    let epochs: Vec<&str> = text.lines().filter(|l| l.starts_with("epoch")).collect();
+    assert_eq!(epochs.len(), 13, "{text}");
+    assert!(epochs.iter().all(|l| l.chars().count() < 80), "{text}");
+    let every = nabla(&[
+        "train",
+        "examples/xor.nn",
+        "--epochs",
+        "12",
+        "--log-every",
+        "5",
+    ]);
+    let shown: Vec<String> = stdout(&every)
+        .lines()
+        .filter(|l| l.starts_with("epoch"))
+        .map(|l| l.split_whitespace().nth(1).unwrap_or("").to_string())
+        .collect();
+    assert_eq!(shown, ["0/12", "1/12", "5/12", "10/12", "12/12"]);
+    let quiet = nabla(&["train", "examples/xor.nn", "--epochs", "12", "--quiet"]);
+    let lines: Vec<String> = stdout(&quiet).lines().map(str::to_string).collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines[1].starts_with("epoch 12/12"), "{lines:?}");
+    let check = nabla(&["check", "examples/xor.nn", "--json"]);
+    let summary = &json_lines(&check)[0];
+    assert_eq!(summary["inputs"][0]["shape"], serde_json::json!(["B", "2"]));
+    assert!(
+        summary["train"][0]["optimizer"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("adam(lr = 0.05")
+    );
+}
