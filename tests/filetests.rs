@@ -1,7 +1,9 @@
 //! File-driven tests, in the manner of rustc's UI tests: every `.nn` file under
 //! `tests/filetests/{check,errors}` is run through `nabla check`, and what a user sees (exit
 //! code, stdout, stderr) must equal the `.expected` file beside it. `check/` files must succeed
-//! and `errors/` files must fail with a located diagnostic and exit code 1.
+//! and `errors/` files must fail with a located diagnostic and exit code 1. `fused/` files are
+//! run through `nabla graph --stage fused --batch 4`: the kernels fusion forms, each listing its
+//! ops, so a change in grouping shows as a diff.
 //!
 //! After an intended change of output, rewrite the expectations with
 //! `NABLA_BLESS=1 cargo test --test filetests` and review the diff.
@@ -42,6 +44,10 @@ fn nn_files(dir: &str) -> Vec<PathBuf> {
 }
 
 fn run_dir(dir: &str, expect_success: bool) {
+    run_dir_with(dir, &["check"], expect_success);
+}
+
+fn run_dir_with(dir: &str, command: &[&str], expect_success: bool) {
     let bless = std::env::var_os("NABLA_BLESS").is_some();
     let mut failures = Vec::new();
     let files = nn_files(dir);
@@ -50,7 +56,9 @@ fn run_dir(dir: &str, expect_success: bool) {
         let relative = file
             .strip_prefix(env!("CARGO_MANIFEST_DIR"))
             .expect("under the manifest dir");
-        let output = nabla(&["check", relative.to_str().expect("utf-8 path")]);
+        let mut args = vec![command[0], relative.to_str().expect("utf-8 path")];
+        args.extend_from_slice(&command[1..]);
+        let output = nabla(&args);
         let actual = transcript(&output);
         assert_eq!(
             output.status.success(),
@@ -87,6 +95,15 @@ fn run_dir(dir: &str, expect_success: bool) {
 #[test]
 fn check_summaries() {
     run_dir("tests/filetests/check", true);
+}
+
+#[test]
+fn fused_kernels() {
+    run_dir_with(
+        "tests/filetests/fused",
+        &["graph", "--stage", "fused", "--batch", "4"],
+        true,
+    );
 }
 
 #[test]

@@ -270,5 +270,9 @@ fn simplification_preserves_gradients_of_examples() {
             simplified.graph.ancestors(&simplified.roots).len() <= graph.ancestors(&roots).len(),
             "{name} grew"
         );
+        assert!(
+            egraph::cost(&simplified.graph, &simplified.roots) <= egraph::cost(&graph, &roots),
+            "{name} costs more after simplification"
+        );
     }
 }

@@ -161,7 +161,7 @@ pub fn simplify(
     }
     // Extraction minimises each root's cost as a tree; shared work can make the graph as a
     // whole costlier than its input, and then the input is kept.
-    let (before, after) = (graph_cost(graph, roots), graph_cost(&out, &new_roots));
+    let (before, after) = (cost(graph, roots), cost(&out, &new_roots));
     if after > before {
         let mut kept = Simplified::unchanged(graph, roots);
         kept.report = format!("{report}; kept the input (cost {before:.0} < {after:.0})");
@@ -302,8 +302,9 @@ fn node_cost(op: &Op, out: &Shape, operands: &[&Shape]) -> f64 {
     flops + n + operands.iter().map(|s| size(s)).sum::<f64>()
 }
 
-/// What a graph costs to compute once: the sum of [`node_cost`] over what `roots` need.
-fn graph_cost(graph: &Graph, roots: &[NodeId]) -> f64 {
+/// What a graph costs to compute once: the sum of [`node_cost`] over what `roots` need (the
+/// extraction's cost model; simplification never returns a graph costlier than its input).
+pub fn cost(graph: &Graph, roots: &[NodeId]) -> f64 {
     graph
         .ancestors(roots)
         .into_iter()
