@@ -4,7 +4,8 @@
 //!
 //! Values are either *stored* (a buffer holds them) or *inline* (recomputed, from stored values,
 //! inside every kernel that uses them). Stored are: the roots; every matrix product and
-//! reduction (the anchors of kernels); the operands of matrix products; the elementwise
+//! reduction (the anchors of kernels); the operands of matrix products (but a transpose, which
+//! the product reads with swapped strides); the elementwise
 //! operands of broadcasts, transposes and reshapes (so that a value read at many points is
 //! computed once); and transcendental values (`exp`, `log`, ...) that several kernels would
 //! otherwise each recompute. Every other value is inline, so it never touches memory.
@@ -160,7 +161,6 @@ pub fn fuse(graph: &Graph, roots: &[NodeId], options: Options) -> Fusion {
         // A transcendental value inlined into several kernels is computed once instead.
         let shared = shared_expensive_values(graph, &groups, &stored);
         if shared.is_empty() {
-            let stored = storage(graph, &groups, &stored, roots, &users);
             return Fusion { groups, stored };
         }
         for id in shared {
@@ -227,21 +227,19 @@ fn must_store(
     if matches!(op, Op::MatMul | Op::Reduce(..)) {
         return true;
     }
-    // Matrix products read buffers (a transposed left operand is read in place, with its
-    // strides swapped); values read at many points through a broadcast or a transpose are
-    // computed once.
+    // Matrix products read buffers (a transposed operand is read in place, with its strides
+    // swapped); values read at many points through a broadcast or a transpose are computed
+    // once.
     let read_by_matmul = users.get(&id).is_some_and(|us| {
-        us.iter().any(|&u| {
-            matches!(graph.op(u), Op::MatMul)
-                && !(graph.operands(u)[0] == id && transposed_in_place(graph, id))
-        })
+        us.iter()
+            .any(|&u| matches!(graph.op(u), Op::MatMul) && !transposed_in_place(graph, id))
     });
     reshaped
         || (!matches!(op, Op::Reshape(_)) && read_by_matmul)
         || (is_elementwise(op) && used_by(&|u| matches!(u, Op::Broadcast(_) | Op::Transpose(_))))
 }
 
-/// Whether `id` is a transpose a matrix product can read as its left operand without a copy:
+/// Whether `id` is a transpose a matrix product can read as an operand without a copy:
 /// of a value that is in memory anyway (an input, a parameter, a product, a reduction, or an
 /// elementwise value, which the transpose makes stored).
 pub fn transposed_in_place(graph: &Graph, id: NodeId) -> bool {
@@ -419,35 +417,4 @@ fn shared_expensive_values(graph: &Graph, groups: &[Group], stored: &[bool]) -> 
         }
     }
     shared
-}
-
-/// Which stored values need a buffer after grouping: all but a matrix product read only by its
-/// own epilogue.
-fn storage(
-    graph: &Graph,
-    groups: &[Group],
-    stored: &[bool],
-    roots: &[NodeId],
-    users: &HashMap<NodeId, Vec<NodeId>>,
-) -> Vec<bool> {
-    let mut out = stored.to_vec();
-    for group in groups.iter().filter(|g| g.kind == GroupKind::MatMul) {
-        let product = group.anchors[0];
-        if roots.contains(&product) {
-            continue;
-        }
-        let in_memory = groups.iter().any(|other| {
-            other != group
-                && other
-                    .anchors
-                    .iter()
-                    .chain(&other.members)
-                    .any(|&n| reads(graph, n, stored).iter().any(|(x, _)| *x == product))
-        }) || users.get(&product).is_some_and(|us| {
-            us.iter()
-                .any(|u| !group.members.contains(u) && !is_elementwise(graph.op(*u)))
-        });
-        out[product.index()] = in_memory;
-    }
-    out
 }

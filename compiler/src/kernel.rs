@@ -101,8 +101,8 @@ pub enum Phase {
         /// What is accumulated where.
         reductions: Vec<Reduction>,
     },
-    /// `A[m, k] @ B[k, n]`, then the epilogue over `[m, n]` with [`Expr::Product`] standing for
-    /// each product element, computed in registers before anything is stored.
+    /// `out = A[m, k] @ B[k, n]` (row-major), then the epilogue over `[m, n]` with
+    /// [`Expr::Product`] standing for each product element.
     MatMul {
         /// Rows of the product.
         m: usize,
@@ -114,6 +114,8 @@ pub enum Phase {
         a: Operand,
         /// Right operand.
         b: Operand,
+        /// Where the product is written, row-major.
+        out: usize,
         /// Runs over `[m, n]`.
         epilogue: Loop,
     },
@@ -160,10 +162,11 @@ impl std::fmt::Display for Kernel {
                     n,
                     a,
                     b,
+                    out,
                     epilogue,
                 } => (
                     format!(
-                        "matmul [{m}, {k}] @ [{k}, {n}]: slot {} {:?} @ slot {} {:?}",
+                        "matmul [{m}, {k}] @ [{k}, {n}]: slot {} {:?} @ slot {} {:?} -> slot {out}",
                         a.slot,
                         [a.row, a.col],
                         b.slot,

@@ -42,6 +42,7 @@ impl Plan {
         for phase in self.kernels.iter().flat_map(|k| &k.phases) {
             let mut touched: Vec<usize> = loads(phase).iter().map(|(s, _)| *s).collect();
             touched.extend(stores(phase).iter().map(|s| s.slot));
+            touched.extend(written(phase));
             if let Phase::Reduce { reductions, .. } = phase {
                 touched.extend(reductions.iter().map(|r| r.slot));
             }
@@ -246,6 +247,14 @@ fn loads(phase: &Phase) -> Vec<(usize, &[i64])> {
     out
 }
 
+/// The slots a phase writes whole: a matrix product's output.
+fn written(phase: &Phase) -> Option<usize> {
+    match phase {
+        Phase::MatMul { out, .. } => Some(*out),
+        _ => None,
+    }
+}
+
 fn stores(phase: &Phase) -> &[Store] {
     match phase {
         Phase::Map(l) => &l.stores,
@@ -297,9 +306,16 @@ fn rename_slot(kernel: &mut Kernel, from: usize, to: usize) {
                 reductions.iter_mut().for_each(|r| fix(&mut r.slot));
                 body
             }
-            Phase::MatMul { a, b, epilogue, .. } => {
+            Phase::MatMul {
+                a,
+                b,
+                out,
+                epilogue,
+                ..
+            } => {
                 fix(&mut a.slot);
                 fix(&mut b.slot);
+                fix(out);
                 epilogue
             }
         };
@@ -328,6 +344,9 @@ fn drop_unused_temporaries(plan: &mut Plan) {
         }
         for s in stores(phase) {
             used[s.slot] = true;
+        }
+        if let Some(slot) = written(phase) {
+            used[slot] = true;
         }
         if let Phase::Reduce { reductions, .. } = phase {
             reductions.iter().for_each(|r| used[r.slot] = true);
@@ -428,21 +447,13 @@ impl Lowering<'_> {
                     _ => unreachable!("map_phase builds maps"),
                 };
                 epilogue.dims = dims(g, product);
-                if self.fused.stored[product.index()] {
-                    let value = epilogue.exprs.len();
-                    epilogue.exprs.push(Expr::Product);
-                    epilogue.stores.push(Store {
-                        value,
-                        slot: self.slots.of[&product],
-                        coeffs: row_major(&epilogue.dims),
-                    });
-                }
                 phases.push(Phase::MatMul {
                     m: a_dims[0],
                     k: a_dims[1],
                     n: b_dims[1],
                     a: operand(a, a_dims[1]),
                     b: operand(b, b_dims[1]),
+                    out: self.slots.of[&product],
                     epilogue,
                 });
             }

@@ -82,6 +82,8 @@ pub struct Target {
     pub pointer: Type,
     /// Imported math functions, indexed like [`MathFn::ALL`].
     pub math: Vec<FuncRef>,
+    /// The imported matrix product (see [`super::jit`]'s `gemm` shim).
+    pub gemm: FuncRef,
 }
 
 impl Target {
@@ -120,8 +122,9 @@ pub fn emit_kernel(b: &mut FunctionBuilder, kernel: &Kernel, target: &Target) {
                 n,
                 a,
                 b,
+                out,
                 epilogue,
-            } => e.matmul(*m, *k, *n, *a, *b, epilogue),
+            } => e.matmul([*m, *k, *n], *a, *b, *out, epilogue),
         }
     }
     e.b.ins().return_(&[]);
@@ -138,8 +141,14 @@ fn slots(kernel: &Kernel) -> Vec<usize> {
                 out.extend(reductions.iter().map(|r| r.slot));
                 body
             }
-            Phase::MatMul { a, b, epilogue, .. } => {
-                out.extend([a.slot, b.slot]);
+            Phase::MatMul {
+                a,
+                b,
+                out: product,
+                epilogue,
+                ..
+            } => {
+                out.extend([a.slot, b.slot, *product]);
                 epilogue
             }
         };

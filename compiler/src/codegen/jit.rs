@@ -96,6 +96,56 @@ macro_rules! math_shims {
 math_shims!(shims_f32, f32, libm::erff);
 math_shims!(shims_f64, f64, libm::erf);
 
+/// `c = a @ b` for `a: [m, k]`, `b: [k, n]` given by row and column strides (so transposes
+/// cost nothing) and `c` row-major, through the `gemm` crate on the calling thread.
+macro_rules! gemm_shim {
+    ($name:ident, $t:ty) => {
+        #[allow(clippy::too_many_arguments)]
+        extern "C" fn $name(
+            m: usize,
+            k: usize,
+            n: usize,
+            a: *const $t,
+            a_row: isize,
+            a_col: isize,
+            b: *const $t,
+            b_row: isize,
+            b_col: isize,
+            c: *mut $t,
+        ) {
+            // SAFETY: the generated kernel passes buffers the runtime checked against the plan:
+            // `a` and `b` hold every element their strides reach, `c` holds `m * n`, and `c`
+            // overlaps neither (the scheduler gives every product a buffer of its own).
+            unsafe {
+                gemm::gemm(
+                    m,
+                    n,
+                    k,
+                    c,
+                    1,
+                    n as isize,
+                    false,
+                    a,
+                    a_col,
+                    a_row,
+                    b,
+                    b_col,
+                    b_row,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                )
+            }
+        }
+    };
+}
+
+gemm_shim!(gemm_f32, f32);
+gemm_shim!(gemm_f64, f64);
+
 /// The symbol name and address of a math function in the given precision.
 fn math_symbol(f: MathFn, elem: Elem) -> (String, *const u8) {
     let name = format!("nabla_{f:?}_{elem:?}").to_lowercase();
@@ -119,6 +169,11 @@ pub fn compile(plan: &Plan, elem: Elem, keep_text: bool) -> Result<Compiled, Cod
         let (name, ptr) = math_symbol(f, elem);
         jit_builder.symbol(name, ptr);
     }
+    let gemm_ptr = match elem {
+        Elem::F32 => gemm_f32 as *const u8,
+        Elem::F64 => gemm_f64 as *const u8,
+    };
+    jit_builder.symbol("nabla_gemm", gemm_ptr);
     let mut module = JITModule::new(jit_builder);
     let pointer = module.target_config().pointer_type();
     let (scalar, vector) = match elem {
@@ -138,6 +193,26 @@ pub fn compile(plan: &Plan, elem: Elem, keep_text: bool) -> Result<Compiled, Cod
                 .map_err(err)?,
         );
     }
+
+    let mut gemm_sig = module.make_signature();
+    gemm_sig.params.extend(
+        [
+            types::I64,
+            types::I64,
+            types::I64,
+            pointer,
+            types::I64,
+            types::I64,
+            pointer,
+            types::I64,
+            types::I64,
+            pointer,
+        ]
+        .map(AbiParam::new),
+    );
+    let gemm_id = module
+        .declare_function("nabla_gemm", Linkage::Import, &gemm_sig)
+        .map_err(err)?;
 
     let mut ctx = module.make_context();
     let mut builder_ctx = FunctionBuilderContext::new();
@@ -160,6 +235,7 @@ pub fn compile(plan: &Plan, elem: Elem, keep_text: bool) -> Result<Compiled, Cod
                 vector,
                 pointer,
                 math,
+                gemm: module.declare_func_in_func(gemm_id, b.func),
             };
             emit_kernel(&mut b, kernel, &target);
             b.finalize(module.target_config());

@@ -22,7 +22,7 @@ impl Emitter<'_, '_> {
     /// Runs `body` at every point of `dims`: the innermost variable in vector steps when
     /// `vectorise` allows and the extent is at least a vector, then in scalar steps. `body`
     /// gets the loop variables and the type to compute in.
-    fn innermost(
+    pub(super) fn innermost(
         &mut self,
         dims: &[usize],
         vectorise: bool,

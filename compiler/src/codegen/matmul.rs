@@ -1,10 +1,11 @@
-//! Matrix products by register tiles, with the epilogue applied to each tile in registers:
+//! Matrix products. Large ones call a tuned GEMM (the `gemm` crate, through the `nabla_gemm`
+//! shim of [`super::jit`]) with the operands' strides, so a transposed operand is never copied,
+//! then run the epilogue as a vectorised loop over the product, which is still in cache. Small
+//! ones, where a call and the GEMM's packing cost more than the arithmetic, use register tiles:
 //! each tile of up to 4 rows by 2 vectors (8 f32 columns) keeps its accumulators in registers
 //! for the whole `k` loop, splatting one `A` element per row and streaming one row of `B` per
-//! step through fused multiply-adds. Columns left over after whole vectors use scalar tiles,
-//! rows left over after whole groups of 4 use shorter tiles. Each finished accumulator goes
-//! through the epilogue's expressions (bias, activation, an optimizer update) and only what the
-//! epilogue stores reaches memory.
+//! step through fused multiply-adds, and each finished accumulator goes through the epilogue in
+//! registers.
 
 use cranelift_codegen::ir::{InstBuilder, Type, Value, types};
 
@@ -14,27 +15,40 @@ use crate::kernel::{Loop, Operand};
 /// Rows of `C` per register tile.
 const TILE_ROWS: i64 = 4;
 
+/// Products of at least this many multiply-adds (`m k n`) call the GEMM.
+pub const GEMM_MIN_MACS: usize = 1 << 15;
+
 /// The product's sizes and operands.
 #[derive(Clone, Copy)]
 struct Product {
     k: i64,
     a: Operand,
     b: Operand,
+    out: usize,
+    n: i64,
 }
 
 impl Emitter<'_, '_> {
-    /// `A[m, k] @ B[k, n]`, then `epilogue` at every element.
+    /// `out = A[m, k] @ B[k, n]`, then `epilogue` at every element.
     pub(super) fn matmul(
         &mut self,
-        m: usize,
-        k: usize,
-        n: usize,
+        [m, k, n]: [usize; 3],
         a: Operand,
         b: Operand,
+        out: usize,
         epilogue: &Loop,
     ) {
+        if m * k * n >= GEMM_MIN_MACS {
+            return self.gemm([m, k, n], a, b, out, epilogue);
+        }
         let (m, n) = (m as i64, n as i64);
-        let p = Product { k: k as i64, a, b };
+        let p = Product {
+            k: k as i64,
+            a,
+            b,
+            out,
+            n,
+        };
         let lanes = self.t.lanes();
         let wide = 2 * lanes;
         let full_rows = (m / TILE_ROWS) * TILE_ROWS;
@@ -61,6 +75,36 @@ impl Emitter<'_, '_> {
             let i0 = self.b.ins().iconst(types::I64, full_rows);
             row_tiles(self, i0, m - full_rows);
         }
+    }
+
+    /// The product by a call to the GEMM, then the epilogue reading it back.
+    fn gemm(&mut self, [m, k, n]: [usize; 3], a: Operand, b: Operand, out: usize, epilogue: &Loop) {
+        let int = |e: &mut Self, v: i64| e.b.ins().iconst(types::I64, v);
+        let args = [
+            int(self, m as i64),
+            int(self, k as i64),
+            int(self, n as i64),
+            self.base(a.slot),
+            int(self, a.row),
+            int(self, a.col),
+            self.base(b.slot),
+            int(self, b.row),
+            int(self, b.col),
+            self.base(out),
+        ];
+        let gemm = self.t.gemm;
+        self.b.ins().call(gemm, &args);
+        if epilogue.stores.is_empty() {
+            return;
+        }
+        let product = [n as i64, 1];
+        self.innermost(&epilogue.dims, true, &mut |e, vars, ty| {
+            let value = e.load_at(out, &product, vars, ty);
+            let values = e.eval(&epilogue.exprs, vars, ty, Some(value));
+            for s in &epilogue.stores {
+                e.store_at(values[s.value], s.slot, &s.coeffs, vars);
+            }
+        });
     }
 
     /// One tile at (`i0`, `j0`): `rows` rows by `vectors` vectors or `scalars` columns.
@@ -119,6 +163,7 @@ impl Emitter<'_, '_> {
                 let product = self.b.use_var(acc[r * columns.len() + ci]);
                 let j = self.b.ins().iadd_imm_s(j0, offset);
                 let vars = [i, j];
+                self.store_at(product, p.out, &[p.n, 1], &vars);
                 let values = self.eval(&epilogue.exprs, &vars, ty, Some(product));
                 for s in &epilogue.stores {
                     self.store_at(values[s.value], s.slot, &s.coeffs, &vars);
