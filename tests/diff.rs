@@ -10,6 +10,9 @@ use nabla_compiler::ir::{Tensor, interp};
 use nabla_runtime::Rng;
 use proptest::prelude::*;
 
+mod common;
+use common::formula;
+
 /// What `nabla diff EXPR --wrt VARS` prints, one formula per variable.
 fn diff(expr: &str, wrt: &str) -> Vec<String> {
     let output = Command::new(env!("CARGO_BIN_EXE_nabla"))
@@ -81,38 +84,11 @@ fn parses_back_to_the_same_value(source: &str, point: [f64; 2]) -> Result<(), St
     Ok(())
 }
 
-/// Random formulas over `x`, `y`, with every function and operator, and kinks (`relu`, `abs`,
-/// `max`) that print as `step`.
-fn formula() -> impl Strategy<Value = String> {
-    let leaf = prop_oneof![
-        Just("x".to_string()),
-        Just("y".to_string()),
-        (1u8..5).prop_map(|c| c.to_string())
-    ];
-    leaf.prop_recursive(4, 24, 2, |inner| {
-        prop_oneof![
-            (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a} + {b})")),
-            (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a} - {b})")),
-            (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a} * {b})")),
-            (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a} / (1 + {b}^2))")),
-            (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("max({a}, {b})")),
-            inner.clone().prop_map(|a| format!("tanh({a})")),
-            inner.clone().prop_map(|a| format!("sigmoid({a})")),
-            inner.clone().prop_map(|a| format!("sqrt(1 + {a}^2)")),
-            inner.clone().prop_map(|a| format!("sin({a})")),
-            inner.clone().prop_map(|a| format!("atan({a})")),
-            inner.clone().prop_map(|a| format!("relu({a})")),
-            inner.clone().prop_map(|a| format!("abs({a})")),
-            inner.prop_map(|a| format!("(-{a})")),
-        ]
-    })
-}
-
 proptest! {
     #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
 
     #[test]
-    fn printed_derivatives_parse_back_to_the_same_value(source in formula(), seed in 0u64..1000) {
+    fn printed_derivatives_parse_back_to_the_same_value(source in formula(true), seed in 0u64..1000) {
         let mut rng = Rng::seeded(seed);
         let point = [rng.normal(0.0, 2.0), rng.normal(0.0, 2.0)];
         parses_back_to_the_same_value(&source, point).map_err(TestCaseError::fail)?;

@@ -5,13 +5,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use nabla_compiler::optim::{Optimizer, OptimizerKind};
-use nabla_compiler::pipeline::{ModelPrograms, Passes};
+use nabla_compiler::pipeline::ModelPrograms;
 use nabla_runtime::train::{self, Settings};
 use nabla_runtime::{Elem, Schedule};
 use serde_json::json;
 
 use super::check::DEFAULT_BATCH;
-use super::{Failure, Outcome, load_file, memory_diagnostic, print_json};
+use super::{Failure, Outcome, PassFlags, load_file, memory_diagnostic, print_json};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -26,15 +26,8 @@ pub struct Args {
     /// One JSON object: compile_ms, step_ms, samples_per_s, peak_rss_mb, threads, batch.
     #[arg(long)]
     json: bool,
-    /// Leave out e-graph simplification.
-    #[arg(long)]
-    no_simplify: bool,
-    /// Leave out kernel fusion (every op its own kernel).
-    #[arg(long)]
-    no_fuse: bool,
-    /// Also apply simplifications that hold only for finite values.
-    #[arg(long)]
-    fast_math: bool,
+    #[command(flatten)]
+    passes: PassFlags,
 }
 
 /// Steps run before timing starts (first-touch page faults, caches).
@@ -53,11 +46,7 @@ pub fn run(args: Args) -> Outcome {
         |t| t.optimizer.clone(),
     );
     let mut programs = ModelPrograms::new(compiled.model.clone(), optimizer.clone(), Elem::F32);
-    programs.passes = Passes {
-        simplify: !args.no_simplify,
-        fuse: !args.no_fuse,
-        fast_math: args.fast_math,
-    };
+    programs.passes = args.passes.passes();
     let memory = programs.memory(batch).map_err(Failure::Message)?;
     let what = format!("benchmarking at batch {batch}");
     if let Some(d) = memory_diagnostic(&loaded, &memory, &what, false) {

@@ -16,7 +16,7 @@ use nabla_runtime::Elem;
 use serde_json::json;
 
 use super::check::DEFAULT_BATCH;
-use super::{Failure, Outcome, load_file, print_json};
+use super::{Failure, Outcome, PassFlags, load_file, print_json};
 
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
 enum Stage {
@@ -56,16 +56,8 @@ pub struct Args {
     /// `clif` and `--stats` default to the train block's batch.
     #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1 << 24))]
     batch: Option<usize>,
-    /// Leave out e-graph simplification.
-    #[arg(long)]
-    no_simplify: bool,
-    /// Also apply simplifications that hold only for finite values (`x * 0 => 0`), as
-    /// fast-math compilers do; by default NaN and infinities behave as written.
-    #[arg(long)]
-    fast_math: bool,
-    /// Leave out kernel fusion (every op its own kernel).
-    #[arg(long)]
-    no_fuse: bool,
+    #[command(flatten)]
+    passes: PassFlags,
     /// Print what each pass did to the train step instead of a graph.
     #[arg(long)]
     stats: bool,
@@ -90,12 +82,8 @@ pub fn run(args: Args) -> Outcome {
         || Optimizer::defaults(OptimizerKind::Sgd),
         |t| t.optimizer.clone(),
     );
-    let passes = Passes {
-        simplify: !args.no_simplify,
-        fuse: !args.no_fuse,
-        fast_math: args.fast_math,
-    };
-    let rules = if args.fast_math {
+    let passes = args.passes.passes();
+    let rules = if passes.fast_math {
         RuleSet::FastMath
     } else {
         RuleSet::Ieee
@@ -138,7 +126,7 @@ pub fn run(args: Args) -> Outcome {
             let step = optim::train_step(&model, &optimizer)
                 .map_err(|e| Failure::Message(e.to_string()))?;
             let roots = step_roots(&step);
-            if args.stage == Stage::Grad || args.no_simplify {
+            if args.stage == Stage::Grad || !passes.simplify {
                 (step.graph, roots, None)
             } else {
                 let s = egraph::simplify(&step.graph, &roots, &Limits::default(), rules)

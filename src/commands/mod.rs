@@ -182,3 +182,30 @@ pub fn group(n: usize) -> String {
 pub fn count(n: usize, noun: &str) -> String {
     format!("{} {noun}{}", group(n), if n == 1 { "" } else { "s" })
 }
+
+/// The switches of the optional passes, shared by `train`, `graph` and `bench` so that every
+/// effect can be measured.
+#[derive(clap::Args)]
+pub struct PassFlags {
+    /// Leave out e-graph simplification.
+    #[arg(long)]
+    no_simplify: bool,
+    /// Leave out kernel fusion: every op its own kernel.
+    #[arg(long)]
+    no_fuse: bool,
+    /// Also apply simplifications that hold only for finite values (`x * 0 => 0`), as
+    /// fast-math compilers do; by default NaN and infinities behave as written.
+    #[arg(long)]
+    fast_math: bool,
+}
+
+impl PassFlags {
+    /// The passes these flags ask for.
+    pub fn passes(&self) -> nabla_compiler::pipeline::Passes {
+        nabla_compiler::pipeline::Passes {
+            simplify: !self.no_simplify,
+            fuse: !self.no_fuse,
+            fast_math: self.fast_math,
+        }
+    }
+}

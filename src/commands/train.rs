@@ -7,14 +7,13 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use nabla_compiler::pipeline::Passes;
 use nabla_runtime::train::{self, Progress, Report, Settings};
 use nabla_runtime::{Elem, Schedule, checkpoint};
 use serde_json::json;
 
 use super::check::DEFAULT_BATCH;
 use super::session::open;
-use super::{Failure, Outcome, count, group, print_json};
+use super::{Failure, Outcome, PassFlags, count, group, print_json};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -51,16 +50,8 @@ pub struct Args {
     /// No epoch lines and no progress bar: only the header and the final line.
     #[arg(long, conflicts_with = "log_every")]
     quiet: bool,
-    /// Leave out e-graph simplification (to measure its effect).
-    #[arg(long)]
-    no_simplify: bool,
-    /// Also apply simplifications that hold only for finite values (`x * 0 => 0`), as
-    /// fast-math compilers do; by default NaN and infinities behave as written.
-    #[arg(long)]
-    fast_math: bool,
-    /// Leave out kernel fusion: every op its own kernel (to measure its effect).
-    #[arg(long)]
-    no_fuse: bool,
+    #[command(flatten)]
+    passes: PassFlags,
 }
 
 fn parse_lr(text: &str) -> Result<f64, String> {
@@ -74,11 +65,7 @@ fn parse_lr(text: &str) -> Result<f64, String> {
 
 pub fn run(args: Args) -> Outcome {
     let mut session = open(&args.file, args.config.as_deref())?;
-    session.programs.passes = Passes {
-        simplify: !args.no_simplify,
-        fuse: !args.no_fuse,
-        fast_math: args.fast_math,
-    };
+    session.programs.passes = args.passes.passes();
     let spec = &session.spec;
     if let (Some(_), Schedule::Piecewise { .. }) = (args.lr, &spec.schedule) {
         return Err(Failure::Message(format!(

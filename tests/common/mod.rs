@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 use nabla_compiler::model::Model;
+use proptest::prelude::*;
 
 pub fn model(source: &str) -> Model {
     match nabla_dsl::compile(source) {
@@ -71,3 +72,39 @@ pub const BODIES: &[&str] = &[
     "cross_entropy(z, y)",
     "cross_entropy(z, softmax(u))",
 ];
+
+/// Random scalar formulas over `x` and `y`: smooth ones (finite differences are trustworthy),
+/// or, with `kinks`, also `relu`, `abs` and `max`, whose derivatives `nabla diff` prints with
+/// `step`.
+pub fn formula(kinks: bool) -> BoxedStrategy<String> {
+    let leaf = prop_oneof![
+        Just("x".to_string()),
+        Just("y".to_string()),
+        (1u8..5).prop_map(|c| c.to_string())
+    ];
+    leaf.prop_recursive(5, 32, 2, move |inner| {
+        let smooth = prop_oneof![
+            (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a} + {b})")),
+            (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a} - {b})")),
+            (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a} * {b})")),
+            (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a} / (1 + {b}^2))")),
+            inner.clone().prop_map(|a| format!("tanh({a})")),
+            inner.clone().prop_map(|a| format!("sigmoid({a})")),
+            inner.clone().prop_map(|a| format!("sqrt(1 + {a}^2)")),
+            inner.clone().prop_map(|a| format!("sin({a})")),
+            inner.clone().prop_map(|a| format!("atan({a})")),
+            inner.clone().prop_map(|a| format!("(-{a})")),
+        ];
+        if !kinks {
+            return smooth.boxed();
+        }
+        prop_oneof![
+            4 => smooth,
+            1 => (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("max({a}, {b})")),
+            1 => inner.clone().prop_map(|a| format!("relu({a})")),
+            1 => inner.prop_map(|a| format!("abs({a})")),
+        ]
+        .boxed()
+    })
+    .boxed()
+}

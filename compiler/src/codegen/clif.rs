@@ -20,55 +20,44 @@ use cranelift_frontend::FunctionBuilder;
 use crate::ir::{BinaryOp, UnaryOp};
 use crate::kernel::{Expr, Kernel, Phase};
 
-/// Scalar functions generated code calls, by the order of [`MathFn::ALL`].
+/// Scalar functions generated code calls: the transcendental unary ops and `pow`, imported in
+/// the order of [`MathFn::ALL`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MathFn {
-    /// `e^x`
-    Exp,
-    /// `ln x`
-    Log,
-    /// `tanh x`
-    Tanh,
-    /// `1 / (1 + e^-x)`
-    Sigmoid,
+    /// A transcendental [`UnaryOp`] (`exp`, `log`, `tanh`, `sin`, `erf`, ...).
+    Unary(UnaryOp),
     /// `a^b`
     Pow,
-    /// `sin x`
-    Sin,
-    /// `cos x`
-    Cos,
-    /// `tan x`
-    Tan,
-    /// `sinh x`
-    Sinh,
-    /// `cosh x`
-    Cosh,
-    /// `atan x`
-    Atan,
-    /// `erf x`
-    Erf,
 }
 
 impl MathFn {
     /// Every function, in import order.
     pub const ALL: [MathFn; 12] = [
-        MathFn::Exp,
-        MathFn::Log,
-        MathFn::Tanh,
-        MathFn::Sigmoid,
+        MathFn::Unary(UnaryOp::Exp),
+        MathFn::Unary(UnaryOp::Log),
+        MathFn::Unary(UnaryOp::Tanh),
+        MathFn::Unary(UnaryOp::Sigmoid),
+        MathFn::Unary(UnaryOp::Sin),
+        MathFn::Unary(UnaryOp::Cos),
+        MathFn::Unary(UnaryOp::Tan),
+        MathFn::Unary(UnaryOp::Sinh),
+        MathFn::Unary(UnaryOp::Cosh),
+        MathFn::Unary(UnaryOp::Atan),
+        MathFn::Unary(UnaryOp::Erf),
         MathFn::Pow,
-        MathFn::Sin,
-        MathFn::Cos,
-        MathFn::Tan,
-        MathFn::Sinh,
-        MathFn::Cosh,
-        MathFn::Atan,
-        MathFn::Erf,
     ];
 
     /// How many arguments it takes.
     pub fn arity(self) -> usize {
         if self == MathFn::Pow { 2 } else { 1 }
+    }
+
+    /// Its name in symbols (`exp`, `pow`).
+    pub fn name(self) -> &'static str {
+        match self {
+            MathFn::Unary(u) => crate::ir::Op::Unary(u).name(),
+            MathFn::Pow => "pow",
+        }
     }
 }
 
@@ -439,17 +428,6 @@ impl Emitter<'_, '_> {
                 let one = self.constant(ty, 1.0);
                 self.b.ins().fdiv(one, x)
             }
-            UnaryOp::Exp => self.call(MathFn::Exp, &[x], ty),
-            UnaryOp::Log => self.call(MathFn::Log, &[x], ty),
-            UnaryOp::Tanh => self.call(MathFn::Tanh, &[x], ty),
-            UnaryOp::Sigmoid => self.call(MathFn::Sigmoid, &[x], ty),
-            UnaryOp::Sin => self.call(MathFn::Sin, &[x], ty),
-            UnaryOp::Cos => self.call(MathFn::Cos, &[x], ty),
-            UnaryOp::Tan => self.call(MathFn::Tan, &[x], ty),
-            UnaryOp::Sinh => self.call(MathFn::Sinh, &[x], ty),
-            UnaryOp::Cosh => self.call(MathFn::Cosh, &[x], ty),
-            UnaryOp::Atan => self.call(MathFn::Atan, &[x], ty),
-            UnaryOp::Erf => self.call(MathFn::Erf, &[x], ty),
             UnaryOp::Sign => {
                 // 1 above 0, -1 below, else x itself: sign(±0) = ±0 and sign(NaN) = NaN, as
                 // the interpreter has it.
@@ -460,6 +438,8 @@ impl Emitter<'_, '_> {
                 let above = self.compare(FloatCC::GreaterThan, x, zero, ty);
                 self.choose(above, one, not_above, ty)
             }
+            // Every other op is transcendental: a call.
+            transcendental => self.call(MathFn::Unary(transcendental), &[x], ty),
         }
     }
 

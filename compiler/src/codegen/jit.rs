@@ -34,6 +34,7 @@ macro_rules! math_shims {
     ($module:ident, $t:ty, $erf:path) => {
         mod $module {
             use super::MathFn;
+            use crate::ir::UnaryOp;
 
             extern "C" fn exp(x: $t) -> $t {
                 x.exp()
@@ -72,21 +73,24 @@ macro_rules! math_shims {
                 $erf(x)
             }
 
-            /// The address of `f`'s shim.
+            /// The address of `f`'s shim (every function of `MathFn::ALL` has one).
             pub(super) fn of(f: MathFn) -> *const u8 {
                 match f {
-                    MathFn::Exp => exp as *const u8,
-                    MathFn::Log => log as *const u8,
-                    MathFn::Tanh => tanh as *const u8,
-                    MathFn::Sigmoid => sigmoid as *const u8,
+                    MathFn::Unary(UnaryOp::Exp) => exp as *const u8,
+                    MathFn::Unary(UnaryOp::Log) => log as *const u8,
+                    MathFn::Unary(UnaryOp::Tanh) => tanh as *const u8,
+                    MathFn::Unary(UnaryOp::Sigmoid) => sigmoid as *const u8,
+                    MathFn::Unary(UnaryOp::Sin) => sin as *const u8,
+                    MathFn::Unary(UnaryOp::Cos) => cos as *const u8,
+                    MathFn::Unary(UnaryOp::Tan) => tan as *const u8,
+                    MathFn::Unary(UnaryOp::Sinh) => sinh as *const u8,
+                    MathFn::Unary(UnaryOp::Cosh) => cosh as *const u8,
+                    MathFn::Unary(UnaryOp::Atan) => atan as *const u8,
+                    MathFn::Unary(UnaryOp::Erf) => erf as *const u8,
                     MathFn::Pow => pow as *const u8,
-                    MathFn::Sin => sin as *const u8,
-                    MathFn::Cos => cos as *const u8,
-                    MathFn::Tan => tan as *const u8,
-                    MathFn::Sinh => sinh as *const u8,
-                    MathFn::Cosh => cosh as *const u8,
-                    MathFn::Atan => atan as *const u8,
-                    MathFn::Erf => erf as *const u8,
+                    MathFn::Unary(other) => {
+                        unreachable!("{other:?} is computed inline, not called")
+                    }
                 }
             }
         }
@@ -148,7 +152,7 @@ gemm_shim!(gemm_f64, f64);
 
 /// The symbol name and address of a math function in the given precision.
 fn math_symbol(f: MathFn, elem: Elem) -> (String, *const u8) {
-    let name = format!("nabla_{f:?}_{elem:?}").to_lowercase();
+    let name = format!("nabla_{}_{elem:?}", f.name()).to_lowercase();
     let ptr = match elem {
         Elem::F32 => shims_f32::of(f),
         Elem::F64 => shims_f64::of(f),
