@@ -72,15 +72,6 @@ pub struct Fusion {
     pub stored: Vec<bool>,
 }
 
-impl Fusion {
-    /// The group computing `node`, if it is a member or an anchor of one.
-    pub fn group_of(&self, node: NodeId) -> Option<usize> {
-        self.groups
-            .iter()
-            .position(|g| g.anchors.contains(&node) || g.members.contains(&node))
-    }
-}
-
 /// What a kernel computes, for dumps and kernel titles: its anchors and the members that name
 /// a binding or gradient (`matmul (h1)`, `select (h1)`), and how many other ops it fuses.
 pub fn title(graph: &Graph, group: &Group, ops: usize) -> String {
@@ -320,6 +311,10 @@ fn group(
 ) -> Vec<Group> {
     let mut groups: Vec<Group> = Vec::new();
     let mut group_of: HashMap<NodeId, usize> = HashMap::new();
+    // Sibling candidates by iteration shape, newest last; only the newest few are tried, so
+    // grouping stays linear in the graph's size.
+    let mut maps: HashMap<&Shape, Vec<usize>> = HashMap::new();
+    let mut reductions: HashMap<(&Shape, &[usize]), Vec<usize>> = HashMap::new();
     for &id in nodes {
         let op = graph.op(id);
         if !computed(id) {
@@ -339,17 +334,16 @@ fn group(
         };
         let target = match op {
             Op::MatMul => None,
-            Op::Reduce(_, axes) => (0..groups.len()).rev().find(|&g| {
-                let group = &groups[g];
-                group.kind == GroupKind::Reduce
-                    && group.members.is_empty()
-                    && group.anchors.iter().all(|&a| {
-                        matches!(graph.op(a), Op::Reduce(_, other) if other == axes)
-                            && iteration_shape(graph, a) == iteration_shape(graph, id)
-                    })
-                    && fits(g, &groups)
-                    && read.iter().all(|(x, _)| group_of.get(x) != Some(&g))
-            }),
+            Op::Reduce(_, axes) => reductions
+                .get(&(iteration_shape(graph, id), axes.as_slice()))
+                .into_iter()
+                .flat_map(|gs| gs.iter().rev().take(SIBLINGS_TRIED))
+                .copied()
+                .find(|&g| {
+                    groups[g].members.is_empty()
+                        && fits(g, &groups)
+                        && read.iter().all(|(x, _)| group_of.get(x) != Some(&g))
+                }),
             _ => {
                 // An epilogue of an anchor it reads, else a sibling map of the same shape.
                 let anchors = read.iter().filter_map(|(x, same_point)| {
@@ -362,10 +356,11 @@ fn group(
                     };
                     ok.then_some(g)
                 });
-                let siblings = (0..groups.len()).rev().filter(|&g| {
-                    groups[g].kind == GroupKind::Map
-                        && graph.shape(groups[g].members[0]) == graph.shape(id)
-                });
+                let siblings = maps
+                    .get(graph.shape(id))
+                    .into_iter()
+                    .flat_map(|gs| gs.iter().rev().take(SIBLINGS_TRIED))
+                    .copied();
                 anchors
                     .collect::<Vec<_>>()
                     .into_iter()
@@ -383,13 +378,25 @@ fn group(
             }
             None => {
                 groups.push(single(graph, id));
-                groups.len() - 1
+                let g = groups.len() - 1;
+                match op {
+                    Op::Reduce(_, axes) => reductions
+                        .entry((iteration_shape(graph, id), axes.as_slice()))
+                        .or_default()
+                        .push(g),
+                    Op::MatMul => {}
+                    _ => maps.entry(graph.shape(id)).or_default().push(g),
+                }
+                g
             }
         };
         group_of.insert(id, g);
     }
     groups
 }
+
+/// How many of the newest sibling groups of the same shape a value may join.
+const SIBLINGS_TRIED: usize = 4;
 
 /// Inline transcendental values that more than one group would compute.
 fn shared_expensive_values(graph: &Graph, groups: &[Group], stored: &[bool]) -> Vec<NodeId> {

@@ -128,6 +128,29 @@ pub fn schedule(
         plan.outputs.push((name.clone(), slot));
     }
     let output_slots: Vec<usize> = plan.outputs.iter().map(|(_, s)| *s).collect();
+    let group_of: HashMap<NodeId, usize> = fused
+        .groups
+        .iter()
+        .enumerate()
+        .flat_map(|(g, group)| {
+            group
+                .anchors
+                .iter()
+                .chain(&group.members)
+                .map(move |&n| (n, g))
+        })
+        .collect();
+    let mut last_read: HashMap<usize, usize> = HashMap::new();
+    for (k, kernel) in kernels.iter().enumerate() {
+        for phase in &kernel.phases {
+            for (slot, _) in loads(phase) {
+                last_read.insert(slot, k);
+            }
+        }
+    }
+    // In-place writes rename the written temporary to the external buffer everywhere at once:
+    // only its own kernel and later ones use it.
+    let mut renamed: HashMap<usize, usize> = HashMap::new();
     for (node, name) in assignments {
         let (src, dst) = (slots.of[node], slots.named[name]);
         if plan.buffers[dst].len != plan.buffers[src].len {
@@ -136,23 +159,24 @@ pub fn schedule(
                 plan.buffers[dst].len, plan.buffers[src].len
             )));
         }
-        let writer = fused.group_of(*node);
+        let writer = group_of.get(node).copied();
         let read_at_the_end = finale
             .iter()
             .any(|p| loads(p).iter().any(|(s, _)| *s == dst));
         let in_place = writer.is_some_and(|g| {
             !output_slots.contains(&src)
                 && !read_at_the_end
-                && in_place_is_safe(&kernels, g, src, dst)
+                && last_read.get(&dst).is_none_or(|&k| k <= g)
+                && in_place_is_safe(&kernels[g], src, dst)
         });
-        match writer {
-            Some(g) if in_place => {
-                for kernel in &mut kernels[g..] {
-                    rename_slot(kernel, src, dst);
-                }
-            }
-            _ => finale.push(copy(src, dst, plan.buffers[src].len)),
+        if in_place {
+            renamed.insert(src, dst);
+        } else {
+            finale.push(copy(src, dst, plan.buffers[src].len));
         }
+    }
+    for kernel in &mut kernels {
+        remap_slots(kernel, &|s| renamed.get(&s).copied().unwrap_or(s));
     }
     if !finale.is_empty() {
         kernels.push(Kernel {
@@ -263,18 +287,11 @@ fn stores(phase: &Phase) -> &[Store] {
     }
 }
 
-/// Whether kernel `g` may write the value it stores in `src` directly into `dst`: no later
-/// kernel reads `dst`'s old value, and kernel `g` reads it only at the element being written,
-/// in the phase that writes it or earlier.
-fn in_place_is_safe(kernels: &[Kernel], g: usize, src: usize, dst: usize) -> bool {
-    let later_reads = kernels[g + 1..]
-        .iter()
-        .flat_map(|k| &k.phases)
-        .any(|p| loads(p).iter().any(|(s, _)| *s == dst));
-    if later_reads {
-        return false;
-    }
-    let phases = &kernels[g].phases;
+/// Whether `kernel`, which stores a value in `src`, may store it directly into `dst` (that no
+/// later kernel reads `dst`'s old value is the caller's check): it reads `dst` only at the
+/// element being written, in the phase that writes it or earlier.
+fn in_place_is_safe(kernel: &Kernel, src: usize, dst: usize) -> bool {
+    let phases = &kernel.phases;
     let Some(write_phase) = phases
         .iter()
         .position(|p| stores(p).iter().any(|s| s.slot == src))
@@ -292,13 +309,9 @@ fn in_place_is_safe(kernels: &[Kernel], g: usize, src: usize, dst: usize) -> boo
     })
 }
 
-/// Replaces every use of slot `from` by `to`.
-fn rename_slot(kernel: &mut Kernel, from: usize, to: usize) {
-    let fix = |slot: &mut usize| {
-        if *slot == from {
-            *slot = to;
-        }
-    };
+/// Replaces every slot `s` the kernel uses by `map(s)`.
+fn remap_slots(kernel: &mut Kernel, map: &dyn Fn(usize) -> usize) {
+    let fix = |slot: &mut usize| *slot = map(*slot);
     for phase in &mut kernel.phases {
         let body = match phase {
             Phase::Map(l) => l,
@@ -365,13 +378,7 @@ fn drop_unused_temporaries(plan: &mut Plan) {
         *slot = new_index[*slot];
     }
     for kernel in &mut plan.kernels {
-        for (old, &new) in new_index.iter().enumerate() {
-            if new != usize::MAX && new != old {
-                // Renumbering downwards in slot order never collides with a slot not yet
-                // renamed, since `new <= old`.
-                rename_slot(kernel, old, new);
-            }
-        }
+        remap_slots(kernel, &|s| new_index[s]);
     }
 }
 
