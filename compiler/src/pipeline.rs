@@ -66,6 +66,8 @@ pub struct Request<'a> {
     pub keep_clif: bool,
     /// Which optional passes run.
     pub passes: Passes,
+    /// Threads large matrix products may use.
+    pub threads: usize,
 }
 
 /// What a compilation produced on the way, for inspection and `--stats`.
@@ -86,7 +88,12 @@ pub struct Trace {
 pub fn compile(request: &Request) -> Result<(Compiled, Trace), CompileError> {
     let mut trace = plan(request)?;
     let started = std::time::Instant::now();
-    let compiled = jit::compile(&trace.plan, request.elem, request.keep_clif)?;
+    let compiled = jit::compile(
+        &trace.plan,
+        request.elem,
+        request.keep_clif,
+        request.threads,
+    )?;
     trace.codegen_ms = elapsed_ms(started);
     if debug_level() >= 1 {
         eprintln!(
@@ -209,6 +216,7 @@ impl JitEvaluator {
                 elem: self.elem,
                 keep_clif: false,
                 passes: self.passes,
+                threads: 1,
             };
             let (compiled, _) = compile(&request).map_err(|e| EvalError::Backend(e.to_string()))?;
             let exe =
@@ -263,6 +271,8 @@ pub struct ModelPrograms {
     elem: Elem,
     /// Which optional passes run.
     pub passes: Passes,
+    /// Threads large matrix products may use (1 by default).
+    pub threads: usize,
 }
 
 impl ModelPrograms {
@@ -273,6 +283,7 @@ impl ModelPrograms {
             optimizer,
             elem,
             passes: Passes::default(),
+            threads: 1,
         }
     }
 
@@ -394,6 +405,7 @@ impl ModelPrograms {
             elem: self.elem,
             keep_clif,
             passes: self.passes,
+            threads: self.threads,
         };
         compile(&request)
             .map(|(compiled, _)| compiled)
@@ -422,6 +434,7 @@ impl ModelPrograms {
             elem: self.elem,
             keep_clif,
             passes: self.passes,
+            threads: self.threads,
         };
         let (compiled, trace) = compile(&request).map_err(|e| e.to_string())?;
         let unfused = schedule::schedule(

@@ -47,6 +47,7 @@ pub fn run(args: Args) -> Outcome {
     );
     let mut programs = ModelPrograms::new(compiled.model.clone(), optimizer.clone(), Elem::F32);
     programs.passes = args.passes.passes();
+    programs.threads = args.passes.threads();
     let memory = programs.memory(batch).map_err(Failure::Message)?;
     let what = format!("benchmarking at batch {batch}");
     if let Some(d) = memory_diagnostic(&loaded, &memory, &what, false) {
@@ -88,7 +89,7 @@ pub fn run(args: Args) -> Outcome {
             "step_ms_min": times[0] * 1e3,
             "samples_per_s": batch as f64 / mean,
             "peak_rss_mb": peak_rss_mb,
-            "threads": 1,
+            "threads": programs.threads,
             "batch": batch,
             "steps": args.steps,
         }));

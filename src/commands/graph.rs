@@ -93,6 +93,7 @@ pub fn run(args: Args) -> Outcome {
         let batch = args.batch.unwrap_or(train_batch);
         let mut programs = ModelPrograms::new(compiled.model.clone(), optimizer, Elem::F32);
         programs.passes = passes;
+        programs.threads = args.passes.threads();
         let inspection = programs
             .inspect(batch, args.stage == Stage::Clif && !args.stats)
             .map_err(Failure::Message)?;

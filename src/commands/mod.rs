@@ -183,8 +183,8 @@ pub fn count(n: usize, noun: &str) -> String {
     format!("{} {noun}{}", group(n), if n == 1 { "" } else { "s" })
 }
 
-/// The switches of the optional passes, shared by `train`, `graph` and `bench` so that every
-/// effect can be measured.
+/// The switches of the optional passes and the thread count, shared by `train`, `graph` and
+/// `bench` so that every effect can be measured.
 #[derive(clap::Args)]
 pub struct PassFlags {
     /// Leave out e-graph simplification.
@@ -197,9 +197,19 @@ pub struct PassFlags {
     /// fast-math compilers do; by default NaN and infinities behave as written.
     #[arg(long)]
     fast_math: bool,
+    /// Threads large matrix products may use (default: every core).
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
+    threads: Option<usize>,
 }
 
 impl PassFlags {
+    /// The threads these flags ask for: `--threads`, else every core.
+    pub fn threads(&self) -> usize {
+        self.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        })
+    }
+
     /// The passes these flags ask for.
     pub fn passes(&self) -> nabla_compiler::pipeline::Passes {
         nabla_compiler::pipeline::Passes {

@@ -66,6 +66,7 @@ fn parse_lr(text: &str) -> Result<f64, String> {
 pub fn run(args: Args) -> Outcome {
     let mut session = open(&args.file, args.config.as_deref())?;
     session.programs.passes = args.passes.passes();
+    session.programs.threads = args.passes.threads();
     let spec = &session.spec;
     if let (Some(_), Schedule::Piecewise { .. }) = (args.lr, &spec.schedule) {
         return Err(Failure::Message(format!(

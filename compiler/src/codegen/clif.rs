@@ -73,6 +73,8 @@ pub struct Target {
     pub math: Vec<FuncRef>,
     /// The imported matrix product (see [`super::jit`]'s `gemm` shim).
     pub gemm: FuncRef,
+    /// Threads the matrix product may use.
+    pub threads: i64,
 }
 
 impl Target {

@@ -100,8 +100,108 @@ macro_rules! math_shims {
 math_shims!(shims_f32, f32, libm::erff);
 math_shims!(shims_f64, f64, libm::erf);
 
-/// `c = a @ b` for `a: [m, k]`, `b: [k, n]` given by row and column strides (so transposes
-/// cost nothing) and `c` row-major, through the `gemm` crate on the calling thread.
+/// A matrix product's operands: `a: [m, k]` and `b: [k, n]` by row and column strides (so
+/// transposes cost nothing), `c: [m, n]` row-major.
+#[derive(Clone, Copy)]
+struct Gemm<T> {
+    m: usize,
+    k: usize,
+    n: usize,
+    a: *const T,
+    a_row: isize,
+    a_col: isize,
+    b: *const T,
+    b_row: isize,
+    b_col: isize,
+    c: *mut T,
+}
+
+// SAFETY: the pointers are only used by `Gemm::run`, each thread on a disjoint part of `c`
+// and reading `a` and `b`, which nothing writes meanwhile.
+unsafe impl<T> Send for Gemm<T> {}
+// SAFETY: as above.
+unsafe impl<T> Sync for Gemm<T> {}
+
+/// Products smaller than this (multiply-adds) run on one thread: splitting costs more.
+const PARALLEL_MIN_MACS: usize = 1 << 20;
+
+impl<T: 'static + Copy + num_traits::Zero + num_traits::One + Send + Sync> Gemm<T> {
+    /// The product through the `gemm` crate, split into `threads` bands of rows (or of
+    /// columns, when there are more) run on rayon's persistent pool. Every element is computed
+    /// by one band, in the same order for a given thread count.
+    ///
+    /// # Safety
+    /// `a` and `b` hold every element their strides reach, `c` holds `m * n` elements and
+    /// overlaps neither.
+    unsafe fn run(self, threads: usize) {
+        let parts = if self.m * self.k * self.n >= PARALLEL_MIN_MACS {
+            threads.min(self.m.max(self.n) / 16).max(1)
+        } else {
+            1
+        };
+        if parts == 1 {
+            // SAFETY: as the caller promises.
+            return unsafe { self.serial() };
+        }
+        let by_rows = self.m >= self.n;
+        let len = if by_rows { self.m } else { self.n };
+        rayon::scope(|scope| {
+            for p in 0..parts {
+                let (start, end) = (len * p / parts, len * (p + 1) / parts);
+                let mut band = self;
+                // SAFETY: the offsets stay inside the operands, and the bands of `c` are
+                // disjoint.
+                unsafe {
+                    if by_rows {
+                        band.m = end - start;
+                        band.a = self.a.offset(start as isize * self.a_row);
+                        band.c = self.c.add(start * self.n);
+                    } else {
+                        band.n = end - start;
+                        band.b = self.b.offset(start as isize * self.b_col);
+                        band.c = self.c.add(start);
+                    }
+                }
+                scope.spawn(move |_| unsafe { band.serial_with(self.n) });
+            }
+        });
+    }
+
+    /// The product on this thread (`c`'s rows `n` apart).
+    unsafe fn serial(self) {
+        unsafe { self.serial_with(self.n) }
+    }
+
+    /// The product on this thread, `c`'s rows `row_stride` apart.
+    unsafe fn serial_with(self, row_stride: usize) {
+        // SAFETY: as `run`'s caller promises, for this band.
+        unsafe {
+            gemm::gemm(
+                self.m,
+                self.n,
+                self.k,
+                self.c,
+                1,
+                row_stride as isize,
+                false,
+                self.a,
+                self.a_col,
+                self.a_row,
+                self.b,
+                self.b_col,
+                self.b_row,
+                T::zero(),
+                T::one(),
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            )
+        }
+    }
+}
+
+/// The `nabla_gemm` symbol generated code calls, for one float type.
 macro_rules! gemm_shim {
     ($name:ident, $t:ty) => {
         #[allow(clippy::too_many_arguments)]
@@ -116,33 +216,24 @@ macro_rules! gemm_shim {
             b_row: isize,
             b_col: isize,
             c: *mut $t,
+            threads: usize,
         ) {
+            let product = Gemm {
+                m,
+                k,
+                n,
+                a,
+                a_row,
+                a_col,
+                b,
+                b_row,
+                b_col,
+                c,
+            };
             // SAFETY: the generated kernel passes buffers the runtime checked against the plan:
             // `a` and `b` hold every element their strides reach, `c` holds `m * n`, and `c`
             // overlaps neither (the scheduler gives every product a buffer of its own).
-            unsafe {
-                gemm::gemm(
-                    m,
-                    n,
-                    k,
-                    c,
-                    1,
-                    n as isize,
-                    false,
-                    a,
-                    a_col,
-                    a_row,
-                    b,
-                    b_col,
-                    b_row,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                )
-            }
+            unsafe { product.run(threads) }
         }
     };
 }
@@ -160,8 +251,14 @@ fn math_symbol(f: MathFn, elem: Elem) -> (String, *const u8) {
     (name, ptr)
 }
 
-/// Compiles every kernel of `plan` for elements of type `elem`.
-pub fn compile(plan: &Plan, elem: Elem, keep_text: bool) -> Result<Compiled, CodegenError> {
+/// Compiles every kernel of `plan` for elements of type `elem`; large matrix products may use
+/// `threads` threads.
+pub fn compile(
+    plan: &Plan,
+    elem: Elem,
+    keep_text: bool,
+    threads: usize,
+) -> Result<Compiled, CodegenError> {
     let mut flag_builder = settings::builder();
     flag_builder.set("opt_level", "speed").map_err(err)?;
     let isa = cranelift_native::builder()
@@ -211,6 +308,7 @@ pub fn compile(plan: &Plan, elem: Elem, keep_text: bool) -> Result<Compiled, Cod
             types::I64,
             types::I64,
             pointer,
+            types::I64,
         ]
         .map(AbiParam::new),
     );
@@ -240,6 +338,7 @@ pub fn compile(plan: &Plan, elem: Elem, keep_text: bool) -> Result<Compiled, Cod
                 pointer,
                 math,
                 gemm: module.declare_func_in_func(gemm_id, b.func),
+                threads: threads.max(1) as i64,
             };
             emit_kernel(&mut b, kernel, &target);
             b.finalize(module.target_config());

@@ -91,6 +91,7 @@ impl Emitter<'_, '_> {
             int(self, b.row),
             int(self, b.col),
             self.base(out),
+            int(self, self.t.threads),
         ];
         let gemm = self.t.gemm;
         self.b.ins().call(gemm, &args);
