@@ -122,8 +122,10 @@ unsafe impl<T> Send for Gemm<T> {}
 // SAFETY: as above.
 unsafe impl<T> Sync for Gemm<T> {}
 
-/// Products smaller than this (multiply-adds) run on one thread: splitting costs more.
-const PARALLEL_MIN_MACS: usize = 1 << 20;
+/// Products smaller than this (multiply-adds) run on one thread: splitting costs more (measured
+/// with `cargo bench --bench nabla`: at batch 16 the MLP step was 1.6x slower on two threads
+/// with a threshold of 1M).
+const PARALLEL_MIN_MACS: usize = 1 << 24;
 
 impl<T: 'static + Copy + num_traits::Zero + num_traits::One + Send + Sync> Gemm<T> {
     /// The product through the `gemm` crate, split into `threads` bands of rows (or of
