@@ -350,8 +350,8 @@ impl ModelPrograms {
     }
 
     /// The memory a training run at `batch` needs: parameters, optimizer state, and the train
-    /// step's buffers (temporaries and the batch's inputs), planned before simplification, which
-    /// only removes nodes: an upper bound that costs no e-graph run.
+    /// step's buffers (temporaries, shared where their lifetimes allow, and the batch's inputs),
+    /// planned before simplification and fusion so that the estimate costs no e-graph run.
     pub fn memory(&self, batch: usize) -> Result<Memory, String> {
         let size = self.elem.size() as u64;
         let g = &self.model.graph;

@@ -35,22 +35,56 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// An estimate of the memory traffic of one run: every buffer a phase reads or writes,
-    /// counted once per phase (a broadcast read once, a value computed inline not at all).
+    /// Bytes of the program's own temporaries (after sharing).
+    pub fn temporary_bytes(&self, elem_size: usize) -> u64 {
+        self.buffers
+            .iter()
+            .filter(|b| b.external.is_none())
+            .map(|b| (b.len * elem_size) as u64)
+            .sum()
+    }
+
+    /// An estimate of the memory traffic of one run: the distinct elements every phase reads
+    /// or writes, each access counted once per phase (a broadcast read once, a value computed
+    /// inline not at all).
     pub fn bytes_moved(&self, elem_size: usize) -> u64 {
+        // Elements an affine access reaches: the extents of the loop variables it depends on.
+        let reach = |dims: &[usize], coeffs: &[i64]| -> u64 {
+            dims.iter()
+                .zip(coeffs)
+                .filter(|(_, c)| **c != 0)
+                .map(|(d, _)| *d as u64)
+                .product()
+        };
         let mut elements = 0;
         for phase in self.kernels.iter().flat_map(|k| &k.phases) {
-            let mut touched: Vec<usize> = loads(phase).iter().map(|(s, _)| *s).collect();
-            touched.extend(stores(phase).iter().map(|s| s.slot));
-            touched.extend(written(phase));
-            if let Phase::Reduce { reductions, .. } = phase {
-                touched.extend(reductions.iter().map(|r| r.slot));
-            }
-            touched.sort_unstable();
-            touched.dedup();
-            elements += touched
+            let body = match phase {
+                Phase::Map(l) => l,
+                Phase::Reduce { body, reductions } => {
+                    elements += reductions.iter().map(|r| r.len as u64).sum::<u64>();
+                    body
+                }
+                Phase::MatMul {
+                    m, k, n, epilogue, ..
+                } => {
+                    elements += (m * k + k * n + m * n) as u64;
+                    epilogue
+                }
+            };
+            let mut accesses: Vec<(usize, &[i64])> = body
+                .exprs
                 .iter()
-                .map(|&s| self.buffers[s].len as u64)
+                .filter_map(|e| match e {
+                    Expr::Load { slot, coeffs } => Some((*slot, coeffs.as_slice())),
+                    _ => None,
+                })
+                .chain(body.stores.iter().map(|s| (s.slot, s.coeffs.as_slice())))
+                .collect();
+            accesses.sort_unstable();
+            accesses.dedup();
+            elements += accesses
+                .iter()
+                .map(|(_, c)| reach(&body.dims, c))
                 .sum::<u64>();
         }
         elements * elem_size as u64
@@ -186,6 +220,7 @@ pub fn schedule(
     }
     plan.kernels = kernels;
     drop_unused_temporaries(&mut plan);
+    reuse_temporaries(&mut plan);
     Ok(plan)
 }
 
@@ -380,6 +415,77 @@ fn drop_unused_temporaries(plan: &mut Plan) {
     for kernel in &mut plan.kernels {
         remap_slots(kernel, &|s| new_index[s]);
     }
+}
+
+/// Lets temporaries whose lifetimes do not overlap share one buffer: a temporary lives from the
+/// first kernel that writes it to the last that reads it (results to the end of the run), and
+/// temporaries are packed, in order of their first write, into the buffers already freed
+/// (best fit by size, growing one when none is large enough) before a new one is made. Results
+/// keep buffers of their own, of their exact size.
+fn reuse_temporaries(plan: &mut Plan) {
+    let end = plan.kernels.len();
+    let slots = plan.buffers.len();
+    let (mut first, mut last) = (vec![usize::MAX; slots], vec![0; slots]);
+    for (k, kernel) in plan.kernels.iter().enumerate() {
+        for phase in &kernel.phases {
+            let mut writes: Vec<usize> = stores(phase).iter().map(|s| s.slot).collect();
+            writes.extend(written(phase));
+            if let Phase::Reduce { reductions, .. } = phase {
+                writes.extend(reductions.iter().map(|r| r.slot));
+            }
+            for s in writes {
+                first[s] = first[s].min(k);
+                last[s] = last[s].max(k);
+            }
+            for (s, _) in loads(phase) {
+                last[s] = last[s].max(k);
+            }
+        }
+    }
+    let outputs: Vec<usize> = plan.outputs.iter().map(|(_, s)| *s).collect();
+    for &slot in &outputs {
+        last[slot] = end;
+    }
+    let mut temps: Vec<usize> = (0..slots)
+        .filter(|&s| plan.buffers[s].external.is_none() && first[s] != usize::MAX)
+        .collect();
+    temps.sort_by_key(|&s| (first[s], s));
+    // Each shared buffer: the slot standing for it, its size, and the last kernel using it.
+    let mut shared: Vec<(usize, usize, usize)> = Vec::new();
+    let mut map: Vec<usize> = (0..slots).collect();
+    for s in temps {
+        let len = plan.buffers[s].len;
+        let free = |b: &&mut (usize, usize, usize)| b.2 < first[s];
+        let fitting = shared
+            .iter_mut()
+            .filter(free)
+            .filter(|b| b.1 >= len)
+            .min_by_key(|b| b.1);
+        let chosen = match fitting {
+            // A result keeps a buffer of exactly its size: readers take its length as its size.
+            _ if outputs.contains(&s) => None,
+            Some(b) => Some(b),
+            None => shared.iter_mut().filter(free).max_by_key(|b| b.1),
+        };
+        match chosen {
+            Some(b) => {
+                b.1 = b.1.max(len);
+                b.2 = last[s];
+                map[s] = b.0;
+            }
+            None => shared.push((s, len, last[s])),
+        }
+    }
+    for &(slot, len, _) in &shared {
+        plan.buffers[slot].len = len;
+    }
+    for (_, slot) in &mut plan.outputs {
+        *slot = map[*slot];
+    }
+    for kernel in &mut plan.kernels {
+        remap_slots(kernel, &|s| map[s]);
+    }
+    drop_unused_temporaries(plan);
 }
 
 /// How a node's index relates to the loop variables: one row of coefficients per dimension of

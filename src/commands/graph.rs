@@ -264,6 +264,7 @@ fn stats(inspection: &Inspection, batch: usize, parse_ms: f64, as_json: bool) {
             "kernels": kernels,
             "bytes_moved_before": inspection.bytes_unfused,
             "bytes_moved_after": bytes_after,
+            "temporary_bytes": t.plan.temporary_bytes(4),
             "rules_fired": rules,
             "stop_reason": t.simplified.stop_reason,
             "compile_ms": compile_ms,
@@ -281,6 +282,10 @@ fn stats(inspection: &Inspection, batch: usize, parse_ms: f64, as_json: bool) {
         "  bytes moved per step  {} before simplification and fusion, {} after (estimated)",
         super::bytes(inspection.bytes_unfused),
         super::bytes(bytes_after)
+    );
+    out!(
+        "  temporaries           {} planned (buffers shared where lifetimes allow)",
+        super::bytes(t.plan.temporary_bytes(4))
     );
     out!("  e-graph stopped       {}", t.simplified.stop_reason);
     let fired: Vec<String> = t
