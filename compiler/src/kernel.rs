@@ -131,6 +131,59 @@ pub struct Kernel {
     pub phases: Vec<Phase>,
 }
 
+impl Phase {
+    /// The loop whose expressions and stores the phase evaluates.
+    pub fn body(&self) -> &Loop {
+        match self {
+            Phase::Map(l) | Phase::Reduce { body: l, .. } => l,
+            Phase::MatMul { epilogue, .. } => epilogue,
+        }
+    }
+
+    /// Every buffer the phase reads, with the offset coefficients of each expression load (a
+    /// matrix operand, read whole, has none).
+    pub fn loads(&self) -> Vec<(usize, &[i64])> {
+        let mut out: Vec<(usize, &[i64])> = self
+            .body()
+            .exprs
+            .iter()
+            .filter_map(|e| match e {
+                Expr::Load { slot, coeffs } => Some((*slot, coeffs.as_slice())),
+                _ => None,
+            })
+            .collect();
+        if let Phase::MatMul { a, b, .. } = self {
+            out.extend([(a.slot, &[][..]), (b.slot, &[][..])]);
+        }
+        out
+    }
+
+    /// Every buffer the phase writes: its stores, a product's output, reductions' outputs.
+    pub fn writes(&self) -> Vec<usize> {
+        let mut out: Vec<usize> = self.body().stores.iter().map(|s| s.slot).collect();
+        match self {
+            Phase::MatMul { out: product, .. } => out.push(*product),
+            Phase::Reduce { reductions, .. } => out.extend(reductions.iter().map(|r| r.slot)),
+            Phase::Map(_) => {}
+        }
+        out
+    }
+}
+
+impl Kernel {
+    /// Every buffer the kernel touches, sorted, once each.
+    pub fn slots(&self) -> Vec<usize> {
+        let mut out: Vec<usize> = self
+            .phases
+            .iter()
+            .flat_map(|p| p.loads().into_iter().map(|(s, _)| s).chain(p.writes()))
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+}
+
 /// Row-major strides of `shape`, as coefficients.
 pub fn row_major(shape: &[usize]) -> Vec<i64> {
     crate::ir::strides(shape)

@@ -177,7 +177,7 @@ pub fn schedule(
     let mut last_read: HashMap<usize, usize> = HashMap::new();
     for (k, kernel) in kernels.iter().enumerate() {
         for phase in &kernel.phases {
-            for (slot, _) in loads(phase) {
+            for (slot, _) in phase.loads() {
                 last_read.insert(slot, k);
             }
         }
@@ -196,7 +196,7 @@ pub fn schedule(
         let writer = group_of.get(node).copied();
         let read_at_the_end = finale
             .iter()
-            .any(|p| loads(p).iter().any(|(s, _)| *s == dst));
+            .any(|p| p.loads().iter().any(|(s, _)| *s == dst));
         let in_place = writer.is_some_and(|g| {
             !output_slots.contains(&src)
                 && !read_at_the_end
@@ -287,41 +287,6 @@ fn readable_temp(plan: &mut Plan, finale: &mut Vec<Phase>, slot: usize) -> usize
     copy_slot
 }
 
-/// The slots a phase loads from, with the offset coefficients of each load.
-fn loads(phase: &Phase) -> Vec<(usize, &[i64])> {
-    let exprs = match phase {
-        Phase::Map(l) | Phase::Reduce { body: l, .. } => &l.exprs,
-        Phase::MatMul { epilogue, .. } => &epilogue.exprs,
-    };
-    let mut out: Vec<(usize, &[i64])> = exprs
-        .iter()
-        .filter_map(|e| match e {
-            Expr::Load { slot, coeffs } => Some((*slot, coeffs.as_slice())),
-            _ => None,
-        })
-        .collect();
-    if let Phase::MatMul { a, b, .. } = phase {
-        out.extend([(a.slot, &[][..]), (b.slot, &[][..])]);
-    }
-    out
-}
-
-/// The slots a phase writes whole: a matrix product's output.
-fn written(phase: &Phase) -> Option<usize> {
-    match phase {
-        Phase::MatMul { out, .. } => Some(*out),
-        _ => None,
-    }
-}
-
-fn stores(phase: &Phase) -> &[Store] {
-    match phase {
-        Phase::Map(l) => &l.stores,
-        Phase::MatMul { epilogue, .. } => &epilogue.stores,
-        Phase::Reduce { .. } => &[],
-    }
-}
-
 /// Whether `kernel`, which stores a value in `src`, may store it directly into `dst` (that no
 /// later kernel reads `dst`'s old value is the caller's check): it reads `dst` only at the
 /// element being written, in the phase that writes it or earlier.
@@ -329,16 +294,18 @@ fn in_place_is_safe(kernel: &Kernel, src: usize, dst: usize) -> bool {
     let phases = &kernel.phases;
     let Some(write_phase) = phases
         .iter()
-        .position(|p| stores(p).iter().any(|s| s.slot == src))
+        .position(|p| p.body().stores.iter().any(|s| s.slot == src))
     else {
         return false;
     };
-    let store = stores(&phases[write_phase])
+    let store = phases[write_phase]
+        .body()
+        .stores
         .iter()
         .find(|s| s.slot == src)
         .expect("found above");
     phases.iter().enumerate().all(|(i, p)| {
-        loads(p).iter().all(|(s, coeffs)| {
+        p.loads().iter().all(|(s, coeffs)| {
             *s != dst || i < write_phase || (i == write_phase && *coeffs == store.coeffs)
         })
     })
@@ -386,19 +353,8 @@ fn drop_unused_temporaries(plan: &mut Plan) {
     for (_, slot) in &plan.outputs {
         used[*slot] = true;
     }
-    for phase in plan.kernels.iter().flat_map(|k| &k.phases) {
-        for (slot, _) in loads(phase) {
-            used[slot] = true;
-        }
-        for s in stores(phase) {
-            used[s.slot] = true;
-        }
-        if let Some(slot) = written(phase) {
-            used[slot] = true;
-        }
-        if let Phase::Reduce { reductions, .. } = phase {
-            reductions.iter().for_each(|r| used[r.slot] = true);
-        }
+    for slot in plan.kernels.iter().flat_map(Kernel::slots) {
+        used[slot] = true;
     }
     let mut new_index = vec![usize::MAX; used.len()];
     let mut buffers = Vec::new();
@@ -428,16 +384,11 @@ fn reuse_temporaries(plan: &mut Plan) {
     let (mut first, mut last) = (vec![usize::MAX; slots], vec![0; slots]);
     for (k, kernel) in plan.kernels.iter().enumerate() {
         for phase in &kernel.phases {
-            let mut writes: Vec<usize> = stores(phase).iter().map(|s| s.slot).collect();
-            writes.extend(written(phase));
-            if let Phase::Reduce { reductions, .. } = phase {
-                writes.extend(reductions.iter().map(|r| r.slot));
-            }
-            for s in writes {
+            for s in phase.writes() {
                 first[s] = first[s].min(k);
                 last[s] = last[s].max(k);
             }
-            for (s, _) in loads(phase) {
+            for (s, _) in phase.loads() {
                 last[s] = last[s].max(k);
             }
         }

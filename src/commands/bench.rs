@@ -4,14 +4,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use nabla_compiler::optim::{Optimizer, OptimizerKind};
 use nabla_compiler::pipeline::ModelPrograms;
 use nabla_runtime::train::{self, Settings};
 use nabla_runtime::{Elem, Schedule};
 use serde_json::json;
 
-use super::check::DEFAULT_BATCH;
-use super::{Failure, Outcome, PassFlags, load_file, memory_diagnostic, print_json};
+use super::{Failure, Outcome, PassFlags, first_train, load_file, memory_diagnostic, print_json};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -36,15 +34,8 @@ const WARMUP: usize = 5;
 pub fn run(args: Args) -> Outcome {
     let loaded = load_file(&args.file)?;
     let compiled = &loaded.compiled;
-    let first = compiled.trains.first();
-    let batch = args
-        .batch
-        .or(first.and_then(|t| t.batch))
-        .unwrap_or(DEFAULT_BATCH);
-    let optimizer = first.map_or_else(
-        || Optimizer::defaults(OptimizerKind::Sgd),
-        |t| t.optimizer.clone(),
-    );
+    let (optimizer, train_batch) = first_train(compiled);
+    let batch = args.batch.unwrap_or(train_batch);
     let mut programs = ModelPrograms::new(compiled.model.clone(), optimizer.clone(), Elem::F32);
     programs.passes = args.passes.passes();
     programs.threads = args.passes.threads();

@@ -4,15 +4,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use nabla_compiler::model::{Role, ValueKind};
-use nabla_compiler::optim::{Optimizer, OptimizerKind};
 use nabla_compiler::pipeline::ModelPrograms;
 use nabla_runtime::{Elem, Schedule};
 use serde_json::json;
 
-use super::{Failure, Outcome, bytes, group, load_file, memory_diagnostic, print_json};
-
-/// The batch size `train` uses when neither the file nor a flag sets one.
-pub const DEFAULT_BATCH: usize = 32;
+use super::{
+    Failure, Outcome, bytes, first_train, group, load_file, memory_diagnostic, print_json,
+};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -28,12 +26,7 @@ pub fn run(args: Args) -> Outcome {
     let compiled = &loaded.compiled;
     let model = &compiled.model;
     let g = &model.graph;
-    let first = compiled.trains.first();
-    let batch = first.and_then(|t| t.batch).unwrap_or(DEFAULT_BATCH);
-    let optimizer = first.map_or_else(
-        || Optimizer::defaults(OptimizerKind::Sgd),
-        |t| t.optimizer.clone(),
-    );
+    let (optimizer, batch) = first_train(compiled);
     let memory = ModelPrograms::new(model.clone(), optimizer, Elem::F32)
         .memory(batch)
         .map_err(Failure::Message)?;

@@ -10,13 +10,12 @@ use clap::ValueEnum;
 use nabla_compiler::egraph::{self, Limits, RuleSet, Simplified};
 use nabla_compiler::fusion;
 use nabla_compiler::ir::{Graph, NodeId, text};
-use nabla_compiler::optim::{self, Optimizer, OptimizerKind};
+use nabla_compiler::optim;
 use nabla_compiler::pipeline::{Inspection, ModelPrograms, Passes};
 use nabla_runtime::Elem;
 use serde_json::json;
 
-use super::check::DEFAULT_BATCH;
-use super::{Failure, Outcome, PassFlags, load_file, print_json};
+use super::{Failure, Outcome, PassFlags, first_train, load_file, print_json};
 
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
 enum Stage {
@@ -77,18 +76,13 @@ pub fn run(args: Args) -> Outcome {
     let loaded = load_file(&args.file)?;
     let parse_ms = started.elapsed().as_secs_f64() * 1e3;
     let compiled = &loaded.compiled;
-    let first = compiled.trains.first();
-    let optimizer = first.map_or_else(
-        || Optimizer::defaults(OptimizerKind::Sgd),
-        |t| t.optimizer.clone(),
-    );
+    let (optimizer, train_batch) = first_train(compiled);
     let passes = args.passes.passes();
     let rules = if passes.fast_math {
         RuleSet::FastMath
     } else {
         RuleSet::Ieee
     };
-    let train_batch = first.and_then(|t| t.batch).unwrap_or(DEFAULT_BATCH);
     if args.stats || matches!(args.stage, Stage::Fused | Stage::Clif) {
         let batch = args.batch.unwrap_or(train_batch);
         let mut programs = ModelPrograms::new(compiled.model.clone(), optimizer, Elem::F32);

@@ -20,6 +20,7 @@ pub mod train;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use nabla_compiler::optim::{Optimizer, OptimizerKind};
 use nabla_compiler::pipeline::Memory;
 use nabla_dsl::{Compiled, Diagnostic, diagnostic};
 
@@ -43,6 +44,24 @@ impl Failure {
 
 /// What a command returns: an exit code on success.
 pub type Outcome = Result<ExitCode, Failure>;
+
+/// The batch size `train` uses when neither the file nor a flag sets one.
+pub const DEFAULT_BATCH: usize = 32;
+
+/// The optimizer and batch size of a file's first `train` block, or plain SGD and
+/// [`DEFAULT_BATCH`] when it has none: what `check`, `graph` and `bench` compile a train step
+/// with.
+pub fn first_train(compiled: &Compiled) -> (Optimizer, usize) {
+    let first = compiled.trains.first();
+    let optimizer = first.map_or_else(
+        || Optimizer::defaults(OptimizerKind::Sgd),
+        |t| t.optimizer.clone(),
+    );
+    (
+        optimizer,
+        first.and_then(|t| t.batch).unwrap_or(DEFAULT_BATCH),
+    )
+}
 
 /// The largest model file nabla reads: 16 MiB of source is far beyond any hand-written model.
 const MAX_MODEL_BYTES: u64 = 16 << 20;

@@ -11,9 +11,8 @@ use nabla_runtime::train::{self, Progress, Report, Settings};
 use nabla_runtime::{Elem, Schedule, checkpoint};
 use serde_json::json;
 
-use super::check::DEFAULT_BATCH;
 use super::session::open;
-use super::{Failure, Outcome, PassFlags, count, group, print_json};
+use super::{DEFAULT_BATCH, Failure, Outcome, PassFlags, count, group, print_json};
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -100,7 +100,7 @@ pub fn emit_kernel(b: &mut FunctionBuilder, kernel: &Kernel, target: &Target) {
         bases: HashMap::new(),
     };
     // Every buffer start is loaded once, here, where it dominates every use.
-    for slot in slots(kernel) {
+    for slot in kernel.slots() {
         e.base(slot);
     }
     for phase in &kernel.phases {
@@ -120,38 +120,6 @@ pub fn emit_kernel(b: &mut FunctionBuilder, kernel: &Kernel, target: &Target) {
     }
     e.b.ins().return_(&[]);
     e.b.seal_all_blocks();
-}
-
-/// Every buffer slot a kernel touches.
-fn slots(kernel: &Kernel) -> Vec<usize> {
-    let mut out = Vec::new();
-    for phase in &kernel.phases {
-        let body = match phase {
-            Phase::Map(l) => l,
-            Phase::Reduce { body, reductions } => {
-                out.extend(reductions.iter().map(|r| r.slot));
-                body
-            }
-            Phase::MatMul {
-                a,
-                b,
-                out: product,
-                epilogue,
-                ..
-            } => {
-                out.extend([a.slot, b.slot, *product]);
-                epilogue
-            }
-        };
-        out.extend(body.exprs.iter().filter_map(|e| match e {
-            Expr::Load { slot, .. } => Some(*slot),
-            _ => None,
-        }));
-        out.extend(body.stores.iter().map(|s| s.slot));
-    }
-    out.sort_unstable();
-    out.dedup();
-    out
 }
 
 pub(super) struct Emitter<'a, 'b> {

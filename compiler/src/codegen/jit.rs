@@ -143,7 +143,7 @@ impl<T: 'static + Copy + num_traits::Zero + num_traits::One + Send + Sync> Gemm<
         };
         if parts == 1 {
             // SAFETY: as the caller promises.
-            return unsafe { self.serial() };
+            return unsafe { self.serial_with(self.n) };
         }
         let by_rows = self.m >= self.n;
         let len = if by_rows { self.m } else { self.n };
@@ -167,11 +167,6 @@ impl<T: 'static + Copy + num_traits::Zero + num_traits::One + Send + Sync> Gemm<
                 scope.spawn(move |_| unsafe { band.serial_with(self.n) });
             }
         });
-    }
-
-    /// The product on this thread (`c`'s rows `n` apart).
-    unsafe fn serial(self) {
-        unsafe { self.serial_with(self.n) }
     }
 
     /// The product on this thread, `c`'s rows `row_stride` apart.
