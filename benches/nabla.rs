@@ -9,8 +9,8 @@ use std::time::Duration;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use nabla_compiler::optim::{Optimizer, OptimizerKind};
 use nabla_compiler::pipeline::ModelPrograms;
+use nabla_runtime::Elem;
 use nabla_runtime::train::{self, Compile, Settings};
-use nabla_runtime::{Elem, Schedule};
 
 /// The model's programs with its first train block's optimizer (plain SGD without one).
 fn programs(source: &str, threads: usize) -> (ModelPrograms, Optimizer) {
@@ -33,15 +33,7 @@ fn example(name: &str) -> String {
 fn steps(source: &str, batch: usize, threads: usize, iters: u64) -> Duration {
     let (mut programs, optimizer) = programs(source, threads);
     let info = programs.info().expect("feedable");
-    let settings = Settings {
-        batch,
-        epochs: 1,
-        steps: None,
-        seed: 0,
-        lr: optimizer.lr,
-        schedule: Schedule::Constant,
-        elem: Elem::F32,
-    };
+    let settings = Settings::new(batch, optimizer.lr);
     let mut store = train::init_store(&info, 0, Elem::F32).expect("memory");
     let data = train::synthetic(&info, batch, 0);
     let (_, times) = train::time_steps(

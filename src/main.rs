@@ -33,6 +33,10 @@ enum Command {
     Predict(commands::predict::Args),
     /// Time compilation and train steps on synthetic data of the model's shapes.
     Bench(commands::bench::Args),
+    /// Draw loss and accuracy curves from a `--log` file, or a 2-D model's decision boundary.
+    Plot(commands::plot::Args),
+    /// List the tensors of a weights file or checkpoint with summary statistics.
+    Weights(commands::weights::Args),
 }
 
 /// Deeply nested input is rejected by the parser long before this, but lowering and printing
@@ -63,6 +67,8 @@ fn main() -> ExitCode {
             Command::Eval(args) => commands::eval::run(args),
             Command::Predict(args) => commands::predict::run(args),
             Command::Bench(args) => commands::bench::run(args),
+            Command::Plot(args) => commands::plot::run(args),
+            Command::Weights(args) => commands::weights::run(args),
         });
     let outcome = match worker {
         Ok(handle) => handle.join().unwrap_or(Err(commands::Failure::Message(

@@ -36,7 +36,8 @@ fn json_lines(o: &Output) -> Vec<serde_json::Value> {
 
 fn tensor(path: &Path, name: &str) -> Vec<f64> {
     let all = checkpoint::load(path, 1 << 30).expect("a checkpoint");
-    all.into_iter()
+    all.tensors
+        .into_iter()
         .find(|(n, _, _)| n == name)
         .expect("the tensor")
         .2

@@ -5,7 +5,9 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use nabla_runtime::train::{BiasCorrection, Compile, Feed, ModelInfo, PredictionKind};
+use nabla_runtime::train::{
+    BiasCorrection, Compile, Feed, ModelInfo, ParamInfo, PredictionKind, gradient_name,
+};
 use nabla_runtime::{Buffer, Elem, Executable, Program};
 
 use crate::codegen::jit::{self, CodegenError, Compiled};
@@ -318,11 +320,18 @@ impl ModelPrograms {
         let mut params = Vec::new();
         let mut states = Vec::new();
         for p in &self.model.params {
-            let len = g.shape(p.node).numel().expect("parameter shapes are known");
-            params.push((p.name.clone(), len, p.init.clone()));
+            let shape = g
+                .shape(p.node)
+                .concrete()
+                .expect("parameter shapes are known");
             for s in self.optimizer.state_names() {
-                states.push((optim::state_buffer(&p.name, s), len));
+                states.push((optim::state_buffer(&p.name, s), shape.clone()));
             }
+            params.push(ParamInfo {
+                name: p.name.clone(),
+                shape,
+                init: p.init.clone(),
+            });
         }
         let bias_correction = match self.optimizer.kind {
             OptimizerKind::Adam => Some(BiasCorrection {
@@ -495,5 +504,16 @@ impl Compile for ModelPrograms {
             false,
         )
         .map(|c| c.program)
+    }
+
+    fn gradients(&mut self, batch: usize) -> Result<Program, String> {
+        let model = self.bound(batch)?;
+        let (graph, loss, grads) = model.gradient_graph().map_err(|e| e.to_string())?;
+        let mut outputs = vec![("loss".to_string(), loss)];
+        for (p, g) in model.params.iter().zip(grads) {
+            outputs.push((gradient_name(&p.name), g));
+        }
+        self.build(&graph, outputs, Vec::new(), false)
+            .map(|c| c.program)
     }
 }

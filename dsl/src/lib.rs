@@ -27,7 +27,7 @@ use nabla_compiler::model::Model;
 
 pub use builtins::BUILTINS;
 pub use diagnostic::Diagnostic;
-pub use train::TrainSpec;
+pub use train::{TrainSpec, Validation};
 
 /// A checked file: its model and training configurations.
 #[derive(Clone, Debug)]

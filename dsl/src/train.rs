@@ -8,6 +8,7 @@ use nabla_compiler::model::Model;
 use nabla_compiler::optim::{Optimizer, OptimizerKind};
 use nabla_runtime::Schedule;
 use nabla_runtime::data::DataSource;
+use nabla_runtime::train::{EarlyStopping, Monitor};
 
 use crate::args::{Args, integer, number, string};
 use crate::ast::{Expr, ExprKind, TrainDef};
@@ -35,9 +36,22 @@ pub struct TrainSpec {
     pub steps: Option<usize>,
     /// Seed.
     pub seed: Option<u64>,
+    /// Held-out data for `val_loss`.
+    pub validation: Option<Validation>,
+    /// When to stop early.
+    pub early_stopping: Option<EarlyStopping>,
 }
 
-const SETTINGS: [&str; 8] = [
+/// Where validation data comes from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Validation {
+    /// A random fraction of the training data (0 < f < 1), chosen with the seed.
+    Fraction(f64),
+    /// A data source of its own.
+    Data(DataSource),
+}
+
+const SETTINGS: [&str; 10] = [
     "data",
     "test",
     "optimizer",
@@ -46,6 +60,8 @@ const SETTINGS: [&str; 8] = [
     "epochs",
     "steps",
     "seed",
+    "validation",
+    "early_stopping",
 ];
 
 /// Checks a `train` block against the model it trains.
@@ -60,6 +76,8 @@ pub fn check_train(def: &TrainDef, model: &Model) -> Result<TrainSpec, Diagnosti
         epochs: None,
         steps: None,
         seed: None,
+        validation: None,
+        early_stopping: None,
     };
     for (i, (key, value)) in def.settings.iter().enumerate() {
         if let Some((first, _)) = def.settings[..i].iter().find(|(k, _)| k.name == key.name) {
@@ -77,6 +95,8 @@ pub fn check_train(def: &TrainDef, model: &Model) -> Result<TrainSpec, Diagnosti
             "epochs" => spec.epochs = Some(integer(value, "epochs", 1, 1 << 24)? as usize),
             "steps" => spec.steps = Some(integer(value, "steps", 1, 1 << 40)? as usize),
             "seed" => spec.seed = Some(integer(value, "seed", 0, u32::MAX as u64)?),
+            "validation" => spec.validation = Some(validation(value, model)?),
+            "early_stopping" => spec.early_stopping = Some(early_stopping(value)?),
             other => {
                 return Err(
                     Diagnostic::new(format!("unknown setting `{other}`"), key.span)
@@ -92,7 +112,90 @@ pub fn check_train(def: &TrainDef, model: &Model) -> Result<TrainSpec, Diagnosti
     ) {
         return Err(Diagnostic::new("set `epochs` or `steps`, not both", k.span));
     }
+    if let (Some(es), None) = (&spec.early_stopping, &spec.validation)
+        && es.monitor.needs_validation()
+        && let Some((_, value)) = def
+            .settings
+            .iter()
+            .find(|(k, _)| k.name == "early_stopping")
+    {
+        return Err(Diagnostic::new(
+            format!(
+                "early stopping watches `{}`, but this train block has no validation data",
+                es.monitor.name()
+            ),
+            value.span,
+        )
+        .label(
+            "add `validation = 0.1` (a held-out tenth of the data) or `validation = <data source>`",
+        ));
+    }
     Ok(spec)
+}
+
+/// `validation = 0.1` (a fraction of the training data) or a data source.
+fn validation(e: &Expr, model: &Model) -> Result<Validation, Diagnostic> {
+    let Some(fraction) = e.constant() else {
+        return data(e, model).map(Validation::Data);
+    };
+    if !(fraction > 0.0 && fraction < 1.0) {
+        return Err(Diagnostic::new(
+            format!("a validation fraction must be between 0 and 1, got {fraction}"),
+            e.span,
+        )
+        .label("expected a fraction like 0.1, or a data source"));
+    }
+    Ok(Validation::Fraction(fraction))
+}
+
+/// `early_stopping(monitor = "val_loss", patience = 5, min_delta = 0, restore_best = true)`,
+/// Keras' defaults but for `patience` (Keras: 0).
+fn early_stopping(e: &Expr) -> Result<EarlyStopping, Diagnostic> {
+    let (name, args) = call(e, "`early_stopping(...)`")?;
+    if name != "early_stopping" {
+        return Err(Diagnostic::new(format!("expected `early_stopping(...)`, got `{name}`"), e.span)
+            .label("expected early_stopping(monitor = \"val_loss\", patience = 5, min_delta = 0, restore_best = true)"));
+    }
+    let names = ["monitor", "patience", "min_delta", "restore_best"];
+    let a = Args::new(name, e.span, args, 0, 0, &names)?;
+    let monitor = match a.named("monitor") {
+        None => Monitor::ValLoss,
+        Some(m) => {
+            let text = string(m, "monitor")?;
+            let known = Monitor::ALL.iter().map(|(n, _)| *n);
+            Monitor::ALL
+                .iter()
+                .find(|(n, _)| *n == text)
+                .map(|(_, m)| *m)
+                .ok_or_else(|| {
+                    Diagnostic::new(format!("early stopping cannot watch `{text}`"), m.span)
+                        .label(format!(
+                            "expected one of: {}",
+                            known.clone().collect::<Vec<_>>().join(", ")
+                        ))
+                        .suggesting(text, known)
+                })?
+        }
+    };
+    let patience = match a.named("patience") {
+        None => 5,
+        Some(p) => integer(p, "patience", 0, 1 << 24)? as usize,
+    };
+    let min_delta = a.number(9, "min_delta", 0.0)?;
+    if min_delta < 0.0 {
+        let at = a.named("min_delta").map_or(e.span, |m| m.span);
+        return Err(Diagnostic::new(
+            format!("`min_delta` must be 0 or more, got {min_delta}"),
+            at,
+        )
+        .label("the least improvement that counts, as a positive amount"));
+    }
+    Ok(EarlyStopping {
+        monitor,
+        patience,
+        min_delta,
+        restore_best: a.flag("restore_best", true)?,
+    })
 }
 
 fn call<'e>(e: &'e Expr, what: &str) -> Result<(&'e str, &'e [crate::ast::Arg]), Diagnostic> {

@@ -171,6 +171,26 @@ impl Buffer {
         (0..self.len).map(|i| self.get(i)).collect()
     }
 
+    /// Overwrites every element with `other`'s (same length and type).
+    pub fn copy_from(&mut self, other: &Buffer) {
+        assert!(
+            self.len == other.len && self.elem == other.elem,
+            "copy between unlike buffers"
+        );
+        match self.elem {
+            Elem::F32 => self.f32s_mut().copy_from_slice(other.f32s()),
+            Elem::F64 => self.f64s_mut().copy_from_slice(other.f64s()),
+        }
+    }
+
+    /// The index of the first NaN or infinite element.
+    pub fn first_non_finite(&self) -> Option<usize> {
+        match self.elem {
+            Elem::F32 => self.f32s().iter().position(|v| !v.is_finite()),
+            Elem::F64 => self.f64s().iter().position(|v| !v.is_finite()),
+        }
+    }
+
     /// Overwrites the first `values.len()` elements (at most `len`).
     pub fn write_f64(&mut self, values: &[f64]) {
         match self.elem {

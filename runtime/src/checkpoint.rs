@@ -1,8 +1,11 @@
 //! Parameters on disk in the safetensors format, under their model names (`w1`, `h2.w`), as
 //! f32 little-endian tensors. Files are written atomically ([`files::write_atomically`]), so an
 //! interrupted save never destroys the last one. Loading refuses what would load wrong values
-//! silently: duplicate names, non-finite values, and f64 values outside f32's range.
+//! silently: duplicate names, non-finite values, and f64 values outside f32's range. The
+//! header's free-form `__metadata__` strings carry what is not a tensor (a training run's
+//! position, see [`crate::resume`]).
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
@@ -13,8 +16,23 @@ use crate::files;
 /// A named tensor: its shape and values.
 pub type Tensor = (String, Vec<usize>, Vec<f32>);
 
-/// Writes `tensors` to `path` atomically.
-pub fn save(path: &Path, tensors: &[Tensor]) -> Result<(), String> {
+/// What a safetensors file holds.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Contents {
+    /// Its tensors as f32, sorted by name.
+    pub tensors: Vec<Tensor>,
+    /// Each tensor's type in the file (`F32`, `F64`), in the same order.
+    pub dtypes: Vec<String>,
+    /// The header's metadata.
+    pub metadata: HashMap<String, String>,
+}
+
+/// Writes `tensors` and `metadata` to `path` atomically.
+pub fn save(
+    path: &Path,
+    tensors: &[Tensor],
+    metadata: HashMap<String, String>,
+) -> Result<(), String> {
     let bytes: Vec<Vec<u8>> = tensors
         .iter()
         .map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
@@ -27,14 +45,15 @@ pub fn save(path: &Path, tensors: &[Tensor]) -> Result<(), String> {
         })
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("cannot encode the parameters: {e}"))?;
-    let encoded = safetensors::serialize(views, None)
+    let metadata = (!metadata.is_empty()).then_some(metadata);
+    let encoded = safetensors::serialize(views, metadata)
         .map_err(|e| format!("cannot encode the parameters: {e}"))?;
     files::write_atomically(path, &encoded)
 }
 
 /// Reads every tensor of a safetensors file of at most `limit` bytes as f32 (f32 and f64 files
-/// are accepted).
-pub fn load(path: &Path, limit: u64) -> Result<Vec<Tensor>, String> {
+/// are accepted), with its metadata.
+pub fn load(path: &Path, limit: u64) -> Result<Contents, String> {
     let bytes = files::read_limited(path, "weights file", limit)?;
     let file = SafeTensors::deserialize(&bytes)
         .map_err(|e| format!("`{}` is not a valid safetensors file: {e}", path.display()))?;
@@ -50,6 +69,10 @@ pub fn load(path: &Path, limit: u64) -> Result<Vec<Tensor>, String> {
             pair[0]
         ));
     }
+    let metadata = SafeTensors::read_metadata(&bytes)
+        .ok()
+        .and_then(|(_, m)| m.metadata().clone())
+        .unwrap_or_default();
     let mut out = Vec::new();
     for (name, view) in file.tensors() {
         let values: Vec<f32> = match view.dtype() {
@@ -82,10 +105,18 @@ pub fn load(path: &Path, limit: u64) -> Result<Vec<Tensor>, String> {
                 }
             ));
         }
-        out.push((name, view.shape().to_vec(), values));
+        out.push((
+            (name, view.shape().to_vec(), values),
+            format!("{:?}", view.dtype()),
+        ));
     }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(out)
+    out.sort_by(|a, b| a.0.0.cmp(&b.0.0));
+    let (tensors, dtypes) = out.into_iter().unzip();
+    Ok(Contents {
+        tensors,
+        dtypes,
+        metadata,
+    })
 }
 
 /// The keys of a safetensors header in file order, duplicates kept (a JSON map would silently
@@ -127,10 +158,14 @@ mod tests {
             ("a.w".to_string(), vec![2, 2], vec![1.0, 2.0, 3.0, 4.5]),
             ("b".to_string(), vec![1], vec![-1.0]),
         ];
-        save(&path, &tensors).unwrap();
-        assert_eq!(load(&path, 1 << 20).unwrap(), tensors);
-        save(&path, &tensors[1..]).unwrap();
-        assert_eq!(load(&path, 1 << 20).unwrap(), tensors[1..]);
+        let metadata = HashMap::from([("note".to_string(), "kept".to_string())]);
+        save(&path, &tensors, metadata.clone()).unwrap();
+        let loaded = load(&path, 1 << 20).unwrap();
+        assert_eq!(loaded.tensors, tensors);
+        assert_eq!(loaded.dtypes, ["F32", "F32"]);
+        assert_eq!(loaded.metadata, metadata);
+        save(&path, &tensors[1..], HashMap::new()).unwrap();
+        assert_eq!(load(&path, 1 << 20).unwrap().tensors, tensors[1..]);
         assert_eq!(
             std::fs::read_dir(&dir).unwrap().count(),
             1,
@@ -165,7 +200,12 @@ mod tests {
         );
         let err = load(&path, 1 << 20).unwrap_err();
         assert!(err.contains("names the tensor `w` twice"), "{err}");
-        save(&path, &[("w".into(), vec![2], vec![1.0, f32::NAN])]).unwrap();
+        save(
+            &path,
+            &[("w".into(), vec![2], vec![1.0, f32::NAN])],
+            HashMap::new(),
+        )
+        .unwrap();
         let err = load(&path, 1 << 20).unwrap_err();
         assert!(err.contains("tensor `w` element 1 is NaN"), "{err}");
         raw_file(

@@ -80,7 +80,59 @@ impl Dataset {
     pub fn column(&self, name: &str) -> Option<&Column> {
         self.columns.iter().find(|c| c.name == name)
     }
+
+    /// The examples `rows`, in that order.
+    pub fn select(&self, rows: &[usize], origin: String) -> Dataset {
+        let columns = self
+            .columns
+            .iter()
+            .map(|c| Column {
+                name: c.name.clone(),
+                row_len: c.row_len,
+                values: rows
+                    .iter()
+                    .flat_map(|&r| &c.values[r * c.row_len..(r + 1) * c.row_len])
+                    .copied()
+                    .collect(),
+            })
+            .collect();
+        Dataset {
+            columns,
+            rows: rows.len(),
+            origin,
+        }
+    }
+
+    /// Splits off a random `fraction` of the examples (chosen with `seed`, at least one) as a
+    /// validation set: `(training, validation)`, each in the original order. An error when
+    /// either part would be empty.
+    pub fn hold_out(&self, fraction: f64, seed: u64) -> Result<(Dataset, Dataset), String> {
+        let held = ((self.rows as f64 * fraction).round() as usize).max(1);
+        if held >= self.rows {
+            return Err(format!(
+                "{} has {} example{}; holding out {fraction} of them for validation leaves none to train on",
+                self.origin,
+                self.rows,
+                if self.rows == 1 { "" } else { "s" }
+            ));
+        }
+        let mut order: Vec<usize> = (0..self.rows).collect();
+        Rng::stream(seed, HOLD_OUT_STREAM).shuffle(&mut order);
+        let (mut validation, mut training) = (order[..held].to_vec(), order[held..].to_vec());
+        validation.sort_unstable();
+        training.sort_unstable();
+        Ok((
+            self.select(&training, self.origin.clone()),
+            self.select(
+                &validation,
+                format!("the validation part of {}", self.origin),
+            ),
+        ))
+    }
 }
+
+/// The random stream that picks validation examples, apart from every epoch's shuffle.
+const HOLD_OUT_STREAM: u64 = u64::MAX;
 
 /// A data error: what is wrong, naming the file.
 #[derive(Clone, Debug, PartialEq)]

@@ -82,6 +82,48 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
     })
 }
 
+/// Checks, before any work is done, that [`write_atomically`] will be able to write `path`:
+/// its directory exists and takes a new file, and `path` is not a directory. `what` names the
+/// file's role in errors ("--save").
+pub fn check_writable(path: &Path, what: &str) -> Result<(), String> {
+    if path.is_dir() {
+        return Err(format!(
+            "{what} `{}` is a directory; give a file path",
+            path.display()
+        ));
+    }
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    check_directory(dir, &format!("{what} `{}`", path.display()))
+}
+
+/// Creates directory `dir` (and its parents) if needed and checks that it takes new files.
+pub fn prepare_directory(dir: &Path, what: &str) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| {
+        format!(
+            "cannot create the {what} directory `{}`: {e}",
+            dir.display()
+        )
+    })?;
+    check_directory(dir, &format!("{what} directory `{}`", dir.display()))
+}
+
+/// Whether a file can be created in `dir`, by creating and removing one.
+fn check_directory(dir: &Path, what: &str) -> Result<(), String> {
+    if !dir.is_dir() {
+        return Err(format!(
+            "cannot write {what}: the directory `{}` does not exist",
+            dir.display()
+        ));
+    }
+    let probe = dir.join(format!(".nabla-probe.tmp{}", std::process::id()));
+    File::create(&probe)
+        .and_then(|_| std::fs::remove_file(&probe))
+        .map_err(|e| format!("cannot write {what}: {e}"))
+}
+
 /// Removes `PREFIX<pid>` files in `dir` whose process no longer runs (temporaries of
 /// interrupted writes). A temporary of a live process is another writer's and is left alone.
 fn remove_stale_temporaries(dir: &Path, prefix: &str) {
@@ -159,5 +201,28 @@ mod tests {
         assert!(other.exists() && live.exists(), "other files are kept");
         write_atomically(&path, b"newer").unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"newer");
+    }
+
+    #[test]
+    fn writability_is_checked_before_any_work() {
+        let dir = temp_dir("writable");
+        check_writable(&dir.join("w.safetensors"), "--save").unwrap();
+        let err = check_writable(&dir.join("missing/w.safetensors"), "--save").unwrap_err();
+        assert!(err.contains("does not exist"), "{err}");
+        let err = check_writable(&dir, "--save").unwrap_err();
+        assert!(err.contains("is a directory"), "{err}");
+        prepare_directory(&dir.join("a/b"), "checkpoint").unwrap();
+        assert!(dir.join("a/b").is_dir());
+        std::fs::write(dir.join("file"), b"").unwrap();
+        let err = prepare_directory(&dir.join("file/sub"), "checkpoint").unwrap_err();
+        assert!(
+            err.contains("cannot create the checkpoint directory"),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            2,
+            "no probe file is left"
+        );
     }
 }

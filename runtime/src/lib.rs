@@ -11,6 +11,7 @@ pub mod data;
 pub mod files;
 pub mod init;
 pub mod program;
+pub mod resume;
 pub mod rng;
 pub mod schedule;
 pub mod train;

@@ -15,6 +15,13 @@ impl Rng {
         Rng(Pcg64Mcg::seed_from_u64(seed))
     }
 
+    /// The generator of one numbered stream derived from `seed` (an epoch's shuffle, say): a
+    /// function of `seed` and `index` alone, so a resumed run draws what the uninterrupted one
+    /// did without saving generator state.
+    pub fn stream(seed: u64, index: u64) -> Self {
+        Rng::seeded(mix(mix(seed) ^ index))
+    }
+
     /// A uniform draw in `[lo, hi)`.
     pub fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
         lo + (hi - lo) * self.0.random::<f64>()
@@ -40,4 +47,12 @@ impl Rng {
             items.swap(i, j);
         }
     }
+}
+
+/// SplitMix64's finaliser: nearby inputs give unrelated outputs.
+fn mix(x: u64) -> u64 {
+    let x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    let x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
 }

@@ -58,16 +58,32 @@ pub struct Feed {
 pub struct ModelInfo {
     /// Inputs and targets.
     pub feeds: Vec<Feed>,
-    /// Parameters: name, element count, initialiser.
-    pub params: Vec<(String, usize, Init)>,
-    /// Optimizer state buffers: name and element count (zero-initialised).
-    pub states: Vec<(String, usize)>,
+    /// Parameters, in the model's order.
+    pub params: Vec<ParamInfo>,
+    /// Optimizer state buffers: name and shape (zero-initialised).
+    pub states: Vec<(String, Vec<usize>)>,
     /// How to read the `prediction` output.
     pub prediction: PredictionKind,
     /// The buffer names and betas of bias corrections, when the optimizer has them.
     pub bias_correction: Option<BiasCorrection>,
     /// The name of the learning-rate input.
     pub lr_name: String,
+}
+
+/// A parameter as the loop sees it.
+#[derive(Clone, Debug)]
+pub struct ParamInfo {
+    /// Its buffer name (`w1`, `h2.w`).
+    pub name: String,
+    /// Its shape.
+    pub shape: Vec<usize>,
+    /// How it is initialised.
+    pub init: Init,
+}
+
+/// Element count of a shape (1 for a scalar).
+pub fn numel(shape: &[usize]) -> usize {
+    shape.iter().product()
 }
 
 /// Adam-style bias corrections fed each step: `1 / (1 - beta^t)` into the named scalars.
@@ -94,6 +110,104 @@ pub struct Settings {
     pub schedule: Schedule,
     /// Element type of the compiled programs.
     pub elem: Elem,
+    /// When to stop before the last epoch.
+    pub early_stopping: Option<EarlyStopping>,
+    /// Whether a non-finite loss or parameter stops training (the divergence guard).
+    pub guard: bool,
+}
+
+impl Settings {
+    /// One epoch at `batch` and learning rate `lr`, seed 0, constant rate, f32, the divergence
+    /// guard on, no early stopping: a base to change with struct update syntax.
+    pub fn new(batch: usize, lr: f64) -> Settings {
+        Settings {
+            batch,
+            epochs: 1,
+            steps: None,
+            seed: 0,
+            lr,
+            schedule: Schedule::Constant,
+            elem: Elem::F32,
+            early_stopping: None,
+            guard: true,
+        }
+    }
+}
+
+/// A metric early stopping can watch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Monitor {
+    /// The epoch's mean training loss.
+    Loss,
+    /// The epoch's training accuracy.
+    Accuracy,
+    /// The validation loss.
+    ValLoss,
+    /// The validation accuracy.
+    ValAccuracy,
+}
+
+impl Monitor {
+    /// Every metric by its name in epoch reports, as `early_stopping(monitor = ...)` takes it.
+    pub const ALL: [(&'static str, Monitor); 4] = [
+        ("val_loss", Monitor::ValLoss),
+        ("val_accuracy", Monitor::ValAccuracy),
+        ("loss", Monitor::Loss),
+        ("accuracy", Monitor::Accuracy),
+    ];
+
+    /// Its name in reports.
+    pub fn name(self) -> &'static str {
+        Monitor::ALL
+            .iter()
+            .find(|(_, m)| *m == self)
+            .map_or("", |(n, _)| n)
+    }
+
+    /// Whether larger is better (accuracies), as Keras' `mode = "auto"` decides.
+    pub fn maximise(self) -> bool {
+        matches!(self, Monitor::Accuracy | Monitor::ValAccuracy)
+    }
+
+    /// Whether it needs validation data.
+    pub fn needs_validation(self) -> bool {
+        matches!(self, Monitor::ValLoss | Monitor::ValAccuracy)
+    }
+
+    /// Its value in a report.
+    pub fn read(self, r: &Report) -> Option<f64> {
+        match self {
+            Monitor::Loss => Some(r.loss),
+            Monitor::Accuracy => r.accuracy,
+            Monitor::ValLoss => r.val_loss,
+            Monitor::ValAccuracy => r.val_accuracy,
+        }
+    }
+}
+
+/// Keras' `EarlyStopping`: stop when `monitor` has not improved by more than `min_delta` for
+/// `patience` epochs; with `restore_best`, end with the best epoch's parameters.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EarlyStopping {
+    /// What to watch.
+    pub monitor: Monitor,
+    /// Epochs without improvement before stopping.
+    pub patience: usize,
+    /// The least change that counts as an improvement.
+    pub min_delta: f64,
+    /// Whether training ends with the best epoch's parameters.
+    pub restore_best: bool,
+}
+
+impl EarlyStopping {
+    /// Whether `value` improves on `best` (always, when there is none yet).
+    pub fn improves(&self, value: f64, best: Option<f64>) -> bool {
+        match best {
+            None => !value.is_nan(),
+            Some(best) if self.monitor.maximise() => value - self.min_delta > best,
+            Some(best) => value + self.min_delta < best,
+        }
+    }
 }
 
 /// Builds programs for a batch size. Implemented by the compiler; the loop only calls it.
@@ -104,6 +218,14 @@ pub trait Compile {
     fn evaluate(&mut self, batch: usize) -> Result<Program, String>;
     /// Forward without targets: output `prediction`.
     fn predict(&mut self, batch: usize) -> Result<Program, String>;
+    /// Forward and backward without an update: outputs `loss` and, per parameter `p`, its
+    /// gradient as [`gradient_name`]`(p)`.
+    fn gradients(&mut self, batch: usize) -> Result<Program, String>;
+}
+
+/// The output name of parameter `param`'s gradient in [`Compile::gradients`] programs.
+pub fn gradient_name(param: &str) -> String {
+    format!("gradient of {param}")
 }
 
 /// One line of progress.
@@ -121,6 +243,10 @@ pub struct Report {
     pub test_loss: Option<f64>,
     /// Test accuracy, with test data.
     pub test_accuracy: Option<f64>,
+    /// Validation loss, with validation data.
+    pub val_loss: Option<f64>,
+    /// Validation accuracy, with validation data.
+    pub val_accuracy: Option<f64>,
     /// The learning rate used in the epoch.
     pub lr: f64,
     /// Seconds since training started.
@@ -135,14 +261,14 @@ pub type Store = HashMap<String, Buffer>;
 pub fn init_store(info: &ModelInfo, seed: u64, elem: Elem) -> Result<Store, String> {
     let mut rng = Rng::seeded(seed);
     let mut store = Store::new();
-    for (name, len, init) in &info.params {
-        let buffer = Buffer::try_from_fn(*len, elem, |i| init.draw(i, &mut rng))
-            .map_err(|e| format!("parameter `{name}`: {e}"))?;
-        store.insert(name.clone(), buffer);
+    for p in &info.params {
+        let buffer = Buffer::try_from_fn(numel(&p.shape), elem, |i| p.init.draw(i, &mut rng))
+            .map_err(|e| format!("parameter `{}`: {e}", p.name))?;
+        store.insert(p.name.clone(), buffer);
     }
-    for (name, len) in &info.states {
-        let buffer =
-            Buffer::try_zeros(*len, elem).map_err(|e| format!("optimizer state `{name}`: {e}"))?;
+    for (name, shape) in &info.states {
+        let buffer = Buffer::try_zeros(numel(shape), elem)
+            .map_err(|e| format!("optimizer state `{name}`: {e}"))?;
         store.insert(name.clone(), buffer);
     }
     Ok(store)
@@ -196,6 +322,7 @@ enum ProgramKind {
     Train,
     Evaluate,
     Predict,
+    Gradients,
 }
 
 impl Runner {
@@ -221,6 +348,7 @@ impl Runner {
             ProgramKind::Train => compile.train_step(batch),
             ProgramKind::Evaluate => compile.evaluate(batch),
             ProgramKind::Predict => compile.predict(batch),
+            ProgramKind::Gradients => compile.gradients(batch),
         }?;
         let inputs = info
             .feeds
@@ -274,11 +402,14 @@ impl Runner {
 }
 
 /// Running sums of loss and correct predictions.
-#[derive(Default)]
-struct Tally {
-    loss: f64,
-    correct: usize,
-    examples: usize,
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Tally {
+    /// Sum of per-batch mean losses weighted by batch size.
+    pub loss: f64,
+    /// Correct predictions.
+    pub correct: usize,
+    /// Examples seen.
+    pub examples: usize,
 }
 
 impl Tally {
@@ -328,11 +459,13 @@ fn correct(info: &ModelInfo, prediction: &Buffer, data: &Dataset, rows: &[usize]
         .count()
 }
 
-/// Training and optional test data.
+/// Training data, and the data evaluated after every epoch.
 pub struct Data<'a> {
     /// Examples to train on.
     pub train: &'a Dataset,
-    /// Examples to evaluate after every epoch.
+    /// Held-out examples for `val_loss` and early stopping.
+    pub validation: Option<&'a Dataset>,
+    /// Examples to report on (never used to make a decision).
     pub test: Option<&'a Dataset>,
 }
 
@@ -349,12 +482,143 @@ pub struct Progress {
     pub seconds: f64,
 }
 
-/// What the caller hears during training.
+/// What the caller hears during training, and how it ends it.
 pub struct Hooks<'a> {
     /// Called after the first step (epoch 0) and after every epoch.
     pub on_report: &'a mut dyn FnMut(&Report),
     /// Called after every step.
     pub on_batch: &'a mut dyn FnMut(&Progress),
+    /// Called at the end of every epoch, after `on_report`, with what a checkpoint needs and
+    /// whether it is the run's last epoch; an error ends training with that error.
+    pub on_epoch: &'a mut dyn FnMut(&State, &Store, bool) -> Result<(), String>,
+    /// Asked after every step: `true` ends training there with [`Finish::Interrupted`].
+    pub stop: &'a dyn Fn() -> bool,
+}
+
+/// Where a run stands: everything besides parameters and optimizer state that a resumed run
+/// needs to go on exactly as the uninterrupted run would. The shuffle of epoch `e` is a
+/// function of the seed and `e` alone, so no generator state is kept.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Position {
+    /// Epochs completed.
+    pub epoch: usize,
+    /// Steps completed.
+    pub step: usize,
+    /// The current epoch's sums so far.
+    pub tally: Tally,
+    /// Seconds spent training so far, across resumptions.
+    pub seconds: f64,
+    /// Early stopping: the best value of the watched metric so far.
+    pub best: Option<f64>,
+    /// Early stopping: the epoch that reached it.
+    pub best_epoch: usize,
+    /// Early stopping: epochs since the last improvement.
+    pub wait: usize,
+}
+
+/// A run's state: its position and, with early stopping's `restore_best`, the best epoch's
+/// parameters.
+#[derive(Clone, Debug, Default)]
+pub struct State {
+    /// Where the run stands.
+    pub position: Position,
+    /// The parameters at the end of epoch `position.best_epoch`.
+    pub best_params: Option<Store>,
+}
+
+/// How a training run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Finish {
+    /// Every epoch or step asked for was trained.
+    Completed,
+    /// Early stopping ended it after `epoch`; the best epoch was `best_epoch`.
+    EarlyStopped {
+        /// The last epoch trained.
+        epoch: usize,
+        /// The epoch with the best watched value.
+        best_epoch: usize,
+    },
+    /// [`Hooks::stop`] asked to stop.
+    Interrupted,
+}
+
+/// The first non-finite value of a diverging run.
+#[derive(Clone, Debug, PartialEq)]
+pub enum NonFinite {
+    /// The loss.
+    Loss(f64),
+    /// An element of a parameter's gradient.
+    Gradient {
+        /// The parameter.
+        param: String,
+        /// The element's flat index.
+        index: usize,
+        /// Its value.
+        value: f64,
+    },
+    /// An element of a parameter or optimizer-state buffer after the update.
+    Buffer {
+        /// The buffer.
+        name: String,
+        /// The element's flat index.
+        index: usize,
+        /// Its value.
+        value: f64,
+    },
+}
+
+/// Training produced a non-finite value.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Divergence {
+    /// The epoch it happened in (from 1).
+    pub epoch: usize,
+    /// The step that produced it (from 1).
+    pub step: usize,
+    /// The first non-finite value, in the order loss, gradients, updated buffers.
+    pub first: NonFinite,
+    /// The learning rate of that step.
+    pub lr: f64,
+}
+
+impl std::fmt::Display for Divergence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "training diverged in epoch {}, step {}: ",
+            self.epoch, self.step
+        )?;
+        match &self.first {
+            NonFinite::Loss(v) => write!(f, "the loss is {v}"),
+            NonFinite::Gradient {
+                param,
+                index,
+                value,
+            } => {
+                write!(f, "the gradient of `{param}` is {value} at element {index}")
+            }
+            NonFinite::Buffer { name, index, value } => {
+                write!(
+                    f,
+                    "`{name}` became {value} at element {index} in the update"
+                )
+            }
+        }
+    }
+}
+
+/// Why training failed.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TrainError {
+    /// A non-finite loss, gradient or parameter (with the divergence guard on).
+    Diverged(Divergence),
+    /// Anything else: bad settings, compilation, memory, a failing hook.
+    Failed(String),
+}
+
+impl From<String> for TrainError {
+    fn from(message: String) -> TrainError {
+        TrainError::Failed(message)
+    }
 }
 
 /// The number of steps `settings` asks for on `rows` examples, or why it is out of range.
@@ -374,41 +638,89 @@ pub fn total_steps(settings: &Settings, rows: usize) -> Result<usize, String> {
     }
 }
 
-/// Trains, calling `on_report` after the first step (epoch 0: the first batch's loss before any
-/// update) and after every epoch, and `on_batch(done, total)` after every step.
+/// The order of the examples in epoch `epoch`: a permutation that depends on `seed` and
+/// `epoch` only.
+fn epoch_order(seed: u64, epoch: usize, rows: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..rows).collect();
+    Rng::stream(seed, epoch as u64).shuffle(&mut order);
+    order
+}
+
+/// Checks that early stopping can read what it watches.
+fn check_early_stopping(info: &ModelInfo, settings: &Settings, data: &Data) -> Result<(), String> {
+    let Some(es) = &settings.early_stopping else {
+        return Ok(());
+    };
+    let name = es.monitor.name();
+    if es.monitor.needs_validation() && data.validation.is_none() {
+        return Err(format!(
+            "early stopping watches `{name}`, but there is no validation data; set `validation` in the train block"
+        ));
+    }
+    if es.monitor.maximise() && info.prediction == PredictionKind::Regression {
+        return Err(format!(
+            "early stopping watches `{name}`, but the model's prediction is a regression, which has no accuracy; watch a loss"
+        ));
+    }
+    Ok(())
+}
+
+/// Trains from `state` (the default state for a new run, or a checkpoint's), calling the hooks
+/// as they say. Steps run in epochs of shuffled mini-batches; after each epoch the validation
+/// and test sets are evaluated and early stopping decides. With `settings.guard`, a non-finite
+/// loss (checked every step) or parameter (checked every epoch) ends training with the first
+/// non-finite tensor, found by replaying the epoch from a snapshot.
 pub fn train(
     info: &ModelInfo,
     settings: &Settings,
     compile: &mut dyn Compile,
     store: &mut Store,
     data: Data,
+    state: &mut State,
     hooks: Hooks,
-) -> Result<(), String> {
-    let (train_data, test_data) = (data.train, data.test);
-    let (on_report, on_batch) = (hooks.on_report, hooks.on_batch);
-    let start = Instant::now();
-    let mut rng = Rng::seeded(settings.seed.wrapping_add(1));
-    let mut order: Vec<usize> = (0..train_data.rows).collect();
+) -> Result<Finish, TrainError> {
+    check_early_stopping(info, settings, &data)?;
+    let Hooks {
+        on_report,
+        on_batch,
+        on_epoch,
+        stop,
+    } = hooks;
+    let rows = data.train.rows;
     let batch = settings.batch.max(1);
-    let total_steps = total_steps(settings, train_data.rows)?;
-    let mut trainer = Runner::new(ProgramKind::Train, settings.elem);
-    let mut tester = Runner::new(ProgramKind::Evaluate, settings.elem);
-    let mut step = 0;
-    let mut epoch = 0;
+    let per_epoch = rows.div_ceil(batch);
+    let total = total_steps(settings, rows)?;
+    let started = Instant::now();
+    let earlier_seconds = state.position.seconds;
+    let seconds = || earlier_seconds + started.elapsed().as_secs_f64();
+    let mut runners = Runners::new(settings.elem);
     insert_step_scalars(info, settings.elem, store);
-    while step < total_steps {
+    while state.position.step < total {
+        let epoch = state.position.epoch;
         let lr = settings.schedule.rate(settings.lr, epoch);
-        rng.shuffle(&mut order);
-        let mut tally = Tally::default();
-        for chunk in order.chunks(batch) {
-            if step == total_steps {
+        let order = epoch_order(settings.seed, epoch, rows);
+        let replay = Replay {
+            from: state.position.step,
+            snapshot: if settings.guard {
+                snapshot(info, store)?
+            } else {
+                Store::new()
+            },
+            epoch,
+            lr,
+        };
+        let first_step = epoch * per_epoch;
+        for chunk in order.chunks(batch).skip(state.position.step - first_step) {
+            if state.position.step == total {
                 break;
             }
+            let step = state.position.step;
             feed_step_scalars(info, lr, step, store);
-            let exe = trainer.run(compile, info, train_data, chunk, store)?;
+            let exe = runners.train.run(compile, info, data.train, chunk, store)?;
+            let loss = exe.output("loss").map(|l| l.get(0));
             if step == 0 {
                 let mut first = Tally::default();
-                first.add(info, exe, train_data, chunk);
+                first.add(info, exe, data.train, chunk);
                 on_report(&Report {
                     epoch: 0,
                     step: 0,
@@ -416,39 +728,252 @@ pub fn train(
                     accuracy: first.accuracy(info),
                     test_loss: None,
                     test_accuracy: None,
+                    val_loss: None,
+                    val_accuracy: None,
                     lr,
-                    seconds: start.elapsed().as_secs_f64(),
+                    seconds: seconds(),
                 });
             }
-            tally.add(info, exe, train_data, chunk);
-            step += 1;
-            on_batch(&Progress {
-                step,
-                total: total_steps,
-                running_loss: tally.loss(),
-                seconds: start.elapsed().as_secs_f64(),
-            });
-        }
-        epoch += 1;
-        let (test_loss, test_accuracy) = match test_data {
-            Some(test) => {
-                let (l, a) = evaluate_with(&mut tester, compile, info, store, test)?;
-                (Some(l), a)
+            state.position.tally.add(info, exe, data.train, chunk);
+            state.position.step += 1;
+            if settings.guard && loss.is_some_and(|l| !l.is_finite()) {
+                let chunks = order.chunks(batch).skip(replay.from - first_step);
+                return Err(replay.run(
+                    info,
+                    compile,
+                    &mut runners,
+                    data.train,
+                    chunks,
+                    step,
+                    store,
+                ));
             }
-            None => (None, None),
+            on_batch(&Progress {
+                step: state.position.step,
+                total,
+                running_loss: state.position.tally.loss(),
+                seconds: seconds(),
+            });
+            if stop() {
+                state.position.seconds = seconds();
+                return Ok(Finish::Interrupted);
+            }
+        }
+        if settings.guard && first_non_finite(info, store).is_some() {
+            let chunks = order.chunks(batch).skip(replay.from - first_step);
+            let last = state.position.step - 1;
+            return Err(replay.run(info, compile, &mut runners, data.train, chunks, last, store));
+        }
+        let mut evaluate = |set: Option<&Dataset>| -> Result<(Option<f64>, Option<f64>), String> {
+            match set {
+                Some(set) => {
+                    let (l, a) = evaluate_with(&mut runners.evaluate, compile, info, store, set)?;
+                    Ok((Some(l), a))
+                }
+                None => Ok((None, None)),
+            }
         };
-        on_report(&Report {
-            epoch,
-            step,
+        let (val_loss, val_accuracy) = evaluate(data.validation)?;
+        let (test_loss, test_accuracy) = evaluate(data.test)?;
+        let tally = std::mem::take(&mut state.position.tally);
+        state.position.epoch += 1;
+        state.position.seconds = seconds();
+        let report = Report {
+            epoch: state.position.epoch,
+            step: state.position.step,
             loss: tally.loss(),
             accuracy: tally.accuracy(info),
             test_loss,
             test_accuracy,
+            val_loss,
+            val_accuracy,
             lr,
-            seconds: start.elapsed().as_secs_f64(),
-        });
+            seconds: state.position.seconds,
+        };
+        on_report(&report);
+        let stopped = match &settings.early_stopping {
+            Some(es) => watch(es, &report, info, store, state),
+            None => None,
+        };
+        on_epoch(
+            state,
+            store,
+            stopped.is_some() || state.position.step >= total,
+        )?;
+        if let Some(finish) = stopped {
+            restore_best(info, store, state);
+            return Ok(finish);
+        }
     }
-    Ok(())
+    restore_best(info, store, state);
+    Ok(Finish::Completed)
+}
+
+/// Keras' early-stopping rule after one epoch's `report`: counts epochs without improvement,
+/// keeps the best parameters when asked to, and says when to stop.
+fn watch(
+    es: &EarlyStopping,
+    report: &Report,
+    info: &ModelInfo,
+    store: &Store,
+    state: &mut State,
+) -> Option<Finish> {
+    let p = &mut state.position;
+    p.wait += 1;
+    let value = es.monitor.read(report).unwrap_or(f64::NAN);
+    if es.improves(value, p.best) {
+        p.best = Some(value);
+        p.best_epoch = report.epoch;
+        p.wait = 0;
+        if es.restore_best {
+            state.best_params = Some(
+                info.params
+                    .iter()
+                    .map(|p| (p.name.clone(), store[&p.name].clone()))
+                    .collect(),
+            );
+        }
+        return None;
+    }
+    (p.wait >= es.patience).then_some(Finish::EarlyStopped {
+        epoch: report.epoch,
+        best_epoch: p.best_epoch,
+    })
+}
+
+/// Puts the best epoch's parameters, when kept, into `store`.
+fn restore_best(info: &ModelInfo, store: &mut Store, state: &State) {
+    if let Some(best) = &state.best_params {
+        for p in &info.params {
+            store.insert(p.name.clone(), best[&p.name].clone());
+        }
+    }
+}
+
+/// The train-step programs, and the evaluation and gradient programs, each cached by batch size.
+struct Runners {
+    train: Runner,
+    evaluate: Runner,
+    gradients: Runner,
+}
+
+impl Runners {
+    fn new(elem: Elem) -> Runners {
+        Runners {
+            train: Runner::new(ProgramKind::Train, elem),
+            evaluate: Runner::new(ProgramKind::Evaluate, elem),
+            gradients: Runner::new(ProgramKind::Gradients, elem),
+        }
+    }
+}
+
+/// A copy of every parameter and optimizer-state buffer.
+fn snapshot(info: &ModelInfo, store: &Store) -> Result<Store, String> {
+    let names = info
+        .params
+        .iter()
+        .map(|p| &p.name)
+        .chain(info.states.iter().map(|s| &s.0));
+    names
+        .map(|name| {
+            let buffer = &store[name];
+            let mut copy = Buffer::try_zeros(buffer.len(), buffer.elem())
+                .map_err(|e| format!("a snapshot of `{name}` for the divergence guard: {e}"))?;
+            copy.copy_from(buffer);
+            Ok((name.clone(), copy))
+        })
+        .collect()
+}
+
+/// The first non-finite element of a parameter or optimizer-state buffer: name, index, value.
+fn first_non_finite(info: &ModelInfo, store: &Store) -> Option<(String, usize, f64)> {
+    let names = info
+        .params
+        .iter()
+        .map(|p| &p.name)
+        .chain(info.states.iter().map(|s| &s.0));
+    names.into_iter().find_map(|name| {
+        let b = &store[name];
+        b.first_non_finite().map(|i| (name.clone(), i, b.get(i)))
+    })
+}
+
+/// What it takes to find the first non-finite tensor of an epoch: the buffers as they were at
+/// step `from`, and that epoch's learning rate.
+struct Replay {
+    from: usize,
+    snapshot: Store,
+    epoch: usize,
+    lr: f64,
+}
+
+impl Replay {
+    /// Restores the snapshot and re-runs steps `from..=failed` (bit for bit what ran before),
+    /// checking the loss, then every gradient, then every updated buffer, before each step's
+    /// update; the first non-finite value found is the divergence.
+    #[allow(clippy::too_many_arguments)]
+    fn run<'c>(
+        self,
+        info: &ModelInfo,
+        compile: &mut dyn Compile,
+        runners: &mut Runners,
+        data: &Dataset,
+        chunks: impl Iterator<Item = &'c [usize]>,
+        failed: usize,
+        store: &mut Store,
+    ) -> TrainError {
+        for (name, buffer) in &self.snapshot {
+            store
+                .get_mut(name)
+                .expect("snapshot of a store buffer")
+                .copy_from(buffer);
+        }
+        let diverged = |step: usize, first: NonFinite| {
+            TrainError::Diverged(Divergence {
+                epoch: self.epoch + 1,
+                step: step + 1,
+                first,
+                lr: self.lr,
+            })
+        };
+        for (step, chunk) in (self.from..=failed).zip(chunks) {
+            let exe = match runners.gradients.run(compile, info, data, chunk, store) {
+                Ok(exe) => exe,
+                Err(e) => return TrainError::Failed(e),
+            };
+            if let Some(loss) = exe.output("loss").map(|l| l.get(0))
+                && !loss.is_finite()
+            {
+                return diverged(step, NonFinite::Loss(loss));
+            }
+            for p in &info.params {
+                let Some(g) = exe.output(&gradient_name(&p.name)) else {
+                    continue;
+                };
+                if let Some(index) = g.first_non_finite() {
+                    let value = g.get(index);
+                    let param = p.name.clone();
+                    return diverged(
+                        step,
+                        NonFinite::Gradient {
+                            param,
+                            index,
+                            value,
+                        },
+                    );
+                }
+            }
+            feed_step_scalars(info, self.lr, step, store);
+            if let Err(e) = runners.train.run(compile, info, data, chunk, store) {
+                return TrainError::Failed(e);
+            }
+            if let Some((name, index, value)) = first_non_finite(info, store) {
+                return diverged(step, NonFinite::Buffer { name, index, value });
+            }
+        }
+        let loss = f64::NAN;
+        diverged(failed, NonFinite::Loss(loss))
+    }
 }
 
 /// Adds the scalar inputs of a train step (learning rate, bias corrections) to the store.
@@ -599,4 +1124,99 @@ pub fn predict(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(epoch: usize, val_loss: f64) -> Report {
+        Report {
+            epoch,
+            step: epoch,
+            loss: 0.0,
+            accuracy: None,
+            test_loss: None,
+            test_accuracy: None,
+            val_loss: Some(val_loss),
+            val_accuracy: None,
+            lr: 0.1,
+            seconds: 0.0,
+        }
+    }
+
+    /// The epoch at which Keras' `EarlyStopping` would stop on this sequence, and its best.
+    fn stops(es: &EarlyStopping, values: &[f64]) -> Option<Finish> {
+        let info = ModelInfo {
+            feeds: vec![],
+            params: vec![],
+            states: vec![],
+            prediction: PredictionKind::Regression,
+            bias_correction: None,
+            lr_name: "lr".into(),
+        };
+        let mut state = State::default();
+        values
+            .iter()
+            .enumerate()
+            .find_map(|(i, &v)| watch(es, &report(i + 1, v), &info, &Store::new(), &mut state))
+    }
+
+    #[test]
+    fn early_stopping_follows_keras() {
+        let es = EarlyStopping {
+            monitor: Monitor::ValLoss,
+            patience: 3,
+            min_delta: 0.0,
+            restore_best: false,
+        };
+        // Best at epoch 2; epochs 3, 4, 5 do not improve: stop after epoch 5.
+        assert_eq!(
+            stops(&es, &[1.0, 0.9, 0.95, 0.92, 0.91, 0.5]),
+            Some(Finish::EarlyStopped {
+                epoch: 5,
+                best_epoch: 2
+            })
+        );
+        // An improvement resets the count.
+        assert_eq!(stops(&es, &[1.0, 0.99, 0.98, 0.97, 0.96, 0.95]), None);
+        // With min_delta, improvements smaller than it do not count (Keras: current + delta < best).
+        let coarse = EarlyStopping {
+            min_delta: 0.05,
+            ..es
+        };
+        assert_eq!(
+            stops(&coarse, &[1.0, 0.99, 0.98, 0.97, 0.5]),
+            Some(Finish::EarlyStopped {
+                epoch: 4,
+                best_epoch: 1
+            })
+        );
+        // Patience 0 stops at the first epoch without improvement; NaN never improves.
+        let eager = EarlyStopping { patience: 0, ..es };
+        assert_eq!(
+            stops(&eager, &[1.0, f64::NAN]),
+            Some(Finish::EarlyStopped {
+                epoch: 2,
+                best_epoch: 1
+            })
+        );
+        // Accuracies are maximised.
+        let acc = EarlyStopping {
+            monitor: Monitor::ValAccuracy,
+            ..es
+        };
+        assert!(acc.improves(0.9, Some(0.8)) && !acc.improves(0.8, Some(0.9)));
+    }
+
+    #[test]
+    fn each_epoch_shuffles_independently_of_the_others() {
+        let a = epoch_order(7, 3, 100);
+        assert_eq!(a, epoch_order(7, 3, 100), "a function of seed and epoch");
+        assert_ne!(a, epoch_order(7, 4, 100));
+        assert_ne!(a, epoch_order(8, 3, 100));
+        let mut sorted = a.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..100).collect::<Vec<_>>(), "a permutation");
+    }
 }

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use nabla_compiler::pipeline::ModelPrograms;
+use nabla_runtime::Elem;
 use nabla_runtime::train::{self, Settings};
-use nabla_runtime::{Elem, Schedule};
 use serde_json::json;
 
 use super::{Failure, Outcome, PassFlags, first_train, load_file, memory_diagnostic, print_json};
@@ -46,13 +46,8 @@ pub fn run(args: Args) -> Outcome {
     }
     let info = programs.info().map_err(Failure::Message)?;
     let settings = Settings {
-        batch,
-        epochs: 1,
         steps: Some(args.steps),
-        seed: 0,
-        lr: optimizer.lr,
-        schedule: Schedule::Constant,
-        elem: Elem::F32,
+        ..Settings::new(batch, optimizer.lr)
     };
     let mut store = train::init_store(&info, 0, Elem::F32).map_err(Failure::Message)?;
     let data = train::synthetic(&info, batch, 0);

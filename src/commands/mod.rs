@@ -13,9 +13,11 @@ pub mod diff;
 pub mod eval;
 pub mod gradcheck;
 pub mod graph;
+pub mod plot;
 pub mod predict;
 pub mod session;
 pub mod train;
+pub mod weights;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -1,4 +1,4 @@
-//! `nabla predict FILE --weights PATH --input CSV`: the model's prediction for every row of a
+//! `nabla predict FILE --weights PATH --input CSV [--probabilities]`: the model's prediction for every row of a
 //! CSV file whose columns are the model's input values, in order.
 
 use std::path::PathBuf;
@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use nabla_runtime::Elem;
 use nabla_runtime::data::DataSource;
+use nabla_runtime::train::PredictionKind;
 use nabla_runtime::{data::Split, train};
 use serde_json::json;
 
@@ -16,9 +17,14 @@ use super::{Failure, Outcome, print_json};
 pub struct Args {
     #[command(flatten)]
     common: WeightsArgs,
-    /// A CSV file: one example per line, the input's values in order.
+    /// A CSV file: one example per line, the input's values in order, scaled as in training
+    /// (MNIST pixels in [0, 1], not 0..255).
     #[arg(long)]
     input: PathBuf,
+    /// Print class probabilities (softmax of the logits, or the sigmoid of one logit) instead
+    /// of the raw outputs.
+    #[arg(long)]
+    probabilities: bool,
 }
 
 pub fn run(args: Args) -> Outcome {
@@ -51,10 +57,25 @@ pub fn run(args: Args) -> Outcome {
     )
     .map_err(Failure::Message)?;
     let kind = session.info.prediction;
+    if args.probabilities && kind == PredictionKind::Regression {
+        return Err(Failure::Message(
+            "`--probabilities`: the model's prediction is a regression, which has no class probabilities".into(),
+        ));
+    }
     for (row, values) in predictions.iter().enumerate() {
         let class = kind.class_of(values.len(), |i| values[i]);
+        let values = &if args.probabilities {
+            probabilities(kind, values)
+        } else {
+            values.clone()
+        };
         if args.common.json {
-            print_json(&json!({"row": row, "prediction": values, "class": class}));
+            let key = if args.probabilities {
+                "probabilities"
+            } else {
+                "prediction"
+            };
+            print_json(&json!({"row": row, key: values, "class": class}));
         } else {
             let shown: Vec<String> = values.iter().map(|v| format!("{v:.6}")).collect();
             match class {
@@ -64,4 +85,23 @@ pub fn run(args: Args) -> Outcome {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Class probabilities of one prediction: softmax over logits, or `[1 - p, p]` for a binary
+/// prediction given as a logit or a probability.
+fn probabilities(kind: PredictionKind, values: &[f64]) -> Vec<f64> {
+    match kind {
+        PredictionKind::Classes => {
+            let top = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let exps: Vec<f64> = values.iter().map(|v| (v - top).exp()).collect();
+            let sum: f64 = exps.iter().sum();
+            exps.iter().map(|e| e / sum).collect()
+        }
+        PredictionKind::Logit => {
+            let p = 1.0 / (1.0 + (-values[0]).exp());
+            vec![1.0 - p, p]
+        }
+        PredictionKind::Probability => vec![1.0 - values[0], values[0]],
+        PredictionKind::Regression => values.to_vec(),
+    }
 }

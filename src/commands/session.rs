@@ -1,14 +1,14 @@
 //! What `train`, `eval` and `predict` share: a checked model with its training configuration,
-//! its programs, data loading, and converting parameters to and from checkpoints.
+//! its programs, data loading, and loading saved parameters.
 
 use std::path::{Path, PathBuf};
 
 use nabla_compiler::model::Role;
 use nabla_compiler::pipeline::ModelPrograms;
-use nabla_dsl::TrainSpec;
+use nabla_dsl::{TrainSpec, Validation};
 use nabla_runtime::data::{self, DataSource, Dataset, Split};
 use nabla_runtime::train::{ModelInfo, Store};
-use nabla_runtime::{Buffer, Elem, checkpoint};
+use nabla_runtime::{Elem, resume};
 
 use super::{Failure, Loaded, load_file, memory_diagnostic};
 
@@ -135,26 +135,6 @@ impl Session {
         self.data(source, Split::Train, false)
     }
 
-    /// The parameters of `store` as named tensors with their model shapes.
-    pub fn tensors(&self, store: &Store) -> Vec<checkpoint::Tensor> {
-        let g = &self.loaded.compiled.model.graph;
-        self.loaded
-            .compiled
-            .model
-            .params
-            .iter()
-            .map(|p| {
-                let shape = g.shape(p.node).concrete().unwrap_or_default();
-                let values = store[&p.name]
-                    .to_f64()
-                    .into_iter()
-                    .map(|v| v as f32)
-                    .collect();
-                (p.name.clone(), shape, values)
-            })
-            .collect()
-    }
-
     /// Fails with a located error when running at `batch` needs more memory than the machine
     /// has available.
     pub fn check_memory(&self, batch: usize) -> Result<(), Failure> {
@@ -166,31 +146,28 @@ impl Session {
         }
     }
 
-    /// A store holding the parameters saved in `path`, each checked against the model. The
-    /// file may hold at most what f64 tensors of the model's parameters need, plus a header.
+    /// A store holding the parameters saved in `path` (a weights file or a checkpoint), each
+    /// checked against the model by name and shape.
     pub fn load_weights(&self, path: &Path) -> Result<Store, Failure> {
-        let limit = 8 * self.loaded.compiled.model.param_count() as u64 + (1 << 20);
-        let tensors = checkpoint::load(path, limit).map_err(Failure::Message)?;
-        let g = &self.loaded.compiled.model.graph;
-        let mut store = Store::new();
-        for p in &self.loaded.compiled.model.params {
-            let shape = g.shape(p.node).concrete().unwrap_or_default();
-            let (_, found_shape, values) = tensors
-                .iter()
-                .find(|(n, _, _)| *n == p.name)
-                .ok_or_else(|| {
-                    Failure::Message(format!("`{}` has no tensor `{}`", path.display(), p.name))
-                })?;
-            if *found_shape != shape {
-                return Err(Failure::Message(format!(
-                    "`{}`: `{}` has shape {found_shape:?}, the model needs {shape:?}",
-                    path.display(),
-                    p.name
-                )));
+        resume::load_parameters(path, &self.info, Elem::F32).map_err(Failure::Message)
+    }
+
+    /// The training data and, when the train block asks for it, the validation data: a held-out
+    /// fraction of the training data (chosen with the seed) or a source of its own.
+    pub fn train_and_validation_data(
+        &self,
+        seed: u64,
+    ) -> Result<(Dataset, Option<Dataset>), Failure> {
+        let train = self.train_data()?;
+        match &self.spec.validation {
+            None => Ok((train, None)),
+            Some(Validation::Fraction(f)) => {
+                let (train, validation) = train.hold_out(*f, seed).map_err(Failure::Message)?;
+                Ok((train, Some(validation)))
             }
-            let values: Vec<f64> = values.iter().map(|&v| v as f64).collect();
-            store.insert(p.name.clone(), Buffer::from_f64(&values, Elem::F32));
+            Some(Validation::Data(source)) => {
+                Ok((train, Some(self.data(source, Split::Test, false)?)))
+            }
         }
-        Ok(store)
     }
 }
