@@ -15,7 +15,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use serde_json::Value;
 
-use super::session::{Session, WeightsArgs};
+use super::session::{Session, WeightsArgs, open};
 use super::{Failure, Outcome};
 
 #[derive(clap::Args)]
@@ -48,7 +48,9 @@ struct BoundaryArgs {
 pub fn run(args: Args) -> Outcome {
     let (output, figure) = match (args.boundary, args.log) {
         (Some(Kind::Boundary(b)), _) => {
-            let (mut session, mut store) = b.common.open()?;
+            let mut session = open(&b.common.file, b.common.config.as_deref())?;
+            two_d(&session)?;
+            let mut store = session.load_weights(&b.common.weights)?;
             let figure = boundary(&mut session, &mut store)?;
             (b.output, figure)
         }
@@ -238,13 +240,18 @@ fn diverging(t: f64) -> RGBColor {
 
 const GRID: usize = 160;
 
-fn boundary(session: &mut Session, store: &mut Store) -> Result<Figure, Failure> {
-    let input = two_d_input(session).ok_or_else(|| {
+/// The 2-D input's name, or why there is no boundary to draw.
+fn two_d(session: &Session) -> Result<String, Failure> {
+    two_d_input(session).ok_or_else(|| {
         Failure::Message(format!(
             "`{}` does not take 2-D input (one input of two values per example), so it has no decision boundary to draw",
             session.loaded.path.display()
         ))
-    })?;
+    })
+}
+
+fn boundary(session: &mut Session, store: &mut Store) -> Result<Figure, Failure> {
+    let input = two_d(session)?;
     let data = session.train_data()?;
     let column = data.column(&input).expect("validated against the model");
     let coords: Vec<(f64, f64)> = column

@@ -1,0 +1,568 @@
+//! Long training runs as a user lives them, through the binary: checkpoints and exact resume,
+//! Ctrl-C and SIGKILL, the divergence guard, validation and early stopping, fine-tuning,
+//! output paths, metrics logs and pictures, and inspecting saved weights.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use nabla_runtime::checkpoint;
+
+fn nabla(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_nabla"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A fresh directory for one test.
+fn temp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("nabla-runs-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+/// Writes a model file into `dir`.
+fn model(dir: &Path, name: &str, source: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, source).expect("model written");
+    path.display().to_string()
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// A two-class problem with 250 steps an epoch: long enough to be interrupted mid-epoch.
+const CIRCLE: &str = "model circle {
+  input  x[B, 2]
+  target y[B, 1]
+  h      = relu(dense(x, 8))
+  loss   = bce_with_logits(dense(h, 1), y)
+}
+train default {
+  data      = circle(2000, noise = 0.1)
+  optimizer = sgd(0.05, momentum = 0.9)
+  batch     = 8
+  epochs    = 100000
+  seed      = 5
+}";
+
+#[test]
+fn an_interrupted_run_resumes_bit_identical_to_the_uninterrupted_one() {
+    let dir = temp("resume");
+    let file = model(&dir, "circle.nn", CIRCLE);
+    let checkpoints = dir.join("ck");
+    let log = dir.join("metrics.jsonl");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nabla"))
+        .args(["train", &file, "--json", "--checkpoint", &s(&checkpoints)])
+        .args(["--log", &s(&log)])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starts");
+    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+    for line in lines.by_ref() {
+        let line = line.expect("a line");
+        let epoch = serde_json::from_str::<serde_json::Value>(&line).expect("JSON")["epoch"]
+            .as_u64()
+            .expect("an epoch");
+        if epoch >= 3 {
+            break;
+        }
+    }
+    // Keep reading, so that the run never sees a closed pipe.
+    let drain = std::thread::spawn(move || lines.count());
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(killed.success());
+    let out = child.wait_with_output().expect("ends");
+    drain.join().expect("drained");
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "Ctrl-C exits 130: {stderr}");
+    assert!(
+        stderr.contains("saved the run to") && stderr.contains("--resume"),
+        "{stderr}"
+    );
+
+    let last = checkpoints.join("last.safetensors");
+    let saved = checkpoint::load(&last, 1 << 30).expect("a whole checkpoint");
+    let position: serde_json::Value =
+        serde_json::from_str(&saved.metadata["nabla.position"]).expect("a position");
+    let stopped_at = position["epoch"].as_u64().expect("epoch");
+    assert!(
+        (3..40).contains(&stopped_at),
+        "stopped in epoch {stopped_at}"
+    );
+
+    let resumed = dir.join("resumed.safetensors");
+    let out = nabla(&[
+        "train",
+        &file,
+        "--resume",
+        &s(&checkpoints),
+        "--epochs",
+        "40",
+        "--save",
+        &s(&resumed),
+        "--log",
+        &s(&log),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains(&format!("at epoch {stopped_at}")));
+    let straight = dir.join("straight.safetensors");
+    let out = nabla(&["train", &file, "--epochs", "40", "--save", &s(&straight)]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        std::fs::read(&resumed).unwrap() == std::fs::read(&straight).unwrap(),
+        "the resumed run ends with the uninterrupted run's parameters, bit for bit"
+    );
+    let epochs: Vec<u64> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["epoch"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(
+        epochs,
+        (0..=40).collect::<Vec<_>>(),
+        "the log reads as one run"
+    );
+
+    let out = nabla(&[
+        "train",
+        &file,
+        "--resume",
+        &s(&checkpoints),
+        "--batch",
+        "16",
+    ]);
+    assert!(text(&out.stderr).contains("`--batch 16` differs from the checkpoint's batch 8"));
+    let out = nabla(&["train", &file, "--resume", &s(&straight)]);
+    assert!(text(&out.stderr).contains("is a weights file, not a checkpoint"));
+}
+
+#[test]
+fn a_killed_run_never_leaves_a_torn_checkpoint() {
+    let dir = temp("sigkill");
+    let file = model(&dir, "circle.nn", CIRCLE);
+    let checkpoints = dir.join("ck");
+    for delay_ms in [150, 230, 310] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_nabla"))
+            .args(["train", &file, "--quiet", "--checkpoint", &s(&checkpoints)])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starts");
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        child.kill().expect("SIGKILL");
+        child.wait().expect("ends");
+        let last = checkpoints.join("last.safetensors");
+        if last.exists() {
+            let out = nabla(&["weights", &s(&last)]);
+            assert!(out.status.success(), "{}", text(&out.stderr));
+        }
+    }
+}
+
+#[test]
+fn divergence_stops_training_and_names_the_first_non_finite_tensor() {
+    let dir = temp("diverge");
+    let out = nabla(&["train", "examples/linear_regression.nn", "--lr", "1e3"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("training diverged in epoch") && stderr.contains("the loss is inf"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("`--lr 100`") && stderr.contains("--allow-nonfinite"),
+        "{stderr}"
+    );
+    let out = nabla(&[
+        "train",
+        "examples/linear_regression.nn",
+        "--lr",
+        "1e3",
+        "--allow-nonfinite",
+    ]);
+    assert!(out.status.success(), "the guard can be turned off");
+
+    let sqrt = model(
+        &dir,
+        "sqrt.nn",
+        "model g {
+  input  x[B, 1]
+  target y[B, 1]
+  param  w[1, 1] = zeros
+  loss   = mean(sqrt(abs(x @ w))) + mse(x, y)
+}
+train default {
+  data  = inline(x = [[1], [2]], y = [[1], [2]])
+  batch = 2
+}",
+    );
+    let out = nabla(&["train", &sqrt]);
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("epoch 1, step 1: the gradient of `w` is NaN at element 0"),
+        "{stderr}"
+    );
+
+    let linear = model(
+        &dir,
+        "linear.nn",
+        "model l {
+  input  x[B, 1]
+  target y[B, 1]
+  param  w[1, 1] = zeros
+  loss   = mse(x @ w, y)
+}
+train default {
+  data   = inline(x = [[1]], y = [[1]])
+  batch  = 1
+  epochs = 5
+}",
+    );
+    let checkpoints = dir.join("ck");
+    let out = nabla(&[
+        "train",
+        &linear,
+        "--lr",
+        "3e38",
+        "--checkpoint",
+        &s(&checkpoints),
+    ]);
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("epoch 1, step 1: `w` became inf at element 0 in the update"),
+        "{stderr}"
+    );
+    assert!(
+        !checkpoints.join("last.safetensors").exists(),
+        "nothing non-finite is saved"
+    );
+}
+
+/// Two interleaved spirals, a tenth held out, stopped early on the validation loss.
+const SPIRAL: &str = "model spiral {
+  input  x[B, 2]
+  target y[B, 1]
+  h1     = tanh(dense(x, 16))
+  h2     = tanh(dense(h1, 16))
+  logit  = dense(h2, 1)
+  loss   = bce_with_logits(logit, y)
+}
+train default {
+  data           = spiral(400, noise = 0.3)
+  validation     = 0.1
+  early_stopping = early_stopping(patience = 4)
+  optimizer      = adam(0.03)
+  batch          = 16
+  epochs         = 500
+  seed           = 2
+}";
+
+#[test]
+fn early_stopping_stops_and_keeps_the_best_epoch() {
+    let dir = temp("early");
+    let file = model(&dir, "spiral.nn", SPIRAL);
+    let saved = dir.join("w.safetensors");
+    let checkpoints = dir.join("ck");
+    let out = nabla(&[
+        "train",
+        &file,
+        "--json",
+        "--save",
+        &s(&saved),
+        "--checkpoint",
+        &s(&checkpoints),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let reports: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let epochs = &reports[1..];
+    assert!(
+        epochs.len() < 500,
+        "stopped early, after {} epochs",
+        epochs.len()
+    );
+    let val = |r: &serde_json::Value| r["val_loss"].as_f64().expect("val_loss every epoch");
+    let best = epochs
+        .iter()
+        .min_by(|a, b| val(a).total_cmp(&val(b)))
+        .unwrap();
+    let best_epoch = best["epoch"].as_u64().unwrap();
+    assert_eq!(
+        epochs.len() as u64,
+        best_epoch + 4,
+        "stopped `patience` epochs after the best"
+    );
+    let tensors = |p: &Path| checkpoint::load(p, 1 << 30).unwrap().tensors;
+    assert_eq!(
+        tensors(&saved),
+        tensors(&checkpoints.join("best.safetensors")),
+        "the saved parameters are the best epoch's"
+    );
+    let eval = nabla(&["eval", &file, "--weights", &s(&saved), "--json"]);
+    assert!(eval.status.success(), "{}", text(&eval.stderr));
+
+    let out = nabla(&["train", &file, "--epochs", "3"]);
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("on 360 examples (validation: 40)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("  val "), "{stdout}");
+}
+
+#[test]
+fn bad_output_paths_are_rejected_before_training_starts() {
+    let dir = temp("paths");
+    std::fs::write(dir.join("file"), b"").unwrap();
+    let missing = s(&dir.join("missing/w.safetensors"));
+    let under_file = s(&dir.join("file/sub"));
+    let as_dir = s(&dir);
+    for (flag, path, says) in [
+        ("--save", missing.as_str(), "does not exist"),
+        ("--save", as_dir.as_str(), "is a directory"),
+        ("--log", missing.as_str(), "does not exist"),
+        (
+            "--checkpoint",
+            under_file.as_str(),
+            "cannot create the --checkpoint directory",
+        ),
+        (
+            "--plot",
+            under_file.as_str(),
+            "cannot create the --plot directory",
+        ),
+    ] {
+        let out = nabla(&["train", "examples/mnist_mlp.nn", flag, path]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{flag} {path}: {stderr}");
+        assert!(
+            stderr.contains(flag) && stderr.contains(says),
+            "{flag} {path}: {stderr}"
+        );
+        assert!(
+            out.stdout.is_empty(),
+            "nothing was trained: {}",
+            text(&out.stdout)
+        );
+    }
+}
+
+#[test]
+fn fine_tuning_starts_from_saved_weights_and_names_what_does_not_fit() {
+    let dir = temp("finetune");
+    let saved = dir.join("xor.safetensors");
+    assert!(
+        nabla(&["train", "examples/xor.nn", "--save", &s(&saved)])
+            .status
+            .success()
+    );
+    let eval = nabla(&["eval", "examples/xor.nn", "--weights", &s(&saved), "--json"]);
+    let evaluated: serde_json::Value = serde_json::from_slice(&eval.stdout).expect("JSON");
+    let out = nabla(&[
+        "train",
+        "examples/xor.nn",
+        "--weights",
+        &s(&saved),
+        "--epochs",
+        "1",
+        "--json",
+    ]);
+    let first: serde_json::Value =
+        serde_json::from_str(text(&out.stdout).lines().next().unwrap()).unwrap();
+    assert_eq!(
+        first["loss"], evaluated["loss"],
+        "training starts where the saved run ended"
+    );
+
+    let wider = model(
+        &dir,
+        "wider.nn",
+        &std::fs::read_to_string("examples/xor.nn")
+            .unwrap()
+            .replace("dense(x, 4)", "dense(x, 16)"),
+    );
+    let out = nabla(&["train", &wider, "--weights", &s(&saved)]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr.contains("has shape [2, 4], but the model's `h.w` has shape [2, 16]"),
+        "{stderr}"
+    );
+    let out = nabla(&[
+        "train",
+        "examples/linear_regression.nn",
+        "--weights",
+        &s(&saved),
+    ]);
+    assert!(
+        text(&out.stderr).contains("has no tensor `w`"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// A PNG's size and how many distinct colours it has.
+fn png_summary(path: &Path) -> (u32, u32, usize) {
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
+    let mut reader = decoder.read_info().expect("a PNG");
+    let mut pixels = vec![0; reader.output_buffer_size()];
+    let frame = reader.next_frame(&mut pixels).expect("pixels");
+    let colours: std::collections::HashSet<&[u8]> =
+        pixels[..frame.buffer_size()].chunks(3).collect();
+    (frame.width, frame.height, colours.len())
+}
+
+#[test]
+fn training_draws_its_curves_and_decision_boundary() {
+    let dir = temp("plots");
+    let file = model(&dir, "spiral.nn", SPIRAL);
+    let plots = dir.join("plots");
+    let log = dir.join("metrics.jsonl");
+    let saved = dir.join("w.safetensors");
+    let out = nabla(&[
+        "train",
+        &file,
+        "--plot",
+        &s(&plots),
+        "--log",
+        &s(&log),
+        "--save",
+        &s(&saved),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let (w, h, colours) = png_summary(&plots.join("curves.png"));
+    assert_eq!((w, h), (1200, 480), "loss and accuracy side by side");
+    assert!(
+        colours > 50,
+        "curves, labels and legend are drawn ({colours} colours)"
+    );
+    let (_, _, colours) = png_summary(&plots.join("boundary.png"));
+    assert!(
+        colours > 200,
+        "shaded regions and points ({colours} colours)"
+    );
+
+    let svg = dir.join("curves.svg");
+    let out = nabla(&["plot", &s(&log), "-o", &s(&svg)]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let drawn = std::fs::read_to_string(&svg).unwrap();
+    for label in ["loss", "accuracy (%)", "epoch", "train", "validation"] {
+        assert!(
+            drawn.contains(&format!(">\n{label}\n<")),
+            "the SVG has the text {label}"
+        );
+    }
+    let boundary = dir.join("boundary.svg");
+    let out = nabla(&[
+        "plot",
+        "boundary",
+        &file,
+        "--weights",
+        &s(&saved),
+        "-o",
+        &s(&boundary),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        std::fs::read_to_string(&boundary)
+            .unwrap()
+            .contains(">\nclass 1\n<")
+    );
+
+    let out = nabla(&[
+        "plot",
+        "boundary",
+        "examples/linear_regression.nn",
+        "--weights",
+        &s(&saved),
+        "-o",
+        &s(&boundary),
+    ]);
+    assert!(
+        text(&out.stderr).contains("does not take 2-D input"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = nabla(&["plot", &s(&log), "-o", &s(&dir.join("curves.gif"))]);
+    assert!(text(&out.stderr).contains("name it `.png` or `.svg`"));
+}
+
+#[test]
+fn weights_and_probabilities_can_be_inspected() {
+    let dir = temp("inspect");
+    let saved = dir.join("xor.safetensors");
+    assert!(
+        nabla(&["train", "examples/xor.nn", "--save", &s(&saved)])
+            .status
+            .success()
+    );
+    let out = nabla(&["weights", &s(&saved), "--json"]);
+    let tensors: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let names: Vec<&str> = tensors
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["h.b", "h.w", "logit.b", "logit.w"]);
+    let bias = &tensors[0];
+    assert_eq!(bias["shape"], serde_json::json!([4]));
+    assert_eq!(bias["dtype"], "F32");
+    let values: Vec<f64> = bias["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let mean = values.iter().sum::<f64>() / 4.0;
+    assert!((bias["mean"].as_f64().unwrap() - mean).abs() < 1e-6);
+    assert!(text(&nabla(&["weights", &s(&saved)]).stdout).contains("4 tensors"));
+
+    let input = dir.join("points.csv");
+    std::fs::write(&input, "0,0\n0,1\n").unwrap();
+    let out = nabla(&[
+        "predict",
+        "examples/xor.nn",
+        "--weights",
+        &s(&saved),
+        "--input",
+        &s(&input),
+        "--probabilities",
+        "--json",
+    ]);
+    for line in text(&out.stdout).lines() {
+        let row: serde_json::Value = serde_json::from_str(line).unwrap();
+        let p: Vec<f64> = row["probabilities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert_eq!(p.len(), 2);
+        assert!((p[0] + p[1] - 1.0).abs() < 1e-12);
+        assert_eq!(
+            row["class"].as_u64().unwrap() as usize,
+            usize::from(p[1] > 0.5)
+        );
+    }
+}
