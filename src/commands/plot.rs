@@ -102,8 +102,8 @@ enum Figure {
     Boundary(Boundary),
 }
 
-/// Named points: `(legend name, (epoch, value) points)`.
-type Series = (&'static str, Vec<(f64, f64)>);
+/// Named points: `(legend name, colour, (epoch, value) points)`.
+type Series = (&'static str, RGBColor, Vec<(f64, f64)>);
 
 /// Metrics per epoch, by series.
 struct Curves {
@@ -122,6 +122,9 @@ const ACCURACIES: [(&str, &str); 3] = [
     ("val_accuracy", "validation"),
     ("test_accuracy", "test"),
 ];
+
+/// The accuracy panel's title.
+const ACCURACY: &str = "accuracy (%)";
 
 /// Reads JSON lines of epoch reports (epoch 0, a single batch's loss, is left out; so is a
 /// torn last line).
@@ -161,7 +164,8 @@ fn curves(origin: &Path, text: &str) -> Result<Figure, Failure> {
     }
     let series = |keys: &[(&str, &'static str)], scale: f64| {
         keys.iter()
-            .map(|(key, name)| {
+            .zip(SERIES)
+            .map(|((key, name), colour)| {
                 let points: Vec<(f64, f64)> = records
                     .iter()
                     .filter_map(|(e, r)| {
@@ -171,15 +175,15 @@ fn curves(origin: &Path, text: &str) -> Result<Figure, Failure> {
                             .map(|v| (*e, v * scale))
                     })
                     .collect();
-                (*name, points)
+                (*name, colour, points)
             })
-            .filter(|(_, p)| !p.is_empty())
+            .filter(|(_, _, p)| !p.is_empty())
             .collect::<Vec<_>>()
     };
     let mut panels = vec![("loss", series(&LOSSES, 1.0))];
     let accuracy = series(&ACCURACIES, 100.0);
     if !accuracy.is_empty() {
-        panels.push(("accuracy (%)", accuracy));
+        panels.push((ACCURACY, accuracy));
     }
     Ok(Figure::Curves(Curves { panels }))
 }
@@ -460,6 +464,8 @@ fn encode_png(rgb: &[u8], (width, height): (u32, u32)) -> Result<Vec<u8>, String
     let mut encoder = png::Encoder::new(&mut out, width, height);
     encoder.set_color(png::ColorType::Rgb);
     encoder.set_depth(png::BitDepth::Eight);
+    encoder.set_compression(png::Compression::Best);
+    encoder.set_adaptive_filter(png::AdaptiveFilterType::Adaptive);
     let mut writer = encoder.write_header().map_err(|e| e.to_string())?;
     writer.write_image_data(rgb).map_err(|e| e.to_string())?;
     writer.finish().map_err(|e| e.to_string())?;
@@ -496,21 +502,27 @@ type DrawResult<DB> = Result<(), DrawingAreaErrorKind<<DB as DrawingBackend>::Er
 fn panel<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     title: &str,
-    series: &[(&str, Vec<(f64, f64)>)],
+    series: &[Series],
 ) -> DrawResult<DB> {
-    let all = || series.iter().flat_map(|(_, p)| p.iter());
+    let all = || series.iter().flat_map(|(_, _, p)| p.iter());
     let last = all().map(|p| p.0).fold(1.0, f64::max);
     let (lo, hi) = all().fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), p| {
         (l.min(p.1), h.max(p.1))
     });
     let pad = ((hi - lo) * 0.08).max(hi.abs() * 0.02).max(1e-6);
     let x = if last <= 1.0 { 0.5..1.5 } else { 1.0..last };
+    // Percentages never go past 100; leave only room for the markers.
+    let top = if title == ACCURACY && hi <= 100.0 {
+        (hi + pad).min(100.5)
+    } else {
+        hi + pad
+    };
     let mut chart = ChartBuilder::on(area)
         .caption(title, ("sans-serif", 22))
         .margin(16)
         .x_label_area_size(44)
         .y_label_area_size(64)
-        .build_cartesian_2d(x, lo - pad..hi + pad)?;
+        .build_cartesian_2d(x, lo - pad..top)?;
     let integer = |v: &f64| {
         if v.fract() == 0.0 {
             format!("{v:.0}")
@@ -528,14 +540,13 @@ fn panel<DB: DrawingBackend>(
         .label_style(("sans-serif", 13))
         .light_line_style(RGBColor(238, 238, 238))
         .draw()?;
-    for (i, (name, points)) in series.iter().enumerate() {
-        let colour = SERIES[i % SERIES.len()];
+    for &(name, colour, ref points) in series {
         chart
             .draw_series(LineSeries::new(
                 points.iter().copied(),
                 colour.stroke_width(2),
             ))?
-            .label(*name)
+            .label(name)
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 22, y)], colour.stroke_width(2))
             });
