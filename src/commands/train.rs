@@ -9,7 +9,8 @@ use std::time::Instant;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use indicatif::{ProgressBar, ProgressStyle};
+use console::Term;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle, TermLike};
 use nabla_runtime::resume::{self, Run};
 use nabla_runtime::train::{self, Finish, Progress, Report, Settings, State, Store, TrainError};
 use nabla_runtime::{Elem, Schedule, checkpoint, files};
@@ -191,7 +192,9 @@ pub fn run(args: Args) -> Outcome {
     }
     let interrupted = interrupt_flag();
     let bar = (!args.json && !args.quiet && std::io::stderr().is_terminal()).then(|| {
-        let bar = ProgressBar::new(total_steps as u64);
+        let target =
+            ProgressDrawTarget::term_like_with_hz(Box::new(Margin(Term::buffered_stderr())), 20);
+        let bar = ProgressBar::with_draw_target(Some(total_steps as u64), target);
         bar.set_style(
             ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}")
                 .expect("a valid template"),
@@ -233,7 +236,7 @@ pub fn run(args: Args) -> Outcome {
         }
         last_line.clear();
         match &bar {
-            Some(b) => b.println(line),
+            Some(b) => b.suspend(|| out!("{line}")),
             None => out!("{line}"),
         }
     };
@@ -468,6 +471,46 @@ fn header(
     }
     if let Some(path) = &args.weights {
         out!("starting from the parameters in {}", path.display());
+    }
+}
+
+/// The terminal as the progress bar sees it: a few columns narrower. indicatif pads its line
+/// to the terminal's width, leaving the cursor at the last column, so the `^C` a terminal echoes
+/// on Ctrl-C would wrap onto a line of its own, and clearing the bar would clear that line and
+/// leave the bar on screen.
+#[derive(Debug)]
+struct Margin(Term);
+
+impl TermLike for Margin {
+    fn width(&self) -> u16 {
+        self.0.size().1.saturating_sub(4).max(1)
+    }
+    fn height(&self) -> u16 {
+        self.0.size().0
+    }
+    fn move_cursor_up(&self, n: usize) -> std::io::Result<()> {
+        self.0.move_cursor_up(n)
+    }
+    fn move_cursor_down(&self, n: usize) -> std::io::Result<()> {
+        self.0.move_cursor_down(n)
+    }
+    fn move_cursor_right(&self, n: usize) -> std::io::Result<()> {
+        self.0.move_cursor_right(n)
+    }
+    fn move_cursor_left(&self, n: usize) -> std::io::Result<()> {
+        self.0.move_cursor_left(n)
+    }
+    fn write_line(&self, s: &str) -> std::io::Result<()> {
+        self.0.write_line(s)
+    }
+    fn write_str(&self, s: &str) -> std::io::Result<()> {
+        self.0.write_str(s)
+    }
+    fn clear_line(&self) -> std::io::Result<()> {
+        self.0.clear_line()
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        self.0.flush()
     }
 }
 
