@@ -9,15 +9,9 @@
 //! `NABLA_BLESS=1 cargo test --test filetests` and review the diff.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-fn nabla(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_nabla"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("the nabla binary runs")
-}
+mod common;
+use common::nabla;
 
 /// What a user sees, as one text.
 fn transcript(output: &std::process::Output) -> String {

@@ -1,5 +1,15 @@
-//! Models shared by the gradient and compiled-code tests.
+//! What the tests share: models for the gradient and compiled-code tests, and running the
+//! binary as a user does.
 #![allow(dead_code)]
+
+/// Runs the `nabla` binary from the repository root.
+pub fn nabla(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_nabla"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("the nabla binary runs")
+}
 
 use nabla_compiler::model::Model;
 use proptest::prelude::*;
