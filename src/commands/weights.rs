@@ -35,7 +35,7 @@ pub fn run(args: Args) -> Outcome {
             group(values)
         );
         if let Some(position) = contents.metadata.get("nabla.position") {
-            out!("checkpoint position: {position}");
+            out!("{}", describe(position));
         }
     }
     for ((name, shape, values), dtype) in contents.tensors.iter().zip(&contents.dtypes) {
@@ -68,4 +68,25 @@ pub fn run(args: Args) -> Outcome {
         out!("{line}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A checkpoint's position in words: `checkpoint after epoch 155 (step 5,270); best epoch 125`.
+fn describe(position: &str) -> String {
+    let Ok(p) = serde_json::from_str::<serde_json::Value>(position) else {
+        return format!("checkpoint position: {position}");
+    };
+    let number = |key: &str| p[key].as_u64().unwrap_or(0) as usize;
+    let mut text = format!(
+        "checkpoint after epoch {} (step {})",
+        number("epoch"),
+        group(number("step"))
+    );
+    if let Some(best) = p["best"].as_f64() {
+        text += &format!(
+            "; early stopping: best {best:.6} at epoch {}, {} epochs since",
+            number("best_epoch"),
+            number("wait")
+        );
+    }
+    text
 }
