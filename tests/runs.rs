@@ -164,7 +164,10 @@ fn a_killed_run_never_leaves_a_torn_checkpoint() {
         child.kill().expect("SIGKILL");
         child.wait().expect("ends");
         let last = checkpoints.join("last.safetensors");
-        assert!(last.exists(), "epochs take milliseconds: checkpoints were being written");
+        assert!(
+            last.exists(),
+            "epochs take milliseconds: checkpoints were being written"
+        );
         let out = nabla(&["weights", &s(&last)]);
         assert!(out.status.success(), "{}", text(&out.stderr));
     }

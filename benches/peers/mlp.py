@@ -1,27 +1,38 @@
-"""The PyTorch-recipe MLP (784-512-256-10, ReLU, cross-entropy, SGD lr 0.01 momentum 0.9) in
-PyTorch eager or JAX jit, on synthetic data of MNIST's shapes: compile time and train-step time,
-as one JSON object with the keys `nabla bench --json` prints."""
+"""The models of nabla's performance goals in PyTorch eager or JAX jit: the PyTorch-recipe MLP
+(784-512-256-10, ReLU, cross-entropy, SGD lr 0.01 momentum 0.9) and the tiny 2-16-16-2 model, on
+synthetic data of their shapes: compile time and train-step time, as one JSON object with the
+keys `nabla bench --json` prints. With `--mnist DIR`, PyTorch instead trains the recipe for 5
+epochs on the real data (as `nabla train examples/mnist_pytorch_recipe.nn` does) and reports its
+test accuracy, time and peak memory."""
 
 import argparse
+import gzip
 import json
 import os
 import resource
 import time
 
+SIZES = {"mlp": [784, 512, 256, 10], "tiny": [2, 16, 16, 2]}
 
-def torch_steps(batch, steps, warmup):
+
+def torch_model(sizes):
+    import torch
+
+    layers = []
+    for fan_in, fan_out in zip(sizes, sizes[1:]):
+        layers += [torch.nn.Linear(fan_in, fan_out), torch.nn.ReLU()]
+    return torch.nn.Sequential(*layers[:-1])
+
+
+def torch_steps(sizes, batch, steps, warmup):
     import torch
 
     torch.manual_seed(0)
     torch.set_num_threads(os.cpu_count())
-    model = torch.nn.Sequential(
-        torch.nn.Linear(784, 512), torch.nn.ReLU(),
-        torch.nn.Linear(512, 256), torch.nn.ReLU(),
-        torch.nn.Linear(256, 10),
-    )
+    model = torch_model(sizes)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    x = torch.randn(batch, 784)
-    y = torch.randint(0, 10, (batch,))
+    x = torch.randn(batch, sizes[0])
+    y = torch.randint(0, sizes[-1], (batch,))
     loss_fn = torch.nn.CrossEntropyLoss()
 
     def step():
@@ -33,12 +44,11 @@ def torch_steps(batch, steps, warmup):
     return 0.0, time_steps(step, steps, warmup)
 
 
-def jax_steps(batch, steps, warmup):
+def jax_steps(sizes, batch, steps, warmup):
     import jax
     import jax.numpy as jnp
 
     key = jax.random.PRNGKey(0)
-    sizes = [784, 512, 256, 10]
     params = []
     for fan_in, fan_out in zip(sizes, sizes[1:]):
         key, kw, kb = jax.random.split(key, 3)
@@ -48,8 +58,8 @@ def jax_steps(batch, steps, warmup):
             jax.random.uniform(kb, (fan_out,), minval=-bound, maxval=bound),
         ))
     momentum = jax.tree_util.tree_map(jnp.zeros_like, params)
-    x = jax.random.normal(key, (batch, 784))
-    y = jax.random.randint(key, (batch,), 0, 10)
+    x = jax.random.normal(key, (batch, sizes[0]))
+    y = jax.random.randint(key, (batch,), 0, sizes[-1])
 
     def loss_fn(params):
         h = x
@@ -91,14 +101,63 @@ def time_steps(step, steps, warmup):
     return times
 
 
+def idx(path):
+    """An IDX file (gzipped) as a numpy array."""
+    import numpy as np
+
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    dims = data[3]
+    shape = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(dims)]
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
+
+
+def torch_mnist(directory, epochs, seed):
+    """The recipe on real MNIST, as `examples/mnist_pytorch_recipe.nn` trains it."""
+    import torch
+
+    torch.manual_seed(seed)
+    torch.set_num_threads(os.cpu_count())
+    started = time.perf_counter()
+    load = lambda name: torch.from_numpy(idx(os.path.join(directory, name)).copy())
+    x = load("train-10k-images-idx3-ubyte.gz").reshape(-1, 784).float() / 255
+    y = load("train-10k-labels-idx1-ubyte.gz").long()
+    tx = load("t10k-images-idx3-ubyte.gz").reshape(-1, 784).float() / 255
+    ty = load("t10k-labels-idx1-ubyte.gz").long()
+    model = torch_model(SIZES["mlp"])
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    for _ in range(epochs):
+        order = torch.randperm(len(x))
+        for i in range(0, len(x), 128):
+            rows = order[i: i + 128]
+            opt.zero_grad(set_to_none=True)
+            loss_fn(model(x[rows]), y[rows]).backward()
+            opt.step()
+    with torch.no_grad():
+        accuracy = (model(tx).argmax(1) == ty).float().mean().item()
+    print(json.dumps({
+        "framework": "torch",
+        "test_accuracy": accuracy,
+        "seconds": time.perf_counter() - started,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }))
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--framework", choices=["torch", "jax"], required=True)
+    parser.add_argument("--model", choices=sorted(SIZES), default="mlp")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--mnist", help="train the recipe on the MNIST files in this folder")
+    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    if args.mnist:
+        torch_mnist(args.mnist, 5, args.seed)
+        return
     run = torch_steps if args.framework == "torch" else jax_steps
-    compile_s, times = run(args.batch, args.steps, 10)
+    compile_s, times = run(SIZES[args.model], args.batch, args.steps, 10)
     mean = sum(times) / len(times)
     print(json.dumps({
         "framework": args.framework,

@@ -1,0 +1,80 @@
+"""Runs nabla and its peers side by side on every workload of the performance goals and prints
+one table with nabla's ratio against the faster peer. Called by run.sh, which makes the
+virtualenv and builds nabla first; every figure comes from a command this script runs."""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+
+NABLA = "target/release/nabla"
+PEERS = "benches/peers/mlp.py"
+
+
+def run_json(command):
+    """The last JSON line a command prints."""
+    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def nabla_bench(model, batch, steps):
+    return run_json([NABLA, "bench", model, "--batch", str(batch), "--steps", str(steps), "--json"])
+
+
+def peer_bench(framework, model, batch, steps):
+    return run_json([sys.executable, PEERS, "--framework", framework, "--model", model,
+                     "--batch", str(batch), "--steps", str(steps)])
+
+
+def nabla_mnist_run():
+    """The 5-epoch recipe on real MNIST: test accuracy, seconds, and peak RSS. It must be this
+    script's first child: the kernel reports the largest peak of all children so far."""
+    last = run_json([NABLA, "train", "examples/mnist_pytorch_recipe.nn", "--json"])
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return {"test_accuracy": last["test_accuracy"], "seconds": last["seconds"],
+            "peak_rss_mb": peak / 1024}
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=200)
+    args = parser.parse_args()
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.machine())
+    print(f"machine: {os.cpu_count()} cores, {cpu}")
+    rows = []
+    mnist = nabla_mnist_run()
+
+    def step_row(name, model_file, model, batch, steps, goal, scale=1.0):
+        ours = nabla_bench(model_file, batch, steps)
+        torch = peer_bench("torch", model, batch, steps)
+        jax = peer_bench("jax", model, batch, steps)
+        faster = min(torch["step_ms"], jax["step_ms"])
+        shown = [f"{r['step_ms'] * scale:.3f}" for r in (ours, torch, jax)]
+        rows.append((name, *shown, f"{faster / ours['step_ms']:.2f}x faster", goal))
+        return ours, jax
+
+    ours, jax = step_row("MLP recipe, batch 128, step ms", "examples/mnist_pytorch_recipe.nn", "mlp", 128, args.steps, ">= 1.2x")
+    rows.append(("compile, parse to native step, ms", f"{ours['compile_ms']:.1f}", "-",
+                 f"{jax['compile_ms']:.1f}", f"{jax['compile_ms'] / ours['compile_ms']:.0f}x faster", "<= 20 ms"))
+    ours, jax = step_row("MLP recipe, batch 16, step ms", "examples/mnist_pytorch_recipe.nn", "mlp", 16, args.steps, ">= 2x JAX")
+    rows[-1] = rows[-1][:4] + (f"{jax['step_ms'] / ours['step_ms']:.2f}x JAX",) + rows[-1][5:]
+    ours, jax = step_row("tiny 2-16-16-2, batch 16, step µs", "benches/peers/tiny.nn", "tiny", 16, args.steps * 10, ">= 50x JAX", 1000.0)
+    rows[-1] = rows[-1][:4] + (f"{jax['step_ms'] / ours['step_ms']:.0f}x JAX",) + rows[-1][5:]
+    ours = mnist
+    theirs = run_json([sys.executable, PEERS, "--framework", "torch", "--mnist", "data/mnist"])
+    rows.append(("5-epoch MNIST recipe: peak RSS MB", f"{ours['peak_rss_mb']:.0f}", f"{theirs['peak_rss_mb']:.0f}", "-",
+                 f"{ours['peak_rss_mb'] / theirs['peak_rss_mb']:.2f} of torch's", "<= 0.25"))
+    rows.append(("  its test accuracy, %", f"{100 * ours['test_accuracy']:.2f}", f"{100 * theirs['test_accuracy']:.2f}", "-", "", "same"))
+    rows.append(("  its wall time, s", f"{ours['seconds']:.2f}", f"{theirs['seconds']:.2f}", "-",
+                 f"{theirs['seconds'] / ours['seconds']:.2f}x faster", ""))
+    header = ("workload", "nabla", "torch", "jax", "nabla vs peer", "goal")
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    for r in [header] + rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+if __name__ == "__main__":
+    main()
