@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 
 use nabla_runtime::checkpoint;
 
@@ -34,11 +34,12 @@ fn s(p: &Path) -> String {
     p.display().to_string()
 }
 
-/// A two-class problem with 250 steps an epoch: long enough to be interrupted mid-epoch.
+/// A two-class problem with 250 steps an epoch: long enough to be interrupted mid-epoch. Its
+/// dropout masks are drawn afresh every step, so an exact resume must draw them again.
 const CIRCLE: &str = "model circle {
   input  x[B, 2]
   target y[B, 1]
-  h      = relu(dense(x, 8))
+  h      = dropout(relu(dense(x, 8)), 0.1)
   loss   = bce_with_logits(dense(h, 1), y)
 }
 train default {
@@ -562,4 +563,61 @@ fn weights_and_probabilities_can_be_inspected() {
             usize::from(p[1] > 0.5)
         );
     }
+}
+
+#[test]
+fn dropout_is_seeded_per_step_and_absent_from_evaluation() {
+    let dir = temp("dropout");
+    let file = model(&dir, "circle.nn", CIRCLE);
+    // Every report's losses and accuracies, without the timings.
+    let reports = |out: Output| -> Vec<serde_json::Value> {
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+            .lines()
+            .map(|l| {
+                let mut r: serde_json::Value = serde_json::from_str(l).unwrap();
+                r.as_object_mut().unwrap().remove("seconds");
+                r
+            })
+            .collect()
+    };
+    let run = |file: &str, seed: &str| {
+        reports(nabla(&[
+            "train", file, "--epochs", "2", "--seed", seed, "--json",
+        ]))
+    };
+    assert_eq!(
+        run(&file, "3"),
+        run(&file, "3"),
+        "a seed reproduces the masks"
+    );
+    assert_ne!(run(&file, "3"), run(&file, "4"));
+    let plain = CIRCLE.replace("dropout(relu(dense(x, 8)), 0.1)", "relu(dense(x, 8))");
+    let without = model(&dir, "plain.nn", &plain);
+    assert_ne!(
+        run(&file, "3"),
+        run(&without, "3"),
+        "the masks change training"
+    );
+
+    let eval = nabla(&["graph", &file, "--mode", "eval"]);
+    assert!(
+        !text(&eval.stdout).contains("dropout#"),
+        "evaluation has no mask"
+    );
+    let train = nabla(&["graph", &file, "--mode", "train"]);
+    assert!(
+        text(&train.stdout).contains("input dropout#1 : [B, 8]"),
+        "{}",
+        text(&train.stdout)
+    );
+    let saved = dir.join("w.safetensors");
+    assert!(
+        nabla(&["train", &file, "--epochs", "1", "--save", &s(&saved)])
+            .status
+            .success()
+    );
+    let a = nabla(&["eval", &file, "--weights", &s(&saved), "--json"]);
+    let b = nabla(&["eval", &file, "--weights", &s(&saved), "--json"]);
+    assert_eq!(a.stdout, b.stdout, "evaluation draws nothing");
 }

@@ -366,6 +366,21 @@ pub fn random_feeds(
         };
         feeds.insert(input.name.clone(), Tensor::new(shape, data));
     }
+    for mask in &model.dropouts {
+        let shape = graph.shape(mask.node).concrete().unwrap_or_default();
+        let len = shape.iter().product();
+        let kept = 1.0 / (1.0 - mask.p);
+        let data = (0..len)
+            .map(|_| {
+                if rng.uniform(0.0, 1.0) >= mask.p {
+                    kept
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        feeds.insert(mask.name.clone(), Tensor::new(shape, data));
+    }
     for param in &model.params {
         let shape = graph.shape(param.node).concrete().unwrap_or_default();
         let len = shape.iter().product();

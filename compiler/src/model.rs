@@ -29,6 +29,29 @@ pub enum ValueKind {
     },
 }
 
+/// Which program a model is lowered for: layers such as dropout behave differently when
+/// training and when evaluating, and the difference is fixed at compile time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// The train step (and its gradients).
+    Train,
+    /// Evaluation and prediction.
+    Eval,
+}
+
+/// A dropout layer's random mask: an input the runtime fills at every training step with
+/// `1 / (1 - p)` (kept) or 0 (dropped), drawn from the seed, the layer and the step.
+#[derive(Clone, Debug)]
+pub struct DropoutSpec {
+    /// The name the mask is fed under: `dropout#1`, `dropout#2`, ... in source order (no
+    /// model name can contain `#`).
+    pub name: String,
+    /// Its input node, of the dropped tensor's shape (batch first).
+    pub node: NodeId,
+    /// The probability of dropping an element.
+    pub p: f64,
+}
+
 /// A fed tensor.
 #[derive(Clone, Debug)]
 pub struct InputSpec {
@@ -90,6 +113,8 @@ pub struct Model {
     pub loss: NodeId,
     /// The model's prediction (what the loss compares with the target), when known.
     pub prediction: Option<Prediction>,
+    /// Dropout masks (train mode only).
+    pub dropouts: Vec<DropoutSpec>,
 }
 
 impl Model {

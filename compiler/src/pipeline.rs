@@ -6,7 +6,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 use nabla_runtime::train::{
-    BiasCorrection, Compile, Feed, ModelInfo, ParamInfo, PredictionKind, gradient_name,
+    BiasCorrection, Compile, Feed, Mask, ModelInfo, ParamInfo, PredictionKind, gradient_name,
 };
 use nabla_runtime::{Buffer, Elem, Executable, Program};
 
@@ -268,7 +268,10 @@ impl Memory {
 /// A model's programs for the runtime's training loop: a train step, evaluation and prediction,
 /// compiled per batch size on request.
 pub struct ModelPrograms {
+    /// The model as the train step (and its gradients) compute it.
     model: Model,
+    /// The model as evaluation and prediction compute it.
+    eval: Model,
     optimizer: Optimizer,
     elem: Elem,
     /// Which optional passes run.
@@ -281,12 +284,20 @@ impl ModelPrograms {
     /// Programs for `model` trained with `optimizer`, computing in `elem`.
     pub fn new(model: Model, optimizer: Optimizer, elem: Elem) -> ModelPrograms {
         ModelPrograms {
+            eval: model.clone(),
             model,
             optimizer,
             elem,
             passes: Passes::default(),
             threads: 1,
         }
+    }
+
+    /// These programs with `eval` (the model lowered for evaluation) computing evaluation and
+    /// prediction.
+    pub fn with_eval(mut self, eval: Model) -> ModelPrograms {
+        self.eval = eval;
+        self
     }
 
     /// What the training loop needs to know, as plain data. Fails when an input has no batch
@@ -345,8 +356,21 @@ impl ModelPrograms {
             }),
             _ => None,
         };
+        let masks = self
+            .model
+            .dropouts
+            .iter()
+            .map(|d| Mask {
+                name: d.name.clone(),
+                row_len: Shape(g.shape(d.node).dims()[1..].to_vec())
+                    .numel()
+                    .unwrap_or(0),
+                p: d.p,
+            })
+            .collect();
         Ok(ModelInfo {
             feeds,
+            masks,
             params,
             states,
             prediction: self
@@ -381,11 +405,11 @@ impl ModelPrograms {
             .filter(|b| b.external.is_none())
             .map(|b| b.len as u64)
             .sum();
-        let inputs: u64 = self
-            .info()?
-            .feeds
-            .iter()
-            .map(|f| (batch * f.row_len) as u64)
+        let info = self.info()?;
+        let fed = info.feeds.iter().map(|f| f.row_len);
+        let inputs: u64 = fed
+            .chain(info.masks.iter().map(|m| m.row_len))
+            .map(|row_len| (batch * row_len) as u64)
             .sum();
         Ok(Memory {
             params: params * size,
@@ -395,9 +419,7 @@ impl ModelPrograms {
     }
 
     fn bound(&self, batch: usize) -> Result<Model, String> {
-        let mut model = self.model.clone();
-        model.bind(&|_| Some(batch)).map_err(|e| e.0)?;
-        Ok(model)
+        bind(&self.model, batch)
     }
 
     fn build(
@@ -466,6 +488,13 @@ impl ModelPrograms {
     }
 }
 
+/// `model` with its symbolic dimensions (the batch) bound to `batch`.
+fn bind(model: &Model, batch: usize) -> Result<Model, String> {
+    let mut model = model.clone();
+    model.bind(&|_| Some(batch)).map_err(|e| e.0)?;
+    Ok(model)
+}
+
 /// The train step at every stage (see [`ModelPrograms::inspect`]).
 pub struct Inspection {
     /// The graph after autodiff and the optimizer, before any pass.
@@ -487,7 +516,7 @@ impl Compile for ModelPrograms {
     }
 
     fn evaluate(&mut self, batch: usize) -> Result<Program, String> {
-        let model = self.bound(batch)?;
+        let model = bind(&self.eval, batch)?;
         let mut outputs = vec![("loss".to_string(), model.loss)];
         outputs.extend(model.prediction.map(|p| ("prediction".to_string(), p.node)));
         self.build(&model.graph, outputs, Vec::new(), false)
@@ -495,7 +524,7 @@ impl Compile for ModelPrograms {
     }
 
     fn predict(&mut self, batch: usize) -> Result<Program, String> {
-        let model = self.bound(batch)?;
+        let model = bind(&self.eval, batch)?;
         let p = model.prediction.ok_or("the model has no prediction")?;
         self.build(
             &model.graph,

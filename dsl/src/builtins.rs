@@ -6,7 +6,7 @@
 //! the batch.
 
 use nabla_compiler::ir::{BinaryOp, Dim, NodeId, Op, ReduceOp, Shape, ShapeError, UnaryOp};
-use nabla_compiler::model::{Prediction, PredictionKind};
+use nabla_compiler::model::{DropoutSpec, Mode, Prediction, PredictionKind};
 
 use crate::args::Args;
 use crate::ast::{Arg, ExprKind, Span};
@@ -15,7 +15,7 @@ use crate::init;
 use crate::lower::{Env, LResult, Lowerer};
 
 /// Every built-in function name.
-pub const BUILTINS: [&str; 33] = [
+pub const BUILTINS: [&str; 34] = [
     "exp",
     "log",
     "sqrt",
@@ -43,6 +43,7 @@ pub const BUILTINS: [&str; 33] = [
     "transpose",
     "reshape",
     "dense",
+    "dropout",
     "mse",
     "l1",
     "smooth_l1",
@@ -137,6 +138,14 @@ impl Lowerer<'_> {
             })(),
             "reshape" => self.reshape_call(span, args, env),
             "dense" => self.dense(span, args, env),
+            "dropout" => {
+                let dropped = self.dropout(span, args, env);
+                if self.mode == Mode::Eval {
+                    // The identity: the result is the argument itself, which keeps its own tag.
+                    return Some(dropped);
+                }
+                dropped
+            }
             "mse" | "l1" | "smooth_l1" | "bce" | "bce_with_logits" => {
                 self.elementwise_loss(name, span, args, env)
             }
@@ -149,6 +158,43 @@ impl Lowerer<'_> {
             self.graph.tag_builtin(node, name);
         }
         Some(result)
+    }
+
+    /// `dropout(x, p)`: inverted dropout. Training multiplies `x` by a mask input the runtime
+    /// fills each step with `1 / (1 - p)` or 0 (probability `p`); evaluation is the identity.
+    fn dropout(&mut self, span: Span, args: &[Arg], env: &Env) -> LResult<NodeId> {
+        let a = Args::new("dropout", span, args, 2, 2, &["p"])?;
+        let x = self.expr(a.positional[0], env)?;
+        let p_expr = a.required(1, "p")?;
+        let p = crate::args::number(p_expr, "p")?;
+        if !(0.0..1.0).contains(&p) {
+            return Err(Diagnostic::new(
+                format!("a dropout probability must be at least 0 and below 1, got {p}"),
+                p_expr.span,
+            )
+            .label("the probability of zeroing each element")
+            .into());
+        }
+        let shape = self.graph.shape(x).clone();
+        if !matches!(shape.dims().first(), Some(Dim::Sym(_))) {
+            return Err(Diagnostic::new(
+                format!("dropout needs a tensor with the batch dimension first, like [B, 128], but this one has shape {shape}"),
+                a.positional[0].span,
+            )
+            .label("each example draws its own mask")
+            .into());
+        }
+        if self.mode == Mode::Eval || p == 0.0 {
+            return Ok(x);
+        }
+        let name = format!("dropout#{}", self.dropouts.len() + 1);
+        let mask = located(self.graph.input(&name, shape), span)?;
+        self.dropouts.push(DropoutSpec {
+            name,
+            node: mask,
+            p,
+        });
+        located(self.graph.mul(x, mask), span)
     }
 
     /// Exactly `n` positional tensor arguments.

@@ -23,7 +23,7 @@ pub mod parser;
 pub mod train;
 
 use nabla_compiler::ir::{Graph, NodeId};
-use nabla_compiler::model::Model;
+use nabla_compiler::model::{Mode, Model};
 
 pub use builtins::BUILTINS;
 pub use diagnostic::Diagnostic;
@@ -32,8 +32,10 @@ pub use train::{TrainSpec, Validation};
 /// A checked file: its model and training configurations.
 #[derive(Clone, Debug)]
 pub struct Compiled {
-    /// The model.
+    /// The model as the train step computes it.
     pub model: Model,
+    /// The model as evaluation and prediction compute it (dropout is the identity).
+    pub eval_model: Model,
     /// The `train` blocks, in order.
     pub trains: Vec<TrainSpec>,
     /// Where each parameter of `model.params` was declared (or its layer called).
@@ -47,7 +49,13 @@ pub fn compile(source: &str) -> Result<Compiled, Vec<Diagnostic>> {
     if !errors.is_empty() {
         return Err(errors);
     }
-    let (model, param_spans) = lower::lower_model(&file)?;
+    let (model, param_spans) = lower::lower_model(&file, Mode::Train)?;
+    // Only layers that behave differently in evaluation need a second lowering.
+    let eval_model = if model.dropouts.is_empty() {
+        model.clone()
+    } else {
+        lower::lower_model(&file, Mode::Eval)?.0
+    };
     let mut trains = Vec::new();
     for def in &file.trains {
         match train::check_train(def, &model) {
@@ -58,6 +66,7 @@ pub fn compile(source: &str) -> Result<Compiled, Vec<Diagnostic>> {
     if errors.is_empty() {
         Ok(Compiled {
             model,
+            eval_model,
             trains,
             param_spans,
         })

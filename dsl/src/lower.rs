@@ -16,7 +16,8 @@ use nabla_compiler::ir::{
     BinaryOp, Dim, Graph, MAX_ELEMENTS, NodeId, Op, Shape, ShapeError, UnaryOp, interp,
 };
 use nabla_compiler::model::{
-    Binding, InputSpec, Model, ParamSpec, Prediction, PredictionKind, Role, ValueKind,
+    Binding, DropoutSpec, InputSpec, Mode, Model, ParamSpec, Prediction, PredictionKind, Role,
+    ValueKind,
 };
 use nabla_runtime::Init;
 
@@ -60,13 +61,18 @@ pub(crate) struct Lowerer<'f> {
     pub(crate) prediction: Option<Prediction>,
     /// In formula mode (`nabla diff`) unknown names become scalar inputs.
     free_variables: Option<Vec<(String, NodeId)>>,
+    /// The program lowered for: dropout is the identity in evaluation.
+    pub(crate) mode: Mode,
+    /// Dropout masks made so far (train mode).
+    pub(crate) dropouts: Vec<DropoutSpec>,
 }
 
 /// Lowers the file's model. Errors are every problem found, in source order.
 /// Lowers the file's model; also returns where each parameter was declared.
-pub fn lower_model(file: &File) -> Result<(Model, Vec<Span>), Vec<Diagnostic>> {
+pub fn lower_model(file: &File, mode: Mode) -> Result<(Model, Vec<Span>), Vec<Diagnostic>> {
     let mut errors = Vec::new();
     let mut lw = Lowerer::new(&file.functions, None, &mut errors);
+    lw.mode = mode;
     let model = match file.models.as_slice() {
         [model] => lw.model(model, &mut errors),
         [] => {
@@ -158,6 +164,8 @@ impl<'f> Lowerer<'f> {
             budget: BUDGET,
             prediction: None,
             free_variables,
+            mode: Mode::Train,
+            dropouts: Vec::new(),
         }
     }
 
@@ -264,6 +272,7 @@ impl<'f> Lowerer<'f> {
             bindings,
             loss,
             prediction: self.prediction,
+            dropouts: std::mem::take(&mut self.dropouts),
         })
     }
 

@@ -117,7 +117,7 @@ impl Dataset {
             ));
         }
         let mut order: Vec<usize> = (0..self.rows).collect();
-        Rng::stream(seed, HOLD_OUT_STREAM).shuffle(&mut order);
+        Rng::stream(seed, &[HOLD_OUT_STREAM]).shuffle(&mut order);
         let (mut validation, mut training) = (order[..held].to_vec(), order[held..].to_vec());
         validation.sort_unstable();
         training.sort_unstable();

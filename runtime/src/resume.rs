@@ -209,6 +209,7 @@ mod tests {
             prediction: crate::train::PredictionKind::Regression,
             bias_correction: None,
             lr_name: "lr".into(),
+            masks: vec![],
         }
     }
 

@@ -15,11 +15,11 @@ impl Rng {
         Rng(Pcg64Mcg::seed_from_u64(seed))
     }
 
-    /// The generator of one numbered stream derived from `seed` (an epoch's shuffle, say): a
-    /// function of `seed` and `index` alone, so a resumed run draws what the uninterrupted one
-    /// did without saving generator state.
-    pub fn stream(seed: u64, index: u64) -> Self {
-        Rng::seeded(mix(mix(seed) ^ index))
+    /// The generator of one numbered stream derived from `seed` (epoch 3's shuffle: `[3]`;
+    /// dropout layer 2 at step 7: `[tag, 2, 7]`): a function of `seed` and `path` alone, so a
+    /// resumed run draws what the uninterrupted one did without saving generator state.
+    pub fn stream(seed: u64, path: &[u64]) -> Self {
+        Rng::seeded(path.iter().fold(mix(seed), |h, &i| mix(h ^ i)))
     }
 
     /// A uniform draw in `[lo, hi)`.

@@ -68,6 +68,49 @@ pub struct ModelInfo {
     pub bias_correction: Option<BiasCorrection>,
     /// The name of the learning-rate input.
     pub lr_name: String,
+    /// Dropout masks the train step needs, refilled every step.
+    pub masks: Vec<Mask>,
+}
+
+/// A dropout mask: `row_len` values per example, each `1 / (1 - p)` with probability `1 - p`
+/// and 0 otherwise.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Mask {
+    /// The input it feeds.
+    pub name: String,
+    /// Values per example.
+    pub row_len: usize,
+    /// The probability of a zero.
+    pub p: f64,
+}
+
+/// The stream tag of dropout masks, apart from every epoch's shuffle.
+const MASK_STREAM: u64 = 0x6d61_736b;
+
+/// Fills the masks of `info` for step `step` of a run seeded with `seed`: mask `k` draws from
+/// `Rng::stream(seed, [tag, k, step])`, so a step's masks never depend on earlier steps.
+fn fill_masks(info: &ModelInfo, seed: u64, step: usize, inputs: &mut Store) {
+    for (k, mask) in info.masks.iter().enumerate() {
+        let mut rng = Rng::stream(seed, &[MASK_STREAM, k as u64, step as u64]);
+        let kept = 1.0 / (1.0 - mask.p);
+        let mut draw = || {
+            if rng.uniform(0.0, 1.0) >= mask.p {
+                kept
+            } else {
+                0.0
+            }
+        };
+        let buffer = inputs
+            .get_mut(&mask.name)
+            .expect("allocated with the program");
+        match buffer.elem() {
+            Elem::F32 => buffer
+                .f32s_mut()
+                .iter_mut()
+                .for_each(|v| *v = draw() as f32),
+            Elem::F64 => buffer.f64s_mut().iter_mut().for_each(|v| *v = draw()),
+        }
+    }
 }
 
 /// A parameter as the loop sees it.
@@ -350,14 +393,14 @@ impl Runner {
             ProgramKind::Predict => compile.predict(batch),
             ProgramKind::Gradients => compile.gradients(batch),
         }?;
-        let inputs = info
-            .feeds
-            .iter()
-            .map(|f| {
-                let buffer = Buffer::try_zeros(batch * f.row_len, self.elem);
-                buffer
-                    .map(|b| (f.name.clone(), b))
-                    .map_err(|e| e.to_string())
+        let masked = matches!(self.kind, ProgramKind::Train | ProgramKind::Gradients);
+        let masks = info.masks.iter().filter(|_| masked);
+        let fed = info.feeds.iter().map(|f| (&f.name, f.row_len));
+        let inputs = fed
+            .chain(masks.map(|m| (&m.name, m.row_len)))
+            .map(|(name, row_len)| {
+                let buffer = Buffer::try_zeros(batch * row_len, self.elem);
+                buffer.map(|b| (name.clone(), b)).map_err(|e| e.to_string())
             })
             .collect::<Result<_, _>>()?;
         let exe = Executable::new(program).map_err(|e| e.to_string())?;
@@ -365,7 +408,8 @@ impl Runner {
         Ok(())
     }
 
-    /// Copies the examples `rows` into the batch buffers and runs the program (compiled on
+    /// Copies the examples `rows` into the batch buffers, draws the dropout masks of step
+    /// `draw = (seed, step)` (train and gradient programs), and runs the program (compiled on
     /// first use of this batch size).
     fn run(
         &mut self,
@@ -374,10 +418,14 @@ impl Runner {
         data: &Dataset,
         rows: &[usize],
         store: &mut Store,
+        draw: Option<(u64, usize)>,
     ) -> Result<&Executable, String> {
         let batch = rows.len();
         self.compile(compile, info, batch)?;
         let (exe, inputs) = self.programs.get_mut(&batch).expect("compiled above");
+        if let Some((seed, step)) = draw {
+            fill_masks(info, seed, step, inputs);
+        }
         for feed in &info.feeds {
             let (Some(column), Some(buffer)) =
                 (data.column(&feed.name), inputs.get_mut(&feed.name))
@@ -642,7 +690,7 @@ pub fn total_steps(settings: &Settings, rows: usize) -> Result<usize, String> {
 /// `epoch` only.
 fn epoch_order(seed: u64, epoch: usize, rows: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..rows).collect();
-    Rng::stream(seed, epoch as u64).shuffle(&mut order);
+    Rng::stream(seed, &[epoch as u64]).shuffle(&mut order);
     order
 }
 
@@ -700,6 +748,7 @@ pub fn train(
         let lr = settings.schedule.rate(settings.lr, epoch);
         let order = epoch_order(settings.seed, epoch, rows);
         let replay = Replay {
+            seed: settings.seed,
             from: state.position.step,
             snapshot: if settings.guard {
                 snapshot(info, store)?
@@ -716,7 +765,10 @@ pub fn train(
             }
             let step = state.position.step;
             feed_step_scalars(info, lr, step, store);
-            let exe = runners.train.run(compile, info, data.train, chunk, store)?;
+            let draw = Some((settings.seed, step));
+            let exe = runners
+                .train
+                .run(compile, info, data.train, chunk, store, draw)?;
             let loss = exe.output("loss").map(|l| l.get(0));
             if step == 0 {
                 let mut first = Tally::default();
@@ -901,6 +953,7 @@ fn first_non_finite(info: &ModelInfo, store: &Store) -> Option<(String, usize, f
 /// What it takes to find the first non-finite tensor of an epoch: the buffers as they were at
 /// step `from`, and that epoch's learning rate.
 struct Replay {
+    seed: u64,
     from: usize,
     snapshot: Store,
     epoch: usize,
@@ -937,7 +990,11 @@ impl Replay {
             })
         };
         for (step, chunk) in (self.from..=failed).zip(chunks) {
-            let exe = match runners.gradients.run(compile, info, data, chunk, store) {
+            let draw = Some((self.seed, step));
+            let exe = match runners
+                .gradients
+                .run(compile, info, data, chunk, store, draw)
+            {
                 Ok(exe) => exe,
                 Err(e) => return TrainError::Failed(e),
             };
@@ -964,7 +1021,7 @@ impl Replay {
                 }
             }
             feed_step_scalars(info, self.lr, step, store);
-            if let Err(e) = runners.train.run(compile, info, data, chunk, store) {
+            if let Err(e) = runners.train.run(compile, info, data, chunk, store, draw) {
                 return TrainError::Failed(e);
             }
             if let Some((name, index, value)) = first_non_finite(info, store) {
@@ -1058,7 +1115,14 @@ pub fn time_steps(
     for step in 0..warmup + steps {
         feed_step_scalars(info, settings.lr, step, store);
         let started = Instant::now();
-        trainer.run(compile, info, data, &rows, store)?;
+        trainer.run(
+            compile,
+            info,
+            data,
+            &rows,
+            store,
+            Some((settings.seed, step)),
+        )?;
         if step >= warmup {
             times.push(started.elapsed().as_secs_f64());
         }
@@ -1092,7 +1156,7 @@ fn evaluate_with(
     let rows: Vec<usize> = (0..data.rows).collect();
     let mut tally = Tally::default();
     for chunk in rows.chunks(EVAL_BATCH) {
-        let exe = runner.run(compile, info, data, chunk, store)?;
+        let exe = runner.run(compile, info, data, chunk, store, None)?;
         tally.add(info, exe, data, chunk);
     }
     Ok((tally.loss(), tally.accuracy(info)))
@@ -1110,7 +1174,7 @@ pub fn predict(
     let rows: Vec<usize> = (0..data.rows).collect();
     let mut out = Vec::with_capacity(data.rows);
     for chunk in rows.chunks(EVAL_BATCH) {
-        let exe = runner.run(compile, info, data, chunk, store)?;
+        let exe = runner.run(compile, info, data, chunk, store, None)?;
         let prediction = exe
             .output("prediction")
             .ok_or("the model has no prediction")?;
@@ -1154,6 +1218,7 @@ mod tests {
             prediction: PredictionKind::Regression,
             bias_correction: None,
             lr_name: "lr".into(),
+            masks: vec![],
         };
         let mut state = State::default();
         values
@@ -1207,6 +1272,59 @@ mod tests {
             ..es
         };
         assert!(acc.improves(0.9, Some(0.8)) && !acc.improves(0.8, Some(0.9)));
+    }
+
+    #[test]
+    fn dropout_masks_are_inverted_and_drawn_per_layer_and_step() {
+        let info = ModelInfo {
+            feeds: vec![],
+            params: vec![],
+            states: vec![],
+            prediction: PredictionKind::Regression,
+            bias_correction: None,
+            lr_name: "lr".into(),
+            masks: vec![
+                Mask {
+                    name: "dropout#1".into(),
+                    row_len: 100,
+                    p: 0.25,
+                },
+                Mask {
+                    name: "dropout#2".into(),
+                    row_len: 100,
+                    p: 0.25,
+                },
+            ],
+        };
+        let draw = |seed, step| {
+            let mut inputs: Store = info
+                .masks
+                .iter()
+                .map(|m| (m.name.clone(), Buffer::zeros(1000 * m.row_len, Elem::F32)))
+                .collect();
+            fill_masks(&info, seed, step, &mut inputs);
+            (inputs["dropout#1"].to_f64(), inputs["dropout#2"].to_f64())
+        };
+        let (a, b) = draw(1, 7);
+        let zeros = a.iter().filter(|&&v| v == 0.0).count() as f64 / a.len() as f64;
+        assert!(
+            (zeros - 0.25).abs() < 0.01,
+            "{zeros} of the elements are dropped"
+        );
+        let kept = (1.0f32 / 0.75) as f64;
+        assert!(
+            a.iter().all(|&v| v == 0.0 || v == kept),
+            "kept elements are scaled by 1/(1-p)"
+        );
+        let mean = a.iter().sum::<f64>() / a.len() as f64;
+        assert!(
+            (mean - 1.0).abs() < 0.01,
+            "the expectation is the identity: {mean}"
+        );
+        assert_ne!(a, b, "each layer draws its own mask");
+        assert_eq!(draw(1, 7).0, a, "a function of seed, layer and step");
+        assert_ne!(draw(1, 8).0, a);
+        assert_ne!(draw(2, 7).0, a);
     }
 
     #[test]

@@ -56,6 +56,7 @@ pub fn run(args: Args) -> Outcome {
                 "shape": shape(i.node), "kind": kind(i.kind),
             })).collect::<Vec<_>>(),
             "bindings": model.bindings.iter().map(|b| json!({"name": b.name, "shape": shape(b.node)})).collect::<Vec<_>>(),
+            "dropouts": model.dropouts.iter().map(|d| json!({"name": d.name, "shape": shape(d.node), "p": d.p})).collect::<Vec<_>>(),
             "params": model.params.iter().map(|p| json!({
                 "name": p.name, "shape": shape(p.node),
                 "count": g.shape(p.node).numel(), "init": p.init_name,
@@ -88,6 +89,14 @@ pub fn run(args: Args) -> Outcome {
             "binding".into(),
             g.shape(b.node).to_string(),
             String::new(),
+        ]);
+    }
+    for d in &model.dropouts {
+        rows.push([
+            d.name.clone(),
+            "dropout".into(),
+            g.shape(d.node).to_string(),
+            format!("p = {}, a fresh mask every training step", d.p),
         ]);
     }
     for p in &model.params {

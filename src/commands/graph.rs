@@ -32,6 +32,14 @@ enum Stage {
 }
 
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum Mode {
+    /// The model as the train step computes it (dropout draws its masks).
+    Train,
+    /// The model as evaluation and prediction compute it (dropout is the identity).
+    Eval,
+}
+
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
 enum Format {
     /// One node per line.
     Text,
@@ -48,6 +56,9 @@ pub struct Args {
     /// Which stage to print.
     #[arg(long, value_enum, default_value = "forward")]
     stage: Stage,
+    /// Which program's model: training's or evaluation's (`eval` shows the forward stage).
+    #[arg(long, value_enum, default_value = "train")]
+    mode: Mode,
     /// Output format (`clif` prints text only).
     #[arg(long, value_enum)]
     format: Option<Format>,
@@ -70,6 +81,11 @@ pub fn run(args: Args) -> Outcome {
     if args.stage == Stage::Clif && format != Format::Text {
         return Err(Failure::Message(
             "`--stage clif` prints Cranelift IR as text; it has no `--format dot` or `json`".into(),
+        ));
+    }
+    if args.mode == Mode::Eval && (args.stage != Stage::Forward || args.stats) {
+        return Err(Failure::Message(
+            "`--mode eval` shows the forward graph that evaluation and prediction compute; the train step and its stages exist only in `--mode train`".into(),
         ));
     }
     let started = Instant::now();
@@ -109,7 +125,10 @@ pub fn run(args: Args) -> Outcome {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let mut model = compiled.model.clone();
+    let mut model = match args.mode {
+        Mode::Train => compiled.model.clone(),
+        Mode::Eval => compiled.eval_model.clone(),
+    };
     if let Some(b) = args.batch {
         model
             .bind(&|_| Some(b))

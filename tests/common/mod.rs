@@ -56,6 +56,7 @@ pub const BODIES: &[&str] = &[
     "sum(sinh(z) * u + cosh(z))",
     "sum(atan(z) * u + erf(z))",
     "sum(relu(z) * u)",
+    "sum(dropout(z, 0.3) * u)",
     "sum(leaky_relu(z, 0.1) * u)",
     "sum(identity(z) ^ 2)",
     "sum(z ^ 3)",
