@@ -323,8 +323,39 @@ pub fn vjp(
             };
             vec![ga, gb]
         }
+        // Linear maps whose adjoints are each other: a window element's gradient goes back to
+        // the pixel it read (padding has none), and back again.
+        Op::Windows(w) => vec![Some(graph.unwindows(g, w)?)],
+        Op::Unwindows(w) => vec![Some(graph.windows(
+            g,
+            crate::ir::Window {
+                fill: crate::ir::Fill::Zero,
+                ..w
+            },
+        )?)],
+        // Convolution is bilinear; its three forms are each other's adjoints.
+        Op::Conv(w) => vec![
+            want(wants[0], || graph.node(Op::ConvInputGrad(w), &[g, x[1]]))?,
+            want(wants[1], || graph.node(Op::ConvWeightGrad(w), &[x[0], g]))?,
+        ],
+        Op::ConvInputGrad(w) => vec![
+            want(wants[0], || graph.node(Op::Conv(w), &[g, x[1]]))?,
+            want(wants[1], || graph.node(Op::ConvWeightGrad(w), &[g, x[0]]))?,
+        ],
+        Op::ConvWeightGrad(w) => vec![
+            want(wants[0], || graph.node(Op::ConvInputGrad(w), &[x[1], g]))?,
+            want(wants[1], || graph.node(Op::Conv(w), &[x[0], g]))?,
+        ],
     };
     Ok(grads)
+}
+
+/// `make()` when the gradient is wanted.
+fn want(
+    wanted: bool,
+    make: impl FnOnce() -> Result<NodeId, ShapeError>,
+) -> Result<Option<NodeId>, ShapeError> {
+    wanted.then(make).transpose()
 }
 
 /// Sums `g` over the axes that broadcasting to its shape added or stretched, giving a gradient

@@ -4,8 +4,9 @@
 //!
 //! Values are either *stored* (a buffer holds them) or *inline* (recomputed, from stored values,
 //! inside every kernel that uses them). Stored are: the roots; every matrix product and
-//! reduction (the anchors of kernels); the operands of matrix products (but a transpose, which
-//! the product reads with swapped strides); the elementwise
+//! reduction (the anchors of kernels); every library call (windows of images, convolutions),
+//! and its operands, which it reads whole; the operands of matrix products (but a transpose,
+//! which the product reads with swapped strides); the elementwise
 //! operands of broadcasts, transposes and reshapes (so that a value read at many points is
 //! computed once); and transcendental values (`exp`, `log`, ...) that several kernels would
 //! otherwise each recompute. Every other value is inline, so it never touches memory.
@@ -16,7 +17,8 @@
 //!   of a weight from its gradient), computed in registers before anything is stored;
 //! - **reductions** over the same shape and axes (siblings share one pass), followed by
 //!   elementwise phases that read them (`log` of a row sum, the mean's division);
-//! - **maps**: elementwise values of one shape, siblings sharing one loop.
+//! - **maps**: elementwise values of one shape, siblings sharing one loop;
+//! - **calls**: one library call, alone.
 //!
 //! A value joins an existing group only when everything else it reads is computed by an earlier
 //! group, so the groups in creation order are a valid execution order.
@@ -49,6 +51,8 @@ pub enum GroupKind {
     Reduce,
     /// A matrix product and its epilogue.
     MatMul,
+    /// A library call (windows of images, convolutions), alone.
+    Call,
 }
 
 /// One kernel-to-be.
@@ -183,6 +187,19 @@ fn is_expensive(op: &Op) -> bool {
     }
 }
 
+/// Whether `op` runs as a library call ([`GroupKind::Call`]): it reads whole row-major buffers
+/// and is computed alone.
+pub fn is_call(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Windows(_)
+            | Op::Unwindows(_)
+            | Op::Conv(_)
+            | Op::ConvInputGrad(_)
+            | Op::ConvWeightGrad(_)
+    )
+}
+
 fn users(graph: &Graph, nodes: &[NodeId]) -> HashMap<NodeId, Vec<NodeId>> {
     let mut users: HashMap<NodeId, Vec<NodeId>> = HashMap::new();
     for &id in nodes {
@@ -212,10 +229,13 @@ fn must_store(
     };
     // A reshape aliases its operand's buffer (through a chain of reshapes), which must exist.
     let reshaped = !matches!(op, Op::Reshape(_)) && used_by(&|u| matches!(u, Op::Reshape(_)));
+    // Library calls read whole row-major buffers (a reshape reads its operand's buffer, which
+    // the reshape rule stores).
+    let read_by_call = !matches!(op, Op::Reshape(_)) && used_by(&is_call);
     if !options.fuse {
-        return !is_free(op) || reshaped;
+        return !is_free(op) || reshaped || read_by_call;
     }
-    if matches!(op, Op::MatMul | Op::Reduce(..)) {
+    if matches!(op, Op::MatMul | Op::Reduce(..)) || is_call(op) || read_by_call {
         return true;
     }
     // Matrix products read buffers (a transposed operand is read in place, with its strides
@@ -237,7 +257,10 @@ pub fn transposed_in_place(graph: &Graph, id: NodeId) -> bool {
     matches!(graph.op(id), Op::Transpose(_))
         && graph.operands(id).first().is_some_and(|&x| {
             let op = graph.op(x);
-            is_leaf(op) || is_elementwise(op) || matches!(op, Op::MatMul | Op::Reduce(..))
+            is_leaf(op)
+                || is_elementwise(op)
+                || is_call(op)
+                || matches!(op, Op::MatMul | Op::Reduce(..))
         })
 }
 
@@ -283,6 +306,11 @@ fn single(graph: &Graph, id: NodeId) -> Group {
         },
         Op::Reduce(..) => Group {
             kind: GroupKind::Reduce,
+            anchors: vec![id],
+            members: vec![],
+        },
+        op if is_call(op) => Group {
+            kind: GroupKind::Call,
             anchors: vec![id],
             members: vec![],
         },
@@ -333,7 +361,7 @@ fn group(
             })
         };
         let target = match op {
-            Op::MatMul => None,
+            op if matches!(op, Op::MatMul) || is_call(op) => None,
             Op::Reduce(_, axes) => reductions
                 .get(&(iteration_shape(graph, id), axes.as_slice()))
                 .into_iter()
@@ -352,7 +380,7 @@ fn group(
                     let ok = match group.kind {
                         GroupKind::MatMul => *same_point && graph.shape(*x) == graph.shape(id),
                         GroupKind::Reduce => true,
-                        GroupKind::Map => false,
+                        GroupKind::Map | GroupKind::Call => false,
                     };
                     ok.then_some(g)
                 });
@@ -384,7 +412,7 @@ fn group(
                         .entry((iteration_shape(graph, id), axes.as_slice()))
                         .or_default()
                         .push(g),
-                    Op::MatMul => {}
+                    op if matches!(op, Op::MatMul) || is_call(op) => {}
                     _ => maps.entry(graph.shape(id)).or_default().push(g),
                 }
                 g

@@ -8,7 +8,7 @@
 //! `slot[Σ coeffs[k] * i_k]`, which is how broadcasts (zero coefficients), transposes (permuted
 //! strides) and reshapes (row-major strides of the new shape) are read without copying.
 
-use crate::ir::{BinaryOp, ReduceOp, UnaryOp};
+use crate::ir::{BinaryOp, ReduceOp, UnaryOp, Window};
 
 /// One value per iteration point. Operands are indices of earlier entries of the phase's
 /// expression list, so the list is a DAG in topological order, evaluated once per point.
@@ -119,6 +119,54 @@ pub enum Phase {
         /// Runs over `[m, n]`.
         epilogue: Loop,
     },
+    /// A call into the runtime's library for what loops over affine accesses cannot express:
+    /// windows of images and convolutions. Every buffer is row-major and whole.
+    Call {
+        /// What is computed.
+        call: Call,
+        /// The geometry.
+        window: Window,
+        /// `[images, channels, output channels]` (the last is 0 for windows).
+        sizes: [usize; 3],
+        /// The buffers read, in operand order.
+        inputs: Vec<usize>,
+        /// The buffer written.
+        output: usize,
+        /// An empty loop (the phase computes nothing elementwise).
+        body: Loop,
+    },
+}
+
+/// A library routine (see [`Phase::Call`]), one per op of the same name; the interpreter's
+/// definitions are the reference.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Call {
+    /// `Op::Windows` (im2col).
+    Windows,
+    /// `Op::Unwindows` (col2im).
+    Unwindows,
+    /// `Op::Conv`.
+    Conv,
+    /// `Op::ConvInputGrad`.
+    ConvInputGrad,
+    /// `Op::ConvWeightGrad`.
+    ConvWeightGrad,
+}
+
+impl Call {
+    /// Every routine, indexed by the number generated code passes.
+    pub const ALL: [Call; 5] = [
+        Call::Windows,
+        Call::Unwindows,
+        Call::Conv,
+        Call::ConvInputGrad,
+        Call::ConvWeightGrad,
+    ];
+
+    /// Its number in [`Call::ALL`].
+    pub fn number(self) -> usize {
+        Call::ALL.iter().position(|&c| c == self).unwrap_or(0)
+    }
 }
 
 /// One generated function: its phases in order, and a line saying what it computes (for
@@ -135,7 +183,7 @@ impl Phase {
     /// The loop whose expressions and stores the phase evaluates.
     pub fn body(&self) -> &Loop {
         match self {
-            Phase::Map(l) | Phase::Reduce { body: l, .. } => l,
+            Phase::Map(l) | Phase::Reduce { body: l, .. } | Phase::Call { body: l, .. } => l,
             Phase::MatMul { epilogue, .. } => epilogue,
         }
     }
@@ -152,8 +200,10 @@ impl Phase {
                 _ => None,
             })
             .collect();
-        if let Phase::MatMul { a, b, .. } = self {
-            out.extend([(a.slot, &[][..]), (b.slot, &[][..])]);
+        match self {
+            Phase::MatMul { a, b, .. } => out.extend([(a.slot, &[][..]), (b.slot, &[][..])]),
+            Phase::Call { inputs, .. } => out.extend(inputs.iter().map(|&i| (i, &[][..]))),
+            Phase::Map(_) | Phase::Reduce { .. } => {}
         }
         out
     }
@@ -164,6 +214,7 @@ impl Phase {
         match self {
             Phase::MatMul { out: product, .. } => out.push(*product),
             Phase::Reduce { reductions, .. } => out.extend(reductions.iter().map(|r| r.slot)),
+            Phase::Call { output, .. } => out.push(*output),
             Phase::Map(_) => {}
         }
         out
@@ -226,6 +277,20 @@ impl std::fmt::Display for Kernel {
                         [b.row, b.col]
                     ),
                     epilogue,
+                ),
+                Phase::Call {
+                    call,
+                    window,
+                    sizes,
+                    inputs,
+                    output,
+                    body,
+                } => (
+                    format!(
+                        "{} {sizes:?} {window}: slots {inputs:?} -> slot {output}",
+                        format!("{call:?}").to_lowercase()
+                    ),
+                    body,
                 ),
             };
             writeln!(f, "  {head}")?;

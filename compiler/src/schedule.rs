@@ -21,7 +21,7 @@ use nabla_runtime::BufferSpec;
 
 use crate::fusion::{self, Fusion, GroupKind};
 use crate::ir::{Dim, Graph, NodeId, Op};
-use crate::kernel::{Expr, Kernel, Loop, Operand, Phase, Reduction, Store, row_major};
+use crate::kernel::{Call, Expr, Kernel, Loop, Operand, Phase, Reduction, Store, row_major};
 
 /// The buffer plan and kernels of one program.
 #[derive(Clone, Debug, PartialEq)]
@@ -69,6 +69,20 @@ impl Plan {
                 } => {
                     elements += (m * k + k * n + m * n) as u64;
                     epilogue
+                }
+                Phase::Call {
+                    window,
+                    sizes: [images, channels, outs],
+                    body,
+                    ..
+                } => {
+                    let [oh, ow] = window.output().unwrap_or_default();
+                    let image = (window.image[0] * window.image[1]) as u64;
+                    let kernel = (window.kernel[0] * window.kernel[1]) as u64;
+                    let rows = (oh * ow) as u64 * kernel;
+                    elements += (images * channels) as u64 * (image + rows)
+                        + (*outs as u64) * (*channels as u64 * kernel + (images * oh * ow) as u64);
+                    body
                 }
             };
             let mut accesses: Vec<(usize, &[i64])> = body
@@ -333,6 +347,16 @@ fn remap_slots(kernel: &mut Kernel, map: &dyn Fn(usize) -> usize) {
                 fix(out);
                 epilogue
             }
+            Phase::Call {
+                inputs,
+                output,
+                body,
+                ..
+            } => {
+                inputs.iter_mut().for_each(&fix);
+                fix(output);
+                body
+            }
         };
         for e in &mut body.exprs {
             if let Expr::Load { slot, .. } = e {
@@ -521,6 +545,47 @@ impl Lowering<'_> {
                     epilogue,
                 });
             }
+            GroupKind::Call => {
+                let node = group.anchors[0];
+                let operands = g.operands(node);
+                let (call, window) = match g.op(node) {
+                    Op::Windows(w) => (Call::Windows, *w),
+                    Op::Unwindows(w) => (Call::Unwindows, *w),
+                    Op::Conv(w) => (Call::Conv, *w),
+                    Op::ConvInputGrad(w) => (Call::ConvInputGrad, *w),
+                    Op::ConvWeightGrad(w) => (Call::ConvWeightGrad, *w),
+                    other => unreachable!("a call group anchors {}", other.name()),
+                };
+                // `[images, channels, output channels]`, from the images and the weight.
+                let sizes = match call {
+                    Call::Windows => [dims(g, operands[0])[0], dims(g, operands[0])[1], 0],
+                    Call::Unwindows => [dims(g, node)[0], dims(g, node)[1], 0],
+                    Call::Conv => {
+                        let (x, w) = (dims(g, operands[0]), dims(g, operands[1]));
+                        [x[0], x[1], w[0]]
+                    }
+                    Call::ConvInputGrad => {
+                        let (x, w) = (dims(g, node), dims(g, operands[1]));
+                        [x[0], x[1], w[0]]
+                    }
+                    Call::ConvWeightGrad => {
+                        let (x, w) = (dims(g, operands[0]), dims(g, node));
+                        [x[0], x[1], w[0]]
+                    }
+                };
+                phases.push(Phase::Call {
+                    call,
+                    window,
+                    sizes,
+                    inputs: operands.iter().map(|o| self.slots.of[o]).collect(),
+                    output: self.slots.of[&node],
+                    body: Loop {
+                        dims: vec![],
+                        exprs: vec![],
+                        stores: vec![],
+                    },
+                });
+            }
             GroupKind::Reduce => {
                 phases.push(self.reduce_phase(&group.anchors));
                 // Later phases: members of one shape reading each other at the same point share
@@ -704,7 +769,15 @@ impl Lowering<'_> {
                     ),
                 };
             }
-            op @ (Op::Input { .. } | Op::Param { .. } | Op::Reduce(..) | Op::MatMul) => {
+            op @ (Op::Input { .. }
+            | Op::Param { .. }
+            | Op::Reduce(..)
+            | Op::MatMul
+            | Op::Windows(_)
+            | Op::Unwindows(_)
+            | Op::Conv(_)
+            | Op::ConvInputGrad(_)
+            | Op::ConvWeightGrad(_)) => {
                 unreachable!("{} is in memory before it is read", op.name())
             }
         };
@@ -783,7 +856,7 @@ fn collapse(phase: Phase) -> Phase {
             }
             Phase::Reduce { body, reductions }
         }
-        matmul @ Phase::MatMul { .. } => matmul,
+        call @ (Phase::MatMul { .. } | Phase::Call { .. }) => call,
     }
 }
 

@@ -5,7 +5,9 @@
 //! averages over its elements (PyTorch's `reduction = "mean"`); `cross_entropy` averages over
 //! the batch.
 
-use nabla_compiler::ir::{BinaryOp, Dim, NodeId, Op, ReduceOp, Shape, ShapeError, UnaryOp};
+use nabla_compiler::ir::{
+    BinaryOp, Dim, Fill, NodeId, Op, ReduceOp, Shape, ShapeError, UnaryOp, Window,
+};
 use nabla_compiler::model::{DropoutSpec, Mode, Prediction, PredictionKind};
 
 use crate::args::Args;
@@ -14,8 +16,11 @@ use crate::diagnostic::Diagnostic;
 use crate::init;
 use crate::lower::{Env, LResult, Lowerer};
 
+/// The largest kernel, stride, padding or dilation accepted (beyond any real image).
+const MAX_WINDOW: usize = 1 << 16;
+
 /// Every built-in function name.
-pub const BUILTINS: [&str; 34] = [
+pub const BUILTINS: [&str; 39] = [
     "exp",
     "log",
     "sqrt",
@@ -44,6 +49,11 @@ pub const BUILTINS: [&str; 34] = [
     "reshape",
     "dense",
     "dropout",
+    "conv2d",
+    "max_pool2d",
+    "avg_pool2d",
+    "global_avg_pool",
+    "flatten",
     "mse",
     "l1",
     "smooth_l1",
@@ -138,6 +148,28 @@ impl Lowerer<'_> {
             })(),
             "reshape" => self.reshape_call(span, args, env),
             "dense" => self.dense(span, args, env),
+            "conv2d" => self.conv2d(span, args, env),
+            "max_pool2d" | "avg_pool2d" => self.pool(name, span, args, env),
+            "global_avg_pool" => self.tensor_args(name, span, args, env, 1).and_then(|x| {
+                let (_, _, h, w) = self.images(name, &x, args[0].value.span)?;
+                let sum = located(self.graph.sum(x[0], &[2, 3]), span)?;
+                let mean = located(self.graph.scale(sum, 1.0 / (h * w) as f64), span)?;
+                let d = self.graph.shape(x[0]).dims().to_vec();
+                located(self.graph.reshape(mean, &Shape(d[..2].to_vec())), span)
+            }),
+            "flatten" => self.tensor_args(name, span, args, env, 1).and_then(|x| {
+                let shape = self.graph.shape(x[0]).clone();
+                let rest = Shape(shape.dims().get(1..).unwrap_or_default().to_vec());
+                let (Some(first), Some(n)) = (shape.dims().first(), rest.numel()) else {
+                    return Err(Diagnostic::new(
+                        format!("`flatten` needs a tensor [batch, ...] whose other dimensions are known, got {shape}"),
+                        args[0].value.span,
+                    )
+                    .into());
+                };
+                let flat = Shape(vec![first.clone(), Dim::Known(n)]);
+                located(self.graph.reshape(x[0], &flat), span)
+            }),
             "dropout" => {
                 let dropped = self.dropout(span, args, env);
                 if self.mode == Mode::Eval {
@@ -158,6 +190,252 @@ impl Lowerer<'_> {
             self.graph.tag_builtin(node, name);
         }
         Some(result)
+    }
+
+    /// `x` as images `[N, C, H, W]` with known `C`, `H`, `W`, or a located error.
+    fn images(&self, name: &str, x: &[NodeId], at: Span) -> LResult<(Dim, usize, usize, usize)> {
+        let shape = self.graph.shape(x[0]);
+        match shape.dims() {
+            [n, Dim::Known(c), Dim::Known(h), Dim::Known(w)] => Ok((n.clone(), *c, *h, *w)),
+            _ => Err(Diagnostic::new(
+                format!("`{name}` needs images [batch, channels, height, width] of known size, got {shape}"),
+                at,
+            )
+            .label(format!("this has shape {shape}"))
+            .into()),
+        }
+    }
+
+    /// A size given as a number or a pair `[height, width]`, at least `min`.
+    fn pair(
+        &self,
+        at: Option<&crate::ast::Expr>,
+        what: &str,
+        default: [usize; 2],
+        min: usize,
+    ) -> LResult<[usize; 2]> {
+        let Some(e) = at else {
+            return Ok(default);
+        };
+        let (values, _) = init::literal(e)?;
+        let pair = match values.as_slice() {
+            [v] => [*v, *v],
+            [h, w] => [*h, *w],
+            _ => {
+                return Err(Diagnostic::new(
+                    format!("`{what}` must be a number or a pair [height, width]"),
+                    e.span,
+                )
+                .label("expected a number or [h, w]")
+                .into());
+            }
+        };
+        if pair
+            .iter()
+            .any(|v| v.fract() != 0.0 || *v < min as f64 || *v > MAX_WINDOW as f64)
+        {
+            return Err(Diagnostic::new(
+                format!(
+                    "`{what}` must be whole numbers from {min} to {MAX_WINDOW}, got {}",
+                    pair.map(|v| v.to_string()).join(" and ")
+                ),
+                e.span,
+            )
+            .into());
+        }
+        Ok(pair.map(|v| v as usize))
+    }
+
+    /// `window` if it fits its images, or a located error stating the output-size rule.
+    fn fitting(&self, window: Window, x_shape: &Shape, span: Span) -> LResult<Window> {
+        if let Err(e) = window.output() {
+            let (k, p) = (window.kernel, window.padding);
+            return Err(Diagnostic::new(
+                format!("a {}x{} window does not fit the input {x_shape} padded by {}x{}", k[0], k[1], p[0], p[1]),
+                span,
+            )
+            .label(e.0)
+            .note("the output size is floor((H + 2p - d(k - 1) - 1) / s) + 1 per axis, and must be at least 1")
+            .into());
+        }
+        Ok(window)
+    }
+
+    /// `conv2d(x, out_channels, kernel, stride = 1, padding = 0, dilation = 1, groups = 1,
+    /// bias = true, init = ..., bias_init = ...)`: a layer with `.w [out, in, kh, kw]` and
+    /// `.b [out]`, both `fan_in_uniform` (PyTorch's `nn.Conv2d` default) unless given.
+    fn conv2d(&mut self, span: Span, args: &[Arg], env: &Env) -> LResult<NodeId> {
+        let names = [
+            "out_channels",
+            "kernel",
+            "stride",
+            "padding",
+            "dilation",
+            "groups",
+            "bias",
+            "init",
+            "bias_init",
+        ];
+        let a = Args::new("conv2d", span, args, 3, 3, &names)?;
+        let x = self.expr(a.positional[0], env)?;
+        let x_shape = self.graph.shape(x).clone();
+        let (_, c, h, w) = self.images("conv2d", &[x], a.positional[0].span)?;
+        let out = crate::args::integer(a.required(1, "out_channels")?, "out_channels", 1, 1 << 20)?
+            as usize;
+        let kernel = self.pair(a.get(2, "kernel"), "kernel", [1, 1], 1)?;
+        let stride = self.pair(a.named("stride"), "stride", [1, 1], 1)?;
+        let dilation = self.pair(a.named("dilation"), "dilation", [1, 1], 1)?;
+        let padding = match a.named("padding") {
+            Some(e) if matches!(e.kind, ExprKind::Str(_)) => {
+                let text = crate::args::string(e, "padding")?;
+                if text != "same" {
+                    return Err(Diagnostic::new(
+                        format!("`padding` is a size or \"same\", got \"{text}\""),
+                        e.span,
+                    )
+                    .into());
+                }
+                if stride != [1, 1] {
+                    return Err(Diagnostic::new(
+                        "padding = \"same\" needs stride 1 (as in PyTorch)",
+                        e.span,
+                    )
+                    .into());
+                }
+                let total = [0, 1].map(|i| dilation[i] * (kernel[i] - 1));
+                if total.iter().any(|t| t % 2 == 1) {
+                    return Err(Diagnostic::new("padding = \"same\" with an even kernel needs uneven padding, which nabla does not support; use an odd kernel", e.span).into());
+                }
+                total.map(|t| t / 2)
+            }
+            other => self.pair(other, "padding", [0, 0], 0)?,
+        };
+        if let Some(g) = a.named("groups") {
+            let groups = crate::args::integer(g, "groups", 1, 1 << 20)?;
+            if groups != 1 {
+                return Err(Diagnostic::new(
+                    format!("`groups = {groups}`: grouped convolutions are not supported yet"),
+                    g.span,
+                )
+                .label("only groups = 1")
+                .into());
+            }
+        }
+        let window = Window {
+            image: [h, w],
+            kernel,
+            stride,
+            padding,
+            dilation,
+            fill: Fill::Zero,
+        };
+        let window = self.fitting(window, &x_shape, span)?;
+        let prefix = self.layer_name();
+        let w_shape = [out, c, kernel[0], kernel[1]];
+        let fan_in = c * kernel[0] * kernel[1];
+        let fan_out = out * kernel[0] * kernel[1];
+        let (w_init, w_name) = match a.named("init") {
+            Some(e) => init::resolve(Some(e), &w_shape, (fan_in, fan_out))?,
+            None => (init::fan_in_uniform(fan_in), "fan_in_uniform".into()),
+        };
+        let weight = self.new_param(
+            &format!("{prefix}.w"),
+            Shape::known(&w_shape),
+            w_init,
+            w_name,
+            span,
+        )?;
+        let y = located(self.graph.node(Op::Conv(window), &[x, weight]), span)?;
+        if !a.flag("bias", true)? {
+            return Ok(y);
+        }
+        let (b_init, b_name) = match a.named("bias_init") {
+            Some(e) => init::resolve(Some(e), &[out], (fan_in, fan_out))?,
+            None => (init::fan_in_uniform(fan_in), "fan_in_uniform".into()),
+        };
+        let b = self.new_param(
+            &format!("{prefix}.b"),
+            Shape::known(&[out]),
+            b_init,
+            b_name,
+            span,
+        )?;
+        let column = located(self.graph.reshape(b, &Shape::known(&[out, 1, 1])), span)?;
+        located(self.graph.add(y, column), span)
+    }
+
+    /// `max_pool2d(x, kernel, stride = kernel, padding = 0, dilation = 1)` and `avg_pool2d(x,
+    /// kernel, stride = kernel, padding = 0)` (padding counted in the average, PyTorch's
+    /// `count_include_pad = true`). Max pooling passes its gradient to the first maximum of
+    /// each window in row-major order, as PyTorch does.
+    fn pool(&mut self, name: &str, span: Span, args: &[Arg], env: &Env) -> LResult<NodeId> {
+        let max = name == "max_pool2d";
+        let names: &[&str] = if max {
+            &["kernel", "stride", "padding", "dilation"]
+        } else {
+            &["kernel", "stride", "padding"]
+        };
+        let a = Args::new(name, span, args, 2, 2, names)?;
+        let x = self.expr(a.positional[0], env)?;
+        let x_shape = self.graph.shape(x).clone();
+        let (n, c, h, w) = self.images(name, &[x], a.positional[0].span)?;
+        let kernel = self.pair(a.get(1, "kernel"), "kernel", [1, 1], 1)?;
+        let stride = self.pair(a.named("stride"), "stride", kernel, 1)?;
+        let padding = self.pair(a.named("padding"), "padding", [0, 0], 0)?;
+        let dilation = self.pair(a.named("dilation"), "dilation", [1, 1], 1)?;
+        if (0..2).any(|i| 2 * padding[i] > kernel[i]) {
+            let at = a.named("padding").map_or(span, |e| e.span);
+            return Err(Diagnostic::new(format!("pooling padding must be at most half the kernel size (as in PyTorch), got padding {}x{} for a {}x{} kernel", padding[0], padding[1], kernel[0], kernel[1]), at).into());
+        }
+        let fill = if max { Fill::NegInf } else { Fill::Zero };
+        let window = Window {
+            image: [h, w],
+            kernel,
+            stride,
+            padding,
+            dilation,
+            fill,
+        };
+        let window = self.fitting(window, &x_shape, span)?;
+        let windows = located(self.graph.windows(x, window), span)?;
+        let pooled = if max {
+            // The first maximum of each window: the least position holding the maximum.
+            let shape = self.graph.shape(windows).clone();
+            let row = located(
+                self.graph.node(
+                    Op::Iota {
+                        shape: shape.clone(),
+                        axis: 4,
+                    },
+                    &[],
+                ),
+                span,
+            )?;
+            let col = located(self.graph.node(Op::Iota { shape, axis: 5 }, &[]), span)?;
+            let row = located(self.graph.scale(row, kernel[1] as f64), span)?;
+            let position = located(self.graph.add(row, col), span)?;
+            let top = located(self.graph.reduce(ReduceOp::Max, windows, &[4, 5]), span)?;
+            let is_top = located(self.graph.binary(BinaryOp::Eq, windows, top), span)?;
+            let beyond = self.graph.constant((kernel[0] * kernel[1]) as f64);
+            let candidates = located(self.graph.select(is_top, position, beyond), span)?;
+            let negated = located(self.graph.scale(candidates, -1.0), span)?;
+            let first = located(self.graph.reduce(ReduceOp::Max, negated, &[4, 5]), span)?;
+            let first = located(self.graph.scale(first, -1.0), span)?;
+            let chosen = located(self.graph.binary(BinaryOp::Eq, position, first), span)?;
+            let zero = self.graph.constant(0.0);
+            let picked = located(self.graph.select(chosen, windows, zero), span)?;
+            located(self.graph.sum(picked, &[4, 5]), span)?
+        } else {
+            let sum = located(self.graph.sum(windows, &[4, 5]), span)?;
+            located(
+                self.graph.scale(sum, 1.0 / (kernel[0] * kernel[1]) as f64),
+                span,
+            )?
+        };
+        let [oh, ow] = window.output().map_err(|e| Diagnostic::new(e.0, span))?;
+        let rows = Shape(vec![n, Dim::Known(oh), Dim::Known(ow), Dim::Known(c)]);
+        let rows = located(self.graph.reshape(pooled, &rows), span)?;
+        located(self.graph.transpose(rows, &[0, 3, 1, 2]), span)
     }
 
     /// `dropout(x, p)`: inverted dropout. Training multiplies `x` by a mask input the runtime

@@ -73,6 +73,8 @@ pub struct Target {
     pub math: Vec<FuncRef>,
     /// The imported matrix product (see [`super::jit`]'s `gemm` shim).
     pub gemm: FuncRef,
+    /// The imported library of windows and convolutions (see [`super::jit`]'s `call` shim).
+    pub call: FuncRef,
     /// Threads the matrix product may use.
     pub threads: i64,
 }
@@ -116,10 +118,75 @@ pub fn emit_kernel(b: &mut FunctionBuilder, kernel: &Kernel, target: &Target) {
                 out,
                 epilogue,
             } => e.matmul([*m, *k, *n], *a, *b, *out, epilogue),
+            Phase::Call {
+                call,
+                window,
+                sizes,
+                inputs,
+                output,
+                ..
+            } => e.library(*call, window, *sizes, inputs, *output),
         }
     }
     e.b.ins().return_(&[]);
     e.b.seal_all_blocks();
+}
+
+impl Emitter<'_, '_> {
+    /// A call into the library: the sizes and the geometry passed in a stack slot.
+    fn library(
+        &mut self,
+        call: crate::kernel::Call,
+        window: &crate::ir::Window,
+        sizes: [usize; 3],
+        inputs: &[usize],
+        output: usize,
+    ) {
+        use cranelift_codegen::ir::{StackSlotData, StackSlotKind};
+        let words: Vec<usize> = sizes
+            .into_iter()
+            .chain(
+                [
+                    window.image,
+                    window.kernel,
+                    window.stride,
+                    window.padding,
+                    window.dilation,
+                ]
+                .concat(),
+            )
+            .collect();
+        let slot = self.b.create_sized_stack_slot(StackSlotData::new(
+            StackSlotKind::ExplicitSlot,
+            8 * words.len() as u32,
+            3,
+        ));
+        for (i, &v) in words.iter().enumerate() {
+            let v = self.b.ins().iconst(types::I64, v as i64);
+            self.b
+                .ins()
+                .stack_store(self.t.pointer, v, slot, 8 * i as i32);
+        }
+        let sizes = self.b.ins().stack_addr(self.t.pointer, slot, 0);
+        let geometry = self.b.ins().stack_addr(self.t.pointer, slot, 24);
+        let null = self.b.ins().iconst(self.t.pointer, 0);
+        let a = self.base(inputs[0]);
+        let b = inputs.get(1).map_or(null, |&s| self.base(s));
+        let args = [
+            self.b.ins().iconst(types::I64, call.number() as i64),
+            a,
+            b,
+            self.base(output),
+            sizes,
+            geometry,
+            self.b.ins().iconst(
+                types::I64,
+                i64::from(window.fill == crate::ir::Fill::NegInf),
+            ),
+        ];
+        let callee = self.t.call;
+        self.b.ins().call(callee, &args);
+    }
 }
 
 pub(super) struct Emitter<'a, 'b> {

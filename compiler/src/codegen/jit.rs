@@ -9,6 +9,8 @@ use cranelift_module::{Linkage, Module, default_libcall_names};
 use nabla_runtime::{Elem, KernelFn, Program};
 
 use super::clif::{MathFn, Target, emit_kernel};
+use super::library;
+use crate::kernel::Call;
 use crate::schedule::Plan;
 
 /// Why code generation failed (a bug or an unsupported host, never bad user input).
@@ -238,6 +240,54 @@ macro_rules! gemm_shim {
 gemm_shim!(gemm_f32, f32);
 gemm_shim!(gemm_f64, f64);
 
+/// The `nabla_call` symbol generated code calls for a [`Phase::Call`]: the library routine
+/// `call` (a [`Call`] as an integer) on the buffers `a`, `b` (null when unused) and `out`.
+///
+/// [`Phase::Call`]: crate::kernel::Phase::Call
+macro_rules! call_shim {
+    ($name:ident, $t:ty) => {
+        #[allow(clippy::too_many_arguments)]
+        extern "C" fn $name(
+            call: usize,
+            a: *const $t,
+            b: *const $t,
+            out: *mut $t,
+            sizes: *const usize,
+            geometry: *const usize,
+            neg_inf: usize,
+        ) {
+            // SAFETY: generated code passes a valid call number, and `sizes` and `geometry`
+            // point at 3 and 10 sizes on its stack.
+            let (call, sizes, geometry) = unsafe {
+                (
+                    Call::ALL[call],
+                    *sizes.cast::<[usize; 3]>(),
+                    &*geometry.cast::<[usize; 10]>(),
+                )
+            };
+            let window = library::window(geometry, neg_inf != 0);
+            let ([a_len, b_len], out_len) = library::lengths(call, &window, sizes);
+            // SAFETY: the runtime checked every buffer against the plan, which sized them from
+            // this geometry, and the output overlaps no operand.
+            let (a, b, out) = unsafe {
+                (
+                    std::slice::from_raw_parts(a, a_len),
+                    if b_len == 0 {
+                        &[][..]
+                    } else {
+                        std::slice::from_raw_parts(b, b_len)
+                    },
+                    std::slice::from_raw_parts_mut(out, out_len),
+                )
+            };
+            library::run(call, &window, sizes, a, b, out);
+        }
+    };
+}
+
+call_shim!(call_f32, f32);
+call_shim!(call_f64, f64);
+
 /// The symbol name and address of a math function in the given precision.
 fn math_symbol(f: MathFn, elem: Elem) -> (String, *const u8) {
     let name = format!("nabla_{}_{elem:?}", f.name()).to_lowercase();
@@ -272,6 +322,11 @@ pub fn compile(
         Elem::F64 => gemm_f64 as *const u8,
     };
     jit_builder.symbol("nabla_gemm", gemm_ptr);
+    let call_ptr = match elem {
+        Elem::F32 => call_f32 as *const u8,
+        Elem::F64 => call_f64 as *const u8,
+    };
+    jit_builder.symbol("nabla_call", call_ptr);
     let mut module = JITModule::new(jit_builder);
     let pointer = module.target_config().pointer_type();
     let (scalar, vector) = match elem {
@@ -312,6 +367,22 @@ pub fn compile(
     let gemm_id = module
         .declare_function("nabla_gemm", Linkage::Import, &gemm_sig)
         .map_err(err)?;
+    let mut call_sig = module.make_signature();
+    call_sig.params.extend(
+        [
+            types::I64,
+            pointer,
+            pointer,
+            pointer,
+            pointer,
+            pointer,
+            types::I64,
+        ]
+        .map(AbiParam::new),
+    );
+    let call_id = module
+        .declare_function("nabla_call", Linkage::Import, &call_sig)
+        .map_err(err)?;
 
     let mut ctx = module.make_context();
     let mut builder_ctx = FunctionBuilderContext::new();
@@ -335,6 +406,7 @@ pub fn compile(
                 pointer,
                 math,
                 gemm: module.declare_func_in_func(gemm_id, b.func),
+                call: module.declare_func_in_func(call_id, b.func),
                 threads: threads.max(1) as i64,
             };
             emit_kernel(&mut b, kernel, &target);

@@ -7,5 +7,6 @@
 
 pub mod clif;
 pub mod jit;
+mod library;
 mod loops;
 mod matmul;

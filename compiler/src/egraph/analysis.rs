@@ -63,7 +63,15 @@ impl Analysis<TensorNode> for TensorAnalysis {
                 Some(_) => child(2).constant,
                 None => None,
             },
-            Op::Input { .. } | Op::Param { .. } | Op::Iota { .. } | Op::MatMul => None,
+            Op::Input { .. }
+            | Op::Param { .. }
+            | Op::Iota { .. }
+            | Op::MatMul
+            | Op::Windows(_)
+            | Op::Unwindows(_)
+            | Op::Conv(_)
+            | Op::ConvInputGrad(_)
+            | Op::ConvWeightGrad(_) => None,
         };
         ClassData { shape, constant }
     }

@@ -26,7 +26,7 @@ use petgraph::Direction;
 use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::visit::EdgeRef;
 
-use super::op::{BinaryOp, Op, ReduceOp, Scalar, UnaryOp};
+use super::op::{BinaryOp, Op, ReduceOp, Scalar, UnaryOp, Window};
 use super::shape::{Shape, ShapeError};
 
 /// A node of a [`Graph`].
@@ -354,6 +354,16 @@ impl Graph {
     /// Matrix product of two matrices.
     pub fn matmul(&mut self, a: NodeId, b: NodeId) -> Result<NodeId, ShapeError> {
         self.node(Op::MatMul, &[a, b])
+    }
+
+    /// The windows of `[N, C, H, W]` images as rows: `[N, OH, OW, C, KH, KW]`.
+    pub fn windows(&mut self, x: NodeId, window: Window) -> Result<NodeId, ShapeError> {
+        self.node(Op::Windows(window), &[x])
+    }
+
+    /// The adjoint of [`Graph::windows`]: `[N, OH, OW, C, KH, KW]` summed back into images.
+    pub fn unwindows(&mut self, x: NodeId, window: Window) -> Result<NodeId, ShapeError> {
+        self.node(Op::Unwindows(window), &[x])
     }
 }
 

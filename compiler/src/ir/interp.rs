@@ -133,8 +133,59 @@ fn eval_op<T: Float>(
         Op::Reshape(_) => args[0].data.clone(),
         Op::Transpose(perm) => transpose(args[0], perm, shape),
         Op::MatMul => matmul(args[0], args[1]),
+        Op::Windows(w) => {
+            let mut out = vec![T::zero(); numel(shape)];
+            let fill = cast(w.fill.value());
+            let (n, c) = (shape[0], shape[3]);
+            w.visit(n, c, |e, pixel| {
+                out[e] = pixel.map_or(fill, |p| args[0].data[p])
+            });
+            out
+        }
+        Op::Conv(w) | Op::ConvInputGrad(w) | Op::ConvWeightGrad(w) => {
+            let mut out = vec![T::zero(); numel(shape)];
+            conv(op, w, args, &mut out);
+            out
+        }
+        Op::Unwindows(w) => {
+            let mut out = vec![T::zero(); numel(shape)];
+            let (n, c) = (shape[0], shape[1]);
+            w.visit(n, c, |e, pixel| {
+                if let Some(p) = pixel {
+                    out[p] = out[p] + args[0].data[e];
+                }
+            });
+            out
+        }
     };
     Ok(Tensor::new(shape.to_vec(), data))
+}
+
+/// The three forms of convolution, directly from their definition: every window element
+/// `(n, y, x, c, i, j)` that reads pixel `p` of image `n` contributes, for every output channel
+/// `o`, `w[o, c, i, j] * x[p]` to `y[n, o, y, x]` (and the gradients accordingly).
+fn conv<T: Float>(op: &Op, w: &crate::ir::Window, args: &[&Tensor<T>], out: &mut [T]) {
+    let (images, channels, outs) = match op {
+        Op::Conv(_) => (args[0].shape[0], args[0].shape[1], args[1].shape[0]),
+        Op::ConvInputGrad(_) => (args[0].shape[0], args[1].shape[1], args[1].shape[0]),
+        _ => (args[0].shape[0], args[0].shape[1], args[1].shape[1]),
+    };
+    let [oh, ow] = w.output().unwrap_or_default();
+    let (positions, row) = (oh * ow, channels * w.kernel[0] * w.kernel[1]);
+    w.visit(images, channels, |e, pixel| {
+        let Some(p) = pixel else { return };
+        let (r, col) = (e / row, e % row);
+        let (n, at) = (r / positions, r % positions);
+        for o in 0..outs {
+            let y = (n * outs + o) * positions + at;
+            let k = o * row + col;
+            match op {
+                Op::Conv(_) => out[y] = out[y] + args[1].data[k] * args[0].data[p],
+                Op::ConvInputGrad(_) => out[p] = out[p] + args[0].data[y] * args[1].data[k],
+                _ => out[k] = out[k] + args[0].data[p] * args[1].data[y],
+            }
+        }
+    });
 }
 
 /// The scalar meaning of each unary op.

@@ -11,5 +11,5 @@ pub mod verify;
 
 pub use graph::{DType, Graph, Node, NodeId};
 pub use interp::{EvalError, Tensor};
-pub use op::{BinaryOp, Op, ReduceOp, Scalar, UnaryOp};
+pub use op::{BinaryOp, Fill, Op, ReduceOp, Scalar, UnaryOp, Window};
 pub use shape::{Dim, MAX_ELEMENTS, Shape, ShapeError, broadcast_strides, strides};

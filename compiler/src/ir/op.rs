@@ -132,6 +132,218 @@ pub enum ReduceOp {
     Max,
 }
 
+/// What a window reads outside the image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Fill {
+    /// Zero padding (convolution, average pooling).
+    Zero,
+    /// Negative infinity (max pooling: padding never wins).
+    NegInf,
+}
+
+impl Fill {
+    /// The value read.
+    pub fn value(self) -> f64 {
+        match self {
+            Fill::Zero => 0.0,
+            Fill::NegInf => f64::NEG_INFINITY,
+        }
+    }
+}
+
+/// Sliding windows over the last two axes of `[N, C, H, W]` images: `kernel` positions apart
+/// by `dilation`, moved by `stride`, over the image padded by `padding` on every side. PyTorch's
+/// geometry: output size `floor((H + 2p - d(k - 1) - 1) / s) + 1` per axis.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Window {
+    /// Image height and width.
+    pub image: [usize; 2],
+    /// Window height and width.
+    pub kernel: [usize; 2],
+    /// Step between windows.
+    pub stride: [usize; 2],
+    /// Padding on each side.
+    pub padding: [usize; 2],
+    /// Step between a window's elements.
+    pub dilation: [usize; 2],
+    /// What padding reads as.
+    pub fill: Fill,
+}
+
+impl Window {
+    /// Windows per axis, or why there is none (a window larger than the padded image, a zero
+    /// size or stride).
+    pub fn output(&self) -> Result<[usize; 2], ShapeError> {
+        let mut out = [0; 2];
+        for (a, size) in out.iter_mut().enumerate() {
+            let (h, k, s, p, d) = (
+                self.image[a],
+                self.kernel[a],
+                self.stride[a],
+                self.padding[a],
+                self.dilation[a],
+            );
+            if k == 0 || s == 0 || d == 0 {
+                return Err(ShapeError(format!(
+                    "a window needs a kernel size, stride and dilation of at least 1, got kernel {k}, stride {s}, dilation {d}"
+                )));
+            }
+            let span = d * (k - 1) + 1;
+            if h + 2 * p < span {
+                return Err(ShapeError(format!(
+                    "a window spanning {span} (kernel {k}, dilation {d}) does not fit in {h} + 2 × {p} padding: the output size floor((H + 2p - d(k - 1) - 1) / s) + 1 would be below 1"
+                )));
+            }
+            *size = (h + 2 * p - span) / s + 1;
+        }
+        Ok(out)
+    }
+
+    /// Calls `f(element, pixel)` for every element of the windows of `images` images of
+    /// `channels` channels, in row-major order of `[N, OH, OW, C, KH, KW]`, with the flat index
+    /// in `[N, C, H, W]` of the pixel it reads, or `None` where it reads padding. The
+    /// interpreter and generated code share this walk, so they agree to the bit.
+    pub fn visit(&self, images: usize, channels: usize, mut f: impl FnMut(usize, Option<usize>)) {
+        let Ok([oh, ow]) = self.output() else {
+            return;
+        };
+        let [h, w] = self.image;
+        let [kh, kw] = self.kernel;
+        let mut element = 0;
+        for n in 0..images {
+            for y in 0..oh {
+                for x in 0..ow {
+                    for c in 0..channels {
+                        let plane = (n * channels + c) * h * w;
+                        for i in 0..kh {
+                            let row = (y * self.stride[0] + i * self.dilation[0])
+                                .checked_sub(self.padding[0])
+                                .filter(|&r| r < h);
+                            for j in 0..kw {
+                                let col = (x * self.stride[1] + j * self.dilation[1])
+                                    .checked_sub(self.padding[1])
+                                    .filter(|&q| q < w);
+                                let pixel = row.zip(col).map(|(r, q)| plane + r * w + q);
+                                f(element, pixel);
+                                element += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The shapes of a convolution's image, weight and output, checked: `x [N, C, H, W]`,
+    /// `w [O, C, KH, KW]`, output `[N, O, OH, OW]`.
+    pub fn conv_shapes(&self, x: &Shape, w: &Shape) -> Result<[Shape; 3], ShapeError> {
+        let (xd, wd) = (x.dims(), w.dims());
+        let image = [Dim::Known(self.image[0]), Dim::Known(self.image[1])];
+        if xd.len() != 4 || xd[2..] != image {
+            return Err(ShapeError(format!(
+                "a convolution over {}x{} images needs an input of shape [N, C, {}, {}], got {x}",
+                self.image[0], self.image[1], self.image[0], self.image[1]
+            )));
+        }
+        let kernel = [Dim::Known(self.kernel[0]), Dim::Known(self.kernel[1])];
+        if wd.len() != 4 || wd[2..] != kernel || wd[1] != xd[1] {
+            return Err(ShapeError(format!(
+                "a convolution of {x} with a {}x{} kernel needs a weight of shape [O, {}, {}, {}], got {w}",
+                self.kernel[0], self.kernel[1], xd[1], self.kernel[0], self.kernel[1]
+            )));
+        }
+        let [oh, ow] = self.output()?;
+        let y = Shape(vec![
+            xd[0].clone(),
+            wd[0].clone(),
+            Dim::Known(oh),
+            Dim::Known(ow),
+        ]);
+        Ok([x.clone(), w.clone(), y])
+    }
+
+    /// [`Window::conv_shapes`] from the output gradient and the weight.
+    fn conv_shapes_from_output(&self, dy: &Shape, w: &Shape) -> Result<[Shape; 3], ShapeError> {
+        let (n, c) = match (dy.dims().first(), w.dims().get(1)) {
+            (Some(n), Some(c)) => (n.clone(), c.clone()),
+            _ => {
+                return Err(ShapeError(format!(
+                    "the input gradient of a convolution needs [N, O, OH, OW] and [O, C, KH, KW], got {dy} and {w}"
+                )));
+            }
+        };
+        let x = Shape(vec![
+            n,
+            c,
+            Dim::Known(self.image[0]),
+            Dim::Known(self.image[1]),
+        ]);
+        self.conv_shapes(&x, w)
+    }
+
+    /// `[N, C, H, W] -> [N, OH, OW, C, KH, KW]`.
+    fn windows_shape(&self, input: &Shape) -> Result<Shape, ShapeError> {
+        let d = input.dims();
+        let image = [Dim::Known(self.image[0]), Dim::Known(self.image[1])];
+        if d.len() != 4 || d[2..] != image {
+            return Err(ShapeError(format!(
+                "windows of a {}x{} image need an operand of shape [N, C, {}, {}], got {input}",
+                self.image[0], self.image[1], self.image[0], self.image[1]
+            )));
+        }
+        let [oh, ow] = self.output()?;
+        let k = |v| Dim::Known(v);
+        Ok(Shape(vec![
+            d[0].clone(),
+            k(oh),
+            k(ow),
+            d[1].clone(),
+            k(self.kernel[0]),
+            k(self.kernel[1]),
+        ]))
+    }
+
+    /// `[N, OH, OW, C, KH, KW] -> [N, C, H, W]`.
+    fn unwindows_shape(&self, input: &Shape) -> Result<Shape, ShapeError> {
+        let d = input.dims();
+        let [oh, ow] = self.output()?;
+        let k = |v| Dim::Known(v);
+        let expected = [k(oh), k(ow)];
+        let kernel = [k(self.kernel[0]), k(self.kernel[1])];
+        if d.len() != 6 || d[1..3] != expected || d[4..] != kernel {
+            return Err(ShapeError(format!(
+                "the adjoint of windows needs an operand of shape [N, {oh}, {ow}, C, {}, {}], got {input}",
+                self.kernel[0], self.kernel[1]
+            )));
+        }
+        Ok(Shape(vec![
+            d[0].clone(),
+            d[3].clone(),
+            k(self.image[0]),
+            k(self.image[1]),
+        ]))
+    }
+}
+
+impl fmt::Display for Window {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let pair = |v: [usize; 2]| format!("{}x{}", v[0], v[1]);
+        write!(
+            f,
+            "image={} kernel={} stride={} padding={} dilation={}",
+            pair(self.image),
+            pair(self.kernel),
+            pair(self.stride),
+            pair(self.padding),
+            pair(self.dilation)
+        )?;
+        if self.fill == Fill::NegInf {
+            write!(f, " fill=-inf")?;
+        }
+        Ok(())
+    }
+}
+
 /// A primitive operation: the weight of a graph node.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Op {
@@ -176,6 +388,22 @@ pub enum Op {
     Transpose(Vec<usize>),
     /// Matrix product `[M, K] @ [K, N] -> [M, N]`.
     MatMul,
+    /// The windows of `[N, C, H, W]` images as rows (im2col): `[N, OH, OW, C, KH, KW]`,
+    /// element `(n, y, x, c, i, j)` being pixel `(y s + i d - p, x s + j d - p)` of channel `c`,
+    /// or the fill outside the image.
+    Windows(Window),
+    /// The adjoint (transpose) of [`Op::Windows`] (col2im): `[N, OH, OW, C, KH, KW]` summed
+    /// back into `[N, C, H, W]`, every window element added to the pixel it was read from
+    /// (padding's elements dropped).
+    Unwindows(Window),
+    /// Convolution (PyTorch's `conv2d` without bias, one group; zero padding):
+    /// `x [N, C, H, W]`, `w [O, C, KH, KW]` -> `[N, O, OH, OW]`, each output the sum over
+    /// `c, i, j` of `w[o, c, i, j]` times window element `(i, j)` of channel `c`.
+    Conv(Window),
+    /// The gradient of [`Op::Conv`] for its input: `dy [N, O, OH, OW]`, `w` -> `[N, C, H, W]`.
+    ConvInputGrad(Window),
+    /// The gradient of [`Op::Conv`] for its weight: `x [N, C, H, W]`, `dy` -> `[O, C, KH, KW]`.
+    ConvWeightGrad(Window),
 }
 
 impl Op {
@@ -189,8 +417,14 @@ impl Op {
             | Op::Reduce(..)
             | Op::Broadcast(_)
             | Op::Reshape(_)
-            | Op::Transpose(_) => 1,
-            Op::Binary(_) | Op::MatMul => 2,
+            | Op::Transpose(_)
+            | Op::Windows(_)
+            | Op::Unwindows(_) => 1,
+            Op::Binary(_)
+            | Op::MatMul
+            | Op::Conv(_)
+            | Op::ConvInputGrad(_)
+            | Op::ConvWeightGrad(_) => 2,
             Op::Select => 3,
         }
     }
@@ -246,6 +480,33 @@ impl Op {
             }
             Op::Transpose(perm) => transpose_shape(operands[0], perm)?,
             Op::MatMul => matmul_shape(operands[0], operands[1])?,
+            Op::Windows(w) => w.windows_shape(operands[0])?,
+            Op::Unwindows(w) => w.unwindows_shape(operands[0])?,
+            Op::Conv(w) => w.conv_shapes(operands[0], operands[1])?[2].clone(),
+            Op::ConvInputGrad(w) => {
+                let [x, _, y] = w.conv_shapes_from_output(operands[0], operands[1])?;
+                if &y != operands[0] {
+                    return Err(ShapeError(format!(
+                        "the input gradient of a convolution needs an output gradient of shape {y}, got {}",
+                        operands[0]
+                    )));
+                }
+                x
+            }
+            Op::ConvWeightGrad(w) => {
+                let (x, dy) = (operands[0], operands[1]);
+                let channels = dy.dims().get(1).cloned().unwrap_or(Dim::Known(0));
+                let k = |v| Dim::Known(v);
+                let c = x.dims().get(1).cloned().unwrap_or(Dim::Known(0));
+                let weight = Shape(vec![channels, c, k(w.kernel[0]), k(w.kernel[1])]);
+                let [_, _, y] = w.conv_shapes(x, &weight)?;
+                if &y != dy {
+                    return Err(ShapeError(format!(
+                        "the weight gradient of a convolution needs an output gradient of shape {y}, got {dy}"
+                    )));
+                }
+                weight
+            }
         };
         shape.check_size()?;
         Ok(shape)
@@ -297,6 +558,11 @@ impl Op {
             Op::Reshape(_) => "reshape",
             Op::Transpose(_) => "transpose",
             Op::MatMul => "matmul",
+            Op::Windows(_) => "windows",
+            Op::Unwindows(_) => "unwindows",
+            Op::Conv(_) => "conv",
+            Op::ConvInputGrad(_) => "conv_input_grad",
+            Op::ConvWeightGrad(_) => "conv_weight_grad",
         }
     }
 }
@@ -311,6 +577,11 @@ impl fmt::Display for Op {
             Op::Numel(s) | Op::Broadcast(s) | Op::Reshape(s) => write!(f, "{name} {s}"),
             Op::Reduce(_, axes) | Op::Transpose(axes) => write!(f, "{name} {axes:?}"),
             Op::Unary(_) | Op::Binary(_) | Op::Select | Op::MatMul => write!(f, "{name}"),
+            Op::Windows(w)
+            | Op::Unwindows(w)
+            | Op::Conv(w)
+            | Op::ConvInputGrad(w)
+            | Op::ConvWeightGrad(w) => write!(f, "{name} {w}"),
         }
     }
 }
