@@ -308,6 +308,7 @@ fn node(graph: &Graph, id: NodeId, x: &[Expr]) -> Expr {
         // Windows only move elements (and pad with a constant).
         Op::Windows(_) | Op::Unwindows(_) => x[0].clone(),
         Op::Conv(_) | Op::ConvInputGrad(_) | Op::ConvWeightGrad(_) => x[0].mul(&x[1]),
+        Op::MaxPoolGather(_) | Op::MaxPoolScatter(_) => x[1].clone(),
         Op::Unary(u) => match u {
             UnaryOp::Neg => x[0].scale(-1.0),
             UnaryOp::Recip => x[0].pow(Ratio::int(-1)),

@@ -346,6 +346,16 @@ pub fn vjp(
             want(wants[0], || graph.node(Op::ConvInputGrad(w), &[x[1], g]))?,
             want(wants[1], || graph.node(Op::Conv(w), &[x[0], g]))?,
         ],
+        // Where max pooling reads is piecewise constant in `x` (no gradient); in the values it
+        // is linear, with gather and scatter each other's adjoints.
+        Op::MaxPoolGather(w) => vec![
+            None,
+            want(wants[1], || graph.node(Op::MaxPoolScatter(w), &[x[0], g]))?,
+        ],
+        Op::MaxPoolScatter(w) => vec![
+            None,
+            want(wants[1], || graph.node(Op::MaxPoolGather(w), &[x[0], g]))?,
+        ],
     };
     Ok(grads)
 }

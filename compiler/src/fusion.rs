@@ -197,6 +197,8 @@ pub fn is_call(op: &Op) -> bool {
             | Op::Conv(_)
             | Op::ConvInputGrad(_)
             | Op::ConvWeightGrad(_)
+            | Op::MaxPoolGather(_)
+            | Op::MaxPoolScatter(_)
     )
 }
 

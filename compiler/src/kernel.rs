@@ -151,16 +151,22 @@ pub enum Call {
     ConvInputGrad,
     /// `Op::ConvWeightGrad`.
     ConvWeightGrad,
+    /// `Op::MaxPoolGather`.
+    MaxPoolGather,
+    /// `Op::MaxPoolScatter`.
+    MaxPoolScatter,
 }
 
 impl Call {
     /// Every routine, indexed by the number generated code passes.
-    pub const ALL: [Call; 5] = [
+    pub const ALL: [Call; 7] = [
         Call::Windows,
         Call::Unwindows,
         Call::Conv,
         Call::ConvInputGrad,
         Call::ConvWeightGrad,
+        Call::MaxPoolGather,
+        Call::MaxPoolScatter,
     ];
 
     /// Its number in [`Call::ALL`].

@@ -554,11 +554,15 @@ impl Lowering<'_> {
                     Op::Conv(w) => (Call::Conv, *w),
                     Op::ConvInputGrad(w) => (Call::ConvInputGrad, *w),
                     Op::ConvWeightGrad(w) => (Call::ConvWeightGrad, *w),
+                    Op::MaxPoolGather(w) => (Call::MaxPoolGather, *w),
+                    Op::MaxPoolScatter(w) => (Call::MaxPoolScatter, *w),
                     other => unreachable!("a call group anchors {}", other.name()),
                 };
                 // `[images, channels, output channels]`, from the images and the weight.
                 let sizes = match call {
-                    Call::Windows => [dims(g, operands[0])[0], dims(g, operands[0])[1], 0],
+                    Call::Windows | Call::MaxPoolGather | Call::MaxPoolScatter => {
+                        [dims(g, operands[0])[0], dims(g, operands[0])[1], 0]
+                    }
                     Call::Unwindows => [dims(g, node)[0], dims(g, node)[1], 0],
                     Call::Conv => {
                         let (x, w) = (dims(g, operands[0]), dims(g, operands[1]));
@@ -777,7 +781,9 @@ impl Lowering<'_> {
             | Op::Unwindows(_)
             | Op::Conv(_)
             | Op::ConvInputGrad(_)
-            | Op::ConvWeightGrad(_)) => {
+            | Op::ConvWeightGrad(_)
+            | Op::MaxPoolGather(_)
+            | Op::MaxPoolScatter(_)) => {
                 unreachable!("{} is in memory before it is read", op.name())
             }
         };

@@ -367,7 +367,8 @@ impl Lowerer<'_> {
     /// `max_pool2d(x, kernel, stride = kernel, padding = 0, dilation = 1)` and `avg_pool2d(x,
     /// kernel, stride = kernel, padding = 0)` (padding counted in the average, PyTorch's
     /// `count_include_pad = true`). Max pooling passes its gradient to the first maximum of
-    /// each window in row-major order, as PyTorch does.
+    /// each window in row-major order, as PyTorch does ([`Op::MaxPoolGather`]); average pooling
+    /// sums the windows of the images ([`Op::Windows`]).
     fn pool(&mut self, name: &str, span: Span, args: &[Arg], env: &Env) -> LResult<NodeId> {
         let max = name == "max_pool2d";
         let names: &[&str] = if max {
@@ -397,41 +398,15 @@ impl Lowerer<'_> {
             fill,
         };
         let window = self.fitting(window, &x_shape, span)?;
+        if max {
+            return located(self.graph.node(Op::MaxPoolGather(window), &[x, x]), span);
+        }
         let windows = located(self.graph.windows(x, window), span)?;
-        let pooled = if max {
-            // The first maximum of each window: the least position holding the maximum.
-            let shape = self.graph.shape(windows).clone();
-            let row = located(
-                self.graph.node(
-                    Op::Iota {
-                        shape: shape.clone(),
-                        axis: 4,
-                    },
-                    &[],
-                ),
-                span,
-            )?;
-            let col = located(self.graph.node(Op::Iota { shape, axis: 5 }, &[]), span)?;
-            let row = located(self.graph.scale(row, kernel[1] as f64), span)?;
-            let position = located(self.graph.add(row, col), span)?;
-            let top = located(self.graph.reduce(ReduceOp::Max, windows, &[4, 5]), span)?;
-            let is_top = located(self.graph.binary(BinaryOp::Eq, windows, top), span)?;
-            let beyond = self.graph.constant((kernel[0] * kernel[1]) as f64);
-            let candidates = located(self.graph.select(is_top, position, beyond), span)?;
-            let negated = located(self.graph.scale(candidates, -1.0), span)?;
-            let first = located(self.graph.reduce(ReduceOp::Max, negated, &[4, 5]), span)?;
-            let first = located(self.graph.scale(first, -1.0), span)?;
-            let chosen = located(self.graph.binary(BinaryOp::Eq, position, first), span)?;
-            let zero = self.graph.constant(0.0);
-            let picked = located(self.graph.select(chosen, windows, zero), span)?;
-            located(self.graph.sum(picked, &[4, 5]), span)?
-        } else {
-            let sum = located(self.graph.sum(windows, &[4, 5]), span)?;
-            located(
-                self.graph.scale(sum, 1.0 / (kernel[0] * kernel[1]) as f64),
-                span,
-            )?
-        };
+        let sum = located(self.graph.sum(windows, &[4, 5]), span)?;
+        let pooled = located(
+            self.graph.scale(sum, 1.0 / (kernel[0] * kernel[1]) as f64),
+            span,
+        )?;
         let [oh, ow] = window.output().map_err(|e| Diagnostic::new(e.0, span))?;
         let rows = Shape(vec![n, Dim::Known(oh), Dim::Known(ow), Dim::Known(c)]);
         let rows = located(self.graph.reshape(pooled, &rows), span)?;

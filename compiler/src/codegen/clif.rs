@@ -133,7 +133,8 @@ pub fn emit_kernel(b: &mut FunctionBuilder, kernel: &Kernel, target: &Target) {
 }
 
 impl Emitter<'_, '_> {
-    /// A call into the library: the sizes and the geometry passed in a stack slot.
+    /// A call into the library: the sizes, the geometry, the fill and the thread count passed
+    /// as 15 words in a stack slot (only register arguments, whatever the platform).
     fn library(
         &mut self,
         call: crate::kernel::Call,
@@ -143,18 +144,21 @@ impl Emitter<'_, '_> {
         output: usize,
     ) {
         use cranelift_codegen::ir::{StackSlotData, StackSlotKind};
+        let geometry = [
+            window.image,
+            window.kernel,
+            window.stride,
+            window.padding,
+            window.dilation,
+        ];
+        let flags = [
+            usize::from(window.fill == crate::ir::Fill::NegInf),
+            self.t.threads as usize,
+        ];
         let words: Vec<usize> = sizes
             .into_iter()
-            .chain(
-                [
-                    window.image,
-                    window.kernel,
-                    window.stride,
-                    window.padding,
-                    window.dilation,
-                ]
-                .concat(),
-            )
+            .chain(geometry.concat())
+            .chain(flags)
             .collect();
         let slot = self.b.create_sized_stack_slot(StackSlotData::new(
             StackSlotKind::ExplicitSlot,
@@ -167,8 +171,7 @@ impl Emitter<'_, '_> {
                 .ins()
                 .stack_store(self.t.pointer, v, slot, 8 * i as i32);
         }
-        let sizes = self.b.ins().stack_addr(self.t.pointer, slot, 0);
-        let geometry = self.b.ins().stack_addr(self.t.pointer, slot, 24);
+        let words = self.b.ins().stack_addr(self.t.pointer, slot, 0);
         let null = self.b.ins().iconst(self.t.pointer, 0);
         let a = self.base(inputs[0]);
         let b = inputs.get(1).map_or(null, |&s| self.base(s));
@@ -177,12 +180,7 @@ impl Emitter<'_, '_> {
             a,
             b,
             self.base(output),
-            sizes,
-            geometry,
-            self.b.ins().iconst(
-                types::I64,
-                i64::from(window.fill == crate::ir::Fill::NegInf),
-            ),
+            words,
         ];
         let callee = self.t.call;
         self.b.ins().call(callee, &args);

@@ -252,19 +252,14 @@ macro_rules! call_shim {
             a: *const $t,
             b: *const $t,
             out: *mut $t,
-            sizes: *const usize,
-            geometry: *const usize,
-            neg_inf: usize,
+            words: *const usize,
         ) {
-            // SAFETY: generated code passes a valid call number, and `sizes` and `geometry`
-            // point at 3 and 10 sizes on its stack.
-            let (call, sizes, geometry) = unsafe {
-                (
-                    Call::ALL[call],
-                    *sizes.cast::<[usize; 3]>(),
-                    &*geometry.cast::<[usize; 10]>(),
-                )
-            };
+            // SAFETY: generated code passes a valid call number and a pointer to 15 words on
+            // its stack: the 3 sizes, the geometry's 10, the fill flag and the thread count.
+            let (call, words) = unsafe { (Call::ALL[call], &*words.cast::<[usize; 15]>()) };
+            let sizes = [words[0], words[1], words[2]];
+            let geometry: &[usize; 10] = words[3..13].try_into().expect("10 words");
+            let (neg_inf, threads) = (words[13], words[14]);
             let window = library::window(geometry, neg_inf != 0);
             let ([a_len, b_len], out_len) = library::lengths(call, &window, sizes);
             // SAFETY: the runtime checked every buffer against the plan, which sized them from
@@ -280,7 +275,7 @@ macro_rules! call_shim {
                     std::slice::from_raw_parts_mut(out, out_len),
                 )
             };
-            library::run(call, &window, sizes, a, b, out);
+            library::run(call, &window, sizes, (a, b), out, threads);
         }
     };
 }
@@ -368,18 +363,9 @@ pub fn compile(
         .declare_function("nabla_gemm", Linkage::Import, &gemm_sig)
         .map_err(err)?;
     let mut call_sig = module.make_signature();
-    call_sig.params.extend(
-        [
-            types::I64,
-            pointer,
-            pointer,
-            pointer,
-            pointer,
-            pointer,
-            types::I64,
-        ]
-        .map(AbiParam::new),
-    );
+    call_sig
+        .params
+        .extend([types::I64, pointer, pointer, pointer, pointer].map(AbiParam::new));
     let call_id = module
         .declare_function("nabla_call", Linkage::Import, &call_sig)
         .map_err(err)?;

@@ -1,7 +1,9 @@
 //! The library generated code calls for what affine loops cannot express (a [`Phase::Call`]):
-//! windows of images (im2col and col2im, through [`Window::visit`], the walk the interpreter
-//! uses) and the three forms of convolution, each image lowered to its windows (in a scratch
-//! buffer that stays in cache and is reused across calls) and one tuned matrix product.
+//! windows of images (im2col and col2im in the `[N, OH, OW, C, KH, KW]` layout of the ops,
+//! through [`Window::visit`], the walk the interpreter uses) and the three forms of
+//! convolution, each image lowered to its windows in the layout a matrix product wants (in a
+//! per-thread scratch buffer that stays in cache and is reused across calls) and one tuned
+//! matrix product, images split over threads.
 //!
 //! [`Phase::Call`]: crate::kernel::Phase::Call
 
@@ -60,19 +62,21 @@ pub(super) fn lengths(call: Call, w: &Window, [n, c, o]: [usize; 3]) -> ([usize;
         Call::Conv => ([image, weight], outputs),
         Call::ConvInputGrad => ([outputs, weight], image),
         Call::ConvWeightGrad => ([image, outputs], weight),
+        Call::MaxPoolGather => ([image, image], n * c * oh * ow),
+        Call::MaxPoolScatter => ([image, n * c * oh * ow], image),
     }
 }
 
-/// Runs `call` on whole row-major buffers.
+/// Runs `call` on whole row-major buffers, convolutions on up to `threads` threads.
 pub(super) fn run<T: Float>(
     call: Call,
     w: &Window,
     sizes: [usize; 3],
-    a: &[T],
-    b: &[T],
+    (a, b): (&[T], &[T]),
     out: &mut [T],
+    threads: usize,
 ) {
-    let [n, c, o] = sizes;
+    let [n, c, _] = sizes;
     match call {
         Call::Windows => {
             let fill = T::of(w.fill.value());
@@ -87,18 +91,32 @@ pub(super) fn run<T: Float>(
             });
         }
         Call::Conv | Call::ConvInputGrad | Call::ConvWeightGrad => {
-            convolve(call, w, sizes, a, b, out)
+            convolve(call, w, sizes, a, b, out, threads)
+        }
+        Call::MaxPoolGather => {
+            let empty = T::of(f64::NEG_INFINITY);
+            w.argmax(n, c, a, |o, p| out[o] = p.map_or(empty, |p| b[p]));
+        }
+        Call::MaxPoolScatter => {
+            out.fill(T::zero());
+            w.argmax(n, c, a, |o, p| {
+                if let Some(p) = p {
+                    out[p] = out[p] + b[o];
+                }
+            });
         }
     }
-    let _ = o;
 }
 
-/// The three forms of convolution, one image at a time: its windows `cols [P, CKK]` (P output
-/// positions, CKK = channels times kernel elements) in scratch memory, and the weight
-/// `[O, CKK]`:
-/// - `Conv`: `y_n [O, P] = W @ cols^T`;
-/// - `ConvInputGrad`: `cols' = dy_n^T @ W`, then summed back into `dx_n` (col2im);
-/// - `ConvWeightGrad`: `dW += dy_n @ cols`.
+/// The three forms of convolution, one image at a time, images split into `threads` bands of
+/// consecutive images run on rayon's pool. Each image's windows go to a scratch buffer `cols
+/// [CKK, P]` (CKK = channels times kernel elements, one row per kernel element; P = output
+/// positions, contiguous), and with the weight `W [O, CKK]`:
+/// - `Conv`: `y_n [O, P] = W @ cols`;
+/// - `ConvInputGrad`: `cols = W^T @ dy_n`, then summed back into `dx_n` (col2im);
+/// - `ConvWeightGrad`: `dW = sum over n of dy_n @ cols^T`, each band summing its images into
+///   its own partial sum, the partial sums then added in band order, so the result depends
+///   on the thread count but not on timing.
 fn convolve<T: Float>(
     call: Call,
     w: &Window,
@@ -106,82 +124,224 @@ fn convolve<T: Float>(
     a: &[T],
     b: &[T],
     out: &mut [T],
+    threads: usize,
 ) {
     let [oh, ow] = w.output().unwrap_or_default();
     let p = oh * ow;
     let ckk = c * w.kernel[0] * w.kernel[1];
     let image = c * w.image[0] * w.image[1];
-    let zero = Window {
-        fill: Fill::Zero,
-        ..*w
-    };
-    if call != Call::Conv {
-        out.fill(T::zero());
+    let bands = threads.clamp(1, n.max(1));
+    let band = |k: usize| n * k / bands..n * (k + 1) / bands;
+    match call {
+        Call::Conv => {
+            let mut parts: Vec<&mut [T]> = split(out, (0..bands).map(|k| band(k).len() * o * p));
+            for_each_band(&mut parts, |k, y| {
+                with_scratch(ckk * p, |cols| {
+                    for (j, i) in band(k).enumerate() {
+                        im2col(w, c, &a[i * image..(i + 1) * image], cols);
+                        let y = &mut y[j * o * p..(j + 1) * o * p];
+                        gemm(
+                            o,
+                            p,
+                            ckk,
+                            y,
+                            (b, ckk as isize, 1),
+                            (cols, p as isize, 1),
+                            false,
+                        );
+                    }
+                });
+            });
+        }
+        Call::ConvInputGrad => {
+            let mut parts: Vec<&mut [T]> = split(out, (0..bands).map(|k| band(k).len() * image));
+            for_each_band(&mut parts, |k, dx| {
+                dx.fill(T::zero());
+                with_scratch(ckk * p, |cols| {
+                    for (j, i) in band(k).enumerate() {
+                        let dy = &a[i * o * p..(i + 1) * o * p];
+                        gemm(
+                            ckk,
+                            p,
+                            o,
+                            cols,
+                            (b, 1, ckk as isize),
+                            (dy, p as isize, 1),
+                            false,
+                        );
+                        col2im(w, c, cols, &mut dx[j * image..(j + 1) * image]);
+                    }
+                });
+            });
+        }
+        Call::ConvWeightGrad => {
+            let mut partial = vec![T::zero(); (bands - 1) * o * ckk];
+            let mut parts: Vec<&mut [T]> = vec![&mut *out];
+            parts.extend(partial.chunks_mut(o * ckk));
+            for_each_band(&mut parts, |k, dw| {
+                dw.fill(T::zero());
+                with_scratch(ckk * p, |cols| {
+                    for i in band(k) {
+                        im2col(w, c, &a[i * image..(i + 1) * image], cols);
+                        let dy = &b[i * o * p..(i + 1) * o * p];
+                        gemm(
+                            o,
+                            ckk,
+                            p,
+                            dw,
+                            (dy, p as isize, 1),
+                            (cols, 1, p as isize),
+                            true,
+                        );
+                    }
+                });
+            });
+            for part in partial.chunks(o * ckk) {
+                for (d, &v) in out.iter_mut().zip(part) {
+                    *d = *d + v;
+                }
+            }
+        }
+        _ => unreachable!("not a convolution"),
     }
+}
+
+/// `buffer` cut into consecutive parts of the given lengths.
+fn split<T>(mut buffer: &mut [T], lengths: impl Iterator<Item = usize>) -> Vec<&mut [T]> {
+    let mut parts = Vec::new();
+    for len in lengths {
+        let (part, rest) = std::mem::take(&mut buffer).split_at_mut(len);
+        parts.push(part);
+        buffer = rest;
+    }
+    parts
+}
+
+/// Runs `f(k, part)` for every part, on rayon's pool when there are several.
+fn for_each_band<T: Send>(parts: &mut [&mut [T]], f: impl Fn(usize, &mut [T]) + Sync) {
+    if parts.len() == 1 {
+        return f(0, parts[0]);
+    }
+    rayon::scope(|scope| {
+        for (k, part) in parts.iter_mut().enumerate() {
+            let f = &f;
+            scope.spawn(move |_| f(k, part));
+        }
+    });
+}
+
+/// Runs `f` on this thread's scratch buffer of `len` elements.
+fn with_scratch<T: Float>(len: usize, f: impl FnOnce(&mut [T])) {
     SCRATCH.with(|scratch| {
         let mut scratch = scratch.borrow_mut();
-        let words = (p * ckk * std::mem::size_of::<T>()).div_ceil(8);
+        let words = (len * std::mem::size_of::<T>()).div_ceil(8);
         if scratch.len() < words {
             scratch.resize(words, 0.0);
         }
-        // SAFETY: f64 storage is aligned for any float type and holds `p * ckk` of them.
-        let cols: &mut [T] =
-            unsafe { std::slice::from_raw_parts_mut(scratch.as_mut_ptr().cast::<T>(), p * ckk) };
-        for i in 0..n {
-            match call {
-                Call::Conv => {
-                    let x = &a[i * image..(i + 1) * image];
-                    zero.visit(1, c, |e, pixel| cols[e] = pixel.map_or(T::zero(), |q| x[q]));
-                    let y = &mut out[i * o * p..(i + 1) * o * p];
-                    // y [O, P] = W [O, CKK] @ cols^T [CKK, P]
-                    gemm(
-                        o,
-                        p,
-                        ckk,
-                        y,
-                        (b, ckk as isize, 1),
-                        (cols, 1, ckk as isize),
-                        false,
-                    );
+        // SAFETY: f64 storage is aligned for any float type and holds `len` of them.
+        let cols = unsafe { std::slice::from_raw_parts_mut(scratch.as_mut_ptr().cast::<T>(), len) };
+        f(cols);
+    });
+}
+
+/// One image's windows, `cols [C KH KW, OH OW]`: row `(c, i, j)` holds, for every output
+/// position, the pixel that kernel element reads (0 in the padding).
+fn im2col<T: Float>(w: &Window, channels: usize, x: &[T], cols: &mut [T]) {
+    let [oh, ow] = w.output().unwrap_or_default();
+    let stride = w.stride[1];
+    for (row, g) in rows(w, channels).enumerate() {
+        let dst = &mut cols[row * oh * ow..(row + 1) * oh * ow];
+        for y in 0..oh {
+            let line = &mut dst[y * ow..(y + 1) * ow];
+            let Some(start) = g.line(y) else {
+                line.fill(T::zero());
+                continue;
+            };
+            line[..g.x0].fill(T::zero());
+            line[g.x1..].fill(T::zero());
+            let src = &x[start..];
+            let inside = &mut line[g.x0..g.x1];
+            if stride == 1 {
+                inside.copy_from_slice(&src[..inside.len()]);
+            } else {
+                for (k, d) in inside.iter_mut().enumerate() {
+                    *d = src[k * stride];
                 }
-                Call::ConvInputGrad => {
-                    let dy = &a[i * o * p..(i + 1) * o * p];
-                    // cols [P, CKK] = dy_n^T [P, O] @ W [O, CKK]
-                    gemm(
-                        p,
-                        ckk,
-                        o,
-                        cols,
-                        (dy, 1, p as isize),
-                        (b, ckk as isize, 1),
-                        false,
-                    );
-                    let dx = &mut out[i * image..(i + 1) * image];
-                    zero.visit(1, c, |e, pixel| {
-                        if let Some(q) = pixel {
-                            dx[q] = dx[q] + cols[e];
-                        }
-                    });
-                }
-                Call::ConvWeightGrad => {
-                    let x = &a[i * image..(i + 1) * image];
-                    zero.visit(1, c, |e, pixel| cols[e] = pixel.map_or(T::zero(), |q| x[q]));
-                    let dy = &b[i * o * p..(i + 1) * o * p];
-                    // dW [O, CKK] += dy_n [O, P] @ cols [P, CKK]
-                    gemm(
-                        o,
-                        ckk,
-                        p,
-                        out,
-                        (dy, p as isize, 1),
-                        (cols, ckk as isize, 1),
-                        true,
-                    );
-                }
-                Call::Windows | Call::Unwindows => unreachable!("not a convolution"),
             }
         }
-    });
+    }
+}
+
+/// The adjoint of [`im2col`]: adds every element of `cols` to the pixel it was read from.
+fn col2im<T: Float>(w: &Window, channels: usize, cols: &[T], x: &mut [T]) {
+    let [oh, ow] = w.output().unwrap_or_default();
+    let stride = w.stride[1];
+    for (row, g) in rows(w, channels).enumerate() {
+        let from = &cols[row * oh * ow..(row + 1) * oh * ow];
+        for y in 0..oh {
+            let Some(start) = g.line(y) else { continue };
+            let line = &from[y * ow + g.x0..y * ow + g.x1];
+            let dst = &mut x[start..];
+            for (k, &v) in line.iter().enumerate() {
+                dst[k * stride] = dst[k * stride] + v;
+            }
+        }
+    }
+}
+
+/// Where one row of the windows (one kernel element `(c, i, j)`) reads.
+struct Row {
+    /// Flat index of pixel `(0, 0)` of its channel.
+    plane: usize,
+    /// Its offset from a window's corner: `(i d - p, j d - p)`.
+    offset: [isize; 2],
+    /// `[row stride, image width, image height]`.
+    geometry: [usize; 3],
+    /// Column stride.
+    stride: usize,
+    /// Output columns `x0..x1` read inside the image.
+    x0: usize,
+    x1: usize,
+}
+
+impl Row {
+    /// The flat index output `(y, x0)` reads (output `(y, x)` reads it plus `(x - x0) s`):
+    /// `None` when row `y` reads padding.
+    fn line(&self, y: usize) -> Option<usize> {
+        let [stride, width, height] = self.geometry;
+        let r = (y * stride) as isize + self.offset[0];
+        if r < 0 || r >= height as isize || self.x0 >= self.x1 {
+            return None;
+        }
+        let column = (self.x0 * self.stride) as isize + self.offset[1];
+        Some((self.plane as isize + r * width as isize + column) as usize)
+    }
+}
+
+/// The rows of the windows in order `(c, i, j)`.
+fn rows(w: &Window, channels: usize) -> impl Iterator<Item = Row> + '_ {
+    let [_, ow] = w.output().unwrap_or_default();
+    let [h, wd] = w.image;
+    (0..channels).flat_map(move |c| {
+        (0..w.kernel[0]).flat_map(move |i| {
+            (0..w.kernel[1]).map(move |j| {
+                let dy = (i * w.dilation[0]) as isize - w.padding[0] as isize;
+                let dx = (j * w.dilation[1]) as isize - w.padding[1] as isize;
+                // Columns whose input `x s + dx` lies in `0..wd`.
+                let s = w.stride[1] as isize;
+                let x0 = if dx < 0 { (-dx + s - 1) / s } else { 0 };
+                let x1 = ((wd as isize - dx + s - 1).div_euclid(s)).clamp(0, ow as isize);
+                Row {
+                    plane: c * h * wd,
+                    offset: [dy, dx],
+                    geometry: [w.stride[0], wd, h],
+                    stride: w.stride[1],
+                    x0: (x0 as usize).min(ow),
+                    x1: (x1 as usize).max((x0 as usize).min(ow)),
+                }
+            })
+        })
+    })
 }
 
 /// `c [m, n] (+)= A [m, k] @ B [k, n]`, the operands given as `(elements, row stride, column

@@ -71,7 +71,9 @@ impl Analysis<TensorNode> for TensorAnalysis {
             | Op::Unwindows(_)
             | Op::Conv(_)
             | Op::ConvInputGrad(_)
-            | Op::ConvWeightGrad(_) => None,
+            | Op::ConvWeightGrad(_)
+            | Op::MaxPoolGather(_)
+            | Op::MaxPoolScatter(_) => None,
         };
         ClassData { shape, constant }
     }

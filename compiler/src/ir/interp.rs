@@ -147,6 +147,25 @@ fn eval_op<T: Float>(
             conv(op, w, args, &mut out);
             out
         }
+        Op::MaxPoolGather(w) => {
+            let mut out = vec![T::zero(); numel(shape)];
+            let (n, c) = (shape[0], shape[1]);
+            let empty = cast(f64::NEG_INFINITY);
+            w.argmax(n, c, &args[0].data, |o, p| {
+                out[o] = p.map_or(empty, |p| args[1].data[p])
+            });
+            out
+        }
+        Op::MaxPoolScatter(w) => {
+            let mut out = vec![T::zero(); numel(shape)];
+            let (n, c) = (shape[0], shape[1]);
+            w.argmax(n, c, &args[0].data, |o, p| {
+                if let Some(p) = p {
+                    out[p] = out[p] + args[1].data[o];
+                }
+            });
+            out
+        }
         Op::Unwindows(w) => {
             let mut out = vec![T::zero(); numel(shape)];
             let (n, c) = (shape[0], shape[1]);

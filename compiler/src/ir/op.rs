@@ -234,6 +234,68 @@ impl Window {
         }
     }
 
+    /// For every output `(n, c, y, x)` of max pooling `images` images of `channels` channels,
+    /// in row-major order, calls `f(output, pixel)` with the flat index of the first pixel of
+    /// the window (row-major) holding its maximum (a NaN counts as the maximum, as PyTorch
+    /// propagates it), or `None` when the whole window lies in the padding.
+    pub fn argmax<T: num_traits::Float>(
+        &self,
+        images: usize,
+        channels: usize,
+        x: &[T],
+        mut f: impl FnMut(usize, Option<usize>),
+    ) {
+        let Ok([oh, ow]) = self.output() else {
+            return;
+        };
+        let [h, w] = self.image;
+        // Per output row (column): the kernel rows (columns) inside the image, and the image
+        // row (column) of kernel row (column) 0, which may be negative.
+        let ranges = |out: usize, a: usize, size: usize| -> Vec<(usize, usize, isize)> {
+            (0..out)
+                .map(|o| {
+                    let (s, d, p) = (
+                        self.stride[a] as isize,
+                        self.dilation[a] as isize,
+                        self.padding[a] as isize,
+                    );
+                    let start = o as isize * s - p;
+                    let k = self.kernel[a] as isize;
+                    let lo = if start < 0 { ((-start) + d - 1) / d } else { 0 }.min(k);
+                    let hi = (size as isize - start + d - 1).div_euclid(d).clamp(lo, k);
+                    (lo as usize, hi as usize, start)
+                })
+                .collect()
+        };
+        let (rows, cols) = (ranges(oh, 0, h), ranges(ow, 1, w));
+        let [dr, dc] = self.dilation;
+        let mut output = 0;
+        for plane in 0..images * channels {
+            let base = plane * h * w;
+            for &(i0, i1, r0) in &rows {
+                for &(j0, j1, c0) in &cols {
+                    let mut best: Option<(usize, T)> = None;
+                    for i in i0..i1 {
+                        let line = base + (r0 + (i * dr) as isize) as usize * w;
+                        for j in j0..j1 {
+                            let p = line + (c0 + (j * dc) as isize) as usize;
+                            let v = x[p];
+                            match best {
+                                None => best = Some((p, v)),
+                                Some((_, b)) if v > b || (v.is_nan() && !b.is_nan()) => {
+                                    best = Some((p, v))
+                                }
+                                Some(_) => {}
+                            }
+                        }
+                    }
+                    f(output, best.map(|(p, _)| p));
+                    output += 1;
+                }
+            }
+        }
+    }
+
     /// The shapes of a convolution's image, weight and output, checked: `x [N, C, H, W]`,
     /// `w [O, C, KH, KW]`, output `[N, O, OH, OW]`.
     pub fn conv_shapes(&self, x: &Shape, w: &Shape) -> Result<[Shape; 3], ShapeError> {
@@ -404,6 +466,13 @@ pub enum Op {
     ConvInputGrad(Window),
     /// The gradient of [`Op::Conv`] for its weight: `x [N, C, H, W]`, `dy` -> `[O, C, KH, KW]`.
     ConvWeightGrad(Window),
+    /// Max pooling's routing, read: `x`, `v [N, C, H, W]` -> `[N, C, OH, OW]`, each output
+    /// the element of `v` at the first position (row-major within the window) where `x` has
+    /// its window's maximum. Max pooling is `MaxPoolGather(x, x)`.
+    MaxPoolGather(Window),
+    /// Its adjoint: `x [N, C, H, W]`, `g [N, C, OH, OW]` -> `[N, C, H, W]`, each element of `g`
+    /// added at the position [`Op::MaxPoolGather`] reads.
+    MaxPoolScatter(Window),
 }
 
 impl Op {
@@ -424,7 +493,9 @@ impl Op {
             | Op::MatMul
             | Op::Conv(_)
             | Op::ConvInputGrad(_)
-            | Op::ConvWeightGrad(_) => 2,
+            | Op::ConvWeightGrad(_)
+            | Op::MaxPoolGather(_)
+            | Op::MaxPoolScatter(_) => 2,
             Op::Select => 3,
         }
     }
@@ -507,6 +578,29 @@ impl Op {
                 }
                 weight
             }
+            Op::MaxPoolGather(w) => {
+                let rows = w.windows_shape(operands[0])?;
+                if operands[1] != operands[0] {
+                    return Err(ShapeError(format!(
+                        "max pooling reads values of its input's shape {}, got {}",
+                        operands[0], operands[1]
+                    )));
+                }
+                let d = rows.dims();
+                Shape(vec![d[0].clone(), d[3].clone(), d[1].clone(), d[2].clone()])
+            }
+            Op::MaxPoolScatter(w) => {
+                let rows = w.windows_shape(operands[0])?;
+                let d = rows.dims();
+                let pooled = Shape(vec![d[0].clone(), d[3].clone(), d[1].clone(), d[2].clone()]);
+                if operands[1] != &pooled {
+                    return Err(ShapeError(format!(
+                        "the gradient of max pooling {} needs an output gradient of shape {pooled}, got {}",
+                        operands[0], operands[1]
+                    )));
+                }
+                operands[0].clone()
+            }
         };
         shape.check_size()?;
         Ok(shape)
@@ -563,6 +657,8 @@ impl Op {
             Op::Conv(_) => "conv",
             Op::ConvInputGrad(_) => "conv_input_grad",
             Op::ConvWeightGrad(_) => "conv_weight_grad",
+            Op::MaxPoolGather(_) => "max_pool_gather",
+            Op::MaxPoolScatter(_) => "max_pool_scatter",
         }
     }
 }
@@ -581,7 +677,9 @@ impl fmt::Display for Op {
             | Op::Unwindows(w)
             | Op::Conv(w)
             | Op::ConvInputGrad(w)
-            | Op::ConvWeightGrad(w) => write!(f, "{name} {w}"),
+            | Op::ConvWeightGrad(w)
+            | Op::MaxPoolGather(w)
+            | Op::MaxPoolScatter(w) => write!(f, "{name} {w}"),
         }
     }
 }
