@@ -12,7 +12,7 @@ import os
 import resource
 import time
 
-SIZES = {"mlp": [784, 512, 256, 10], "tiny": [2, 16, 16, 2]}
+SIZES = {"mlp": [784, 512, 256, 10], "tiny": [2, 16, 16, 2], "cnn": "cnn"}
 
 
 def torch_model(sizes):
@@ -24,15 +24,34 @@ def torch_model(sizes):
     return torch.nn.Sequential(*layers[:-1])
 
 
+def torch_cnn():
+    """`examples/mnist_cnn.nn` in PyTorch."""
+    import torch
+
+    nn = torch.nn
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(32 * 7 * 7, 128), nn.ReLU(), nn.Dropout(0.5),
+        nn.Linear(128, 10),
+    )
+
+
 def torch_steps(sizes, batch, steps, warmup):
     import torch
 
     torch.manual_seed(0)
     torch.set_num_threads(os.cpu_count())
-    model = torch_model(sizes)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    x = torch.randn(batch, sizes[0])
-    y = torch.randint(0, sizes[-1], (batch,))
+    if sizes == "cnn":
+        model = torch_cnn()
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        x = torch.randn(batch, 1, 28, 28)
+        y = torch.randint(0, 10, (batch,))
+    else:
+        model = torch_model(sizes)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        x = torch.randn(batch, sizes[0])
+        y = torch.randint(0, sizes[-1], (batch,))
     loss_fn = torch.nn.CrossEntropyLoss()
 
     def step():
@@ -112,28 +131,36 @@ def idx(path):
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
 
 
-def torch_mnist(directory, epochs, seed):
-    """The recipe on real MNIST, as `examples/mnist_pytorch_recipe.nn` trains it."""
+def torch_mnist(directory, epochs, seed, model_name):
+    """The recipe on real MNIST, as `examples/mnist_pytorch_recipe.nn` (or, for the CNN,
+    `examples/mnist_cnn.nn`) trains it."""
     import torch
 
     torch.manual_seed(seed)
     torch.set_num_threads(os.cpu_count())
     started = time.perf_counter()
     load = lambda name: torch.from_numpy(idx(os.path.join(directory, name)).copy())
-    x = load("train-10k-images-idx3-ubyte.gz").reshape(-1, 784).float() / 255
+    shape = (-1, 1, 28, 28) if model_name == "cnn" else (-1, 784)
+    x = load("train-10k-images-idx3-ubyte.gz").reshape(shape).float() / 255
     y = load("train-10k-labels-idx1-ubyte.gz").long()
-    tx = load("t10k-images-idx3-ubyte.gz").reshape(-1, 784).float() / 255
+    tx = load("t10k-images-idx3-ubyte.gz").reshape(shape).float() / 255
     ty = load("t10k-labels-idx1-ubyte.gz").long()
-    model = torch_model(SIZES["mlp"])
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    if model_name == "cnn":
+        model, batch = torch_cnn(), 64
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    else:
+        model, batch = torch_model(SIZES["mlp"]), 128
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     loss_fn = torch.nn.CrossEntropyLoss()
     for _ in range(epochs):
+        model.train()
         order = torch.randperm(len(x))
-        for i in range(0, len(x), 128):
-            rows = order[i: i + 128]
+        for i in range(0, len(x), batch):
+            rows = order[i: i + batch]
             opt.zero_grad(set_to_none=True)
             loss_fn(model(x[rows]), y[rows]).backward()
             opt.step()
+    model.eval()
     with torch.no_grad():
         accuracy = (model(tx).argmax(1) == ty).float().mean().item()
     print(json.dumps({
@@ -154,7 +181,7 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.mnist:
-        torch_mnist(args.mnist, 5, args.seed)
+        torch_mnist(args.mnist, 5, args.seed, args.model)
         return
     run = torch_steps if args.framework == "torch" else jax_steps
     compile_s, times = run(SIZES[args.model], args.batch, args.steps, 10)

@@ -180,6 +180,8 @@ pub fn debug_level() -> u32 {
 pub struct JitEvaluator {
     elem: Elem,
     passes: Passes,
+    /// Threads products and convolutions may use.
+    threads: usize,
     cache: RefCell<HashMap<Vec<NodeId>, Executable>>,
 }
 
@@ -194,8 +196,15 @@ impl JitEvaluator {
         JitEvaluator {
             elem,
             passes,
+            threads: 1,
             cache: RefCell::new(HashMap::new()),
         }
+    }
+
+    /// This evaluator with `threads` threads for products and convolutions.
+    pub fn with_threads(mut self, threads: usize) -> JitEvaluator {
+        self.threads = threads;
+        self
     }
 
     /// Compiles (once) and runs `outputs` of `graph` on `feeds`.
@@ -218,7 +227,7 @@ impl JitEvaluator {
                 elem: self.elem,
                 keep_clif: false,
                 passes: self.passes,
-                threads: 1,
+                threads: self.threads,
             };
             let (compiled, _) = compile(&request).map_err(|e| EvalError::Backend(e.to_string()))?;
             let exe =

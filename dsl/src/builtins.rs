@@ -246,19 +246,35 @@ impl Lowerer<'_> {
         Ok(pair.map(|v| v as usize))
     }
 
-    /// `window` if it fits its images, or a located error stating the output-size rule.
+    /// `window` if it fits its images, or a located error stating the output-size rule with
+    /// the numbers of the axis that fails.
     fn fitting(&self, window: Window, x_shape: &Shape, span: Span) -> LResult<Window> {
-        if let Err(e) = window.output() {
-            let (k, p) = (window.kernel, window.padding);
-            return Err(Diagnostic::new(
-                format!("a {}x{} window does not fit the input {x_shape} padded by {}x{}", k[0], k[1], p[0], p[1]),
-                span,
-            )
-            .label(e.0)
-            .note("the output size is floor((H + 2p - d(k - 1) - 1) / s) + 1 per axis, and must be at least 1")
-            .into());
+        if window.output().is_ok() {
+            return Ok(window);
         }
-        Ok(window)
+        let (k, p) = (window.kernel, window.padding);
+        let axis = (0..2)
+            .find(|&a| window.image[a] + 2 * p[a] < window.dilation[a] * (k[a] - 1) + 1)
+            .unwrap_or(0);
+        let (h, s, d) = (
+            window.image[axis],
+            window.stride[axis],
+            window.dilation[axis],
+        );
+        let size = (h + 2 * p[axis]) as i64 - (d * (k[axis] - 1)) as i64 - 1;
+        Err(Diagnostic::new(
+            format!("a {}x{} window does not fit the input {x_shape} padded by {}x{}", k[0], k[1], p[0], p[1]),
+            span,
+        )
+        .label(format!(
+            "its {}: floor(({h} + 2×{} - {d}×({} - 1) - 1) / {s}) + 1 = {}",
+            ["height", "width"][axis],
+            p[axis],
+            k[axis],
+            size.div_euclid(s as i64) + 1
+        ))
+        .note("the output size is floor((H + 2p - d(k - 1) - 1) / s) + 1 per axis, and must be at least 1")
+        .into())
     }
 
     /// `conv2d(x, out_channels, kernel, stride = 1, padding = 0, dilation = 1, groups = 1,

@@ -93,18 +93,7 @@ pub(super) fn run<T: Float>(
         Call::Conv | Call::ConvInputGrad | Call::ConvWeightGrad => {
             convolve(call, w, sizes, a, b, out, threads)
         }
-        Call::MaxPoolGather => {
-            let empty = T::of(f64::NEG_INFINITY);
-            w.argmax(n, c, a, |o, p| out[o] = p.map_or(empty, |p| b[p]));
-        }
-        Call::MaxPoolScatter => {
-            out.fill(T::zero());
-            w.argmax(n, c, a, |o, p| {
-                if let Some(p) = p {
-                    out[p] = out[p] + b[o];
-                }
-            });
-        }
+        Call::MaxPoolGather | Call::MaxPoolScatter => pool(call, w, [n, c], a, b, out, threads),
     }
 }
 
@@ -204,6 +193,48 @@ fn convolve<T: Float>(
         }
         _ => unreachable!("not a convolution"),
     }
+}
+
+/// Max pooling's gather and scatter, images split into `threads` bands (each image's planes
+/// are independent).
+fn pool<T: Float>(
+    call: Call,
+    w: &Window,
+    [n, c]: [usize; 2],
+    x: &[T],
+    b: &[T],
+    out: &mut [T],
+    threads: usize,
+) {
+    let [oh, ow] = w.output().unwrap_or_default();
+    let (image, pooled) = (c * w.image[0] * w.image[1], c * oh * ow);
+    let bands = threads.clamp(1, n.max(1));
+    let band = |k: usize| n * k / bands..n * (k + 1) / bands;
+    let per_image = if call == Call::MaxPoolGather {
+        pooled
+    } else {
+        image
+    };
+    let mut parts = split(out, (0..bands).map(|k| band(k).len() * per_image));
+    for_each_band(&mut parts, |k, out| {
+        let images = band(k);
+        let x = &x[images.start * image..images.end * image];
+        if call == Call::MaxPoolGather {
+            let v = &b[images.start * image..images.end * image];
+            let empty = T::of(f64::NEG_INFINITY);
+            w.argmax(images.len(), c, x, |o, p| {
+                out[o] = p.map_or(empty, |p| v[p])
+            });
+        } else {
+            let g = &b[images.start * pooled..images.end * pooled];
+            out.fill(T::zero());
+            w.argmax(images.len(), c, x, |o, p| {
+                if let Some(p) = p {
+                    out[p] = out[p] + g[o];
+                }
+            });
+        }
+    });
 }
 
 /// `buffer` cut into consecutive parts of the given lengths.

@@ -271,25 +271,25 @@ impl Window {
         let [dr, dc] = self.dilation;
         let mut output = 0;
         for plane in 0..images * channels {
-            let base = plane * h * w;
+            let image = &x[plane * h * w..(plane + 1) * h * w];
             for &(i0, i1, r0) in &rows {
                 for &(j0, j1, c0) in &cols {
-                    let mut best: Option<(usize, T)> = None;
+                    // The first maximum: replaced only by a larger value, or by a NaN (which
+                    // then stays, as PyTorch propagates it).
+                    let mut best = usize::MAX;
+                    let mut top = T::neg_infinity();
                     for i in i0..i1 {
-                        let line = base + (r0 + (i * dr) as isize) as usize * w;
+                        let line = (r0 + (i * dr) as isize) as usize * w;
                         for j in j0..j1 {
                             let p = line + (c0 + (j * dc) as isize) as usize;
-                            let v = x[p];
-                            match best {
-                                None => best = Some((p, v)),
-                                Some((_, b)) if v > b || (v.is_nan() && !b.is_nan()) => {
-                                    best = Some((p, v))
-                                }
-                                Some(_) => {}
+                            let v = image[p];
+                            if best == usize::MAX || v > top || (v.is_nan() && !top.is_nan()) {
+                                best = p;
+                                top = v;
                             }
                         }
                     }
-                    f(output, best.map(|(p, _)| p));
+                    f(output, (best != usize::MAX).then(|| plane * h * w + best));
                     output += 1;
                 }
             }
