@@ -139,17 +139,10 @@ fn average_pooling_counts_the_padding() {
     );
 }
 
-/// A model of one convolution layer and one pooling, or `None` where the geometry does not fit.
-fn cnn(
-    c: usize,
-    hw: [usize; 2],
-    out: usize,
-    k: usize,
-    stride: usize,
-    padding: usize,
-    dilation: usize,
-    pool: &str,
-) -> Option<Model> {
+/// A model of one convolution layer (`[kernel, stride, padding, dilation]`) and one pooling,
+/// or `None` where the geometry does not fit.
+fn cnn(c: usize, hw: [usize; 2], out: usize, geometry: [usize; 4], pool: &str) -> Option<Model> {
+    let [k, stride, padding, dilation] = geometry;
     let source = format!(
         "model c {{
   input x[B, {c}, {}, {}]
@@ -173,7 +166,7 @@ proptest! {
         pool in prop::sample::select(vec!["max_pool2d(y, 2, stride = 1)", "avg_pool2d(y, 2, padding = 1)", "max_pool2d(y, [1, 2], padding = [0, 1])", "y"]),
         seed in 0u64..1000,
     ) {
-        let Some(m) = cnn(c, [h, w], out, k, stride, padding, dilation, pool) else {
+        let Some(m) = cnn(c, [h, w], out, [k, stride, padding, dilation], pool) else {
             return Err(TestCaseError::reject("the geometry does not fit"));
         };
         let mut bound = m.clone();
@@ -224,7 +217,7 @@ fn wrong_conv_rule(
 
 #[test]
 fn gradcheck_catches_a_wrong_convolution_gradient() {
-    let m = cnn(2, [6, 5], 3, 3, 1, 1, 1, "max_pool2d(y, 2)").expect("fits");
+    let m = cnn(2, [6, 5], 3, [3, 1, 1, 1], "max_pool2d(y, 2)").expect("fits");
     let config = Config {
         cases: 2,
         samples: 12,
