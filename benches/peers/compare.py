@@ -63,6 +63,10 @@ def main():
     rows[-1] = rows[-1][:4] + (f"{jax['step_ms'] / ours['step_ms']:.2f}x JAX",) + rows[-1][5:]
     ours, jax = step_row("tiny 2-16-16-2, batch 16, step µs", "benches/peers/tiny.nn", "tiny", 16, args.steps * 10, ">= 50x JAX", 1000.0)
     rows[-1] = rows[-1][:4] + (f"{jax['step_ms'] / ours['step_ms']:.0f}x JAX",) + rows[-1][5:]
+    ours = nabla_bench("examples/mnist_cnn.nn", 64, args.steps // 4)
+    torch = peer_bench("torch", "cnn", 64, args.steps // 4)
+    rows.append(("MNIST CNN, batch 64, step ms", f"{ours['step_ms']:.3f}", f"{torch['step_ms']:.3f}", "-",
+                 f"{torch['step_ms'] / ours['step_ms']:.2f}x faster", ">= 1.2x torch"))
     ours = mnist
     theirs = run_json([sys.executable, PEERS, "--framework", "torch", "--mnist", "data/mnist"])
     rows.append(("5-epoch MNIST recipe: peak RSS MB", f"{ours['peak_rss_mb']:.0f}", f"{theirs['peak_rss_mb']:.0f}", "-",
