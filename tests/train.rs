@@ -504,3 +504,77 @@ fn a_short_mnist_run_predicts_the_test_set() {
     let accuracy = last["test_accuracy"].as_f64().expect("test accuracy");
     assert!(accuracy > 0.5, "{last}");
 }
+
+/// PyTorch's `BatchNorm1d` on a batch worked by hand: x = [[1, 2], [3, 6]] has batch means
+/// [2, 4], biased variances [1, 4] (unbiased [2, 8]), so training normalises it to
+/// [[-1, -1], [1, 1]] (mse against 0: 1, less eps), and one step with momentum 0.1 moves the
+/// running statistics from (0, 1) to mean [0.2, 0.4] and variance [1.1, 1.7]; evaluation then
+/// normalises with those.
+#[test]
+fn batch_norm_trains_on_batch_statistics_and_evaluates_on_running_ones() {
+    let file = temp("bn.nn");
+    std::fs::write(
+        &file,
+        "model bn {
+  input  x[B, 2]
+  target t[B, 2]
+  y      = batch_norm(x, affine = false)
+  loss   = mse(y, t)
+}
+train default {
+  data      = inline(x = [[1, 2], [3, 6]], t = [[0, 0], [0, 0]])
+  optimizer = sgd(0.1)
+  batch     = 2
+  epochs    = 1
+}",
+    )
+    .unwrap();
+    let saved = temp("bn.safetensors");
+    let file = file.display().to_string();
+    let out = nabla(&[
+        "train",
+        &file,
+        "--json",
+        "--save",
+        &saved.display().to_string(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let first = &json_lines(&out)[0];
+    let eps = 1e-5;
+    let train_loss = (1.0 / (1.0 + eps) + 4.0 / (4.0 + eps)) / 2.0;
+    assert!(
+        (first["loss"].as_f64().unwrap() - train_loss).abs() < 1e-6,
+        "{first}"
+    );
+    let mean = tensor(&saved, "y.running_mean");
+    let var = tensor(&saved, "y.running_var");
+    for (got, want) in mean.iter().chain(&var).zip([0.2, 0.4, 1.1, 1.7]) {
+        assert!(
+            (got - want).abs() < 1e-6,
+            "running statistics {mean:?} {var:?}"
+        );
+    }
+    let eval = nabla(&[
+        "eval",
+        &file,
+        "--weights",
+        &saved.display().to_string(),
+        "--json",
+    ]);
+    let evaluated: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
+    let normalised = |x: f64, m: f64, v: f64| (x - m) / (v + eps).sqrt();
+    let eval_loss = [
+        (1.0, 0.2, 1.1),
+        (2.0, 0.4, 1.7),
+        (3.0, 0.2, 1.1),
+        (6.0, 0.4, 1.7),
+    ]
+    .iter()
+    .map(|&(x, m, v)| normalised(x, m, v).powi(2))
+    .sum::<f64>()
+        / 4.0;
+    assert!(
+        (evaluated["loss"].as_f64().unwrap() - eval_loss).abs() < 1e-4,
+        "{evaluated}"
+    );
+}

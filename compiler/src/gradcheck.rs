@@ -366,6 +366,15 @@ pub fn random_feeds(
         };
         feeds.insert(input.name.clone(), Tensor::new(shape, data));
     }
+    for state in &model.states {
+        let shape = graph.shape(state.node).concrete().unwrap_or_default();
+        let len = shape.iter().product();
+        // Running variances must be positive; means may be anything.
+        let data = (0..len)
+            .map(|_| state.init + rng.uniform(0.0, 1.0))
+            .collect();
+        feeds.insert(state.name.clone(), Tensor::new(shape, data));
+    }
     for mask in &model.dropouts {
         let shape = graph.shape(mask.node).concrete().unwrap_or_default();
         let len = shape.iter().product();

@@ -52,6 +52,21 @@ pub struct DropoutSpec {
     pub p: f64,
 }
 
+/// A buffer a layer keeps across steps without training it (batch normalisation's running
+/// statistics): an input of the graph, which the train step updates and which is saved with the
+/// parameters.
+#[derive(Clone, Debug)]
+pub struct StateSpec {
+    /// Its name (`bn1.running_mean`).
+    pub name: String,
+    /// Its input node.
+    pub node: NodeId,
+    /// Its value before training.
+    pub init: f64,
+    /// Its new value after a train step (train mode only).
+    pub update: Option<NodeId>,
+}
+
 /// A fed tensor.
 #[derive(Clone, Debug)]
 pub struct InputSpec {
@@ -115,6 +130,8 @@ pub struct Model {
     pub prediction: Option<Prediction>,
     /// Dropout masks (train mode only).
     pub dropouts: Vec<DropoutSpec>,
+    /// Layer state kept across steps (batch normalisation's running statistics).
+    pub states: Vec<StateSpec>,
 }
 
 impl Model {

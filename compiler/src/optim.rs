@@ -199,6 +199,11 @@ pub fn train_step(
             assignments.push((value, state_buffer(&spec.name, name)));
         }
     }
+    for state in &model.states {
+        if let Some(update) = state.update {
+            assignments.push((update, state.name.clone()));
+        }
+    }
     let mut outputs = vec![("loss".to_string(), loss)];
     if let Some(p) = model.prediction {
         outputs.push(("prediction".to_string(), p.node));

@@ -365,6 +365,14 @@ impl ModelPrograms {
             }),
             _ => None,
         };
+        // Layer state is saved, loaded and restored with the parameters, but never trained.
+        for state in &self.model.states {
+            params.push(ParamInfo {
+                name: state.name.clone(),
+                shape: g.shape(state.node).concrete().unwrap_or_default(),
+                init: nabla_runtime::Init::Constant(state.init),
+            });
+        }
         let masks = self
             .model
             .dropouts

@@ -8,7 +8,7 @@
 use nabla_compiler::ir::{
     BinaryOp, Dim, Fill, NodeId, Op, ReduceOp, Shape, ShapeError, UnaryOp, Window,
 };
-use nabla_compiler::model::{DropoutSpec, Mode, Prediction, PredictionKind};
+use nabla_compiler::model::{DropoutSpec, Mode, Prediction, PredictionKind, StateSpec};
 
 use crate::args::Args;
 use crate::ast::{Arg, ExprKind, Span};
@@ -20,7 +20,7 @@ use crate::lower::{Env, LResult, Lowerer};
 const MAX_WINDOW: usize = 1 << 16;
 
 /// Every built-in function name.
-pub const BUILTINS: [&str; 39] = [
+pub const BUILTINS: [&str; 40] = [
     "exp",
     "log",
     "sqrt",
@@ -54,6 +54,7 @@ pub const BUILTINS: [&str; 39] = [
     "avg_pool2d",
     "global_avg_pool",
     "flatten",
+    "batch_norm",
     "mse",
     "l1",
     "smooth_l1",
@@ -149,6 +150,7 @@ impl Lowerer<'_> {
             "reshape" => self.reshape_call(span, args, env),
             "dense" => self.dense(span, args, env),
             "conv2d" => self.conv2d(span, args, env),
+            "batch_norm" => self.batch_norm(span, args, env),
             "max_pool2d" | "avg_pool2d" => self.pool(name, span, args, env),
             "global_avg_pool" => self.tensor_args(name, span, args, env, 1).and_then(|x| {
                 let (_, _, h, w) = self.images(name, &x, args[0].value.span)?;
@@ -427,6 +429,130 @@ impl Lowerer<'_> {
         let rows = Shape(vec![n, Dim::Known(oh), Dim::Known(ow), Dim::Known(c)]);
         let rows = located(self.graph.reshape(pooled, &rows), span)?;
         located(self.graph.transpose(rows, &[0, 3, 1, 2]), span)
+    }
+
+    /// `batch_norm(x, momentum = 0.1, eps = 1e-5, affine = true)` over features `[B, F]` or
+    /// channels `[B, C, H, W]`, as PyTorch's `BatchNorm1d`/`2d`: training normalises with the
+    /// batch's mean and biased variance and updates the running statistics (`.running_mean`,
+    /// `.running_var`, the latter with the unbiased variance) by `(1 - momentum) * running +
+    /// momentum * batch`; evaluation normalises with the running statistics. With `affine`, a
+    /// scale `.w` (ones) and shift `.b` (zeros) follow.
+    fn batch_norm(&mut self, span: Span, args: &[Arg], env: &Env) -> LResult<NodeId> {
+        let a = Args::new(
+            "batch_norm",
+            span,
+            args,
+            1,
+            1,
+            &["momentum", "eps", "affine"],
+        )?;
+        let x = self.expr(a.positional[0], env)?;
+        let shape = self.graph.shape(x).clone();
+        let (features, axes, column): (usize, Vec<usize>, Vec<usize>) = match shape.dims() {
+            [_, Dim::Known(f)] => (*f, vec![0], vec![*f]),
+            [_, Dim::Known(c), Dim::Known(_), Dim::Known(_)] => (*c, vec![0, 2, 3], vec![*c, 1, 1]),
+            _ => {
+                return Err(Diagnostic::new(
+                    format!("`batch_norm` needs features [batch, features] or images [batch, channels, height, width] of known size, got {shape}"),
+                    a.positional[0].span,
+                )
+                .label(format!("this has shape {shape}"))
+                .into());
+            }
+        };
+        let momentum = a.number(9, "momentum", 0.1)?;
+        let eps = a.number(9, "eps", 1e-5)?;
+        for (key, value, ok) in [
+            ("momentum", momentum, (0.0..=1.0).contains(&momentum)),
+            ("eps", eps, eps > 0.0),
+        ] {
+            if !ok {
+                let at = a.named(key).map_or(span, |e| e.span);
+                return Err(Diagnostic::new(
+                    format!(
+                        "`{key}` must be {}, got {value}",
+                        if key == "eps" {
+                            "above 0"
+                        } else {
+                            "from 0 to 1"
+                        }
+                    ),
+                    at,
+                )
+                .into());
+            }
+        }
+        let prefix = self.layer_name();
+        let stat_shape = Shape::known(&[features]);
+        let column_shape = Shape::known(&column);
+        let state = |lw: &mut Self, name: &str, init: f64| -> LResult<NodeId> {
+            let full = format!("{prefix}.{name}");
+            let node = located(lw.graph.input(&full, stat_shape.clone()), span)?;
+            lw.states.push(StateSpec {
+                name: full,
+                node,
+                init,
+                update: None,
+            });
+            Ok(node)
+        };
+        let running_mean = state(self, "running_mean", 0.0)?;
+        let running_var = state(self, "running_var", 1.0)?;
+        let (mean, var) = if self.mode == Mode::Train {
+            let reduced: Vec<Dim> = axes.iter().map(|&a| shape.dims()[a].clone()).collect();
+            let count = located(self.graph.node(Op::Numel(Shape(reduced)), &[]), span)?;
+            let sum = located(self.graph.sum(x, &axes), span)?;
+            let mean = located(self.graph.div(sum, count), span)?;
+            let centred = located(self.graph.sub(x, mean), span)?;
+            let squares = located(self.graph.mul(centred, centred), span)?;
+            let total = located(self.graph.sum(squares, &axes), span)?;
+            let var = located(self.graph.div(total, count), span)?;
+            // running = (1 - momentum) running + momentum batch, the variance unbiased.
+            let one = self.graph.constant(1.0);
+            let count_less_one = located(self.graph.sub(count, one), span)?;
+            let unbiased = located(self.graph.div(total, count_less_one), span)?;
+            let updates = [(running_mean, mean, 0), (running_var, unbiased, 1)];
+            for (running, batch, k) in updates {
+                let batch = located(self.graph.unary(UnaryOp::StopGradient, batch), span)?;
+                let batch = located(self.graph.reshape(batch, &stat_shape), span)?;
+                let kept = located(self.graph.scale(running, 1.0 - momentum), span)?;
+                let added = located(self.graph.scale(batch, momentum), span)?;
+                let new = located(self.graph.add(kept, added), span)?;
+                let n = self.states.len();
+                self.states[n - 2 + k].update = Some(new);
+            }
+            (mean, var)
+        } else {
+            let mean = located(self.graph.reshape(running_mean, &column_shape), span)?;
+            let var = located(self.graph.reshape(running_var, &column_shape), span)?;
+            (mean, var)
+        };
+        let centred = located(self.graph.sub(x, mean), span)?;
+        let eps = self.graph.constant(eps);
+        let var_eps = located(self.graph.add(var, eps), span)?;
+        let std = located(self.graph.unary(UnaryOp::Sqrt, var_eps), span)?;
+        let normalised = located(self.graph.div(centred, std), span)?;
+        if !a.flag("affine", true)? {
+            return Ok(normalised);
+        }
+        let scale = self.new_param(
+            &format!("{prefix}.w"),
+            stat_shape.clone(),
+            nabla_runtime::Init::Constant(1.0),
+            "ones".into(),
+            span,
+        )?;
+        let shift = self.new_param(
+            &format!("{prefix}.b"),
+            stat_shape.clone(),
+            nabla_runtime::Init::Constant(0.0),
+            "zeros".into(),
+            span,
+        )?;
+        let scale = located(self.graph.reshape(scale, &column_shape), span)?;
+        let shift = located(self.graph.reshape(shift, &column_shape), span)?;
+        let scaled = located(self.graph.mul(normalised, scale), span)?;
+        located(self.graph.add(scaled, shift), span)
     }
 
     /// `dropout(x, p)`: inverted dropout. Training multiplies `x` by a mask input the runtime

@@ -51,7 +51,7 @@ pub fn compile(source: &str) -> Result<Compiled, Vec<Diagnostic>> {
     }
     let (model, param_spans) = lower::lower_model(&file, Mode::Train)?;
     // Only layers that behave differently in evaluation need a second lowering.
-    let eval_model = if model.dropouts.is_empty() {
+    let eval_model = if model.dropouts.is_empty() && model.states.is_empty() {
         model.clone()
     } else {
         lower::lower_model(&file, Mode::Eval)?.0

@@ -17,7 +17,7 @@ use nabla_compiler::ir::{
 };
 use nabla_compiler::model::{
     Binding, DropoutSpec, InputSpec, Mode, Model, ParamSpec, Prediction, PredictionKind, Role,
-    ValueKind,
+    StateSpec, ValueKind,
 };
 use nabla_runtime::Init;
 
@@ -65,6 +65,8 @@ pub(crate) struct Lowerer<'f> {
     pub(crate) mode: Mode,
     /// Dropout masks made so far (train mode).
     pub(crate) dropouts: Vec<DropoutSpec>,
+    /// Layer state made so far.
+    pub(crate) states: Vec<StateSpec>,
 }
 
 /// Lowers the file's model. Errors are every problem found, in source order.
@@ -166,6 +168,7 @@ impl<'f> Lowerer<'f> {
             free_variables,
             mode: Mode::Train,
             dropouts: Vec::new(),
+            states: Vec::new(),
         }
     }
 
@@ -273,6 +276,7 @@ impl<'f> Lowerer<'f> {
             loss,
             prediction: self.prediction,
             dropouts: std::mem::take(&mut self.dropouts),
+            states: std::mem::take(&mut self.states),
         })
     }
 

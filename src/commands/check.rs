@@ -57,6 +57,7 @@ pub fn run(args: Args) -> Outcome {
             })).collect::<Vec<_>>(),
             "bindings": model.bindings.iter().map(|b| json!({"name": b.name, "shape": shape(b.node)})).collect::<Vec<_>>(),
             "dropouts": model.dropouts.iter().map(|d| json!({"name": d.name, "shape": shape(d.node), "p": d.p})).collect::<Vec<_>>(),
+            "states": model.states.iter().map(|st| json!({"name": st.name, "shape": shape(st.node), "init": st.init})).collect::<Vec<_>>(),
             "params": model.params.iter().map(|p| json!({
                 "name": p.name, "shape": shape(p.node),
                 "count": g.shape(p.node).numel(), "init": p.init_name,
@@ -89,6 +90,17 @@ pub fn run(args: Args) -> Outcome {
             "binding".into(),
             g.shape(b.node).to_string(),
             String::new(),
+        ]);
+    }
+    for st in &model.states {
+        rows.push([
+            st.name.clone(),
+            "state".into(),
+            g.shape(st.node).to_string(),
+            format!(
+                "starts at {}, updated by every training step, saved with the parameters",
+                st.init
+            ),
         ]);
     }
     for d in &model.dropouts {

@@ -57,6 +57,7 @@ pub const BODIES: &[&str] = &[
     "sum(atan(z) * u + erf(z))",
     "sum(relu(z) * u)",
     "sum(dropout(z, 0.3) * u)",
+    "sum(batch_norm(z) * u)",
     "sum(leaky_relu(z, 0.1) * u)",
     "sum(identity(z) ^ 2)",
     "sum(z ^ 3)",
