@@ -364,22 +364,13 @@ impl Lowerer<'_> {
             span,
         )?;
         let y = located(self.graph.node(Op::Conv(window), &[x, weight]), span)?;
-        if !a.flag("bias", true)? {
-            return Ok(y);
+        match self.bias(&a, &prefix, out, (fan_in, fan_out), span)? {
+            Some(b) => {
+                let column = located(self.graph.reshape(b, &Shape::known(&[out, 1, 1])), span)?;
+                located(self.graph.add(y, column), span)
+            }
+            None => Ok(y),
         }
-        let (b_init, b_name) = match a.named("bias_init") {
-            Some(e) => init::resolve(Some(e), &[out], (fan_in, fan_out))?,
-            None => (init::fan_in_uniform(fan_in), "fan_in_uniform".into()),
-        };
-        let b = self.new_param(
-            &format!("{prefix}.b"),
-            Shape::known(&[out]),
-            b_init,
-            b_name,
-            span,
-        )?;
-        let column = located(self.graph.reshape(b, &Shape::known(&[out, 1, 1])), span)?;
-        located(self.graph.add(y, column), span)
     }
 
     /// `max_pool2d(x, kernel, stride = kernel, padding = 0, dilation = 1)` and `avg_pool2d(x,
@@ -839,12 +830,28 @@ impl Lowerer<'_> {
             span,
         )?;
         let y = located(self.graph.matmul(x, w), span)?;
+        match self.bias(&a, &prefix, units, (fan_in, units), span)? {
+            Some(b) => located(self.graph.add(y, b), span),
+            None => Ok(y),
+        }
+    }
+
+    /// A layer's bias `{prefix}.b [units]` unless `bias = false`: `fan_in_uniform` (PyTorch's
+    /// default for linear and convolution layers) unless `bias_init` says otherwise.
+    fn bias(
+        &mut self,
+        a: &Args,
+        prefix: &str,
+        units: usize,
+        fans: (usize, usize),
+        span: Span,
+    ) -> LResult<Option<NodeId>> {
         if !a.flag("bias", true)? {
-            return Ok(y);
+            return Ok(None);
         }
         let (b_init, b_name) = match a.named("bias_init") {
-            Some(e) => init::resolve(Some(e), &[units], (fan_in, units))?,
-            None => (init::fan_in_uniform(fan_in), "fan_in_uniform".into()),
+            Some(e) => init::resolve(Some(e), &[units], fans)?,
+            None => (init::fan_in_uniform(fans.0), "fan_in_uniform".into()),
         };
         let b = self.new_param(
             &format!("{prefix}.b"),
@@ -853,7 +860,7 @@ impl Lowerer<'_> {
             b_name,
             span,
         )?;
-        located(self.graph.add(y, b), span)
+        Ok(Some(b))
     }
 
     /// Prediction and target of a loss, which must have equal shapes.

@@ -1209,17 +1209,22 @@ mod tests {
         }
     }
 
-    /// The epoch at which Keras' `EarlyStopping` would stop on this sequence, and its best.
-    fn stops(es: &EarlyStopping, values: &[f64]) -> Option<Finish> {
-        let info = ModelInfo {
+    /// A model with nothing but `masks`.
+    fn bare_info(masks: Vec<Mask>) -> ModelInfo {
+        ModelInfo {
             feeds: vec![],
             params: vec![],
             states: vec![],
             prediction: PredictionKind::Regression,
             bias_correction: None,
             lr_name: "lr".into(),
-            masks: vec![],
-        };
+            masks,
+        }
+    }
+
+    /// The epoch at which Keras' `EarlyStopping` would stop on this sequence, and its best.
+    fn stops(es: &EarlyStopping, values: &[f64]) -> Option<Finish> {
+        let info = bare_info(vec![]);
         let mut state = State::default();
         values
             .iter()
@@ -1276,26 +1281,12 @@ mod tests {
 
     #[test]
     fn dropout_masks_are_inverted_and_drawn_per_layer_and_step() {
-        let info = ModelInfo {
-            feeds: vec![],
-            params: vec![],
-            states: vec![],
-            prediction: PredictionKind::Regression,
-            bias_correction: None,
-            lr_name: "lr".into(),
-            masks: vec![
-                Mask {
-                    name: "dropout#1".into(),
-                    row_len: 100,
-                    p: 0.25,
-                },
-                Mask {
-                    name: "dropout#2".into(),
-                    row_len: 100,
-                    p: 0.25,
-                },
-            ],
+        let mask = |name: &str| Mask {
+            name: name.into(),
+            row_len: 100,
+            p: 0.25,
         };
+        let info = bare_info(vec![mask("dropout#1"), mask("dropout#2")]);
         let draw = |seed, step| {
             let mut inputs: Store = info
                 .masks
