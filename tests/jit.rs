@@ -80,7 +80,10 @@ proptest! {
         for body in BODIES {
             let m = model(&template(n, body));
             compare(&m, batch, seed, Elem::F64, 1e-12).map_err(|e| TestCaseError::fail(format!("{body} f64: {e}")))?;
-            compare(&m, batch, seed, Elem::F32, 2e-4).map_err(|e| TestCaseError::fail(format!("{body} f32: {e}")))?;
+            // Normalising by a small batch's variance amplifies f32 rounding (the same
+            // cancellation PyTorch's f32 batch norm has), so it gets a looser bound.
+            let f32_tol = if body.contains("batch_norm") { 5e-3 } else { 2e-4 };
+            compare(&m, batch, seed, Elem::F32, f32_tol).map_err(|e| TestCaseError::fail(format!("{body} f32: {e}")))?;
         }
     }
 }
