@@ -88,6 +88,13 @@ pub struct Operand {
     pub col: i64,
 }
 
+/// The loop of a phase that has none.
+static NO_LOOP: Loop = Loop {
+    dims: Vec::new(),
+    exprs: Vec::new(),
+    stores: Vec::new(),
+};
+
 /// One phase of a kernel.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Phase {
@@ -132,8 +139,6 @@ pub enum Phase {
         inputs: Vec<usize>,
         /// The buffer written.
         output: usize,
-        /// An empty loop (the phase computes nothing elementwise).
-        body: Loop,
     },
 }
 
@@ -189,7 +194,9 @@ impl Phase {
     /// The loop whose expressions and stores the phase evaluates.
     pub fn body(&self) -> &Loop {
         match self {
-            Phase::Map(l) | Phase::Reduce { body: l, .. } | Phase::Call { body: l, .. } => l,
+            Phase::Map(l) | Phase::Reduce { body: l, .. } => l,
+            // A call computes nothing elementwise.
+            Phase::Call { .. } => &NO_LOOP,
             Phase::MatMul { epilogue, .. } => epilogue,
         }
     }
@@ -290,13 +297,12 @@ impl std::fmt::Display for Kernel {
                     sizes,
                     inputs,
                     output,
-                    body,
                 } => (
                     format!(
                         "{} {sizes:?} {window}: slots {inputs:?} -> slot {output}",
                         format!("{call:?}").to_lowercase()
                     ),
-                    body,
+                    phase.body(),
                 ),
             };
             writeln!(f, "  {head}")?;

@@ -73,7 +73,6 @@ impl Plan {
                 Phase::Call {
                     window,
                     sizes: [images, channels, outs],
-                    body,
                     ..
                 } => {
                     let [oh, ow] = window.output().unwrap_or_default();
@@ -82,7 +81,7 @@ impl Plan {
                     let rows = (oh * ow) as u64 * kernel;
                     elements += (images * channels) as u64 * (image + rows)
                         + (*outs as u64) * (*channels as u64 * kernel + (images * oh * ow) as u64);
-                    body
+                    phase.body()
                 }
             };
             let mut accesses: Vec<(usize, &[i64])> = body
@@ -347,15 +346,10 @@ fn remap_slots(kernel: &mut Kernel, map: &dyn Fn(usize) -> usize) {
                 fix(out);
                 epilogue
             }
-            Phase::Call {
-                inputs,
-                output,
-                body,
-                ..
-            } => {
+            Phase::Call { inputs, output, .. } => {
                 inputs.iter_mut().for_each(&fix);
                 fix(output);
-                body
+                continue;
             }
         };
         for e in &mut body.exprs {
@@ -583,11 +577,6 @@ impl Lowering<'_> {
                     sizes,
                     inputs: operands.iter().map(|o| self.slots.of[o]).collect(),
                     output: self.slots.of[&node],
-                    body: Loop {
-                        dims: vec![],
-                        exprs: vec![],
-                        stores: vec![],
-                    },
                 });
             }
             GroupKind::Reduce => {

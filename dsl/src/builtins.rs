@@ -352,15 +352,12 @@ impl Lowerer<'_> {
         let w_shape = [out, c, kernel[0], kernel[1]];
         let fan_in = c * kernel[0] * kernel[1];
         let fan_out = out * kernel[0] * kernel[1];
-        let (w_init, w_name) = match a.named("init") {
-            Some(e) => init::resolve(Some(e), &w_shape, (fan_in, fan_out))?,
-            None => (init::fan_in_uniform(fan_in), "fan_in_uniform".into()),
-        };
-        let weight = self.new_param(
+        let weight = self.layer_param(
+            &a,
+            "init",
             &format!("{prefix}.w"),
-            Shape::known(&w_shape),
-            w_init,
-            w_name,
+            &w_shape,
+            (fan_in, fan_out),
             span,
         )?;
         let y = located(self.graph.node(Op::Conv(window), &[x, weight]), span)?;
@@ -818,15 +815,12 @@ impl Lowerer<'_> {
         };
         let prefix = self.layer_name();
         let w_shape = [fan_in, units];
-        let (w_init, w_name) = match a.named("init") {
-            Some(e) => init::resolve(Some(e), &w_shape, (fan_in, units))?,
-            None => (init::fan_in_uniform(fan_in), "fan_in_uniform".into()),
-        };
-        let w = self.new_param(
+        let w = self.layer_param(
+            &a,
+            "init",
             &format!("{prefix}.w"),
-            Shape::known(&w_shape),
-            w_init,
-            w_name,
+            &w_shape,
+            (fan_in, units),
             span,
         )?;
         let y = located(self.graph.matmul(x, w), span)?;
@@ -836,8 +830,7 @@ impl Lowerer<'_> {
         }
     }
 
-    /// A layer's bias `{prefix}.b [units]` unless `bias = false`: `fan_in_uniform` (PyTorch's
-    /// default for linear and convolution layers) unless `bias_init` says otherwise.
+    /// A layer's bias `{prefix}.b [units]` unless `bias = false` (see [`Self::layer_param`]).
     fn bias(
         &mut self,
         a: &Args,
@@ -849,18 +842,28 @@ impl Lowerer<'_> {
         if !a.flag("bias", true)? {
             return Ok(None);
         }
-        let (b_init, b_name) = match a.named("bias_init") {
-            Some(e) => init::resolve(Some(e), &[units], fans)?,
+        let name = format!("{prefix}.b");
+        self.layer_param(a, "bias_init", &name, &[units], fans, span)
+            .map(Some)
+    }
+
+    /// A layer's parameter `name` of `shape`, initialised as the argument `init_key` says, else
+    /// `fan_in_uniform` (PyTorch's default for linear and convolution layers' weights and
+    /// biases).
+    fn layer_param(
+        &mut self,
+        a: &Args,
+        init_key: &str,
+        name: &str,
+        shape: &[usize],
+        fans: (usize, usize),
+        span: Span,
+    ) -> LResult<NodeId> {
+        let (init, init_name) = match a.named(init_key) {
+            Some(e) => init::resolve(Some(e), shape, fans)?,
             None => (init::fan_in_uniform(fans.0), "fan_in_uniform".into()),
         };
-        let b = self.new_param(
-            &format!("{prefix}.b"),
-            Shape::known(&[units]),
-            b_init,
-            b_name,
-            span,
-        )?;
-        Ok(Some(b))
+        self.new_param(name, Shape::known(shape), init, init_name, span)
     }
 
     /// Prediction and target of a loss, which must have equal shapes.

@@ -742,19 +742,19 @@ pub fn train(
     let earlier_seconds = state.position.seconds;
     let seconds = || earlier_seconds + started.elapsed().as_secs_f64();
     let mut runners = Runners::new(settings.elem);
+    let mut epoch_start = Store::new();
     insert_step_scalars(info, settings.elem, store);
     while state.position.step < total {
         let epoch = state.position.epoch;
         let lr = settings.schedule.rate(settings.lr, epoch);
         let order = epoch_order(settings.seed, epoch, rows);
+        if settings.guard {
+            snapshot(info, store, &mut epoch_start)?;
+        }
         let replay = Replay {
             seed: settings.seed,
             from: state.position.step,
-            snapshot: if settings.guard {
-                snapshot(info, store)?
-            } else {
-                Store::new()
-            },
+            snapshot: &epoch_start,
             epoch,
             lr,
         };
@@ -919,22 +919,27 @@ impl Runners {
     }
 }
 
-/// A copy of every parameter and optimizer-state buffer.
-fn snapshot(info: &ModelInfo, store: &Store) -> Result<Store, String> {
+/// Copies every parameter and optimizer-state buffer into `snapshot`, allocating its buffers
+/// on first use only.
+fn snapshot(info: &ModelInfo, store: &Store, snapshot: &mut Store) -> Result<(), String> {
     let names = info
         .params
         .iter()
         .map(|p| &p.name)
         .chain(info.states.iter().map(|s| &s.0));
-    names
-        .map(|name| {
-            let buffer = &store[name];
-            let mut copy = Buffer::try_zeros(buffer.len(), buffer.elem())
+    for name in names {
+        let buffer = &store[name];
+        if !snapshot.contains_key(name) {
+            let copy = Buffer::try_zeros(buffer.len(), buffer.elem())
                 .map_err(|e| format!("a snapshot of `{name}` for the divergence guard: {e}"))?;
-            copy.copy_from(buffer);
-            Ok((name.clone(), copy))
-        })
-        .collect()
+            snapshot.insert(name.clone(), copy);
+        }
+        snapshot
+            .get_mut(name)
+            .expect("inserted above")
+            .copy_from(buffer);
+    }
+    Ok(())
 }
 
 /// The first non-finite element of a parameter or optimizer-state buffer: name, index, value.
@@ -952,15 +957,15 @@ fn first_non_finite(info: &ModelInfo, store: &Store) -> Option<(String, usize, f
 
 /// What it takes to find the first non-finite tensor of an epoch: the buffers as they were at
 /// step `from`, and that epoch's learning rate.
-struct Replay {
+struct Replay<'s> {
     seed: u64,
     from: usize,
-    snapshot: Store,
+    snapshot: &'s Store,
     epoch: usize,
     lr: f64,
 }
 
-impl Replay {
+impl Replay<'_> {
     /// Restores the snapshot and re-runs steps `from..=failed` (bit for bit what ran before),
     /// checking the loss, then every gradient, then every updated buffer, before each step's
     /// update; the first non-finite value found is the divergence.
@@ -975,7 +980,7 @@ impl Replay {
         failed: usize,
         store: &mut Store,
     ) -> TrainError {
-        for (name, buffer) in &self.snapshot {
+        for (name, buffer) in self.snapshot {
             store
                 .get_mut(name)
                 .expect("snapshot of a store buffer")

@@ -175,26 +175,12 @@ impl<T: 'static + Copy + num_traits::Zero + num_traits::One + Send + Sync> Gemm<
     unsafe fn serial_with(self, row_stride: usize) {
         // SAFETY: as `run`'s caller promises, for this band.
         unsafe {
-            gemm::gemm(
-                self.m,
-                self.n,
-                self.k,
-                self.c,
-                1,
-                row_stride as isize,
+            library::strided_gemm(
+                [self.m, self.n, self.k],
+                (self.c, row_stride as isize),
+                (self.a, self.a_row, self.a_col),
+                (self.b, self.b_row, self.b_col),
                 false,
-                self.a,
-                self.a_col,
-                self.a_row,
-                self.b,
-                self.b_col,
-                self.b_row,
-                T::zero(),
-                T::one(),
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
             )
         }
     }

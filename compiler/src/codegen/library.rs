@@ -390,18 +390,43 @@ fn gemm<T: Float>(
     // SAFETY: the strides stay inside `a` and `b` (each call above passes the full operand
     // of an image), and `c` is a distinct buffer of `m * n` elements.
     unsafe {
+        strided_gemm(
+            [m, n, k],
+            (c.as_mut_ptr(), n as isize),
+            (a.as_ptr(), a_row, a_col),
+            (b.as_ptr(), b_row, b_col),
+            accumulate,
+        )
+    }
+}
+
+/// The one call into the `gemm` crate, on this thread: `c [m, n] (+)= A [m, k] @ B [k, n]`,
+/// every operand given by its start and strides (`c` by its row stride, columns contiguous),
+/// so transposed operands cost nothing.
+///
+/// # Safety
+/// The strides stay inside each operand, and `c` overlaps neither `a` nor `b`.
+pub(super) unsafe fn strided_gemm<T: 'static + Copy + num_traits::Zero + num_traits::One>(
+    [m, n, k]: [usize; 3],
+    (c, c_row): (*mut T, isize),
+    (a, a_row, a_col): (*const T, isize, isize),
+    (b, b_row, b_col): (*const T, isize, isize),
+    accumulate: bool,
+) {
+    // SAFETY: as the caller promises.
+    unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            c.as_mut_ptr(),
+            c,
             1,
-            n as isize,
+            c_row,
             accumulate,
-            a.as_ptr(),
+            a,
             a_col,
             a_row,
-            b.as_ptr(),
+            b,
             b_col,
             b_row,
             T::one(),
