@@ -306,7 +306,9 @@ fn node(graph: &Graph, id: NodeId, x: &[Expr]) -> Expr {
         Op::Reduce(ReduceOp::Sum, _) => x[0].clone(),
         Op::MatMul => x[0].mul(&x[1]),
         // Windows only move elements (and pad with a constant).
-        Op::Windows(_) | Op::Unwindows(_) => x[0].clone(),
+        Op::Windows(_) | Op::Unwindows(_) | Op::Slice { .. } | Op::Concat { .. } => x[0].clone(),
+        Op::Gather => x[0].clone(),
+        Op::ScatterAdd { .. } => x[1].clone(),
         Op::Conv(_) | Op::ConvInputGrad(_) | Op::ConvWeightGrad(_) => x[0].mul(&x[1]),
         Op::MaxPoolGather(_) | Op::MaxPoolScatter(_) => x[1].clone(),
         Op::Unary(u) => match u {

@@ -6,6 +6,11 @@
 //! exactly one place ([`accumulate`]), and gradients are reduced back over broadcast axes in
 //! exactly one place ([`unbroadcast`], the rule of [`Op::Broadcast`]).
 //!
+//! Slices are the one exception to "one rule per primitive": the gradients of all the slices
+//! of one operand along one axis are gathered and joined by a single concatenation, zeros in
+//! the gaps ([`join_slices`]). Summing one zero-padded gradient per slice would cost time
+//! quadratic in the number of slices, and an unrolled recurrence slices every time step.
+//!
 //! **Architecture invariant:** autodiff emits primitives only and never simplifies; making the
 //! result small is the e-graph's job.
 //!
@@ -67,14 +72,30 @@ pub fn differentiate_with(
     }
 
     let mut grads: HashMap<NodeId, NodeId> = HashMap::new();
+    let mut slices: HashMap<NodeId, Vec<SliceGrad>> = HashMap::new();
     grads.insert(loss, graph.constant(1.0));
     for &id in forward.iter().rev() {
+        // Every reader of `id` comes later in the forward order, so its slices are all known.
+        if let Some(parts) = slices.remove(&id) {
+            for joined in join_slices(graph, id, parts)? {
+                accumulate(graph, &mut grads, id, joined)?;
+            }
+        }
         let Some(&grad) = grads.get(&id) else {
             continue;
         };
         let operands = graph.operands(id);
         let wants: Vec<bool> = operands.iter().map(|o| needs_grad[o]).collect();
         if !wants.iter().any(|&w| w) {
+            continue;
+        }
+        if let &Op::Slice { axis, start, len } = graph.op(id) {
+            slices.entry(operands[0]).or_default().push(SliceGrad {
+                axis,
+                start,
+                len,
+                grad,
+            });
             continue;
         }
         let contributions = rules(graph, id, grad, &wants)?;
@@ -95,6 +116,61 @@ pub fn differentiate_with(
             Ok(grad)
         })
         .collect()
+}
+
+/// The gradient of one slice of a node.
+struct SliceGrad {
+    axis: usize,
+    start: usize,
+    len: usize,
+    grad: NodeId,
+}
+
+/// The gradients of slices of `node`, as few full-size contributions as possible: slices
+/// along one axis that do not overlap form one concatenation, zeros filling the gaps.
+fn join_slices(
+    graph: &mut Graph,
+    node: NodeId,
+    mut parts: Vec<SliceGrad>,
+) -> Result<Vec<NodeId>, ShapeError> {
+    parts.sort_by_key(|p| (p.axis, p.start));
+    // Families of disjoint slices along one axis, each sorted by start.
+    let mut families: Vec<Vec<SliceGrad>> = Vec::new();
+    for part in parts {
+        let fits = |f: &Vec<SliceGrad>| {
+            f.last()
+                .is_some_and(|l| l.axis == part.axis && l.start + l.len <= part.start)
+        };
+        match families.iter_mut().find(|f| fits(f)) {
+            Some(family) => family.push(part),
+            None => families.push(vec![part]),
+        }
+    }
+    let shape = graph.shape(node).clone();
+    let mut joined = Vec::new();
+    for family in families {
+        let axis = family[0].axis;
+        let size = shape.0[axis].known().unwrap_or(0);
+        let zeros = |graph: &mut Graph, len: usize| {
+            let mut dims = shape.0.clone();
+            dims[axis] = crate::ir::Dim::Known(len);
+            graph.full(0.0, &Shape(dims))
+        };
+        let mut pieces = Vec::new();
+        let mut at = 0;
+        for part in &family {
+            if part.start > at {
+                pieces.push(zeros(graph, part.start - at)?);
+            }
+            pieces.push(part.grad);
+            at = part.start + part.len;
+        }
+        if at < size {
+            pieces.push(zeros(graph, size - at)?);
+        }
+        joined.push(graph.concat(&pieces, axis)?);
+    }
+    Ok(joined)
 }
 
 /// Sums a gradient contribution into a node's running gradient (fan-out).
@@ -356,6 +432,41 @@ pub fn vjp(
             None,
             want(wants[1], || graph.node(Op::MaxPoolGather(w), &[x[0], g]))?,
         ],
+        // Taken alone (the differentiation walk joins a node's slices itself): the gradient in
+        // place, zeros around it.
+        Op::Slice { axis, start, len } => {
+            let parts = vec![SliceGrad {
+                axis,
+                start,
+                len,
+                grad: g,
+            }];
+            join_slices(graph, x[0], parts)?
+                .into_iter()
+                .map(Some)
+                .collect()
+        }
+        // Each part's gradient is its slice of the gradient.
+        Op::Concat { axis, .. } => {
+            let mut start = 0;
+            let mut grads = Vec::new();
+            for (&part, &wanted) in x.iter().zip(wants) {
+                let len = graph.shape(part).0[axis].known().unwrap_or(0);
+                grads.push(want(wanted, || graph.slice(g, axis, start, len))?);
+                start += len;
+            }
+            grads
+        }
+        // Indices are piecewise constant; the table's gradient adds each row's gradient back
+        // where it was read, and the adjoint of that reads them again.
+        Op::Gather => {
+            let rows = graph.shape(x[0]).0[0].known().unwrap_or(0);
+            vec![
+                want(wants[0], || graph.node(Op::ScatterAdd { rows }, &[x[1], g]))?,
+                None,
+            ]
+        }
+        Op::ScatterAdd { .. } => vec![None, want(wants[1], || graph.node(Op::Gather, &[g, x[0]]))?],
     };
     Ok(grads)
 }

@@ -4,7 +4,7 @@
 //!
 //! Values are either *stored* (a buffer holds them) or *inline* (recomputed, from stored values,
 //! inside every kernel that uses them). Stored are: the roots; every matrix product and
-//! reduction (the anchors of kernels); every library call (windows of images, convolutions),
+//! reduction (the anchors of kernels); every library call (windows of images, convolutions, slices, concatenations, gathers),
 //! and its operands, which it reads whole; the operands of matrix products (but a transpose,
 //! which the product reads with swapped strides); the elementwise
 //! operands of broadcasts, transposes and reshapes (so that a value read at many points is
@@ -199,6 +199,10 @@ pub fn is_call(op: &Op) -> bool {
             | Op::ConvWeightGrad(_)
             | Op::MaxPoolGather(_)
             | Op::MaxPoolScatter(_)
+            | Op::Slice { .. }
+            | Op::Concat { .. }
+            | Op::Gather
+            | Op::ScatterAdd { .. }
     )
 }
 

@@ -375,6 +375,12 @@ pub fn random_feeds(
             .collect();
         feeds.insert(state.name.clone(), Tensor::new(shape, data));
     }
+    for carry in &model.carries {
+        let shape = graph.shape(carry.input).concrete().unwrap_or_default();
+        let len = shape.iter().product();
+        let data = (0..len).map(|_| rng.normal(0.0, 0.5)).collect();
+        feeds.insert(carry.name.clone(), Tensor::new(shape, data));
+    }
     for mask in &model.dropouts {
         let shape = graph.shape(mask.node).concrete().unwrap_or_default();
         let len = shape.iter().product();

@@ -127,14 +127,13 @@ pub enum Phase {
         epilogue: Loop,
     },
     /// A call into the runtime's library for what loops over affine accesses cannot express:
-    /// windows of images and convolutions. Every buffer is row-major and whole.
+    /// windows of images, convolutions, slices, concatenations and gathers. Every buffer is
+    /// row-major and whole.
     Call {
         /// What is computed.
         call: Call,
-        /// The geometry.
-        window: Window,
-        /// `[images, channels, output channels]` (the last is 0 for windows).
-        sizes: [usize; 3],
+        /// Its sizes, laid out as [`Call`] says.
+        args: Vec<usize>,
         /// The buffers read, in operand order.
         inputs: Vec<usize>,
         /// The buffer written.
@@ -143,10 +142,10 @@ pub enum Phase {
 }
 
 /// A library routine (see [`Phase::Call`]), one per op of the same name; the interpreter's
-/// definitions are the reference.
+/// definitions are the reference. Each says how its sizes are laid out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Call {
-    /// `Op::Windows` (im2col).
+    /// `Op::Windows` (im2col); window routines take [`Call::window_args`].
     Windows,
     /// `Op::Unwindows` (col2im).
     Unwindows,
@@ -160,11 +159,21 @@ pub enum Call {
     MaxPoolGather,
     /// `Op::MaxPoolScatter`.
     MaxPoolScatter,
+    /// `Op::Slice`: `[outer, axis size, inner, start, len]`, the operand seen as
+    /// `[outer, axis size, inner]`.
+    Slice,
+    /// `Op::Concat`: `[outer, inner, parts, len_0, len_1, ...]`, part `p` seen as
+    /// `[outer, len_p, inner]`.
+    Concat,
+    /// `Op::Gather`: `[indices, row width, table rows]`.
+    Gather,
+    /// `Op::ScatterAdd`: `[indices, row width, table rows]`.
+    ScatterAdd,
 }
 
 impl Call {
     /// Every routine, indexed by the number generated code passes.
-    pub const ALL: [Call; 7] = [
+    pub const ALL: [Call; 11] = [
         Call::Windows,
         Call::Unwindows,
         Call::Conv,
@@ -172,11 +181,56 @@ impl Call {
         Call::ConvWeightGrad,
         Call::MaxPoolGather,
         Call::MaxPoolScatter,
+        Call::Slice,
+        Call::Concat,
+        Call::Gather,
+        Call::ScatterAdd,
     ];
 
     /// Its number in [`Call::ALL`].
     pub fn number(self) -> usize {
         Call::ALL.iter().position(|&c| c == self).unwrap_or(0)
+    }
+
+    /// Whether it works on windows of images.
+    pub fn is_window(self) -> bool {
+        Call::ALL[..7].contains(&self)
+    }
+
+    /// A window routine's sizes: `[images, channels, output channels]` (the last 0 but for
+    /// convolutions), then the geometry's ten numbers and whether padding reads -inf.
+    pub fn window_args(window: &Window, sizes: [usize; 3]) -> Vec<usize> {
+        let geometry = [
+            window.image,
+            window.kernel,
+            window.stride,
+            window.padding,
+            window.dilation,
+        ];
+        let fill = usize::from(window.fill == crate::ir::Fill::NegInf);
+        sizes
+            .into_iter()
+            .chain(geometry.concat())
+            .chain([fill])
+            .collect()
+    }
+
+    /// The geometry and sizes [`Call::window_args`] laid out.
+    pub fn window_of(args: &[usize]) -> (Window, [usize; 3]) {
+        let pair = |i: usize| [args[i], args[i + 1]];
+        let window = Window {
+            image: pair(3),
+            kernel: pair(5),
+            stride: pair(7),
+            padding: pair(9),
+            dilation: pair(11),
+            fill: if args[13] != 0 {
+                crate::ir::Fill::NegInf
+            } else {
+                crate::ir::Fill::Zero
+            },
+        };
+        (window, [args[0], args[1], args[2]])
     }
 }
 
@@ -293,17 +347,22 @@ impl std::fmt::Display for Kernel {
                 ),
                 Phase::Call {
                     call,
-                    window,
-                    sizes,
+                    args,
                     inputs,
                     output,
-                } => (
-                    format!(
-                        "{} {sizes:?} {window}: slots {inputs:?} -> slot {output}",
-                        format!("{call:?}").to_lowercase()
-                    ),
-                    phase.body(),
-                ),
+                } => {
+                    let sizes = if call.is_window() {
+                        let (window, sizes) = Call::window_of(args);
+                        format!("{sizes:?} {window}")
+                    } else {
+                        format!("{args:?}")
+                    };
+                    let name = format!("{call:?}").to_lowercase();
+                    (
+                        format!("{name} {sizes}: slots {inputs:?} -> slot {output}"),
+                        phase.body(),
+                    )
+                }
             };
             writeln!(f, "  {head}")?;
             for (i, e) in body.exprs.iter().enumerate() {

@@ -37,6 +37,21 @@ pub enum Mode {
     Train,
     /// Evaluation and prediction.
     Eval,
+    /// Generation, one token at a time: evaluation, with every sequence one step long and
+    /// the recurrent layers' states fed in and read out ([`Model::carries`]).
+    Generate,
+}
+
+/// A recurrent layer's state carried from one generation step to the next (generate mode
+/// only): an input holding the state before the step and the node holding it after.
+#[derive(Clone, Debug)]
+pub struct CarrySpec {
+    /// The name it is fed and read under (`h.h`, `h.c`).
+    pub name: String,
+    /// Its input node, `[B, hidden]`, zeros at the first step.
+    pub input: NodeId,
+    /// Its value after the step.
+    pub output: NodeId,
 }
 
 /// A dropout layer's random mask: an input the runtime fills at every training step with
@@ -132,6 +147,8 @@ pub struct Model {
     pub dropouts: Vec<DropoutSpec>,
     /// Layer state kept across steps (batch normalisation's running statistics).
     pub states: Vec<StateSpec>,
+    /// Recurrent state carried between generation steps (generate mode only).
+    pub carries: Vec<CarrySpec>,
 }
 
 impl Model {

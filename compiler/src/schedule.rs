@@ -70,17 +70,14 @@ impl Plan {
                     elements += (m * k + k * n + m * n) as u64;
                     epilogue
                 }
-                Phase::Call {
-                    window,
-                    sizes: [images, channels, outs],
-                    ..
-                } => {
-                    let [oh, ow] = window.output().unwrap_or_default();
-                    let image = (window.image[0] * window.image[1]) as u64;
-                    let kernel = (window.kernel[0] * window.kernel[1]) as u64;
-                    let rows = (oh * ow) as u64 * kernel;
-                    elements += (images * channels) as u64 * (image + rows)
-                        + (*outs as u64) * (*channels as u64 * kernel + (images * oh * ow) as u64);
+                // A library call reads its operands and writes its output whole (convolutions'
+                // windows stay in cache).
+                Phase::Call { inputs, output, .. } => {
+                    elements += inputs
+                        .iter()
+                        .chain([output])
+                        .map(|&slot| self.buffers[slot].len as u64)
+                        .sum::<u64>();
                     phase.body()
                 }
             };
@@ -542,39 +539,10 @@ impl Lowering<'_> {
             GroupKind::Call => {
                 let node = group.anchors[0];
                 let operands = g.operands(node);
-                let (call, window) = match g.op(node) {
-                    Op::Windows(w) => (Call::Windows, *w),
-                    Op::Unwindows(w) => (Call::Unwindows, *w),
-                    Op::Conv(w) => (Call::Conv, *w),
-                    Op::ConvInputGrad(w) => (Call::ConvInputGrad, *w),
-                    Op::ConvWeightGrad(w) => (Call::ConvWeightGrad, *w),
-                    Op::MaxPoolGather(w) => (Call::MaxPoolGather, *w),
-                    Op::MaxPoolScatter(w) => (Call::MaxPoolScatter, *w),
-                    other => unreachable!("a call group anchors {}", other.name()),
-                };
-                // `[images, channels, output channels]`, from the images and the weight.
-                let sizes = match call {
-                    Call::Windows | Call::MaxPoolGather | Call::MaxPoolScatter => {
-                        [dims(g, operands[0])[0], dims(g, operands[0])[1], 0]
-                    }
-                    Call::Unwindows => [dims(g, node)[0], dims(g, node)[1], 0],
-                    Call::Conv => {
-                        let (x, w) = (dims(g, operands[0]), dims(g, operands[1]));
-                        [x[0], x[1], w[0]]
-                    }
-                    Call::ConvInputGrad => {
-                        let (x, w) = (dims(g, node), dims(g, operands[1]));
-                        [x[0], x[1], w[0]]
-                    }
-                    Call::ConvWeightGrad => {
-                        let (x, w) = (dims(g, operands[0]), dims(g, node));
-                        [x[0], x[1], w[0]]
-                    }
-                };
+                let (call, args) = call_of(g, node);
                 phases.push(Phase::Call {
                     call,
-                    window,
-                    sizes,
+                    args,
                     inputs: operands.iter().map(|o| self.slots.of[o]).collect(),
                     output: self.slots.of[&node],
                 });
@@ -772,11 +740,64 @@ impl Lowering<'_> {
             | Op::ConvInputGrad(_)
             | Op::ConvWeightGrad(_)
             | Op::MaxPoolGather(_)
-            | Op::MaxPoolScatter(_)) => {
+            | Op::MaxPoolScatter(_)
+            | Op::Slice { .. }
+            | Op::Concat { .. }
+            | Op::Gather
+            | Op::ScatterAdd { .. }) => {
                 unreachable!("{} is in memory before it is read", op.name())
             }
         };
         push(b, node, index, expr)
+    }
+}
+
+/// The library routine computing `node` and its sizes (see [`Call`]).
+fn call_of(g: &Graph, node: NodeId) -> (Call, Vec<usize>) {
+    let operands = g.operands(node);
+    let of = |i: usize| dims(g, operands[i]);
+    // Window routines: `[images, channels, output channels]`, from the images and the weight.
+    let windowed =
+        |call: Call, w: &crate::ir::Window, sizes: [usize; 3]| (call, Call::window_args(w, sizes));
+    match g.op(node) {
+        Op::Windows(w) => windowed(Call::Windows, w, [of(0)[0], of(0)[1], 0]),
+        Op::MaxPoolGather(w) => windowed(Call::MaxPoolGather, w, [of(0)[0], of(0)[1], 0]),
+        Op::MaxPoolScatter(w) => windowed(Call::MaxPoolScatter, w, [of(0)[0], of(0)[1], 0]),
+        Op::Unwindows(w) => {
+            let y = dims(g, node);
+            windowed(Call::Unwindows, w, [y[0], y[1], 0])
+        }
+        Op::Conv(w) => windowed(Call::Conv, w, [of(0)[0], of(0)[1], of(1)[0]]),
+        Op::ConvInputGrad(w) => {
+            let x = dims(g, node);
+            windowed(Call::ConvInputGrad, w, [x[0], x[1], of(1)[0]])
+        }
+        Op::ConvWeightGrad(w) => {
+            let k = dims(g, node);
+            windowed(Call::ConvWeightGrad, w, [of(0)[0], of(0)[1], k[0]])
+        }
+        &Op::Slice { axis, start, len } => {
+            let [outer, size, inner] = crate::ir::interp::around(&of(0), axis);
+            (Call::Slice, vec![outer, size, inner, start, len])
+        }
+        &Op::Concat { axis, .. } => {
+            let [outer, _, inner] = crate::ir::interp::around(&dims(g, node), axis);
+            let lens = (0..operands.len()).map(|i| of(i)[axis]);
+            let head = [outer, inner, operands.len()];
+            (Call::Concat, head.into_iter().chain(lens).collect())
+        }
+        Op::Gather => {
+            let table = of(0);
+            (
+                Call::Gather,
+                vec![numel(g, operands[1]), table[1], table[0]],
+            )
+        }
+        &Op::ScatterAdd { rows } => {
+            let width = dims(g, node)[1];
+            (Call::ScatterAdd, vec![numel(g, operands[0]), width, rows])
+        }
+        other => unreachable!("a call group anchors {}", other.name()),
     }
 }
 

@@ -70,6 +70,8 @@ pub enum Annotation {
     Real,
     /// `: class`: integer class labels.
     Class,
+    /// `: index`: integer token indices (read by `embedding`).
+    Index,
 }
 
 /// One declaration or binding in a model.

@@ -16,8 +16,8 @@ use nabla_compiler::ir::{
     BinaryOp, Dim, Graph, MAX_ELEMENTS, NodeId, Op, Shape, ShapeError, UnaryOp, interp,
 };
 use nabla_compiler::model::{
-    Binding, DropoutSpec, InputSpec, Mode, Model, ParamSpec, Prediction, PredictionKind, Role,
-    StateSpec, ValueKind,
+    Binding, CarrySpec, DropoutSpec, InputSpec, Mode, Model, ParamSpec, Prediction, PredictionKind,
+    Role, StateSpec, ValueKind,
 };
 use nabla_runtime::Init;
 
@@ -67,6 +67,8 @@ pub(crate) struct Lowerer<'f> {
     pub(crate) dropouts: Vec<DropoutSpec>,
     /// Layer state made so far.
     pub(crate) states: Vec<StateSpec>,
+    /// Recurrent state carried between generation steps (generate mode).
+    pub(crate) carries: Vec<CarrySpec>,
 }
 
 /// Lowers the file's model. Errors are every problem found, in source order.
@@ -169,6 +171,7 @@ impl<'f> Lowerer<'f> {
             mode: Mode::Train,
             dropouts: Vec::new(),
             states: Vec::new(),
+            carries: Vec::new(),
         }
     }
 
@@ -277,6 +280,7 @@ impl<'f> Lowerer<'f> {
             prediction: self.prediction,
             dropouts: std::mem::take(&mut self.dropouts),
             states: std::mem::take(&mut self.states),
+            carries: std::mem::take(&mut self.carries),
         })
     }
 
@@ -288,7 +292,11 @@ impl<'f> Lowerer<'f> {
         annotation: Annotation,
         env: &Env,
     ) -> LResult<NodeId> {
-        let shape = self.shape(dims, env, true, name.span)?;
+        let mut shape = self.shape(dims, env, true, name.span)?;
+        if self.mode == Mode::Generate && shape.rank() >= 2 {
+            // Generation feeds one token at a time: every sequence is one step long.
+            shape.0[1] = Dim::Known(1);
+        }
         let node = self
             .graph
             .input(&name.name, shape)
@@ -299,7 +307,7 @@ impl<'f> Lowerer<'f> {
             role: if target { Role::Target } else { Role::Input },
             kind: match annotation {
                 Annotation::Real => ValueKind::Real,
-                Annotation::Class => ValueKind::Class { classes: None },
+                Annotation::Class | Annotation::Index => ValueKind::Class { classes: None },
             },
         });
         Ok(node)
@@ -465,7 +473,7 @@ impl<'f> Lowerer<'f> {
                 let (x, y) = (self.expr(a, env)?, self.expr(b, env)?);
                 let operands = [(a.span, x), (b.span, y)];
                 let result = match op {
-                    BinOp::MatMul => self.graph.matmul(x, y),
+                    BinOp::MatMul => self.graph.matmul_last_axis(x, y),
                     _ => {
                         let op = match op {
                             BinOp::Add => BinaryOp::Add,

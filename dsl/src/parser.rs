@@ -299,15 +299,18 @@ impl Parser<'_> {
             return Ok(Item::Param { name, dims, init });
         }
         let annotation = if self.eat(":") {
-            let kind = self.ident("`class`")?;
-            if kind.name != "class" {
-                return Err(Diagnostic::new(
-                    format!("unknown annotation `{}`", kind.name),
-                    kind.span,
-                )
-                .label("expected `class`"));
+            let kind = self.ident("`class` or `index`")?;
+            match kind.name.as_str() {
+                "class" => Annotation::Class,
+                "index" => Annotation::Index,
+                _ => {
+                    return Err(Diagnostic::new(
+                        format!("unknown annotation `{}`", kind.name),
+                        kind.span,
+                    )
+                    .label("expected `class` or `index`"));
+                }
             }
-            Annotation::Class
         } else {
             Annotation::Real
         };

@@ -120,12 +120,10 @@ pub fn emit_kernel(b: &mut FunctionBuilder, kernel: &Kernel, target: &Target) {
             } => e.matmul([*m, *k, *n], *a, *b, *out, epilogue),
             Phase::Call {
                 call,
-                window,
-                sizes,
+                args,
                 inputs,
                 output,
-                ..
-            } => e.library(*call, window, *sizes, inputs, *output),
+            } => e.library(*call, args, inputs, *output),
         }
     }
     e.b.ins().return_(&[]);
@@ -133,57 +131,52 @@ pub fn emit_kernel(b: &mut FunctionBuilder, kernel: &Kernel, target: &Target) {
 }
 
 impl Emitter<'_, '_> {
-    /// A call into the library: the sizes, the geometry, the fill and the thread count passed
-    /// as 15 words in a stack slot (only register arguments, whatever the platform).
+    /// A call into the library: the thread count and the call's sizes as words in one stack
+    /// slot, the operands' addresses in another (only register arguments, whatever the
+    /// platform and however many operands).
     fn library(
         &mut self,
         call: crate::kernel::Call,
-        window: &crate::ir::Window,
-        sizes: [usize; 3],
+        args: &[usize],
         inputs: &[usize],
         output: usize,
     ) {
-        use cranelift_codegen::ir::{StackSlotData, StackSlotKind};
-        let geometry = [
-            window.image,
-            window.kernel,
-            window.stride,
-            window.padding,
-            window.dilation,
-        ];
-        let flags = [
-            usize::from(window.fill == crate::ir::Fill::NegInf),
-            self.t.threads as usize,
-        ];
-        let words: Vec<usize> = sizes
-            .into_iter()
-            .chain(geometry.concat())
-            .chain(flags)
+        let words: Vec<i64> = [self.t.threads as usize]
+            .iter()
+            .chain(args)
+            .map(|&w| w as i64)
             .collect();
-        let slot = self.b.create_sized_stack_slot(StackSlotData::new(
-            StackSlotKind::ExplicitSlot,
-            8 * words.len() as u32,
-            3,
-        ));
-        for (i, &v) in words.iter().enumerate() {
-            let v = self.b.ins().iconst(types::I64, v as i64);
-            self.b
-                .ins()
-                .stack_store(self.t.pointer, v, slot, 8 * i as i32);
-        }
-        let words = self.b.ins().stack_addr(self.t.pointer, slot, 0);
-        let null = self.b.ins().iconst(self.t.pointer, 0);
-        let a = self.base(inputs[0]);
-        let b = inputs.get(1).map_or(null, |&s| self.base(s));
+        let words = self.stack_array(&words.iter().map(|&w| Ok(w)).collect::<Vec<_>>());
+        let bases: Vec<Result<i64, Value>> = inputs.iter().map(|&s| Err(self.base(s))).collect();
+        let operands = self.stack_array(&bases);
         let args = [
             self.b.ins().iconst(types::I64, call.number() as i64),
-            a,
-            b,
+            operands,
             self.base(output),
             words,
         ];
         let callee = self.t.call;
         self.b.ins().call(callee, &args);
+    }
+
+    /// The address of a stack array of 64-bit words: constants (`Ok`) or values (`Err`).
+    fn stack_array(&mut self, items: &[Result<i64, Value>]) -> Value {
+        use cranelift_codegen::ir::{StackSlotData, StackSlotKind};
+        let slot = self.b.create_sized_stack_slot(StackSlotData::new(
+            StackSlotKind::ExplicitSlot,
+            8 * items.len().max(1) as u32,
+            3,
+        ));
+        for (i, item) in items.iter().enumerate() {
+            let v = match *item {
+                Ok(c) => self.b.ins().iconst(types::I64, c),
+                Err(v) => v,
+            };
+            self.b
+                .ins()
+                .stack_store(self.t.pointer, v, slot, 8 * i as i32);
+        }
+        self.b.ins().stack_addr(self.t.pointer, slot, 0)
     }
 }
 

@@ -227,41 +227,39 @@ gemm_shim!(gemm_f32, f32);
 gemm_shim!(gemm_f64, f64);
 
 /// The `nabla_call` symbol generated code calls for a [`Phase::Call`]: the library routine
-/// `call` (a [`Call`] as an integer) on the buffers `a`, `b` (null when unused) and `out`.
+/// `call` (a [`Call`] as an integer) on the buffers whose addresses `inputs` lists, writing
+/// `out`; `words` holds the thread count, then the call's sizes.
 ///
 /// [`Phase::Call`]: crate::kernel::Phase::Call
 macro_rules! call_shim {
     ($name:ident, $t:ty) => {
-        #[allow(clippy::too_many_arguments)]
         extern "C" fn $name(
             call: usize,
-            a: *const $t,
-            b: *const $t,
+            inputs: *const *const $t,
             out: *mut $t,
             words: *const usize,
         ) {
-            // SAFETY: generated code passes a valid call number and a pointer to 15 words on
-            // its stack: the 3 sizes, the geometry's 10, the fill flag and the thread count.
-            let (call, words) = unsafe { (Call::ALL[call], &*words.cast::<[usize; 15]>()) };
-            let sizes = [words[0], words[1], words[2]];
-            let geometry: &[usize; 10] = words[3..13].try_into().expect("10 words");
-            let (neg_inf, threads) = (words[13], words[14]);
-            let window = library::window(geometry, neg_inf != 0);
-            let ([a_len, b_len], out_len) = library::lengths(call, &window, sizes);
+            // SAFETY: generated code passes a valid call number, then arrays on its stack: as
+            // many sizes as the call's layout has (the count follows from the first sizes)
+            // after the thread count, and one address per operand.
+            let call = Call::ALL[call];
+            let head = unsafe { std::slice::from_raw_parts(words, 4) };
+            let count = 1 + library::arg_count(call, &head[1..]);
+            let words = unsafe { std::slice::from_raw_parts(words, count) };
+            let (threads, args) = (words[0], &words[1..]);
+            let (lens, out_len) = library::lengths(call, args);
             // SAFETY: the runtime checked every buffer against the plan, which sized them from
-            // this geometry, and the output overlaps no operand.
-            let (a, b, out) = unsafe {
-                (
-                    std::slice::from_raw_parts(a, a_len),
-                    if b_len == 0 {
-                        &[][..]
-                    } else {
-                        std::slice::from_raw_parts(b, b_len)
-                    },
-                    std::slice::from_raw_parts_mut(out, out_len),
-                )
+            // these sizes, and the output overlaps no operand.
+            let (inputs, out) = unsafe {
+                let pointers = std::slice::from_raw_parts(inputs, lens.len());
+                let inputs: Vec<&[$t]> = pointers
+                    .iter()
+                    .zip(&lens)
+                    .map(|(&p, &len)| std::slice::from_raw_parts(p, len))
+                    .collect();
+                (inputs, std::slice::from_raw_parts_mut(out, out_len))
             };
-            library::run(call, &window, sizes, (a, b), out, threads);
+            library::run(call, args, &inputs, out, threads);
         }
     };
 }
@@ -351,7 +349,7 @@ pub fn compile(
     let mut call_sig = module.make_signature();
     call_sig
         .params
-        .extend([types::I64, pointer, pointer, pointer, pointer].map(AbiParam::new));
+        .extend([types::I64, pointer, pointer, pointer].map(AbiParam::new));
     let call_id = module
         .declare_function("nabla_call", Linkage::Import, &call_sig)
         .map_err(err)?;

@@ -9,7 +9,8 @@
 
 use std::cell::RefCell;
 
-use crate::ir::{Fill, Window};
+use crate::ir::Window;
+use crate::ir::interp::row_of;
 use crate::kernel::Call;
 
 thread_local! {
@@ -37,63 +38,142 @@ impl Float for f64 {
     }
 }
 
-/// The geometry generated code passes: ten sizes and the fill.
-pub(super) fn window(sizes: &[usize; 10], neg_inf: bool) -> Window {
-    Window {
-        image: [sizes[0], sizes[1]],
-        kernel: [sizes[2], sizes[3]],
-        stride: [sizes[4], sizes[5]],
-        padding: [sizes[6], sizes[7]],
-        dilation: [sizes[8], sizes[9]],
-        fill: if neg_inf { Fill::NegInf } else { Fill::Zero },
+/// How many sizes `call` takes, from its first three.
+pub(super) fn arg_count(call: Call, head: &[usize]) -> usize {
+    match call {
+        Call::Slice => 5,
+        Call::Concat => 3 + head[2],
+        Call::Gather | Call::ScatterAdd => 3,
+        _ => 14,
     }
 }
 
 /// The element counts of a call's operands and output.
-pub(super) fn lengths(call: Call, w: &Window, [n, c, o]: [usize; 3]) -> ([usize; 2], usize) {
-    let [oh, ow] = w.output().unwrap_or_default();
-    let image = n * c * w.image[0] * w.image[1];
-    let rows = n * oh * ow * c * w.kernel[0] * w.kernel[1];
-    let weight = o * c * w.kernel[0] * w.kernel[1];
-    let outputs = n * o * oh * ow;
+pub(super) fn lengths(call: Call, args: &[usize]) -> (Vec<usize>, usize) {
     match call {
-        Call::Windows => ([image, 0], rows),
-        Call::Unwindows => ([rows, 0], image),
-        Call::Conv => ([image, weight], outputs),
-        Call::ConvInputGrad => ([outputs, weight], image),
-        Call::ConvWeightGrad => ([image, outputs], weight),
-        Call::MaxPoolGather => ([image, image], n * c * oh * ow),
-        Call::MaxPoolScatter => ([image, n * c * oh * ow], image),
+        Call::Slice => {
+            let [outer, size, inner, _, len] = args[..5] else {
+                unreachable!("five sizes")
+            };
+            (vec![outer * size * inner], outer * len * inner)
+        }
+        Call::Concat => {
+            let (outer, inner) = (args[0], args[1]);
+            let parts: Vec<usize> = args[3..].iter().map(|len| outer * len * inner).collect();
+            let total = parts.iter().sum();
+            (parts, total)
+        }
+        Call::Gather => {
+            let [indices, width, rows] = args[..3] else {
+                unreachable!("three sizes")
+            };
+            (vec![rows * width, indices], indices * width)
+        }
+        Call::ScatterAdd => {
+            let [indices, width, rows] = args[..3] else {
+                unreachable!("three sizes")
+            };
+            (vec![indices, indices * width], rows * width)
+        }
+        _ => {
+            let (w, [n, c, o]) = Call::window_of(args);
+            let [oh, ow] = w.output().unwrap_or_default();
+            let image = n * c * w.image[0] * w.image[1];
+            let rows = n * oh * ow * c * w.kernel[0] * w.kernel[1];
+            let weight = o * c * w.kernel[0] * w.kernel[1];
+            let outputs = n * o * oh * ow;
+            let pooled = n * c * oh * ow;
+            let (inputs, out) = match call {
+                Call::Windows => (vec![image], rows),
+                Call::Unwindows => (vec![rows], image),
+                Call::Conv => (vec![image, weight], outputs),
+                Call::ConvInputGrad => (vec![outputs, weight], image),
+                Call::ConvWeightGrad => (vec![image, outputs], weight),
+                Call::MaxPoolGather => (vec![image, image], pooled),
+                _ => (vec![image, pooled], image),
+            };
+            (inputs, out)
+        }
     }
 }
 
-/// Runs `call` on whole row-major buffers, convolutions on up to `threads` threads.
+/// Runs `call` on whole row-major buffers, convolutions and pooling on up to `threads`
+/// threads.
 pub(super) fn run<T: Float>(
     call: Call,
-    w: &Window,
-    sizes: [usize; 3],
-    (a, b): (&[T], &[T]),
+    args: &[usize],
+    inputs: &[&[T]],
     out: &mut [T],
     threads: usize,
 ) {
-    let [n, c, _] = sizes;
     match call {
-        Call::Windows => {
-            let fill = T::of(w.fill.value());
-            w.visit(n, c, |e, pixel| out[e] = pixel.map_or(fill, |p| a[p]));
+        Call::Slice => {
+            let [outer, size, inner, start, len] = args[..5] else {
+                unreachable!("five sizes")
+            };
+            let x = inputs[0];
+            for (o, dst) in out.chunks_exact_mut(len * inner).take(outer).enumerate() {
+                let from = (o * size + start) * inner;
+                dst.copy_from_slice(&x[from..from + len * inner]);
+            }
         }
-        Call::Unwindows => {
-            out.fill(T::zero());
-            w.visit(n, c, |e, pixel| {
-                if let Some(p) = pixel {
-                    out[p] = out[p] + a[e];
+        Call::Concat => {
+            let (outer, inner) = (args[0], args[1]);
+            let mut at = 0;
+            for o in 0..outer {
+                for (part, &len) in inputs.iter().zip(&args[3..]) {
+                    let n = len * inner;
+                    out[at..at + n].copy_from_slice(&part[o * n..(o + 1) * n]);
+                    at += n;
                 }
-            });
+            }
         }
-        Call::Conv | Call::ConvInputGrad | Call::ConvWeightGrad => {
-            convolve(call, w, sizes, a, b, out, threads)
+        Call::Gather => {
+            let width = args[1];
+            let (table, index) = (inputs[0], inputs[1]);
+            for (row, &i) in out.chunks_exact_mut(width).zip(index) {
+                match row_of(i, args[2]) {
+                    Some(r) => row.copy_from_slice(&table[r * width..(r + 1) * width]),
+                    None => row.fill(T::zero()),
+                }
+            }
         }
-        Call::MaxPoolGather | Call::MaxPoolScatter => pool(call, w, [n, c], a, b, out, threads),
+        Call::ScatterAdd => {
+            let width = args[1];
+            let (index, g) = (inputs[0], inputs[1]);
+            out.fill(T::zero());
+            for (grad, &i) in g.chunks_exact(width).zip(index) {
+                if let Some(r) = row_of(i, args[2]) {
+                    for (d, &v) in out[r * width..(r + 1) * width].iter_mut().zip(grad) {
+                        *d = *d + v;
+                    }
+                }
+            }
+        }
+        _ => {
+            let (w, sizes) = Call::window_of(args);
+            let [n, c, _] = sizes;
+            let b = inputs.get(1).copied().unwrap_or(&[]);
+            let a = inputs[0];
+            match call {
+                Call::Windows => {
+                    let fill = T::of(w.fill.value());
+                    w.visit(n, c, |e, pixel| out[e] = pixel.map_or(fill, |p| a[p]));
+                }
+                Call::Unwindows => {
+                    out.fill(T::zero());
+                    w.visit(n, c, |e, pixel| {
+                        if let Some(p) = pixel {
+                            out[p] = out[p] + a[e];
+                        }
+                    });
+                }
+                Call::MaxPoolGather | Call::MaxPoolScatter => {
+                    pool(call, &w, [n, c], a, b, out, threads)
+                }
+                _ => convolve(call, &w, sizes, a, b, out, threads),
+            }
+        }
     }
 }
 

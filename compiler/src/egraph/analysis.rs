@@ -73,7 +73,11 @@ impl Analysis<TensorNode> for TensorAnalysis {
             | Op::ConvInputGrad(_)
             | Op::ConvWeightGrad(_)
             | Op::MaxPoolGather(_)
-            | Op::MaxPoolScatter(_) => None,
+            | Op::MaxPoolScatter(_)
+            | Op::Slice { .. }
+            | Op::Concat { .. }
+            | Op::Gather
+            | Op::ScatterAdd { .. } => None,
         };
         ClassData { shape, constant }
     }

@@ -166,6 +166,54 @@ fn eval_op<T: Float>(
             });
             out
         }
+        Op::Slice { axis, start, len } => {
+            let x = args[0];
+            let [outer, size, inner] = around(&x.shape, *axis);
+            (0..outer)
+                .flat_map(|o| {
+                    let from = (o * size + start) * inner;
+                    x.data[from..from + len * inner].iter().copied()
+                })
+                .collect()
+        }
+        Op::Concat { axis, .. } => {
+            let [outer, _, _] = around(shape, *axis);
+            (0..outer)
+                .flat_map(|o| {
+                    args.iter().flat_map(move |part| {
+                        let [_, size, inner] = around(&part.shape, *axis);
+                        part.data[o * size * inner..(o + 1) * size * inner]
+                            .iter()
+                            .copied()
+                    })
+                })
+                .collect()
+        }
+        Op::Gather => {
+            let (table, index) = (args[0], args[1]);
+            let (rows, width) = (table.shape[0], table.shape[1]);
+            index
+                .data
+                .iter()
+                .flat_map(|&i| {
+                    let row = row_of(i, rows);
+                    (0..width).map(move |k| row.map_or(T::zero(), |r| table.data[r * width + k]))
+                })
+                .collect()
+        }
+        Op::ScatterAdd { rows } => {
+            let (index, g) = (args[0], args[1]);
+            let width = shape[1];
+            let mut out = vec![T::zero(); numel(shape)];
+            for (n, &i) in index.data.iter().enumerate() {
+                if let Some(r) = row_of(i, *rows) {
+                    for k in 0..width {
+                        out[r * width + k] = out[r * width + k] + g.data[n * width + k];
+                    }
+                }
+            }
+            out
+        }
         Op::Unwindows(w) => {
             let mut out = vec![T::zero(); numel(shape)];
             let (n, c) = (shape[0], shape[1]);
@@ -178,6 +226,21 @@ fn eval_op<T: Float>(
         }
     };
     Ok(Tensor::new(shape.to_vec(), data))
+}
+
+/// `[elements before axis, the axis, elements after it]` of a row-major shape.
+pub fn around(shape: &[usize], axis: usize) -> [usize; 3] {
+    [
+        shape[..axis].iter().product(),
+        shape[axis],
+        shape[axis + 1..].iter().product(),
+    ]
+}
+
+/// The table row an index stored as a float names, if it is a whole number in `0..rows`.
+pub fn row_of<T: Float>(index: T, rows: usize) -> Option<usize> {
+    let i = index.to_f64()?;
+    (i >= 0.0 && i < rows as f64 && i.fract() == 0.0).then_some(i as usize)
 }
 
 /// The three forms of convolution, directly from their definition: every window element

@@ -5,8 +5,8 @@
 //! [`Op::Broadcast`] node, inserted by the builder, so that autodiff has exactly one place that
 //! reduces a gradient back over broadcast axes. Reductions keep the reduced axes with size 1.
 //!
-//! New primitives (conv2d, pooling, gather, slicing, concatenation) are new variants with a shape
-//! rule here, an evaluation in the interpreter and a rule in the VJP table.
+//! A new primitive is a new variant with a shape rule here, an evaluation in the interpreter
+//! and a rule in the VJP table.
 
 use std::fmt;
 
@@ -473,6 +473,32 @@ pub enum Op {
     /// Its adjoint: `x [N, C, H, W]`, `g [N, C, OH, OW]` -> `[N, C, H, W]`, each element of `g`
     /// added at the position [`Op::MaxPoolGather`] reads.
     MaxPoolScatter(Window),
+    /// Elements `start .. start + len` of axis `axis`.
+    Slice {
+        /// The sliced axis.
+        axis: usize,
+        /// The first element kept.
+        start: usize,
+        /// How many are kept.
+        len: usize,
+    },
+    /// Its `parts` operands joined along `axis`, in order; every other axis is equal.
+    Concat {
+        /// The joined axis.
+        axis: usize,
+        /// How many operands.
+        parts: usize,
+    },
+    /// Rows of a table by index (an embedding): `table [V, D]`, `index [..S]` (integers stored
+    /// as floats) -> `[..S, D]`. An index outside `0..V` reads a row of zeros; the runtime
+    /// refuses such data before any program runs, so this only keeps memory safe.
+    Gather,
+    /// Its adjoint: `index [..S]`, `g [..S, D]` -> `[rows, D]`, every row of `g` added to the
+    /// row its index names (indices outside `0..rows` dropped).
+    ScatterAdd {
+        /// Rows of the table.
+        rows: usize,
+    },
 }
 
 impl Op {
@@ -488,15 +514,19 @@ impl Op {
             | Op::Reshape(_)
             | Op::Transpose(_)
             | Op::Windows(_)
-            | Op::Unwindows(_) => 1,
+            | Op::Unwindows(_)
+            | Op::Slice { .. } => 1,
             Op::Binary(_)
             | Op::MatMul
             | Op::Conv(_)
             | Op::ConvInputGrad(_)
             | Op::ConvWeightGrad(_)
             | Op::MaxPoolGather(_)
-            | Op::MaxPoolScatter(_) => 2,
+            | Op::MaxPoolScatter(_)
+            | Op::Gather
+            | Op::ScatterAdd { .. } => 2,
             Op::Select => 3,
+            Op::Concat { parts, .. } => *parts,
         }
     }
 
@@ -601,6 +631,57 @@ impl Op {
                 }
                 operands[0].clone()
             }
+            Op::Slice { axis, start, len } => {
+                let x = operands[0];
+                match x.dims().get(*axis) {
+                    Some(Dim::Known(size)) if start + len <= *size && *len > 0 => {
+                        let mut dims = x.0.clone();
+                        dims[*axis] = Dim::Known(*len);
+                        Shape(dims)
+                    }
+                    _ => {
+                        return Err(ShapeError(format!(
+                            "cannot take elements {start}..{} of axis {axis} of {x}",
+                            start + len
+                        )));
+                    }
+                }
+            }
+            Op::Concat { axis, .. } => concat_shape(operands, *axis)?,
+            Op::Gather => {
+                let (table, index) = (operands[0], operands[1]);
+                match table.dims() {
+                    [_, d] => {
+                        let mut dims = index.0.clone();
+                        dims.push(d.clone());
+                        Shape(dims)
+                    }
+                    _ => {
+                        return Err(ShapeError(format!(
+                            "a gather reads rows of a table [V, D], got {table}"
+                        )));
+                    }
+                }
+            }
+            Op::ScatterAdd { rows } => {
+                let (index, g) = (operands[0], operands[1]);
+                match g.dims().split_last() {
+                    Some((d, lead)) if lead == index.dims() => {
+                        Shape(vec![Dim::Known(*rows), d.clone()])
+                    }
+                    _ => {
+                        return Err(ShapeError(format!(
+                            "a scatter-add of rows by index {index} needs rows of shape [{}, D], got {g}",
+                            index
+                                .0
+                                .iter()
+                                .map(ToString::to_string)
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )));
+                    }
+                }
+            }
         };
         shape.check_size()?;
         Ok(shape)
@@ -659,6 +740,10 @@ impl Op {
             Op::ConvWeightGrad(_) => "conv_weight_grad",
             Op::MaxPoolGather(_) => "max_pool_gather",
             Op::MaxPoolScatter(_) => "max_pool_scatter",
+            Op::Slice { .. } => "slice",
+            Op::Concat { .. } => "concat",
+            Op::Gather => "gather",
+            Op::ScatterAdd { .. } => "scatter_add",
         }
     }
 }
@@ -672,7 +757,14 @@ impl fmt::Display for Op {
             Op::Iota { shape, axis } => write!(f, "{name} {shape} axis={axis}"),
             Op::Numel(s) | Op::Broadcast(s) | Op::Reshape(s) => write!(f, "{name} {s}"),
             Op::Reduce(_, axes) | Op::Transpose(axes) => write!(f, "{name} {axes:?}"),
-            Op::Unary(_) | Op::Binary(_) | Op::Select | Op::MatMul => write!(f, "{name}"),
+            Op::Unary(_) | Op::Binary(_) | Op::Select | Op::MatMul | Op::Gather => {
+                write!(f, "{name}")
+            }
+            Op::Slice { axis, start, len } => {
+                write!(f, "{name} axis={axis} {start}..{}", start + len)
+            }
+            Op::Concat { axis, parts } => write!(f, "{name} axis={axis} parts={parts}"),
+            Op::ScatterAdd { rows } => write!(f, "{name} rows={rows}"),
             Op::Windows(w)
             | Op::Unwindows(w)
             | Op::Conv(w)
@@ -694,6 +786,28 @@ fn reduce_shape(input: &Shape, axes: &[usize]) -> Result<Shape, ShapeError> {
         }
         dims[axis] = Dim::Known(1);
     }
+    Ok(Shape(dims))
+}
+
+fn concat_shape(parts: &[&Shape], axis: usize) -> Result<Shape, ShapeError> {
+    let first = parts
+        .first()
+        .ok_or_else(|| ShapeError("a concatenation needs at least one operand".into()))?;
+    let mut total = 0;
+    for part in parts {
+        let same_elsewhere = part.rank() == first.rank()
+            && (0..first.rank()).all(|a| a == axis || part.0[a] == first.0[a]);
+        match part.dims().get(axis) {
+            Some(Dim::Known(n)) if same_elsewhere => total += n,
+            _ => {
+                return Err(ShapeError(format!(
+                    "cannot join {first} and {part} along axis {axis}: the other axes must be equal and axis {axis} known"
+                )));
+            }
+        }
+    }
+    let mut dims = first.0.clone();
+    dims[axis] = Dim::Known(total);
     Ok(Shape(dims))
 }
 

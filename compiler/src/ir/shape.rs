@@ -18,6 +18,9 @@ pub enum Dim {
     Known(usize),
     /// A size bound later, by name (for example the batch `B`).
     Sym(Arc<str>),
+    /// A known multiple (at least 2) of a symbolic size: `[B, 64, F]` seen as rows is
+    /// `[B*64, F]`.
+    Multiple(usize, Arc<str>),
 }
 
 impl Dim {
@@ -25,7 +28,17 @@ impl Dim {
     pub fn known(&self) -> Option<usize> {
         match self {
             Dim::Known(n) => Some(*n),
-            Dim::Sym(_) => None,
+            Dim::Sym(_) | Dim::Multiple(..) => None,
+        }
+    }
+
+    /// This size times `k`.
+    pub fn times(&self, k: usize) -> Dim {
+        match self {
+            Dim::Known(n) => Dim::Known(n * k),
+            _ if k == 1 => self.clone(),
+            Dim::Sym(s) => Dim::Multiple(k, s.clone()),
+            Dim::Multiple(j, s) => Dim::Multiple(j * k, s.clone()),
         }
     }
 
@@ -46,6 +59,7 @@ impl fmt::Display for Dim {
         match self {
             Dim::Known(n) => write!(f, "{n}"),
             Dim::Sym(s) => write!(f, "{s}"),
+            Dim::Multiple(k, s) => write!(f, "{s}*{k}"),
         }
     }
 }
@@ -97,6 +111,9 @@ impl Shape {
                 .iter()
                 .map(|d| match d {
                     Dim::Sym(s) => lookup(s).map_or_else(|| d.clone(), Dim::Known),
+                    Dim::Multiple(k, s) => {
+                        lookup(s).map_or_else(|| d.clone(), |v| Dim::Known(v * k))
+                    }
                     known => known.clone(),
                 })
                 .collect(),
@@ -112,6 +129,10 @@ impl Shape {
             match d {
                 Dim::Known(n) => known = known.saturating_mul(*n as u128),
                 Dim::Sym(s) => syms.push(s.clone()),
+                Dim::Multiple(k, s) => {
+                    known = known.saturating_mul(*k as u128);
+                    syms.push(s.clone());
+                }
             }
         }
         syms.sort();
