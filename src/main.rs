@@ -31,6 +31,8 @@ enum Command {
     Eval(commands::session::WeightsArgs),
     /// Print predictions for the rows of a CSV file.
     Predict(commands::predict::Args),
+    /// Generate text from a model trained on `text(...)`, continuing a prompt.
+    Generate(commands::generate::Args),
     /// Time compilation and train steps on synthetic data of the model's shapes.
     Bench(commands::bench::Args),
     /// Draw loss and accuracy curves from a `--log` file, or a 2-D model's decision boundary.
@@ -66,6 +68,7 @@ fn main() -> ExitCode {
             Command::Train(args) => commands::train::run(args),
             Command::Eval(args) => commands::eval::run(args),
             Command::Predict(args) => commands::predict::run(args),
+            Command::Generate(args) => commands::generate::run(args),
             Command::Bench(args) => commands::bench::run(args),
             Command::Plot(args) => commands::plot::run(args),
             Command::Weights(args) => commands::weights::run(args),

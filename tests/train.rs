@@ -176,7 +176,7 @@ fn bad_data_gives_a_clear_error() {
         ),
         (
             "train t {\n  data = inline(x = [[1, 2], [3, 4]], y = [[0], [5]])\n}\n",
-            "label 5 of example 1 is not a class index in 0..3",
+            "`y` value 5 of example 1 is not an index in 0..3",
         ),
         (
             "train t {\n  data = inline(x = [[1, 2, 3]], y = [[0]])\n}\n",

@@ -281,6 +281,8 @@ pub struct ModelPrograms {
     model: Model,
     /// The model as evaluation and prediction compute it.
     eval: Model,
+    /// The model as generation computes it, one step at a time, if it has one.
+    generate: Option<Model>,
     optimizer: Optimizer,
     elem: Elem,
     /// Which optional passes run.
@@ -294,6 +296,7 @@ impl ModelPrograms {
     pub fn new(model: Model, optimizer: Optimizer, elem: Elem) -> ModelPrograms {
         ModelPrograms {
             eval: model.clone(),
+            generate: None,
             model,
             optimizer,
             elem,
@@ -307,6 +310,41 @@ impl ModelPrograms {
     pub fn with_eval(mut self, eval: Model) -> ModelPrograms {
         self.eval = eval;
         self
+    }
+
+    /// These programs with `generate` (the model lowered for generation) computing
+    /// [`ModelPrograms::generate_step`].
+    pub fn with_generation(mut self, generate: Option<Model>) -> ModelPrograms {
+        self.generate = generate;
+        self
+    }
+
+    /// One generation step for one sequence: the prediction for the fed token, with every
+    /// recurrent state read from and written back to the external buffer of its name (zeros
+    /// before the first step), and the names of those buffers with their lengths.
+    pub fn generate_step(&self) -> Result<(Program, Vec<(String, usize)>), String> {
+        let model = self
+            .generate
+            .as_ref()
+            .ok_or("the model reads no token sequence (an input like `tokens[B, 64] : index`)")?;
+        let model = bind(model, 1)?;
+        let p = model.prediction.ok_or("the model has no prediction")?;
+        let assignments = model
+            .carries
+            .iter()
+            .map(|c| (c.output, c.name.clone()))
+            .collect();
+        let carries = model
+            .carries
+            .iter()
+            .map(|c| {
+                let len = model.graph.shape(c.input).numel().unwrap_or(0);
+                (c.name.clone(), len)
+            })
+            .collect();
+        let outputs = vec![("prediction".to_string(), p.node)];
+        let compiled = self.build(&model.graph, outputs, assignments, false)?;
+        Ok((compiled.program, carries))
     }
 
     /// What the training loop needs to know, as plain data. Fails when an input has no batch

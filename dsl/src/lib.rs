@@ -23,7 +23,7 @@ pub mod parser;
 pub mod train;
 
 use nabla_compiler::ir::{Graph, NodeId};
-use nabla_compiler::model::{Mode, Model};
+use nabla_compiler::model::{Mode, Model, Role, ValueKind};
 
 pub use builtins::BUILTINS;
 pub use diagnostic::Diagnostic;
@@ -36,6 +36,9 @@ pub struct Compiled {
     pub model: Model,
     /// The model as evaluation and prediction compute it (dropout is the identity).
     pub eval_model: Model,
+    /// For a model reading token sequences: the model as generation computes it, one step at
+    /// a time with recurrent state carried in and out ([`Mode::Generate`]).
+    pub generate_model: Option<Model>,
     /// The `train` blocks, in order.
     pub trains: Vec<TrainSpec>,
     /// Where each parameter of `model.params` was declared (or its layer called).
@@ -56,6 +59,16 @@ pub fn compile(source: &str) -> Result<Compiled, Vec<Diagnostic>> {
     } else {
         lower::lower_model(&file, Mode::Eval)?.0
     };
+    let reads_tokens = model.inputs.iter().any(|i| {
+        i.role == Role::Input
+            && matches!(i.kind, ValueKind::Class { .. })
+            && model.graph.shape(i.node).rank() >= 2
+    });
+    let generate_model = if reads_tokens {
+        Some(lower::lower_model(&file, Mode::Generate)?.0)
+    } else {
+        None
+    };
     let mut trains = Vec::new();
     for def in &file.trains {
         match train::check_train(def, &model) {
@@ -67,6 +80,7 @@ pub fn compile(source: &str) -> Result<Compiled, Vec<Diagnostic>> {
         Ok(Compiled {
             model,
             eval_model,
+            generate_model,
             trains,
             param_spans,
         })

@@ -4,10 +4,12 @@
 //! Optimizer defaults are PyTorch's (`nabla_compiler::optim::Optimizer::defaults`). Schedules
 //! count `t` in epochs from 0.
 
-use nabla_compiler::model::Model;
+use nabla_compiler::ir::Dim;
+use nabla_compiler::model::{Model, Role, ValueKind};
 use nabla_compiler::optim::{Optimizer, OptimizerKind};
 use nabla_runtime::Schedule;
 use nabla_runtime::data::DataSource;
+use nabla_runtime::text::Level;
 use nabla_runtime::train::{EarlyStopping, Monitor};
 
 use crate::args::{Args, integer, number, string};
@@ -266,6 +268,46 @@ fn data(e: &Expr, model: &Model) -> Result<DataSource, Diagnostic> {
                 labels: string(a.required(1, "labels")?, "labels")?.to_string(),
             })
         }
+        "text" => {
+            let a = Args::new(name, e.span, args, 1, 1, &["path", "seq", "level"])?;
+            let path = string(a.required(0, "path")?, "path")?.to_string();
+            // The windows' length is the model's: the steps of its token input.
+            let steps = model.inputs.iter().find_map(|i| {
+                let dims = model.graph.shape(i.node).dims();
+                match (i.role, i.kind, dims) {
+                    (Role::Input, ValueKind::Class { .. }, [_, Dim::Known(t)]) => Some(*t),
+                    _ => None,
+                }
+            });
+            let Some(steps) = steps else {
+                return Err(Diagnostic::new("`text` feeds token windows, but the model has no input like `tokens[B, 64] : index`", e.span)
+                    .label("the model needs a token input")
+                    .note("declare the tokens like `input tokens[B, 64] : index` and the next tokens like `target next[B, 64] : class`"));
+            };
+            let seq = match a.named("seq") {
+                Some(v) => {
+                    let seq = integer(v, "seq", 1, 1 << 20)? as usize;
+                    if seq != steps {
+                        return Err(Diagnostic::new(format!("windows of {seq} tokens do not fit the model's token input of {steps} steps"), v.span)
+                            .label(format!("expected {steps}, or leave `seq` out")));
+                    }
+                    seq
+                }
+                None => steps,
+            };
+            let level = match a.named("level") {
+                None => Level::Char,
+                Some(v) => match string(v, "level")? {
+                    "char" => Level::Char,
+                    "word" => Level::Word,
+                    other => {
+                        return Err(Diagnostic::new(format!("unknown text level \"{other}\""), v.span)
+                            .label("expected \"char\" or \"word\""));
+                    }
+                },
+            };
+            Ok(DataSource::Text { path, level, seq })
+        }
         "xor" | "circle" | "gauss" | "spiral" => {
             let a = Args::new(name, e.span, args, 1, 2, &["n", "noise"])?;
             let n = integer(a.required(0, "n")?, "n", 1, 10_000_000)? as usize;
@@ -273,8 +315,8 @@ fn data(e: &Expr, model: &Model) -> Result<DataSource, Diagnostic> {
             Ok(DataSource::Toy { kind: name.to_string(), n, noise })
         }
         other => Err(Diagnostic::new(format!("unknown data source `{other}`"), e.span)
-            .suggesting(other, ["inline", "csv", "mnist", "idx", "xor", "circle", "gauss", "spiral"])
-            .label("expected inline(...), mnist(dir), idx(images = ..., labels = ...), csv(file, ...), xor(n), circle(n), gauss(n) or spiral(n)")),
+            .suggesting(other, ["inline", "csv", "mnist", "idx", "text", "xor", "circle", "gauss", "spiral"])
+            .label("expected inline(...), mnist(dir), idx(images = ..., labels = ...), csv(file, ...), text(file), xor(n), circle(n), gauss(n) or spiral(n)")),
     }
 }
 

@@ -9,6 +9,7 @@
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
+use crate::text::{self, Level, Vocabulary};
 use crate::{Rng, files};
 
 /// The largest data file nabla reads, and the largest IDX body (after gunzipping): 1 GiB.
@@ -42,6 +43,15 @@ pub enum DataSource {
         /// Whether the first row is a header; `None`: only when none of its fields is a number.
         header: Option<bool>,
     },
+    /// A text as windows of tokens ([`crate::text::windows`]).
+    Text {
+        /// The file.
+        path: String,
+        /// Characters or words.
+        level: Level,
+        /// Tokens per window.
+        seq: usize,
+    },
     /// A generated 2-D toy dataset.
     Toy {
         /// `xor`, `circle`, `gauss` or `spiral`.
@@ -73,6 +83,9 @@ pub struct Dataset {
     pub rows: usize,
     /// Where it came from, for error messages.
     pub origin: String,
+    /// For windows of a text: its vocabulary. The examples are then consecutive pieces of
+    /// one text, and a held-out part is its tail.
+    pub vocabulary: Option<Vocabulary>,
 }
 
 impl Dataset {
@@ -100,12 +113,14 @@ impl Dataset {
             columns,
             rows: rows.len(),
             origin,
+            vocabulary: self.vocabulary.clone(),
         }
     }
 
     /// Splits off a random `fraction` of the examples (chosen with `seed`, at least one) as a
-    /// validation set: `(training, validation)`, each in the original order. An error when
-    /// either part would be empty.
+    /// validation set: `(training, validation)`, each in the original order; for windows of a
+    /// text, the last `fraction` of them (a contiguous part of the text, so no window straddles
+    /// the split). An error when either part would be empty.
     pub fn hold_out(&self, fraction: f64, seed: u64) -> Result<(Dataset, Dataset), String> {
         let held = ((self.rows as f64 * fraction).round() as usize).max(1);
         if held >= self.rows {
@@ -117,7 +132,11 @@ impl Dataset {
             ));
         }
         let mut order: Vec<usize> = (0..self.rows).collect();
-        Rng::stream(seed, &[HOLD_OUT_STREAM]).shuffle(&mut order);
+        if self.vocabulary.is_some() {
+            order.rotate_left(self.rows - held);
+        } else {
+            Rng::stream(seed, &[HOLD_OUT_STREAM]).shuffle(&mut order);
+        }
         let (mut validation, mut training) = (order[..held].to_vec(), order[held..].to_vec());
         validation.sort_unstable();
         training.sort_unstable();
@@ -206,6 +225,9 @@ pub fn load(
             columns,
             header,
         } => csv(&resolve(path, base), columns, *header),
+        DataSource::Text { path, level, seq } => {
+            text::windows(&resolve(path, base), *level, *seq, input, target)
+        }
         DataSource::Toy { kind, n, noise } => Ok(toy(kind, *n, *noise, input, target, seed)),
     }
 }
@@ -236,6 +258,7 @@ fn inline(columns: &[(String, Vec<f64>, Vec<usize>)]) -> Result<Dataset, DataErr
         columns: out,
         rows: rows.unwrap_or(0),
         origin: "inline data".into(),
+        vocabulary: None,
     })
 }
 
@@ -333,6 +356,7 @@ fn idx_pair(images: &Path, labels: &Path, input: &str, target: &str) -> Result<D
         ],
         rows,
         origin: format!("`{}`", labels.display()),
+        vocabulary: None,
     })
 }
 
@@ -422,6 +446,7 @@ fn csv(
         columns: out,
         rows,
         origin: format!("`{}`", path.display()),
+        vocabulary: None,
     })
 }
 
@@ -499,6 +524,7 @@ fn toy(kind: &str, n: usize, noise: f64, input: &str, target: &str, seed: u64) -
         ],
         rows: n,
         origin: format!("{kind}({n})"),
+        vocabulary: None,
     }
 }
 

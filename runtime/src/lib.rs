@@ -14,6 +14,7 @@ pub mod program;
 pub mod resume;
 pub mod rng;
 pub mod schedule;
+pub mod text;
 pub mod train;
 
 pub use buffer::{AllocError, Buffer, Elem, available_memory};

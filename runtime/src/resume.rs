@@ -57,13 +57,14 @@ pub fn size_limit(info: &ModelInfo) -> u64 {
     8 * (2 * params + states) + (1 << 20)
 }
 
-/// Writes the run atomically to `path`.
+/// Writes the run atomically to `path`, with `metadata` (the vocabulary of a text model)
+/// besides the run's own.
 pub fn save(
     path: &Path,
     info: &ModelInfo,
     store: &Store,
-    state: &State,
-    run: &Run,
+    (state, run): (&State, &Run),
+    mut metadata: HashMap<String, String>,
 ) -> Result<(), String> {
     let mut tensors = parameters(info, store);
     for (name, shape) in &info.states {
@@ -79,10 +80,8 @@ pub fn save(
             ));
         }
     }
-    let metadata = HashMap::from([
-        (RUN_KEY.to_string(), to_json(run)),
-        (POSITION_KEY.to_string(), to_json(&state.position)),
-    ]);
+    metadata.insert(RUN_KEY.to_string(), to_json(run));
+    metadata.insert(POSITION_KEY.to_string(), to_json(&state.position));
     checkpoint::save(path, &tensors, metadata)
 }
 
@@ -248,7 +247,7 @@ mod tests {
             batch: 4,
             lr: 0.1,
         };
-        save(&path, &info, &store, &state, &run).unwrap();
+        save(&path, &info, &store, (&state, &run), HashMap::new()).unwrap();
         let (loaded, loaded_state, loaded_run) = load(&path, &info, Elem::F32).unwrap();
         assert_eq!(loaded["w"].f32s(), store["w"].f32s());
         assert_eq!(loaded["w#momentum"].f32s(), store["w#momentum"].f32s());

@@ -72,6 +72,17 @@ pub struct ModelInfo {
     pub masks: Vec<Mask>,
 }
 
+impl ModelInfo {
+    /// Predictions one example makes: one per position of a class target (a class at every
+    /// step of a sequence), else one.
+    pub fn predictions_per_example(&self) -> usize {
+        match (self.prediction, self.feeds.iter().find(|f| f.target)) {
+            (PredictionKind::Classes, Some(t)) if t.classes.is_some() => t.row_len.max(1),
+            _ => 1,
+        }
+    }
+}
+
 /// A dropout mask: `row_len` values per example, each `1 / (1 - p)` with probability `1 - p`
 /// and 0 otherwise.
 #[derive(Clone, Debug, PartialEq)]
@@ -321,6 +332,17 @@ pub fn init_store(info: &ModelInfo, seed: u64, elem: Elem) -> Result<Store, Stri
 /// the right size and valid class labels.
 pub fn validate(info: &ModelInfo, data: &Dataset, inputs_only: bool) -> Result<(), String> {
     for feed in info.feeds.iter().filter(|f| !(inputs_only && f.target)) {
+        if let (Some(v), Some(classes)) = (&data.vocabulary, feed.classes)
+            && v.tokens.len() > classes
+        {
+            return Err(format!(
+                "{} has {} distinct tokens, but `{}` takes indices in 0..{classes}: give the model's embedding (and its output layer) {} rows",
+                data.origin,
+                v.tokens.len(),
+                feed.name,
+                v.tokens.len()
+            ));
+        }
         let column = data
             .column(&feed.name)
             .ok_or_else(|| format!("{} has no values for `{}`", data.origin, feed.name))?;
@@ -341,9 +363,15 @@ pub fn validate(info: &ModelInfo, data: &Dataset, inputs_only: bool) -> Result<(
                 .enumerate()
                 .find(|(_, v)| v.fract() != 0.0 || **v < 0.0 || **v >= classes as f32)
         {
+            let (row, at) = (i / feed.row_len.max(1), i % feed.row_len.max(1));
+            let position = if feed.row_len > 1 {
+                format!(", position {at}")
+            } else {
+                String::new()
+            };
             return Err(format!(
-                "{}: label {v} of example {i} is not a class index in 0..{classes}",
-                data.origin
+                "{}: `{}` value {v} of example {row}{position} is not an index in 0..{classes}",
+                data.origin, feed.name
             ));
         }
     }
@@ -476,12 +504,14 @@ impl Tally {
     }
 
     fn accuracy(&self, info: &ModelInfo) -> Option<f64> {
+        let predictions = self.examples * info.predictions_per_example();
         (info.prediction != PredictionKind::Regression)
-            .then(|| self.correct as f64 / self.examples.max(1) as f64)
+            .then(|| self.correct as f64 / predictions.max(1) as f64)
     }
 }
 
-/// How many predictions in the batch match their targets.
+/// How many predictions in the batch match their targets; a model predicting a class at every
+/// position of a sequence makes one prediction per position.
 fn correct(info: &ModelInfo, prediction: &Buffer, data: &Dataset, rows: &[usize]) -> usize {
     let Some(target) = info
         .feeds
@@ -491,20 +521,24 @@ fn correct(info: &ModelInfo, prediction: &Buffer, data: &Dataset, rows: &[usize]
     else {
         return 0;
     };
-    let per_row = prediction.len() / rows.len().max(1);
-    rows.iter()
-        .enumerate()
-        .filter(|&(slot, &row)| {
-            let label = target.values[row * target.row_len];
+    let positions = info.predictions_per_example();
+    let per_row = prediction.len() / (rows.len() * positions).max(1);
+    let mut correct = 0;
+    for (slot, &row) in rows.iter().enumerate() {
+        for at in 0..positions {
+            let label = target.values[row * target.row_len + at];
             let expected = match info.prediction {
                 PredictionKind::Classes => label as usize,
                 _ => usize::from(label > 0.5),
             };
-            info.prediction
-                .class_of(per_row, |i| prediction.get(slot * per_row + i))
-                == Some(expected)
-        })
-        .count()
+            let first = (slot * positions + at) * per_row;
+            let predicted = info
+                .prediction
+                .class_of(per_row, |i| prediction.get(first + i));
+            correct += usize::from(predicted == Some(expected));
+        }
+    }
+    correct
 }
 
 /// Training data, and the data evaluated after every epoch.
@@ -1095,6 +1129,7 @@ pub fn synthetic(info: &ModelInfo, rows: usize, seed: u64) -> Dataset {
         columns,
         rows,
         origin: "synthetic data".into(),
+        vocabulary: None,
     }
 }
 

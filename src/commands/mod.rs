@@ -11,6 +11,7 @@ pub mod bench;
 pub mod check;
 pub mod diff;
 pub mod eval;
+pub mod generate;
 pub mod gradcheck;
 pub mod graph;
 pub mod plot;

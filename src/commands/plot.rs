@@ -287,6 +287,7 @@ fn boundary(session: &mut Session, store: &mut Store) -> Result<Figure, Failure>
         }],
         rows: GRID * GRID,
         origin: "the plotting grid".into(),
+        vocabulary: None,
     };
     let predictions = train::predict(
         &session.info,

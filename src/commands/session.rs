@@ -69,7 +69,8 @@ pub fn open(file: &Path, config: Option<&str>) -> Result<Session, Failure> {
         spec.optimizer.clone(),
         Elem::F32,
     )
-    .with_eval(loaded.compiled.eval_model.clone());
+    .with_eval(loaded.compiled.eval_model.clone())
+    .with_generation(loaded.compiled.generate_model.clone());
     let info = programs.info().map_err(Failure::Message)?;
     let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
     Ok(Session {

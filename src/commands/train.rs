@@ -2,6 +2,7 @@
 //! per epoch, and saves the parameters; checkpoints, resumes, stops early, guards against
 //! divergence, saves on Ctrl-C, logs metrics and draws them.
 
+use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use console::Term;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle, TermLike};
 use nabla_runtime::resume::{self, Run};
+use nabla_runtime::text::VOCABULARY_KEY;
 use nabla_runtime::train::{self, Finish, Progress, Report, Settings, State, Store, TrainError};
 use nabla_runtime::{Elem, Schedule, checkpoint, files};
 use serde_json::json;
@@ -158,6 +160,12 @@ pub fn run(args: Args) -> Outcome {
         session.check_memory(settings.batch)?;
     }
     let (train_data, validation) = session.train_and_validation_data(settings.seed)?;
+    // A text model's vocabulary goes into every file it saves, for `nabla generate`.
+    let metadata: HashMap<String, String> = train_data
+        .vocabulary
+        .iter()
+        .map(|v| (VOCABULARY_KEY.to_string(), v.to_metadata()))
+        .collect();
     let test_data = session.test_data()?;
     let total_steps = train::total_steps(&settings, train_data.rows).map_err(Failure::Message)?;
     if state.position.step >= total_steps {
@@ -258,10 +266,16 @@ pub fn run(args: Args) -> Outcome {
         let p = &state.position;
         if settings.early_stopping.is_some() && p.best_epoch == p.epoch {
             let params = resume::parameters(&session.info, store);
-            checkpoint::save(&dir.join(BEST), &params, Default::default())?;
+            checkpoint::save(&dir.join(BEST), &params, metadata.clone())?;
         }
         if p.epoch.is_multiple_of(every) || last {
-            resume::save(&dir.join(LAST), &session.info, store, state, &run)?;
+            resume::save(
+                &dir.join(LAST),
+                &session.info,
+                store,
+                (state, &run),
+                metadata.clone(),
+            )?;
         }
         Ok(())
     };
@@ -299,7 +313,13 @@ pub fn run(args: Args) -> Outcome {
         out!("{last_line}");
     }
     if finish == Finish::Interrupted {
-        return interrupted_run(&args, &session, &store, &state, &run, total_steps);
+        return interrupted_run(
+            &args,
+            &session,
+            &store,
+            (&state, &run, metadata),
+            total_steps,
+        );
     }
     if let Finish::EarlyStopped { epoch, best_epoch } = finish
         && !args.json
@@ -320,7 +340,7 @@ pub fn run(args: Args) -> Outcome {
     }
     if let Some(path) = &args.save {
         let params = resume::parameters(&session.info, &store);
-        checkpoint::save(path, &params, Default::default()).map_err(Failure::Message)?;
+        checkpoint::save(path, &params, metadata).map_err(Failure::Message)?;
         if !args.json {
             out!(
                 "saved {} to {}",
@@ -534,8 +554,7 @@ fn interrupted_run(
     args: &Args,
     session: &Session,
     store: &Store,
-    state: &State,
-    run: &Run,
+    (state, run, metadata): (&State, &Run, HashMap<String, String>),
     total_steps: usize,
 ) -> Outcome {
     let p = &state.position;
@@ -552,7 +571,8 @@ fn interrupted_run(
         .or_else(|| args.save.as_ref().map(|s| (s.clone(), s.clone())));
     match target {
         Some((path, resume_from)) => {
-            resume::save(&path, &session.info, store, state, run).map_err(Failure::Message)?;
+            resume::save(&path, &session.info, store, (state, run), metadata)
+                .map_err(Failure::Message)?;
             eprintln!(
                 "{at}: saved the run to {}; continue it with `nabla train {} --resume {}`",
                 path.display(),

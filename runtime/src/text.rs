@@ -1,0 +1,166 @@
+//! Text as token indices: a vocabulary (the sorted distinct characters or words of a text),
+//! training windows cut from the token stream, and the way back from indices to text for
+//! generation. The vocabulary travels with the weights (safetensors metadata under
+//! [`VOCABULARY_KEY`]), so generation uses exactly the indices training used.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use crate::data::{Column, DataError, Dataset, MAX_FILE_BYTES};
+use crate::files;
+
+/// The metadata key of a weights file's vocabulary.
+pub const VOCABULARY_KEY: &str = "nabla.vocabulary";
+
+/// What one token is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    /// One Unicode character.
+    Char,
+    /// One run of non-whitespace characters; text is rejoined with single spaces.
+    Word,
+}
+
+/// The tokens of a text, sorted, each index standing for one.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Vocabulary {
+    /// Characters or words.
+    pub level: Level,
+    /// The tokens, sorted; a token's index is its position.
+    pub tokens: Vec<String>,
+}
+
+/// `text` cut into tokens at `level`.
+pub fn tokens(text: &str, level: Level) -> Vec<&str> {
+    match level {
+        Level::Char => text
+            .char_indices()
+            .map(|(i, c)| &text[i..i + c.len_utf8()])
+            .collect(),
+        Level::Word => text.split_whitespace().collect(),
+    }
+}
+
+impl Vocabulary {
+    /// The distinct tokens of `text`, sorted.
+    pub fn of(text: &str, level: Level) -> Vocabulary {
+        let distinct: BTreeSet<&str> = tokens(text, level).into_iter().collect();
+        Vocabulary {
+            level,
+            tokens: distinct.into_iter().map(str::to_string).collect(),
+        }
+    }
+
+    /// The index of every token of `text`, or an error naming the first token (and where it
+    /// is) that the vocabulary lacks.
+    pub fn encode(&self, text: &str) -> Result<Vec<usize>, String> {
+        tokens(text, self.level)
+            .into_iter()
+            .enumerate()
+            .map(|(at, token)| {
+                self.tokens
+                    .binary_search_by(|t| t.as_str().cmp(token))
+                    .map_err(|_| {
+                        let what = match self.level {
+                            Level::Char => "character",
+                            Level::Word => "word",
+                        };
+                        format!(
+                            "{what} {token:?} (token {at} of the text) is not in the model's vocabulary of {} {what}s",
+                            self.tokens.len()
+                        )
+                    })
+            })
+            .collect()
+    }
+
+    /// The text of a token index (empty for one outside the vocabulary, which a model never
+    /// predicts).
+    pub fn decode(&self, index: usize) -> &str {
+        self.tokens.get(index).map_or("", String::as_str)
+    }
+
+    /// What goes between two decoded tokens.
+    pub fn separator(&self) -> &'static str {
+        match self.level {
+            Level::Char => "",
+            Level::Word => " ",
+        }
+    }
+
+    /// As weights-file metadata.
+    pub fn to_metadata(&self) -> String {
+        serde_json::to_string(self).expect("a vocabulary serialises")
+    }
+
+    /// From weights-file metadata.
+    pub fn from_metadata(value: &str) -> Result<Vocabulary, String> {
+        let v: Vocabulary = serde_json::from_str(value)
+            .map_err(|e| format!("its vocabulary is unreadable: {e}"))?;
+        if v.tokens.windows(2).any(|w| w[0] >= w[1]) {
+            return Err("its vocabulary is not sorted and distinct".into());
+        }
+        Ok(v)
+    }
+}
+
+/// A text file as training windows: every `seq` consecutive tokens feed `input`, and the
+/// tokens one further on are `target`'s classes (next-token prediction). Windows do not
+/// overlap and keep the text's order, so a held-out tail is a contiguous part of the text.
+pub fn windows(
+    path: &Path,
+    level: Level,
+    seq: usize,
+    input: &str,
+    target: &str,
+) -> Result<Dataset, DataError> {
+    let bytes = files::read_limited(path, "text file", MAX_FILE_BYTES).map_err(DataError)?;
+    let text = std::str::from_utf8(&bytes).map_err(|e| {
+        DataError(format!(
+            "`{}` is not UTF-8 text: invalid byte at offset {}",
+            path.display(),
+            e.valid_up_to()
+        ))
+    })?;
+    let vocabulary = Vocabulary::of(text, level);
+    let ids = vocabulary.encode(text).map_err(DataError)?;
+    let rows = ids.len().saturating_sub(1) / seq.max(1);
+    if rows == 0 {
+        return Err(DataError(format!(
+            "`{}` has {} tokens, too few for one window of {seq} tokens and the one after it",
+            path.display(),
+            ids.len()
+        )));
+    }
+    let column = |name: &str, shift: usize| Column {
+        name: name.to_string(),
+        row_len: seq,
+        values: (0..rows * seq).map(|i| ids[i + shift] as f32).collect(),
+    };
+    Ok(Dataset {
+        columns: vec![column(input, 0), column(target, 1)],
+        rows,
+        origin: format!("`{}`", path.display()),
+        vocabulary: Some(vocabulary),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_vocabulary_is_sorted_and_round_trips() {
+        let v = Vocabulary::of("hello world", Level::Char);
+        assert_eq!(v.tokens.concat(), " dehlorw");
+        let ids = v.encode("held").unwrap();
+        let text: String = ids.iter().map(|&i| v.decode(i)).collect();
+        assert_eq!(text, "held");
+        assert!(v.encode("help").unwrap_err().contains("\"p\" (token 3"));
+        let back = Vocabulary::from_metadata(&v.to_metadata()).unwrap();
+        assert_eq!(back, v);
+        let words = Vocabulary::of("to be or not to be", Level::Word);
+        assert_eq!(words.tokens, ["be", "not", "or", "to"]);
+    }
+}
