@@ -258,3 +258,146 @@ fn an_index_outside_the_table_reads_zeros_and_gets_no_gradient() {
     assert_eq!(expected[0].data, [(0.75 + 3.0) / 6.0]);
     assert_eq!(expected[1].data[..3], [0.0; 3]);
 }
+
+/// A fresh directory for one test's files.
+fn temp(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("nabla-seq-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A small character model over `text.txt` in `dir`.
+fn text_model(dir: &std::path::Path, text: &[u8]) -> String {
+    std::fs::write(dir.join("text.txt"), text).unwrap();
+    let file = dir.join("m.nn");
+    std::fs::write(
+        &file,
+        "model m {
+  input  tokens[B, 8] : index
+  target next[B, 8] : class
+  h      = gru(embedding(tokens, 12, 4), 8)
+  logits = dense(h, 12)
+  loss   = cross_entropy(logits, next)
+}
+train default {
+  data       = text(\"text.txt\")
+  validation = 0.2
+  optimizer  = adam(0.01)
+  batch      = 4
+  epochs     = 2
+}
+",
+    )
+    .unwrap();
+    file.display().to_string()
+}
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_trained_text_model_generates_reproducibly_from_the_cli() {
+    let dir = temp("generate");
+    let file = text_model(&dir, "to be or not to be ".repeat(40).as_bytes());
+    let weights = dir.join("w.safetensors").display().to_string();
+    let out = common::nabla(&["train", &file, "--save", &weights, "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let last: serde_json::Value =
+        serde_json::from_str(stdout(&out).lines().last().unwrap()).unwrap();
+    assert!(
+        last["val_loss"].as_f64().is_some(),
+        "validation is reported: {last}"
+    );
+    let generate = |seed: &str, prompt: &str| {
+        common::nabla(&[
+            "generate",
+            &file,
+            "--weights",
+            &weights,
+            "--prompt",
+            prompt,
+            "--length",
+            "40",
+            "--seed",
+            seed,
+            "--top-k",
+            "3",
+        ])
+    };
+    let (a, b, c) = (
+        generate("1", "to be"),
+        generate("1", "to be"),
+        generate("2", "to be"),
+    );
+    assert!(a.status.success(), "{}", stderr(&a));
+    assert_eq!(stdout(&a), stdout(&b), "a seed fixes the text");
+    assert_ne!(stdout(&a), stdout(&c), "another seed draws another text");
+    let text = stdout(&a);
+    assert!(
+        text.starts_with("to be") && text.trim_end().chars().count() >= 40,
+        "{text:?}"
+    );
+    let bad = generate("1", "to bez");
+    assert!(!bad.status.success());
+    assert!(
+        stderr(&bad).contains("\"z\" (token 5 of the text) is not in the model's vocabulary"),
+        "{}",
+        stderr(&bad)
+    );
+}
+
+#[test]
+fn bad_text_and_bad_token_indices_get_clear_errors() {
+    let dir = temp("errors");
+    let train = |file: &str| common::nabla(&["train", file, "--epochs", "1"]);
+    let file = text_model(&dir, b"");
+    let out = train(&file);
+    assert!(
+        stderr(&out).contains("has 0 tokens, too few for one window of 8 tokens"),
+        "{}",
+        stderr(&out)
+    );
+    let file = text_model(&dir, b"abc\xff\xfedef ghij klmn");
+    let out = train(&file);
+    assert!(
+        stderr(&out).contains("is not UTF-8 text: invalid byte at offset 3"),
+        "{}",
+        stderr(&out)
+    );
+    let file = text_model(&dir, "abcdefghijklmnopqrstuvwxyz".repeat(3).as_bytes());
+    let out = train(&file);
+    assert!(
+        stderr(&out).contains("has 26 distinct tokens, but `tokens` takes indices in 0..12"),
+        "{}",
+        stderr(&out)
+    );
+    // Indices given as numbers are checked before any program runs.
+    let inline = dir.join("inline.nn");
+    std::fs::write(
+        &inline,
+        "model m {
+  input  tokens[B, 3] : index
+  target y[B] : class
+  logits = dense(last(rnn(embedding(tokens, 4, 2), 3)), 2)
+  loss   = cross_entropy(logits, y)
+}
+train default {
+  data = inline(tokens = [[0, 1, 2], [3, 9, 1]], y = [[0], [1]])
+}
+",
+    )
+    .unwrap();
+    let out = train(&inline.display().to_string());
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("`tokens` value 9 of example 1, position 1 is not an index in 0..4"),
+        "{}",
+        stderr(&out)
+    );
+}

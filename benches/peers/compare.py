@@ -12,6 +12,7 @@ import sys
 
 NABLA = "target/release/nabla"
 PEERS = "benches/peers/mlp.py"
+CHAR_RNN = "benches/peers/char_rnn.py"
 
 
 def run_json(command):
@@ -67,6 +68,11 @@ def main():
     torch = peer_bench("torch", "cnn", 64, args.steps // 4)
     rows.append(("MNIST CNN, batch 64, step ms", f"{ours['step_ms']:.3f}", f"{torch['step_ms']:.3f}", "-",
                  f"{torch['step_ms'] / ours['step_ms']:.2f}x faster", ">= 1.2x torch"))
+    ours = nabla_bench("examples/char_rnn.nn", 32, args.steps // 4)
+    torch = run_json([sys.executable, CHAR_RNN, "--steps", "0", "--time", str(args.steps // 4)])
+    rows.append(("char-RNN (T = 64), batch 32, step ms", f"{ours['step_ms']:.3f}", f"{torch['step_ms']:.3f}", "-",
+                 f"{torch['step_ms'] / ours['step_ms']:.2f}x faster", ">= 1.5x torch"))
+    rows.append(("  compile of its train step, ms", f"{ours['compile_ms']:.1f}", "-", "-", "", "< 1000"))
     ours = mnist
     theirs = run_json([sys.executable, PEERS, "--framework", "torch", "--mnist", "data/mnist"])
     rows.append(("5-epoch MNIST recipe: peak RSS MB", f"{ours['peak_rss_mb']:.0f}", f"{theirs['peak_rss_mb']:.0f}", "-",
