@@ -6,10 +6,10 @@
 use std::collections::HashMap;
 
 use nabla_compiler::gradcheck::{self, Config};
-use nabla_compiler::ir::{NodeId, Tensor, interp};
+use nabla_compiler::ir::Tensor;
 use nabla_compiler::pipeline::{JitEvaluator, Passes};
 use nabla_compiler::{autodiff, model::Model};
-use nabla_runtime::{Elem, Rng};
+use nabla_runtime::Elem;
 use proptest::prelude::*;
 
 mod common;
@@ -42,8 +42,7 @@ fn compare(m: &Model, batch: usize, seed: u64, elem: Elem, tol: f64) -> Result<(
     Ok(())
 }
 
-/// The loss and every gradient of `m` at batch `batch`, compiled in `elem` with `passes`,
-/// compared with the interpreter in f64 to `tol` (relative to the magnitude of the values).
+/// [`common::compiled_matches_interpreter`] with `passes` and the initial parameters.
 fn compare_with(
     m: &Model,
     batch: usize,
@@ -52,26 +51,8 @@ fn compare_with(
     tol: f64,
     passes: Passes,
 ) -> Result<(), String> {
-    let mut m = m.clone();
-    m.bind(&|_| Some(batch)).map_err(|e| e.0)?;
-    let (graph, loss, grads) = m.gradient_graph().map_err(|e| e.to_string())?;
-    let roots: Vec<NodeId> = std::iter::once(loss).chain(grads).collect();
-    let feeds = gradcheck::random_feeds(&m, &graph, &mut Rng::seeded(seed), false);
-    let expected = interp::eval(&graph, &feeds, &roots).map_err(|e| e.to_string())?;
-    let actual = JitEvaluator::with_passes(elem, passes)
-        .eval(&graph, &feeds, &roots)
-        .map_err(|e| e.to_string())?;
-    for (i, (e, a)) in expected.iter().zip(&actual).enumerate() {
-        let scale = e.data.iter().fold(1.0f64, |s, v| s.max(v.abs()));
-        for (j, (x, y)) in e.data.iter().zip(&a.data).enumerate() {
-            if (x - y).is_nan() || (x - y).abs() > tol * scale {
-                return Err(format!(
-                    "root {i} element {j}: interpreter {x}, compiled {y}"
-                ));
-            }
-        }
-    }
-    Ok(())
+    let evaluator = JitEvaluator::with_passes(elem, passes);
+    common::compiled_matches_interpreter(m, batch, seed, evaluator, tol, false)
 }
 
 proptest! {

@@ -7,10 +7,10 @@ use std::collections::HashMap;
 
 use nabla_compiler::autodiff;
 use nabla_compiler::gradcheck::{self, Config};
-use nabla_compiler::ir::{NodeId, Tensor, interp};
+use nabla_compiler::ir::{Tensor, interp};
 use nabla_compiler::model::Model;
 use nabla_compiler::pipeline::JitEvaluator;
-use nabla_runtime::{Elem, Rng};
+use nabla_runtime::Elem;
 use proptest::prelude::*;
 
 mod common;
@@ -63,30 +63,10 @@ fn recurrent_source(
     )
 }
 
-/// The loss and every gradient by the interpreter and by compiled code, equal to `tol`
-/// relative to each result's largest magnitude.
+/// Compiled code on two threads against the interpreter, random parameters.
 fn compare(m: &Model, batch: usize, seed: u64, elem: Elem, tol: f64) -> Result<(), String> {
-    let mut m = m.clone();
-    m.bind(&|_| Some(batch)).map_err(|e| e.0)?;
-    let (graph, loss, grads) = m.gradient_graph().map_err(|e| e.to_string())?;
-    let roots: Vec<NodeId> = std::iter::once(loss).chain(grads).collect();
-    let feeds = gradcheck::random_feeds(&m, &graph, &mut Rng::seeded(seed), true);
-    let expected = interp::eval(&graph, &feeds, &roots).map_err(|e| e.to_string())?;
-    let actual = JitEvaluator::new(elem)
-        .with_threads(2)
-        .eval(&graph, &feeds, &roots)
-        .map_err(|e| e.to_string())?;
-    for (i, (e, a)) in expected.iter().zip(&actual).enumerate() {
-        let scale = e.data.iter().fold(1.0f64, |s, v| s.max(v.abs()));
-        for (j, (x, y)) in e.data.iter().zip(&a.data).enumerate() {
-            if (x - y).is_nan() || (x - y).abs() > tol * scale {
-                return Err(format!(
-                    "root {i} element {j}: interpreter {x}, compiled {y}"
-                ));
-            }
-        }
-    }
-    Ok(())
+    let evaluator = JitEvaluator::new(elem).with_threads(2);
+    common::compiled_matches_interpreter(m, batch, seed, evaluator, tol, true)
 }
 
 proptest! {

@@ -11,8 +11,45 @@ pub fn nabla(args: &[&str]) -> std::process::Output {
         .expect("the nabla binary runs")
 }
 
+use nabla_compiler::gradcheck;
+use nabla_compiler::ir::{NodeId, interp};
 use nabla_compiler::model::Model;
+use nabla_compiler::pipeline::JitEvaluator;
+use nabla_runtime::Rng;
 use proptest::prelude::*;
+
+/// The loss and every gradient of `m` at batch `batch`, by `evaluator`'s compiled code and by
+/// the interpreter in f64, equal to `tol` relative to each result's largest magnitude; inputs
+/// (and, with `random_params`, parameters) drawn from `seed`.
+pub fn compiled_matches_interpreter(
+    m: &Model,
+    batch: usize,
+    seed: u64,
+    evaluator: JitEvaluator,
+    tol: f64,
+    random_params: bool,
+) -> Result<(), String> {
+    let mut m = m.clone();
+    m.bind(&|_| Some(batch)).map_err(|e| e.0)?;
+    let (graph, loss, grads) = m.gradient_graph().map_err(|e| e.to_string())?;
+    let roots: Vec<NodeId> = std::iter::once(loss).chain(grads).collect();
+    let feeds = gradcheck::random_feeds(&m, &graph, &mut Rng::seeded(seed), random_params);
+    let expected = interp::eval(&graph, &feeds, &roots).map_err(|e| e.to_string())?;
+    let actual = evaluator
+        .eval(&graph, &feeds, &roots)
+        .map_err(|e| e.to_string())?;
+    for (i, (e, a)) in expected.iter().zip(&actual).enumerate() {
+        let scale = e.data.iter().fold(1.0f64, |s, v| s.max(v.abs()));
+        for (j, (x, y)) in e.data.iter().zip(&a.data).enumerate() {
+            if (x - y).is_nan() || (x - y).abs() > tol * scale {
+                return Err(format!(
+                    "root {i} element {j}: interpreter {x}, compiled {y}"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
 
 pub fn model(source: &str) -> Model {
     match nabla_dsl::compile(source) {
