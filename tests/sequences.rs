@@ -381,3 +381,25 @@ train default {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_model_tied_to_whole_windows_trains_but_does_not_generate() {
+    let compiled = nabla_dsl::compile(
+        "model f {
+  input  tokens[B, 4] : index
+  target y[B] : class
+  logits = dense(flatten(embedding(tokens, 5, 3)), 5)
+  loss   = cross_entropy(logits, y)
+}",
+    )
+    .unwrap();
+    assert!(compiled.generate_model.is_none());
+    let recurrent = nabla_dsl::compile(&recurrent_source(5, 3, 4, 2, &[2], true)).unwrap();
+    let carries = &recurrent.generate_model.unwrap().carries;
+    let names: Vec<&str> = carries.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["h0.h", "h0.c"],
+        "an LSTM carries its state and its cell"
+    );
+}

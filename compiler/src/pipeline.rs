@@ -326,7 +326,7 @@ impl ModelPrograms {
         let model = self
             .generate
             .as_ref()
-            .ok_or("the model reads no token sequence (an input like `tokens[B, 64] : index`)")?;
+            .ok_or("the model cannot generate: it needs a token input like `tokens[B, 64] : index` and shapes that allow one token at a time (no layer may depend on the whole window, like `dense(flatten(...))`)")?;
         let model = bind(model, 1)?;
         let p = model.prediction.ok_or("the model has no prediction")?;
         let assignments = model

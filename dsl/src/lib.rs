@@ -36,8 +36,8 @@ pub struct Compiled {
     pub model: Model,
     /// The model as evaluation and prediction compute it (dropout is the identity).
     pub eval_model: Model,
-    /// For a model reading token sequences: the model as generation computes it, one step at
-    /// a time with recurrent state carried in and out ([`Mode::Generate`]).
+    /// For a model reading token sequences that can run one step at a time: the model as
+    /// generation computes it, recurrent state carried in and out ([`Mode::Generate`]).
     pub generate_model: Option<Model>,
     /// The `train` blocks, in order.
     pub trains: Vec<TrainSpec>,
@@ -64,11 +64,12 @@ pub fn compile(source: &str) -> Result<Compiled, Vec<Diagnostic>> {
             && matches!(i.kind, ValueKind::Class { .. })
             && model.graph.shape(i.node).rank() >= 2
     });
-    let generate_model = if reads_tokens {
-        Some(lower::lower_model(&file, Mode::Generate)?.0)
-    } else {
-        None
-    };
+    // A model whose shapes tie it to whole windows (flattening a sequence into a dense
+    // layer) cannot run one token at a time; it trains all the same, without generation.
+    let generate_model = reads_tokens
+        .then(|| lower::lower_model(&file, Mode::Generate).ok())
+        .flatten()
+        .map(|(m, _)| m);
     let mut trains = Vec::new();
     for def in &file.trains {
         match train::check_train(def, &model) {
