@@ -69,7 +69,8 @@ pub fn compile(source: &str) -> Result<Compiled, Vec<Diagnostic>> {
     let generate_model = reads_tokens
         .then(|| lower::lower_model(&file, Mode::Generate).ok())
         .flatten()
-        .map(|(m, _)| m);
+        .map(|(m, _)| m)
+        .filter(|g| same_parameters(&model, g));
     let mut trains = Vec::new();
     for def in &file.trains {
         match train::check_train(def, &model) {
@@ -88,6 +89,17 @@ pub fn compile(source: &str) -> Result<Compiled, Vec<Diagnostic>> {
     } else {
         Err(errors)
     }
+}
+
+/// Whether two lowerings of a file have parameters of the same names and shapes.
+fn same_parameters(a: &Model, b: &Model) -> bool {
+    let shapes = |m: &Model| -> Vec<(String, nabla_compiler::ir::Shape)> {
+        m.params
+            .iter()
+            .map(|p| (p.name.clone(), m.graph.shape(p.node).clone()))
+            .collect()
+    };
+    shapes(a) == shapes(b)
 }
 
 /// [`compile`] for raw bytes, reporting invalid UTF-8 at its position.
