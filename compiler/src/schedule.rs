@@ -777,11 +777,11 @@ fn call_of(g: &Graph, node: NodeId) -> (Call, Vec<usize>) {
             windowed(Call::ConvWeightGrad, w, [of(0)[0], of(0)[1], k[0]])
         }
         &Op::Slice { axis, start, len } => {
-            let [outer, size, inner] = crate::ir::interp::around(&of(0), axis);
+            let [outer, size, inner] = crate::ir::around(&of(0), axis);
             (Call::Slice, vec![outer, size, inner, start, len])
         }
         &Op::Concat { axis, .. } => {
-            let [outer, _, inner] = crate::ir::interp::around(&dims(g, node), axis);
+            let [outer, _, inner] = crate::ir::around(&dims(g, node), axis);
             let lens = (0..operands.len()).map(|i| of(i)[axis]);
             let head = [outer, inner, operands.len()];
             (Call::Concat, head.into_iter().chain(lens).collect())

@@ -141,13 +141,13 @@ impl Emitter<'_, '_> {
         inputs: &[usize],
         output: usize,
     ) {
-        let words: Vec<i64> = [self.t.threads as usize]
+        let words: Vec<Value> = [self.t.threads as usize]
             .iter()
             .chain(args)
-            .map(|&w| w as i64)
+            .map(|&w| self.b.ins().iconst(types::I64, w as i64))
             .collect();
-        let words = self.stack_array(&words.iter().map(|&w| Ok(w)).collect::<Vec<_>>());
-        let bases: Vec<Result<i64, Value>> = inputs.iter().map(|&s| Err(self.base(s))).collect();
+        let words = self.stack_array(&words);
+        let bases: Vec<Value> = inputs.iter().map(|&s| self.base(s)).collect();
         let operands = self.stack_array(&bases);
         let args = [
             self.b.ins().iconst(types::I64, call.number() as i64),
@@ -159,19 +159,15 @@ impl Emitter<'_, '_> {
         self.b.ins().call(callee, &args);
     }
 
-    /// The address of a stack array of 64-bit words: constants (`Ok`) or values (`Err`).
-    fn stack_array(&mut self, items: &[Result<i64, Value>]) -> Value {
+    /// The address of a stack array holding `items`, 64-bit words.
+    fn stack_array(&mut self, items: &[Value]) -> Value {
         use cranelift_codegen::ir::{StackSlotData, StackSlotKind};
         let slot = self.b.create_sized_stack_slot(StackSlotData::new(
             StackSlotKind::ExplicitSlot,
             8 * items.len().max(1) as u32,
             3,
         ));
-        for (i, item) in items.iter().enumerate() {
-            let v = match *item {
-                Ok(c) => self.b.ins().iconst(types::I64, c),
-                Err(v) => v,
-            };
+        for (i, &v) in items.iter().enumerate() {
             self.b
                 .ins()
                 .stack_store(self.t.pointer, v, slot, 8 * i as i32);

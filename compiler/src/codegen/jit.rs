@@ -247,19 +247,15 @@ macro_rules! call_shim {
             let count = 1 + library::arg_count(call, &head[1..]);
             let words = unsafe { std::slice::from_raw_parts(words, count) };
             let (threads, args) = (words[0], &words[1..]);
-            let (lens, out_len) = library::lengths(call, args);
             // SAFETY: the runtime checked every buffer against the plan, which sized them from
-            // these sizes, and the output overlaps no operand.
-            let (inputs, out) = unsafe {
-                let pointers = std::slice::from_raw_parts(inputs, lens.len());
-                let inputs: Vec<&[$t]> = pointers
-                    .iter()
-                    .zip(&lens)
-                    .map(|(&p, &len)| std::slice::from_raw_parts(p, len))
-                    .collect();
-                (inputs, std::slice::from_raw_parts_mut(out, out_len))
+            // these sizes, and the output overlaps no operand; generated code passes one
+            // address per operand.
+            let input = |i: usize| unsafe {
+                std::slice::from_raw_parts(*inputs.add(i), library::length(call, args, Some(i)))
             };
-            library::run(call, args, &inputs, out, threads);
+            let out =
+                unsafe { std::slice::from_raw_parts_mut(out, library::length(call, args, None)) };
+            library::run(call, args, input, out, threads);
         }
     };
 }

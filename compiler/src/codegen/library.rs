@@ -48,32 +48,41 @@ pub(super) fn arg_count(call: Call, head: &[usize]) -> usize {
     }
 }
 
-/// The element counts of a call's operands and output.
-pub(super) fn lengths(call: Call, args: &[usize]) -> (Vec<usize>, usize) {
+/// How many operands `call` reads.
+pub(super) fn operand_count(call: Call, args: &[usize]) -> usize {
     match call {
+        Call::Concat => args[2],
+        Call::Windows | Call::Unwindows | Call::Slice => 1,
+        _ => 2,
+    }
+}
+
+/// The element count of operand `i` of a call, or of its output for `None`.
+pub(super) fn length(call: Call, args: &[usize], operand: Option<usize>) -> usize {
+    if call == Call::Concat {
+        let (outer, inner) = (args[0], args[1]);
+        let axis: usize = match operand {
+            Some(i) => args[3 + i],
+            None => args[3..].iter().sum(),
+        };
+        return outer * axis * inner;
+    }
+    let (operands, out): ([usize; 2], usize) = match call {
         Call::Slice => {
             let [outer, size, inner, _, len] = args[..5] else {
                 unreachable!("five sizes")
             };
-            (vec![outer * size * inner], outer * len * inner)
+            ([outer * size * inner, 0], outer * len * inner)
         }
-        Call::Concat => {
-            let (outer, inner) = (args[0], args[1]);
-            let parts: Vec<usize> = args[3..].iter().map(|len| outer * len * inner).collect();
-            let total = parts.iter().sum();
-            (parts, total)
-        }
-        Call::Gather => {
+        Call::Gather | Call::ScatterAdd => {
             let [indices, width, rows] = args[..3] else {
                 unreachable!("three sizes")
             };
-            (vec![rows * width, indices], indices * width)
-        }
-        Call::ScatterAdd => {
-            let [indices, width, rows] = args[..3] else {
-                unreachable!("three sizes")
-            };
-            (vec![indices, indices * width], rows * width)
+            if call == Call::Gather {
+                ([rows * width, indices], indices * width)
+            } else {
+                ([indices, indices * width], rows * width)
+            }
         }
         _ => {
             let (w, [n, c, o]) = Call::window_of(args);
@@ -83,26 +92,26 @@ pub(super) fn lengths(call: Call, args: &[usize]) -> (Vec<usize>, usize) {
             let weight = o * c * w.kernel[0] * w.kernel[1];
             let outputs = n * o * oh * ow;
             let pooled = n * c * oh * ow;
-            let (inputs, out) = match call {
-                Call::Windows => (vec![image], rows),
-                Call::Unwindows => (vec![rows], image),
-                Call::Conv => (vec![image, weight], outputs),
-                Call::ConvInputGrad => (vec![outputs, weight], image),
-                Call::ConvWeightGrad => (vec![image, outputs], weight),
-                Call::MaxPoolGather => (vec![image, image], pooled),
-                _ => (vec![image, pooled], image),
-            };
-            (inputs, out)
+            match call {
+                Call::Windows => ([image, 0], rows),
+                Call::Unwindows => ([rows, 0], image),
+                Call::Conv => ([image, weight], outputs),
+                Call::ConvInputGrad => ([outputs, weight], image),
+                Call::ConvWeightGrad => ([image, outputs], weight),
+                Call::MaxPoolGather => ([image, image], pooled),
+                _ => ([image, pooled], image),
+            }
         }
-    }
+    };
+    operand.map_or(out, |i| operands[i])
 }
 
-/// Runs `call` on whole row-major buffers, convolutions and pooling on up to `threads`
-/// threads.
-pub(super) fn run<T: Float>(
+/// Runs `call` on whole row-major buffers (operand `i` is `input(i)`), convolutions and
+/// pooling on up to `threads` threads.
+pub(super) fn run<'a, T: Float>(
     call: Call,
     args: &[usize],
-    inputs: &[&[T]],
+    input: impl Fn(usize) -> &'a [T],
     out: &mut [T],
     threads: usize,
 ) {
@@ -111,7 +120,7 @@ pub(super) fn run<T: Float>(
             let [outer, size, inner, start, len] = args[..5] else {
                 unreachable!("five sizes")
             };
-            let x = inputs[0];
+            let x = input(0);
             for (o, dst) in out.chunks_exact_mut(len * inner).take(outer).enumerate() {
                 let from = (o * size + start) * inner;
                 dst.copy_from_slice(&x[from..from + len * inner]);
@@ -121,7 +130,7 @@ pub(super) fn run<T: Float>(
             let (outer, inner) = (args[0], args[1]);
             let mut at = 0;
             for o in 0..outer {
-                for (part, &len) in inputs.iter().zip(&args[3..]) {
+                for (part, &len) in (0..args[2]).map(&input).zip(&args[3..]) {
                     let n = len * inner;
                     out[at..at + n].copy_from_slice(&part[o * n..(o + 1) * n]);
                     at += n;
@@ -130,7 +139,7 @@ pub(super) fn run<T: Float>(
         }
         Call::Gather => {
             let width = args[1];
-            let (table, index) = (inputs[0], inputs[1]);
+            let (table, index) = (input(0), input(1));
             for (row, &i) in out.chunks_exact_mut(width).zip(index) {
                 match row_of(i, args[2]) {
                     Some(r) => row.copy_from_slice(&table[r * width..(r + 1) * width]),
@@ -140,7 +149,7 @@ pub(super) fn run<T: Float>(
         }
         Call::ScatterAdd => {
             let width = args[1];
-            let (index, g) = (inputs[0], inputs[1]);
+            let (index, g) = (input(0), input(1));
             out.fill(T::zero());
             for (grad, &i) in g.chunks_exact(width).zip(index) {
                 if let Some(r) = row_of(i, args[2]) {
@@ -153,8 +162,12 @@ pub(super) fn run<T: Float>(
         _ => {
             let (w, sizes) = Call::window_of(args);
             let [n, c, _] = sizes;
-            let b = inputs.get(1).copied().unwrap_or(&[]);
-            let a = inputs[0];
+            let a = input(0);
+            let b = if operand_count(call, args) > 1 {
+                input(1)
+            } else {
+                &[]
+            };
             match call {
                 Call::Windows => {
                     let fill = T::of(w.fill.value());

@@ -10,7 +10,7 @@ use num_traits::Float;
 
 use super::graph::{Graph, NodeId};
 use super::op::{BinaryOp, Op, ReduceOp, UnaryOp};
-use super::shape::{broadcast_strides, strides};
+use super::shape::{around, broadcast_strides, strides};
 
 /// A dense row-major tensor of concrete shape.
 #[derive(Clone, Debug, PartialEq)]
@@ -226,15 +226,6 @@ fn eval_op<T: Float>(
         }
     };
     Ok(Tensor::new(shape.to_vec(), data))
-}
-
-/// `[elements before axis, the axis, elements after it]` of a row-major shape.
-pub fn around(shape: &[usize], axis: usize) -> [usize; 3] {
-    [
-        shape[..axis].iter().product(),
-        shape[axis],
-        shape[axis + 1..].iter().product(),
-    ]
 }
 
 /// The table row an index stored as a float names, if it is a whole number in `0..rows`.

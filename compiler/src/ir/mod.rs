@@ -12,4 +12,4 @@ pub mod verify;
 pub use graph::{DType, Graph, Node, NodeId};
 pub use interp::{EvalError, Tensor};
 pub use op::{BinaryOp, Fill, Op, ReduceOp, Scalar, UnaryOp, Window};
-pub use shape::{Dim, MAX_ELEMENTS, Shape, ShapeError, broadcast_strides, strides};
+pub use shape::{Dim, MAX_ELEMENTS, Shape, ShapeError, around, broadcast_strides, strides};

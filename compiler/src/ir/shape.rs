@@ -244,6 +244,16 @@ impl fmt::Display for Shape {
     }
 }
 
+/// `[elements before axis, the axis, elements after it]` of a row-major shape: how slices and
+/// concatenations see a tensor.
+pub fn around(shape: &[usize], axis: usize) -> [usize; 3] {
+    [
+        shape[..axis].iter().product(),
+        shape[axis],
+        shape[axis + 1..].iter().product(),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
