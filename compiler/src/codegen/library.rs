@@ -8,9 +8,11 @@
 //! [`Phase::Call`]: crate::kernel::Phase::Call
 
 use std::cell::RefCell;
+use std::sync::Mutex;
 
 use crate::ir::Window;
 use crate::ir::interp::row_of;
+use super::parallel;
 use crate::kernel::Call;
 
 thread_local! {
@@ -191,7 +193,7 @@ pub(super) fn run<'a, T: Float>(
 }
 
 /// The three forms of convolution, one image at a time, images split into `threads` bands of
-/// consecutive images run on rayon's pool. Each image's windows go to a scratch buffer `cols
+/// consecutive images run on the fork-join pool. Each image's windows go to a scratch buffer `cols
 /// [CKK, P]` (CKK = channels times kernel elements, one row per kernel element; P = output
 /// positions, contiguous), and with the weight `W [O, CKK]`:
 /// - `Conv`: `y_n [O, P] = W @ cols`;
@@ -217,7 +219,7 @@ fn convolve<T: Float>(
     match call {
         Call::Conv => {
             let mut parts: Vec<&mut [T]> = split(out, (0..bands).map(|k| band(k).len() * o * p));
-            for_each_band(&mut parts, |k, y| {
+            for_each_band(&mut parts, threads, |k, y| {
                 with_scratch(ckk * p, |cols| {
                     for (j, i) in band(k).enumerate() {
                         im2col(w, c, &a[i * image..(i + 1) * image], cols);
@@ -237,7 +239,7 @@ fn convolve<T: Float>(
         }
         Call::ConvInputGrad => {
             let mut parts: Vec<&mut [T]> = split(out, (0..bands).map(|k| band(k).len() * image));
-            for_each_band(&mut parts, |k, dx| {
+            for_each_band(&mut parts, threads, |k, dx| {
                 dx.fill(T::zero());
                 with_scratch(ckk * p, |cols| {
                     for (j, i) in band(k).enumerate() {
@@ -260,7 +262,7 @@ fn convolve<T: Float>(
             let mut partial = vec![T::zero(); (bands - 1) * o * ckk];
             let mut parts: Vec<&mut [T]> = vec![&mut *out];
             parts.extend(partial.chunks_mut(o * ckk));
-            for_each_band(&mut parts, |k, dw| {
+            for_each_band(&mut parts, threads, |k, dw| {
                 dw.fill(T::zero());
                 with_scratch(ckk * p, |cols| {
                     for i in band(k) {
@@ -309,7 +311,7 @@ fn pool<T: Float>(
         image
     };
     let mut parts = split(out, (0..bands).map(|k| band(k).len() * per_image));
-    for_each_band(&mut parts, |k, out| {
+    for_each_band(&mut parts, threads, |k, out| {
         let images = band(k);
         let x = &x[images.start * image..images.end * image];
         if call == Call::MaxPoolGather {
@@ -341,16 +343,16 @@ fn split<T>(mut buffer: &mut [T], lengths: impl Iterator<Item = usize>) -> Vec<&
     parts
 }
 
-/// Runs `f(k, part)` for every part, on rayon's pool when there are several.
-fn for_each_band<T: Send>(parts: &mut [&mut [T]], f: impl Fn(usize, &mut [T]) + Sync) {
-    if parts.len() == 1 {
-        return f(0, parts[0]);
-    }
-    rayon::scope(|scope| {
-        for (k, part) in parts.iter_mut().enumerate() {
-            let f = &f;
-            scope.spawn(move |_| f(k, part));
-        }
+/// Runs `f(k, part)` for every part, on up to `threads` threads.
+fn for_each_band<T: Send>(
+    parts: &mut [&mut [T]],
+    threads: usize,
+    f: impl Fn(usize, &mut [T]) + Sync,
+) {
+    let parts: Vec<Mutex<&mut [T]>> = parts.iter_mut().map(|p| Mutex::new(&mut **p)).collect();
+    parallel::for_each_part(parts.len(), threads, &|k| {
+        let mut part = parts[k].lock().unwrap_or_else(|e| e.into_inner());
+        f(k, &mut part)
     });
 }
 
