@@ -257,17 +257,27 @@ fn must_store(
 }
 
 /// Whether `id` is a transpose a matrix product can read as an operand without a copy:
-/// of a value that is in memory anyway (an input, a parameter, a product, a reduction, or an
-/// elementwise value, which the transpose makes stored).
+/// of a value that is in memory anyway (an input, a parameter, a product, a reduction, a
+/// library call's result, or an elementwise value, which the transpose makes stored), or of a
+/// reshape of one (a reshape is a view of its operand's buffer).
 pub fn transposed_in_place(graph: &Graph, id: NodeId) -> bool {
     matches!(graph.op(id), Op::Transpose(_))
         && graph.operands(id).first().is_some_and(|&x| {
-            let op = graph.op(x);
+            let base = reshape_base(graph, x);
+            let op = graph.op(base);
             is_leaf(op)
                 || is_elementwise(op)
                 || is_call(op)
                 || matches!(op, Op::MatMul | Op::Reduce(..))
         })
+}
+
+/// The first node under a chain of reshapes.
+pub fn reshape_base(graph: &Graph, mut node: NodeId) -> NodeId {
+    while matches!(graph.op(node), Op::Reshape(_)) {
+        node = graph.operands(node)[0];
+    }
+    node
 }
 
 /// The stored values (and the leaves) that computing `id` from its operands reads, each with

@@ -717,7 +717,7 @@ impl Lowering<'_> {
             Op::Reshape(_) => {
                 // A reshape of something in memory reads its buffer in the new shape; of a
                 // scalar constant, the constant.
-                let base = reshape_base(g, node);
+                let base = fusion::reshape_base(g, node);
                 return match self.slots.of.get(&base) {
                     Some(&slot) => {
                         let coeffs = index.offset(&dims(g, node), b.loop_vars);
@@ -799,14 +799,6 @@ fn call_of(g: &Graph, node: NodeId) -> (Call, Vec<usize>) {
         }
         other => unreachable!("a call group anchors {}", other.name()),
     }
-}
-
-/// The first node under a chain of reshapes.
-fn reshape_base(graph: &Graph, mut node: NodeId) -> NodeId {
-    while matches!(graph.op(node), Op::Reshape(_)) {
-        node = graph.operands(node)[0];
-    }
-    node
 }
 
 fn push(b: &mut PhaseBuilder, node: NodeId, index: &IndexMap, expr: Expr) -> usize {
