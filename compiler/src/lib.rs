@@ -8,6 +8,7 @@
 
 pub mod algebra;
 pub mod autodiff;
+pub mod batch;
 pub mod codegen;
 pub mod egraph;
 pub mod fusion;

@@ -11,7 +11,8 @@ use nabla_runtime::train::{
 use nabla_runtime::{Buffer, Elem, Executable, Program};
 
 use crate::codegen::jit::{self, CodegenError, Compiled};
-use crate::egraph::{self, Limits, RuleSet};
+use crate::batch;
+use crate::egraph::{self, Limits, RuleSet, Simplified};
 use crate::fusion;
 use crate::ir::{Dim, EvalError, Graph, NodeId, Shape, ShapeError, Tensor};
 use crate::model::{Model, Role, ValueKind};
@@ -117,16 +118,7 @@ pub fn plan(request: &Request) -> Result<Trace, CompileError> {
         .chain(request.assignments.iter().map(|(n, _)| *n))
         .collect();
     let started = std::time::Instant::now();
-    let simplified = if request.passes.simplify {
-        let rules = if request.passes.fast_math {
-            RuleSet::FastMath
-        } else {
-            RuleSet::Ieee
-        };
-        egraph::simplify(request.graph, &roots, &Limits::default(), rules)?
-    } else {
-        egraph::Simplified::unchanged(request.graph, &roots)
-    };
+    let simplified = simplify(request.graph, &roots, request.passes)?;
     let simplify_ms = elapsed_ms(started);
     if debug_level() >= 1 {
         eprintln!(
@@ -160,6 +152,29 @@ pub fn plan(request: &Request) -> Result<Trace, CompileError> {
         schedule_ms: elapsed_ms(started),
         codegen_ms: 0.0,
     })
+}
+
+/// The simplifications `passes` asks for: e-graph rewriting, then batching sums of matrix
+/// products; with `simplify` off, what `roots` need copied unchanged.
+pub fn simplify(graph: &Graph, roots: &[NodeId], passes: Passes) -> Result<Simplified, ShapeError> {
+    if !passes.simplify {
+        return Ok(Simplified::unchanged(graph, roots));
+    }
+    let rules = if passes.fast_math {
+        RuleSet::FastMath
+    } else {
+        RuleSet::Ieee
+    };
+    let mut simplified = egraph::simplify(graph, roots, &Limits::default(), rules)?;
+    let batched = batch::batch_products(&simplified.graph, &simplified.roots)?;
+    match batched.sums {
+        0 => {}
+        1 => simplified.report += "; 1 sum of products batched",
+        n => simplified.report += &format!("; {n} sums of products batched"),
+    }
+    simplified.graph = batched.graph;
+    simplified.roots = batched.roots;
+    Ok(simplified)
 }
 
 fn elapsed_ms(since: std::time::Instant) -> f64 {

@@ -7,11 +7,11 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::ValueEnum;
-use nabla_compiler::egraph::{self, Limits, RuleSet, Simplified};
+use nabla_compiler::egraph::Simplified;
 use nabla_compiler::fusion;
 use nabla_compiler::ir::{Graph, NodeId, text};
 use nabla_compiler::optim;
-use nabla_compiler::pipeline::{Inspection, ModelPrograms, Passes};
+use nabla_compiler::pipeline::{self, Inspection, ModelPrograms, Passes};
 use nabla_runtime::Elem;
 use serde_json::json;
 
@@ -94,11 +94,6 @@ pub fn run(args: Args) -> Outcome {
     let compiled = &loaded.compiled;
     let (optimizer, train_batch) = first_train(compiled);
     let passes = args.passes.passes();
-    let rules = if passes.fast_math {
-        RuleSet::FastMath
-    } else {
-        RuleSet::Ieee
-    };
     if args.stats || matches!(args.stage, Stage::Fused | Stage::Clif) {
         let batch = args.batch.unwrap_or(train_batch);
         let mut programs = ModelPrograms::new(compiled.model.clone(), optimizer, Elem::F32);
@@ -143,7 +138,7 @@ pub fn run(args: Args) -> Outcome {
             if args.stage == Stage::Grad || !passes.simplify {
                 (step.graph, roots, None)
             } else {
-                let s = egraph::simplify(&step.graph, &roots, &Limits::default(), rules)
+                let s = pipeline::simplify(&step.graph, &roots, passes)
                     .map_err(|e| Failure::Message(e.0))?;
                 let note = format!(
                     "simplified {} nodes to {} ({})",

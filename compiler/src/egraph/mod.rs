@@ -65,27 +65,11 @@ pub struct Simplified {
 impl Simplified {
     /// What `roots` need of `graph`, copied unsimplified (for `--no-simplify`).
     pub fn unchanged(graph: &Graph, roots: &[NodeId]) -> Simplified {
-        let nodes = graph.ancestors(roots);
-        let mut out = Graph::new();
-        out.dtype = graph.dtype;
-        let mut new_id: HashMap<NodeId, NodeId> = HashMap::new();
-        for &id in &nodes {
-            let operands: Vec<NodeId> = graph.operands(id).iter().map(|o| new_id[o]).collect();
-            let copy = out
-                .node(graph.op(id).clone(), &operands)
-                .expect("a well-shaped graph copies");
-            if let Some(label) = &graph.get(id).label {
-                out.label(copy, label);
-            }
-            if let Some(builtin) = &graph.get(id).builtin {
-                out.tag_builtin(copy, builtin);
-            }
-            new_id.insert(id, copy);
-        }
+        let (out, roots) = graph.extract(roots);
         Simplified {
-            roots: roots.iter().map(|r| new_id[r]).collect(),
+            nodes_before: out.len(),
+            roots,
             graph: out,
-            nodes_before: nodes.len(),
             report: "not simplified".into(),
             stop_reason: "not simplified".into(),
             rules_fired: Vec::new(),

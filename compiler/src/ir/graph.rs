@@ -176,6 +176,29 @@ impl Graph {
             .collect()
     }
 
+    /// A new graph of what `roots` need, with the roots' ids in it; labels carry over.
+    pub fn extract(&self, roots: &[NodeId]) -> (Graph, Vec<NodeId>) {
+        let mut out = Graph::new();
+        out.dtype = self.dtype;
+        let mut new_id: HashMap<NodeId, NodeId> = HashMap::new();
+        for id in self.ancestors(roots) {
+            let operands: Vec<NodeId> = self.operands(id).iter().map(|o| new_id[o]).collect();
+            let copy = out
+                .node(self.op(id).clone(), &operands)
+                .expect("a well-shaped graph copies");
+            let node = self.get(id);
+            if let Some(label) = &node.label {
+                out.label(copy, label);
+            }
+            if let Some(builtin) = &node.builtin {
+                out.tag_builtin(copy, builtin);
+            }
+            new_id.insert(id, copy);
+        }
+        let roots = roots.iter().map(|r| new_id[r]).collect();
+        (out, roots)
+    }
+
     /// Replaces every symbolic dimension that `lookup` knows by its number, in place, and checks
     /// every shape again.
     pub fn bind(&mut self, lookup: &dyn Fn(&str) -> Option<usize>) -> Result<(), ShapeError> {
