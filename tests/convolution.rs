@@ -1,6 +1,6 @@
 //! Convolution and pooling: their definitions (PyTorch's semantics) on small inputs worked by
 //! hand, compiled code against the interpreter at random geometries (strides, paddings,
-//! dilations, channel counts, odd sizes; one and two threads), and gradient checks.
+//! dilations, channel counts and groups, odd sizes; one and two threads), and gradient checks.
 
 use std::collections::HashMap;
 
@@ -67,6 +67,27 @@ fn convolution_is_pytorchs_cross_correlation() {
         .unwrap()
         .data;
     assert_eq!(grad_w, &vec![at(0, 0), at(0, 1), at(1, 0), at(1, 1)]);
+}
+
+#[test]
+fn grouped_convolution_convolves_each_group_with_its_filters() {
+    // Two input channels in two groups, four 1x1 filters: output channels 0 and 1 read input
+    // channel 0, channels 2 and 3 read channel 1 (PyTorch's `groups`), weight [4, 1, 1, 1].
+    let m = model(
+        "model g {
+  input x[B, 2, 1, 2]
+  y = conv2d(x, 4, 1, groups = 2, bias = false, init = [[[[2]]], [[[3]]], [[[5]]], [[[7]]]])
+  loss = sum(y * y) / 2
+}",
+    );
+    let x = [1.0, 2.0, 10.0, 20.0];
+    let out = run(&m, &x, &[1, 2, 1, 2]);
+    let y = [2.0, 4.0, 3.0, 6.0, 50.0, 100.0, 70.0, 140.0];
+    assert_eq!(out[0].data, [y.iter().map(|v| v * v).sum::<f64>() / 2.0]);
+    // dL/dw[o] = sum over the output's pixels of y * x of its group's channel.
+    let grad_w = &out.iter().find(|t| t.shape == [4, 1, 1, 1]).unwrap().data;
+    let group = |o: usize, g: usize| y[2 * o] * x[2 * g] + y[2 * o + 1] * x[2 * g + 1];
+    assert_eq!(grad_w, &vec![group(0, 0), group(1, 0), group(2, 1), group(3, 1)]);
 }
 
 #[test]
@@ -141,13 +162,18 @@ fn average_pooling_counts_the_padding() {
 
 /// A model of one convolution layer (`[kernel, stride, padding, dilation]`) and one pooling,
 /// or `None` where the geometry does not fit.
-fn cnn(c: usize, hw: [usize; 2], out: usize, geometry: [usize; 4], pool: &str) -> Option<Model> {
+fn cnn(
+    [c, out, groups]: [usize; 3],
+    hw: [usize; 2],
+    geometry: [usize; 4],
+    pool: &str,
+) -> Option<Model> {
     let [k, stride, padding, dilation] = geometry;
     let source = format!(
         "model c {{
   input x[B, {c}, {}, {}]
   target t[B] : class
-  y = relu(conv2d(x, {out}, {k}, stride = {stride}, padding = {padding}, dilation = {dilation}))
+  y = relu(conv2d(x, {out}, {k}, stride = {stride}, padding = {padding}, dilation = {dilation}, groups = {groups}))
   p = {pool}
   loss = cross_entropy(dense(flatten(p), 3), t)
 }}",
@@ -161,12 +187,14 @@ proptest! {
 
     #[test]
     fn compiled_convolutions_match_the_interpreter_and_pass_gradcheck(
-        c in 1usize..4, h in 3usize..10, w in 3usize..10, out in 1usize..4, k in 1usize..4,
+        groups in 1usize..3, c in 1usize..3, h in 3usize..10, w in 3usize..10, out in 1usize..3,
+        k in 1usize..4,
         stride in 1usize..3, padding in 0usize..3, dilation in 1usize..3, batch in 1usize..5,
         pool in prop::sample::select(vec!["max_pool2d(y, 2, stride = 1)", "avg_pool2d(y, 2, padding = 1)", "max_pool2d(y, [1, 2], padding = [0, 1])", "y"]),
         seed in 0u64..1000,
     ) {
-        let Some(m) = cnn(c, [h, w], out, [k, stride, padding, dilation], pool) else {
+        let channels = [groups * c, groups * out, groups];
+        let Some(m) = cnn(channels, [h, w], [k, stride, padding, dilation], pool) else {
             return Err(TestCaseError::reject("the geometry does not fit"));
         };
         let mut bound = m.clone();
@@ -217,7 +245,7 @@ fn wrong_conv_rule(
 
 #[test]
 fn gradcheck_catches_a_wrong_convolution_gradient() {
-    let m = cnn(2, [6, 5], 3, [3, 1, 1, 1], "max_pool2d(y, 2)").expect("fits");
+    let m = cnn([2, 3, 1], [6, 5], [3, 1, 1, 1], "max_pool2d(y, 2)").expect("fits");
     let config = Config {
         cases: 2,
         samples: 12,

@@ -301,8 +301,10 @@ impl Lowerer<'_> {
     }
 
     /// `conv2d(x, out_channels, kernel, stride = 1, padding = 0, dilation = 1, groups = 1,
-    /// bias = true, init = ..., bias_init = ...)`: a layer with `.w [out, in, kh, kw]` and
-    /// `.b [out]`, both `fan_in_uniform` (PyTorch's `nn.Conv2d` default) unless given.
+    /// bias = true, init = ..., bias_init = ...)`: a layer with `.w [out, in / groups, kh, kw]`
+    /// and `.b [out]`, both `fan_in_uniform` (PyTorch's `nn.Conv2d` default) unless given.
+    /// With groups, each group of `in / groups` channels is convolved with its `out / groups`
+    /// filters (PyTorch's semantics), lowered to one convolution per group on channel slices.
     fn conv2d(&mut self, span: Span, args: &[Arg], env: &Env) -> LResult<NodeId> {
         let names = [
             "out_channels",
@@ -349,14 +351,18 @@ impl Lowerer<'_> {
             }
             other => self.pair(other, "padding", [0, 0], 0)?,
         };
+        let mut groups = 1;
         if let Some(g) = a.named("groups") {
-            let groups = crate::args::integer(g, "groups", 1, 1 << 20)?;
-            if groups != 1 {
+            groups = crate::args::integer(g, "groups", 1, 1 << 20)? as usize;
+            if c % groups != 0 || out % groups != 0 {
                 return Err(Diagnostic::new(
-                    format!("`groups = {groups}`: grouped convolutions are not supported yet"),
+                    format!(
+                        "`groups = {groups}` must divide both the input channels ({c}, of \
+                         input shape {x_shape}) and `out_channels` ({out})"
+                    ),
                     g.span,
                 )
-                .label("only groups = 1")
+                .label(format!("{c} input and {out} output channels"))
                 .into());
             }
         }
@@ -370,8 +376,8 @@ impl Lowerer<'_> {
         };
         let window = self.fitting(window, &x_shape, span)?;
         let prefix = self.layer_name();
-        let w_shape = [out, c, kernel[0], kernel[1]];
-        let fan_in = c * kernel[0] * kernel[1];
+        let w_shape = [out, c / groups, kernel[0], kernel[1]];
+        let fan_in = c / groups * kernel[0] * kernel[1];
         let fan_out = out * kernel[0] * kernel[1];
         let weight = self.layer_param(
             &a,
@@ -381,7 +387,22 @@ impl Lowerer<'_> {
             (fan_in, fan_out),
             span,
         )?;
-        let y = located(self.graph.node(Op::Conv(window), &[x, weight]), span)?;
+        // Groups: each slice of `groups` channels convolved with its slice of the filters,
+        // the outputs joined along the channels.
+        let mut outputs = Vec::with_capacity(groups);
+        for g in 0..groups {
+            let (xg, wg) = if groups == 1 {
+                (x, weight)
+            } else {
+                let (ci, co) = (c / groups, out / groups);
+                (
+                    located(self.graph.slice(x, 1, g * ci, ci), span)?,
+                    located(self.graph.slice(weight, 0, g * co, co), span)?,
+                )
+            };
+            outputs.push(located(self.graph.node(Op::Conv(window), &[xg, wg]), span)?);
+        }
+        let y = located(self.graph.concat(&outputs, 1), span)?;
         match self.bias(&a, &prefix, out, (fan_in, fan_out), span)? {
             Some(b) => {
                 let column = located(self.graph.reshape(b, &Shape::known(&[out, 1, 1])), span)?;
