@@ -7,7 +7,8 @@ use std::collections::HashMap;
 
 use nabla_compiler::gradcheck::{self, Config};
 use nabla_compiler::ir::Tensor;
-use nabla_compiler::pipeline::{JitEvaluator, Passes};
+use nabla_compiler::codegen::clif;
+use nabla_compiler::pipeline::{self, JitEvaluator, Passes, Request};
 use nabla_compiler::{autodiff, model::Model};
 use nabla_runtime::Elem;
 use proptest::prelude::*;
@@ -163,4 +164,47 @@ fn inline_tanh_is_accurate_over_the_whole_f32_range() {
     assert_eq!(at(f32::INFINITY), 1.0);
     assert_eq!(at(f32::NEG_INFINITY), -1.0);
     assert_eq!(at(-0.0).to_bits(), (-0.0f64).to_bits());
+}
+
+/// Large maps and the epilogues of large products split their rows over two threads, in odd
+/// bands: the interpreter's values, and bit for bit what one thread computes.
+#[test]
+fn rows_split_over_threads_compute_what_one_thread_does() {
+    let m = model(
+        "model wide {
+  input  x[B, 515]
+  target t[B] : class
+  h      = relu(dense(x, 257))
+  loss   = cross_entropy(dense(h * h - h, 3), t)
+}",
+    );
+    let batch = 131;
+    let mut bound = m.clone();
+    bound.bind(&|_| Some(batch)).unwrap();
+    let (graph, loss, grads) = bound.gradient_graph().unwrap();
+    let roots: Vec<_> = std::iter::once(loss).chain(grads).collect();
+    let request = Request {
+        graph: &graph,
+        outputs: roots.iter().map(|&r| (format!("{r:?}"), r)).collect(),
+        assignments: Vec::new(),
+        elem: Elem::F32,
+        keep_clif: false,
+        passes: Passes::default(),
+        threads: 2,
+    };
+    let plan = pipeline::plan(&request).unwrap().plan;
+    let split = plan.kernels.iter().flat_map(|k| &k.phases);
+    assert!(split.filter(|p| clif::split_rows(p).is_some()).count() >= 2);
+    for (elem, tol) in [(Elem::F64, 1e-12), (Elem::F32, 2e-4)] {
+        let two = JitEvaluator::new(elem).with_threads(2);
+        common::compiled_matches_interpreter(&m, batch, 3, two, tol, true).unwrap();
+    }
+    let feeds = gradcheck::random_feeds(&bound, &graph, &mut nabla_runtime::Rng::seeded(3), true);
+    let run = |threads| {
+        JitEvaluator::new(Elem::F32)
+            .with_threads(threads)
+            .eval(&graph, &feeds, &roots)
+            .unwrap()
+    };
+    assert_eq!(run(1), run(2));
 }

@@ -4,7 +4,10 @@
 //! 1 are vector loads, 0 a splat, anything else a gather of lanes. Transcendental functions call
 //! into Rust's implementations, lane by lane. Loop bounds and strides are compile-time
 //! constants, so no kernel takes a length or checks a bound: the runtime checked every buffer
-//! against the plan before the first call.
+//! against the plan before the first call. The one exception is a band of rows: a large map or
+//! product epilogue is also emitted as a function of `start..end` of its outermost variable,
+//! which the kernel hands to the pool, so both cores stream memory (the optimizer's update of
+//! a large weight, a wide activation); bands are inside the rows the plan checked.
 //!
 //! The phase families live beside this file: [`super::loops`] (maps and reductions) and
 //! [`super::matmul`] (register-tiled products with their epilogues).
@@ -18,6 +21,7 @@ use cranelift_codegen::ir::{
 use cranelift_frontend::FunctionBuilder;
 
 use crate::ir::{BinaryOp, UnaryOp};
+use super::matmul::GEMM_MIN_MACS;
 use crate::kernel::{Expr, Kernel, Phase};
 
 /// Scalar functions generated code calls: the transcendental unary ops and `pow`, imported in
@@ -77,6 +81,35 @@ pub struct Target {
     pub call: FuncRef,
     /// Threads the matrix product may use.
     pub threads: i64,
+    /// The imported row splitter (see [`super::jit`]'s `parallel` shim).
+    pub parallel: FuncRef,
+    /// The functions computing a band of rows of this kernel's phases that run on several
+    /// threads, by phase index (see [`split_rows`]).
+    pub rows: HashMap<usize, FuncRef>,
+}
+
+/// Phases of at least this many elements split their rows over the threads: a few tens of
+/// microseconds of memory traffic, against about a microsecond to fork and join.
+const PARALLEL_MIN_ELEMENTS: usize = 1 << 15;
+
+/// The rows of `phase` that bands of the outermost loop variable can split over threads, when
+/// it is worth it: a large map whose stores each move with that variable (so bands write
+/// disjoint elements and read only what they write, at the same point), or the epilogue of a
+/// large product computed by the GEMM.
+pub fn split_rows(phase: &Phase) -> Option<usize> {
+    let (l, big) = match phase {
+        Phase::Map(l) => (l, true),
+        Phase::MatMul { m, k, n, epilogue, .. } => (epilogue, m * k * n >= GEMM_MIN_MACS),
+        Phase::Reduce { .. } | Phase::Call { .. } => return None,
+    };
+    let rows = *l.dims.first()?;
+    let fits = big
+        && l.dims.len() >= 2
+        && rows >= 2
+        && !l.stores.is_empty()
+        && l.dims.iter().product::<usize>() >= PARALLEL_MIN_ELEMENTS
+        && l.stores.iter().all(|s| s.coeffs.first().is_some_and(|&c| c != 0));
+    fits.then_some(rows)
 }
 
 impl Target {
@@ -89,42 +122,56 @@ impl Target {
     }
 }
 
-/// Emits one kernel into an empty function whose only parameter is the buffer table.
+/// Emits one kernel into an empty function whose only parameter is the buffer table. Phases
+/// with a function in `target.rows` run it on bands of rows over the threads instead of their
+/// own loop.
 pub fn emit_kernel(b: &mut FunctionBuilder, kernel: &Kernel, target: &Target) {
-    let entry = b.create_block();
-    b.append_block_params_for_function_params(entry);
-    b.switch_to_block(entry);
-    let table = b.block_params(entry)[0];
-    let mut e = Emitter {
-        b,
-        t: target,
-        table,
-        bases: HashMap::new(),
-    };
-    // Every buffer start is loaded once, here, where it dominates every use.
-    for slot in kernel.slots() {
-        e.base(slot);
-    }
-    for phase in &kernel.phases {
-        match phase {
-            Phase::Map(l) => e.map(l),
-            Phase::Reduce { body, reductions } => e.reduce(body, reductions),
-            Phase::MatMul {
-                m,
-                k,
-                n,
-                a,
-                b,
-                out,
-                epilogue,
-            } => e.matmul([*m, *k, *n], *a, *b, *out, epilogue),
-            Phase::Call {
-                call,
-                args,
-                inputs,
-                output,
-            } => e.library(*call, args, inputs, *output),
+    let mut e = Emitter::enter(b, target, kernel);
+    for (index, phase) in kernel.phases.iter().enumerate() {
+        let rows = target.rows.get(&index).map(|&f| (f, split_rows(phase)));
+        match (phase, rows) {
+            (Phase::Map(_), Some((f, Some(extent)))) => e.parallel_rows(f, extent),
+            (Phase::Map(l), _) => e.map(l),
+            (Phase::Reduce { body, reductions }, _) => e.reduce(body, reductions),
+            (
+                Phase::MatMul {
+                    m,
+                    k,
+                    n,
+                    a,
+                    b,
+                    out,
+                    epilogue,
+                },
+                rows,
+            ) => {
+                let split = rows.and_then(|(f, extent)| Some((f, extent?)));
+                e.matmul([*m, *k, *n], *a, *b, *out, epilogue, split)
+            }
+            (
+                Phase::Call {
+                    call,
+                    args,
+                    inputs,
+                    output,
+                },
+                _,
+            ) => e.library(*call, args, inputs, *output),
         }
+    }
+    e.b.ins().return_(&[]);
+    e.b.seal_all_blocks();
+}
+
+/// Emits the rows `start..end` of phase `index` of `kernel` (see [`split_rows`]) into an empty
+/// function of the buffer table, `start` and `end`.
+pub fn emit_rows(b: &mut FunctionBuilder, kernel: &Kernel, index: usize, target: &Target) {
+    let mut e = Emitter::enter(b, target, kernel);
+    let params = e.b.func.dfg.block_params(e.b.current_block().expect("entered")).to_vec();
+    e.rows = Some((params[1], params[2]));
+    match &kernel.phases[index] {
+        Phase::MatMul { n, out, epilogue, .. } => e.epilogue(*n, *out, epilogue),
+        phase => e.map(phase.body()),
     }
     e.b.ins().return_(&[]);
     e.b.seal_all_blocks();
@@ -182,6 +229,43 @@ pub(super) struct Emitter<'a, 'b> {
     table: Value,
     /// Buffer start addresses, loaded once per slot.
     bases: HashMap<usize, Value>,
+    /// The bounds of the outermost loop variable, when the function computes a band of rows.
+    rows: Option<(Value, Value)>,
+}
+
+impl<'a, 'b> Emitter<'a, 'b> {
+    /// Starts the function's entry block, whose first parameter is the buffer table, and loads
+    /// every buffer start `kernel` uses there, where it dominates every use.
+    fn enter(b: &'a mut FunctionBuilder<'b>, t: &'a Target, kernel: &Kernel) -> Self {
+        let entry = b.create_block();
+        b.append_block_params_for_function_params(entry);
+        b.switch_to_block(entry);
+        let table = b.block_params(entry)[0];
+        let mut e = Emitter {
+            b,
+            t,
+            table,
+            bases: HashMap::new(),
+            rows: None,
+        };
+        for slot in kernel.slots() {
+            e.base(slot);
+        }
+        e
+    }
+
+    /// Calls the row function `rows` over `extent` rows, split over the threads.
+    pub(super) fn parallel_rows(&mut self, rows: FuncRef, extent: usize) {
+        let pointer = self.t.pointer;
+        let args = [
+            self.b.ins().func_addr(pointer, rows),
+            self.table,
+            self.b.ins().iconst(types::I64, extent as i64),
+            self.b.ins().iconst(types::I64, self.t.threads),
+        ];
+        let callee = self.t.parallel;
+        self.b.ins().call(callee, &args);
+    }
 }
 
 /// Memory flags for buffer accesses: in bounds (the plan guarantees it), alignment not assumed
@@ -265,15 +349,29 @@ impl Emitter<'_, '_> {
         if start >= end {
             return;
         }
+        let (start, end) = (
+            self.b.ins().iconst(types::I64, start),
+            self.b.ins().iconst(types::I64, end),
+        );
+        self.for_values(start, end, step, body);
+    }
+
+    /// `for i in (start..end).step_by(step) { body(i) }` with bounds computed at run time.
+    fn for_values(
+        &mut self,
+        start: Value,
+        end: Value,
+        step: i64,
+        body: &mut dyn FnMut(&mut Self, Value),
+    ) {
         let header: Block = self.b.create_block();
         let inner = self.b.create_block();
         let exit = self.b.create_block();
         self.b.append_block_param(header, types::I64);
-        let first = self.b.ins().iconst(types::I64, start);
-        self.b.ins().jump(header, &[first.into()]);
+        self.b.ins().jump(header, &[start.into()]);
         self.b.switch_to_block(header);
         let i = self.b.block_params(header)[0];
-        let more = self.b.ins().icmp_imm_s(IntCC::SignedLessThan, i, end);
+        let more = self.b.ins().icmp(IntCC::SignedLessThan, i, end);
         self.b.ins().brif(more, inner, &[], exit, &[]);
         self.b.switch_to_block(inner);
         body(self, i);
@@ -298,11 +396,15 @@ impl Emitter<'_, '_> {
             body(self, vars);
             return;
         }
-        self.for_range(0, dims[depth] as i64, 1, &mut |e, i| {
+        let mut inner = |e: &mut Self, i: Value| {
             vars.push(i);
             e.nest_from(dims, vars, body);
             vars.pop();
-        });
+        };
+        match self.rows {
+            Some((start, end)) if depth == 0 => self.for_values(start, end, 1, &mut inner),
+            _ => self.for_range(0, dims[depth] as i64, 1, &mut inner),
+        }
     }
 
     /// Evaluates `exprs` at the point `vars` (whose last entry is lane 0's innermost index when

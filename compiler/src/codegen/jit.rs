@@ -1,6 +1,8 @@
 //! Plan to machine code: one Cranelift function per kernel, compiled with the host's ISA flags
 //! (SSE4.1/AVX/FMA where present) into a `cranelift-jit` module that the returned program owns.
 
+use std::collections::HashMap;
+
 use cranelift_codegen::ir::{AbiParam, UserFuncName, types};
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
@@ -8,7 +10,7 @@ use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{Linkage, Module, default_libcall_names};
 use nabla_runtime::{Elem, KernelFn, Program};
 
-use super::clif::{MathFn, Target, emit_kernel};
+use super::clif::{self, MathFn, Target, emit_kernel};
 use super::{library, parallel};
 use crate::kernel::Call;
 use crate::schedule::Plan;
@@ -262,6 +264,30 @@ macro_rules! call_shim {
 call_shim!(call_f32, f32);
 call_shim!(call_f64, f64);
 
+/// A kernel's function computing rows `start..end` of one phase (see [`clif::emit_rows`]).
+type RowsFn = unsafe extern "C" fn(*const *mut u8, i64, i64);
+
+/// The buffer table, shared by the threads computing bands of rows.
+#[derive(Clone, Copy)]
+struct Table(*const *mut u8);
+// SAFETY: the table is only read; the bands write disjoint rows of the buffers it points to.
+unsafe impl Sync for Table {}
+
+/// The `nabla_parallel` symbol generated code calls: `rows` over `0..extent`, in one band per
+/// thread.
+extern "C" fn parallel_rows(rows: RowsFn, table: *const *mut u8, extent: i64, threads: i64) {
+    let extent = extent.max(0) as usize;
+    let parts = (threads.max(1) as usize).min(extent);
+    let table = Table(table);
+    parallel::for_each_part(parts, parts, &|p| {
+        let (start, end) = (extent * p / parts, extent * (p + 1) / parts);
+        let table = table;
+        // SAFETY: generated code passes a row function of this program and its table; the
+        // bands are disjoint ranges inside the phase's rows.
+        unsafe { rows(table.0, start as i64, end as i64) }
+    });
+}
+
 /// The symbol name and address of a math function in the given precision.
 fn math_symbol(f: MathFn, elem: Elem) -> (String, *const u8) {
     let name = format!("nabla_{}_{elem:?}", f.name()).to_lowercase();
@@ -301,6 +327,7 @@ pub fn compile(
         Elem::F64 => call_f64 as *const u8,
     };
     jit_builder.symbol("nabla_call", call_ptr);
+    jit_builder.symbol("nabla_parallel", parallel_rows as *const u8);
     let mut module = JITModule::new(jit_builder);
     let pointer = module.target_config().pointer_type();
     let (scalar, vector) = match elem {
@@ -349,42 +376,83 @@ pub fn compile(
         .declare_function("nabla_call", Linkage::Import, &call_sig)
         .map_err(err)?;
 
+    let mut parallel_sig = module.make_signature();
+    parallel_sig
+        .params
+        .extend([pointer, pointer, types::I64, types::I64].map(AbiParam::new));
+    let parallel_id = module
+        .declare_function("nabla_parallel", Linkage::Import, &parallel_sig)
+        .map_err(err)?;
+
     let mut ctx = module.make_context();
     let mut builder_ctx = FunctionBuilderContext::new();
     let mut ids = Vec::with_capacity(plan.kernels.len());
     let mut clif = Vec::new();
     for (i, kernel) in plan.kernels.iter().enumerate() {
-        ctx.func.signature.params.push(AbiParam::new(pointer));
-        let id = module
-            .declare_function(&format!("kernel{i}"), Linkage::Local, &ctx.func.signature)
-            .map_err(err)?;
-        ctx.func.name = UserFuncName::user(0, id.as_u32());
-        {
-            let mut b = FunctionBuilder::new(&mut ctx.func, &mut builder_ctx);
-            let math = math_ids
-                .iter()
-                .map(|&m| module.declare_func_in_func(m, b.func))
-                .collect();
-            let target = Target {
-                scalar,
-                vector,
-                pointer,
-                math,
-                gemm: module.declare_func_in_func(gemm_id, b.func),
-                call: module.declare_func_in_func(call_id, b.func),
-                threads: threads.max(1) as i64,
-            };
-            emit_kernel(&mut b, kernel, &target);
-            b.finalize(module.target_config());
+        // First the functions computing bands of rows of the phases split over threads, then
+        // the kernel calling them.
+        let mut rows = Vec::new();
+        for (index, phase) in kernel.phases.iter().enumerate() {
+            if threads > 1 && clif::split_rows(phase).is_some() {
+                rows.push((index, format!("kernel{i}_rows{index}")));
+            }
+        }
+        let mut row_ids = HashMap::new();
+        let mut text = String::new();
+        let kernel_name = format!("kernel{i}");
+        let functions = rows.iter().map(|(i, n)| (Some(*i), n));
+        for (index, name) in functions.chain([(None, &kernel_name)]) {
+            ctx.func.signature.params.push(AbiParam::new(pointer));
+            if index.is_some() {
+                ctx.func.signature.params.extend([AbiParam::new(types::I64); 2]);
+            }
+            let id = module
+                .declare_function(name, Linkage::Local, &ctx.func.signature)
+                .map_err(err)?;
+            ctx.func.name = UserFuncName::user(0, id.as_u32());
+            {
+                let mut b = FunctionBuilder::new(&mut ctx.func, &mut builder_ctx);
+                let math = math_ids
+                    .iter()
+                    .map(|&m| module.declare_func_in_func(m, b.func))
+                    .collect();
+                let target = Target {
+                    scalar,
+                    vector,
+                    pointer,
+                    math,
+                    gemm: module.declare_func_in_func(gemm_id, b.func),
+                    call: module.declare_func_in_func(call_id, b.func),
+                    threads: threads.max(1) as i64,
+                    parallel: module.declare_func_in_func(parallel_id, b.func),
+                    rows: row_ids
+                        .iter()
+                        .map(|(&index, &id)| (index, module.declare_func_in_func(id, b.func)))
+                        .collect(),
+                };
+                match index {
+                    Some(index) => clif::emit_rows(&mut b, kernel, index, &target),
+                    None => emit_kernel(&mut b, kernel, &target),
+                }
+                b.finalize(module.target_config());
+            }
+            if keep_text {
+                text += &ctx.func.display().to_string();
+            }
+            module
+                .define_function(id, &mut ctx)
+                .map_err(|e| CodegenError(format!("{name}: {e:?}")))?;
+            module.clear_context(&mut ctx);
+            match index {
+                Some(index) => {
+                    row_ids.insert(index, id);
+                }
+                None => ids.push(id),
+            }
         }
         if keep_text {
-            clif.push(ctx.func.display().to_string());
+            clif.push(text);
         }
-        module
-            .define_function(id, &mut ctx)
-            .map_err(|e| CodegenError(format!("kernel {i}: {e:?}")))?;
-        module.clear_context(&mut ctx);
-        ids.push(id);
     }
     module.finalize_definitions().map_err(err)?;
     let kernels = ids

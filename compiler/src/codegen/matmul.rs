@@ -7,7 +7,7 @@
 //! step through fused multiply-adds, and each finished accumulator goes through the epilogue in
 //! registers.
 
-use cranelift_codegen::ir::{InstBuilder, Type, Value, types};
+use cranelift_codegen::ir::{FuncRef, InstBuilder, Type, Value, types};
 
 use super::clif::Emitter;
 use crate::kernel::{Loop, Operand};
@@ -29,7 +29,8 @@ struct Product {
 }
 
 impl Emitter<'_, '_> {
-    /// `out = A[m, k] @ B[k, n]`, then `epilogue` at every element.
+    /// `out = A[m, k] @ B[k, n]`, then `epilogue` at every element; for a product the GEMM
+    /// computes, by `rows` (a row function and the rows) over the threads when given.
     pub(super) fn matmul(
         &mut self,
         [m, k, n]: [usize; 3],
@@ -37,9 +38,14 @@ impl Emitter<'_, '_> {
         b: Operand,
         out: usize,
         epilogue: &Loop,
+        rows: Option<(FuncRef, usize)>,
     ) {
         if m * k * n >= GEMM_MIN_MACS {
-            return self.gemm([m, k, n], a, b, out, epilogue);
+            self.gemm([m, k, n], a, b, out);
+            return match rows {
+                Some((f, extent)) => self.parallel_rows(f, extent),
+                None => self.epilogue(n, out, epilogue),
+            };
         }
         let (m, n) = (m as i64, n as i64);
         let p = Product {
@@ -77,8 +83,8 @@ impl Emitter<'_, '_> {
         }
     }
 
-    /// The product by a call to the GEMM, then the epilogue reading it back.
-    fn gemm(&mut self, [m, k, n]: [usize; 3], a: Operand, b: Operand, out: usize, epilogue: &Loop) {
+    /// The product by a call to the GEMM.
+    fn gemm(&mut self, [m, k, n]: [usize; 3], a: Operand, b: Operand, out: usize) {
         let int = |e: &mut Self, v: i64| e.b.ins().iconst(types::I64, v);
         let args = [
             int(self, m as i64),
@@ -95,6 +101,10 @@ impl Emitter<'_, '_> {
         ];
         let gemm = self.t.gemm;
         self.b.ins().call(gemm, &args);
+    }
+
+    /// The epilogue of a product of `n` columns in `out`, reading it back.
+    pub(super) fn epilogue(&mut self, n: usize, out: usize, epilogue: &Loop) {
         if epilogue.stores.is_empty() {
             return;
         }
