@@ -87,7 +87,10 @@ fn grouped_convolution_convolves_each_group_with_its_filters() {
     // dL/dw[o] = sum over the output's pixels of y * x of its group's channel.
     let grad_w = &out.iter().find(|t| t.shape == [4, 1, 1, 1]).unwrap().data;
     let group = |o: usize, g: usize| y[2 * o] * x[2 * g] + y[2 * o + 1] * x[2 * g + 1];
-    assert_eq!(grad_w, &vec![group(0, 0), group(1, 0), group(2, 1), group(3, 1)]);
+    assert_eq!(
+        grad_w,
+        &vec![group(0, 0), group(1, 0), group(2, 1), group(3, 1)]
+    );
 }
 
 #[test]

@@ -5,9 +5,9 @@
 
 use std::collections::HashMap;
 
+use nabla_compiler::codegen::clif;
 use nabla_compiler::gradcheck::{self, Config};
 use nabla_compiler::ir::Tensor;
-use nabla_compiler::codegen::clif;
 use nabla_compiler::pipeline::{self, JitEvaluator, Passes, Request};
 use nabla_compiler::{autodiff, model::Model};
 use nabla_runtime::Elem;

@@ -433,7 +433,10 @@ fn one_training_step_matches_pytorchs_updated_parameters() {
         serde_json::from_str(&std::fs::read_to_string("tests/golden/rnn_step.json").unwrap())
             .unwrap();
     let dir = temp("golden");
-    let (initial, trained) = (dir.join("initial.safetensors"), dir.join("trained.safetensors"));
+    let (initial, trained) = (
+        dir.join("initial.safetensors"),
+        dir.join("trained.safetensors"),
+    );
     let before = golden_tensors(&golden, "before");
     checkpoint::save(&initial, &before, HashMap::new()).unwrap();
     let out = common::nabla(&[
@@ -458,17 +461,26 @@ fn one_training_step_matches_pytorchs_updated_parameters() {
         assert_eq!(shape, want_shape, "{name}");
         let mut moved = 0.0f32;
         for (i, ((g, w), s)) in got.iter().zip(want).zip(start).enumerate() {
-            assert!((g - w).abs() <= 1e-5, "{name}[{i}]: nabla {g}, PyTorch {w} (from {s})");
+            assert!(
+                (g - w).abs() <= 1e-5,
+                "{name}[{i}]: nabla {g}, PyTorch {w} (from {s})"
+            );
             moved = moved.max((w - s).abs());
         }
         // Every tensor's step is large against the tolerance, so a wrong gradient cannot hide.
         assert!(moved > 1e-2, "{name} moved at most {moved}");
     }
-    let first = stdout(&out)
-        .lines()
-        .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?.get("loss")?.as_f64());
+    let first = stdout(&out).lines().find_map(|l| {
+        serde_json::from_str::<serde_json::Value>(l)
+            .ok()?
+            .get("loss")?
+            .as_f64()
+    });
     let loss = golden["loss"].as_f64().unwrap();
-    assert!(first.is_some_and(|l| (l - loss).abs() < 1e-5), "{first:?} vs PyTorch {loss}");
+    assert!(
+        first.is_some_and(|l| (l - loss).abs() < 1e-5),
+        "{first:?} vs PyTorch {loss}"
+    );
 }
 
 /// The weight gradient of a recurrent layer is a sum of one product per step; simplification

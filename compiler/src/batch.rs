@@ -75,13 +75,7 @@ pub fn batch_products(graph: &Graph, roots: &[NodeId]) -> Result<Batched, ShapeE
                 out.node(graph.op(id).clone(), &operands)?
             }
         };
-        let node = graph.get(id);
-        if let Some(label) = &node.label {
-            out.label(copy, label);
-        }
-        if let Some(builtin) = &node.builtin {
-            out.tag_builtin(copy, builtin);
-        }
+        out.tag_like(copy, graph, id);
         new_id.insert(id, copy);
     }
     let roots: Vec<NodeId> = roots.iter().map(|r| new_id[r]).collect();

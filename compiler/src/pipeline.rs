@@ -10,8 +10,8 @@ use nabla_runtime::train::{
 };
 use nabla_runtime::{Buffer, Elem, Executable, Program};
 
-use crate::codegen::jit::{self, CodegenError, Compiled};
 use crate::batch;
+use crate::codegen::jit::{self, CodegenError, Compiled};
 use crate::egraph::{self, Limits, RuleSet, Simplified};
 use crate::fusion;
 use crate::ir::{Dim, EvalError, Graph, NodeId, Shape, ShapeError, Tensor};

@@ -354,7 +354,7 @@ impl Lowerer<'_> {
         let mut groups = 1;
         if let Some(g) = a.named("groups") {
             groups = crate::args::integer(g, "groups", 1, 1 << 20)? as usize;
-            if c % groups != 0 || out % groups != 0 {
+            if !c.is_multiple_of(groups) || !out.is_multiple_of(groups) {
                 return Err(Diagnostic::new(
                     format!(
                         "`groups = {groups}` must divide both the input channels ({c}, of \

@@ -20,8 +20,8 @@ use cranelift_codegen::ir::{
 };
 use cranelift_frontend::FunctionBuilder;
 
-use crate::ir::{BinaryOp, UnaryOp};
 use super::matmul::GEMM_MIN_MACS;
+use crate::ir::{BinaryOp, UnaryOp};
 use crate::kernel::{Expr, Kernel, Phase};
 
 /// Scalar functions generated code calls: the transcendental unary ops and `pow`, imported in
@@ -99,7 +99,9 @@ const PARALLEL_MIN_ELEMENTS: usize = 1 << 15;
 pub fn split_rows(phase: &Phase) -> Option<usize> {
     let (l, big) = match phase {
         Phase::Map(l) => (l, true),
-        Phase::MatMul { m, k, n, epilogue, .. } => (epilogue, m * k * n >= GEMM_MIN_MACS),
+        Phase::MatMul {
+            m, k, n, epilogue, ..
+        } => (epilogue, m * k * n >= GEMM_MIN_MACS),
         Phase::Reduce { .. } | Phase::Call { .. } => return None,
     };
     let rows = *l.dims.first()?;
@@ -108,7 +110,9 @@ pub fn split_rows(phase: &Phase) -> Option<usize> {
         && rows >= 2
         && !l.stores.is_empty()
         && l.dims.iter().product::<usize>() >= PARALLEL_MIN_ELEMENTS
-        && l.stores.iter().all(|s| s.coeffs.first().is_some_and(|&c| c != 0));
+        && l.stores
+            .iter()
+            .all(|s| s.coeffs.first().is_some_and(|&c| c != 0));
     fits.then_some(rows)
 }
 
@@ -167,10 +171,16 @@ pub fn emit_kernel(b: &mut FunctionBuilder, kernel: &Kernel, target: &Target) {
 /// function of the buffer table, `start` and `end`.
 pub fn emit_rows(b: &mut FunctionBuilder, kernel: &Kernel, index: usize, target: &Target) {
     let mut e = Emitter::enter(b, target, kernel);
-    let params = e.b.func.dfg.block_params(e.b.current_block().expect("entered")).to_vec();
+    let params =
+        e.b.func
+            .dfg
+            .block_params(e.b.current_block().expect("entered"))
+            .to_vec();
     e.rows = Some((params[1], params[2]));
     match &kernel.phases[index] {
-        Phase::MatMul { n, out, epilogue, .. } => e.epilogue(*n, *out, epilogue),
+        Phase::MatMul {
+            n, out, epilogue, ..
+        } => e.epilogue(*n, *out, epilogue),
         phase => e.map(phase.body()),
     }
     e.b.ins().return_(&[]);

@@ -273,6 +273,13 @@ struct Table(*const *mut u8);
 // SAFETY: the table is only read; the bands write disjoint rows of the buffers it points to.
 unsafe impl Sync for Table {}
 
+impl Table {
+    /// The table's address (a method, so that closures capture the `Sync` wrapper whole).
+    fn address(self) -> *const *mut u8 {
+        self.0
+    }
+}
+
 /// The `nabla_parallel` symbol generated code calls: `rows` over `0..extent`, in one band per
 /// thread.
 extern "C" fn parallel_rows(rows: RowsFn, table: *const *mut u8, extent: i64, threads: i64) {
@@ -281,10 +288,9 @@ extern "C" fn parallel_rows(rows: RowsFn, table: *const *mut u8, extent: i64, th
     let table = Table(table);
     parallel::for_each_part(parts, parts, &|p| {
         let (start, end) = (extent * p / parts, extent * (p + 1) / parts);
-        let table = table;
         // SAFETY: generated code passes a row function of this program and its table; the
         // bands are disjoint ranges inside the phase's rows.
-        unsafe { rows(table.0, start as i64, end as i64) }
+        unsafe { rows(table.address(), start as i64, end as i64) }
     });
 }
 
@@ -404,7 +410,10 @@ pub fn compile(
         for (index, name) in functions.chain([(None, &kernel_name)]) {
             ctx.func.signature.params.push(AbiParam::new(pointer));
             if index.is_some() {
-                ctx.func.signature.params.extend([AbiParam::new(types::I64); 2]);
+                ctx.func
+                    .signature
+                    .params
+                    .extend([AbiParam::new(types::I64); 2]);
             }
             let id = module
                 .declare_function(name, Linkage::Local, &ctx.func.signature)

@@ -10,9 +10,9 @@
 use std::cell::RefCell;
 use std::sync::Mutex;
 
+use super::parallel;
 use crate::ir::Window;
 use crate::ir::interp::row_of;
-use super::parallel;
 use crate::kernel::Call;
 
 thread_local! {

@@ -191,7 +191,7 @@ impl Pool {
                 }
                 std::hint::spin_loop();
                 spins = spins.wrapping_add(1);
-                if spins % 256 == 0 && started.elapsed() > SPIN {
+                if spins.is_multiple_of(256) && started.elapsed() > SPIN {
                     // The caller stores `claim` before it reads `sleepers` and this thread
                     // counts itself before it reads `claim` (all sequentially consistent), so
                     // either the caller sees a sleeper and wakes it under the lock, or this

@@ -186,17 +186,22 @@ impl Graph {
             let copy = out
                 .node(self.op(id).clone(), &operands)
                 .expect("a well-shaped graph copies");
-            let node = self.get(id);
-            if let Some(label) = &node.label {
-                out.label(copy, label);
-            }
-            if let Some(builtin) = &node.builtin {
-                out.tag_builtin(copy, builtin);
-            }
+            out.tag_like(copy, self, id);
             new_id.insert(id, copy);
         }
         let roots = roots.iter().map(|r| new_id[r]).collect();
         (out, roots)
+    }
+
+    /// Gives `copy` the label and built-in tag that `id` has in `source`.
+    pub fn tag_like(&mut self, copy: NodeId, source: &Graph, id: NodeId) {
+        let node = source.get(id);
+        if let Some(label) = &node.label {
+            self.label(copy, label);
+        }
+        if let Some(builtin) = &node.builtin {
+            self.tag_builtin(copy, builtin);
+        }
     }
 
     /// Replaces every symbolic dimension that `lookup` knows by its number, in place, and checks
