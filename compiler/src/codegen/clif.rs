@@ -84,8 +84,8 @@ pub struct Target {
     /// The imported row splitter (see [`super::jit`]'s `parallel` shim).
     pub parallel: FuncRef,
     /// The functions computing a band of rows of this kernel's phases that run on several
-    /// threads, by phase index (see [`split_rows`]).
-    pub rows: HashMap<usize, FuncRef>,
+    /// threads, with the phase's rows, by phase index (see [`split_rows`]).
+    pub rows: HashMap<usize, (FuncRef, usize)>,
 }
 
 /// Phases of at least this many elements split their rows over the threads: a few tens of
@@ -132,35 +132,28 @@ impl Target {
 pub fn emit_kernel(b: &mut FunctionBuilder, kernel: &Kernel, target: &Target) {
     let mut e = Emitter::enter(b, target, kernel);
     for (index, phase) in kernel.phases.iter().enumerate() {
-        let rows = target.rows.get(&index).map(|&f| (f, split_rows(phase)));
-        match (phase, rows) {
-            (Phase::Map(_), Some((f, Some(extent)))) => e.parallel_rows(f, extent),
-            (Phase::Map(l), _) => e.map(l),
-            (Phase::Reduce { body, reductions }, _) => e.reduce(body, reductions),
-            (
-                Phase::MatMul {
-                    m,
-                    k,
-                    n,
-                    a,
-                    b,
-                    out,
-                    epilogue,
-                },
-                rows,
-            ) => {
-                let split = rows.and_then(|(f, extent)| Some((f, extent?)));
-                e.matmul([*m, *k, *n], *a, *b, *out, epilogue, split)
-            }
-            (
-                Phase::Call {
-                    call,
-                    args,
-                    inputs,
-                    output,
-                },
-                _,
-            ) => e.library(*call, args, inputs, *output),
+        let split = target.rows.get(&index).copied();
+        match phase {
+            Phase::Map(l) => match split {
+                Some((f, extent)) => e.parallel_rows(f, extent),
+                None => e.map(l),
+            },
+            Phase::Reduce { body, reductions } => e.reduce(body, reductions),
+            Phase::MatMul {
+                m,
+                k,
+                n,
+                a,
+                b,
+                out,
+                epilogue,
+            } => e.matmul([*m, *k, *n], *a, *b, *out, epilogue, split),
+            Phase::Call {
+                call,
+                args,
+                inputs,
+                output,
+            } => e.library(*call, args, inputs, *output),
         }
     }
     e.b.ins().return_(&[]);

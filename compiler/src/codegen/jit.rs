@@ -397,26 +397,29 @@ pub fn compile(
     for (i, kernel) in plan.kernels.iter().enumerate() {
         // First the functions computing bands of rows of the phases split over threads, then
         // the kernel calling them.
-        let mut rows = Vec::new();
-        for (index, phase) in kernel.phases.iter().enumerate() {
-            if threads > 1 && clif::split_rows(phase).is_some() {
-                rows.push((index, format!("kernel{i}_rows{index}")));
-            }
-        }
-        let mut row_ids = HashMap::new();
+        let splits: Vec<(usize, usize)> = kernel
+            .phases
+            .iter()
+            .enumerate()
+            .filter(|_| threads > 1)
+            .filter_map(|(index, phase)| Some((index, clif::split_rows(phase)?)))
+            .collect();
+        let mut rows = HashMap::new();
         let mut text = String::new();
-        let kernel_name = format!("kernel{i}");
-        let functions = rows.iter().map(|(i, n)| (Some(*i), n));
-        for (index, name) in functions.chain([(None, &kernel_name)]) {
+        for split in splits.iter().map(Some).chain([None]) {
+            let name = match split {
+                Some((index, _)) => format!("kernel{i}_rows{index}"),
+                None => format!("kernel{i}"),
+            };
             ctx.func.signature.params.push(AbiParam::new(pointer));
-            if index.is_some() {
+            if split.is_some() {
                 ctx.func
                     .signature
                     .params
                     .extend([AbiParam::new(types::I64); 2]);
             }
             let id = module
-                .declare_function(name, Linkage::Local, &ctx.func.signature)
+                .declare_function(&name, Linkage::Local, &ctx.func.signature)
                 .map_err(err)?;
             ctx.func.name = UserFuncName::user(0, id.as_u32());
             {
@@ -434,13 +437,15 @@ pub fn compile(
                     call: module.declare_func_in_func(call_id, b.func),
                     threads: threads.max(1) as i64,
                     parallel: module.declare_func_in_func(parallel_id, b.func),
-                    rows: row_ids
+                    rows: rows
                         .iter()
-                        .map(|(&index, &id)| (index, module.declare_func_in_func(id, b.func)))
+                        .map(|(&index, &(id, extent))| {
+                            (index, (module.declare_func_in_func(id, b.func), extent))
+                        })
                         .collect(),
                 };
-                match index {
-                    Some(index) => clif::emit_rows(&mut b, kernel, index, &target),
+                match split {
+                    Some(&(index, _)) => clif::emit_rows(&mut b, kernel, index, &target),
                     None => emit_kernel(&mut b, kernel, &target),
                 }
                 b.finalize(module.target_config());
@@ -452,9 +457,9 @@ pub fn compile(
                 .define_function(id, &mut ctx)
                 .map_err(|e| CodegenError(format!("{name}: {e:?}")))?;
             module.clear_context(&mut ctx);
-            match index {
-                Some(index) => {
-                    row_ids.insert(index, id);
+            match split {
+                Some(&(index, extent)) => {
+                    rows.insert(index, (id, extent));
                 }
                 None => ids.push(id),
             }
