@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use nabla_compiler::autodiff;
 use nabla_compiler::gradcheck::{self, Config};
-use nabla_compiler::ir::{NodeId, Tensor, interp};
+use nabla_compiler::ir::{Fill, Graph, NodeId, Op, Shape, Tensor, Window, interp};
 use nabla_compiler::model::Model;
 use nabla_compiler::pipeline::{JitEvaluator, Passes};
 use nabla_runtime::{Elem, Rng};
@@ -138,6 +138,77 @@ fn max_pooling_passes_its_gradient_to_the_first_maximum() {
     let out = run(&m, &[0.0], &[1, 1, 1, 1]);
     assert_eq!(out[0].data, [3.0 + 50.0]);
     assert_eq!(out[1].data, [1.0, 0.0, 0.0, 10.0, 0.0, 0.0, 0.0, 0.0]);
+}
+
+/// Zeros of both signs, NaN and negative infinity, in windows inside the image and windows
+/// half in the padding: compiled code (f32 and f64, one and two threads) finds the pixels the
+/// interpreter finds, and the first maximum by PyTorch's rule where worked by hand.
+#[test]
+fn max_pooling_picks_the_first_maximum_among_signed_zeros_nans_and_infinities() {
+    let inf = f64::INFINITY;
+    let x = [
+        -0.0,
+        0.0,
+        f64::NAN,
+        1.0,
+        -inf,
+        -inf, //
+        0.0,
+        -0.0,
+        2.0,
+        f64::NAN,
+        -inf,
+        -inf,
+    ];
+    let same = |a: &[f64], b: &[f64]| {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+    };
+    for padding in [0, 1] {
+        let window = Window {
+            image: [2, 6],
+            kernel: [2, 2],
+            stride: [2, 2],
+            padding: [padding; 2],
+            dilation: [1, 1],
+            fill: Fill::NegInf,
+        };
+        let [oh, ow] = window.output().unwrap();
+        let mut g = Graph::new();
+        let image = g.input("x", Shape::known(&[1, 1, 2, 6])).unwrap();
+        let grad = g.input("g", Shape::known(&[1, 1, oh, ow])).unwrap();
+        let pooled = g.node(Op::MaxPoolGather(window), &[image, image]).unwrap();
+        let routed = g.node(Op::MaxPoolScatter(window), &[image, grad]).unwrap();
+        let feeds = HashMap::from([
+            ("x".to_string(), Tensor::new(vec![1, 1, 2, 6], x.to_vec())),
+            (
+                "g".to_string(),
+                Tensor::new(
+                    vec![1, 1, oh, ow],
+                    (1..=oh * ow).map(|v| v as f64).collect(),
+                ),
+            ),
+        ]);
+        let expected = interp::eval(&g, &feeds, &[pooled, routed]).unwrap();
+        if padding == 0 {
+            assert!(same(&expected[0].data, &[-0.0, f64::NAN, -inf]));
+            let routed = [1.0, 0.0, 2.0, 0.0, 3.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0];
+            assert!(same(&expected[1].data, &routed));
+        }
+        for (elem, threads) in [(Elem::F64, 1), (Elem::F32, 1), (Elem::F32, 2)] {
+            let actual = JitEvaluator::new(elem)
+                .with_threads(threads)
+                .eval(&g, &feeds, &[pooled, routed])
+                .unwrap();
+            for (e, a) in expected.iter().zip(&actual) {
+                assert!(
+                    same(&e.data, &a.data),
+                    "padding {padding}, {elem:?}: interpreter {:?}, compiled {:?}",
+                    e.data,
+                    a.data
+                );
+            }
+        }
+    }
 }
 
 #[test]

@@ -26,17 +26,40 @@ pub(super) trait Float:
 {
     /// Its value of `v`.
     fn of(v: f64) -> Self;
+
+    /// An integer ordered as max pooling compares: by value, `-0` equal to `+0`, and every NaN
+    /// above everything (PyTorch propagates it). Comparing integers lets the compiler pick with
+    /// conditional moves, where float comparisons become branches that real activations
+    /// mispredict half the time.
+    fn max_key(self) -> i64;
 }
 
 impl Float for f32 {
     fn of(v: f64) -> f32 {
         v as f32
     }
+
+    fn max_key(self) -> i64 {
+        let bits = self.to_bits() as i32;
+        let sign = bits >> 31;
+        // Sign and magnitude to two's complement; negatives move up by one so that -0 is 0.
+        let ordered = (bits ^ (sign & i32::MAX)) - sign;
+        let nan = bits & i32::MAX > 0x7f80_0000;
+        std::hint::select_unpredictable(nan, i64::MAX, ordered.into())
+    }
 }
 
 impl Float for f64 {
     fn of(v: f64) -> f64 {
         v
+    }
+
+    fn max_key(self) -> i64 {
+        let bits = self.to_bits() as i64;
+        let sign = bits >> 63;
+        let ordered = (bits ^ (sign & i64::MAX)) - sign;
+        let nan = bits & i64::MAX > 0x7ff0_0000_0000_0000;
+        std::hint::select_unpredictable(nan, i64::MAX, ordered)
     }
 }
 
@@ -317,19 +340,92 @@ fn pool<T: Float>(
         if call == Call::MaxPoolGather {
             let v = &b[images.start * image..images.end * image];
             let empty = T::of(f64::NEG_INFINITY);
-            w.argmax(images.len(), c, x, |o, p| {
+            first_maxima(w, images.len() * c, x, |o, p| {
                 out[o] = p.map_or(empty, |p| v[p])
             });
         } else {
             let g = &b[images.start * pooled..images.end * pooled];
             out.fill(T::zero());
-            w.argmax(images.len(), c, x, |o, p| {
+            first_maxima(w, images.len() * c, x, |o, p| {
                 if let Some(p) = p {
                     out[p] = out[p] + g[o];
                 }
             });
         }
     });
+}
+
+/// For every output `(plane, y, x)` of max pooling `planes` image planes, in row-major order,
+/// calls `f(output, pixel)` with the flat index of the first pixel of the window (row-major)
+/// holding its maximum, or `None` when the whole window lies in the padding. The interpreter
+/// finds the same pixels by a plain walk over [`Window::visit`].
+fn first_maxima<T: Float>(
+    w: &Window,
+    planes: usize,
+    x: &[T],
+    mut f: impl FnMut(usize, Option<usize>),
+) {
+    let Ok([oh, ow]) = w.output() else {
+        return;
+    };
+    let [h, width] = w.image;
+    let [kh, kw] = w.kernel;
+    let [dr, dc] = w.dilation;
+    // Per output row (column): the kernel rows (columns) inside the image, and the image row
+    // (column) of kernel row (column) 0, which may be negative.
+    let ranges = |out: usize, a: usize, size: usize| -> Vec<(usize, usize, isize)> {
+        let (s, d, p) = (
+            w.stride[a] as isize,
+            w.dilation[a] as isize,
+            w.padding[a] as isize,
+        );
+        let k = w.kernel[a] as isize;
+        (0..out as isize)
+            .map(|o| {
+                let start = o * s - p;
+                let lo = if start < 0 { (-start + d - 1) / d } else { 0 }.min(k);
+                let hi = (size as isize - start + d - 1).div_euclid(d).clamp(lo, k);
+                (lo as usize, hi as usize, start)
+            })
+            .collect()
+    };
+    let (rows, cols) = (ranges(oh, 0, h), ranges(ow, 1, width));
+    // Where a window wholly inside the image reads, from its first pixel.
+    let inside: Vec<usize> = (0..kh)
+        .flat_map(|i| (0..kw).map(move |j| i * dr * width + j * dc))
+        .collect();
+    let mut output = 0;
+    for plane in 0..planes {
+        let image = &x[plane * h * width..(plane + 1) * h * width];
+        for &(i0, i1, r0) in &rows {
+            for &(j0, j1, c0) in &cols {
+                let best = if (i0, i1, j0, j1) == (0, kh, 0, kw) {
+                    let first = r0 as usize * width + c0 as usize;
+                    first_maximum(image, inside.iter().map(|&o| first + o))
+                } else {
+                    let pixels = (i0..i1).flat_map(|i| {
+                        let line = (r0 + (i * dr) as isize) as usize * width;
+                        (j0..j1).map(move |j| line + (c0 + (j * dc) as isize) as usize)
+                    });
+                    first_maximum(image, pixels)
+                };
+                f(output, best.map(|p| plane * h * width + p));
+                output += 1;
+            }
+        }
+    }
+}
+
+/// The first of `pixels` holding the maximum of `values` (see [`Float::max_key`]), if any.
+fn first_maximum<T: Float>(values: &[T], pixels: impl Iterator<Item = usize>) -> Option<usize> {
+    let (mut best, mut top) = (usize::MAX, i64::MIN);
+    for p in pixels {
+        let key = values[p].max_key();
+        let wins = key > top;
+        best = std::hint::select_unpredictable(wins, p, best);
+        top = std::hint::select_unpredictable(wins, key, top);
+    }
+    (best != usize::MAX).then_some(best)
 }
 
 /// `buffer` cut into consecutive parts of the given lengths.

@@ -151,19 +151,19 @@ fn eval_op<T: Float>(
             let mut out = vec![T::zero(); numel(shape)];
             let (n, c) = (shape[0], shape[1]);
             let empty = cast(f64::NEG_INFINITY);
-            w.argmax(n, c, &args[0].data, |o, p| {
-                out[o] = p.map_or(empty, |p| args[1].data[p])
-            });
+            for (o, p) in first_maxima(w, n, c, &args[0].data).into_iter().enumerate() {
+                out[o] = p.map_or(empty, |p| args[1].data[p]);
+            }
             out
         }
         Op::MaxPoolScatter(w) => {
             let mut out = vec![T::zero(); numel(shape)];
             let (n, c) = (shape[0], shape[1]);
-            w.argmax(n, c, &args[0].data, |o, p| {
+            for (o, p) in first_maxima(w, n, c, &args[0].data).into_iter().enumerate() {
                 if let Some(p) = p {
                     out[p] = out[p] + args[1].data[o];
                 }
-            });
+            }
             out
         }
         Op::Slice { axis, start, len } => {
@@ -232,6 +232,35 @@ fn eval_op<T: Float>(
 pub fn row_of<T: Float>(index: T, rows: usize) -> Option<usize> {
     let i = index.to_f64()?;
     (i >= 0.0 && i < rows as f64 && i.fract() == 0.0).then_some(i as usize)
+}
+
+/// For every output of max pooling `[n, c, H, W]` images (row-major `[N, C, OH, OW]`), the
+/// flat index of the first pixel of its window, in the window's row-major order, holding the
+/// window's maximum: replaced only by a larger value or by the first NaN, as PyTorch
+/// propagates it. `None` where the whole window is padding.
+fn first_maxima<T: Float>(
+    w: &crate::ir::Window,
+    n: usize,
+    c: usize,
+    x: &[T],
+) -> Vec<Option<usize>> {
+    let [oh, ow] = w.output().unwrap_or_default();
+    let window = w.kernel[0] * w.kernel[1];
+    let mut best: Vec<Option<usize>> = vec![None; n * c * oh * ow];
+    w.visit(n, c, |element, pixel| {
+        // `visit` walks `[N, OH, OW, C, KH, KW]`; the output is `[N, C, OH, OW]`.
+        let q = element / window;
+        let (channel, position) = (q % c, q / c);
+        let (image, y, col) = (position / (oh * ow), position / ow % oh, position % ow);
+        let slot = &mut best[((image * c + channel) * oh + y) * ow + col];
+        if let Some(p) = pixel {
+            let wins = slot.is_none_or(|b| x[p] > x[b] || (x[p].is_nan() && !x[b].is_nan()));
+            if wins {
+                *slot = Some(p);
+            }
+        }
+    });
+    best
 }
 
 /// The three forms of convolution, directly from their definition: every window element

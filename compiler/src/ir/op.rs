@@ -234,68 +234,6 @@ impl Window {
         }
     }
 
-    /// For every output `(n, c, y, x)` of max pooling `images` images of `channels` channels,
-    /// in row-major order, calls `f(output, pixel)` with the flat index of the first pixel of
-    /// the window (row-major) holding its maximum (a NaN counts as the maximum, as PyTorch
-    /// propagates it), or `None` when the whole window lies in the padding.
-    pub fn argmax<T: num_traits::Float>(
-        &self,
-        images: usize,
-        channels: usize,
-        x: &[T],
-        mut f: impl FnMut(usize, Option<usize>),
-    ) {
-        let Ok([oh, ow]) = self.output() else {
-            return;
-        };
-        let [h, w] = self.image;
-        // Per output row (column): the kernel rows (columns) inside the image, and the image
-        // row (column) of kernel row (column) 0, which may be negative.
-        let ranges = |out: usize, a: usize, size: usize| -> Vec<(usize, usize, isize)> {
-            (0..out)
-                .map(|o| {
-                    let (s, d, p) = (
-                        self.stride[a] as isize,
-                        self.dilation[a] as isize,
-                        self.padding[a] as isize,
-                    );
-                    let start = o as isize * s - p;
-                    let k = self.kernel[a] as isize;
-                    let lo = if start < 0 { ((-start) + d - 1) / d } else { 0 }.min(k);
-                    let hi = (size as isize - start + d - 1).div_euclid(d).clamp(lo, k);
-                    (lo as usize, hi as usize, start)
-                })
-                .collect()
-        };
-        let (rows, cols) = (ranges(oh, 0, h), ranges(ow, 1, w));
-        let [dr, dc] = self.dilation;
-        let mut output = 0;
-        for plane in 0..images * channels {
-            let image = &x[plane * h * w..(plane + 1) * h * w];
-            for &(i0, i1, r0) in &rows {
-                for &(j0, j1, c0) in &cols {
-                    // The first maximum: replaced only by a larger value, or by a NaN (which
-                    // then stays, as PyTorch propagates it).
-                    let mut best = usize::MAX;
-                    let mut top = T::neg_infinity();
-                    for i in i0..i1 {
-                        let line = (r0 + (i * dr) as isize) as usize * w;
-                        for j in j0..j1 {
-                            let p = line + (c0 + (j * dc) as isize) as usize;
-                            let v = image[p];
-                            if best == usize::MAX || v > top || (v.is_nan() && !top.is_nan()) {
-                                best = p;
-                                top = v;
-                            }
-                        }
-                    }
-                    f(output, (best != usize::MAX).then(|| plane * h * w + best));
-                    output += 1;
-                }
-            }
-        }
-    }
-
     /// The shapes of a convolution's image, weight and output, checked: `x [N, C, H, W]`,
     /// `w [O, C, KH, KW]`, output `[N, O, OH, OW]`.
     pub fn conv_shapes(&self, x: &Shape, w: &Shape) -> Result<[Shape; 3], ShapeError> {
