@@ -235,7 +235,8 @@ fn average_pooling_counts_the_padding() {
 }
 
 /// A model of one convolution layer (`[kernel, stride, padding, dilation]`) and one pooling,
-/// or `None` where the geometry does not fit.
+/// or `None` where the geometry does not fit. Its image is scaled by a parameter, so that the
+/// convolution's input gradient is computed and checked too.
 fn cnn(
     [c, out, groups]: [usize; 3],
     hw: [usize; 2],
@@ -247,7 +248,8 @@ fn cnn(
         "model c {{
   input x[B, {c}, {}, {}]
   target t[B] : class
-  y = relu(conv2d(x, {out}, {k}, stride = {stride}, padding = {padding}, dilation = {dilation}, groups = {groups}))
+  param s[1, {c}, 1, 1] = normal(1, 0.5)
+  y = relu(conv2d(x * s, {out}, {k}, stride = {stride}, padding = {padding}, dilation = {dilation}, groups = {groups}))
   p = {pool}
   loss = cross_entropy(dense(flatten(p), 3), t)
 }}",

@@ -263,7 +263,6 @@ fn convolve<T: Float>(
         Call::ConvInputGrad => {
             let mut parts: Vec<&mut [T]> = split(out, (0..bands).map(|k| band(k).len() * image));
             for_each_band(&mut parts, threads, |k, dx| {
-                dx.fill(T::zero());
                 with_scratch(ckk * p, |cols| {
                     for (j, i) in band(k).enumerate() {
                         let dy = &a[i * o * p..(i + 1) * o * p];
@@ -276,7 +275,9 @@ fn convolve<T: Float>(
                             (dy, p as isize, 1),
                             false,
                         );
-                        col2im(w, c, cols, &mut dx[j * image..(j + 1) * image]);
+                        let dx = &mut dx[j * image..(j + 1) * image];
+                        dx.fill(T::zero());
+                        col2im(w, c, cols, dx);
                     }
                 });
             });
@@ -345,8 +346,15 @@ fn pool<T: Float>(
             });
         } else {
             let g = &b[images.start * pooled..images.end * pooled];
-            out.fill(T::zero());
+            // Each plane is zeroed just before its gradients land, while it is in cache (a
+            // memset of the whole band first would stream it out again).
+            let (plane, per_plane) = (w.image[0] * w.image[1], oh * ow);
+            let mut next_plane = 0;
             first_maxima(w, images.len() * c, x, |o, p| {
+                if o == next_plane * per_plane {
+                    out[next_plane * plane..(next_plane + 1) * plane].fill(T::zero());
+                    next_plane += 1;
+                }
                 if let Some(p) = p {
                     out[p] = out[p] + g[o];
                 }
@@ -473,6 +481,16 @@ fn im2col<T: Float>(w: &Window, channels: usize, x: &[T], cols: &mut [T]) {
     let stride = w.stride[1];
     for (row, g) in rows(w, channels).enumerate() {
         let dst = &mut cols[row * oh * ow..(row + 1) * oh * ow];
+        if let Some(run) = g.run(oh, ow) {
+            // One copy, then zeros where rows wrapped around the image's edge.
+            dst[..run.to].fill(T::zero());
+            dst[run.to..run.to + run.len].copy_from_slice(&x[run.from..run.from + run.len]);
+            dst[run.to + run.len..].fill(T::zero());
+            for gap in run.gaps() {
+                dst[gap].fill(T::zero());
+            }
+            continue;
+        }
         for y in 0..oh {
             let line = &mut dst[y * ow..(y + 1) * ow];
             let Some(start) = g.line(y) else {
@@ -494,12 +512,24 @@ fn im2col<T: Float>(w: &Window, channels: usize, x: &[T], cols: &mut [T]) {
     }
 }
 
-/// The adjoint of [`im2col`]: adds every element of `cols` to the pixel it was read from.
-fn col2im<T: Float>(w: &Window, channels: usize, cols: &[T], x: &mut [T]) {
+/// The adjoint of [`im2col`]: adds every element of `cols` to the pixel it was read from
+/// (clobbering the elements that read padding).
+fn col2im<T: Float>(w: &Window, channels: usize, cols: &mut [T], x: &mut [T]) {
     let [oh, ow] = w.output().unwrap_or_default();
     let stride = w.stride[1];
     for (row, g) in rows(w, channels).enumerate() {
-        let from = &cols[row * oh * ow..(row + 1) * oh * ow];
+        let from = &mut cols[row * oh * ow..(row + 1) * oh * ow];
+        if let Some(run) = g.run(oh, ow) {
+            // What read padding inside the run must not land on the next row's pixels.
+            for gap in run.gaps() {
+                from[gap].fill(T::zero());
+            }
+            let src = &from[run.to..run.to + run.len];
+            for (d, &v) in x[run.from..run.from + run.len].iter_mut().zip(src) {
+                *d = *d + v;
+            }
+            continue;
+        }
         for y in 0..oh {
             let Some(start) = g.line(y) else { continue };
             let line = &from[y * ow + g.x0..y * ow + g.x1];
@@ -508,6 +538,30 @@ fn col2im<T: Float>(w: &Window, channels: usize, cols: &[T], x: &mut [T]) {
                 dst[k * stride] = dst[k * stride] + v;
             }
         }
+    }
+}
+
+/// Where a row of the windows whose output rows read consecutive image rows end to end reads:
+/// `len` elements of the image from `from`, into the row from `to`. The elements in `gaps`
+/// are the padding at the row ends in between, which the run reads from the image's next row.
+struct Run {
+    from: usize,
+    to: usize,
+    len: usize,
+    /// Output width and kernel columns `x0..x1` inside the image.
+    width: usize,
+    inside: std::ops::Range<usize>,
+    /// Output rows inside the image.
+    rows: std::ops::Range<usize>,
+}
+
+impl Run {
+    /// The spans of the row, between two output rows inside the image, that read padding.
+    fn gaps(&self) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+        let (width, inside) = (self.width, &self.inside);
+        (self.rows.start + 1..self.rows.end)
+            .map(move |y| (y - 1) * width + inside.end..y * width + inside.start)
+            .filter(|gap| !gap.is_empty())
     }
 }
 
@@ -527,6 +581,33 @@ struct Row {
 }
 
 impl Row {
+    /// The whole row as one run, when output rows follow each other in the image as they do in
+    /// the row (a column stride of 1 and `ow` equal to a row stride of image rows, as in a
+    /// "same" convolution) and some output row reads inside the image.
+    fn run(&self, oh: usize, ow: usize) -> Option<Run> {
+        let [stride, width, height] = self.geometry;
+        if self.stride != 1 || ow != stride * width || self.x0 >= self.x1 {
+            return None;
+        }
+        let (s, dy) = (stride as isize, self.offset[0]);
+        let first = if dy < 0 { (-dy + s - 1) / s } else { 0 };
+        let end = (height as isize - dy + s - 1)
+            .div_euclid(s)
+            .min(oh as isize);
+        if first >= end {
+            return None;
+        }
+        let rows = first as usize..end as usize;
+        Some(Run {
+            from: self.line(rows.start)?,
+            to: rows.start * ow + self.x0,
+            len: (rows.len() - 1) * ow + self.x1 - self.x0,
+            width: ow,
+            inside: self.x0..self.x1,
+            rows,
+        })
+    }
+
     /// The flat index output `(y, x0)` reads (output `(y, x)` reads it plus `(x - x0) s`):
     /// `None` when row `y` reads padding.
     fn line(&self, y: usize) -> Option<usize> {
