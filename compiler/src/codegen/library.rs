@@ -479,17 +479,15 @@ fn with_scratch<T: Float>(len: usize, f: impl FnOnce(&mut [T])) {
 fn im2col<T: Float>(w: &Window, channels: usize, x: &[T], cols: &mut [T]) {
     let [oh, ow] = w.output().unwrap_or_default();
     let stride = w.stride[1];
-    for (row, g) in rows(w, channels).enumerate() {
+    for_each_row(w, channels, |row, g| {
         let dst = &mut cols[row * oh * ow..(row + 1) * oh * ow];
         if let Some(run) = g.run(oh, ow) {
             // One copy, then zeros where rows wrapped around the image's edge.
             dst[..run.to].fill(T::zero());
             dst[run.to..run.to + run.len].copy_from_slice(&x[run.from..run.from + run.len]);
             dst[run.to + run.len..].fill(T::zero());
-            for gap in run.gaps() {
-                dst[gap].fill(T::zero());
-            }
-            continue;
+            run.zero_gaps(dst);
+            return;
         }
         for y in 0..oh {
             let line = &mut dst[y * ow..(y + 1) * ow];
@@ -509,7 +507,7 @@ fn im2col<T: Float>(w: &Window, channels: usize, x: &[T], cols: &mut [T]) {
                 }
             }
         }
-    }
+    });
 }
 
 /// The adjoint of [`im2col`]: adds every element of `cols` to the pixel it was read from
@@ -517,18 +515,16 @@ fn im2col<T: Float>(w: &Window, channels: usize, x: &[T], cols: &mut [T]) {
 fn col2im<T: Float>(w: &Window, channels: usize, cols: &mut [T], x: &mut [T]) {
     let [oh, ow] = w.output().unwrap_or_default();
     let stride = w.stride[1];
-    for (row, g) in rows(w, channels).enumerate() {
+    for_each_row(w, channels, |row, g| {
         let from = &mut cols[row * oh * ow..(row + 1) * oh * ow];
         if let Some(run) = g.run(oh, ow) {
             // What read padding inside the run must not land on the next row's pixels.
-            for gap in run.gaps() {
-                from[gap].fill(T::zero());
-            }
+            run.zero_gaps(from);
             let src = &from[run.to..run.to + run.len];
             for (d, &v) in x[run.from..run.from + run.len].iter_mut().zip(src) {
                 *d = *d + v;
             }
-            continue;
+            return;
         }
         for y in 0..oh {
             let Some(start) = g.line(y) else { continue };
@@ -538,12 +534,13 @@ fn col2im<T: Float>(w: &Window, channels: usize, cols: &mut [T], x: &mut [T]) {
                 dst[k * stride] = dst[k * stride] + v;
             }
         }
-    }
+    });
 }
 
 /// Where a row of the windows whose output rows read consecutive image rows end to end reads:
-/// `len` elements of the image from `from`, into the row from `to`. The elements in `gaps`
-/// are the padding at the row ends in between, which the run reads from the image's next row.
+/// `len` elements of the image from `from`, into the row from `to`. Between output rows, the
+/// run also spans the padding at the row ends (its gaps), which it reads from the image's
+/// next row.
 struct Run {
     from: usize,
     to: usize,
@@ -556,12 +553,16 @@ struct Run {
 }
 
 impl Run {
-    /// The spans of the row, between two output rows inside the image, that read padding.
-    fn gaps(&self) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
-        let (width, inside) = (self.width, &self.inside);
-        (self.rows.start + 1..self.rows.end)
-            .map(move |y| (y - 1) * width + inside.end..y * width + inside.start)
-            .filter(|gap| !gap.is_empty())
+    /// Zeroes the spans of `row`, between two output rows inside the image, that read padding.
+    /// A column of the gaps at a time: gaps are a few elements, and a call to `memset` each
+    /// cost more than the copy.
+    fn zero_gaps<T: Float>(&self, row: &mut [T]) {
+        let gap = self.width - self.inside.len();
+        for k in 0..gap {
+            for y in self.rows.start + 1..self.rows.end {
+                row[(y - 1) * self.width + self.inside.end + k] = T::zero();
+            }
+        }
     }
 }
 
@@ -621,30 +622,34 @@ impl Row {
     }
 }
 
-/// The rows of the windows in order `(c, i, j)`.
-fn rows(w: &Window, channels: usize) -> impl Iterator<Item = Row> + '_ {
+/// Calls `f(row, geometry)` for the rows of the windows, in order `(c, i, j)` (plain loops:
+/// an iterator chain here did not inline and cost more than the copies).
+fn for_each_row(w: &Window, channels: usize, mut f: impl FnMut(usize, &Row)) {
     let [_, ow] = w.output().unwrap_or_default();
     let [h, wd] = w.image;
-    (0..channels).flat_map(move |c| {
-        (0..w.kernel[0]).flat_map(move |i| {
-            (0..w.kernel[1]).map(move |j| {
-                let dy = (i * w.dilation[0]) as isize - w.padding[0] as isize;
+    let s = w.stride[1] as isize;
+    let mut row = 0;
+    for c in 0..channels {
+        for i in 0..w.kernel[0] {
+            let dy = (i * w.dilation[0]) as isize - w.padding[0] as isize;
+            for j in 0..w.kernel[1] {
                 let dx = (j * w.dilation[1]) as isize - w.padding[1] as isize;
                 // Columns whose input `x s + dx` lies in `0..wd`.
-                let s = w.stride[1] as isize;
                 let x0 = if dx < 0 { (-dx + s - 1) / s } else { 0 };
                 let x1 = ((wd as isize - dx + s - 1).div_euclid(s)).clamp(0, ow as isize);
-                Row {
+                let g = Row {
                     plane: c * h * wd,
                     offset: [dy, dx],
                     geometry: [w.stride[0], wd, h],
                     stride: w.stride[1],
                     x0: (x0 as usize).min(ow),
                     x1: (x1 as usize).max((x0 as usize).min(ow)),
-                }
-            })
-        })
-    })
+                };
+                f(row, &g);
+                row += 1;
+            }
+        }
+    }
 }
 
 /// `c [m, n] (+)= A [m, k] @ B [k, n]`, the operands given as `(elements, row stride, column
