@@ -12,7 +12,7 @@ import os
 import resource
 import time
 
-SIZES = {"mlp": [784, 512, 256, 10], "tiny": [2, 16, 16, 2], "cnn": "cnn"}
+SIZES = {"mlp": [784, 512, 256, 10], "tiny": [2, 16, 16, 2], "cnn": "cnn", "cnn_bn": "cnn_bn"}
 
 
 def torch_model(sizes):
@@ -24,14 +24,15 @@ def torch_model(sizes):
     return torch.nn.Sequential(*layers[:-1])
 
 
-def torch_cnn():
-    """`examples/mnist_cnn.nn` in PyTorch."""
+def torch_cnn(batch_norm=False):
+    """`examples/mnist_cnn.nn` in PyTorch (with `batch_norm`, `examples/mnist_cnn_bn.nn`)."""
     import torch
 
     nn = torch.nn
+    norm = (lambda c: [nn.BatchNorm2d(c)]) if batch_norm else (lambda c: [])
     return nn.Sequential(
-        nn.Conv2d(1, 16, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(1, 16, 5, padding=2), *norm(16), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 5, padding=2), *norm(32), nn.ReLU(), nn.MaxPool2d(2),
         nn.Flatten(), nn.Linear(32 * 7 * 7, 128), nn.ReLU(), nn.Dropout(0.5),
         nn.Linear(128, 10),
     )
@@ -42,8 +43,8 @@ def torch_steps(sizes, batch, steps, warmup):
 
     torch.manual_seed(0)
     torch.set_num_threads(os.cpu_count())
-    if sizes == "cnn":
-        model = torch_cnn()
+    if sizes in ("cnn", "cnn_bn"):
+        model = torch_cnn(sizes == "cnn_bn")
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         x = torch.randn(batch, 1, 28, 28)
         y = torch.randint(0, 10, (batch,))
@@ -140,13 +141,13 @@ def torch_mnist(directory, epochs, seed, model_name):
     torch.set_num_threads(os.cpu_count())
     started = time.perf_counter()
     load = lambda name: torch.from_numpy(idx(os.path.join(directory, name)).copy())
-    shape = (-1, 1, 28, 28) if model_name == "cnn" else (-1, 784)
+    shape = (-1, 1, 28, 28) if model_name.startswith("cnn") else (-1, 784)
     x = load("train-10k-images-idx3-ubyte.gz").reshape(shape).float() / 255
     y = load("train-10k-labels-idx1-ubyte.gz").long()
     tx = load("t10k-images-idx3-ubyte.gz").reshape(shape).float() / 255
     ty = load("t10k-labels-idx1-ubyte.gz").long()
-    if model_name == "cnn":
-        model, batch = torch_cnn(), 64
+    if model_name.startswith("cnn"):
+        model, batch = torch_cnn(model_name == "cnn_bn"), 64
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     else:
         model, batch = torch_model(SIZES["mlp"]), 128
