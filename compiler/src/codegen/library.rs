@@ -346,15 +346,8 @@ fn pool<T: Float>(
             });
         } else {
             let g = &b[images.start * pooled..images.end * pooled];
-            // Each plane is zeroed just before its gradients land, while it is in cache (a
-            // memset of the whole band first would stream it out again).
-            let (plane, per_plane) = (w.image[0] * w.image[1], oh * ow);
-            let mut next_plane = 0;
+            out.fill(T::zero());
             first_maxima(w, images.len() * c, x, |o, p| {
-                if o == next_plane * per_plane {
-                    out[next_plane * plane..(next_plane + 1) * plane].fill(T::zero());
-                    next_plane += 1;
-                }
                 if let Some(p) = p {
                     out[p] = out[p] + g[o];
                 }
