@@ -14,7 +14,7 @@ use crate::args::Args;
 use crate::ast::{Arg, ExprKind, Span};
 use crate::diagnostic::Diagnostic;
 use crate::init;
-use crate::lower::{Env, LResult, Lowerer};
+use crate::lower::{Env, Fail, LResult, Lowerer};
 
 /// The largest kernel, stride, padding or dilation accepted (beyond any real image).
 const MAX_WINDOW: usize = 1 << 16;
@@ -220,12 +220,11 @@ impl Lowerer<'_> {
         let shape = self.graph.shape(x[0]);
         match shape.dims() {
             [n, Dim::Known(c), Dim::Known(h), Dim::Known(w)] => Ok((n.clone(), *c, *h, *w)),
-            _ => Err(Diagnostic::new(
-                format!("`{name}` needs images [batch, channels, height, width] of known size, got {shape}"),
+            _ => Err(wrong_shape(
+                &format!("`{name}` needs images [batch, channels, height, width] of known size"),
+                shape,
                 at,
-            )
-            .label(format!("this has shape {shape}"))
-            .into()),
+            )),
         }
     }
 
@@ -482,12 +481,11 @@ impl Lowerer<'_> {
             [_, Dim::Known(f)] => (*f, vec![0], vec![*f]),
             [_, Dim::Known(c), Dim::Known(_), Dim::Known(_)] => (*c, vec![0, 2, 3], vec![*c, 1, 1]),
             _ => {
-                return Err(Diagnostic::new(
-                    format!("`batch_norm` needs features [batch, features] or images [batch, channels, height, width] of known size, got {shape}"),
+                return Err(wrong_shape(
+                    "`batch_norm` needs features [batch, features] or images [batch, channels, height, width] of known size",
+                    &shape,
                     a.positional[0].span,
-                )
-                .label(format!("this has shape {shape}"))
-                .into());
+                ));
             }
         };
         let momentum = a.number(9, "momentum", 0.1)?;
@@ -712,12 +710,13 @@ impl Lowerer<'_> {
         let (batch, steps, features) = match shape.dims() {
             [b, Dim::Known(t), Dim::Known(f)] => (b.clone(), *t, *f),
             _ => {
-                return Err(Diagnostic::new(
-                    format!("`{name}` needs a sequence [batch, steps, features] with known steps and features, got {shape}"),
+                return Err(wrong_shape(
+                    &format!(
+                        "`{name}` needs a sequence [batch, steps, features] with known steps and features"
+                    ),
+                    &shape,
                     a.positional[0].span,
-                )
-                .label(format!("this has shape {shape}"))
-                .into());
+                ));
             }
         };
         let gates = match name {
@@ -1094,14 +1093,11 @@ impl Lowerer<'_> {
         let fan_in = match shape.dims() {
             [_, .., Dim::Known(n)] if middle_known => *n,
             _ => {
-                return Err(Diagnostic::new(
-                    format!(
-                        "`dense` needs a tensor [batch, ..., features] whose other dimensions are known, got {shape}"
-                    ),
+                return Err(wrong_shape(
+                    "`dense` needs a tensor [batch, ..., features] whose other dimensions are known",
+                    &shape,
                     a.positional[0].span,
-                )
-                .label(format!("this has shape {shape}"))
-                .into());
+                ));
             }
         };
         let prefix = self.layer_name();
@@ -1335,6 +1331,14 @@ fn located<T>(r: Result<T, ShapeError>, span: Span) -> LResult<T> {
             .label("in this expression")
             .into()
     })
+}
+
+/// The error for an argument of a shape the built-in cannot take: what it `needs`, and what
+/// it got, named in full at the argument.
+fn wrong_shape(needs: &str, shape: &Shape, span: Span) -> Fail {
+    Diagnostic::new(format!("{needs}, got {shape}"), span)
+        .label(format!("this has shape {shape}"))
+        .into()
 }
 
 fn known_product(shape: &Shape) -> usize {
