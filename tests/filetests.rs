@@ -100,6 +100,34 @@ fn fused_kernels() {
     );
 }
 
+/// `--stage clif` and `--stage asm` list every kernel `--stage fused` forms, under the same
+/// headers: its Cranelift IR, and the machine code Cranelift made of it.
+#[test]
+fn every_kernel_lists_its_ir_and_machine_code() {
+    let stage = |stage: &str| {
+        let output = nabla(&["graph", "examples/xor.nn", "--stage", stage]);
+        assert!(output.status.success(), "{}", transcript(&output));
+        String::from_utf8(output.stdout).expect("utf-8 output")
+    };
+    let fused = stage("fused");
+    let kernels: Vec<&str> = fused.lines().filter(|l| l.starts_with("kernel ")).collect();
+    assert!(kernels.len() > 1, "{fused}");
+    for (name, every_kernel_has) in [("clif", "function u0:"), ("asm", "ret")] {
+        let listing = stage(name);
+        let headers: Vec<&str> = listing
+            .lines()
+            .filter_map(|l| l.strip_prefix("; "))
+            .collect();
+        assert_eq!(headers, kernels, "{name}");
+        for (kernel, text) in listing.split("\n; kernel ").enumerate() {
+            assert!(
+                text.contains(every_kernel_has),
+                "{name}, kernel {kernel}:\n{text}"
+            );
+        }
+    }
+}
+
 #[test]
 fn error_diagnostics() {
     run_dir("tests/filetests/errors", false);

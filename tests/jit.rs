@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 
 use nabla_compiler::codegen::clif;
+use nabla_compiler::codegen::jit::Listing;
 use nabla_compiler::gradcheck::{self, Config};
 use nabla_compiler::ir::Tensor;
 use nabla_compiler::pipeline::{self, JitEvaluator, Passes, Request};
@@ -188,7 +189,7 @@ fn rows_split_over_threads_compute_what_one_thread_does() {
         outputs: roots.iter().map(|&r| (format!("{r:?}"), r)).collect(),
         assignments: Vec::new(),
         elem: Elem::F32,
-        keep_clif: false,
+        listing: Listing::None,
         passes: Passes::default(),
         threads: 2,
     };

@@ -11,7 +11,7 @@ use nabla_runtime::train::{
 use nabla_runtime::{Buffer, Elem, Executable, Program};
 
 use crate::batch;
-use crate::codegen::jit::{self, CodegenError, Compiled};
+use crate::codegen::jit::{self, CodegenError, Compiled, Listing};
 use crate::egraph::{self, Limits, RuleSet, Simplified};
 use crate::fusion;
 use crate::ir::{Dim, EvalError, Graph, NodeId, Shape, ShapeError, Tensor};
@@ -65,8 +65,8 @@ pub struct Request<'a> {
     pub assignments: Vec<(NodeId, String)>,
     /// Element type.
     pub elem: Elem,
-    /// Keep the Cranelift IR text of each kernel.
-    pub keep_clif: bool,
+    /// Which text of each kernel to keep.
+    pub listing: Listing,
     /// Which optional passes run.
     pub passes: Passes,
     /// Threads large matrix products may use.
@@ -91,12 +91,7 @@ pub struct Trace {
 pub fn compile(request: &Request) -> Result<(Compiled, Trace), CompileError> {
     let mut trace = plan(request)?;
     let started = std::time::Instant::now();
-    let compiled = jit::compile(
-        &trace.plan,
-        request.elem,
-        request.keep_clif,
-        request.threads,
-    )?;
+    let compiled = jit::compile(&trace.plan, request.elem, request.listing, request.threads)?;
     trace.codegen_ms = elapsed_ms(started);
     if debug_level() >= 1 {
         eprintln!(
@@ -240,7 +235,7 @@ impl JitEvaluator {
                     .collect(),
                 assignments: Vec::new(),
                 elem: self.elem,
-                keep_clif: false,
+                listing: Listing::None,
                 passes: self.passes,
                 threads: self.threads,
             };
@@ -358,7 +353,7 @@ impl ModelPrograms {
             })
             .collect();
         let outputs = vec![("prediction".to_string(), p.node)];
-        let compiled = self.build(&model.graph, outputs, assignments, false)?;
+        let compiled = self.build(&model.graph, outputs, assignments)?;
         Ok((compiled.program, carries))
     }
 
@@ -497,14 +492,13 @@ impl ModelPrograms {
         graph: &Graph,
         outputs: Vec<(String, NodeId)>,
         assignments: Vec<(NodeId, String)>,
-        keep_clif: bool,
     ) -> Result<Compiled, String> {
         let request = Request {
             graph,
             outputs,
             assignments,
             elem: self.elem,
-            keep_clif,
+            listing: Listing::None,
             passes: self.passes,
             threads: self.threads,
         };
@@ -517,13 +511,12 @@ impl ModelPrograms {
     fn compile_train_step(&self, batch: usize) -> Result<Compiled, String> {
         let step =
             optim::train_step(&self.bound(batch)?, &self.optimizer).map_err(|e| e.to_string())?;
-        self.build(&step.graph, step.outputs, step.assignments, false)
+        self.build(&step.graph, step.outputs, step.assignments)
     }
 
     /// Every stage of the train step at `batch`: the graph as autodiff and the optimizer emit
-    /// it, then what each pass made of it, with timings; the Cranelift IR of each kernel when
-    /// `keep_clif`.
-    pub fn inspect(&self, batch: usize, keep_clif: bool) -> Result<Inspection, String> {
+    /// it, then what each pass made of it, with timings; each kernel's `listing`.
+    pub fn inspect(&self, batch: usize, listing: Listing) -> Result<Inspection, String> {
         let started = std::time::Instant::now();
         let step =
             optim::train_step(&self.bound(batch)?, &self.optimizer).map_err(|e| e.to_string())?;
@@ -533,7 +526,7 @@ impl ModelPrograms {
             outputs: step.outputs.clone(),
             assignments: step.assignments.clone(),
             elem: self.elem,
-            keep_clif,
+            listing,
             passes: self.passes,
             threads: self.threads,
         };
@@ -553,7 +546,7 @@ impl ModelPrograms {
             autodiff_ms,
             bytes_unfused: unfused.bytes_moved(self.elem.size()),
             trace,
-            clif: compiled.clif,
+            listing: compiled.listing,
         })
     }
 }
@@ -576,8 +569,8 @@ pub struct Inspection {
     pub bytes_unfused: u64,
     /// What the passes produced.
     pub trace: Trace,
-    /// Cranelift IR per kernel (when asked for).
-    pub clif: Vec<String>,
+    /// The listing of each kernel (when asked for).
+    pub listing: Vec<String>,
 }
 
 impl Compile for ModelPrograms {
@@ -589,7 +582,7 @@ impl Compile for ModelPrograms {
         let model = bind(&self.eval, batch)?;
         let mut outputs = vec![("loss".to_string(), model.loss)];
         outputs.extend(model.prediction.map(|p| ("prediction".to_string(), p.node)));
-        self.build(&model.graph, outputs, Vec::new(), false)
+        self.build(&model.graph, outputs, Vec::new())
             .map(|c| c.program)
     }
 
@@ -600,7 +593,6 @@ impl Compile for ModelPrograms {
             &model.graph,
             vec![("prediction".to_string(), p.node)],
             Vec::new(),
-            false,
         )
         .map(|c| c.program)
     }
@@ -612,7 +604,6 @@ impl Compile for ModelPrograms {
         for (p, g) in model.params.iter().zip(grads) {
             outputs.push((gradient_name(&p.name), g));
         }
-        self.build(&graph, outputs, Vec::new(), false)
-            .map(|c| c.program)
+        self.build(&graph, outputs, Vec::new()).map(|c| c.program)
     }
 }

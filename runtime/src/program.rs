@@ -11,6 +11,7 @@
 
 use std::any::Any;
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 
 use crate::buffer::{AllocError, Buffer, Elem};
 
@@ -81,13 +82,17 @@ impl std::error::Error for RunError {}
 pub struct Executable {
     program: Program,
     temps: Vec<Option<Buffer>>,
+    /// The kernels' table: temporaries' slots are filled once, in `new`; external slots on
+    /// every run.
     table: Vec<*mut u8>,
+    /// The slots bound to external buffers, with the names they are bound under.
+    externals: Vec<(usize, String)>,
 }
 
 impl Executable {
     /// Allocates the program's temporaries once; an error when the memory cannot be had.
     pub fn new(program: Program) -> Result<Executable, AllocError> {
-        let temps = program
+        let mut temps: Vec<Option<Buffer>> = program
             .buffers
             .iter()
             .map(|b| {
@@ -97,11 +102,24 @@ impl Executable {
                     .transpose()
             })
             .collect::<Result<_, _>>()?;
-        let table = vec![std::ptr::null_mut(); program.buffers.len()];
+        let table = temps
+            .iter_mut()
+            .map(|temp| {
+                temp.as_mut()
+                    .map_or(std::ptr::null_mut(), Buffer::as_mut_ptr)
+            })
+            .collect();
+        let externals = program
+            .buffers
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, b)| Some((slot, b.external.clone()?)))
+            .collect();
         Ok(Executable {
             program,
             temps,
             table,
+            externals,
         })
     }
 
@@ -109,30 +127,29 @@ impl Executable {
     /// `externals` that holds it, after checking it has exactly the planned length and element
     /// type. Several maps let callers keep, say, per-batch inputs apart from parameters without
     /// moving buffers between them.
-    pub fn run(&mut self, externals: &mut [&mut HashMap<String, Buffer>]) -> Result<(), RunError> {
-        for (slot, spec) in self.program.buffers.iter().enumerate() {
-            self.table[slot] = match (&spec.external, &mut self.temps[slot]) {
-                (Some(name), _) => {
-                    let buffer = externals
-                        .iter_mut()
-                        .find_map(|map| map.get_mut(name))
-                        .ok_or_else(|| RunError::Missing(name.clone()))?;
-                    if buffer.len() != spec.len || buffer.elem() != self.program.elem {
-                        return Err(RunError::Mismatch {
-                            name: name.clone(),
-                            expected: spec.len,
-                            got: buffer.len(),
-                        });
-                    }
-                    buffer.as_mut_ptr()
-                }
-                (None, Some(temp)) => temp.as_mut_ptr(),
-                (None, None) => unreachable!("every temporary is allocated in `new`"),
-            };
+    pub fn run<S: BuildHasher>(
+        &mut self,
+        externals: &mut [&mut HashMap<String, Buffer, S>],
+    ) -> Result<(), RunError> {
+        for (slot, name) in &self.externals {
+            let buffer = externals
+                .iter_mut()
+                .find_map(|map| map.get_mut(name))
+                .ok_or_else(|| RunError::Missing(name.clone()))?;
+            let expected = self.program.buffers[*slot].len;
+            if buffer.len() != expected || buffer.elem() != self.program.elem {
+                return Err(RunError::Mismatch {
+                    name: name.clone(),
+                    expected,
+                    got: buffer.len(),
+                });
+            }
+            self.table[*slot] = buffer.as_mut_ptr();
         }
         for kernel in &self.program.kernels {
             // SAFETY: every slot points at a live buffer of the planned length and element type
-            // (checked above), which is all the kernel ABI requires.
+            // (temporaries since `new`, external buffers checked above), which is all the kernel
+            // ABI requires.
             unsafe { kernel(self.table.as_ptr()) };
         }
         Ok(())

@@ -98,7 +98,7 @@ fn take<'a>(
     prefix: &str,
     elem: Elem,
 ) -> Result<Store, String> {
-    let mut store = Store::new();
+    let mut store = Store::default();
     for (name, shape) in wanted {
         let file_name = format!("{prefix}{name}");
         let (_, found, values) = tensors
@@ -219,7 +219,7 @@ mod tests {
         let path = dir.join("run.safetensors");
         let info = info();
         let values = [0.1f64, -2.5e-7, 3.0, 1.0 / 3.0];
-        let store = Store::from([
+        let store = Store::from_iter([
             ("w".to_string(), Buffer::from_f64(&values, Elem::F32)),
             (
                 "w#momentum".to_string(),
@@ -235,7 +235,7 @@ mod tests {
                 best_epoch: 2,
                 ..Position::default()
             },
-            best_params: Some(Store::from([(
+            best_params: Some(Store::from_iter([(
                 "w".to_string(),
                 Buffer::from_f64(&[9.0; 4], Elem::F32),
             )])),

@@ -307,14 +307,16 @@ pub struct Report {
     pub seconds: f64,
 }
 
-/// Parameters, optimizer state and scalar inputs, by buffer name.
-pub type Store = HashMap<String, Buffer>;
+/// Parameters, optimizer state and scalar inputs, by buffer name. Hashed with FxHash: every
+/// step binds each of them by name, and SipHash's resistance to chosen keys buys nothing for
+/// names the model itself declares.
+pub type Store = HashMap<String, Buffer, rustc_hash::FxBuildHasher>;
 
 /// Initialises every parameter from its initialiser (in order, from `seed`) and zeroes the
 /// optimizer state; an error when the memory cannot be had.
 pub fn init_store(info: &ModelInfo, seed: u64, elem: Elem) -> Result<Store, String> {
     let mut rng = Rng::seeded(seed);
-    let mut store = Store::new();
+    let mut store = Store::default();
     for p in &info.params {
         let buffer = Buffer::try_from_fn(numel(&p.shape), elem, |i| p.init.draw(i, &mut rng))
             .map_err(|e| format!("parameter `{}`: {e}", p.name))?;
@@ -776,7 +778,7 @@ pub fn train(
     let earlier_seconds = state.position.seconds;
     let seconds = || earlier_seconds + started.elapsed().as_secs_f64();
     let mut runners = Runners::new(settings.elem);
-    let mut epoch_start = Store::new();
+    let mut epoch_start = Store::default();
     insert_step_scalars(info, settings.elem, store);
     while state.position.step < total {
         let epoch = state.position.epoch;
@@ -1269,7 +1271,7 @@ mod tests {
         values
             .iter()
             .enumerate()
-            .find_map(|(i, &v)| watch(es, &report(i + 1, v), &info, &Store::new(), &mut state))
+            .find_map(|(i, &v)| watch(es, &report(i + 1, v), &info, &Store::default(), &mut state))
     }
 
     #[test]

@@ -4,11 +4,11 @@
 //! forward in its own buffers, then each next token is sampled from the predicted
 //! distribution and fed back. Nothing is recomputed over a window; a seed fixes the text.
 
-use std::collections::HashMap;
 use std::process::ExitCode;
 use std::time::Instant;
 
 use nabla_runtime::text::{VOCABULARY_KEY, Vocabulary};
+use nabla_runtime::train::Store;
 use nabla_runtime::{Buffer, Elem, Executable, Rng, checkpoint, resume};
 use serde_json::json;
 
@@ -90,14 +90,14 @@ pub fn run(args: Args) -> Outcome {
         .find(|f| !f.target)
         .map(|f| f.name.clone())
         .ok_or_else(|| Failure::Message("the model has no input".into()))?;
-    let mut inputs: HashMap<String, Buffer> = HashMap::new();
+    let mut inputs = Store::default();
     inputs.insert(token.clone(), Buffer::zeros(1, Elem::F32));
     for (name, len) in carries {
         inputs.insert(name, Buffer::zeros(len, Elem::F32));
     }
     let mut store = store;
     let vocab = vocabulary.tokens.len();
-    let mut step = |inputs: &mut HashMap<String, Buffer>, t: usize| -> Result<Vec<f64>, Failure> {
+    let mut step = |inputs: &mut Store, t: usize| -> Result<Vec<f64>, Failure> {
         inputs.get_mut(&token).expect("the token buffer").f32s_mut()[0] = t as f32;
         exe.run(&mut [inputs, &mut store])
             .map_err(|e| Failure::Message(e.to_string()))?;

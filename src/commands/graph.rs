@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::ValueEnum;
+use nabla_compiler::codegen::jit::Listing;
 use nabla_compiler::egraph::Simplified;
 use nabla_compiler::fusion;
 use nabla_compiler::ir::{Graph, NodeId, text};
@@ -29,6 +30,9 @@ enum Stage {
     Fused,
     /// The Cranelift IR of every kernel, each headed by what it computes.
     Clif,
+    /// The machine code of every kernel (Cranelift's disassembly), each headed by what it
+    /// computes.
+    Asm,
 }
 
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
@@ -59,11 +63,11 @@ pub struct Args {
     /// Which program's model: training's or evaluation's (`eval` shows the forward stage).
     #[arg(long, value_enum, default_value = "train")]
     mode: Mode,
-    /// Output format (`clif` prints text only).
+    /// Output format (`clif` and `asm` print text only).
     #[arg(long, value_enum)]
     format: Option<Format>,
     /// Bind every symbolic dimension (the batch) to this size (1 to 16,777,216); `fused`,
-    /// `clif` and `--stats` default to the train block's batch.
+    /// `clif`, `asm` and `--stats` default to the train block's batch.
     #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1 << 24))]
     batch: Option<usize>,
     #[command(flatten)]
@@ -78,9 +82,14 @@ pub struct Args {
 
 pub fn run(args: Args) -> Outcome {
     let format = args.format.unwrap_or(Format::Text);
-    if args.stage == Stage::Clif && format != Format::Text {
+    let listing = match args.stage {
+        Stage::Clif => Listing::Clif,
+        Stage::Asm => Listing::Machine,
+        _ => Listing::None,
+    };
+    if listing != Listing::None && format != Format::Text {
         return Err(Failure::Message(
-            "`--stage clif` prints Cranelift IR as text; it has no `--format dot` or `json`".into(),
+            "`--stage clif` and `--stage asm` print code as text; they have no `--format dot` or `json`".into(),
         ));
     }
     if args.mode == Mode::Eval && (args.stage != Stage::Forward || args.stats) {
@@ -94,23 +103,23 @@ pub fn run(args: Args) -> Outcome {
     let compiled = &loaded.compiled;
     let (optimizer, train_batch) = first_train(compiled);
     let passes = args.passes.passes();
-    if args.stats || matches!(args.stage, Stage::Fused | Stage::Clif) {
+    if args.stats || args.stage == Stage::Fused || listing != Listing::None {
         let batch = args.batch.unwrap_or(train_batch);
         let mut programs = ModelPrograms::new(compiled.model.clone(), optimizer, Elem::F32);
         programs.passes = passes;
         programs.threads = args.passes.threads();
         let inspection = programs
-            .inspect(batch, args.stage == Stage::Clif && !args.stats)
+            .inspect(batch, if args.stats { Listing::None } else { listing })
             .map_err(Failure::Message)?;
         if args.stats {
             stats(&inspection, batch, parse_ms, args.json);
-        } else if args.stage == Stage::Clif {
+        } else if listing != Listing::None {
             for (i, (kernel, text)) in inspection
                 .trace
                 .plan
                 .kernels
                 .iter()
-                .zip(&inspection.clif)
+                .zip(&inspection.listing)
                 .enumerate()
             {
                 out!("; kernel {i}: {}\n{}", kernel.title, text.trim_end());

@@ -121,7 +121,7 @@ impl Target {
         self.vector.lane_count() as i64
     }
 
-    fn size(&self) -> i64 {
+    pub(super) fn size(&self) -> i64 {
         self.scalar.bytes() as i64
     }
 }
@@ -293,14 +293,9 @@ impl Emitter<'_, '_> {
     }
 
     /// `base + index * element size`.
-    fn addr(&mut self, base: Value, index: Value) -> Value {
+    pub(super) fn addr(&mut self, base: Value, index: Value) -> Value {
         let bytes = self.b.ins().imul_imm_s(index, self.t.size());
         self.b.ins().iadd(base, bytes)
-    }
-
-    pub(super) fn load(&mut self, ty: Type, base: Value, index: Value) -> Value {
-        let a = self.addr(base, index);
-        self.b.ins().load(ty, flags(), a, 0)
     }
 
     pub(super) fn store(&mut self, value: Value, base: Value, index: Value) {
@@ -449,25 +444,41 @@ impl Emitter<'_, '_> {
     ) -> Value {
         let base = self.base(slot);
         let at = self.offset(coeffs, vars);
-        if !ty.is_vector() {
-            return self.load(ty, base, at);
-        }
-        match coeffs.last().copied().unwrap_or(0) {
-            1 => self.load(ty, base, at),
-            0 => {
-                let x = self.load(self.t.scalar, base, at);
-                self.b.ins().splat(ty, x)
+        let address = self.addr(base, at);
+        let stride = coeffs.last().copied().unwrap_or(0) * self.t.size();
+        self.load_lanes(ty, address, 0, stride)
+    }
+
+    /// The value of type `ty` at `address + offset` bytes, its lanes `stride` bytes apart: a
+    /// scalar or vector load, a splat (stride 0) or a gather.
+    pub(super) fn load_lanes(
+        &mut self,
+        ty: Type,
+        address: Value,
+        offset: i64,
+        stride: i64,
+    ) -> Value {
+        let load = |e: &mut Self, ty: Type, offset: i64| match i32::try_from(offset) {
+            Ok(imm) => e.b.ins().load(ty, flags(), address, imm),
+            Err(_) => {
+                let at = e.b.ins().iadd_imm_s(address, offset);
+                e.b.ins().load(ty, flags(), at, 0)
             }
-            stride => {
-                let mut v = self.constant(ty, 0.0);
-                for lane in 0..self.t.lanes() {
-                    let i = self.b.ins().iadd_imm_s(at, lane * stride);
-                    let x = self.load(self.t.scalar, base, i);
-                    v = self.b.ins().insertlane(v, x, lane as u8);
-                }
-                v
-            }
+        };
+        let sty = self.t.scalar;
+        if !ty.is_vector() || stride == self.t.size() {
+            return load(self, ty, offset);
         }
+        if stride == 0 {
+            let x = load(self, sty, offset);
+            return self.b.ins().splat(ty, x);
+        }
+        let mut v = self.constant(ty, 0.0);
+        for lane in 0..self.t.lanes() {
+            let x = load(self, sty, offset + lane * stride);
+            v = self.b.ins().insertlane(v, x, lane as u8);
+        }
+        v
     }
 
     /// Stores `value` (of type `ty`) at the affine offset; vector stores need a unit innermost

@@ -24,12 +24,24 @@ fn err(e: impl std::fmt::Display) -> CodegenError {
     CodegenError(e.to_string())
 }
 
-/// A compiled program and, on request, the Cranelift IR of each kernel.
+/// Which text of each kernel a compilation keeps, for inspection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listing {
+    /// No text: what running programs want.
+    None,
+    /// The Cranelift IR as the code generator emitted it.
+    Clif,
+    /// The machine code Cranelift produced, as its disassembly.
+    Machine,
+}
+
+/// A compiled program and, on request, a listing of each kernel.
 pub struct Compiled {
     /// The runnable program.
     pub program: Program,
-    /// Textual Cranelift IR per kernel (empty unless asked for).
-    pub clif: Vec<String>,
+    /// One listing per kernel (empty unless asked for); a kernel that splits phases over
+    /// threads lists its row functions first.
+    pub listing: Vec<String>,
 }
 
 /// The scalar functions kernels call, for one float type: `extern "C"` shims over Rust's
@@ -309,7 +321,7 @@ fn math_symbol(f: MathFn, elem: Elem) -> (String, *const u8) {
 pub fn compile(
     plan: &Plan,
     elem: Elem,
-    keep_text: bool,
+    listing: Listing,
     threads: usize,
 ) -> Result<Compiled, CodegenError> {
     let mut flag_builder = settings::builder();
@@ -393,7 +405,7 @@ pub fn compile(
     let mut ctx = module.make_context();
     let mut builder_ctx = FunctionBuilderContext::new();
     let mut ids = Vec::with_capacity(plan.kernels.len());
-    let mut clif = Vec::new();
+    let mut listings = Vec::new();
     for (i, kernel) in plan.kernels.iter().enumerate() {
         // First the functions computing bands of rows of the phases split over threads, then
         // the kernel calling them.
@@ -450,12 +462,16 @@ pub fn compile(
                 }
                 b.finalize(module.target_config());
             }
-            if keep_text {
+            if listing == Listing::Clif {
                 text += &ctx.func.display().to_string();
             }
+            ctx.set_disasm(listing == Listing::Machine);
             module
                 .define_function(id, &mut ctx)
                 .map_err(|e| CodegenError(format!("{name}: {e:?}")))?;
+            if let Some(machine) = ctx.compiled_code().and_then(|c| c.vcode.as_ref()) {
+                text += &format!("{name}:\n{machine}");
+            }
             module.clear_context(&mut ctx);
             match split {
                 Some(&(index, extent)) => {
@@ -464,8 +480,8 @@ pub fn compile(
                 None => ids.push(id),
             }
         }
-        if keep_text {
-            clif.push(text);
+        if listing != Listing::None {
+            listings.push(text);
         }
     }
     module.finalize_definitions().map_err(err)?;
@@ -484,5 +500,8 @@ pub fn compile(
         elem,
         code: Box::new(module),
     };
-    Ok(Compiled { program, clif })
+    Ok(Compiled {
+        program,
+        listing: listings,
+    })
 }

@@ -5,7 +5,8 @@
 //! each tile of up to 4 rows by 2 vectors (8 f32 columns) keeps its accumulators in registers
 //! for the whole `k` loop, splatting one `A` element per row and streaming one row of `B` per
 //! step through fused multiply-adds, and each finished accumulator goes through the epilogue in
-//! registers.
+//! registers. A tile's operands are addressed from one pointer each, advanced per step; its rows
+//! and columns sit at constant offsets from it, so a step does no other index arithmetic.
 
 use cranelift_codegen::ir::{FuncRef, InstBuilder, Type, Value, types};
 
@@ -145,16 +146,21 @@ impl Emitter<'_, '_> {
             }
         }
         let row_index: Vec<Value> = (0..rows).map(|r| self.b.ins().iadd_imm_s(i0, r)).collect();
-        self.for_range(0, p.k, 1, &mut |e, step| {
+        let size = self.t.size();
+        let (a_base, b_base) = (self.base(p.a.slot), self.base(p.b.slot));
+        let a_start = self.addr_scaled(a_base, i0, p.a.row);
+        let b_start = self.addr_scaled(b_base, j0, p.b.col);
+        self.for_range(0, p.k, 1, &mut |e, k| {
+            let b_at = e.step_address(b_start, k, p.b.row);
             let b_values: Vec<Value> = columns
                 .iter()
                 .map(|&(ty, offset)| {
-                    let j = e.b.ins().iadd_imm_s(j0, offset);
-                    e.load_at(p.b.slot, &[p.b.row, p.b.col], &[step, j], ty)
+                    e.load_lanes(ty, b_at, offset * p.b.col * size, p.b.col * size)
                 })
                 .collect();
-            for (r, &i) in row_index.iter().enumerate() {
-                let a_scalar = e.load_at(p.a.slot, &[p.a.row, p.a.col], &[i, step], sty);
+            let a_at = e.step_address(a_start, k, p.a.col);
+            for r in 0..rows as usize {
+                let a_scalar = e.load_lanes(sty, a_at, r as i64 * p.a.row * size, 0);
                 let a_vector = (vectors > 0).then(|| e.b.ins().splat(vty, a_scalar));
                 for (ci, &(ty, _)) in columns.iter().enumerate() {
                     let var = acc[r * columns.len() + ci];
@@ -181,5 +187,17 @@ impl Emitter<'_, '_> {
                 }
             }
         }
+    }
+
+    /// `base + index * stride` elements, as an address.
+    fn addr_scaled(&mut self, base: Value, index: Value, stride: i64) -> Value {
+        let at = self.b.ins().imul_imm_s(index, stride);
+        self.addr(base, at)
+    }
+
+    /// `start` advanced by step `k` along `stride` elements.
+    fn step_address(&mut self, start: Value, k: Value, stride: i64) -> Value {
+        let offset = self.b.ins().imul_imm_s(k, stride * self.t.size());
+        self.b.ins().iadd(start, offset)
     }
 }
