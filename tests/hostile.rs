@@ -167,7 +167,7 @@ fn flags_are_checked() {
         (&["graph", XOR, "--batch", "0"], "0 is not in 1..=16777216"),
         (
             &["graph", XOR, "--stage", "clif", "--format", "dot"],
-            "has no `--format dot` or `json`",
+            "they have no `--format dot` or `json`",
         ),
         (
             &["gradcheck", XOR, "--cases", "0"],

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use nabla_compiler::codegen::clif;
 use nabla_compiler::codegen::jit::Listing;
 use nabla_compiler::gradcheck::{self, Config};
-use nabla_compiler::ir::Tensor;
+use nabla_compiler::ir::{Graph, Shape, Tensor, UnaryOp};
 use nabla_compiler::pipeline::{self, JitEvaluator, Passes, Request};
 use nabla_compiler::{autodiff, model::Model};
 use nabla_runtime::Elem;
@@ -113,28 +113,20 @@ fn compiled_gradients_pass_gradcheck() {
     }
 }
 
-/// Generated code computes f32 `tanh` in registers (no call): within 6 ulp of the correctly
-/// rounded value at every 1021st f32 of either sign, and exact at the special values.
-#[test]
-fn inline_tanh_is_accurate_over_the_whole_f32_range() {
-    use nabla_compiler::ir::{Graph, Shape, UnaryOp};
+/// `op` compiled for f32, at every 1021st f32 of either sign and at `special`: the worst
+/// distance in ulp from `reference` (computed in f64, then rounded) with the input it occurs
+/// at, and the output at each special value. NaN must map to NaN.
+fn inline_f32(op: UnaryOp, reference: fn(f64) -> f64, special: &[f32]) -> (u64, f32, Vec<f32>) {
     let mut values: Vec<f32> = (0..0x7f80_0000u32)
         .step_by(1021)
         .map(f32::from_bits)
         .flat_map(|v| [v, -v])
         .collect();
-    values.extend([
-        0.0,
-        -0.0,
-        f32::INFINITY,
-        f32::NEG_INFINITY,
-        f32::NAN,
-        7.905_311,
-        20.0,
-    ]);
+    values.extend([0.0, -0.0, f32::INFINITY, f32::NEG_INFINITY, f32::NAN]);
+    values.extend(special);
     let mut g = Graph::new();
     let x = g.input("x", Shape::known(&[values.len()])).unwrap();
-    let y = g.unary(UnaryOp::Tanh, x).unwrap();
+    let y = g.unary(op, x).unwrap();
     let feeds = HashMap::from([(
         "x".to_string(),
         Tensor::new(
@@ -145,9 +137,9 @@ fn inline_tanh_is_accurate_over_the_whole_f32_range() {
     let out = JitEvaluator::new(Elem::F32).eval(&g, &feeds, &[y]).unwrap();
     let mut worst = (0, 0.0f32);
     for (&v, &got) in values.iter().zip(&out[0].data) {
-        let (got, want) = (got as f32, (f64::from(v)).tanh() as f32);
+        let (got, want) = (got as f32, reference(f64::from(v)) as f32);
         if want.is_nan() {
-            assert!(got.is_nan(), "tanh({v}) = {got}, not NaN");
+            assert!(got.is_nan(), "{op:?}({v}) = {got}, not NaN");
             continue;
         }
         let ulps = (got.to_bits() as i64 - want.to_bits() as i64).unsigned_abs();
@@ -155,16 +147,62 @@ fn inline_tanh_is_accurate_over_the_whole_f32_range() {
             worst = (ulps, v);
         }
     }
-    assert!(worst.0 <= 6, "{} ulp at {}", worst.0, worst.1);
-    let at = |v: f32| {
-        out[0].data[values
-            .iter()
-            .position(|&w| w.to_bits() == v.to_bits())
-            .unwrap()]
-    };
-    assert_eq!(at(f32::INFINITY), 1.0);
-    assert_eq!(at(f32::NEG_INFINITY), -1.0);
-    assert_eq!(at(-0.0).to_bits(), (-0.0f64).to_bits());
+    let at = special
+        .iter()
+        .map(|&v| {
+            out[0].data[values.len() - special.len()
+                + special
+                    .iter()
+                    .position(|&w| w.to_bits() == v.to_bits())
+                    .unwrap()] as f32
+        })
+        .collect();
+    (worst.0, worst.1, at)
+}
+
+/// Generated code computes f32 `tanh`, `exp` and `sigmoid` in registers (no call), within a
+/// few ulp of the correctly rounded value over the whole f32 range and exact at the special
+/// values: infinities, signed zeros, and the edges of overflow and underflow.
+#[test]
+fn inline_transcendentals_are_accurate_over_the_whole_f32_range() {
+    let specials = [
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        -0.0,
+        7.905_311,
+        20.0,
+        88.72,
+        88.73,
+        -87.0,
+        -103.0,
+        -104.5,
+    ];
+    let (ulps, at, tanh) = inline_f32(UnaryOp::Tanh, f64::tanh, &specials);
+    assert!(ulps <= 6, "tanh: {ulps} ulp at {at}");
+    assert_eq!(tanh[..3], [1.0, -1.0, -0.0]);
+    assert!(tanh[2].is_sign_negative());
+
+    let (ulps, at, exp) = inline_f32(UnaryOp::Exp, f64::exp, &specials);
+    assert!(ulps <= 2, "exp: {ulps} ulp at {at}");
+    assert_eq!(exp[..3], [f32::INFINITY, 0.0, 1.0]);
+    assert!(
+        exp[5].is_finite() && exp[6].is_infinite(),
+        "overflow at 88.72..88.73"
+    );
+    assert!(
+        exp[8] > 0.0 && !exp[8].is_normal(),
+        "exp(-103) is subnormal"
+    );
+    assert_eq!(exp[9], 0.0);
+
+    let sigmoid = |x: f64| 1.0 / (1.0 + (-x).exp());
+    let (ulps, at, s) = inline_f32(UnaryOp::Sigmoid, sigmoid, &specials);
+    assert!(ulps <= 3, "sigmoid: {ulps} ulp at {at}");
+    assert_eq!(s[..3], [1.0, 0.0, 0.5]);
+    assert!(
+        s[8] > 0.0 && !s[8].is_normal(),
+        "sigmoid(-103) is subnormal"
+    );
 }
 
 /// Large maps and the epilogues of large products split their rows over two threads, in odd

@@ -592,6 +592,77 @@ impl Emitter<'_, '_> {
         self.choose(saturated, unit, near, ty)
     }
 
+    /// f32 `exp` in registers: `2^n e^r` with `n = round(x / ln 2)` and `|r| <= ln 2 / 2`,
+    /// `e^r` by Cephes' degree-6 polynomial, and `2^n` built in the exponent bits in two halves,
+    /// so that a subnormal result is rounded once. Beyond 88.8 the result overflows to `inf`,
+    /// below -104 it underflows to 0; NaN stays NaN.
+    fn exp_f32(&mut self, x: Value, ty: Type) -> Value {
+        const POLYNOMIAL: [f64; 6] = [
+            5.000_000_120_1e-1,
+            1.666_666_545_9e-1,
+            4.166_579_589_4e-2,
+            8.333_451_907_3e-3,
+            1.398_199_950_7e-3,
+            1.987_569_150_0e-4,
+        ];
+        let (hi, lo) = (self.constant(ty, 88.8), self.constant(ty, -104.0));
+        let clamped = self.b.ins().fmin(x, hi);
+        let clamped = self.b.ins().fmax(clamped, lo);
+        let log2e = self.constant(ty, std::f64::consts::LOG2_E);
+        let scaled = self.b.ins().fmul(clamped, log2e);
+        let n = self.b.ins().nearest(scaled);
+        // r = x - n ln 2, with ln 2 split in two so that n times its first part is exact.
+        let (ln2_hi, ln2_lo) = (
+            self.constant(ty, -0.693_359_375),
+            self.constant(ty, 2.121_944_400_5e-4),
+        );
+        let r = self.b.ins().fma(n, ln2_hi, clamped);
+        let r = self.b.ins().fma(n, ln2_lo, r);
+        let mut p = self.constant(ty, POLYNOMIAL[POLYNOMIAL.len() - 1]);
+        for &c in POLYNOMIAL.iter().rev().skip(1) {
+            let c = self.constant(ty, c);
+            p = self.b.ins().fma(p, r, c);
+        }
+        let r2 = self.b.ins().fmul(r, r);
+        let one = self.constant(ty, 1.0);
+        let e_r = self.b.ins().fma(p, r2, r);
+        let e_r = self.b.ins().fadd(e_r, one);
+        // n is in [-150, 128]: each half of it is a normal power of two.
+        let ity = ty.as_int();
+        let n = self.b.ins().fcvt_to_sint_sat(ity, n);
+        let first = self.b.ins().sshr_imm_u(n, 1);
+        let second = self.b.ins().isub(n, first);
+        let mut result = e_r;
+        for half in [first, second] {
+            let bias = self.b.ins().iconst(types::I32, 127);
+            let bias = if ity.is_vector() {
+                self.b.ins().splat(ity, bias)
+            } else {
+                bias
+            };
+            let exponent = self.b.ins().iadd(half, bias);
+            let bits = self.b.ins().ishl_imm_u(exponent, 23);
+            let power = self.b.ins().bitcast(ty, MemFlagsData::new(), bits);
+            result = self.b.ins().fmul(result, power);
+        }
+        result
+    }
+
+    /// f32 `sigmoid` in registers, from [`Self::exp_f32`] of `-|x|` so that nothing overflows:
+    /// `1 / (1 + e)` for `x >= 0`, `e / (1 + e)` below.
+    fn sigmoid_f32(&mut self, x: Value, ty: Type) -> Value {
+        let magnitude = self.b.ins().fabs(x);
+        let minus = self.b.ins().fneg(magnitude);
+        let e = self.exp_f32(minus, ty);
+        let one = self.constant(ty, 1.0);
+        let denominator = self.b.ins().fadd(one, e);
+        let upper = self.b.ins().fdiv(one, denominator);
+        let lower = self.b.ins().fmul(e, upper);
+        let zero = self.constant(ty, 0.0);
+        let non_negative = self.compare(FloatCC::GreaterThanOrEqual, x, zero, ty);
+        self.choose(non_negative, upper, lower, ty)
+    }
+
     /// A math function of scalars, applied lane by lane to vectors.
     fn call(&mut self, f: MathFn, args: &[Value], ty: Type) -> Value {
         let index = MathFn::ALL
@@ -637,6 +708,8 @@ impl Emitter<'_, '_> {
                 self.choose(above, one, not_above, ty)
             }
             UnaryOp::Tanh if ty.lane_type() == types::F32 => self.tanh_f32(x, ty),
+            UnaryOp::Exp if ty.lane_type() == types::F32 => self.exp_f32(x, ty),
+            UnaryOp::Sigmoid if ty.lane_type() == types::F32 => self.sigmoid_f32(x, ty),
             // Every other op is transcendental: a call.
             transcendental => self.call(MathFn::Unary(transcendental), &[x], ty),
         }
