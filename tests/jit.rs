@@ -160,7 +160,7 @@ fn inline_f32(op: UnaryOp, reference: fn(f64) -> f64, special: &[f32]) -> (u64, 
     (worst.0, worst.1, at)
 }
 
-/// Generated code computes f32 `tanh`, `exp` and `sigmoid` in registers (no call), within a
+/// Generated code computes f32 `tanh`, `exp`, `log` and `sigmoid` in registers (no call), within a
 /// few ulp of the correctly rounded value over the whole f32 range and exact at the special
 /// values: infinities, signed zeros, and the edges of overflow and underflow.
 #[test]
@@ -194,6 +194,15 @@ fn inline_transcendentals_are_accurate_over_the_whole_f32_range() {
         "exp(-103) is subnormal"
     );
     assert_eq!(exp[9], 0.0);
+
+    let (ulps, at, log) = inline_f32(UnaryOp::Log, f64::ln, &specials);
+    assert!(ulps <= 2, "log: {ulps} ulp at {at}");
+    assert_eq!(log[0], f32::INFINITY);
+    assert!(
+        log[1].is_nan() && log[7].is_nan(),
+        "log of a negative number"
+    );
+    assert_eq!(log[2], f32::NEG_INFINITY);
 
     let sigmoid = |x: f64| 1.0 / (1.0 + (-x).exp());
     let (ulps, at, s) = inline_f32(UnaryOp::Sigmoid, sigmoid, &specials);

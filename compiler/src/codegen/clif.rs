@@ -648,6 +648,88 @@ impl Emitter<'_, '_> {
         result
     }
 
+    /// f32 `log` in registers: `x = m 2^e` with `m` in `[sqrt(1/2), sqrt(2))` read from the
+    /// bits (subnormals scaled up by 2^23 first), `log(m)` by Cephes' degree-9 polynomial in
+    /// `m - 1`, plus `e ln 2` with `ln 2` split in two. `log(0) = -inf`, `log(inf) = inf`, and
+    /// negative numbers and NaN give NaN.
+    fn log_f32(&mut self, x: Value, ty: Type) -> Value {
+        const POLYNOMIAL: [f64; 9] = [
+            3.333_333_117_4e-1,
+            -2.499_999_399_3e-1,
+            2.000_071_476_5e-1,
+            -1.666_805_766_5e-1,
+            1.424_932_278_7e-1,
+            -1.242_014_084_6e-1,
+            1.167_699_874_0e-1,
+            -1.151_461_031_0e-1,
+            7.037_683_629_2e-2,
+        ];
+        let ity = ty.as_int();
+        let int = |e: &mut Self, v: i64| {
+            let c = e.b.ins().iconst(types::I32, v);
+            if ity.is_vector() {
+                e.b.ins().splat(ity, c)
+            } else {
+                c
+            }
+        };
+        let smallest_normal = self.constant(ty, f64::from(f32::MIN_POSITIVE));
+        let subnormal = self.compare(FloatCC::LessThan, x, smallest_normal, ty);
+        let scale = self.constant(ty, 8_388_608.0);
+        let scaled = self.b.ins().fmul(x, scale);
+        let normal = self.choose(subnormal, scaled, x, ty);
+        let (shift, none) = (self.constant(ty, 23.0), self.constant(ty, 0.0));
+        let shift = self.choose(subnormal, shift, none, ty);
+        let bits = self.b.ins().bitcast(ity, MemFlagsData::new(), normal);
+        // The exponent such that the mantissa is in [1/2, 1).
+        let exponent = self.b.ins().ushr_imm_u(bits, 23);
+        let bias = int(self, 126);
+        let exponent = self.b.ins().isub(exponent, bias);
+        let exponent = self.b.ins().fcvt_from_sint(ty, exponent);
+        let exponent = self.b.ins().fsub(exponent, shift);
+        let fraction = int(self, 0x007f_ffff);
+        let fraction = self.b.ins().band(bits, fraction);
+        let half = int(self, 0x3f00_0000);
+        let mantissa = self.b.ins().bor(fraction, half);
+        let mantissa = self.b.ins().bitcast(ty, MemFlagsData::new(), mantissa);
+        // Below sqrt(1/2), take 2m and one less in the exponent.
+        let sqrt_half = self.constant(ty, std::f64::consts::FRAC_1_SQRT_2);
+        let low = self.compare(FloatCC::LessThan, mantissa, sqrt_half, ty);
+        let one = self.constant(ty, 1.0);
+        let doubled = self.b.ins().fadd(mantissa, mantissa);
+        let m = self.choose(low, doubled, mantissa, ty);
+        let m = self.b.ins().fsub(m, one);
+        let exponent_down = self.b.ins().fsub(exponent, one);
+        let exponent = self.choose(low, exponent_down, exponent, ty);
+        let z = self.b.ins().fmul(m, m);
+        let mut p = self.constant(ty, POLYNOMIAL[POLYNOMIAL.len() - 1]);
+        for &c in POLYNOMIAL.iter().rev().skip(1) {
+            let c = self.constant(ty, c);
+            p = self.b.ins().fma(p, m, c);
+        }
+        let p = self.b.ins().fmul(p, m);
+        let y = self.b.ins().fmul(p, z);
+        let ln2_lo = self.constant(ty, -2.121_944_400_5e-4);
+        let y = self.b.ins().fma(exponent, ln2_lo, y);
+        let minus_half = self.constant(ty, -0.5);
+        let y = self.b.ins().fma(z, minus_half, y);
+        let y = self.b.ins().fadd(m, y);
+        let ln2_hi = self.constant(ty, 0.693_359_375);
+        let y = self.b.ins().fma(exponent, ln2_hi, y);
+        // x - x is 0 for finite x and NaN for NaN and infinities, which the selects then settle.
+        let nan_unless_finite = self.b.ins().fsub(x, x);
+        let y = self.b.ins().fadd(y, nan_unless_finite);
+        let (zero, infinity) = (self.constant(ty, 0.0), self.constant(ty, f64::INFINITY));
+        let is_infinite = self.compare(FloatCC::Equal, x, infinity, ty);
+        let y = self.choose(is_infinite, infinity, y, ty);
+        let is_zero = self.compare(FloatCC::Equal, x, zero, ty);
+        let minus_infinity = self.b.ins().fneg(infinity);
+        let y = self.choose(is_zero, minus_infinity, y, ty);
+        let negative = self.compare(FloatCC::LessThan, x, zero, ty);
+        let nan = self.constant(ty, f64::NAN);
+        self.choose(negative, nan, y, ty)
+    }
+
     /// f32 `sigmoid` in registers, from [`Self::exp_f32`] of `-|x|` so that nothing overflows:
     /// `1 / (1 + e)` for `x >= 0`, `e / (1 + e)` below.
     fn sigmoid_f32(&mut self, x: Value, ty: Type) -> Value {
@@ -709,6 +791,7 @@ impl Emitter<'_, '_> {
             }
             UnaryOp::Tanh if ty.lane_type() == types::F32 => self.tanh_f32(x, ty),
             UnaryOp::Exp if ty.lane_type() == types::F32 => self.exp_f32(x, ty),
+            UnaryOp::Log if ty.lane_type() == types::F32 => self.log_f32(x, ty),
             UnaryOp::Sigmoid if ty.lane_type() == types::F32 => self.sigmoid_f32(x, ty),
             // Every other op is transcendental: a call.
             transcendental => self.call(MathFn::Unary(transcendental), &[x], ty),
