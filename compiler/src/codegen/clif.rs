@@ -562,17 +562,8 @@ impl Emitter<'_, '_> {
         let clamped = self.b.ins().fmin(x, hi);
         let clamped = self.b.ins().fmax(clamped, lo);
         let x2 = self.b.ins().fmul(clamped, clamped);
-        // Horner's rule in x^2, one fused multiply-add per coefficient.
-        let mut horner = |coeffs: &[f64]| {
-            let mut acc = self.constant(ty, coeffs[coeffs.len() - 1]);
-            for &c in coeffs.iter().rev().skip(1) {
-                let c = self.constant(ty, c);
-                acc = self.b.ins().fma(acc, x2, c);
-            }
-            acc
-        };
-        let p = horner(&NUMERATOR);
-        let q = horner(&DENOMINATOR);
+        let p = self.horner(&NUMERATOR, x2, ty);
+        let q = self.horner(&DENOMINATOR, x2, ty);
         let p = self.b.ins().fmul(p, clamped);
         let ratio = self.b.ins().fdiv(p, q);
         let magnitude = self.b.ins().fabs(x);
@@ -618,11 +609,7 @@ impl Emitter<'_, '_> {
         );
         let r = self.b.ins().fma(n, ln2_hi, clamped);
         let r = self.b.ins().fma(n, ln2_lo, r);
-        let mut p = self.constant(ty, POLYNOMIAL[POLYNOMIAL.len() - 1]);
-        for &c in POLYNOMIAL.iter().rev().skip(1) {
-            let c = self.constant(ty, c);
-            p = self.b.ins().fma(p, r, c);
-        }
+        let p = self.horner(&POLYNOMIAL, r, ty);
         let r2 = self.b.ins().fmul(r, r);
         let one = self.constant(ty, 1.0);
         let e_r = self.b.ins().fma(p, r2, r);
@@ -634,12 +621,7 @@ impl Emitter<'_, '_> {
         let second = self.b.ins().isub(n, first);
         let mut result = e_r;
         for half in [first, second] {
-            let bias = self.b.ins().iconst(types::I32, 127);
-            let bias = if ity.is_vector() {
-                self.b.ins().splat(ity, bias)
-            } else {
-                bias
-            };
+            let bias = self.int_constant(ity, 127);
             let exponent = self.b.ins().iadd(half, bias);
             let bits = self.b.ins().ishl_imm_u(exponent, 23);
             let power = self.b.ins().bitcast(ty, MemFlagsData::new(), bits);
@@ -665,14 +647,6 @@ impl Emitter<'_, '_> {
             7.037_683_629_2e-2,
         ];
         let ity = ty.as_int();
-        let int = |e: &mut Self, v: i64| {
-            let c = e.b.ins().iconst(types::I32, v);
-            if ity.is_vector() {
-                e.b.ins().splat(ity, c)
-            } else {
-                c
-            }
-        };
         let smallest_normal = self.constant(ty, f64::from(f32::MIN_POSITIVE));
         let subnormal = self.compare(FloatCC::LessThan, x, smallest_normal, ty);
         let scale = self.constant(ty, 8_388_608.0);
@@ -683,13 +657,13 @@ impl Emitter<'_, '_> {
         let bits = self.b.ins().bitcast(ity, MemFlagsData::new(), normal);
         // The exponent such that the mantissa is in [1/2, 1).
         let exponent = self.b.ins().ushr_imm_u(bits, 23);
-        let bias = int(self, 126);
+        let bias = self.int_constant(ity, 126);
         let exponent = self.b.ins().isub(exponent, bias);
         let exponent = self.b.ins().fcvt_from_sint(ty, exponent);
         let exponent = self.b.ins().fsub(exponent, shift);
-        let fraction = int(self, 0x007f_ffff);
+        let fraction = self.int_constant(ity, 0x007f_ffff);
         let fraction = self.b.ins().band(bits, fraction);
-        let half = int(self, 0x3f00_0000);
+        let half = self.int_constant(ity, 0x3f00_0000);
         let mantissa = self.b.ins().bor(fraction, half);
         let mantissa = self.b.ins().bitcast(ty, MemFlagsData::new(), mantissa);
         // Below sqrt(1/2), take 2m and one less in the exponent.
@@ -702,11 +676,7 @@ impl Emitter<'_, '_> {
         let exponent_down = self.b.ins().fsub(exponent, one);
         let exponent = self.choose(low, exponent_down, exponent, ty);
         let z = self.b.ins().fmul(m, m);
-        let mut p = self.constant(ty, POLYNOMIAL[POLYNOMIAL.len() - 1]);
-        for &c in POLYNOMIAL.iter().rev().skip(1) {
-            let c = self.constant(ty, c);
-            p = self.b.ins().fma(p, m, c);
-        }
+        let p = self.horner(&POLYNOMIAL, m, ty);
         let p = self.b.ins().fmul(p, m);
         let y = self.b.ins().fmul(p, z);
         let ln2_lo = self.constant(ty, -2.121_944_400_5e-4);
@@ -743,6 +713,26 @@ impl Emitter<'_, '_> {
         let zero = self.constant(ty, 0.0);
         let non_negative = self.compare(FloatCC::GreaterThanOrEqual, x, zero, ty);
         self.choose(non_negative, upper, lower, ty)
+    }
+
+    /// `coeffs[0] + coeffs[1] x + ...` by Horner's rule, one fused multiply-add per coefficient.
+    fn horner(&mut self, coeffs: &[f64], x: Value, ty: Type) -> Value {
+        let mut acc = self.constant(ty, coeffs[coeffs.len() - 1]);
+        for &c in coeffs.iter().rev().skip(1) {
+            let c = self.constant(ty, c);
+            acc = self.b.ins().fma(acc, x, c);
+        }
+        acc
+    }
+
+    /// The 32-bit integer `v` as `ity` (`i32`, or splat to `i32x4`).
+    fn int_constant(&mut self, ity: Type, v: i64) -> Value {
+        let c = self.b.ins().iconst(types::I32, v);
+        if ity.is_vector() {
+            self.b.ins().splat(ity, c)
+        } else {
+            c
+        }
     }
 
     /// A math function of scalars, applied lane by lane to vectors.
