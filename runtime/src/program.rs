@@ -85,8 +85,6 @@ pub struct Executable {
     /// The kernels' table: temporaries' slots are filled once, in `new`; external slots on
     /// every run.
     table: Vec<*mut u8>,
-    /// The slots bound to external buffers, with the names they are bound under.
-    externals: Vec<(usize, String)>,
 }
 
 impl Executable {
@@ -109,17 +107,10 @@ impl Executable {
                     .map_or(std::ptr::null_mut(), Buffer::as_mut_ptr)
             })
             .collect();
-        let externals = program
-            .buffers
-            .iter()
-            .enumerate()
-            .filter_map(|(slot, b)| Some((slot, b.external.clone()?)))
-            .collect();
         Ok(Executable {
             program,
             temps,
             table,
-            externals,
         })
     }
 
@@ -131,20 +122,22 @@ impl Executable {
         &mut self,
         externals: &mut [&mut HashMap<String, Buffer, S>],
     ) -> Result<(), RunError> {
-        for (slot, name) in &self.externals {
+        for (slot, spec) in self.program.buffers.iter().enumerate() {
+            let Some(name) = &spec.external else {
+                continue;
+            };
             let buffer = externals
                 .iter_mut()
                 .find_map(|map| map.get_mut(name))
                 .ok_or_else(|| RunError::Missing(name.clone()))?;
-            let expected = self.program.buffers[*slot].len;
-            if buffer.len() != expected || buffer.elem() != self.program.elem {
+            if buffer.len() != spec.len || buffer.elem() != self.program.elem {
                 return Err(RunError::Mismatch {
                     name: name.clone(),
-                    expected,
+                    expected: spec.len,
                     got: buffer.len(),
                 });
             }
-            self.table[*slot] = buffer.as_mut_ptr();
+            self.table[slot] = buffer.as_mut_ptr();
         }
         for kernel in &self.program.kernels {
             // SAFETY: every slot points at a live buffer of the planned length and element type

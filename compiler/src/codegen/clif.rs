@@ -271,6 +271,11 @@ impl<'a, 'b> Emitter<'a, 'b> {
     }
 }
 
+/// ln 2 as the sum of a part with few significant bits, so that an exponent times it is exact,
+/// and the remainder: range reduction for the inline `exp` and `log`.
+const LN2_HI: f64 = 0.693_359_375;
+const LN2_LO: f64 = -2.121_944_400_5e-4;
+
 /// Memory flags for buffer accesses: in bounds (the plan guarantees it), alignment not assumed
 /// for vectors that start mid-buffer.
 fn flags() -> MemFlagsData {
@@ -603,10 +608,7 @@ impl Emitter<'_, '_> {
         let scaled = self.b.ins().fmul(clamped, log2e);
         let n = self.b.ins().nearest(scaled);
         // r = x - n ln 2, with ln 2 split in two so that n times its first part is exact.
-        let (ln2_hi, ln2_lo) = (
-            self.constant(ty, -0.693_359_375),
-            self.constant(ty, 2.121_944_400_5e-4),
-        );
+        let (ln2_hi, ln2_lo) = (self.constant(ty, -LN2_HI), self.constant(ty, -LN2_LO));
         let r = self.b.ins().fma(n, ln2_hi, clamped);
         let r = self.b.ins().fma(n, ln2_lo, r);
         let p = self.horner(&POLYNOMIAL, r, ty);
@@ -619,9 +621,9 @@ impl Emitter<'_, '_> {
         let n = self.b.ins().fcvt_to_sint_sat(ity, n);
         let first = self.b.ins().sshr_imm_u(n, 1);
         let second = self.b.ins().isub(n, first);
+        let bias = self.int_constant(ity, 127);
         let mut result = e_r;
         for half in [first, second] {
-            let bias = self.int_constant(ity, 127);
             let exponent = self.b.ins().iadd(half, bias);
             let bits = self.b.ins().ishl_imm_u(exponent, 23);
             let power = self.b.ins().bitcast(ty, MemFlagsData::new(), bits);
@@ -679,12 +681,12 @@ impl Emitter<'_, '_> {
         let p = self.horner(&POLYNOMIAL, m, ty);
         let p = self.b.ins().fmul(p, m);
         let y = self.b.ins().fmul(p, z);
-        let ln2_lo = self.constant(ty, -2.121_944_400_5e-4);
+        let ln2_lo = self.constant(ty, LN2_LO);
         let y = self.b.ins().fma(exponent, ln2_lo, y);
         let minus_half = self.constant(ty, -0.5);
         let y = self.b.ins().fma(z, minus_half, y);
         let y = self.b.ins().fadd(m, y);
-        let ln2_hi = self.constant(ty, 0.693_359_375);
+        let ln2_hi = self.constant(ty, LN2_HI);
         let y = self.b.ins().fma(exponent, ln2_hi, y);
         // x - x is 0 for finite x and NaN for NaN and infinities, which the selects then settle.
         let nan_unless_finite = self.b.ins().fsub(x, x);
