@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use nabla_compiler::codegen::clif;
 use nabla_compiler::codegen::jit::Listing;
 use nabla_compiler::gradcheck::{self, Config};
-use nabla_compiler::ir::{Graph, Shape, Tensor, UnaryOp};
+use nabla_compiler::ir::{Graph, Shape, Tensor, UnaryOp, interp};
 use nabla_compiler::pipeline::{self, JitEvaluator, Passes, Request};
 use nabla_compiler::{autodiff, model::Model};
 use nabla_runtime::Elem;
@@ -91,6 +91,49 @@ fn odd_sizes_exercise_every_kernel_kind() {
                 compare(&m, batch, 7, Elem::F32, 1e-3)
                     .unwrap_or_else(|e| panic!("n = {n}, {body}, batch {batch} f32: {e}"));
             }
+        }
+    }
+}
+
+/// A concatenation of 1,200 operands keeps their order in the interpreter and in compiled code
+/// (f64, f32, every combination of passes), and so does its gradient, which joins 1,200 slices
+/// (issue 21: operand positions were kept in a byte, and the 257th operand came second).
+#[test]
+fn a_concatenation_of_1200_operands_keeps_their_order() {
+    const N: usize = 1200;
+    let mut g = Graph::new();
+    let x = g.input("x", Shape::known(&[N, 2])).unwrap();
+    let y = g.input("y", Shape::known(&[N, 2])).unwrap();
+    let rows: Vec<_> = (0..N).rev().map(|i| g.slice(x, 0, i, 1).unwrap()).collect();
+    let reversed = g.concat(&rows, 0).unwrap();
+    let weighted = g.mul(reversed, y).unwrap();
+    let loss = g.sum_all(weighted).unwrap();
+    let grad = autodiff::differentiate(&mut g, loss, &[x]).unwrap()[0];
+    let values = |seed: f64| -> Vec<f64> { (0..2 * N).map(|i| seed + i as f64).collect() };
+    let feeds: HashMap<String, Tensor<f64>> = [
+        ("x".to_string(), Tensor::new(vec![N, 2], values(0.0))),
+        ("y".to_string(), Tensor::new(vec![N, 2], values(0.5))),
+    ]
+    .into();
+    let flip = |v: Vec<f64>| -> Vec<f64> { v.chunks(2).rev().flatten().copied().collect() };
+    let expected = [flip(values(0.0)), flip(values(0.5))];
+    let roots = [reversed, grad];
+    let got = interp::eval(&g, &feeds, &roots).unwrap();
+    assert_eq!(
+        [got[0].data.clone(), got[1].data.clone()],
+        expected,
+        "interpreter"
+    );
+    for elem in [Elem::F64, Elem::F32] {
+        for passes in PASSES {
+            let got = JitEvaluator::with_passes(elem, passes)
+                .eval(&g, &feeds, &roots)
+                .unwrap();
+            assert_eq!(
+                [got[0].data.clone(), got[1].data.clone()],
+                expected,
+                "{elem:?} {passes:?}"
+            );
         }
     }
 }

@@ -429,10 +429,26 @@ fn golden_tensors(golden: &serde_json::Value, which: &str) -> Vec<checkpoint::Te
 /// (`tests/golden/rnn_step.json`, written by `benches/peers/rnn_step.py` with torch 2.15).
 #[test]
 fn one_training_step_matches_pytorchs_updated_parameters() {
-    let golden: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string("tests/golden/rnn_step.json").unwrap())
-            .unwrap();
-    let dir = temp("golden");
+    step_matches_pytorch("rnn_step");
+}
+
+/// The same over 300 and 1,000 time steps: the concatenation of the unrolled states has more
+/// operands than a byte counts, and its order must hold (issue 21: with operand positions in
+/// `u8`, step 256 came second and the loss was 3.6e-3 away from PyTorch's at 300 steps).
+#[test]
+fn training_steps_over_300_and_1000_time_steps_match_pytorch() {
+    step_matches_pytorch("rnn_300");
+    step_matches_pytorch("rnn_1000");
+}
+
+/// Trains `tests/golden/NAME.nn` for its one step from the parameters in `NAME.json` and
+/// compares the loss and the updated parameters with PyTorch's.
+fn step_matches_pytorch(name: &str) {
+    let golden: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("tests/golden/{name}.json")).unwrap(),
+    )
+    .unwrap();
+    let dir = temp(&format!("golden-{name}"));
     let (initial, trained) = (
         dir.join("initial.safetensors"),
         dir.join("trained.safetensors"),
@@ -441,34 +457,34 @@ fn one_training_step_matches_pytorchs_updated_parameters() {
     checkpoint::save(&initial, &before, HashMap::new()).unwrap();
     let out = common::nabla(&[
         "train",
-        "tests/golden/rnn_step.nn",
+        &format!("tests/golden/{name}.nn"),
         "--weights",
         initial.to_str().unwrap(),
         "--save",
         trained.to_str().unwrap(),
         "--json",
     ]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out.status.success(), "{name}: {}", stderr(&out));
     let got = checkpoint::load(&trained, 1 << 20).unwrap().tensors;
     let expected = golden_tensors(&golden, "after");
     assert_eq!(
         got.iter().map(|t| &t.0).collect::<Vec<_>>(),
         expected.iter().map(|t| &t.0).collect::<Vec<_>>()
     );
-    for ((name, shape, got), ((_, want_shape, want), (_, _, start))) in
+    for ((tensor, shape, got), ((_, want_shape, want), (_, _, start))) in
         got.iter().zip(expected.iter().zip(&before))
     {
-        assert_eq!(shape, want_shape, "{name}");
+        assert_eq!(shape, want_shape, "{name}: {tensor}");
         let mut moved = 0.0f32;
         for (i, ((g, w), s)) in got.iter().zip(want).zip(start).enumerate() {
             assert!(
                 (g - w).abs() <= 1e-5,
-                "{name}[{i}]: nabla {g}, PyTorch {w} (from {s})"
+                "{name}: {tensor}[{i}]: nabla {g}, PyTorch {w} (from {s})"
             );
             moved = moved.max((w - s).abs());
         }
         // Every tensor's step is large against the tolerance, so a wrong gradient cannot hide.
-        assert!(moved > 1e-2, "{name} moved at most {moved}");
+        assert!(moved > 1e-3, "{name}: {tensor} moved at most {moved}");
     }
     let first = stdout(&out).lines().find_map(|l| {
         serde_json::from_str::<serde_json::Value>(l)
@@ -479,7 +495,7 @@ fn one_training_step_matches_pytorchs_updated_parameters() {
     let loss = golden["loss"].as_f64().unwrap();
     assert!(
         first.is_some_and(|l| (l - loss).abs() < 1e-5),
-        "{first:?} vs PyTorch {loss}"
+        "{name}: {first:?} vs PyTorch {loss}"
     );
 }
 

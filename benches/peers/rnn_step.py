@@ -1,12 +1,15 @@
-"""Writes tests/golden/rnn_step.json: one SGD step of tests/golden/rnn_step.nn in PyTorch.
+"""Writes tests/golden/{rnn_step,rnn_300,rnn_1000}.json: one SGD step of the model of the same
+name (tests/golden/*.nn) in PyTorch.
 
 The model (embedding -> nn.RNN -> nn.LSTM -> nn.GRU -> Linear, batch_first) is initialised
-by PyTorch with seed 0 and trained for one step of SGD (lr 10, large so that every parameter moves well past the test's tolerance) on every window of
-tests/golden/rnn_step.txt at once, cut as nabla's `text` source cuts it (sorted character
-vocabulary, non-overlapping windows of 6 with next-character targets). The JSON holds the
-parameters before and after the step under nabla's names and layouts (nabla's dense weight
-is [in, out], the transpose of nn.Linear's), and the loss. The test in tests/sequences.rs
-loads the initial parameters into nabla, takes the same step and compares.
+by PyTorch with seed 0 and trained for one step of SGD (lr 10, large so that every parameter
+moves well past the test's tolerance) on every window of its text at once, cut as nabla's
+`text` source cuts it (sorted character vocabulary, non-overlapping windows of `seq` with
+next-character targets): rnn_step.txt in windows of 6, and long_sequence.txt in windows of 300
+and of 1,000 (more steps than a byte counts, issue 21). The JSON holds the parameters before
+and after the step under nabla's names and layouts (nabla's dense weight is [in, out], the
+transpose of nn.Linear's), and the loss. The tests in tests/sequences.rs load the initial
+parameters into nabla, take the same step and compare.
 Run from the repository root: benches/peers/run.sh makes the virtualenv this needs."""
 
 import json
@@ -49,12 +52,11 @@ def nabla_parameters(model):
     return out
 
 
-def main():
+def one_step(name, text_file, seq):
     torch.manual_seed(0)
-    text = open(HERE + "rnn_step.txt", encoding="utf-8").read()
+    text = open(HERE + text_file, encoding="utf-8").read()
     vocab = sorted(set(text))
     ids = torch.tensor([vocab.index(c) for c in text])
-    seq = 6
     rows = (len(ids) - 1) // seq
     x = ids[: rows * seq].view(rows, seq)
     y = ids[1 : rows * seq + 1].view(rows, seq)
@@ -72,9 +74,15 @@ def main():
         "before": before,
         "after": nabla_parameters(model),
     }
-    with open(HERE + "rnn_step.json", "w") as f:
+    with open(HERE + name + ".json", "w") as f:
         json.dump(golden, f, indent=1)
         f.write("\n")
+
+
+def main():
+    one_step("rnn_step", "rnn_step.txt", 6)
+    one_step("rnn_300", "long_sequence.txt", 300)
+    one_step("rnn_1000", "long_sequence.txt", 1000)
 
 
 if __name__ == "__main__":

@@ -84,7 +84,7 @@ pub fn differentiate_with(
         let Some(&grad) = grads.get(&id) else {
             continue;
         };
-        let operands = graph.operands(id);
+        let operands = graph.operands(id).to_vec();
         let wants: Vec<bool> = operands.iter().map(|o| needs_grad[o]).collect();
         if !wants.iter().any(|&w| w) {
             continue;
@@ -197,7 +197,7 @@ pub fn vjp(
     g: NodeId,
     wants: &[bool],
 ) -> Result<Vec<Option<NodeId>>, ShapeError> {
-    let x = graph.operands(node);
+    let x = graph.operands(node).to_vec();
     let out = node;
     let op = graph.op(node).clone();
     let one = graph.constant(1.0);

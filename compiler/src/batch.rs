@@ -33,7 +33,7 @@ pub fn batch_products(graph: &Graph, roots: &[NodeId]) -> Result<Batched, ShapeE
     let order = graph.ancestors(roots);
     let mut uses: HashMap<NodeId, usize> = HashMap::new();
     for &id in &order {
-        for o in graph.operands(id) {
+        for &o in graph.operands(id) {
             *uses.entry(o).or_default() += 1;
         }
     }
@@ -46,7 +46,7 @@ pub fn batch_products(graph: &Graph, roots: &[NodeId]) -> Result<Batched, ShapeE
     let mut interior = vec![false; graph.len()];
     for &id in &order {
         if is_add(id) {
-            for o in graph.operands(id) {
+            for &o in graph.operands(id) {
                 if is_add(o) && used_once(o) {
                     interior[o.index()] = true;
                 }
@@ -105,7 +105,7 @@ impl Sum {
         while let Some(id) = stack.pop() {
             if id == root || interior[id.index()] {
                 // Right operand pushed first, so that terms come out left to right.
-                stack.extend(graph.operands(id).into_iter().rev());
+                stack.extend(graph.operands(id).iter().rev());
             } else if matches!(graph.op(id), Op::MatMul) && used_once(id) {
                 sum.products.push(id);
             } else {

@@ -119,7 +119,7 @@ impl Fusion {
                 continue;
             }
             out.push(x);
-            for o in graph.operands(x) {
+            for &o in graph.operands(x) {
                 let op = graph.op(o);
                 if !self.stored[o.index()] && !is_leaf(op) && !is_free(op) {
                     stack.push(o);
@@ -137,7 +137,8 @@ pub fn fuse(graph: &Graph, roots: &[NodeId], options: Options) -> Fusion {
     let users = users(graph, &nodes);
     let mut stored = vec![false; graph.len()];
     for &id in &nodes {
-        stored[id.index()] = must_store(graph, id, roots, &users, options);
+        stored[id.index()] = must_store(graph, id, roots, &users, options)
+            || (is_elementwise(graph.op(id)) && inlines_too_much(graph, id, &stored));
     }
     let computed = |id: &NodeId, stored: &[bool]| {
         let op = graph.op(*id);
@@ -162,6 +163,36 @@ pub fn fuse(graph: &Graph, roots: &[NodeId], options: Options) -> Fusion {
             stored[id.index()] = true;
         }
     }
+}
+
+/// The most nodes one value may recompute inline. An unrolled recurrence chains elementwise
+/// steps (an LSTM's cell-state gradient: a few ops per time step, each step reading the one
+/// after it); left inline, every kernel reading step `t` would recompute the chain back to the
+/// last stored value, so kernels, code and compile time would grow with the square of the
+/// steps. A value whose inline operands reach further is stored, which caps every kernel's
+/// inline expressions.
+const MAX_INLINE: usize = 64;
+
+/// Whether computing `id` inline would recompute more than [`MAX_INLINE`] nodes, given which of
+/// the nodes before it are stored (every operand of `id` is already decided: ids ascend).
+fn inlines_too_much(graph: &Graph, id: NodeId, stored: &[bool]) -> bool {
+    let mut seen = std::collections::HashSet::new();
+    let mut stack = vec![id];
+    while let Some(x) = stack.pop() {
+        if !seen.insert(x) {
+            continue;
+        }
+        if seen.len() > MAX_INLINE {
+            return true;
+        }
+        for &o in graph.operands(x) {
+            let op = graph.op(o);
+            if !stored[o.index()] && !is_leaf(op) && !is_free(op) {
+                stack.push(o);
+            }
+        }
+    }
+    false
 }
 
 /// Inputs and parameters: external buffers, never computed.
@@ -209,7 +240,7 @@ pub fn is_call(op: &Op) -> bool {
 fn users(graph: &Graph, nodes: &[NodeId]) -> HashMap<NodeId, Vec<NodeId>> {
     let mut users: HashMap<NodeId, Vec<NodeId>> = HashMap::new();
     for &id in nodes {
-        for o in graph.operands(id) {
+        for &o in graph.operands(id) {
             users.entry(o).or_default().push(id);
         }
     }
@@ -289,8 +320,8 @@ pub fn reads(graph: &Graph, id: NodeId, stored: &[bool]) -> Vec<(NodeId, bool)> 
     let same_point = is_elementwise(graph.op(id)) || matches!(graph.op(id), Op::Reduce(..));
     let mut stack: Vec<(NodeId, bool)> = graph
         .operands(id)
-        .into_iter()
-        .map(|o| (o, same_point))
+        .iter()
+        .map(|&o| (o, same_point))
         .collect();
     while let Some((x, same_point)) = stack.pop() {
         if !seen.insert((x, same_point)) {
@@ -299,7 +330,7 @@ pub fn reads(graph: &Graph, id: NodeId, stored: &[bool]) -> Vec<(NodeId, bool)> 
         let op = graph.op(x);
         if matches!(op, Op::Reshape(_)) {
             // A reshape reads its operand's buffer elsewhere (it is never computed itself).
-            stack.extend(graph.operands(x).into_iter().map(|o| (o, false)));
+            stack.extend(graph.operands(x).iter().map(|&o| (o, false)));
             continue;
         }
         if stored[x.index()] || is_leaf(op) {
@@ -307,7 +338,7 @@ pub fn reads(graph: &Graph, id: NodeId, stored: &[bool]) -> Vec<(NodeId, bool)> 
             continue;
         }
         let keeps = same_point && is_elementwise(op);
-        stack.extend(graph.operands(x).into_iter().map(|o| (o, keeps)));
+        stack.extend(graph.operands(x).iter().map(|&o| (o, keeps)));
     }
     out
 }
@@ -451,7 +482,7 @@ fn shared_expensive_values(graph: &Graph, groups: &[Group], stored: &[bool]) -> 
             .anchors
             .iter()
             .chain(&group.members)
-            .flat_map(|&n| graph.operands(n))
+            .flat_map(|&n| graph.operands(n).iter().copied())
             .collect();
         let mut seen = std::collections::HashSet::new();
         while let Some(x) = stack.pop() {

@@ -183,8 +183,10 @@ pub fn check(
     rules: autodiff::VjpRule,
     evaluate: Evaluator,
 ) -> Result<Vec<ParamResult>, GradcheckError> {
+    let mut bound = model.clone();
+    bound.bind(&|_| Some(config.batch))?;
+    let model = &bound;
     let mut graph = model.graph.clone();
-    graph.bind(&|_| Some(config.batch))?;
     let params: Vec<NodeId> = model.params.iter().map(|p| p.node).collect();
     let grads = autodiff::differentiate_with(&mut graph, model.loss, &params, rules)?;
     let mut outputs = grads.clone();

@@ -160,9 +160,43 @@ impl Model {
             .sum()
     }
 
-    /// Binds every symbolic dimension that `lookup` knows, checking all shapes again.
+    /// Binds every symbolic dimension that `lookup` knows, checking all shapes again; every
+    /// node this model names follows its node into the bound graph (see [`Graph::bind`]).
     pub fn bind(&mut self, lookup: &dyn Fn(&str) -> Option<usize>) -> Result<(), ShapeError> {
-        self.graph.bind(lookup)
+        // Destructured whole, so that a new field naming nodes cannot be forgotten here.
+        let Model {
+            name: _,
+            graph,
+            inputs,
+            params,
+            bindings,
+            loss,
+            prediction,
+            dropouts,
+            states,
+            carries,
+        } = self;
+        let moved = graph.bind(lookup)?;
+        let to = |node: &mut NodeId| *node = moved[node.index()];
+        inputs.iter_mut().for_each(|i| to(&mut i.node));
+        params.iter_mut().for_each(|p| to(&mut p.node));
+        bindings.iter_mut().for_each(|b| to(&mut b.node));
+        to(loss);
+        if let Some(p) = prediction {
+            to(&mut p.node);
+        }
+        dropouts.iter_mut().for_each(|d| to(&mut d.node));
+        for state in states {
+            to(&mut state.node);
+            if let Some(update) = &mut state.update {
+                to(update);
+            }
+        }
+        for carry in carries {
+            to(&mut carry.input);
+            to(&mut carry.output);
+        }
+        Ok(())
     }
 }
 

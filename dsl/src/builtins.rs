@@ -147,7 +147,10 @@ impl Lowerer<'_> {
                     None => (0..rank).rev().collect(),
                     Some(list) => {
                         let (values, _) = init::literal(list)?;
-                        values.iter().map(|&v| v as usize).collect::<Vec<usize>>()
+                        values
+                            .iter()
+                            .map(|&k| self.resolve_axis(x, k, "every axis in `axes`", list.span))
+                            .collect::<LResult<Vec<usize>>>()?
                     }
                 };
                 located(self.graph.transpose(x, &perm), span)
@@ -916,19 +919,27 @@ impl Lowerer<'_> {
         let Some(e) = a.named("axis") else {
             return Ok(None);
         };
-        let rank = self.graph.shape(x).rank() as u64;
         let k = crate::args::number(e, "axis")?;
-        if k.fract() != 0.0 {
-            return Err(Diagnostic::new("`axis` must be a whole number", e.span).into());
+        self.resolve_axis(x, k, "`axis`", e.span).map(Some)
+    }
+
+    /// An axis `k` of `x` as the user wrote it (negative ones count from the end), which must
+    /// be a whole number in range: never truncated or wrapped into another axis.
+    fn resolve_axis(&self, x: NodeId, k: f64, what: &str, span: Span) -> LResult<usize> {
+        if k.fract() != 0.0 || !k.is_finite() {
+            return Err(
+                Diagnostic::new(format!("{what} must be a whole number, got {k}"), span).into(),
+            );
         }
+        let rank = self.graph.shape(x).rank() as i64;
         let axis = self.graph.shape(x).axis(k as i64).map_err(|err| {
-            Diagnostic::new(err.0, e.span).label(format!(
+            Diagnostic::new(err.0, span).label(format!(
                 "expected an axis from {} to {}",
-                -(rank as i64),
-                rank as i64 - 1
+                -rank,
+                rank - 1
             ))
         })?;
-        Ok(Some(axis))
+        Ok(axis)
     }
 
     /// `(x - max(x), sum(exp(x - max(x))))` along `axis`, the stable core of softmax. The

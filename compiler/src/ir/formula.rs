@@ -127,7 +127,7 @@ fn product(graph: &Graph, id: NodeId) -> (String, u8) {
 fn collect_factors(graph: &Graph, id: NodeId, factors: &mut Vec<NodeId>) {
     match graph.op(id) {
         Op::Binary(BinaryOp::Mul) => {
-            for operand in graph.operands(id) {
+            for &operand in graph.operands(id) {
                 collect_factors(graph, operand, factors);
             }
         }

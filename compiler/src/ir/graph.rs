@@ -24,7 +24,6 @@ use std::collections::HashMap;
 
 use petgraph::Direction;
 use petgraph::graph::{DiGraph, NodeIndex};
-use petgraph::visit::EdgeRef;
 
 use super::op::{BinaryOp, Op, ReduceOp, Scalar, UnaryOp, Window};
 use super::shape::{Shape, ShapeError};
@@ -42,11 +41,15 @@ pub enum DType {
     F64,
 }
 
-/// One node: its op, its inferred shape, and the DSL name it was bound to, if any.
+/// One node: its op, its operands, its inferred shape, and the DSL name it was bound to, if any.
 #[derive(Clone, Debug)]
 pub struct Node {
     /// The primitive.
     pub op: Op,
+    /// The operands, in order. They are kept in the node rather than as positions on the
+    /// petgraph edges, so that an op may have any number of them (a concatenation of a
+    /// thousand time steps) and their order cannot wrap or be lost.
+    operands: Vec<NodeId>,
     /// The output shape, inferred from the op and its operands.
     pub shape: Shape,
     /// A name for humans (`h1`, `loss`, `grad w`), shown in dumps.
@@ -56,10 +59,11 @@ pub struct Node {
     pub builtin: Option<String>,
 }
 
-/// A computation graph. Edge weights are operand positions.
+/// A computation graph. Every node holds its operands in order; the petgraph edges (one per
+/// operand, from operand to user) carry no data and serve traversals.
 #[derive(Clone, Debug, Default)]
 pub struct Graph {
-    inner: DiGraph<Node, u8>,
+    inner: DiGraph<Node, ()>,
     interned: HashMap<(Op, Vec<NodeId>), NodeId>,
     /// The element type the graph is meant to run in.
     pub dtype: DType,
@@ -81,12 +85,13 @@ impl Graph {
         let shape = key.0.infer_shape(&shapes)?;
         let id = self.inner.add_node(Node {
             op: key.0.clone(),
+            operands: key.1.clone(),
             shape,
             label: None,
             builtin: None,
         });
-        for (i, &o) in operands.iter().enumerate() {
-            self.inner.add_edge(o, id, i as u8);
+        for &o in operands {
+            self.inner.add_edge(o, id, ());
         }
         self.interned.insert(key, id);
         Ok(id)
@@ -129,14 +134,13 @@ impl Graph {
     }
 
     /// The operands of a node, in order.
-    pub fn operands(&self, id: NodeId) -> Vec<NodeId> {
-        let mut edges: Vec<(u8, NodeId)> = self
-            .inner
-            .edges_directed(id, Direction::Incoming)
-            .map(|e| (*e.weight(), e.source()))
-            .collect();
-        edges.sort_unstable();
-        edges.into_iter().map(|(_, src)| src).collect()
+    pub fn operands(&self, id: NodeId) -> &[NodeId] {
+        &self.inner[id].operands
+    }
+
+    /// The petgraph graph underneath, for its algorithms (the verifier's cycle check).
+    pub fn petgraph(&self) -> &DiGraph<Node, ()> {
+        &self.inner
     }
 
     /// All node ids, in insertion order.
@@ -204,23 +208,29 @@ impl Graph {
         }
     }
 
-    /// Replaces every symbolic dimension that `lookup` knows by its number, in place, and checks
-    /// every shape again.
-    pub fn bind(&mut self, lookup: &dyn Fn(&str) -> Option<usize>) -> Result<(), ShapeError> {
+    /// Replaces every symbolic dimension that `lookup` knows by its number and checks every
+    /// shape again. Nodes that binding makes equal (a broadcast to `[B, 2]` and one to `[5, 2]`
+    /// with `B = 5`) become one, so the graph is rebuilt in the same order: the result maps every
+    /// old node (by index) to its node now.
+    pub fn bind(
+        &mut self,
+        lookup: &dyn Fn(&str) -> Option<usize>,
+    ) -> Result<Vec<NodeId>, ShapeError> {
+        let mut out = Graph::new();
+        out.dtype = self.dtype;
+        let mut new_id: Vec<NodeId> = Vec::with_capacity(self.len());
         for id in self.topo_order() {
-            let op = bind_op(&self.inner[id].op, lookup);
-            let operands = self.operands(id);
-            let shapes: Vec<&Shape> = operands.iter().map(|&o| self.shape(o)).collect();
-            let shape = op.infer_shape(&shapes)?;
-            let node = &mut self.inner[id];
-            node.op = op;
-            node.shape = shape;
+            let operands: Vec<NodeId> = self
+                .operands(id)
+                .iter()
+                .map(|o| new_id[o.index()])
+                .collect();
+            let copy = out.node(bind_op(self.op(id), lookup), &operands)?;
+            out.tag_like(copy, self, id);
+            new_id.push(copy);
         }
-        self.interned = self
-            .node_ids()
-            .map(|id| ((self.op(id).clone(), self.operands(id)), id))
-            .collect();
-        Ok(())
+        *self = out;
+        Ok(new_id)
     }
 
     // ---- Builders. Each inserts the broadcasts its primitive needs. ----
@@ -515,9 +525,37 @@ mod tests {
             .input("x", Shape(vec![Dim::sym("B"), Dim::Known(2)]))
             .unwrap();
         let s = g.sum_all(x).unwrap();
-        g.bind(&|name| (name == "B").then_some(5)).unwrap();
+        let moved = g.bind(&|name| (name == "B").then_some(5)).unwrap();
+        let (x, s) = (moved[x.index()], moved[s.index()]);
         assert_eq!(g.shape(x), &Shape::known(&[5, 2]));
         assert_eq!(g.shape(s), &Shape::scalar());
         assert_eq!(g.operands(s).len(), 1);
+    }
+
+    #[test]
+    fn binding_merges_the_nodes_it_makes_equal() {
+        let mut g = Graph::new();
+        let one = g.constant(1.0);
+        let symbolic = g
+            .broadcast(one, &Shape(vec![Dim::sym("B"), Dim::Known(2)]))
+            .unwrap();
+        let known = g.broadcast(one, &Shape::known(&[5, 2])).unwrap();
+        let exp = g.unary(UnaryOp::Exp, symbolic).unwrap();
+        assert_eq!(g.len(), 4);
+        let moved = g.bind(&|_| Some(5)).unwrap();
+        assert_eq!(moved[symbolic.index()], moved[known.index()]);
+        assert_eq!(g.len(), 3);
+        assert_eq!(g.operands(moved[exp.index()]), [moved[known.index()]]);
+    }
+
+    #[test]
+    fn operand_order_survives_any_number_of_operands() {
+        let mut g = Graph::new();
+        let parts: Vec<NodeId> = (0..1000)
+            .map(|i| g.input(&format!("x{i}"), Shape::known(&[1])).unwrap())
+            .collect();
+        let joined = g.concat(&parts, 0).unwrap();
+        assert_eq!(g.operands(joined), parts.as_slice());
+        assert_eq!(g.shape(joined), &Shape::known(&[1000]));
     }
 }

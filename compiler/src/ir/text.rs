@@ -70,7 +70,7 @@ pub fn to_dot(graph: &Graph, roots: &[NodeId]) -> String {
             escape(&label),
             style
         );
-        for (i, operand) in graph.operands(id).into_iter().enumerate() {
+        for (i, operand) in graph.operands(id).iter().enumerate() {
             let _ = writeln!(
                 out,
                 "  n{} -> n{} [label=\"{i}\"];",
