@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use nabla_compiler::optim::{Optimizer, OptimizerKind};
-use nabla_compiler::pipeline::ModelPrograms;
+use nabla_compiler::programs::ModelPrograms;
 use nabla_runtime::Elem;
 use nabla_runtime::train::{self, Compile, Settings};
 

@@ -5,10 +5,11 @@
 use std::collections::HashMap;
 
 use nabla_compiler::autodiff;
+use nabla_compiler::evaluator::JitEvaluator;
 use nabla_compiler::gradcheck::{self, Config};
 use nabla_compiler::ir::{Fill, Graph, NodeId, Op, Shape, Tensor, Window, interp};
 use nabla_compiler::model::Model;
-use nabla_compiler::pipeline::{JitEvaluator, Passes};
+use nabla_compiler::pipeline::Passes;
 use nabla_runtime::{Elem, Rng};
 use proptest::prelude::*;
 

@@ -7,9 +7,10 @@ use std::collections::HashMap;
 
 use nabla_compiler::codegen::clif;
 use nabla_compiler::codegen::jit::Listing;
+use nabla_compiler::evaluator::JitEvaluator;
 use nabla_compiler::gradcheck::{self, Config};
 use nabla_compiler::ir::{Graph, Shape, Tensor, UnaryOp, interp};
-use nabla_compiler::pipeline::{self, JitEvaluator, Passes, Request};
+use nabla_compiler::pipeline::{self, Passes, Request};
 use nabla_compiler::{autodiff, model::Model};
 use nabla_runtime::Elem;
 use proptest::prelude::*;

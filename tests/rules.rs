@@ -7,9 +7,9 @@ use std::collections::HashMap;
 
 use nabla_compiler::autodiff;
 use nabla_compiler::egraph::{self, Limits, RuleSet, rules};
+use nabla_compiler::evaluator::JitEvaluator;
 use nabla_compiler::gradcheck::{self, Config};
 use nabla_compiler::ir::{Tensor, formula, interp};
-use nabla_compiler::pipeline::JitEvaluator;
 use nabla_runtime::{Elem, Rng};
 
 mod common;

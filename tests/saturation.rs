@@ -6,8 +6,8 @@
 
 use std::collections::HashMap;
 
+use nabla_compiler::evaluator::JitEvaluator;
 use nabla_compiler::ir::Tensor;
-use nabla_compiler::pipeline::JitEvaluator;
 use nabla_runtime::Elem;
 
 mod common;

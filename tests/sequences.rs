@@ -6,10 +6,11 @@
 use std::collections::HashMap;
 
 use nabla_compiler::autodiff;
+use nabla_compiler::evaluator::JitEvaluator;
 use nabla_compiler::gradcheck::{self, Config};
 use nabla_compiler::ir::{Tensor, interp};
 use nabla_compiler::model::Model;
-use nabla_compiler::pipeline::{self, JitEvaluator, Passes};
+use nabla_compiler::pipeline::{self, Passes};
 use nabla_runtime::{Elem, checkpoint};
 use proptest::prelude::*;
 

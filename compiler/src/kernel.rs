@@ -8,6 +8,8 @@
 //! `slot[Σ coeffs[k] * i_k]`, which is how broadcasts (zero coefficients), transposes (permuted
 //! strides) and reshapes (row-major strides of the new shape) are read without copying.
 
+use nabla_runtime::BufferSpec;
+
 use crate::ir::{BinaryOp, ReduceOp, UnaryOp, Window};
 
 /// One value per iteration point. Operands are indices of earlier entries of the phase's
@@ -292,6 +294,43 @@ impl Phase {
 }
 
 impl Kernel {
+    /// Replaces every slot `s` the kernel uses by `map(s)`.
+    pub fn remap_slots(&mut self, map: &dyn Fn(usize) -> usize) {
+        let fix = |slot: &mut usize| *slot = map(*slot);
+        for phase in &mut self.phases {
+            let body = match phase {
+                Phase::Map(l) => l,
+                Phase::Reduce { body, reductions } => {
+                    reductions.iter_mut().for_each(|r| fix(&mut r.slot));
+                    body
+                }
+                Phase::MatMul {
+                    a,
+                    b,
+                    out,
+                    epilogue,
+                    ..
+                } => {
+                    fix(&mut a.slot);
+                    fix(&mut b.slot);
+                    fix(out);
+                    epilogue
+                }
+                Phase::Call { inputs, output, .. } => {
+                    inputs.iter_mut().for_each(&fix);
+                    fix(output);
+                    continue;
+                }
+            };
+            for e in &mut body.exprs {
+                if let Expr::Load { slot, .. } = e {
+                    fix(slot);
+                }
+            }
+            body.stores.iter_mut().for_each(|s| fix(&mut s.slot));
+        }
+    }
+
     /// Every buffer the kernel touches, sorted, once each.
     pub fn slots(&self) -> Vec<usize> {
         let mut out: Vec<usize> = self
@@ -302,6 +341,84 @@ impl Kernel {
         out.sort_unstable();
         out.dedup();
         out
+    }
+}
+
+/// The buffer plan and kernels of one program.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// One entry per table slot.
+    pub buffers: Vec<BufferSpec>,
+    /// Kernels in execution order.
+    pub kernels: Vec<Kernel>,
+    /// Named results and the temporary slot holding each.
+    pub outputs: Vec<(String, usize)>,
+}
+
+impl Plan {
+    /// Bytes of the program's own temporaries (after sharing).
+    pub fn temporary_bytes(&self, elem_size: usize) -> u64 {
+        self.buffers
+            .iter()
+            .filter(|b| b.external.is_none())
+            .map(|b| (b.len * elem_size) as u64)
+            .sum()
+    }
+
+    /// An estimate of the memory traffic of one run: the distinct elements every phase reads
+    /// or writes, each access counted once per phase (a broadcast read once, a value computed
+    /// inline not at all).
+    pub fn bytes_moved(&self, elem_size: usize) -> u64 {
+        // Elements an affine access reaches: the extents of the loop variables it depends on.
+        let reach = |dims: &[usize], coeffs: &[i64]| -> u64 {
+            dims.iter()
+                .zip(coeffs)
+                .filter(|(_, c)| **c != 0)
+                .map(|(d, _)| *d as u64)
+                .product()
+        };
+        let mut elements = 0;
+        for phase in self.kernels.iter().flat_map(|k| &k.phases) {
+            let body = match phase {
+                Phase::Map(l) => l,
+                Phase::Reduce { body, reductions } => {
+                    elements += reductions.iter().map(|r| r.len as u64).sum::<u64>();
+                    body
+                }
+                Phase::MatMul {
+                    m, k, n, epilogue, ..
+                } => {
+                    elements += (m * k + k * n + m * n) as u64;
+                    epilogue
+                }
+                // A library call reads its operands and writes its output whole (convolutions'
+                // windows stay in cache).
+                Phase::Call { inputs, output, .. } => {
+                    elements += inputs
+                        .iter()
+                        .chain([output])
+                        .map(|&slot| self.buffers[slot].len as u64)
+                        .sum::<u64>();
+                    phase.body()
+                }
+            };
+            let mut accesses: Vec<(usize, &[i64])> = body
+                .exprs
+                .iter()
+                .filter_map(|e| match e {
+                    Expr::Load { slot, coeffs } => Some((*slot, coeffs.as_slice())),
+                    _ => None,
+                })
+                .chain(body.stores.iter().map(|s| (s.slot, s.coeffs.as_slice())))
+                .collect();
+            accesses.sort_unstable();
+            accesses.dedup();
+            elements += accesses
+                .iter()
+                .map(|(_, c)| reach(&body.dims, c))
+                .sum::<u64>();
+        }
+        elements * elem_size as u64
     }
 }
 

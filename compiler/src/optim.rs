@@ -167,12 +167,25 @@ pub struct TrainStep {
     pub assignments: Vec<(NodeId, String)>,
 }
 
-/// Builds one training step for `model` (its dimensions already bound).
-pub fn train_step(
+impl TrainStep {
+    /// The outputs, then the assigned values.
+    pub fn roots(&self) -> Vec<NodeId> {
+        self.outputs
+            .iter()
+            .map(|(_, n)| *n)
+            .chain(self.assignments.iter().map(|(n, _)| *n))
+            .collect()
+    }
+}
+
+/// The train step of `model` from its gradient graph (`graph`, with the `loss` and the
+/// gradient of every parameter in `grads`, as [`Model::gradient_graph`] makes it): each
+/// parameter's update and new optimizer state, as assignments into named buffers.
+pub fn apply(
     model: &Model,
+    (mut graph, loss, grads): (Graph, NodeId, Vec<NodeId>),
     optimizer: &Optimizer,
-) -> Result<TrainStep, crate::autodiff::AutodiffError> {
-    let (mut graph, loss, grads) = model.gradient_graph()?;
+) -> Result<TrainStep, ShapeError> {
     let mut assignments = Vec::new();
     let g = &mut graph;
     let lr = g.input(LR, Shape::scalar())?;

@@ -1,43 +1,67 @@
-//! The pass order, written once: bound graph → (gradients) → e-graph simplification → buffer
-//! plan → Cranelift code → runtime program. Everything that compiles a graph to native code goes
-//! through [`compile`].
+//! The pass order, written once. From a model to native code, each step one named call:
+//!
+//! 1. **bind**: symbols such as the batch `B` become numbers ([`Model::bind`]);
+//! 2. **differentiate**: the gradient of the loss for every parameter ([`crate::autodiff`]);
+//! 3. **optimizer**: each parameter's update and new optimizer state ([`optim::apply`]);
+//! 4. **simplify**: e-graph rewriting ([`crate::egraph`]);
+//! 5. **batch products**: sums of matrix products into one product ([`crate::batch`]);
+//! 6. **fuse**: which values are stored, which nodes share a kernel ([`crate::fusion`]);
+//! 7. **lower**: fused groups into kernels of the kernel IR ([`crate::lower`]);
+//! 8. **plan memory**: temporaries share buffers where lifetimes allow ([`crate::memory`]);
+//! 9. **codegen**: kernels into machine code ([`crate::codegen`]).
+//!
+//! A train step runs them all ([`bind`], [`train_step`], then [`compile`]); evaluation and
+//! prediction skip 2 and 3. The graph verifier ([`crate::ir::verify`]) checks the graph after
+//! each of the graph passes 1 to 5 in debug builds and tests (the `verify` feature, which the
+//! workspace's tests turn on), and that each pass hands on as many values as it was given, of
+//! the same shapes where it may not change them; a pass that breaks an invariant stops the
+//! compilation with its name. `NABLA_DEBUG=1` reports each pass on stderr.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
+use nabla_runtime::Elem;
 
-use nabla_runtime::train::{
-    BiasCorrection, Compile, Feed, Mask, ModelInfo, ParamInfo, PredictionKind, gradient_name,
-};
-use nabla_runtime::{Buffer, Elem, Executable, Program};
-
+use crate::autodiff::AutodiffError;
 use crate::batch;
 use crate::codegen::jit::{self, CodegenError, Compiled, Listing};
 use crate::egraph::{self, Limits, RuleSet, Simplified};
-use crate::fusion;
-use crate::ir::{Dim, EvalError, Graph, NodeId, Shape, ShapeError, Tensor};
-use crate::model::{Model, Role, ValueKind};
-use crate::optim::{self, Optimizer, OptimizerKind};
-use crate::schedule::{self, Plan, ScheduleError};
+use crate::fusion::{self, Fusion};
+use crate::ir::verify::{self, VerifyError};
+use crate::ir::{Graph, NodeId, Shape, ShapeError};
+use crate::kernel::Plan;
+use crate::lower::{self, LowerError};
+use crate::memory;
+use crate::model::Model;
+use crate::optim::{self, Optimizer, TrainStep};
 
 /// Why a graph could not be compiled.
 #[derive(Debug, thiserror::Error)]
 pub enum CompileError {
-    /// Simplification produced an ill-shaped graph (a bug).
+    /// A shape did not check (binding a symbol to a size the model cannot take).
     #[error(transparent)]
     Shape(#[from] ShapeError),
-    /// The graph cannot be planned (unbound shapes).
+    /// The model could not be differentiated.
     #[error(transparent)]
-    Schedule(#[from] ScheduleError),
+    Autodiff(#[from] AutodiffError),
+    /// The graph cannot be lowered (unbound shapes).
+    #[error(transparent)]
+    Lower(#[from] LowerError),
     /// Cranelift failed.
     #[error(transparent)]
     Codegen(#[from] CodegenError),
+    /// A pass broke an invariant of the graph (a bug in nabla).
+    #[error("internal error: the `{pass}` pass broke the graph: {error}")]
+    Verify {
+        /// The pass.
+        pass: &'static str,
+        /// What is wrong.
+        error: VerifyError,
+    },
 }
 
 /// Which optional passes run (both by default; `--no-simplify` and `--no-fuse` turn them off
 /// to measure their effect).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Passes {
-    /// E-graph simplification.
+    /// E-graph simplification and batching of products.
     pub simplify: bool,
     /// Kernel fusion.
     pub fuse: bool,
@@ -73,21 +97,60 @@ pub struct Request<'a> {
     pub threads: usize,
 }
 
+impl Request<'_> {
+    /// The outputs, then the assigned values.
+    fn roots(&self) -> Vec<NodeId> {
+        self.outputs
+            .iter()
+            .map(|(_, n)| *n)
+            .chain(self.assignments.iter().map(|(n, _)| *n))
+            .collect()
+    }
+}
+
 /// What a compilation produced on the way, for inspection and `--stats`.
 pub struct Trace {
     /// The graph after simplification (a copy when simplification is off).
-    pub simplified: egraph::Simplified,
+    pub simplified: Simplified,
+    /// Which values are stored and which nodes share a kernel.
+    pub fusion: Fusion,
     /// The buffer plan and kernels.
     pub plan: Plan,
-    /// Milliseconds spent simplifying.
+    /// Milliseconds spent simplifying (steps 4 and 5).
     pub simplify_ms: f64,
-    /// Milliseconds spent fusing and scheduling.
+    /// Milliseconds spent fusing, lowering and planning memory (steps 6 to 8).
     pub schedule_ms: f64,
     /// Milliseconds spent generating machine code (0 when none was generated).
     pub codegen_ms: f64,
 }
 
-/// Simplifies, plans and compiles what `request` asks for.
+/// Whether the verifier runs after every graph pass.
+const VERIFY: bool = cfg!(any(debug_assertions, test, feature = "verify"));
+
+/// Step 1: `model` with its symbolic dimensions (the batch) bound to `batch`.
+pub fn bind(model: &Model, batch: usize) -> Result<Model, CompileError> {
+    let mut model = model.clone();
+    model.bind(&|_| Some(batch))?;
+    let mut roots = vec![model.loss];
+    roots.extend(model.prediction.map(|p| p.node));
+    verified("bind", &model.graph, &roots)?;
+    Ok(model)
+}
+
+/// Steps 2 and 3: the train step of `model` (bound or not) under `optimizer`: its loss,
+/// prediction, and the assignments of new parameters, optimizer state and layer state.
+pub fn train_step(model: &Model, optimizer: &Optimizer) -> Result<TrainStep, CompileError> {
+    let gradients = model.gradient_graph()?;
+    let roots: Vec<NodeId> = std::iter::once(gradients.1)
+        .chain(gradients.2.iter().copied())
+        .collect();
+    verified("differentiate", &gradients.0, &roots)?;
+    let step = optim::apply(model, gradients, optimizer)?;
+    verified("optimizer", &step.graph, &step.roots())?;
+    Ok(step)
+}
+
+/// Steps 4 to 9: simplifies, fuses, lowers, plans and compiles what `request` asks for.
 pub fn compile(request: &Request) -> Result<(Compiled, Trace), CompileError> {
     let mut trace = plan(request)?;
     let started = std::time::Instant::now();
@@ -104,16 +167,10 @@ pub fn compile(request: &Request) -> Result<(Compiled, Trace), CompileError> {
     Ok((compiled, trace))
 }
 
-/// Simplifies and plans what `request` asks for: every pass before code generation.
+/// Steps 4 to 8: every pass before code generation.
 pub fn plan(request: &Request) -> Result<Trace, CompileError> {
-    let roots: Vec<NodeId> = request
-        .outputs
-        .iter()
-        .map(|(_, n)| *n)
-        .chain(request.assignments.iter().map(|(n, _)| *n))
-        .collect();
     let started = std::time::Instant::now();
-    let simplified = simplify(request.graph, &roots, request.passes)?;
+    let simplified = simplify(request.graph, &request.roots(), request.passes)?;
     let simplify_ms = elapsed_ms(started);
     if debug_level() >= 1 {
         eprintln!(
@@ -135,13 +192,16 @@ pub fn plan(request: &Request) -> Result<Trace, CompileError> {
         .copied()
         .zip(request.assignments.iter().map(|(_, n)| n.clone()))
         .collect();
-    let options = fusion::Options {
+    let started = std::time::Instant::now();
+    let fuse = fusion::Options {
         fuse: request.passes.fuse,
     };
-    let started = std::time::Instant::now();
-    let plan = schedule::schedule(&simplified.graph, &outputs, &assignments, options)?;
+    let fusion = fusion::fuse(&simplified.graph, &simplified.roots, fuse);
+    let lowered = lower::lower(&simplified.graph, &fusion, &outputs, &assignments)?;
+    let plan = memory::plan(lowered);
     Ok(Trace {
         simplified,
+        fusion,
         plan,
         simplify_ms,
         schedule_ms: elapsed_ms(started),
@@ -149,18 +209,105 @@ pub fn plan(request: &Request) -> Result<Trace, CompileError> {
     })
 }
 
-/// The simplifications `passes` asks for: e-graph rewriting, then batching sums of matrix
-/// products; with `simplify` off, what `roots` need copied unchanged.
-pub fn simplify(graph: &Graph, roots: &[NodeId], passes: Passes) -> Result<Simplified, ShapeError> {
+/// Steps 6 to 8 without fusion: every op its own kernel, each stored (an estimate of the memory
+/// a graph needs that costs no e-graph run, and the baseline of `--stats`' bytes moved).
+pub fn plan_unfused(
+    graph: &Graph,
+    outputs: &[(String, NodeId)],
+    assignments: &[(NodeId, String)],
+) -> Result<Plan, CompileError> {
+    let roots: Vec<NodeId> = outputs
+        .iter()
+        .map(|(_, n)| *n)
+        .chain(assignments.iter().map(|(n, _)| *n))
+        .collect();
+    let fusion = fusion::fuse(graph, &roots, fusion::Options { fuse: false });
+    let lowered = lower::lower(graph, &fusion, outputs, assignments)?;
+    Ok(memory::plan(lowered))
+}
+
+/// What a [`GraphPass`] does: the graph and roots are replaced, the report added to.
+pub type RunPass = fn(&mut Simplified, Passes) -> Result<(), ShapeError>;
+
+/// A pass from graph to graph in steps 4 and 5: it rewrites what `roots` compute into a new
+/// graph, keeping every root's shape.
+#[derive(Clone, Copy)]
+pub struct GraphPass {
+    /// Its name in reports and verifier errors.
+    pub name: &'static str,
+    /// What it does.
+    pub run: RunPass,
+}
+
+/// Steps 4 and 5, in order.
+pub const SIMPLIFICATION: [GraphPass; 2] = [
+    GraphPass {
+        name: "simplify",
+        run: rewrite,
+    },
+    GraphPass {
+        name: "batch products",
+        run: batch_products,
+    },
+];
+
+/// Steps 4 and 5 as `passes` asks for them; with `simplify` off, what `roots` need copied
+/// unchanged.
+pub fn simplify(
+    graph: &Graph,
+    roots: &[NodeId],
+    passes: Passes,
+) -> Result<Simplified, CompileError> {
+    simplify_with(graph, roots, passes, &SIMPLIFICATION)
+}
+
+/// [`simplify`] with another list of graph passes (how a test shows that the verifier catches a
+/// broken one).
+pub fn simplify_with(
+    graph: &Graph,
+    roots: &[NodeId],
+    passes: Passes,
+    list: &[GraphPass],
+) -> Result<Simplified, CompileError> {
+    let mut simplified = Simplified::unchanged(graph, roots);
     if !passes.simplify {
-        return Ok(Simplified::unchanged(graph, roots));
+        return Ok(simplified);
     }
+    for pass in list {
+        let shapes: Vec<Shape> = simplified
+            .roots
+            .iter()
+            .map(|&r| simplified.graph.shape(r).clone())
+            .collect();
+        (pass.run)(&mut simplified, passes)?;
+        verified(pass.name, &simplified.graph, &simplified.roots)?;
+        if VERIFY {
+            keeps_shapes(pass.name, &simplified, &shapes)?;
+        }
+    }
+    Ok(simplified)
+}
+
+/// Step 4: e-graph rewriting.
+fn rewrite(simplified: &mut Simplified, passes: Passes) -> Result<(), ShapeError> {
     let rules = if passes.fast_math {
         RuleSet::FastMath
     } else {
         RuleSet::Ieee
     };
-    let mut simplified = egraph::simplify(graph, roots, &Limits::default(), rules)?;
+    let nodes_before = simplified.nodes_before;
+    *simplified = egraph::simplify(
+        &simplified.graph,
+        &simplified.roots,
+        &Limits::default(),
+        rules,
+    )?;
+    simplified.nodes_before = nodes_before;
+    Ok(())
+}
+
+/// Step 5: sums of matrix products batched into one product of concatenations.
+fn batch_products(simplified: &mut Simplified, _: Passes) -> Result<(), ShapeError> {
     let batched = batch::batch_products(&simplified.graph, &simplified.roots)?;
     match batched.sums {
         0 => {}
@@ -169,10 +316,59 @@ pub fn simplify(graph: &Graph, roots: &[NodeId], passes: Passes) -> Result<Simpl
     }
     simplified.graph = batched.graph;
     simplified.roots = batched.roots;
-    Ok(simplified)
+    Ok(())
 }
 
-fn elapsed_ms(since: std::time::Instant) -> f64 {
+/// Checks the graph `pass` produced (when the verifier runs): its invariants, and that every
+/// root is one of its nodes.
+fn verified(pass: &'static str, graph: &Graph, roots: &[NodeId]) -> Result<(), CompileError> {
+    if !VERIFY {
+        return Ok(());
+    }
+    let broken = |error| CompileError::Verify { pass, error };
+    verify::verify(graph).map_err(broken)?;
+    match roots.iter().find(|r| r.index() >= graph.len()) {
+        Some(r) => Err(broken(VerifyError {
+            node: r.index(),
+            problem: format!("is a result, but the graph has {} nodes", graph.len()),
+        })),
+        None => Ok(()),
+    }
+}
+
+/// Checks that `pass` kept the number and shapes of the roots (`before`).
+fn keeps_shapes(
+    pass: &'static str,
+    simplified: &Simplified,
+    before: &[Shape],
+) -> Result<(), CompileError> {
+    let broken = |node: usize, problem: String| CompileError::Verify {
+        pass,
+        error: VerifyError { node, problem },
+    };
+    if simplified.roots.len() != before.len() {
+        return Err(broken(
+            0,
+            format!(
+                "{} results went in and {} came out",
+                before.len(),
+                simplified.roots.len()
+            ),
+        ));
+    }
+    for (i, (&root, shape)) in simplified.roots.iter().zip(before).enumerate() {
+        let now = simplified.graph.shape(root);
+        if now != shape {
+            return Err(broken(
+                root.index(),
+                format!("result {i} had shape {shape} before the pass and has {now} after it"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn elapsed_ms(since: std::time::Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1e3
 }
 
@@ -184,426 +380,68 @@ pub fn debug_level() -> u32 {
         .unwrap_or(0)
 }
 
-/// Evaluates graphs with compiled code, with the interpreter's signature (so it can stand in for
-/// it in gradient checks and differential tests). Programs are compiled once per set of outputs
-/// and reused.
-pub struct JitEvaluator {
-    elem: Elem,
-    passes: Passes,
-    /// Threads products and convolutions may use.
-    threads: usize,
-    cache: RefCell<HashMap<Vec<NodeId>, Executable>>,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::UnaryOp;
 
-impl JitEvaluator {
-    /// An evaluator computing in `elem` with every pass.
-    pub fn new(elem: Elem) -> JitEvaluator {
-        JitEvaluator::with_passes(elem, Passes::default())
+    /// `x [2, 3]`, `sum(exp x)` and `exp x`: two results of different shapes.
+    fn graph() -> (Graph, Vec<NodeId>) {
+        let mut g = Graph::new();
+        let x = g.input("x", Shape::known(&[2, 3])).unwrap();
+        let e = g.unary(UnaryOp::Exp, x).unwrap();
+        let s = g.sum_all(e).unwrap();
+        (g, vec![s, e])
     }
 
-    /// An evaluator computing in `elem` with the given passes.
-    pub fn with_passes(elem: Elem, passes: Passes) -> JitEvaluator {
-        JitEvaluator {
-            elem,
-            passes,
-            threads: 1,
-            cache: RefCell::new(HashMap::new()),
-        }
+    fn swaps_results(s: &mut Simplified, _: Passes) -> Result<(), ShapeError> {
+        s.roots.swap(0, 1);
+        Ok(())
     }
 
-    /// This evaluator with `threads` threads for products and convolutions.
-    pub fn with_threads(mut self, threads: usize) -> JitEvaluator {
-        self.threads = threads;
-        self
+    fn drops_a_result(s: &mut Simplified, _: Passes) -> Result<(), ShapeError> {
+        s.roots.pop();
+        Ok(())
     }
 
-    /// Compiles (once) and runs `outputs` of `graph` on `feeds`.
-    pub fn eval(
-        &self,
-        graph: &Graph,
-        feeds: &HashMap<String, Tensor<f64>>,
-        outputs: &[NodeId],
-    ) -> Result<Vec<Tensor<f64>>, EvalError> {
-        let mut cache = self.cache.borrow_mut();
-        if !cache.contains_key(outputs) {
-            let request = Request {
-                graph,
-                outputs: outputs
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &n)| (format!("out{i}"), n))
-                    .collect(),
-                assignments: Vec::new(),
-                elem: self.elem,
-                listing: Listing::None,
-                passes: self.passes,
-                threads: self.threads,
-            };
-            let (compiled, _) = compile(&request).map_err(|e| EvalError::Backend(e.to_string()))?;
-            let exe =
-                Executable::new(compiled.program).map_err(|e| EvalError::Backend(e.to_string()))?;
-            cache.insert(outputs.to_vec(), exe);
-        }
-        let exe = cache.get_mut(outputs).expect("inserted above");
-        let mut externals: HashMap<String, Buffer> = feeds
-            .iter()
-            .map(|(k, t)| (k.clone(), Buffer::from_f64(&t.data, self.elem)))
-            .collect();
-        exe.run(&mut [&mut externals])
-            .map_err(|e| EvalError::Backend(e.to_string()))?;
-        Ok(outputs
-            .iter()
-            .enumerate()
-            .map(|(i, &n)| {
-                let shape = graph.shape(n).concrete().unwrap_or_default();
-                let data = exe
-                    .output(&format!("out{i}"))
-                    .map(|b| b.to_f64())
-                    .unwrap_or_default();
-                Tensor::new(shape, data)
-            })
-            .collect())
-    }
-}
-
-/// Bytes a training run holds at once.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Memory {
-    /// The parameters.
-    pub params: u64,
-    /// The optimizer's state.
-    pub state: u64,
-    /// The train step's temporaries and one batch of inputs.
-    pub step: u64,
-}
-
-impl Memory {
-    /// Everything together.
-    pub fn total(&self) -> u64 {
-        self.params + self.state + self.step
-    }
-}
-
-/// A model's programs for the runtime's training loop: a train step, evaluation and prediction,
-/// compiled per batch size on request.
-pub struct ModelPrograms {
-    /// The model as the train step (and its gradients) compute it.
-    model: Model,
-    /// The model as evaluation and prediction compute it.
-    eval: Model,
-    /// The model as generation computes it, one step at a time, if it has one.
-    generate: Option<Model>,
-    optimizer: Optimizer,
-    elem: Elem,
-    /// Which optional passes run.
-    pub passes: Passes,
-    /// Threads large matrix products may use (1 by default).
-    pub threads: usize,
-}
-
-impl ModelPrograms {
-    /// Programs for `model` trained with `optimizer`, computing in `elem`.
-    pub fn new(model: Model, optimizer: Optimizer, elem: Elem) -> ModelPrograms {
-        ModelPrograms {
-            eval: model.clone(),
-            generate: None,
-            model,
-            optimizer,
-            elem,
-            passes: Passes::default(),
-            threads: 1,
-        }
+    fn points_past_the_graph(s: &mut Simplified, _: Passes) -> Result<(), ShapeError> {
+        s.roots[0] = NodeId::new(s.graph.len());
+        Ok(())
     }
 
-    /// These programs with `eval` (the model lowered for evaluation) computing evaluation and
-    /// prediction.
-    pub fn with_eval(mut self, eval: Model) -> ModelPrograms {
-        self.eval = eval;
-        self
-    }
-
-    /// These programs with `generate` (the model lowered for generation) computing
-    /// [`ModelPrograms::generate_step`].
-    pub fn with_generation(mut self, generate: Option<Model>) -> ModelPrograms {
-        self.generate = generate;
-        self
-    }
-
-    /// One generation step for one sequence: the prediction for the fed token, with every
-    /// recurrent state read from and written back to the external buffer of its name (zeros
-    /// before the first step), and the names of those buffers with their lengths.
-    pub fn generate_step(&self) -> Result<(Program, Vec<(String, usize)>), String> {
-        let model = self
-            .generate
-            .as_ref()
-            .ok_or("the model cannot generate: it needs a token input like `tokens[B, 64] : index` and shapes that allow one token at a time (no layer may depend on the whole window, like `dense(flatten(...))`)")?;
-        let model = bind(model, 1)?;
-        let p = model.prediction.ok_or("the model has no prediction")?;
-        let assignments = model
-            .carries
-            .iter()
-            .map(|c| (c.output, c.name.clone()))
-            .collect();
-        let carries = model
-            .carries
-            .iter()
-            .map(|c| {
-                let len = model.graph.shape(c.input).numel().unwrap_or(0);
-                (c.name.clone(), len)
-            })
-            .collect();
-        let outputs = vec![("prediction".to_string(), p.node)];
-        let compiled = self.build(&model.graph, outputs, assignments)?;
-        Ok((compiled.program, carries))
-    }
-
-    /// What the training loop needs to know, as plain data. Fails when an input has no batch
-    /// dimension first.
-    pub fn info(&self) -> Result<ModelInfo, String> {
-        let g = &self.model.graph;
-        let mut feeds = Vec::new();
-        for input in &self.model.inputs {
-            let dims = g.shape(input.node).dims();
-            if !matches!(dims.first(), Some(Dim::Sym(_))) {
-                return Err(format!(
-                    "`{}` has shape {}; data needs a symbolic batch dimension first, like [B, ...]",
-                    input.name,
-                    g.shape(input.node)
-                ));
+    #[test]
+    fn the_verifier_names_a_broken_pass_wherever_it_runs() {
+        let (g, roots) = graph();
+        let passes = Passes::default();
+        assert!(simplify(&g, &roots, passes).is_ok());
+        let broken: [(RunPass, &str); 3] = [
+            (
+                swaps_results,
+                "result 0 had shape [] before the pass and has [2, 3] after it",
+            ),
+            (drops_a_result, "2 results went in and 1 came out"),
+            (points_past_the_graph, "is a result, but the graph has"),
+        ];
+        for (run, problem) in broken {
+            for at in 0..=SIMPLIFICATION.len() {
+                let mut list = SIMPLIFICATION.to_vec();
+                list.insert(
+                    at,
+                    GraphPass {
+                        name: "broken",
+                        run,
+                    },
+                );
+                let Err(error) = simplify_with(&g, &roots, passes, &list) else {
+                    panic!("at {at}: the broken pass went unnoticed");
+                };
+                let error = error.to_string();
+                assert!(
+                    error.starts_with("internal error: the `broken` pass broke the graph")
+                        && error.contains(problem),
+                    "at {at}: {error}"
+                );
             }
-            let row_len = Shape(dims[1..].to_vec())
-                .numel()
-                .ok_or_else(|| format!("`{}` may have only one symbolic dimension", input.name))?;
-            let classes = match input.kind {
-                ValueKind::Class { classes } => Some(classes.unwrap_or(usize::MAX)),
-                ValueKind::Real => None,
-            };
-            feeds.push(Feed {
-                name: input.name.clone(),
-                row_len,
-                classes,
-                target: input.role == Role::Target,
-            });
         }
-        let mut params = Vec::new();
-        let mut states = Vec::new();
-        for p in &self.model.params {
-            let shape = g
-                .shape(p.node)
-                .concrete()
-                .expect("parameter shapes are known");
-            for s in self.optimizer.state_names() {
-                states.push((optim::state_buffer(&p.name, s), shape.clone()));
-            }
-            params.push(ParamInfo {
-                name: p.name.clone(),
-                shape,
-                init: p.init.clone(),
-            });
-        }
-        let bias_correction = match self.optimizer.kind {
-            OptimizerKind::Adam => Some(BiasCorrection {
-                terms: vec![
-                    (optim::BC1.into(), self.optimizer.beta1),
-                    (optim::BC2.into(), self.optimizer.beta2),
-                ],
-            }),
-            OptimizerKind::Adamax => Some(BiasCorrection {
-                terms: vec![(optim::BC1.into(), self.optimizer.beta1)],
-            }),
-            _ => None,
-        };
-        // Layer state is saved, loaded and restored with the parameters, but never trained.
-        for state in &self.model.states {
-            params.push(ParamInfo {
-                name: state.name.clone(),
-                shape: g.shape(state.node).concrete().unwrap_or_default(),
-                init: nabla_runtime::Init::Constant(state.init),
-            });
-        }
-        let masks = self
-            .model
-            .dropouts
-            .iter()
-            .map(|d| Mask {
-                name: d.name.clone(),
-                row_len: Shape(g.shape(d.node).dims()[1..].to_vec())
-                    .numel()
-                    .unwrap_or(0),
-                p: d.p,
-            })
-            .collect();
-        Ok(ModelInfo {
-            feeds,
-            masks,
-            params,
-            states,
-            prediction: self
-                .model
-                .prediction
-                .map_or(PredictionKind::Regression, |p| p.kind),
-            bias_correction,
-            lr_name: optim::LR.into(),
-        })
-    }
-
-    /// The memory a training run at `batch` needs: parameters, optimizer state, and the train
-    /// step's buffers (temporaries, shared where their lifetimes allow, and the batch's inputs),
-    /// planned before simplification and fusion so that the estimate costs no e-graph run.
-    pub fn memory(&self, batch: usize) -> Result<Memory, String> {
-        let size = self.elem.size() as u64;
-        let g = &self.model.graph;
-        let params: u64 = self
-            .model
-            .params
-            .iter()
-            .map(|p| g.shape(p.node).numel().unwrap_or(0) as u64)
-            .sum();
-        let step =
-            optim::train_step(&self.bound(batch)?, &self.optimizer).map_err(|e| e.to_string())?;
-        let unfused = fusion::Options { fuse: false };
-        let plan = schedule::schedule(&step.graph, &step.outputs, &step.assignments, unfused)
-            .map_err(|e| e.to_string())?;
-        let temporaries: u64 = plan
-            .buffers
-            .iter()
-            .filter(|b| b.external.is_none())
-            .map(|b| b.len as u64)
-            .sum();
-        let info = self.info()?;
-        let fed = info.feeds.iter().map(|f| f.row_len);
-        let inputs: u64 = fed
-            .chain(info.masks.iter().map(|m| m.row_len))
-            .map(|row_len| (batch * row_len) as u64)
-            .sum();
-        Ok(Memory {
-            params: params * size,
-            state: params * self.optimizer.state_names().len() as u64 * size,
-            step: (temporaries + inputs) * size,
-        })
-    }
-
-    fn bound(&self, batch: usize) -> Result<Model, String> {
-        bind(&self.model, batch)
-    }
-
-    fn build(
-        &self,
-        graph: &Graph,
-        outputs: Vec<(String, NodeId)>,
-        assignments: Vec<(NodeId, String)>,
-    ) -> Result<Compiled, String> {
-        let request = Request {
-            graph,
-            outputs,
-            assignments,
-            elem: self.elem,
-            listing: Listing::None,
-            passes: self.passes,
-            threads: self.threads,
-        };
-        compile(&request)
-            .map(|(compiled, _)| compiled)
-            .map_err(|e| e.to_string())
-    }
-
-    /// Forward, backward and update at `batch`, compiled.
-    fn compile_train_step(&self, batch: usize) -> Result<Compiled, String> {
-        let step =
-            optim::train_step(&self.bound(batch)?, &self.optimizer).map_err(|e| e.to_string())?;
-        self.build(&step.graph, step.outputs, step.assignments)
-    }
-
-    /// Every stage of the train step at `batch`: the graph as autodiff and the optimizer emit
-    /// it, then what each pass made of it, with timings; each kernel's `listing`.
-    pub fn inspect(&self, batch: usize, listing: Listing) -> Result<Inspection, String> {
-        let started = std::time::Instant::now();
-        let step =
-            optim::train_step(&self.bound(batch)?, &self.optimizer).map_err(|e| e.to_string())?;
-        let autodiff_ms = elapsed_ms(started);
-        let request = Request {
-            graph: &step.graph,
-            outputs: step.outputs.clone(),
-            assignments: step.assignments.clone(),
-            elem: self.elem,
-            listing,
-            passes: self.passes,
-            threads: self.threads,
-        };
-        let (compiled, trace) = compile(&request).map_err(|e| e.to_string())?;
-        let unfused = schedule::schedule(
-            &step.graph,
-            &step.outputs,
-            &step.assignments,
-            fusion::Options { fuse: false },
-        );
-        let unfused = match unfused {
-            Ok(plan) => plan,
-            Err(e) => return Err(e.to_string()),
-        };
-        Ok(Inspection {
-            step,
-            autodiff_ms,
-            bytes_unfused: unfused.bytes_moved(self.elem.size()),
-            trace,
-            listing: compiled.listing,
-        })
-    }
-}
-
-/// `model` with its symbolic dimensions (the batch) bound to `batch`.
-fn bind(model: &Model, batch: usize) -> Result<Model, String> {
-    let mut model = model.clone();
-    model.bind(&|_| Some(batch)).map_err(|e| e.0)?;
-    Ok(model)
-}
-
-/// The train step at every stage (see [`ModelPrograms::inspect`]).
-pub struct Inspection {
-    /// The graph after autodiff and the optimizer, before any pass.
-    pub step: optim::TrainStep,
-    /// Milliseconds spent differentiating and appending the optimizer.
-    pub autodiff_ms: f64,
-    /// Bytes the kernels would move without simplification and with every op its own kernel
-    /// (estimated).
-    pub bytes_unfused: u64,
-    /// What the passes produced.
-    pub trace: Trace,
-    /// The listing of each kernel (when asked for).
-    pub listing: Vec<String>,
-}
-
-impl Compile for ModelPrograms {
-    fn train_step(&mut self, batch: usize) -> Result<Program, String> {
-        self.compile_train_step(batch).map(|c| c.program)
-    }
-
-    fn evaluate(&mut self, batch: usize) -> Result<Program, String> {
-        let model = bind(&self.eval, batch)?;
-        let mut outputs = vec![("loss".to_string(), model.loss)];
-        outputs.extend(model.prediction.map(|p| ("prediction".to_string(), p.node)));
-        self.build(&model.graph, outputs, Vec::new())
-            .map(|c| c.program)
-    }
-
-    fn predict(&mut self, batch: usize) -> Result<Program, String> {
-        let model = bind(&self.eval, batch)?;
-        let p = model.prediction.ok_or("the model has no prediction")?;
-        self.build(
-            &model.graph,
-            vec![("prediction".to_string(), p.node)],
-            Vec::new(),
-        )
-        .map(|c| c.program)
-    }
-
-    fn gradients(&mut self, batch: usize) -> Result<Program, String> {
-        let model = self.bound(batch)?;
-        let (graph, loss, grads) = model.gradient_graph().map_err(|e| e.to_string())?;
-        let mut outputs = vec![("loss".to_string(), loss)];
-        for (p, g) in model.params.iter().zip(grads) {
-            outputs.push((gradient_name(&p.name), g));
-        }
-        self.build(&graph, outputs, Vec::new()).map(|c| c.program)
     }
 }

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use nabla_compiler::pipeline::ModelPrograms;
+use nabla_compiler::programs::ModelPrograms;
 use nabla_runtime::Elem;
 use nabla_runtime::train::{self, Settings};
 use serde_json::json;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use nabla_compiler::model::{Role, ValueKind};
-use nabla_compiler::pipeline::ModelPrograms;
+use nabla_compiler::programs::ModelPrograms;
 use nabla_runtime::{Elem, Schedule};
 use serde_json::json;
 

@@ -4,10 +4,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use nabla_compiler::autodiff;
+use nabla_compiler::evaluator::JitEvaluator;
 use nabla_compiler::gradcheck::{self, Config};
 use nabla_compiler::ir::interp;
 use nabla_compiler::optim::{Optimizer, OptimizerKind};
-use nabla_compiler::pipeline::{JitEvaluator, ModelPrograms};
+use nabla_compiler::programs::ModelPrograms;
 use nabla_runtime::Elem;
 use serde_json::json;
 

@@ -11,8 +11,8 @@ use nabla_compiler::codegen::jit::Listing;
 use nabla_compiler::egraph::Simplified;
 use nabla_compiler::fusion;
 use nabla_compiler::ir::{Graph, NodeId, text};
-use nabla_compiler::optim;
-use nabla_compiler::pipeline::{self, Inspection, ModelPrograms, Passes};
+use nabla_compiler::pipeline;
+use nabla_compiler::programs::{Inspection, ModelPrograms};
 use nabla_runtime::Elem;
 use serde_json::json;
 
@@ -125,7 +125,7 @@ pub fn run(args: Args) -> Outcome {
                 out!("; kernel {i}: {}\n{}", kernel.title, text.trim_end());
             }
         } else {
-            fused(&inspection, passes, format);
+            fused(&inspection, format);
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -134,21 +134,19 @@ pub fn run(args: Args) -> Outcome {
         Mode::Eval => compiled.eval_model.clone(),
     };
     if let Some(b) = args.batch {
-        model
-            .bind(&|_| Some(b))
-            .map_err(|e| Failure::Message(e.0))?;
+        model = pipeline::bind(&model, b).map_err(|e| Failure::Message(e.to_string()))?;
     }
     let (graph, roots, note): (Graph, Vec<NodeId>, Option<String>) = match args.stage {
         Stage::Forward => (model.graph.clone(), vec![model.loss], None),
         _ => {
-            let step = optim::train_step(&model, &optimizer)
+            let step = pipeline::train_step(&model, &optimizer)
                 .map_err(|e| Failure::Message(e.to_string()))?;
-            let roots = step_roots(&step);
+            let roots = step.roots();
             if args.stage == Stage::Grad || !passes.simplify {
                 (step.graph, roots, None)
             } else {
                 let s = pipeline::simplify(&step.graph, &roots, passes)
-                    .map_err(|e| Failure::Message(e.0))?;
+                    .map_err(|e| Failure::Message(e.to_string()))?;
                 let note = format!(
                     "simplified {} nodes to {} ({})",
                     s.nodes_before,
@@ -172,19 +170,10 @@ pub fn run(args: Args) -> Outcome {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The train step's results: outputs, then assignments.
-fn step_roots(step: &optim::TrainStep) -> Vec<NodeId> {
-    step.outputs
-        .iter()
-        .map(|(_, n)| *n)
-        .chain(step.assignments.iter().map(|(n, _)| *n))
-        .collect()
-}
-
 /// The kernels of the train step as groups of the simplified graph's ops.
-fn fused(inspection: &Inspection, passes: Passes, format: Format) {
+fn fused(inspection: &Inspection, format: Format) {
     let Simplified { graph, roots, .. } = &inspection.trace.simplified;
-    let fusion = fusion::fuse(graph, roots, fusion::Options { fuse: passes.fuse });
+    let fusion = &inspection.trace.fusion;
     let kernels: Vec<(String, Vec<NodeId>)> = fusion
         .groups
         .iter()
@@ -250,7 +239,7 @@ fn dot_clusters(graph: &Graph, roots: &[NodeId], kernels: &[(String, Vec<NodeId>
 fn stats(inspection: &Inspection, batch: usize, parse_ms: f64, as_json: bool) {
     let t = &inspection.trace;
     let step = &inspection.step;
-    let ops_autodiff = step.graph.ancestors(&step_roots(step)).len();
+    let ops_autodiff = step.graph.ancestors(&step.roots()).len();
     let ops_simplified = t.simplified.graph.ancestors(&t.simplified.roots).len();
     let kernels = t.plan.kernels.len();
     let bytes_after = t.plan.bytes_moved(4);

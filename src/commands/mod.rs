@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use nabla_compiler::optim::{Optimizer, OptimizerKind};
-use nabla_compiler::pipeline::Memory;
+use nabla_compiler::programs::Memory;
 use nabla_dsl::{Compiled, Diagnostic, diagnostic};
 
 /// Why a command failed; printed to stderr, exit code 1.

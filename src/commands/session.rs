@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use nabla_compiler::model::Role;
-use nabla_compiler::pipeline::ModelPrograms;
+use nabla_compiler::programs::ModelPrograms;
 use nabla_dsl::{TrainSpec, Validation};
 use nabla_runtime::data::{self, DataSource, Dataset, Split};
 use nabla_runtime::train::{ModelInfo, Store};

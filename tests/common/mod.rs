@@ -11,10 +11,10 @@ pub fn nabla(args: &[&str]) -> std::process::Output {
         .expect("the nabla binary runs")
 }
 
+use nabla_compiler::evaluator::JitEvaluator;
 use nabla_compiler::gradcheck;
 use nabla_compiler::ir::{NodeId, interp};
 use nabla_compiler::model::Model;
-use nabla_compiler::pipeline::JitEvaluator;
 use nabla_runtime::Rng;
 use proptest::prelude::*;
 

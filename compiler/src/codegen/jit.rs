@@ -13,7 +13,7 @@ use nabla_runtime::{Elem, KernelFn, Program};
 use super::clif::{self, MathFn, Target, emit_kernel};
 use super::{library, parallel};
 use crate::kernel::Call;
-use crate::schedule::Plan;
+use crate::kernel::Plan;
 
 /// Why code generation failed (a bug or an unsupported host, never bad user input).
 #[derive(Debug, thiserror::Error)]

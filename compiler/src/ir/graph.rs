@@ -458,6 +458,30 @@ impl Graph {
     }
 }
 
+#[cfg(test)]
+impl Graph {
+    /// Appends a node as given, skipping every check [`Graph::node`] makes: how the verifier's
+    /// tests build the broken graphs a faulty pass could leave.
+    pub(crate) fn push_unchecked(&mut self, op: Op, operands: &[NodeId], shape: Shape) -> NodeId {
+        let id = self.inner.add_node(Node {
+            op,
+            operands: operands.to_vec(),
+            shape,
+            label: None,
+            builtin: None,
+        });
+        for &o in operands {
+            let from = if o.index() < self.inner.node_count() {
+                o
+            } else {
+                id
+            };
+            self.inner.add_edge(from, id, ());
+        }
+        id
+    }
+}
+
 /// The op with its symbolic dimensions bound where `lookup` knows them.
 fn bind_op(op: &Op, lookup: &dyn Fn(&str) -> Option<usize>) -> Op {
     match op {

@@ -1,4 +1,5 @@
-//! Fused groups to a buffer plan and kernels in the kernel IR ([`crate::kernel`]).
+//! Lowering: fused groups ([`crate::fusion`]) to kernels in the kernel IR ([`crate::kernel`])
+//! and the buffers they use.
 //!
 //! Inputs and parameters live in *external* buffers, bound by name at run time; every stored
 //! value gets a temporary, except a reshape, which aliases its operand's buffer. Each group of
@@ -12,6 +13,9 @@
 //! writes. Otherwise the value goes to a temporary and a final kernel copies it over, after
 //! every other kernel, so no kernel ever reads a value already overwritten.
 //!
+//! Every stored value gets a temporary of its own here; [`crate::memory`] then lets temporaries
+//! whose lifetimes do not overlap share buffers.
+//!
 //! **Architecture invariant:** no Cranelift types here; the plan is plain data that the code
 //! generator turns into machine code.
 
@@ -21,99 +25,22 @@ use nabla_runtime::BufferSpec;
 
 use crate::fusion::{self, Fusion, GroupKind};
 use crate::ir::{Dim, Graph, NodeId, Op};
-use crate::kernel::{Call, Expr, Kernel, Loop, Operand, Phase, Reduction, Store, row_major};
+use crate::kernel::{Call, Expr, Kernel, Loop, Operand, Phase, Plan, Reduction, Store, row_major};
 
-/// The buffer plan and kernels of one program.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Plan {
-    /// One entry per table slot.
-    pub buffers: Vec<BufferSpec>,
-    /// Kernels in execution order.
-    pub kernels: Vec<Kernel>,
-    /// Named results and the temporary slot holding each.
-    pub outputs: Vec<(String, usize)>,
-}
-
-impl Plan {
-    /// Bytes of the program's own temporaries (after sharing).
-    pub fn temporary_bytes(&self, elem_size: usize) -> u64 {
-        self.buffers
-            .iter()
-            .filter(|b| b.external.is_none())
-            .map(|b| (b.len * elem_size) as u64)
-            .sum()
-    }
-
-    /// An estimate of the memory traffic of one run: the distinct elements every phase reads
-    /// or writes, each access counted once per phase (a broadcast read once, a value computed
-    /// inline not at all).
-    pub fn bytes_moved(&self, elem_size: usize) -> u64 {
-        // Elements an affine access reaches: the extents of the loop variables it depends on.
-        let reach = |dims: &[usize], coeffs: &[i64]| -> u64 {
-            dims.iter()
-                .zip(coeffs)
-                .filter(|(_, c)| **c != 0)
-                .map(|(d, _)| *d as u64)
-                .product()
-        };
-        let mut elements = 0;
-        for phase in self.kernels.iter().flat_map(|k| &k.phases) {
-            let body = match phase {
-                Phase::Map(l) => l,
-                Phase::Reduce { body, reductions } => {
-                    elements += reductions.iter().map(|r| r.len as u64).sum::<u64>();
-                    body
-                }
-                Phase::MatMul {
-                    m, k, n, epilogue, ..
-                } => {
-                    elements += (m * k + k * n + m * n) as u64;
-                    epilogue
-                }
-                // A library call reads its operands and writes its output whole (convolutions'
-                // windows stay in cache).
-                Phase::Call { inputs, output, .. } => {
-                    elements += inputs
-                        .iter()
-                        .chain([output])
-                        .map(|&slot| self.buffers[slot].len as u64)
-                        .sum::<u64>();
-                    phase.body()
-                }
-            };
-            let mut accesses: Vec<(usize, &[i64])> = body
-                .exprs
-                .iter()
-                .filter_map(|e| match e {
-                    Expr::Load { slot, coeffs } => Some((*slot, coeffs.as_slice())),
-                    _ => None,
-                })
-                .chain(body.stores.iter().map(|s| (s.slot, s.coeffs.as_slice())))
-                .collect();
-            accesses.sort_unstable();
-            accesses.dedup();
-            elements += accesses
-                .iter()
-                .map(|(_, c)| reach(&body.dims, c))
-                .sum::<u64>();
-        }
-        elements * elem_size as u64
-    }
-}
-
-/// Why a graph cannot be planned.
+/// Why a graph cannot be lowered.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 #[error("cannot compile: {0}")]
-pub struct ScheduleError(pub String);
+pub struct LowerError(pub String);
 
-/// Plans the computation of `outputs` and of the `assignments` (each writes a node's value into
-/// the external buffer of the given name at the end of the run), fused as `options` says.
-pub fn schedule(
+/// The kernels computing `outputs` and the `assignments` (each writes a node's value into the
+/// external buffer of the given name at the end of the run), one per group of `fused`, and the
+/// buffers they use, each temporary of its own (sharing them is [`crate::memory::plan`]'s).
+pub fn lower(
     graph: &Graph,
+    fused: &Fusion,
     outputs: &[(String, NodeId)],
     assignments: &[(NodeId, String)],
-    options: fusion::Options,
-) -> Result<Plan, ScheduleError> {
+) -> Result<Plan, LowerError> {
     let roots: Vec<NodeId> = outputs
         .iter()
         .map(|(_, n)| *n)
@@ -122,13 +49,12 @@ pub fn schedule(
     let nodes = graph.ancestors(&roots);
     for &id in &nodes {
         if graph.shape(id).concrete().is_none() {
-            return Err(ScheduleError(format!(
+            return Err(LowerError(format!(
                 "shape {} is not bound",
                 graph.shape(id)
             )));
         }
     }
-    let fused = fusion::fuse(graph, &roots, options);
     let mut plan = Plan {
         buffers: Vec::new(),
         kernels: Vec::new(),
@@ -158,7 +84,7 @@ pub fn schedule(
     }
     let lower = Lowering {
         graph,
-        fused: &fused,
+        fused,
         slots: &slots,
     };
     let mut kernels: Vec<Kernel> = fused
@@ -198,7 +124,7 @@ pub fn schedule(
     for (node, name) in assignments {
         let (src, dst) = (slots.of[node], slots.named[name]);
         if plan.buffers[dst].len != plan.buffers[src].len {
-            return Err(ScheduleError(format!(
+            return Err(LowerError(format!(
                 "`{name}` holds {} elements but is assigned {}",
                 plan.buffers[dst].len, plan.buffers[src].len
             )));
@@ -220,7 +146,7 @@ pub fn schedule(
         }
     }
     for kernel in &mut kernels {
-        remap_slots(kernel, &|s| renamed.get(&s).copied().unwrap_or(s));
+        kernel.remap_slots(&|s| renamed.get(&s).copied().unwrap_or(s));
     }
     if !finale.is_empty() {
         kernels.push(Kernel {
@@ -229,8 +155,6 @@ pub fn schedule(
         });
     }
     plan.kernels = kernels;
-    drop_unused_temporaries(&mut plan);
-    reuse_temporaries(&mut plan);
     Ok(plan)
 }
 
@@ -319,139 +243,6 @@ fn in_place_is_safe(kernel: &Kernel, src: usize, dst: usize) -> bool {
             *s != dst || i < write_phase || (i == write_phase && *coeffs == store.coeffs)
         })
     })
-}
-
-/// Replaces every slot `s` the kernel uses by `map(s)`.
-fn remap_slots(kernel: &mut Kernel, map: &dyn Fn(usize) -> usize) {
-    let fix = |slot: &mut usize| *slot = map(*slot);
-    for phase in &mut kernel.phases {
-        let body = match phase {
-            Phase::Map(l) => l,
-            Phase::Reduce { body, reductions } => {
-                reductions.iter_mut().for_each(|r| fix(&mut r.slot));
-                body
-            }
-            Phase::MatMul {
-                a,
-                b,
-                out,
-                epilogue,
-                ..
-            } => {
-                fix(&mut a.slot);
-                fix(&mut b.slot);
-                fix(out);
-                epilogue
-            }
-            Phase::Call { inputs, output, .. } => {
-                inputs.iter_mut().for_each(&fix);
-                fix(output);
-                continue;
-            }
-        };
-        for e in &mut body.exprs {
-            if let Expr::Load { slot, .. } = e {
-                fix(slot);
-            }
-        }
-        body.stores.iter_mut().for_each(|s| fix(&mut s.slot));
-    }
-}
-
-/// Removes temporaries no kernel touches any more (those replaced by in-place writes) and
-/// renumbers the rest.
-fn drop_unused_temporaries(plan: &mut Plan) {
-    let mut used = vec![false; plan.buffers.len()];
-    for (slot, b) in plan.buffers.iter().enumerate() {
-        used[slot] = b.external.is_some();
-    }
-    for (_, slot) in &plan.outputs {
-        used[*slot] = true;
-    }
-    for slot in plan.kernels.iter().flat_map(Kernel::slots) {
-        used[slot] = true;
-    }
-    let mut new_index = vec![usize::MAX; used.len()];
-    let mut buffers = Vec::new();
-    for (slot, b) in plan.buffers.iter().enumerate() {
-        if used[slot] {
-            new_index[slot] = buffers.len();
-            buffers.push(b.clone());
-        }
-    }
-    plan.buffers = buffers;
-    for (_, slot) in &mut plan.outputs {
-        *slot = new_index[*slot];
-    }
-    for kernel in &mut plan.kernels {
-        remap_slots(kernel, &|s| new_index[s]);
-    }
-}
-
-/// Lets temporaries whose lifetimes do not overlap share one buffer: a temporary lives from the
-/// first kernel that writes it to the last that reads it (results to the end of the run), and
-/// temporaries are packed, in order of their first write, into the buffers already freed
-/// (best fit by size, growing one when none is large enough) before a new one is made. Results
-/// keep buffers of their own, of their exact size.
-fn reuse_temporaries(plan: &mut Plan) {
-    let end = plan.kernels.len();
-    let slots = plan.buffers.len();
-    let (mut first, mut last) = (vec![usize::MAX; slots], vec![0; slots]);
-    for (k, kernel) in plan.kernels.iter().enumerate() {
-        for phase in &kernel.phases {
-            for s in phase.writes() {
-                first[s] = first[s].min(k);
-                last[s] = last[s].max(k);
-            }
-            for (s, _) in phase.loads() {
-                last[s] = last[s].max(k);
-            }
-        }
-    }
-    let outputs: Vec<usize> = plan.outputs.iter().map(|(_, s)| *s).collect();
-    for &slot in &outputs {
-        last[slot] = end;
-    }
-    let mut temps: Vec<usize> = (0..slots)
-        .filter(|&s| plan.buffers[s].external.is_none() && first[s] != usize::MAX)
-        .collect();
-    temps.sort_by_key(|&s| (first[s], s));
-    // Each shared buffer: the slot standing for it, its size, and the last kernel using it.
-    let mut shared: Vec<(usize, usize, usize)> = Vec::new();
-    let mut map: Vec<usize> = (0..slots).collect();
-    for s in temps {
-        let len = plan.buffers[s].len;
-        let free = |b: &&mut (usize, usize, usize)| b.2 < first[s];
-        let fitting = shared
-            .iter_mut()
-            .filter(free)
-            .filter(|b| b.1 >= len)
-            .min_by_key(|b| b.1);
-        let chosen = match fitting {
-            // A result keeps a buffer of exactly its size: readers take its length as its size.
-            _ if outputs.contains(&s) => None,
-            Some(b) => Some(b),
-            None => shared.iter_mut().filter(free).max_by_key(|b| b.1),
-        };
-        match chosen {
-            Some(b) => {
-                b.1 = b.1.max(len);
-                b.2 = last[s];
-                map[s] = b.0;
-            }
-            None => shared.push((s, len, last[s])),
-        }
-    }
-    for &(slot, len, _) in &shared {
-        plan.buffers[slot].len = len;
-    }
-    for (_, slot) in &mut plan.outputs {
-        *slot = map[*slot];
-    }
-    for kernel in &mut plan.kernels {
-        remap_slots(kernel, &|s| map[s]);
-    }
-    drop_unused_temporaries(plan);
 }
 
 /// How a node's index relates to the loop variables: one row of coefficients per dimension of
