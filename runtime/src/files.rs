@@ -2,7 +2,9 @@
 //! writes. Everything nabla reads from disk (models, data, weights) goes through
 //! [`read_limited`] or [`open_limited`], so no file, however large or endless (`/dev/zero`, a
 //! FIFO), can make it allocate without bound; everything it writes goes through
-//! [`write_atomically`], so no interruption leaves a truncated file at the destination.
+//! [`write_atomically`], so no interruption leaves a truncated file at the destination. The
+//! one exception is a log that grows line by line ([`open_append`]), whose earlier lines an
+//! append cannot damage.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -80,6 +82,15 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
         let _ = std::fs::remove_file(&temp);
         format!("cannot write `{}`: {e}", path.display())
     })
+}
+
+/// Opens `path` to append to it (a log written line by line, after [`write_atomically`] has
+/// laid its first lines).
+pub fn open_append(path: &Path) -> Result<File, String> {
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(|e| format!("cannot write `{}`: {e}", path.display()))
 }
 
 /// Checks, before any work is done, that [`write_atomically`] will be able to write `path`:

@@ -111,8 +111,9 @@ fn take<'a>(
                 path.display()
             ));
         }
-        let values: Vec<f64> = values.iter().map(|&v| v as f64).collect();
-        store.insert(name.to_string(), Buffer::from_f64(&values, elem));
+        let buffer = Buffer::try_from_fn(values.len(), elem, |i| values[i] as f64)
+            .map_err(|e| format!("`{}`: tensor `{file_name}`: {e}", path.display()))?;
+        store.insert(name.to_string(), buffer);
     }
     Ok(store)
 }

@@ -637,10 +637,7 @@ impl MetricsLog {
             }
         }
         files::write_atomically(path, kept.as_bytes()).map_err(Failure::Message)?;
-        let file = std::fs::OpenOptions::new()
-            .append(true)
-            .open(path)
-            .map_err(|e| Failure::Message(format!("cannot write `{}`: {e}", path.display())))?;
+        let file = files::open_append(path).map_err(Failure::Message)?;
         Ok(MetricsLog {
             path: path.to_path_buf(),
             file,

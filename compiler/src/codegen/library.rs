@@ -12,7 +12,6 @@ use std::sync::Mutex;
 
 use super::parallel;
 use crate::ir::Window;
-use crate::ir::interp::row_of;
 use crate::kernel::Call;
 
 thread_local! {
@@ -166,7 +165,7 @@ pub(super) fn run<'a, T: Float>(
             let width = args[1];
             let (table, index) = (input(0), input(1));
             for (row, &i) in out.chunks_exact_mut(width).zip(index) {
-                match row_of(i, args[2]) {
+                match table_row(i, args[2]) {
                     Some(r) => row.copy_from_slice(&table[r * width..(r + 1) * width]),
                     None => row.fill(T::zero()),
                 }
@@ -177,7 +176,7 @@ pub(super) fn run<'a, T: Float>(
             let (index, g) = (input(0), input(1));
             out.fill(T::zero());
             for (grad, &i) in g.chunks_exact(width).zip(index) {
-                if let Some(r) = row_of(i, args[2]) {
+                if let Some(r) = table_row(i, args[2]) {
                     for (d, &v) in out[r * width..(r + 1) * width].iter_mut().zip(grad) {
                         *d = *d + v;
                     }
@@ -702,6 +701,13 @@ fn gemm<T: Float>(
             accumulate,
         )
     }
+}
+
+/// The table row an index stored as a float names: a whole number in `0..rows`, else none (the
+/// gather reads zeros, the scatter adds nothing). The interpreter decides the same on its own.
+fn table_row<T: Float>(index: T, rows: usize) -> Option<usize> {
+    let i = index.to_f64()?;
+    (i >= 0.0 && i < rows as f64 && i.fract() == 0.0).then_some(i as usize)
 }
 
 /// The one call into the `gemm` crate, on this thread: `c [m, n] (+)= A [m, k] @ B [k, n]`,

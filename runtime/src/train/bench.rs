@@ -1,0 +1,79 @@
+//! What `nabla bench` times: steps of the real loop's programs on synthetic data.
+
+use std::time::Instant;
+
+use super::contract::{Compile, ModelInfo};
+use super::programs::{ProgramKind, Runner};
+use super::settings::Settings;
+use super::store::{Store, feed_step_scalars, insert_step_scalars};
+use crate::Rng;
+use crate::data::Dataset;
+
+/// `rows` examples of random data of the model's shapes, for benchmarks: standard normal
+/// inputs, uniform targets in [0, 1), class labels drawn uniformly (0 when the class count is
+/// not declared).
+pub fn synthetic(info: &ModelInfo, rows: usize, seed: u64) -> Dataset {
+    let mut rng = Rng::seeded(seed);
+    let columns = info
+        .feeds
+        .iter()
+        .map(|f| {
+            let values = (0..rows * f.row_len)
+                .map(|_| match (f.classes, f.target) {
+                    (Some(c), _) if c < usize::MAX => rng.below(c) as f32,
+                    (Some(_), _) => 0.0,
+                    (None, true) => rng.uniform(0.0, 1.0) as f32,
+                    (None, false) => rng.normal(0.0, 1.0) as f32,
+                })
+                .collect();
+            crate::data::Column {
+                name: f.name.clone(),
+                row_len: f.row_len,
+                values,
+            }
+        })
+        .collect();
+    Dataset {
+        columns,
+        rows,
+        origin: "synthetic data".into(),
+        vocabulary: None,
+    }
+}
+
+/// Times training steps for benchmarks: `warmup` untimed steps, then `steps` timed ones, all
+/// on the first `settings.batch` examples of `data` (no shuffling, no metrics). Returns the
+/// compilation's seconds and each timed step's.
+pub fn time_steps(
+    info: &ModelInfo,
+    settings: &Settings,
+    compile: &mut dyn Compile,
+    store: &mut Store,
+    data: &Dataset,
+    warmup: usize,
+    steps: usize,
+) -> Result<(f64, Vec<f64>), String> {
+    let mut trainer = Runner::new(ProgramKind::Train, settings.elem);
+    insert_step_scalars(info, settings.elem, store);
+    let rows: Vec<usize> = (0..settings.batch.min(data.rows)).collect();
+    let started = Instant::now();
+    trainer.compile(compile, info, rows.len())?;
+    let compile_seconds = started.elapsed().as_secs_f64();
+    let mut times = Vec::with_capacity(steps);
+    for step in 0..warmup + steps {
+        feed_step_scalars(info, settings.lr, step, store);
+        let started = Instant::now();
+        trainer.run(
+            compile,
+            info,
+            data,
+            &rows,
+            store,
+            Some((settings.seed, step)),
+        )?;
+        if step >= warmup {
+            times.push(started.elapsed().as_secs_f64());
+        }
+    }
+    Ok((compile_seconds, times))
+}

@@ -1,0 +1,129 @@
+//! The contract between the compiler and the training loop: what the loop is told about a
+//! model, as plain data (the buffers to feed and initialise, how to read predictions), and the
+//! [`Compile`] trait through which it asks for a program per batch size.
+
+use crate::{Init, Program};
+
+/// How the model's prediction is read for accuracy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PredictionKind {
+    /// Logits over classes (last axis); accuracy by argmax against class labels.
+    Classes,
+    /// One logit per example; positive means class 1.
+    Logit,
+    /// One probability per example; above 0.5 means class 1.
+    Probability,
+    /// Real values; no accuracy.
+    Regression,
+}
+
+impl PredictionKind {
+    /// The class one example's prediction stands for (`None` for regression), reading its
+    /// `len` values through `value`.
+    pub fn class_of(self, len: usize, value: impl Fn(usize) -> f64) -> Option<usize> {
+        match self {
+            PredictionKind::Classes => {
+                Some((0..len).fold(0, |best, i| if value(i) > value(best) { i } else { best }))
+            }
+            PredictionKind::Logit => Some(usize::from(value(0) > 0.0)),
+            PredictionKind::Probability => Some(usize::from(value(0) > 0.5)),
+            PredictionKind::Regression => None,
+        }
+    }
+}
+
+/// A tensor the data feeds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Feed {
+    /// Its name (a dataset column of the same name feeds it).
+    pub name: String,
+    /// Values per example.
+    pub row_len: usize,
+    /// For class targets, the number of classes.
+    pub classes: Option<usize>,
+    /// Whether it is a target (not needed for prediction).
+    pub target: bool,
+}
+
+/// Everything the loop needs to know about the model, as plain data.
+#[derive(Clone, Debug)]
+pub struct ModelInfo {
+    /// Inputs and targets.
+    pub feeds: Vec<Feed>,
+    /// Parameters, in the model's order.
+    pub params: Vec<ParamInfo>,
+    /// Optimizer state buffers: name and shape (zero-initialised).
+    pub states: Vec<(String, Vec<usize>)>,
+    /// How to read the `prediction` output.
+    pub prediction: PredictionKind,
+    /// The buffer names and betas of bias corrections, when the optimizer has them.
+    pub bias_correction: Option<BiasCorrection>,
+    /// The name of the learning-rate input.
+    pub lr_name: String,
+    /// Dropout masks the train step needs, refilled every step.
+    pub masks: Vec<Mask>,
+}
+
+impl ModelInfo {
+    /// Predictions one example makes: one per position of a class target (a class at every
+    /// step of a sequence), else one.
+    pub fn predictions_per_example(&self) -> usize {
+        match (self.prediction, self.feeds.iter().find(|f| f.target)) {
+            (PredictionKind::Classes, Some(t)) if t.classes.is_some() => t.row_len.max(1),
+            _ => 1,
+        }
+    }
+}
+
+/// A dropout mask: `row_len` values per example, each `1 / (1 - p)` with probability `1 - p`
+/// and 0 otherwise.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Mask {
+    /// The input it feeds.
+    pub name: String,
+    /// Values per example.
+    pub row_len: usize,
+    /// The probability of a zero.
+    pub p: f64,
+}
+
+/// A parameter as the loop sees it.
+#[derive(Clone, Debug)]
+pub struct ParamInfo {
+    /// Its buffer name (`w1`, `h2.w`).
+    pub name: String,
+    /// Its shape.
+    pub shape: Vec<usize>,
+    /// How it is initialised.
+    pub init: Init,
+}
+
+/// Element count of a shape (1 for a scalar).
+pub fn numel(shape: &[usize]) -> usize {
+    shape.iter().product()
+}
+
+/// Adam-style bias corrections fed each step: `1 / (1 - beta^t)` into the named scalars.
+#[derive(Clone, Debug)]
+pub struct BiasCorrection {
+    /// `(buffer name, beta)` pairs.
+    pub terms: Vec<(String, f64)>,
+}
+
+/// Builds programs for a batch size. Implemented by the compiler; the loop only calls it.
+pub trait Compile {
+    /// Forward, backward and update: outputs `loss` (before the update) and `prediction`.
+    fn train_step(&mut self, batch: usize) -> Result<Program, String>;
+    /// Forward only: outputs `loss` and `prediction`.
+    fn evaluate(&mut self, batch: usize) -> Result<Program, String>;
+    /// Forward without targets: output `prediction`.
+    fn predict(&mut self, batch: usize) -> Result<Program, String>;
+    /// Forward and backward without an update: outputs `loss` and, per parameter `p`, its
+    /// gradient as [`gradient_name`]`(p)`.
+    fn gradients(&mut self, batch: usize) -> Result<Program, String>;
+}
+
+/// The output name of parameter `param`'s gradient in [`Compile::gradients`] programs.
+pub fn gradient_name(param: &str) -> String {
+    format!("gradient of {param}")
+}

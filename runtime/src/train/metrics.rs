@@ -1,0 +1,168 @@
+//! Metrics: a step's report, the tally of a loss and correct answers over batches, and
+//! evaluation and prediction over a whole data set.
+
+use super::contract::{Compile, ModelInfo, PredictionKind};
+use super::programs::{ProgramKind, Runner};
+use super::store::Store;
+use crate::data::Dataset;
+use crate::{Buffer, Elem, Executable};
+
+/// One line of progress.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Report {
+    /// Epochs completed (0: before any update).
+    pub epoch: usize,
+    /// Steps completed.
+    pub step: usize,
+    /// Mean training loss over the epoch (the first batch's loss for epoch 0).
+    pub loss: f64,
+    /// Training accuracy over the epoch, when the prediction has one.
+    pub accuracy: Option<f64>,
+    /// Test loss, with test data.
+    pub test_loss: Option<f64>,
+    /// Test accuracy, with test data.
+    pub test_accuracy: Option<f64>,
+    /// Validation loss, with validation data.
+    pub val_loss: Option<f64>,
+    /// Validation accuracy, with validation data.
+    pub val_accuracy: Option<f64>,
+    /// The learning rate used in the epoch.
+    pub lr: f64,
+    /// Seconds since training started.
+    pub seconds: f64,
+}
+
+/// Running sums of loss and correct predictions.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Tally {
+    /// Sum of per-batch mean losses weighted by batch size.
+    pub loss: f64,
+    /// Correct predictions.
+    pub correct: usize,
+    /// Examples seen.
+    pub examples: usize,
+}
+
+impl Tally {
+    pub(super) fn add(
+        &mut self,
+        info: &ModelInfo,
+        exe: &Executable,
+        data: &Dataset,
+        rows: &[usize],
+    ) {
+        if let Some(loss) = exe.output("loss") {
+            self.loss += loss.get(0) * rows.len() as f64;
+        }
+        if let Some(prediction) = exe.output("prediction") {
+            self.correct += correct(info, prediction, data, rows);
+        }
+        self.examples += rows.len();
+    }
+
+    pub(super) fn loss(&self) -> f64 {
+        self.loss / self.examples.max(1) as f64
+    }
+
+    pub(super) fn accuracy(&self, info: &ModelInfo) -> Option<f64> {
+        let predictions = self.examples * info.predictions_per_example();
+        (info.prediction != PredictionKind::Regression)
+            .then(|| self.correct as f64 / predictions.max(1) as f64)
+    }
+}
+
+/// How many predictions in the batch match their targets; a model predicting a class at every
+/// position of a sequence makes one prediction per position.
+pub(super) fn correct(
+    info: &ModelInfo,
+    prediction: &Buffer,
+    data: &Dataset,
+    rows: &[usize],
+) -> usize {
+    let Some(target) = info
+        .feeds
+        .iter()
+        .find(|f| f.target)
+        .and_then(|f| data.column(&f.name))
+    else {
+        return 0;
+    };
+    let positions = info.predictions_per_example();
+    let per_row = prediction.len() / (rows.len() * positions).max(1);
+    let mut correct = 0;
+    for (slot, &row) in rows.iter().enumerate() {
+        for at in 0..positions {
+            let label = target.values[row * target.row_len + at];
+            let expected = match info.prediction {
+                PredictionKind::Classes => label as usize,
+                _ => usize::from(label > 0.5),
+            };
+            let first = (slot * positions + at) * per_row;
+            let predicted = info
+                .prediction
+                .class_of(per_row, |i| prediction.get(first + i));
+            correct += usize::from(predicted == Some(expected));
+        }
+    }
+    correct
+}
+
+/// Examples per evaluation batch.
+pub(super) const EVAL_BATCH: usize = 1000;
+
+/// Mean loss and accuracy of the stored parameters on `data`.
+pub fn evaluate(
+    info: &ModelInfo,
+    elem: Elem,
+    compile: &mut dyn Compile,
+    store: &mut Store,
+    data: &Dataset,
+) -> Result<(f64, Option<f64>), String> {
+    let mut runner = Runner::new(ProgramKind::Evaluate, elem);
+    evaluate_with(&mut runner, compile, info, store, data)
+}
+
+/// [`evaluate`] with programs cached in `runner`.
+pub(super) fn evaluate_with(
+    runner: &mut Runner,
+    compile: &mut dyn Compile,
+    info: &ModelInfo,
+    store: &mut Store,
+    data: &Dataset,
+) -> Result<(f64, Option<f64>), String> {
+    let rows: Vec<usize> = (0..data.rows).collect();
+    let mut tally = Tally::default();
+    for chunk in rows.chunks(EVAL_BATCH) {
+        let exe = runner.run(compile, info, data, chunk, store, None)?;
+        tally.add(info, exe, data, chunk);
+    }
+    Ok((tally.loss(), tally.accuracy(info)))
+}
+
+/// The prediction for every example of `data` (inputs only), row by row.
+pub fn predict(
+    info: &ModelInfo,
+    elem: Elem,
+    compile: &mut dyn Compile,
+    store: &mut Store,
+    data: &Dataset,
+) -> Result<Vec<Vec<f64>>, String> {
+    let mut runner = Runner::new(ProgramKind::Predict, elem);
+    let rows: Vec<usize> = (0..data.rows).collect();
+    let mut out = Vec::with_capacity(data.rows);
+    for chunk in rows.chunks(EVAL_BATCH) {
+        let exe = runner.run(compile, info, data, chunk, store, None)?;
+        let prediction = exe
+            .output("prediction")
+            .ok_or("the model has no prediction")?;
+        let per_row = prediction.len() / chunk.len();
+        for slot in 0..chunk.len() {
+            out.push(
+                (0..per_row)
+                    .map(|i| prediction.get(slot * per_row + i))
+                    .collect(),
+            );
+        }
+    }
+    Ok(out)
+}

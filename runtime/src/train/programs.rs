@@ -1,0 +1,123 @@
+//! The program store: each program (train step, evaluation, prediction) compiled once per batch
+//! size and cached with the buffers its batches are copied into, so that the last partial batch
+//! of an epoch is trained, not dropped, and the step loop allocates nothing.
+
+use std::collections::HashMap;
+
+use super::contract::{Compile, ModelInfo};
+use super::store::{Store, fill_masks};
+use crate::data::Dataset;
+use crate::{Buffer, Elem, Executable};
+
+/// Programs of one kind and their input buffers, one set per batch size.
+pub(super) struct Runner {
+    pub(super) kind: ProgramKind,
+    pub(super) elem: Elem,
+    pub(super) programs: HashMap<usize, (Executable, Store)>,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+pub(super) enum ProgramKind {
+    Train,
+    Evaluate,
+    Predict,
+    Gradients,
+}
+
+impl Runner {
+    pub(super) fn new(kind: ProgramKind, elem: Elem) -> Runner {
+        Runner {
+            kind,
+            elem,
+            programs: HashMap::new(),
+        }
+    }
+
+    /// Compiles the program for `batch` and makes its input buffers, once per batch size.
+    pub(super) fn compile(
+        &mut self,
+        compile: &mut dyn Compile,
+        info: &ModelInfo,
+        batch: usize,
+    ) -> Result<(), String> {
+        if self.programs.contains_key(&batch) {
+            return Ok(());
+        }
+        let program = match self.kind {
+            ProgramKind::Train => compile.train_step(batch),
+            ProgramKind::Evaluate => compile.evaluate(batch),
+            ProgramKind::Predict => compile.predict(batch),
+            ProgramKind::Gradients => compile.gradients(batch),
+        }?;
+        let masked = matches!(self.kind, ProgramKind::Train | ProgramKind::Gradients);
+        let masks = info.masks.iter().filter(|_| masked);
+        let fed = info.feeds.iter().map(|f| (&f.name, f.row_len));
+        let inputs = fed
+            .chain(masks.map(|m| (&m.name, m.row_len)))
+            .map(|(name, row_len)| {
+                let buffer = Buffer::try_zeros(batch * row_len, self.elem);
+                buffer.map(|b| (name.clone(), b)).map_err(|e| e.to_string())
+            })
+            .collect::<Result<_, _>>()?;
+        let exe = Executable::new(program).map_err(|e| e.to_string())?;
+        self.programs.insert(batch, (exe, inputs));
+        Ok(())
+    }
+
+    /// Copies the examples `rows` into the batch buffers, draws the dropout masks of step
+    /// `draw = (seed, step)` (train and gradient programs), and runs the program (compiled on
+    /// first use of this batch size).
+    pub(super) fn run(
+        &mut self,
+        compile: &mut dyn Compile,
+        info: &ModelInfo,
+        data: &Dataset,
+        rows: &[usize],
+        store: &mut Store,
+        draw: Option<(u64, usize)>,
+    ) -> Result<&Executable, String> {
+        let batch = rows.len();
+        self.compile(compile, info, batch)?;
+        let (exe, inputs) = self.programs.get_mut(&batch).expect("compiled above");
+        if let Some((seed, step)) = draw {
+            fill_masks(info, seed, step, inputs);
+        }
+        for feed in &info.feeds {
+            let (Some(column), Some(buffer)) =
+                (data.column(&feed.name), inputs.get_mut(&feed.name))
+            else {
+                continue;
+            };
+            let n = feed.row_len;
+            for (slot, &row) in rows.iter().enumerate() {
+                let src = &column.values[row * n..(row + 1) * n];
+                match self.elem {
+                    Elem::F32 => buffer.f32s_mut()[slot * n..(slot + 1) * n].copy_from_slice(src),
+                    Elem::F64 => buffer.f64s_mut()[slot * n..(slot + 1) * n]
+                        .iter_mut()
+                        .zip(src)
+                        .for_each(|(d, &s)| *d = s as f64),
+                }
+            }
+        }
+        exe.run(&mut [inputs, store]).map_err(|e| e.to_string())?;
+        Ok(exe)
+    }
+}
+
+/// The train-step programs, and the evaluation and gradient programs, each cached by batch size.
+pub(super) struct Runners {
+    pub(super) train: Runner,
+    pub(super) evaluate: Runner,
+    pub(super) gradients: Runner,
+}
+
+impl Runners {
+    pub(super) fn new(elem: Elem) -> Runners {
+        Runners {
+            train: Runner::new(ProgramKind::Train, elem),
+            evaluate: Runner::new(ProgramKind::Evaluate, elem),
+            gradients: Runner::new(ProgramKind::Gradients, elem),
+        }
+    }
+}
