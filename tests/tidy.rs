@@ -189,7 +189,7 @@ fn file_io_goes_through_files_rs() {
 /// Buffers the aborting constructors may make: sizes fixed small by their nature.
 const SMALL_BUFFERS: [(&str, &str); 4] = [
     // A step's learning rate and bias corrections: one number each.
-    ("runtime/src/train.rs", "Buffer::zeros(1, elem)"),
+    ("runtime/src/train/store.rs", "Buffer::zeros(1, elem)"),
     // One token, and the recurrent states of one sequence.
     ("src/commands/generate.rs", "Buffer::zeros(1, Elem::F32)"),
     ("src/commands/generate.rs", "Buffer::zeros(len, Elem::F32)"),

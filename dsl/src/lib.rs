@@ -14,7 +14,6 @@
 
 mod args;
 pub mod ast;
-mod builtins;
 pub mod diagnostic;
 mod init;
 pub mod lexer;
@@ -25,8 +24,8 @@ pub mod train;
 use nabla_compiler::ir::{Graph, NodeId};
 use nabla_compiler::model::{Mode, Model, Role, ValueKind};
 
-pub use builtins::BUILTINS;
 pub use diagnostic::Diagnostic;
+pub use lower::builtins::BUILTINS;
 pub use train::{TrainSpec, Validation};
 
 /// A checked file: its model and training configurations.

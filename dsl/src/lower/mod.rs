@@ -21,6 +21,8 @@ use nabla_compiler::model::{
 };
 use nabla_runtime::Init;
 
+pub(crate) mod builtins;
+
 use crate::ast::*;
 use crate::diagnostic::Diagnostic;
 
@@ -138,7 +140,7 @@ impl<'f> Lowerer<'f> {
     ) -> Lowerer<'f> {
         let mut table = HashMap::new();
         for f in functions {
-            if crate::builtins::is_builtin(&f.name.name) {
+            if builtins::is_builtin(&f.name.name) {
                 errors.push(
                     Diagnostic::new(
                         format!("`{}` is a built-in function", f.name.name),
@@ -533,7 +535,7 @@ impl<'f> Lowerer<'f> {
         let mut d = Diagnostic::new(format!("unknown name `{name}`"), span)
             .label("not defined before this point")
             .suggesting(name, known);
-        if crate::builtins::is_builtin(name) || self.functions.contains_key(name) {
+        if builtins::is_builtin(name) || self.functions.contains_key(name) {
             d = d.note(format!("`{name}` is a function; call it like `{name}(x)`"));
         } else if !self.inlining.is_empty() {
             d = d.note("a function body sees only its parameters and its own bindings");
@@ -546,7 +548,7 @@ impl<'f> Lowerer<'f> {
             return result;
         }
         let Some(&function) = self.functions.get(callee.name.as_str()) else {
-            let known = crate::builtins::BUILTINS
+            let known = builtins::BUILTINS
                 .iter()
                 .copied()
                 .chain(self.functions.keys().copied());

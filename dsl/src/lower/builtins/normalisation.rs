@@ -1,0 +1,173 @@
+//! Normalisation and dropout: `batch_norm` (batch statistics when training, running ones when
+//! evaluating) and `dropout` (a mask the runtime draws, the identity when evaluating).
+
+use nabla_compiler::ir::{Dim, NodeId, Op, Shape, UnaryOp};
+use nabla_compiler::model::{DropoutSpec, Mode, StateSpec};
+
+use super::{located, wrong_shape};
+use crate::args::Args;
+use crate::ast::{Arg, Span};
+use crate::diagnostic::Diagnostic;
+use crate::lower::{Env, LResult, Lowerer};
+
+impl Lowerer<'_> {
+    /// `batch_norm(x, momentum = 0.1, eps = 1e-5, affine = true)` over features `[B, F]` or
+    /// channels `[B, C, H, W]`, as PyTorch's `BatchNorm1d`/`2d`: training normalises with the
+    /// batch's mean and biased variance and updates the running statistics (`.running_mean`,
+    /// `.running_var`, the latter with the unbiased variance) by `(1 - momentum) * running +
+    /// momentum * batch`; evaluation normalises with the running statistics. With `affine`, a
+    /// scale `.w` (ones) and shift `.b` (zeros) follow.
+    pub(super) fn batch_norm(&mut self, span: Span, args: &[Arg], env: &Env) -> LResult<NodeId> {
+        let a = Args::new(
+            "batch_norm",
+            span,
+            args,
+            1,
+            1,
+            &["momentum", "eps", "affine"],
+        )?;
+        let x = self.expr(a.positional[0], env)?;
+        let shape = self.graph.shape(x).clone();
+        let (features, axes, column): (usize, Vec<usize>, Vec<usize>) = match shape.dims() {
+            [_, Dim::Known(f)] => (*f, vec![0], vec![*f]),
+            [_, Dim::Known(c), Dim::Known(_), Dim::Known(_)] => (*c, vec![0, 2, 3], vec![*c, 1, 1]),
+            _ => {
+                return Err(wrong_shape(
+                    "`batch_norm` needs features [batch, features] or images [batch, channels, height, width] of known size",
+                    &shape,
+                    a.positional[0].span,
+                ));
+            }
+        };
+        let momentum = a.number(9, "momentum", 0.1)?;
+        let eps = a.number(9, "eps", 1e-5)?;
+        for (key, value, ok) in [
+            ("momentum", momentum, (0.0..=1.0).contains(&momentum)),
+            ("eps", eps, eps > 0.0),
+        ] {
+            if !ok {
+                let at = a.named(key).map_or(span, |e| e.span);
+                return Err(Diagnostic::new(
+                    format!(
+                        "`{key}` must be {}, got {value}",
+                        if key == "eps" {
+                            "above 0"
+                        } else {
+                            "from 0 to 1"
+                        }
+                    ),
+                    at,
+                )
+                .into());
+            }
+        }
+        let prefix = self.layer_name();
+        let stat_shape = Shape::known(&[features]);
+        let column_shape = Shape::known(&column);
+        let state = |lw: &mut Self, name: &str, init: f64| -> LResult<NodeId> {
+            let full = format!("{prefix}.{name}");
+            let node = located(lw.graph.input(&full, stat_shape.clone()), span)?;
+            lw.states.push(StateSpec {
+                name: full,
+                node,
+                init,
+                update: None,
+            });
+            Ok(node)
+        };
+        let running_mean = state(self, "running_mean", 0.0)?;
+        let running_var = state(self, "running_var", 1.0)?;
+        let (mean, var) = if self.mode == Mode::Train {
+            let reduced: Vec<Dim> = axes.iter().map(|&a| shape.dims()[a].clone()).collect();
+            let count = located(self.graph.node(Op::Numel(Shape(reduced)), &[]), span)?;
+            let sum = located(self.graph.sum(x, &axes), span)?;
+            let mean = located(self.graph.div(sum, count), span)?;
+            let centred = located(self.graph.sub(x, mean), span)?;
+            let squares = located(self.graph.mul(centred, centred), span)?;
+            let total = located(self.graph.sum(squares, &axes), span)?;
+            let var = located(self.graph.div(total, count), span)?;
+            // running = (1 - momentum) running + momentum batch, the variance unbiased.
+            let one = self.graph.constant(1.0);
+            let count_less_one = located(self.graph.sub(count, one), span)?;
+            let unbiased = located(self.graph.div(total, count_less_one), span)?;
+            let updates = [(running_mean, mean, 0), (running_var, unbiased, 1)];
+            for (running, batch, k) in updates {
+                let batch = located(self.graph.unary(UnaryOp::StopGradient, batch), span)?;
+                let batch = located(self.graph.reshape(batch, &stat_shape), span)?;
+                let kept = located(self.graph.scale(running, 1.0 - momentum), span)?;
+                let added = located(self.graph.scale(batch, momentum), span)?;
+                let new = located(self.graph.add(kept, added), span)?;
+                let n = self.states.len();
+                self.states[n - 2 + k].update = Some(new);
+            }
+            (mean, var)
+        } else {
+            let mean = located(self.graph.reshape(running_mean, &column_shape), span)?;
+            let var = located(self.graph.reshape(running_var, &column_shape), span)?;
+            (mean, var)
+        };
+        let centred = located(self.graph.sub(x, mean), span)?;
+        let eps = self.graph.constant(eps);
+        let var_eps = located(self.graph.add(var, eps), span)?;
+        let std = located(self.graph.unary(UnaryOp::Sqrt, var_eps), span)?;
+        let normalised = located(self.graph.div(centred, std), span)?;
+        if !a.flag("affine", true)? {
+            return Ok(normalised);
+        }
+        let scale = self.new_param(
+            &format!("{prefix}.w"),
+            stat_shape.clone(),
+            nabla_runtime::Init::Constant(1.0),
+            "ones".into(),
+            span,
+        )?;
+        let shift = self.new_param(
+            &format!("{prefix}.b"),
+            stat_shape.clone(),
+            nabla_runtime::Init::Constant(0.0),
+            "zeros".into(),
+            span,
+        )?;
+        let scale = located(self.graph.reshape(scale, &column_shape), span)?;
+        let shift = located(self.graph.reshape(shift, &column_shape), span)?;
+        let scaled = located(self.graph.mul(normalised, scale), span)?;
+        located(self.graph.add(scaled, shift), span)
+    }
+
+    /// `dropout(x, p)`: inverted dropout. Training multiplies `x` by a mask input the runtime
+    /// fills each step with `1 / (1 - p)` or 0 (probability `p`); evaluation is the identity.
+    pub(super) fn dropout(&mut self, span: Span, args: &[Arg], env: &Env) -> LResult<NodeId> {
+        let a = Args::new("dropout", span, args, 2, 2, &["p"])?;
+        let x = self.expr(a.positional[0], env)?;
+        let p_expr = a.required(1, "p")?;
+        let p = crate::args::number(p_expr, "p")?;
+        if !(0.0..1.0).contains(&p) {
+            return Err(Diagnostic::new(
+                format!("a dropout probability must be at least 0 and below 1, got {p}"),
+                p_expr.span,
+            )
+            .label("the probability of zeroing each element")
+            .into());
+        }
+        let shape = self.graph.shape(x).clone();
+        if !matches!(shape.dims().first(), Some(Dim::Sym(_))) {
+            return Err(Diagnostic::new(
+                format!("dropout needs a tensor with the batch dimension first, like [B, 128], but this one has shape {shape}"),
+                a.positional[0].span,
+            )
+            .label("each example draws its own mask")
+            .into());
+        }
+        if self.mode != Mode::Train || p == 0.0 {
+            return Ok(x);
+        }
+        let name = format!("dropout#{}", self.dropouts.len() + 1);
+        let mask = located(self.graph.input(&name, shape), span)?;
+        self.dropouts.push(DropoutSpec {
+            name,
+            node: mask,
+            p,
+        });
+        located(self.graph.mul(x, mask), span)
+    }
+}
