@@ -11,5 +11,6 @@ pub mod clif;
 pub mod jit;
 mod library;
 mod loops;
+mod math;
 mod matmul;
 mod parallel;

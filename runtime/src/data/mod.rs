@@ -1,16 +1,26 @@
-//! Datasets: loading IDX (MNIST; gzip or raw), CSV, inline literals, and generated 2-D toy sets
-//! like TensorFlow Playground's. Every loader checks what it reads and names the file in its
+//! Datasets: the [`Dataset`] type, held-out splits, and loading from a [`DataSource`]: IDX
+//! (MNIST; gzip or raw, [`idx`]), CSV ([`csv_file`]), inline literals ([`inline`]), generated
+//! 2-D toy sets like TensorFlow Playground's ([`toy`]) and texts ([`crate::text`]). Every loader checks what it reads and names the file in its
 //! errors. Values are stored as f32 rows; MNIST pixels are scaled to [0, 1].
 //!
 //! Reads are bounded: a data file must be a regular file of at most [`MAX_FILE_BYTES`], and an
 //! IDX file's header is checked before its body, which is read (and, when gzipped, inflated)
 //! only as far as the header's dimensions imply, so a gzip bomb costs nothing.
 
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
+use crate::Rng;
 use crate::text::{self, Level, Vocabulary};
-use crate::{Rng, files};
+
+mod csv_file;
+mod idx;
+mod inline;
+mod toy;
+
+use csv_file::csv;
+use idx::idx_pair;
+use inline::inline;
+use toy::toy;
 
 /// The largest data file nabla reads, and the largest IDX body (after gunzipping): 1 GiB.
 pub const MAX_FILE_BYTES: u64 = 1 << 30;
@@ -236,298 +246,6 @@ fn resolve(path: &str, base: &Path) -> PathBuf {
     base.join(path)
 }
 
-fn inline(columns: &[(String, Vec<f64>, Vec<usize>)]) -> Result<Dataset, DataError> {
-    let mut rows = None;
-    let mut out = Vec::new();
-    for (name, values, shape) in columns {
-        let n = shape.first().copied().unwrap_or(1);
-        if *rows.get_or_insert(n) != n {
-            return Err(DataError(format!(
-                "inline data: `{name}` has {n} rows, but another column has {}",
-                rows.unwrap_or(0)
-            )));
-        }
-        let row_len = shape.iter().skip(1).product();
-        out.push(Column {
-            name: name.clone(),
-            row_len,
-            values: values.iter().map(|&v| v as f32).collect(),
-        });
-    }
-    Ok(Dataset {
-        columns: out,
-        rows: rows.unwrap_or(0),
-        origin: "inline data".into(),
-        vocabulary: None,
-    })
-}
-
-/// Parses an IDX file of unsigned bytes (gzipped or not): its dimensions and data. The header
-/// is read first; the body is read only as far as the dimensions imply, plus one byte to tell
-/// whether the file has more.
-fn idx(path: &Path, magic: u32) -> Result<(Vec<usize>, Vec<u8>), DataError> {
-    let (file, _) = files::open_limited(path, "data file", MAX_FILE_BYTES).map_err(DataError)?;
-    let cannot = |e: std::io::Error| DataError(format!("cannot read `{}`: {e}", path.display()));
-    let mut buffered = BufReader::new(file);
-    let gzipped = buffered
-        .fill_buf()
-        .map_err(cannot)?
-        .starts_with(&[0x1f, 0x8b]);
-    let mut reader: Box<dyn Read> = if gzipped {
-        Box::new(flate2::read::GzDecoder::new(buffered))
-    } else {
-        Box::new(buffered)
-    };
-    let bad = |what: String| {
-        DataError(format!(
-            "`{}` is not a valid IDX file: {what}",
-            path.display()
-        ))
-    };
-    let mut word = || -> Result<u32, DataError> {
-        let mut b = [0; 4];
-        reader.read_exact(&mut b).map_err(|e| match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => bad("it ends inside the header".into()),
-            _ => bad(e.to_string()),
-        })?;
-        Ok(u32::from_be_bytes(b))
-    };
-    let found = word()?;
-    if found != magic {
-        return Err(bad(format!("magic number {found} (expected {magic})")));
-    }
-    let rank = (magic & 0xff) as usize;
-    let dims: Vec<usize> = (0..rank)
-        .map(|_| word().map(|d| d as usize))
-        .collect::<Result<_, _>>()?;
-    let len = dims
-        .iter()
-        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .filter(|&n| n as u64 <= MAX_FILE_BYTES)
-        .ok_or_else(|| {
-            bad(format!(
-                "dimensions {dims:?} are more than the {MAX_FILE_BYTES} bytes nabla reads"
-            ))
-        })?;
-    let mut body = Vec::new();
-    reader
-        .take(len as u64 + 1)
-        .read_to_end(&mut body)
-        .map_err(|e| bad(e.to_string()))?;
-    if body.len() != len {
-        let found = if body.len() > len {
-            "more".to_string()
-        } else {
-            body.len().to_string()
-        };
-        return Err(bad(format!(
-            "dimensions {dims:?} need {len} data bytes, found {found}"
-        )));
-    }
-    Ok((dims, body))
-}
-
-fn idx_pair(images: &Path, labels: &Path, input: &str, target: &str) -> Result<Dataset, DataError> {
-    let (image_dims, pixels) = idx(images, 2051)?;
-    let (label_dims, label_bytes) = idx(labels, 2049)?;
-    if image_dims[0] != label_dims[0] {
-        return Err(DataError(format!(
-            "`{}` has {} images but `{}` has {} labels",
-            images.display(),
-            image_dims[0],
-            labels.display(),
-            label_dims[0]
-        )));
-    }
-    let rows = image_dims[0];
-    let row_len = image_dims[1] * image_dims[2];
-    Ok(Dataset {
-        columns: vec![
-            Column {
-                name: input.to_string(),
-                row_len,
-                values: pixels.iter().map(|&p| p as f32 / 255.0).collect(),
-            },
-            Column {
-                name: target.to_string(),
-                row_len: 1,
-                values: label_bytes.iter().map(|&l| l as f32).collect(),
-            },
-        ],
-        rows,
-        origin: format!("`{}`", labels.display()),
-        vocabulary: None,
-    })
-}
-
-/// Reads a CSV file with the `csv` crate (quoting, a UTF-8 byte-order mark, `#` comment lines,
-/// blank lines skipped). Every row must have exactly as many fields as the columns read reach,
-/// and every field read must be a finite number. The first row is a header when `header` says
-/// so, or, when it says nothing, when none of its fields is a number.
-fn csv(
-    path: &Path,
-    columns: &[(String, usize, usize)],
-    header: Option<bool>,
-) -> Result<Dataset, DataError> {
-    let (file, _) = files::open_limited(path, "data file", MAX_FILE_BYTES).map_err(DataError)?;
-    let width = columns.iter().map(|(_, _, hi)| *hi).max().unwrap_or(0);
-    let mut out: Vec<Column> = columns
-        .iter()
-        .map(|(n, lo, hi)| Column {
-            name: n.clone(),
-            row_len: hi - lo,
-            values: Vec::new(),
-        })
-        .collect();
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .flexible(true)
-        .comment(Some(b'#'))
-        .trim(csv::Trim::All)
-        .from_reader(file.take(MAX_FILE_BYTES));
-    let mut rows = 0;
-    let mut values = Vec::with_capacity(width);
-    for (index, record) in reader.records().enumerate() {
-        let record = record.map_err(|e| DataError(format!("{}: {e}", path.display())))?;
-        let line = record.position().map_or(0, |p| p.line());
-        let at = format!("{}:{line}", path.display());
-        let is_number = |field: &str| field.parse::<f32>().is_ok();
-        if index == 0 && header.unwrap_or_else(|| !record.iter().any(is_number)) {
-            continue;
-        }
-        if record.len() != width {
-            let names: Vec<String> = columns
-                .iter()
-                .map(|(n, lo, hi)| match hi - lo {
-                    1 => format!("{n} = {lo}"),
-                    _ => format!("{n} = {lo}..{hi}"),
-                })
-                .collect();
-            return Err(DataError(format!(
-                "{at}: the row has {} field{}, but the columns read ({}) need exactly {width}",
-                record.len(),
-                if record.len() == 1 { "" } else { "s" },
-                names.join(", ")
-            )));
-        }
-        values.clear();
-        for (c, field) in record.iter().enumerate() {
-            let value = field.parse::<f32>().map_err(|_| {
-                let hint = if index == 0 && header.is_none() {
-                    " (a header row must have no number at all, or say `header = true`)"
-                } else {
-                    ""
-                };
-                DataError(format!(
-                    "{at}: column {c} is `{field}`, expected a number{hint}"
-                ))
-            })?;
-            if !value.is_finite() {
-                return Err(DataError(format!(
-                    "{at}: column {c} is `{field}`, expected a finite number{}",
-                    if field.parse::<f64>().is_ok_and(f64::is_finite) {
-                        " (it is out of f32's range)"
-                    } else {
-                        ""
-                    }
-                )));
-            }
-            values.push(value);
-        }
-        for (column, (_, lo, hi)) in out.iter_mut().zip(columns) {
-            column.values.extend_from_slice(&values[*lo..*hi]);
-        }
-        rows += 1;
-    }
-    if rows == 0 {
-        return Err(DataError(format!("`{}` has no data rows", path.display())));
-    }
-    Ok(Dataset {
-        columns: out,
-        rows,
-        origin: format!("`{}`", path.display()),
-        vocabulary: None,
-    })
-}
-
-/// TensorFlow Playground's 2-D classification sets, labels 0/1, seeded.
-fn toy(kind: &str, n: usize, noise: f64, input: &str, target: &str, seed: u64) -> Dataset {
-    let mut rng = Rng::seeded(seed ^ 0x746f79);
-    let mut points = Vec::with_capacity(2 * n);
-    let mut labels = Vec::with_capacity(n);
-    let mut push = |x: f64, y: f64, label: bool| {
-        points.extend([x as f32, y as f32]);
-        labels.push(if label { 1.0 } else { 0.0 });
-    };
-    for i in 0..n {
-        match kind {
-            "circle" => {
-                let label = i % 2 == 0;
-                let r = if label {
-                    rng.uniform(0.0, 2.5)
-                } else {
-                    rng.uniform(3.5, 5.0)
-                };
-                let a = rng.uniform(0.0, std::f64::consts::TAU);
-                let (x, y) = (r * a.cos(), r * a.sin());
-                push(
-                    x + rng.uniform(-5.0, 5.0) * noise,
-                    y + rng.uniform(-5.0, 5.0) * noise,
-                    label,
-                );
-            }
-            "gauss" => {
-                let label = i % 2 == 0;
-                let c = if label { 2.0 } else { -2.0 };
-                let spread = 0.5 + 3.5 * noise;
-                push(rng.normal(c, spread), rng.normal(c, spread), label);
-            }
-            "spiral" => {
-                let label = i % 2 == 0;
-                let t = (i / 2) as f64 / (n / 2).max(1) as f64 * 5.0;
-                let a = 1.75 * t * std::f64::consts::TAU / 5.0
-                    + if label { 0.0 } else { std::f64::consts::PI };
-                push(
-                    t * a.sin() + rng.uniform(-1.0, 1.0) * noise,
-                    t * a.cos() + rng.uniform(-1.0, 1.0) * noise,
-                    label,
-                );
-            }
-            _ => {
-                let pad = 0.3;
-                let mut c = || {
-                    let v = rng.uniform(-5.0, 5.0);
-                    if v > 0.0 { v + pad } else { v - pad }
-                };
-                let (x, y) = (c(), c());
-                let label = x * y >= 0.0;
-                push(
-                    x + rng.uniform(-5.0, 5.0) * noise,
-                    y + rng.uniform(-5.0, 5.0) * noise,
-                    label,
-                );
-            }
-        }
-    }
-    Dataset {
-        columns: vec![
-            Column {
-                name: input.to_string(),
-                row_len: 2,
-                values: points,
-            },
-            Column {
-                name: target.to_string(),
-                row_len: 1,
-                values: labels,
-            },
-        ],
-        rows: n,
-        origin: format!("{kind}({n})"),
-        vocabulary: None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -649,19 +367,19 @@ mod tests {
             gz.write_all(&zeros).unwrap();
         }
         let bomb = write("bomb.gz", &gz.finish().unwrap());
-        let err = idx(&bomb, 2051).unwrap_err().0;
+        let err = idx::parse(&bomb, 2051).unwrap_err().0;
         assert!(err.contains("need 3136 data bytes, found more"), "{err}");
         // An honest gzipped file loads.
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         gz.write_all(&idx_bytes(2049, &[3], &[1, 2, 3])).unwrap();
         let ok = write("ok.gz", &gz.finish().unwrap());
-        assert_eq!(idx(&ok, 2049).unwrap(), (vec![3], vec![1, 2, 3]));
+        assert_eq!(idx::parse(&ok, 2049).unwrap(), (vec![3], vec![1, 2, 3]));
         // A header promising more than nabla reads is refused before any body is read.
         let huge = write(
             "huge.idx",
             &idx_bytes(2051, &[1 << 20, 1 << 10, 1 << 10], &[]),
         );
-        assert!(idx(&huge, 2051).unwrap_err().0.contains("more than the"));
+        assert!(idx::parse(&huge, 2051).unwrap_err().0.contains("more than the"));
     }
 
     #[test]
