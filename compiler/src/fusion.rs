@@ -218,25 +218,6 @@ fn is_expensive(op: &Op) -> bool {
     }
 }
 
-/// Whether `op` runs as a library call ([`GroupKind::Call`]): it reads whole row-major buffers
-/// and is computed alone.
-pub fn is_call(op: &Op) -> bool {
-    matches!(
-        op,
-        Op::Windows(_)
-            | Op::Unwindows(_)
-            | Op::Conv(_)
-            | Op::ConvInputGrad(_)
-            | Op::ConvWeightGrad(_)
-            | Op::MaxPoolGather(_)
-            | Op::MaxPoolScatter(_)
-            | Op::Slice { .. }
-            | Op::Concat { .. }
-            | Op::Gather
-            | Op::ScatterAdd { .. }
-    )
-}
-
 fn users(graph: &Graph, nodes: &[NodeId]) -> HashMap<NodeId, Vec<NodeId>> {
     let mut users: HashMap<NodeId, Vec<NodeId>> = HashMap::new();
     for &id in nodes {
@@ -268,11 +249,11 @@ fn must_store(
     let reshaped = !matches!(op, Op::Reshape(_)) && used_by(&|u| matches!(u, Op::Reshape(_)));
     // Library calls read whole row-major buffers (a reshape reads its operand's buffer, which
     // the reshape rule stores).
-    let read_by_call = !matches!(op, Op::Reshape(_)) && used_by(&is_call);
+    let read_by_call = !matches!(op, Op::Reshape(_)) && used_by(&Op::is_library_call);
     if !options.fuse {
         return !is_free(op) || reshaped || read_by_call;
     }
-    if matches!(op, Op::MatMul | Op::Reduce(..)) || is_call(op) || read_by_call {
+    if matches!(op, Op::MatMul | Op::Reduce(..)) || op.is_library_call() || read_by_call {
         return true;
     }
     // Matrix products read buffers (a transposed operand is read in place, with its strides
@@ -298,7 +279,7 @@ pub fn transposed_in_place(graph: &Graph, id: NodeId) -> bool {
             let op = graph.op(base);
             is_leaf(op)
                 || is_elementwise(op)
-                || is_call(op)
+                || op.is_library_call()
                 || matches!(op, Op::MatMul | Op::Reduce(..))
         })
 }
@@ -356,7 +337,7 @@ fn single(graph: &Graph, id: NodeId) -> Group {
             anchors: vec![id],
             members: vec![],
         },
-        op if is_call(op) => Group {
+        op if op.is_library_call() => Group {
             kind: GroupKind::Call,
             anchors: vec![id],
             members: vec![],
@@ -408,7 +389,7 @@ fn group(
             })
         };
         let target = match op {
-            op if matches!(op, Op::MatMul) || is_call(op) => None,
+            op if matches!(op, Op::MatMul) || op.is_library_call() => None,
             Op::Reduce(_, axes) => reductions
                 .get(&(iteration_shape(graph, id), axes.as_slice()))
                 .into_iter()
@@ -459,7 +440,7 @@ fn group(
                         .entry((iteration_shape(graph, id), axes.as_slice()))
                         .or_default()
                         .push(g),
-                    op if matches!(op, Op::MatMul) || is_call(op) => {}
+                    op if matches!(op, Op::MatMul) || op.is_library_call() => {}
                     _ => maps.entry(graph.shape(id)).or_default().push(g),
                 }
                 g

@@ -521,23 +521,8 @@ impl Lowering<'_> {
                     ),
                 };
             }
-            op @ (Op::Input { .. }
-            | Op::Param { .. }
-            | Op::Reduce(..)
-            | Op::MatMul
-            | Op::Windows(_)
-            | Op::Unwindows(_)
-            | Op::Conv(_)
-            | Op::ConvInputGrad(_)
-            | Op::ConvWeightGrad(_)
-            | Op::MaxPoolGather(_)
-            | Op::MaxPoolScatter(_)
-            | Op::Slice { .. }
-            | Op::Concat { .. }
-            | Op::Gather
-            | Op::ScatterAdd { .. }) => {
-                unreachable!("{} is in memory before it is read", op.name())
-            }
+            // Fed values, products, reductions and library calls are stored by fusion.
+            op => unreachable!("{} is in memory before it is read", op.name()),
         };
         push(b, node, index, expr)
     }

@@ -440,6 +440,26 @@ pub enum Op {
 }
 
 impl Op {
+    /// Whether the op runs as a call into the kernel library rather than as generated loops:
+    /// it reads whole row-major buffers and is computed alone (windows of images,
+    /// convolutions, max pooling, slices, concatenations, gathers and scatters).
+    pub fn is_library_call(&self) -> bool {
+        matches!(
+            self,
+            Op::Windows(_)
+                | Op::Unwindows(_)
+                | Op::Conv(_)
+                | Op::ConvInputGrad(_)
+                | Op::ConvWeightGrad(_)
+                | Op::MaxPoolGather(_)
+                | Op::MaxPoolScatter(_)
+                | Op::Slice { .. }
+                | Op::Concat { .. }
+                | Op::Gather
+                | Op::ScatterAdd { .. }
+        )
+    }
+
     /// How many operands the op takes.
     pub fn arity(&self) -> usize {
         match self {
