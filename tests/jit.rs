@@ -5,7 +5,6 @@
 
 use std::collections::HashMap;
 
-use nabla_compiler::codegen::clif;
 use nabla_compiler::codegen::jit::Listing;
 use nabla_compiler::evaluator::JitEvaluator;
 use nabla_compiler::gradcheck::{self, Config};
@@ -286,7 +285,7 @@ fn rows_split_over_threads_compute_what_one_thread_does() {
     };
     let plan = pipeline::plan(&request).unwrap().plan;
     let split = plan.kernels.iter().flat_map(|k| &k.phases);
-    assert!(split.filter(|p| clif::split_rows(p).is_some()).count() >= 2);
+    assert!(split.filter(|p| p.split_rows().is_some()).count() >= 2);
     for (elem, tol) in [(Elem::F64, 1e-12), (Elem::F32, 2e-4)] {
         let two = JitEvaluator::new(elem).with_threads(2);
         common::compiled_matches_interpreter(&m, batch, 3, two, tol, true).unwrap();

@@ -60,6 +60,10 @@ pub struct Loop {
     pub exprs: Vec<Expr>,
     /// What is written at every point.
     pub stores: Vec<Store>,
+    /// Whether bands of the outermost variable run on the thread pool, each band a function
+    /// of its rows (decided by lowering; only when every store moves with that variable, so
+    /// bands write disjoint elements and read only what they write).
+    pub split_rows: bool,
 }
 
 /// One reduction accumulated over a loop: `slot[out] = op(slot[out], exprs[value])`, where the
@@ -95,6 +99,7 @@ static NO_LOOP: Loop = Loop {
     dims: Vec::new(),
     exprs: Vec::new(),
     stores: Vec::new(),
+    split_rows: false,
 };
 
 /// One phase of a kernel.
@@ -125,6 +130,8 @@ pub enum Phase {
         b: Operand,
         /// Where the product is written, row-major.
         out: usize,
+        /// How the product is computed (decided by lowering).
+        method: Product,
         /// Runs over `[m, n]`.
         epilogue: Loop,
     },
@@ -141,6 +148,18 @@ pub enum Phase {
         /// The buffer written.
         output: usize,
     },
+}
+
+/// How a matrix product is computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Product {
+    /// By the `gemm` crate (packed, cache-blocked, threaded), then the epilogue as a loop over
+    /// the product: large products.
+    Gemm,
+    /// By register tiles in generated code, the epilogue applied in registers before anything
+    /// is stored: small products, where the GEMM's packing and dispatch cost more than they
+    /// save.
+    Tiles,
 }
 
 /// A library routine (see [`Phase::Call`]), one per op of the same name; the interpreter's
@@ -278,6 +297,13 @@ impl Phase {
             Phase::Map(_) | Phase::Reduce { .. } => {}
         }
         out
+    }
+
+    /// The rows of the outermost variable that bands split over the threads, when lowering
+    /// decided so ([`Loop::split_rows`]).
+    pub fn split_rows(&self) -> Option<usize> {
+        let l = self.body();
+        l.split_rows.then(|| l.dims[0])
     }
 
     /// Every buffer the phase writes: its stores, a product's output, reductions' outputs.
@@ -454,10 +480,11 @@ impl std::fmt::Display for Kernel {
                     a,
                     b,
                     out,
+                    method,
                     epilogue,
                 } => (
                     format!(
-                        "matmul [{m}, {k}] @ [{k}, {n}]: slot {} {:?} @ slot {} {:?} -> slot {out}",
+                        "matmul [{m}, {k}] @ [{k}, {n}] by {method:?}: slot {} {:?} @ slot {} {:?} -> slot {out}",
                         a.slot,
                         [a.row, a.col],
                         b.slot,

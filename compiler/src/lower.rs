@@ -25,7 +25,9 @@ use nabla_runtime::BufferSpec;
 
 use crate::fusion::{self, Fusion, GroupKind};
 use crate::ir::{Dim, Graph, NodeId, Op};
-use crate::kernel::{Call, Expr, Kernel, Loop, Operand, Phase, Plan, Reduction, Store, row_major};
+use crate::kernel::{
+    Call, Expr, Kernel, Loop, Operand, Phase, Plan, Product, Reduction, Store, row_major,
+};
 
 /// Why a graph cannot be lowered.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
@@ -35,11 +37,14 @@ pub struct LowerError(pub String);
 /// The kernels computing `outputs` and the `assignments` (each writes a node's value into the
 /// external buffer of the given name at the end of the run), one per group of `fused`, and the
 /// buffers they use, each temporary of its own (sharing them is [`crate::memory::plan`]'s).
+/// How each product is computed and which loops split their rows over `threads` is decided
+/// here too ([`decide`]), so that code generation only translates.
 pub fn lower(
     graph: &Graph,
     fused: &Fusion,
     outputs: &[(String, NodeId)],
     assignments: &[(NodeId, String)],
+    threads: usize,
 ) -> Result<Plan, LowerError> {
     let roots: Vec<NodeId> = outputs
         .iter()
@@ -154,8 +159,55 @@ pub fn lower(
             phases: finale,
         });
     }
+    for phase in kernels.iter_mut().flat_map(|k| &mut k.phases) {
+        decide(phase, threads);
+    }
     plan.kernels = kernels;
     Ok(plan)
+}
+
+/// Products of at least this many multiply-adds (`m k n`) call the GEMM; smaller ones are
+/// register tiles.
+pub const GEMM_MIN_MACS: usize = 1 << 15;
+
+/// Loops of at least this many elements split their rows over the threads: a few tens of
+/// microseconds of memory traffic, against about a microsecond to fork and join.
+const PARALLEL_MIN_ELEMENTS: usize = 1 << 15;
+
+/// Decides how `phase` runs on `threads` threads: a product by the GEMM or by register tiles,
+/// and whether bands of rows split over the threads (a large map, or the epilogue of a product
+/// the GEMM computes).
+fn decide(phase: &mut Phase, threads: usize) {
+    let splits = |l: &Loop, big: bool| {
+        threads > 1
+            && big
+            && l.dims.len() >= 2
+            && l.dims[0] >= 2
+            && !l.stores.is_empty()
+            && l.dims.iter().product::<usize>() >= PARALLEL_MIN_ELEMENTS
+            && l.stores
+                .iter()
+                .all(|s| s.coeffs.first().is_some_and(|&c| c != 0))
+    };
+    match phase {
+        Phase::Map(l) => l.split_rows = splits(l, true),
+        Phase::MatMul {
+            m,
+            k,
+            n,
+            method,
+            epilogue,
+            ..
+        } => {
+            *method = if *m * *k * *n >= GEMM_MIN_MACS {
+                Product::Gemm
+            } else {
+                Product::Tiles
+            };
+            epilogue.split_rows = splits(epilogue, *method == Product::Gemm);
+        }
+        Phase::Reduce { .. } | Phase::Call { .. } => {}
+    }
 }
 
 fn numel(graph: &Graph, id: NodeId) -> usize {
@@ -201,6 +253,7 @@ fn copy(src: usize, dst: usize, len: usize) -> Phase {
             slot: src,
             coeffs: vec![1],
         }],
+        split_rows: false,
         stores: vec![Store {
             value: 0,
             slot: dst,
@@ -324,6 +377,7 @@ impl Lowering<'_> {
                     a: operand(a, a_dims[1]),
                     b: operand(b, b_dims[1]),
                     out: self.slots.of[&product],
+                    method: Product::Tiles,
                     epilogue,
                 });
             }
@@ -395,6 +449,7 @@ impl Lowering<'_> {
             dims: shape,
             exprs: b.exprs,
             stores,
+            split_rows: false,
         })
     }
 
@@ -437,6 +492,7 @@ impl Lowering<'_> {
                 dims: shape,
                 exprs: b.exprs,
                 stores: Vec::new(),
+                split_rows: false,
             },
             reductions,
         }

@@ -197,7 +197,13 @@ pub fn plan(request: &Request) -> Result<Trace, CompileError> {
         fuse: request.passes.fuse,
     };
     let fusion = fusion::fuse(&simplified.graph, &simplified.roots, fuse);
-    let lowered = lower::lower(&simplified.graph, &fusion, &outputs, &assignments)?;
+    let lowered = lower::lower(
+        &simplified.graph,
+        &fusion,
+        &outputs,
+        &assignments,
+        request.threads,
+    )?;
     let plan = memory::plan(lowered);
     Ok(Trace {
         simplified,
@@ -222,7 +228,7 @@ pub fn plan_unfused(
         .chain(assignments.iter().map(|(n, _)| *n))
         .collect();
     let fusion = fusion::fuse(graph, &roots, fusion::Options { fuse: false });
-    let lowered = lower::lower(graph, &fusion, outputs, assignments)?;
+    let lowered = lower::lower(graph, &fusion, outputs, assignments, 1)?;
     Ok(memory::plan(lowered))
 }
 

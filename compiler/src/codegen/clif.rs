@@ -21,7 +21,6 @@ use cranelift_codegen::ir::{
 };
 use cranelift_frontend::FunctionBuilder;
 
-use super::matmul::GEMM_MIN_MACS;
 use crate::ir::{BinaryOp, UnaryOp};
 use crate::kernel::{Expr, Kernel, Phase};
 
@@ -85,36 +84,8 @@ pub struct Target {
     /// The imported row splitter (see [`super::jit`]'s `parallel` shim).
     pub parallel: FuncRef,
     /// The functions computing a band of rows of this kernel's phases that run on several
-    /// threads, with the phase's rows, by phase index (see [`split_rows`]).
+    /// threads, with the phase's rows, by phase index (see [`Loop::split_rows`](crate::kernel::Loop::split_rows)).
     pub rows: HashMap<usize, (FuncRef, usize)>,
-}
-
-/// Phases of at least this many elements split their rows over the threads: a few tens of
-/// microseconds of memory traffic, against about a microsecond to fork and join.
-const PARALLEL_MIN_ELEMENTS: usize = 1 << 15;
-
-/// The rows of `phase` that bands of the outermost loop variable can split over threads, when
-/// it is worth it: a large map whose stores each move with that variable (so bands write
-/// disjoint elements and read only what they write, at the same point), or the epilogue of a
-/// large product computed by the GEMM.
-pub fn split_rows(phase: &Phase) -> Option<usize> {
-    let (l, big) = match phase {
-        Phase::Map(l) => (l, true),
-        Phase::MatMul {
-            m, k, n, epilogue, ..
-        } => (epilogue, m * k * n >= GEMM_MIN_MACS),
-        Phase::Reduce { .. } | Phase::Call { .. } => return None,
-    };
-    let rows = *l.dims.first()?;
-    let fits = big
-        && l.dims.len() >= 2
-        && rows >= 2
-        && !l.stores.is_empty()
-        && l.dims.iter().product::<usize>() >= PARALLEL_MIN_ELEMENTS
-        && l.stores
-            .iter()
-            .all(|s| s.coeffs.first().is_some_and(|&c| c != 0));
-    fits.then_some(rows)
 }
 
 impl Target {
@@ -147,8 +118,9 @@ pub fn emit_kernel(b: &mut FunctionBuilder, kernel: &Kernel, target: &Target) {
                 a,
                 b,
                 out,
+                method,
                 epilogue,
-            } => e.matmul([*m, *k, *n], *a, *b, *out, epilogue, split),
+            } => e.matmul([*m, *k, *n], *method, *a, *b, *out, epilogue, split),
             Phase::Call {
                 call,
                 args,
@@ -161,7 +133,7 @@ pub fn emit_kernel(b: &mut FunctionBuilder, kernel: &Kernel, target: &Target) {
     e.b.seal_all_blocks();
 }
 
-/// Emits the rows `start..end` of phase `index` of `kernel` (see [`split_rows`]) into an empty
+/// Emits the rows `start..end` of phase `index` of `kernel` (see [`Loop::split_rows`](crate::kernel::Loop::split_rows)) into an empty
 /// function of the buffer table, `start` and `end`.
 pub fn emit_rows(b: &mut FunctionBuilder, kernel: &Kernel, index: usize, target: &Target) {
     let mut e = Emitter::enter(b, target, kernel);

@@ -413,8 +413,7 @@ pub fn compile(
             .phases
             .iter()
             .enumerate()
-            .filter(|_| threads > 1)
-            .filter_map(|(index, phase)| Some((index, clif::split_rows(phase)?)))
+            .filter_map(|(index, phase)| Some((index, phase.split_rows()?)))
             .collect();
         let mut rows = HashMap::new();
         let mut text = String::new();

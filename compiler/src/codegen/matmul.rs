@@ -16,9 +16,6 @@ use crate::kernel::{Loop, Operand};
 /// Rows of `C` per register tile.
 const TILE_ROWS: i64 = 4;
 
-/// Products of at least this many multiply-adds (`m k n`) call the GEMM.
-pub const GEMM_MIN_MACS: usize = 1 << 15;
-
 /// The product's sizes and operands.
 #[derive(Clone, Copy)]
 struct Product {
@@ -30,18 +27,20 @@ struct Product {
 }
 
 impl Emitter<'_, '_> {
-    /// `out = A[m, k] @ B[k, n]`, then `epilogue` at every element; for a product the GEMM
-    /// computes, by `rows` (a row function and the rows) over the threads when given.
+    /// `out = A[m, k] @ B[k, n]` by `method`, then `epilogue` at every element; for a product
+    /// the GEMM computes, by `rows` (a row function and the rows) over the threads when given.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn matmul(
         &mut self,
         [m, k, n]: [usize; 3],
+        method: crate::kernel::Product,
         a: Operand,
         b: Operand,
         out: usize,
         epilogue: &Loop,
         rows: Option<(FuncRef, usize)>,
     ) {
-        if m * k * n >= GEMM_MIN_MACS {
+        if method == crate::kernel::Product::Gemm {
             self.gemm([m, k, n], a, b, out);
             return match rows {
                 Some((f, extent)) => self.parallel_rows(f, extent),

@@ -379,7 +379,12 @@ mod tests {
             "huge.idx",
             &idx_bytes(2051, &[1 << 20, 1 << 10, 1 << 10], &[]),
         );
-        assert!(idx::parse(&huge, 2051).unwrap_err().0.contains("more than the"));
+        assert!(
+            idx::parse(&huge, 2051)
+                .unwrap_err()
+                .0
+                .contains("more than the")
+        );
     }
 
     #[test]
