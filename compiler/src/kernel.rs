@@ -10,7 +10,9 @@
 
 use nabla_runtime::BufferSpec;
 
-use crate::ir::{BinaryOp, ReduceOp, UnaryOp, Window};
+pub use nabla_kernels::Call;
+
+use crate::ir::{BinaryOp, ReduceOp, UnaryOp};
 
 /// One value per iteration point. Operands are indices of earlier entries of the phase's
 /// expression list, so the list is a DAG in topological order, evaluated once per point.
@@ -160,102 +162,6 @@ pub enum Product {
     /// is stored: small products, where the GEMM's packing and dispatch cost more than they
     /// save.
     Tiles,
-}
-
-/// A library routine (see [`Phase::Call`]), one per op of the same name; the interpreter's
-/// definitions are the reference. Each says how its sizes are laid out.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Call {
-    /// `Op::Windows` (im2col); window routines take [`Call::window_args`].
-    Windows,
-    /// `Op::Unwindows` (col2im).
-    Unwindows,
-    /// `Op::Conv`.
-    Conv,
-    /// `Op::ConvInputGrad`.
-    ConvInputGrad,
-    /// `Op::ConvWeightGrad`.
-    ConvWeightGrad,
-    /// `Op::MaxPoolGather`.
-    MaxPoolGather,
-    /// `Op::MaxPoolScatter`.
-    MaxPoolScatter,
-    /// `Op::Slice`: `[outer, axis size, inner, start, len]`, the operand seen as
-    /// `[outer, axis size, inner]`.
-    Slice,
-    /// `Op::Concat`: `[outer, inner, parts, len_0, len_1, ...]`, part `p` seen as
-    /// `[outer, len_p, inner]`.
-    Concat,
-    /// `Op::Gather`: `[indices, row width, table rows]`.
-    Gather,
-    /// `Op::ScatterAdd`: `[indices, row width, table rows]`.
-    ScatterAdd,
-}
-
-impl Call {
-    /// Every routine, indexed by the number generated code passes.
-    pub const ALL: [Call; 11] = [
-        Call::Windows,
-        Call::Unwindows,
-        Call::Conv,
-        Call::ConvInputGrad,
-        Call::ConvWeightGrad,
-        Call::MaxPoolGather,
-        Call::MaxPoolScatter,
-        Call::Slice,
-        Call::Concat,
-        Call::Gather,
-        Call::ScatterAdd,
-    ];
-
-    /// Its number in [`Call::ALL`].
-    pub fn number(self) -> usize {
-        Call::ALL.iter().position(|&c| c == self).unwrap_or(0)
-    }
-
-    /// Whether it works on windows of images.
-    pub fn is_window(self) -> bool {
-        !matches!(
-            self,
-            Call::Slice | Call::Concat | Call::Gather | Call::ScatterAdd
-        )
-    }
-
-    /// A window routine's sizes: `[images, channels, output channels]` (the last 0 but for
-    /// convolutions), then the geometry's ten numbers and whether padding reads -inf.
-    pub fn window_args(window: &Window, sizes: [usize; 3]) -> Vec<usize> {
-        let geometry = [
-            window.image,
-            window.kernel,
-            window.stride,
-            window.padding,
-            window.dilation,
-        ];
-        let fill = usize::from(window.fill == crate::ir::Fill::NegInf);
-        sizes
-            .into_iter()
-            .chain(geometry.concat())
-            .chain([fill])
-            .collect()
-    }
-
-    /// The geometry and sizes [`Call::window_args`] laid out.
-    pub fn window_of(args: &[usize]) -> (Window, [usize; 3]) {
-        let pair = |i: usize| [args[i], args[i + 1]];
-        let window = Window {
-            image: pair(3),
-            kernel: pair(5),
-            stride: pair(7),
-            padding: pair(9),
-            dilation: pair(11),
-            fill: if args[13] != 0 {
-                crate::ir::Fill::NegInf
-            } else {
-                crate::ir::Fill::Zero
-            },
-        };
-        (window, [args[0], args[1], args[2]])
-    }
 }
 
 /// One generated function: its phases in order, and a line saying what it computes (for

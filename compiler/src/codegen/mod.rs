@@ -9,8 +9,6 @@
 
 pub mod clif;
 pub mod jit;
-mod library;
 mod loops;
 mod math;
 mod matmul;
-mod parallel;

@@ -73,6 +73,12 @@ pub struct Shape(pub Vec<Dim>);
 #[error("{0}")]
 pub struct ShapeError(pub String);
 
+impl From<nabla_kernels::WindowError> for ShapeError {
+    fn from(e: nabla_kernels::WindowError) -> ShapeError {
+        ShapeError(e.0)
+    }
+}
+
 impl Shape {
     /// The scalar shape `[]`.
     pub fn scalar() -> Shape {

@@ -1,0 +1,24 @@
+//! The kernel library: the run-time routines generated code calls, with no compiler in it, so
+//! that the same code serves the JIT and, later, ahead-of-time objects linked against it.
+//!
+//! [`window`] (the geometry of sliding windows, shared with the reference interpreter),
+//! [`call`] (the routines generated code calls by number, and their sizes), [`library`] (their
+//! dispatch, and slices, concatenations, gathers and scatters), [`convolution`] (im2col,
+//! col2im and convolutions), [`pooling`] (max pooling), [`gemm`] (matrix products through the
+//! `gemm` crate), [`parallel`] (the fork-join pool), [`float`] (the float types), and
+//! [`shims`] (the `extern "C"` entry points generated code imports).
+#![deny(missing_docs)]
+
+pub mod call;
+mod convolution;
+mod float;
+pub mod gemm;
+mod library;
+pub mod parallel;
+mod pooling;
+pub mod shims;
+pub mod window;
+
+pub use call::Call;
+pub use shims::{Precision, Symbols};
+pub use window::{Fill, Window, WindowError};

@@ -1,0 +1,100 @@
+//! The dispatcher of a [`Call`] on whole row-major buffers, and the copies that need no more:
+//! slices, concatenations, gathers and scatter-adds (an index outside the table reads zeros and
+//! adds nothing).
+
+use crate::Call;
+use crate::call::operand_count;
+use crate::convolution::convolve;
+use crate::float::Float;
+use crate::pooling::pool;
+
+/// Runs `call` on whole row-major buffers (operand `i` is `input(i)`), convolutions and
+/// pooling on up to `threads` threads.
+pub(super) fn run<'a, T: Float>(
+    call: Call,
+    args: &[usize],
+    input: impl Fn(usize) -> &'a [T],
+    out: &mut [T],
+    threads: usize,
+) {
+    match call {
+        Call::Slice => {
+            let [outer, size, inner, start, len] = args[..5] else {
+                unreachable!("five sizes")
+            };
+            let x = input(0);
+            for (o, dst) in out.chunks_exact_mut(len * inner).take(outer).enumerate() {
+                let from = (o * size + start) * inner;
+                dst.copy_from_slice(&x[from..from + len * inner]);
+            }
+        }
+        Call::Concat => {
+            let (outer, inner) = (args[0], args[1]);
+            let mut at = 0;
+            for o in 0..outer {
+                for (part, &len) in (0..args[2]).map(&input).zip(&args[3..]) {
+                    let n = len * inner;
+                    out[at..at + n].copy_from_slice(&part[o * n..(o + 1) * n]);
+                    at += n;
+                }
+            }
+        }
+        Call::Gather => {
+            let width = args[1];
+            let (table, index) = (input(0), input(1));
+            for (row, &i) in out.chunks_exact_mut(width).zip(index) {
+                match table_row(i, args[2]) {
+                    Some(r) => row.copy_from_slice(&table[r * width..(r + 1) * width]),
+                    None => row.fill(T::zero()),
+                }
+            }
+        }
+        Call::ScatterAdd => {
+            let width = args[1];
+            let (index, g) = (input(0), input(1));
+            out.fill(T::zero());
+            for (grad, &i) in g.chunks_exact(width).zip(index) {
+                if let Some(r) = table_row(i, args[2]) {
+                    for (d, &v) in out[r * width..(r + 1) * width].iter_mut().zip(grad) {
+                        *d = *d + v;
+                    }
+                }
+            }
+        }
+        _ => {
+            let (w, sizes) = Call::window_of(args);
+            let [n, c, _] = sizes;
+            let a = input(0);
+            let b = if operand_count(call, args) > 1 {
+                input(1)
+            } else {
+                &[]
+            };
+            match call {
+                Call::Windows => {
+                    let fill = T::of(w.fill.value());
+                    w.visit(n, c, |e, pixel| out[e] = pixel.map_or(fill, |p| a[p]));
+                }
+                Call::Unwindows => {
+                    out.fill(T::zero());
+                    w.visit(n, c, |e, pixel| {
+                        if let Some(p) = pixel {
+                            out[p] = out[p] + a[e];
+                        }
+                    });
+                }
+                Call::MaxPoolGather | Call::MaxPoolScatter => {
+                    pool(call, &w, [n, c], a, b, out, threads)
+                }
+                _ => convolve(call, &w, sizes, a, b, out, threads),
+            }
+        }
+    }
+}
+
+/// The table row an index stored as a float names: a whole number in `0..rows`, else none (the
+/// gather reads zeros, the scatter adds nothing). The interpreter decides the same on its own.
+pub(super) fn table_row<T: Float>(index: T, rows: usize) -> Option<usize> {
+    let i = index.to_f64()?;
+    (i >= 0.0 && i < rows as f64 && i.fract() == 0.0).then_some(i as usize)
+}

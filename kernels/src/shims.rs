@@ -1,0 +1,225 @@
+//! The entry points generated code calls, as `extern "C"` functions: the math functions of each
+//! precision, the GEMM, the library routines and the fork-join of bands of rows. A JIT
+//! registers their addresses under the symbols its code imports ([`Symbols`]); ahead-of-time
+//! code links against the same functions.
+
+use crate::gemm::Gemm;
+use crate::{Call, call, library, parallel};
+
+/// The precision a program computes in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    /// `f32`.
+    F32,
+    /// `f64`.
+    F64,
+}
+
+/// The addresses of the entry points for one precision.
+pub struct Symbols;
+
+impl Symbols {
+    /// The math function named `name` (`exp`, `log`, `tanh`, `sigmoid`, `sin`, `cos`, `tan`,
+    /// `sinh`, `cosh`, `atan`, `erf`, `pow`), or `None` for a name the library lacks.
+    pub fn math(name: &str, precision: Precision) -> Option<*const u8> {
+        match precision {
+            Precision::F32 => shims_f32::of(name),
+            Precision::F64 => shims_f64::of(name),
+        }
+    }
+
+    /// The GEMM: `(m, k, n, a, a_row, a_col, b, b_row, b_col, c, threads)`.
+    pub fn gemm(precision: Precision) -> *const u8 {
+        match precision {
+            Precision::F32 => gemm_f32 as *const u8,
+            Precision::F64 => gemm_f64 as *const u8,
+        }
+    }
+
+    /// A library routine: `(call number, operand addresses, output, words)`.
+    pub fn call(precision: Precision) -> *const u8 {
+        match precision {
+            Precision::F32 => call_f32 as *const u8,
+            Precision::F64 => call_f64 as *const u8,
+        }
+    }
+
+    /// Bands of rows over the pool: `(rows function, table, extent, threads)`.
+    pub fn parallel_rows() -> *const u8 {
+        parallel_rows as *const u8
+    }
+}
+
+/// The scalar functions kernels call, for one float type: `extern "C"` shims over Rust's
+/// implementations (and `libm`'s `erf`), in a module per type with `of` giving each address.
+macro_rules! math_shims {
+    ($module:ident, $t:ty, $erf:path) => {
+        mod $module {
+
+            extern "C" fn exp(x: $t) -> $t {
+                x.exp()
+            }
+            extern "C" fn log(x: $t) -> $t {
+                x.ln()
+            }
+            extern "C" fn tanh(x: $t) -> $t {
+                x.tanh()
+            }
+            extern "C" fn sigmoid(x: $t) -> $t {
+                1.0 / (1.0 + (-x).exp())
+            }
+            extern "C" fn pow(a: $t, b: $t) -> $t {
+                a.powf(b)
+            }
+            extern "C" fn sin(x: $t) -> $t {
+                x.sin()
+            }
+            extern "C" fn cos(x: $t) -> $t {
+                x.cos()
+            }
+            extern "C" fn tan(x: $t) -> $t {
+                x.tan()
+            }
+            extern "C" fn sinh(x: $t) -> $t {
+                x.sinh()
+            }
+            extern "C" fn cosh(x: $t) -> $t {
+                x.cosh()
+            }
+            extern "C" fn atan(x: $t) -> $t {
+                x.atan()
+            }
+            extern "C" fn erf(x: $t) -> $t {
+                $erf(x)
+            }
+
+            /// The address of the shim of the function named `name`.
+            pub(super) fn of(name: &str) -> Option<*const u8> {
+                Some(match name {
+                    "exp" => exp as *const u8,
+                    "log" => log as *const u8,
+                    "tanh" => tanh as *const u8,
+                    "sigmoid" => sigmoid as *const u8,
+                    "sin" => sin as *const u8,
+                    "cos" => cos as *const u8,
+                    "tan" => tan as *const u8,
+                    "sinh" => sinh as *const u8,
+                    "cosh" => cosh as *const u8,
+                    "atan" => atan as *const u8,
+                    "erf" => erf as *const u8,
+                    "pow" => pow as *const u8,
+                    _ => return None,
+                })
+            }
+        }
+    };
+}
+
+math_shims!(shims_f32, f32, libm::erff);
+math_shims!(shims_f64, f64, libm::erf);
+
+/// The `nabla_gemm` symbol generated code calls, for one float type.
+macro_rules! gemm_shim {
+    ($name:ident, $t:ty) => {
+        #[allow(clippy::too_many_arguments)]
+        extern "C" fn $name(
+            m: usize,
+            k: usize,
+            n: usize,
+            a: *const $t,
+            a_row: isize,
+            a_col: isize,
+            b: *const $t,
+            b_row: isize,
+            b_col: isize,
+            c: *mut $t,
+            threads: usize,
+        ) {
+            let product = Gemm {
+                m,
+                k,
+                n,
+                a,
+                a_row,
+                a_col,
+                b,
+                b_row,
+                b_col,
+                c,
+            };
+            // SAFETY: the generated kernel passes buffers the runtime checked against the plan:
+            // `a` and `b` hold every element their strides reach, `c` holds `m * n`, and `c`
+            // overlaps neither (the scheduler gives every product a buffer of its own).
+            unsafe { product.run(threads) }
+        }
+    };
+}
+
+gemm_shim!(gemm_f32, f32);
+gemm_shim!(gemm_f64, f64);
+
+/// The `nabla_call` symbol generated code calls for a library call: the library routine
+/// `call` (a [`Call`] as an integer) on the buffers whose addresses `inputs` lists, writing
+/// `out`; `words` holds the thread count, then the call's sizes.
+///
+macro_rules! call_shim {
+    ($name:ident, $t:ty) => {
+        extern "C" fn $name(
+            call: usize,
+            inputs: *const *const $t,
+            out: *mut $t,
+            words: *const usize,
+        ) {
+            // SAFETY: generated code passes a valid call number, then arrays on its stack: as
+            // many sizes as the call's layout has (the count follows from the first sizes)
+            // after the thread count, and one address per operand.
+            let call = Call::ALL[call];
+            let head = unsafe { std::slice::from_raw_parts(words, 4) };
+            let count = 1 + call::arg_count(call, &head[1..]);
+            let words = unsafe { std::slice::from_raw_parts(words, count) };
+            let (threads, args) = (words[0], &words[1..]);
+            // SAFETY: the runtime checked every buffer against the plan, which sized them from
+            // these sizes, and the output overlaps no operand; generated code passes one
+            // address per operand.
+            let input = |i: usize| unsafe {
+                std::slice::from_raw_parts(*inputs.add(i), call::length(call, args, Some(i)))
+            };
+            let out =
+                unsafe { std::slice::from_raw_parts_mut(out, call::length(call, args, None)) };
+            library::run(call, args, input, out, threads);
+        }
+    };
+}
+
+call_shim!(call_f32, f32);
+call_shim!(call_f64, f64);
+
+/// A kernel's function computing rows `start..end` of one phase (generated for a loop whose rows split over threads).
+type RowsFn = unsafe extern "C" fn(*const *mut u8, i64, i64);
+
+/// The buffer table, shared by the threads computing bands of rows.
+#[derive(Clone, Copy)]
+struct Table(*const *mut u8);
+// SAFETY: the table is only read; the bands write disjoint rows of the buffers it points to.
+unsafe impl Sync for Table {}
+
+impl Table {
+    /// The table's address (a method, so that closures capture the `Sync` wrapper whole).
+    fn address(self) -> *const *mut u8 {
+        self.0
+    }
+}
+
+/// The `nabla_parallel` symbol generated code calls: `rows` over `0..extent`, in one band per
+/// thread.
+extern "C" fn parallel_rows(rows: RowsFn, table: *const *mut u8, extent: i64, threads: i64) {
+    let extent = extent.max(0) as usize;
+    let parts = (threads.max(1) as usize).min(extent);
+    let table = Table(table);
+    parallel::for_each_part(parts, parts, &|p| {
+        let (start, end) = (extent * p / parts, extent * (p + 1) / parts);
+        // SAFETY: generated code passes a row function of this program and its table; the
+        // bands are disjoint ranges inside the phase's rows.
+        unsafe { rows(table.address(), start as i64, end as i64) }
+    });
+}
