@@ -306,7 +306,8 @@ fn every_module_is_on_the_architecture_map() {
         let named = map.contains(&format!("`{name}`"))
             || map.contains(&format!("`{name}.rs`"))
             || map.contains(&format!("{name}.rs`"))
-            || map.contains(&format!("/{name}/`"));
+            || map.contains(&format!("/{name}/`"))
+            || map.contains(&format!("/{name}`"));
         if !named {
             violations.push(format!(
                 "{}: `{name}` is not in ARCHITECTURE.md's code map",

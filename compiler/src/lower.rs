@@ -18,6 +18,10 @@
 //!
 //! **Architecture invariant:** no Cranelift types here; the plan is plain data that the code
 //! generator turns into machine code.
+//!
+//! This file is long because lowering a group (index maps, inline expressions, collapsed loops)
+//! and assembling the program (slots, in-place assignments, how each phase runs) share the slot
+//! table and the group order.
 
 use std::collections::HashMap;
 

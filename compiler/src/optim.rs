@@ -72,7 +72,15 @@ impl std::fmt::Display for OptimizerKind {
 /// (penalties when set): `sgd(lr = 0.1, momentum = 0.9, nesterov = true, weight_decay = 0.0001)`.
 impl std::fmt::Display for Optimizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut settings = vec![format!("lr = {}", self.lr)];
+        f.write_str(&self.describe(self.lr))
+    }
+}
+
+impl Optimizer {
+    /// The optimizer as a `train` block writes it, with learning rate `lr`: a run's learning rate
+    /// lives in the runtime's settings (a flag or a checkpoint may set it), and the rule here.
+    pub fn describe(&self, lr: f64) -> String {
+        let mut settings = vec![format!("lr = {lr}")];
         match self.kind {
             OptimizerKind::Sgd => {
                 settings.push(format!("momentum = {}", self.momentum));
@@ -98,7 +106,7 @@ impl std::fmt::Display for Optimizer {
         if self.l1 != 0.0 {
             settings.push(format!("l1 = {}", self.l1));
         }
-        write!(f, "{}({})", self.kind, settings.join(", "))
+        format!("{}({})", self.kind, settings.join(", "))
     }
 }
 

@@ -3,6 +3,9 @@
 //! data on top, as the TensorFlow Playground draws them. PNG or SVG by the output's extension,
 //! drawn with `plotters` and an embedded font (DejaVu Sans), so nothing depends on the fonts a
 //! machine has. Files are written atomically.
+//!
+//! This file is long because curves and decision regions share their axes, scales, font and
+//! the bounds of what a log may hold; it splits when a third kind of picture arrives.
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};

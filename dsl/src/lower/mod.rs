@@ -9,6 +9,10 @@
 //! binding that contains it (`h2 = relu(dense(h, 256))` creates `h2.w` and `h2.b`). Inside an
 //! inlined function, the function's own bindings extend the name (`h.a.w`). When a name is
 //! taken, `.2`, `.3`, ... is appended in order of appearance (`out.w`, then `out.2.w`).
+//!
+//! This file is long because name resolution, function inlining, layer naming and expression
+//! lowering recurse through one another over one `Lowerer`; the built-ins, the part that grows,
+//! are its children under `builtins/`.
 
 use std::collections::{HashMap, HashSet};
 

@@ -1,25 +1,27 @@
 //! `nabla train FILE`: trains with natively compiled steps, printing one line (or JSON object)
 //! per epoch, and saves the parameters; checkpoints, resumes, stops early, guards against
 //! divergence, saves on Ctrl-C, logs metrics and draws them.
+//!
+//! A run is a few named steps ([`run`]): its settings from the flags and the train block,
+//! restored from a checkpoint or initialised, its data, the loop with its hooks, and what it
+//! leaves behind. [`report`] is what the hooks show and write as the loop goes.
+
+mod report;
 
 use std::collections::HashMap;
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use console::Term;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle, TermLike};
+use nabla_runtime::data::Dataset;
 use nabla_runtime::resume::{self, Run};
 use nabla_runtime::text::VOCABULARY_KEY;
-use nabla_runtime::train::{self, Finish, Progress, Report, Settings, State, Store, TrainError};
+use nabla_runtime::train::{self, Finish, Report, Settings, State, Store, TrainError};
 use nabla_runtime::{Elem, Schedule, checkpoint, files};
-use serde_json::json;
 
 use super::session::{Session, open};
-use super::{DEFAULT_BATCH, Failure, Outcome, PassFlags, count, group, plot, print_json};
+use super::{DEFAULT_BATCH, Failure, Outcome, PassFlags, count, group, plot};
+use report::{BatchProgress, EpochReports};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -105,6 +107,56 @@ pub fn run(args: Args) -> Outcome {
     let mut session = open(&args.file, args.config.as_deref())?;
     session.programs.passes = args.passes.passes();
     session.programs.threads = args.passes.threads();
+    let mut settings = settings(&args, &session)?;
+    session.check_memory(settings.batch)?;
+    let planned_batch = settings.batch;
+    let (mut store, mut state) = restore_or_initialise(&args, &session, &mut settings)?;
+    if settings.batch != planned_batch {
+        session.check_memory(settings.batch)?;
+    }
+    let data = RunData::load(&session, &settings, &state)?;
+    let run = Run {
+        model: session.loaded.compiled.model.name.clone(),
+        optimizer: session.spec.optimizer.describe(settings.lr),
+        seed: settings.seed,
+        batch: settings.batch,
+        lr: settings.lr,
+    };
+    if !args.json {
+        header(&args, &session, &settings, &data, &state);
+    }
+    let (finish, records) = train_with_hooks(
+        &args,
+        &mut session,
+        &settings,
+        &data,
+        &run,
+        &mut store,
+        &mut state,
+    )?;
+    if finish == Finish::Interrupted {
+        return interrupted_run(
+            &args,
+            &session,
+            &store,
+            (&state, &run, data.metadata),
+            data.total_steps,
+        );
+    }
+    conclude(
+        &args,
+        &mut session,
+        &settings,
+        &store,
+        finish,
+        &records,
+        data.metadata,
+    )
+}
+
+/// A run's settings: the flags over the train block over the defaults. A piecewise schedule
+/// gives the learning rates itself, so `--lr` is refused with it.
+fn settings(args: &Args, session: &Session) -> Result<Settings, Failure> {
     let spec = &session.spec;
     if let (Some(_), Schedule::Piecewise { .. }) = (args.lr, &spec.schedule) {
         return Err(Failure::Message(format!(
@@ -112,7 +164,7 @@ pub fn run(args: Args) -> Outcome {
             spec.name, spec.schedule
         )));
     }
-    let mut settings = Settings {
+    Ok(Settings {
         batch: args
             .batch
             .map(|b| b as usize)
@@ -134,17 +186,23 @@ pub fn run(args: Args) -> Outcome {
         elem: Elem::F32,
         early_stopping: spec.early_stopping,
         guard: !args.allow_nonfinite,
-    };
-    session.check_memory(settings.batch)?;
-    let planned_batch = settings.batch;
-    let mut optimizer = session.spec.optimizer.clone();
-    let (mut store, mut state) = match &args.resume {
+    })
+}
+
+/// The buffers and position to start from: a checkpoint's (`--resume`, which also fixes the
+/// seed, batch and learning rate), or fresh ones from the seed (with `--weights`' parameters).
+fn restore_or_initialise(
+    args: &Args,
+    session: &Session,
+    settings: &mut Settings,
+) -> Result<(Store, State), Failure> {
+    match &args.resume {
         Some(path) => {
             let path = checkpoint_file(path);
             let (store, state, run) =
                 resume::load(&path, &session.info, Elem::F32).map_err(Failure::Message)?;
-            adopt(&args, &session, &mut settings, &run, &path)?;
-            (store, state)
+            adopt(args, session, settings, &run, &path)?;
+            Ok((store, state))
         }
         None => {
             let mut store = train::init_store(&session.info, settings.seed, settings.elem)
@@ -152,129 +210,88 @@ pub fn run(args: Args) -> Outcome {
             if let Some(path) = &args.weights {
                 store.extend(session.load_weights(path)?);
             }
-            (store, State::default())
+            Ok((store, State::default()))
         }
-    };
-    optimizer.lr = settings.lr;
-    if settings.batch != planned_batch {
-        session.check_memory(settings.batch)?;
     }
-    let (train_data, validation) = session.train_and_validation_data(settings.seed)?;
-    // A text model's vocabulary goes into every file it saves, for `nabla generate`.
-    let metadata: HashMap<String, String> = train_data
-        .vocabulary
-        .iter()
-        .map(|v| (VOCABULARY_KEY.to_string(), v.to_metadata()))
-        .collect();
-    let test_data = session.test_data()?;
-    let total_steps = train::total_steps(&settings, train_data.rows).map_err(Failure::Message)?;
-    if state.position.step >= total_steps {
-        return Err(Failure::Message(format!(
-            "nothing left to train: the checkpoint has trained {} of the {} asked for; ask for more with `--epochs`",
-            count(state.position.step, "step"),
-            group(total_steps)
-        )));
+}
+
+/// A run's data and how long it runs.
+struct RunData {
+    train: Dataset,
+    validation: Option<Dataset>,
+    test: Option<Dataset>,
+    /// What every saved file carries: a text model's vocabulary, for `nabla generate`.
+    metadata: HashMap<String, String>,
+    total_steps: usize,
+    total_epochs: usize,
+}
+
+impl RunData {
+    /// Loads the data and counts the steps, refusing a run with none left.
+    fn load(session: &Session, settings: &Settings, state: &State) -> Result<RunData, Failure> {
+        let (train, validation) = session.train_and_validation_data(settings.seed)?;
+        let metadata = train
+            .vocabulary
+            .iter()
+            .map(|v| (VOCABULARY_KEY.to_string(), v.to_metadata()))
+            .collect();
+        let test = session.test_data()?;
+        let total_steps = train::total_steps(settings, train.rows).map_err(Failure::Message)?;
+        if state.position.step >= total_steps {
+            return Err(Failure::Message(format!(
+                "nothing left to train: the checkpoint has trained {} of the {} asked for; ask for more with `--epochs`",
+                count(state.position.step, "step"),
+                group(total_steps)
+            )));
+        }
+        let total_epochs = match settings.steps {
+            Some(_) => total_steps.div_ceil(train.rows.div_ceil(settings.batch)),
+            None => settings.epochs,
+        };
+        Ok(RunData {
+            train,
+            validation,
+            test,
+            metadata,
+            total_steps,
+            total_epochs,
+        })
     }
-    let total_epochs = match settings.steps {
-        Some(_) => total_steps.div_ceil(train_data.rows.div_ceil(settings.batch)),
-        None => settings.epochs,
-    };
-    let run = Run {
-        model: session.loaded.compiled.model.name.clone(),
-        optimizer: optimizer.to_string(),
-        seed: settings.seed,
-        batch: settings.batch,
-        lr: settings.lr,
-    };
-    if !args.json {
-        header(
-            &args,
-            &session,
-            &settings,
-            &optimizer,
-            &train_data,
-            validation.as_ref(),
-            test_data.as_ref(),
-            &state,
-        );
-    }
+}
+
+/// The loop, with its hooks: epoch lines or JSON and the `--log` file, the progress bar,
+/// checkpoints after epochs, and Ctrl-C. Returns how the loop ended and every epoch's record.
+fn train_with_hooks(
+    args: &Args,
+    session: &mut Session,
+    settings: &Settings,
+    data: &RunData,
+    run: &Run,
+    store: &mut Store,
+    state: &mut State,
+) -> Result<(Finish, Vec<serde_json::Value>), Failure> {
     let interrupted = interrupt_flag();
-    let bar = (!args.json && !args.quiet && std::io::stderr().is_terminal()).then(|| {
-        let target =
-            ProgressDrawTarget::term_like_with_hz(Box::new(Margin(Term::buffered_stderr())), 20);
-        let bar = ProgressBar::with_draw_target(Some(total_steps as u64), target);
-        bar.set_style(
-            ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}")
-                .expect("a valid template"),
-        );
-        bar.set_position(state.position.step as u64);
-        bar
-    });
-    let mut log = match &args.log {
-        Some(path) => Some(MetricsLog::open(
-            path,
-            args.resume.is_some(),
-            state.position.epoch,
-        )?),
-        None => None,
-    };
-    let mut records = Vec::new();
-    let log_every = args.log_every.unwrap_or(1) as usize;
-    let show_lr = settings.schedule != Schedule::Constant;
-    let epoch_width = total_epochs.to_string().len();
-    let mut last_line = String::new();
-    let mut log_error = None;
-    let mut on_report = |r: &Report| {
-        let record = record(r);
-        if let Some(log) = &mut log
-            && let Err(e) = log.push(&record)
-        {
-            log_error.get_or_insert(e);
-        }
-        records.push(record.clone());
-        if args.json {
-            print_json(&record);
-            return;
-        }
-        let line = epoch_line(r, total_epochs, epoch_width, show_lr);
-        let wanted = r.epoch <= 1 || r.epoch.is_multiple_of(log_every) || r.epoch == total_epochs;
-        if args.quiet || !wanted {
-            last_line = line;
-            return;
-        }
-        last_line.clear();
-        match &bar {
-            Some(b) => b.suspend(|| out!("{line}")),
-            None => out!("{line}"),
-        }
-    };
-    let mut last_draw = Instant::now();
-    let mut on_batch = |p: &Progress| {
-        let Some(b) = &bar else { return };
-        b.set_position(p.step as u64);
-        if last_draw.elapsed().as_millis() >= 100 || p.step == p.total {
-            last_draw = Instant::now();
-            let eta = p.seconds / p.step as f64 * (p.total - p.step) as f64;
-            b.set_message(format!("loss {:.4}  eta {}", p.running_loss, seconds(eta)));
-        }
-    };
+    let bar = report::progress_bar(args, data.total_steps, state.position.step);
+    let mut reports = EpochReports::new(args, settings, data.total_epochs, state, bar.as_ref())?;
+    let mut progress = BatchProgress::new(bar.as_ref());
     let every = args.every.unwrap_or(1) as usize;
+    let info = &session.info;
     let mut on_epoch = |state: &State, store: &Store, last: bool| -> Result<(), String> {
         let Some(dir) = &args.checkpoint else {
             return Ok(());
         };
         let p = &state.position;
         if settings.early_stopping.is_some() && p.best_epoch == p.epoch {
-            let params = resume::parameters(&session.info, store);
-            checkpoint::save(&dir.join(BEST), &params, metadata.clone())?;
+            let params = resume::parameters(info, store);
+            checkpoint::save(&dir.join(BEST), &params, data.metadata.clone())?;
         }
         if p.epoch.is_multiple_of(every) || last {
             resume::save(
                 &dir.join(LAST),
-                &session.info,
+                info,
                 store,
-                (state, &run),
-                metadata.clone(),
+                (state, run),
+                data.metadata.clone(),
             )?;
         }
         Ok(())
@@ -282,18 +299,18 @@ pub fn run(args: Args) -> Outcome {
     let stop = || interrupted.load(Ordering::SeqCst);
     let result = train::train(
         &session.info,
-        &settings,
+        settings,
         &mut session.programs,
-        &mut store,
+        store,
         train::Data {
-            train: &train_data,
-            validation: validation.as_ref(),
-            test: test_data.as_ref(),
+            train: &data.train,
+            validation: data.validation.as_ref(),
+            test: data.test.as_ref(),
         },
-        &mut state,
+        state,
         train::Hooks {
-            on_report: &mut on_report,
-            on_batch: &mut on_batch,
+            on_report: &mut |r: &Report| reports.report(r),
+            on_batch: &mut |p| progress.batch(p),
             on_epoch: &mut on_epoch,
             stop: &stop,
         },
@@ -301,26 +318,28 @@ pub fn run(args: Args) -> Outcome {
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
-    if let Some(e) = log_error {
-        return Err(Failure::Message(e));
-    }
+    let (records, last_line) = reports.finish()?;
     let finish = match result {
         Ok(finish) => finish,
         Err(TrainError::Failed(e)) => return Err(Failure::Message(e)),
-        Err(TrainError::Diverged(d)) => return Err(Failure::Message(diverged(&args, &d))),
+        Err(TrainError::Diverged(d)) => return Err(Failure::Message(diverged(args, &d))),
     };
     if !last_line.is_empty() {
         out!("{last_line}");
     }
-    if finish == Finish::Interrupted {
-        return interrupted_run(
-            &args,
-            &session,
-            &store,
-            (&state, &run, metadata),
-            total_steps,
-        );
-    }
+    Ok((finish, records))
+}
+
+/// What a finished run leaves: the early-stopping line, the saved parameters, the plots.
+fn conclude(
+    args: &Args,
+    session: &mut Session,
+    settings: &Settings,
+    store: &Store,
+    finish: Finish,
+    records: &[serde_json::Value],
+    metadata: HashMap<String, String>,
+) -> Outcome {
     if let Finish::EarlyStopped { epoch, best_epoch } = finish
         && !args.json
     {
@@ -339,7 +358,7 @@ pub fn run(args: Args) -> Outcome {
         );
     }
     if let Some(path) = &args.save {
-        let params = resume::parameters(&session.info, &store);
+        let params = resume::parameters(&session.info, store);
         checkpoint::save(path, &params, metadata).map_err(Failure::Message)?;
         if !args.json {
             out!(
@@ -350,7 +369,7 @@ pub fn run(args: Args) -> Outcome {
         }
     }
     if let Some(dir) = &args.plot {
-        let written = plot::after_training(&mut session, &store, &records, dir)?;
+        let written = plot::after_training(session, store, records, dir)?;
         if !args.json {
             out!("plotted {}", written.join(", "));
         }
@@ -403,9 +422,8 @@ fn adopt(
             run.model
         )));
     }
-    let mut optimizer = session.spec.optimizer.clone();
-    optimizer.lr = run.lr;
-    if optimizer.to_string() != run.optimizer {
+    let optimizer = session.spec.optimizer.describe(run.lr);
+    if optimizer != run.optimizer {
         return Err(Failure::Message(format!(
             "`{shown}` was trained with `{}`, but train block `{}` uses `{optimizer}`; resume with the optimizer the run started with",
             run.optimizer, session.spec.name
@@ -444,17 +462,10 @@ fn adopt(
 }
 
 /// The first line: what is trained on what, and from where.
-#[allow(clippy::too_many_arguments)]
-fn header(
-    args: &Args,
-    session: &Session,
-    settings: &Settings,
-    optimizer: &nabla_compiler::optim::Optimizer,
-    train_data: &nabla_runtime::data::Dataset,
-    validation: Option<&nabla_runtime::data::Dataset>,
-    test_data: Option<&nabla_runtime::data::Dataset>,
-    state: &State,
-) {
+fn header(args: &Args, session: &Session, settings: &Settings, data: &RunData, state: &State) {
+    let optimizer = session.spec.optimizer.describe(settings.lr);
+    let (train_data, validation, test_data) =
+        (&data.train, data.validation.as_ref(), data.test.as_ref());
     let schedule = match settings.schedule {
         Schedule::Constant => String::new(),
         ref s => format!(", schedule {s}"),
@@ -491,46 +502,6 @@ fn header(
     }
     if let Some(path) = &args.weights {
         out!("starting from the parameters in {}", path.display());
-    }
-}
-
-/// The terminal as the progress bar sees it: a few columns narrower. indicatif pads its line
-/// to the terminal's width, leaving the cursor at the last column, so the `^C` a terminal echoes
-/// on Ctrl-C would wrap onto a line of its own, and clearing the bar would clear that line and
-/// leave the bar on screen.
-#[derive(Debug)]
-struct Margin(Term);
-
-impl TermLike for Margin {
-    fn width(&self) -> u16 {
-        self.0.size().1.saturating_sub(4).max(1)
-    }
-    fn height(&self) -> u16 {
-        self.0.size().0
-    }
-    fn move_cursor_up(&self, n: usize) -> std::io::Result<()> {
-        self.0.move_cursor_up(n)
-    }
-    fn move_cursor_down(&self, n: usize) -> std::io::Result<()> {
-        self.0.move_cursor_down(n)
-    }
-    fn move_cursor_right(&self, n: usize) -> std::io::Result<()> {
-        self.0.move_cursor_right(n)
-    }
-    fn move_cursor_left(&self, n: usize) -> std::io::Result<()> {
-        self.0.move_cursor_left(n)
-    }
-    fn write_line(&self, s: &str) -> std::io::Result<()> {
-        self.0.write_line(s)
-    }
-    fn write_str(&self, s: &str) -> std::io::Result<()> {
-        self.0.write_str(s)
-    }
-    fn clear_line(&self) -> std::io::Result<()> {
-        self.0.clear_line()
-    }
-    fn flush(&self) -> std::io::Result<()> {
-        self.0.flush()
     }
 }
 
@@ -601,92 +572,4 @@ fn diverged(args: &Args, d: &train::Divergence) -> String {
         }
     }
     message
-}
-
-/// One report as the JSON object `--json` prints and `--log` writes.
-fn record(r: &Report) -> serde_json::Value {
-    json!({
-        "epoch": r.epoch, "step": r.step, "loss": r.loss, "accuracy": r.accuracy,
-        "val_loss": r.val_loss, "val_accuracy": r.val_accuracy,
-        "test_loss": r.test_loss, "test_accuracy": r.test_accuracy, "lr": r.lr, "seconds": r.seconds,
-    })
-}
-
-/// `--log FILE`: one JSON line per report, appended and flushed as it comes, so earlier lines
-/// are never at risk. A resumed run first rewrites the file (atomically) to the lines of the
-/// epochs its checkpoint had trained, so that the log reads as one uninterrupted run.
-struct MetricsLog {
-    path: PathBuf,
-    file: std::fs::File,
-}
-
-impl MetricsLog {
-    fn open(path: &std::path::Path, resumed: bool, epoch: usize) -> Result<MetricsLog, Failure> {
-        let mut kept = String::new();
-        if resumed && path.exists() {
-            let old = files::read_limited(path, "--log file", 1 << 30).map_err(Failure::Message)?;
-            for line in String::from_utf8_lossy(&old).lines() {
-                let trained = serde_json::from_str::<serde_json::Value>(line)
-                    .ok()
-                    .and_then(|v| v["epoch"].as_u64())
-                    .is_some_and(|e| e as usize <= epoch);
-                if trained {
-                    kept += line;
-                    kept.push('\n');
-                }
-            }
-        }
-        files::write_atomically(path, kept.as_bytes()).map_err(Failure::Message)?;
-        let file = files::open_append(path).map_err(Failure::Message)?;
-        Ok(MetricsLog {
-            path: path.to_path_buf(),
-            file,
-        })
-    }
-
-    fn push(&mut self, record: &serde_json::Value) -> Result<(), String> {
-        use std::io::Write;
-        writeln!(self.file, "{record}")
-            .and_then(|()| self.file.flush())
-            .map_err(|e| format!("cannot write `{}`: {e}", self.path.display()))
-    }
-}
-
-/// One epoch's line, under 80 columns: `epoch  3/10  loss 0.123456  acc 96.20%  test 0.149770
-/// 95.10%  2.9s` (the learning rate too when a schedule changes it).
-fn epoch_line(r: &Report, total: usize, width: usize, show_lr: bool) -> String {
-    let percent = |a: Option<f64>| a.map_or(String::new(), |a| format!(" {:.2}%", 100.0 * a));
-    let mut line = format!(
-        "epoch {:>width$}/{total}  loss {:.6}{}",
-        r.epoch,
-        r.loss,
-        r.accuracy
-            .map_or(String::new(), |a| format!("  acc{}", percent(Some(a))))
-    );
-    if let Some(l) = r.val_loss {
-        line += &format!("  val {l:.6}{}", percent(r.val_accuracy));
-    }
-    if let Some(l) = r.test_loss {
-        line += &format!("  test {l:.6}{}", percent(r.test_accuracy));
-    }
-    if show_lr {
-        let short = r.lr.to_string();
-        let lr = if short.len() <= 7 {
-            short
-        } else {
-            format!("{:.2e}", r.lr)
-        };
-        line += &format!("  lr {lr}");
-    }
-    line + &format!("  {}", seconds(r.seconds))
-}
-
-/// `2.9s`, `1m05s`, `2h03m`.
-fn seconds(s: f64) -> String {
-    let whole = s.round() as u64;
-    match whole {
-        _ if s < 60.0 => format!("{s:.1}s"),
-        0..3600 => format!("{}m{:02}s", whole / 60, whole % 60),
-        _ => format!("{}h{:02}m", whole / 3600, whole % 3600 / 60),
-    }
 }
