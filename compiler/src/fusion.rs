@@ -136,9 +136,10 @@ pub fn fuse(graph: &Graph, roots: &[NodeId], options: Options) -> Fusion {
     let nodes = graph.ancestors(roots);
     let users = users(graph, &nodes);
     let mut stored = vec![false; graph.len()];
+    let mut cone = Cone::new(graph.len());
     for &id in &nodes {
         stored[id.index()] = must_store(graph, id, roots, &users, options)
-            || (is_elementwise(graph.op(id)) && inlines_too_much(graph, id, &stored));
+            || (is_elementwise(graph.op(id)) && cone.too_large(graph, id, &stored));
     }
     let computed = |id: &NodeId, stored: &[bool]| {
         let op = graph.op(*id);
@@ -173,26 +174,48 @@ pub fn fuse(graph: &Graph, roots: &[NodeId], options: Options) -> Fusion {
 /// inline expressions.
 const MAX_INLINE: usize = 64;
 
-/// Whether computing `id` inline would recompute more than [`MAX_INLINE`] nodes, given which of
-/// the nodes before it are stored (every operand of `id` is already decided: ids ascend).
-fn inlines_too_much(graph: &Graph, id: NodeId, stored: &[bool]) -> bool {
-    let mut seen = std::collections::HashSet::new();
-    let mut stack = vec![id];
-    while let Some(x) = stack.pop() {
-        if !seen.insert(x) {
-            continue;
-        }
-        if seen.len() > MAX_INLINE {
-            return true;
-        }
-        for &o in graph.operands(x) {
-            let op = graph.op(o);
-            if !stored[o.index()] && !is_leaf(op) && !is_free(op) {
-                stack.push(o);
-            }
+/// The walk over the nodes a value would recompute inline, reused from node to node: a node is
+/// seen in the current walk when its stamp is the walk's number, so no set is made per node.
+struct Cone {
+    stamps: Vec<u32>,
+    walk: u32,
+    stack: Vec<NodeId>,
+}
+
+impl Cone {
+    fn new(nodes: usize) -> Cone {
+        Cone {
+            stamps: vec![0; nodes],
+            walk: 0,
+            stack: Vec::new(),
         }
     }
-    false
+
+    /// Whether computing `id` inline would recompute more than [`MAX_INLINE`] nodes, given
+    /// which of the nodes before it are stored (every operand of `id` is already decided: ids
+    /// ascend).
+    fn too_large(&mut self, graph: &Graph, id: NodeId, stored: &[bool]) -> bool {
+        self.walk += 1;
+        self.stack.clear();
+        self.stack.push(id);
+        let mut seen = 0;
+        while let Some(x) = self.stack.pop() {
+            if std::mem::replace(&mut self.stamps[x.index()], self.walk) == self.walk {
+                continue;
+            }
+            seen += 1;
+            if seen > MAX_INLINE {
+                return true;
+            }
+            for &o in graph.operands(x) {
+                let op = graph.op(o);
+                if !stored[o.index()] && !is_leaf(op) && !is_free(op) {
+                    self.stack.push(o);
+                }
+            }
+        }
+        false
+    }
 }
 
 /// Inputs and parameters: external buffers, never computed.

@@ -25,7 +25,7 @@ use crate::codegen::jit::{self, CodegenError, Compiled, Listing};
 use crate::egraph::{self, Limits, RuleSet, Simplified};
 use crate::fusion::{self, Fusion};
 use crate::ir::verify::{self, VerifyError};
-use crate::ir::{Graph, NodeId, Shape, ShapeError};
+use crate::ir::{Graph, NodeId, ShapeError};
 use crate::kernel::Plan;
 use crate::lower::{self, LowerError};
 use crate::memory;
@@ -232,8 +232,10 @@ pub fn plan_unfused(
     Ok(memory::plan(lowered))
 }
 
-/// What a [`GraphPass`] does: the graph and roots are replaced, the report added to.
-pub type RunPass = fn(&mut Simplified, Passes) -> Result<(), ShapeError>;
+/// What a [`GraphPass`] does: from a graph and the values wanted of it, a new graph and the same
+/// values in it; what it did is added to the report (`Simplified`'s other fields).
+pub type RunPass =
+    fn(&Graph, &[NodeId], Passes, &mut Simplified) -> Result<(Graph, Vec<NodeId>), ShapeError>;
 
 /// A pass from graph to graph in steps 4 and 5: it rewrites what `roots` compute into a new
 /// graph, keeping every root's shape.
@@ -275,54 +277,70 @@ pub fn simplify_with(
     passes: Passes,
     list: &[GraphPass],
 ) -> Result<Simplified, CompileError> {
-    let mut simplified = Simplified::unchanged(graph, roots);
-    if !passes.simplify {
-        return Ok(simplified);
+    if !passes.simplify || list.is_empty() {
+        return Ok(Simplified::unchanged(graph, roots));
     }
+    let mut simplified = Simplified {
+        graph: Graph::new(),
+        roots: Vec::new(),
+        nodes_before: graph.ancestors(roots).len(),
+        report: String::new(),
+        stop_reason: String::new(),
+        rules_fired: Vec::new(),
+    };
+    let mut current: Option<(Graph, Vec<NodeId>)> = None;
     for pass in list {
-        let shapes: Vec<Shape> = simplified
-            .roots
-            .iter()
-            .map(|&r| simplified.graph.shape(r).clone())
-            .collect();
-        (pass.run)(&mut simplified, passes)?;
-        verified(pass.name, &simplified.graph, &simplified.roots)?;
+        let (input, wanted) = match &current {
+            Some((g, r)) => (g, r.as_slice()),
+            None => (graph, roots),
+        };
+        let (output, results) = (pass.run)(input, wanted, passes, &mut simplified)?;
+        verified(pass.name, &output, &results)?;
         if VERIFY {
-            keeps_shapes(pass.name, &simplified, &shapes)?;
+            keeps_shapes(pass.name, (input, wanted), (&output, &results))?;
         }
+        current = Some((output, results));
+    }
+    if let Some((graph, roots)) = current {
+        simplified.graph = graph;
+        simplified.roots = roots;
     }
     Ok(simplified)
 }
 
 /// Step 4: e-graph rewriting.
-fn rewrite(simplified: &mut Simplified, passes: Passes) -> Result<(), ShapeError> {
+fn rewrite(
+    graph: &Graph,
+    roots: &[NodeId],
+    passes: Passes,
+    simplified: &mut Simplified,
+) -> Result<(Graph, Vec<NodeId>), ShapeError> {
     let rules = if passes.fast_math {
         RuleSet::FastMath
     } else {
         RuleSet::Ieee
     };
-    let nodes_before = simplified.nodes_before;
-    *simplified = egraph::simplify(
-        &simplified.graph,
-        &simplified.roots,
-        &Limits::default(),
-        rules,
-    )?;
-    simplified.nodes_before = nodes_before;
-    Ok(())
+    let done = egraph::simplify(graph, roots, &Limits::default(), rules)?;
+    simplified.report = done.report;
+    simplified.stop_reason = done.stop_reason;
+    simplified.rules_fired = done.rules_fired;
+    Ok((done.graph, done.roots))
 }
 
 /// Step 5: sums of matrix products batched into one product of concatenations.
-fn batch_products(simplified: &mut Simplified, _: Passes) -> Result<(), ShapeError> {
-    let batched = batch::batch_products(&simplified.graph, &simplified.roots)?;
+fn batch_products(
+    graph: &Graph,
+    roots: &[NodeId],
+    _: Passes,
+    simplified: &mut Simplified,
+) -> Result<(Graph, Vec<NodeId>), ShapeError> {
+    let batched = batch::batch_products(graph, roots)?;
     match batched.sums {
         0 => {}
         1 => simplified.report += "; 1 sum of products batched",
         n => simplified.report += &format!("; {n} sums of products batched"),
     }
-    simplified.graph = batched.graph;
-    simplified.roots = batched.roots;
-    Ok(())
+    Ok((batched.graph, batched.roots))
 }
 
 /// Checks the graph `pass` produced (when the verifier runs): its invariants, and that every
@@ -342,28 +360,28 @@ fn verified(pass: &'static str, graph: &Graph, roots: &[NodeId]) -> Result<(), C
     }
 }
 
-/// Checks that `pass` kept the number and shapes of the roots (`before`).
+/// Checks that `pass` kept the number and shapes of the roots.
 fn keeps_shapes(
     pass: &'static str,
-    simplified: &Simplified,
-    before: &[Shape],
+    (before, wanted): (&Graph, &[NodeId]),
+    (after, results): (&Graph, &[NodeId]),
 ) -> Result<(), CompileError> {
     let broken = |node: usize, problem: String| CompileError::Verify {
         pass,
         error: VerifyError { node, problem },
     };
-    if simplified.roots.len() != before.len() {
+    if results.len() != wanted.len() {
         return Err(broken(
             0,
             format!(
                 "{} results went in and {} came out",
-                before.len(),
-                simplified.roots.len()
+                wanted.len(),
+                results.len()
             ),
         ));
     }
-    for (i, (&root, shape)) in simplified.roots.iter().zip(before).enumerate() {
-        let now = simplified.graph.shape(root);
+    for (i, (&root, &old)) in results.iter().zip(wanted).enumerate() {
+        let (now, shape) = (after.shape(root), before.shape(old));
         if now != shape {
             return Err(broken(
                 root.index(),
@@ -400,19 +418,20 @@ mod tests {
         (g, vec![s, e])
     }
 
-    fn swaps_results(s: &mut Simplified, _: Passes) -> Result<(), ShapeError> {
-        s.roots.swap(0, 1);
-        Ok(())
+    type Out = Result<(Graph, Vec<NodeId>), ShapeError>;
+
+    fn swaps_results(g: &Graph, roots: &[NodeId], _: Passes, _: &mut Simplified) -> Out {
+        Ok((g.clone(), vec![roots[1], roots[0]]))
     }
 
-    fn drops_a_result(s: &mut Simplified, _: Passes) -> Result<(), ShapeError> {
-        s.roots.pop();
-        Ok(())
+    fn drops_a_result(g: &Graph, roots: &[NodeId], _: Passes, _: &mut Simplified) -> Out {
+        Ok((g.clone(), roots[..1].to_vec()))
     }
 
-    fn points_past_the_graph(s: &mut Simplified, _: Passes) -> Result<(), ShapeError> {
-        s.roots[0] = NodeId::new(s.graph.len());
-        Ok(())
+    fn points_past_the_graph(g: &Graph, roots: &[NodeId], _: Passes, _: &mut Simplified) -> Out {
+        let mut roots = roots.to_vec();
+        roots[0] = NodeId::new(g.len());
+        Ok((g.clone(), roots))
     }
 
     #[test]
