@@ -93,6 +93,23 @@ fn manifest_lines(path: &str) -> Vec<(String, String)> {
     out
 }
 
+/// Every line of code outside `home` that uses one of `uses`, but for the `allowed` uses
+/// (`(file, what the line holds)`).
+fn uses_outside(home: &str, uses: &[&str], allowed: &[(&str, &str)]) -> Vec<String> {
+    let mut violations = Vec::new();
+    for source in sources().iter().filter(|s| s.path != home) {
+        for (n, line) in source.code() {
+            let excused = allowed
+                .iter()
+                .any(|(file, what)| source.path == *file && line.contains(what));
+            if !excused && uses.iter().any(|c| line.contains(c)) {
+                violations.push(format!("{}:{n}: {}", source.path, line.trim()));
+            }
+        }
+    }
+    violations
+}
+
 /// Panics with every violation, one per line.
 fn report(rule: &str, violations: Vec<String>) {
     assert!(
@@ -184,23 +201,9 @@ fn file_io_goes_through_files_rs() {
         "File::create",
         "OpenOptions",
     ];
-    let mut violations = Vec::new();
-    for source in sources()
-        .iter()
-        .filter(|s| s.path != "runtime/src/files.rs")
-    {
-        for (n, line) in source.code() {
-            let allowed = FILE_IO_ALLOWED
-                .iter()
-                .any(|(file, what)| source.path == *file && line.contains(what));
-            if !allowed && calls.iter().any(|c| line.contains(c)) {
-                violations.push(format!("{}:{n}: {}", source.path, line.trim()));
-            }
-        }
-    }
     report(
         "every file nabla reads or writes goes through runtime/src/files.rs",
-        violations,
+        uses_outside("runtime/src/files.rs", &calls, &FILE_IO_ALLOWED),
     );
 }
 
@@ -218,23 +221,9 @@ const SMALL_BUFFERS: [(&str, &str); 4] = [
 #[test]
 fn large_buffers_are_allocated_fallibly() {
     let aborting = ["Buffer::zeros(", "Buffer::from_f64("];
-    let mut violations = Vec::new();
-    for source in sources()
-        .iter()
-        .filter(|s| s.path != "runtime/src/buffer.rs")
-    {
-        for (n, line) in source.code() {
-            let allowed = SMALL_BUFFERS
-                .iter()
-                .any(|(file, what)| source.path == *file && line.contains(what));
-            if !allowed && aborting.iter().any(|c| line.contains(c)) {
-                violations.push(format!("{}:{n}: {}", source.path, line.trim()));
-            }
-        }
-    }
     report(
         "parameters, state, batches and temporaries are allocated with Buffer::try_zeros",
-        violations,
+        uses_outside("runtime/src/buffer.rs", &aborting, &SMALL_BUFFERS),
     );
 }
 

@@ -55,7 +55,6 @@ impl Symbols {
 macro_rules! math_shims {
     ($module:ident, $t:ty, $erf:path) => {
         mod $module {
-
             extern "C" fn exp(x: $t) -> $t {
                 x.exp()
             }
