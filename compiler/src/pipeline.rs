@@ -407,7 +407,7 @@ pub fn debug_level() -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ir::UnaryOp;
+    use crate::ir::{Shape, UnaryOp};
 
     /// `x [2, 3]`, `sum(exp x)` and `exp x`: two results of different shapes.
     fn graph() -> (Graph, Vec<NodeId>) {
