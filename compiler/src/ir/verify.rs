@@ -1,7 +1,6 @@
 //! The graph verifier: the invariants every graph pass must keep. The pipeline runs it after
-//! each graph pass in debug builds and tests ([`crate::pipeline`]), as tinygrad brackets its
-//! pass list with its verifier: a pass that breaks the graph is named at once, instead of
-//! surfacing later as a wrong number.
+//! each graph pass ([`crate::pipeline`]), as tinygrad brackets its pass list with its verifier:
+//! a pass that breaks the graph is named at once, instead of surfacing later as a wrong number.
 
 use std::collections::HashMap;
 
