@@ -15,8 +15,8 @@
 //! each of the graph passes 1 to 5, and that each pass hands on as many values as it was given,
 //! of the same shapes where it may not change them; a pass that breaks an invariant stops the
 //! compilation with its name instead of training on a wrong graph. It runs in every build, as
-//! Cranelift's verifier does: 2 to 3% of the compilation's work (callgrind: the char-RNN, the MLP), and
-//! nothing per training step. `NABLA_DEBUG=1` reports each pass on stderr.
+//! Cranelift's verifier does: 2 to 3% of the compilation's work (callgrind: the char-RNN, the
+//! MLP), and nothing per training step. `NABLA_DEBUG=1` reports each pass on stderr.
 
 use nabla_runtime::Elem;
 
