@@ -50,11 +50,7 @@ pub fn lower(
     assignments: &[(NodeId, String)],
     threads: usize,
 ) -> Result<Plan, LowerError> {
-    let roots: Vec<NodeId> = outputs
-        .iter()
-        .map(|(_, n)| *n)
-        .chain(assignments.iter().map(|(n, _)| *n))
-        .collect();
+    let roots = roots(outputs, assignments);
     let nodes = graph.ancestors(&roots);
     for &id in &nodes {
         if graph.shape(id).concrete().is_none() {
@@ -168,6 +164,15 @@ pub fn lower(
     }
     plan.kernels = kernels;
     Ok(plan)
+}
+
+/// The values a program computes: its outputs, then its assigned values, in order.
+pub fn roots(outputs: &[(String, NodeId)], assignments: &[(NodeId, String)]) -> Vec<NodeId> {
+    outputs
+        .iter()
+        .map(|(_, n)| *n)
+        .chain(assignments.iter().map(|(n, _)| *n))
+        .collect()
 }
 
 /// Products of at least this many multiply-adds (`m k n`) call the GEMM; smaller ones are

@@ -178,11 +178,7 @@ pub struct TrainStep {
 impl TrainStep {
     /// The outputs, then the assigned values.
     pub fn roots(&self) -> Vec<NodeId> {
-        self.outputs
-            .iter()
-            .map(|(_, n)| *n)
-            .chain(self.assignments.iter().map(|(n, _)| *n))
-            .collect()
+        crate::lower::roots(&self.outputs, &self.assignments)
     }
 }
 

@@ -101,11 +101,7 @@ pub struct Request<'a> {
 impl Request<'_> {
     /// The outputs, then the assigned values.
     fn roots(&self) -> Vec<NodeId> {
-        self.outputs
-            .iter()
-            .map(|(_, n)| *n)
-            .chain(self.assignments.iter().map(|(n, _)| *n))
-            .collect()
+        lower::roots(&self.outputs, &self.assignments)
     }
 }
 
@@ -220,11 +216,7 @@ pub fn plan_unfused(
     outputs: &[(String, NodeId)],
     assignments: &[(NodeId, String)],
 ) -> Result<Plan, CompileError> {
-    let roots: Vec<NodeId> = outputs
-        .iter()
-        .map(|(_, n)| *n)
-        .chain(assignments.iter().map(|(n, _)| *n))
-        .collect();
+    let roots = lower::roots(outputs, assignments);
     let fusion = fusion::fuse(graph, &roots, fusion::Options { fuse: false });
     let lowered = lower::lower(graph, &fusion, outputs, assignments, 1)?;
     Ok(memory::plan(lowered))

@@ -138,11 +138,6 @@ impl Graph {
         &self.inner[id].operands
     }
 
-    /// The petgraph graph underneath, for its algorithms (the verifier's cycle check).
-    pub fn petgraph(&self) -> &DiGraph<Node, ()> {
-        &self.inner
-    }
-
     /// All node ids, in insertion order.
     pub fn node_ids(&self) -> impl Iterator<Item = NodeId> + '_ {
         self.inner.node_indices()
@@ -182,19 +177,36 @@ impl Graph {
 
     /// A new graph of what `roots` need, with the roots' ids in it; labels carry over.
     pub fn extract(&self, roots: &[NodeId]) -> (Graph, Vec<NodeId>) {
+        let (out, new_id) = self
+            .copy(&self.ancestors(roots), &Op::clone)
+            .expect("a well-shaped graph copies");
+        let roots = roots.iter().map(|r| new_id[r.index()]).collect();
+        (out, roots)
+    }
+
+    /// A new graph of `nodes` (each after its operands), every op as `op_of` makes it, built
+    /// through [`Graph::node`] so that nodes made equal become one; labels carry over. The
+    /// result maps every node of this graph (by index) to its copy (`NodeId::end()` when not
+    /// copied).
+    fn copy(
+        &self,
+        nodes: &[NodeId],
+        op_of: &dyn Fn(&Op) -> Op,
+    ) -> Result<(Graph, Vec<NodeId>), ShapeError> {
         let mut out = Graph::new();
         out.dtype = self.dtype;
-        let mut new_id: HashMap<NodeId, NodeId> = HashMap::new();
-        for id in self.ancestors(roots) {
-            let operands: Vec<NodeId> = self.operands(id).iter().map(|o| new_id[o]).collect();
-            let copy = out
-                .node(self.op(id).clone(), &operands)
-                .expect("a well-shaped graph copies");
+        let mut new_id = vec![NodeId::end(); self.len()];
+        for &id in nodes {
+            let operands: Vec<NodeId> = self
+                .operands(id)
+                .iter()
+                .map(|o| new_id[o.index()])
+                .collect();
+            let copy = out.node(op_of(self.op(id)), &operands)?;
             out.tag_like(copy, self, id);
-            new_id.insert(id, copy);
+            new_id[id.index()] = copy;
         }
-        let roots = roots.iter().map(|r| new_id[r]).collect();
-        (out, roots)
+        Ok((out, new_id))
     }
 
     /// Gives `copy` the label and built-in tag that `id` has in `source`.
@@ -216,19 +228,7 @@ impl Graph {
         &mut self,
         lookup: &dyn Fn(&str) -> Option<usize>,
     ) -> Result<Vec<NodeId>, ShapeError> {
-        let mut out = Graph::new();
-        out.dtype = self.dtype;
-        let mut new_id: Vec<NodeId> = Vec::with_capacity(self.len());
-        for id in self.topo_order() {
-            let operands: Vec<NodeId> = self
-                .operands(id)
-                .iter()
-                .map(|o| new_id[o.index()])
-                .collect();
-            let copy = out.node(bind_op(self.op(id), lookup), &operands)?;
-            out.tag_like(copy, self, id);
-            new_id.push(copy);
-        }
+        let (out, new_id) = self.copy(&self.topo_order(), &|op| bind_op(op, lookup))?;
         *self = out;
         Ok(new_id)
     }
