@@ -90,7 +90,7 @@ fn an_interrupted_run_resumes_bit_identical_to_the_uninterrupted_one() {
     );
 
     let last = checkpoints.join("last.safetensors");
-    let saved = checkpoint::load(&last, 1 << 30).expect("a whole checkpoint");
+    let saved = checkpoint::load(&last, "checkpoint", 1 << 30).expect("a whole checkpoint");
     let position: serde_json::Value =
         serde_json::from_str(&saved.metadata["nabla.position"]).expect("a position");
     let stopped_at = position["epoch"].as_u64().expect("epoch");
@@ -309,7 +309,7 @@ fn early_stopping_stops_and_keeps_the_best_epoch() {
         best_epoch + 4,
         "stopped `patience` epochs after the best"
     );
-    let tensors = |p: &Path| checkpoint::load(p, 1 << 30).unwrap().tensors;
+    let tensors = |p: &Path| checkpoint::load(p, "checkpoint", 1 << 30).unwrap().tensors;
     assert_eq!(
         tensors(&saved),
         tensors(&checkpoints.join("best.safetensors")),

@@ -11,8 +11,9 @@ use nabla_compiler::gradcheck::{self, Config};
 use nabla_compiler::ir::{Tensor, interp};
 use nabla_compiler::model::Model;
 use nabla_compiler::pipeline::{self, Passes};
-use nabla_runtime::{Elem, checkpoint};
+use nabla_runtime::{Elem, checkpoint, text};
 use proptest::prelude::*;
+use std::path::Path;
 
 mod common;
 use common::model;
@@ -331,6 +332,21 @@ fn a_trained_text_model_generates_reproducibly_from_the_cli() {
         "{}",
         stderr(&bad)
     );
+    // A vocabulary larger than the model's 12 classes: weights from another model.
+    let mut contents = checkpoint::load(Path::new(&weights), "weights file", 1 << 20).unwrap();
+    let tokens: Vec<String> = ('a'..='t').map(String::from).collect();
+    let vocabulary = serde_json::json!({"level": "char", "tokens": tokens}).to_string();
+    contents
+        .metadata
+        .insert(text::VOCABULARY_KEY.to_string(), vocabulary);
+    checkpoint::save(Path::new(&weights), &contents.tensors, contents.metadata).unwrap();
+    let foreign = generate("1", "a");
+    assert_eq!(foreign.status.code(), Some(1), "{}", stderr(&foreign));
+    assert!(
+        stderr(&foreign).contains("has a vocabulary of 20 tokens, but the model predicts 12"),
+        "{}",
+        stderr(&foreign)
+    );
 }
 
 #[test]
@@ -466,7 +482,9 @@ fn step_matches_pytorch(name: &str) {
         "--json",
     ]);
     assert!(out.status.success(), "{name}: {}", stderr(&out));
-    let got = checkpoint::load(&trained, 1 << 20).unwrap().tensors;
+    let got = checkpoint::load(&trained, "checkpoint", 1 << 20)
+        .unwrap()
+        .tensors;
     let expected = golden_tensors(&golden, "after");
     assert_eq!(
         got.iter().map(|t| &t.0).collect::<Vec<_>>(),

@@ -30,7 +30,7 @@ fn json_lines(o: &Output) -> Vec<serde_json::Value> {
 }
 
 fn tensor(path: &Path, name: &str) -> Vec<f64> {
-    let all = checkpoint::load(path, 1 << 30).expect("a checkpoint");
+    let all = checkpoint::load(path, "checkpoint", 1 << 30).expect("a checkpoint");
     all.tensors
         .into_iter()
         .find(|(n, _, _)| n == name)

@@ -52,9 +52,9 @@ pub fn save(
 }
 
 /// Reads every tensor of a safetensors file of at most `limit` bytes as f32 (f32 and f64 files
-/// are accepted), with its metadata.
-pub fn load(path: &Path, limit: u64) -> Result<Contents, String> {
-    let bytes = files::read_limited(path, "weights file", limit)?;
+/// are accepted), with its metadata; `what` names the file's role in errors ("checkpoint").
+pub fn load(path: &Path, what: &str, limit: u64) -> Result<Contents, String> {
+    let bytes = files::read_limited(path, what, limit)?;
     let file = SafeTensors::deserialize(&bytes)
         .map_err(|e| format!("`{}` is not a valid safetensors file: {e}", path.display()))?;
     let header_len = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
@@ -160,12 +160,15 @@ mod tests {
         ];
         let metadata = HashMap::from([("note".to_string(), "kept".to_string())]);
         save(&path, &tensors, metadata.clone()).unwrap();
-        let loaded = load(&path, 1 << 20).unwrap();
+        let loaded = load(&path, "weights file", 1 << 20).unwrap();
         assert_eq!(loaded.tensors, tensors);
         assert_eq!(loaded.dtypes, ["F32", "F32"]);
         assert_eq!(loaded.metadata, metadata);
         save(&path, &tensors[1..], HashMap::new()).unwrap();
-        assert_eq!(load(&path, 1 << 20).unwrap().tensors, tensors[1..]);
+        assert_eq!(
+            load(&path, "weights file", 1 << 20).unwrap().tensors,
+            tensors[1..]
+        );
         assert_eq!(
             std::fs::read_dir(&dir).unwrap().count(),
             1,
@@ -173,7 +176,7 @@ mod tests {
         );
         std::fs::write(&path, b"garbage").unwrap();
         assert!(
-            load(&path, 1 << 20)
+            load(&path, "weights file", 1 << 20)
                 .unwrap_err()
                 .contains("not a valid safetensors file")
         );
@@ -198,7 +201,7 @@ mod tests {
             r#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#,
             &one,
         );
-        let err = load(&path, 1 << 20).unwrap_err();
+        let err = load(&path, "weights file", 1 << 20).unwrap_err();
         assert!(err.contains("names the tensor `w` twice"), "{err}");
         save(
             &path,
@@ -206,16 +209,16 @@ mod tests {
             HashMap::new(),
         )
         .unwrap();
-        let err = load(&path, 1 << 20).unwrap_err();
+        let err = load(&path, "weights file", 1 << 20).unwrap_err();
         assert!(err.contains("tensor `w` element 1 is NaN"), "{err}");
         raw_file(
             &path,
             r#"{"w":{"dtype":"F64","shape":[1],"data_offsets":[0,8]}}"#,
             &1e300f64.to_le_bytes(),
         );
-        let err = load(&path, 1 << 20).unwrap_err();
+        let err = load(&path, "weights file", 1 << 20).unwrap_err();
         assert!(err.contains("element 0 is inf in f32"), "{err}");
-        let err = load(&path, 10).unwrap_err();
+        let err = load(&path, "weights file", 10).unwrap_err();
         assert!(err.contains("more than the 10 bytes"), "{err}");
     }
 }

@@ -34,6 +34,136 @@ pub struct Run {
     pub batch: usize,
     /// The base learning rate.
     pub lr: f64,
+    /// The epochs the run was asked for (absent with `steps`, and in older checkpoints).
+    #[serde(default)]
+    pub epochs: Option<usize>,
+    /// The steps the run was asked for instead of epochs.
+    #[serde(default)]
+    pub steps: Option<usize>,
+}
+
+/// The most examples per step, as the DSL and `--batch` allow.
+const MAX_BATCH: usize = 1 << 24;
+/// The most epochs, as the DSL and `--epochs` allow.
+const MAX_EPOCHS: usize = 1 << 24;
+/// The most steps, as `--steps` allows.
+const MAX_STEPS: usize = 1 << 40;
+
+impl Run {
+    /// Checks the settings with the rules of the DSL and the flags, naming the first field
+    /// that breaks them.
+    fn check(&self) -> Result<(), String> {
+        let bad = |field: &str, value: String, rule: &str| {
+            Err(format!("its `{field}` is {value}; it must be {rule}"))
+        };
+        if !(1..=MAX_BATCH).contains(&self.batch) {
+            return bad("batch", self.batch.to_string(), "from 1 to 16,777,216");
+        }
+        if !(self.lr.is_finite() && self.lr >= 0.0) {
+            return bad("lr", self.lr.to_string(), "a finite number of 0 or more");
+        }
+        if self.seed > u32::MAX as u64 {
+            return bad("seed", self.seed.to_string(), "from 0 to 4,294,967,295");
+        }
+        if let Some(e) = self.epochs.filter(|e| !(1..=MAX_EPOCHS).contains(e)) {
+            return bad("epochs", e.to_string(), "from 1 to 16,777,216");
+        }
+        if let Some(s) = self.steps.filter(|s| !(1..=MAX_STEPS).contains(s)) {
+            return bad("steps", s.to_string(), "from 1 to 2^40");
+        }
+        Ok(())
+    }
+}
+
+/// Checks that `p` is a position the run can reach: `rows` training examples in steps of
+/// `batch` (see [`Run::check`]), tallies that count at most what was seen, times and
+/// early-stopping counters within the epochs trained. A position written by another data set
+/// or damaged fails here, naming the field, rather than training from nonsense.
+pub fn check_position(
+    path: &Path,
+    p: &Position,
+    (run, info): (&Run, &ModelInfo),
+    rows: usize,
+) -> Result<(), String> {
+    let batch = run.batch;
+    let per_epoch = rows.div_ceil(batch);
+    let steps = |n: usize| format!("{n} step{}", if n == 1 { "" } else { "s" });
+    let damaged = |what: String| {
+        Err(format!(
+            "`{}` cannot be resumed: {what}; it is damaged, or was trained on other data",
+            path.display()
+        ))
+    };
+    // A run never steps past the length it was asked for (older checkpoints do not say it).
+    let length = match (run.steps, run.epochs) {
+        (Some(steps), _) => steps,
+        (None, Some(epochs)) => epochs.saturating_mul(per_epoch),
+        (None, None) => MAX_STEPS.max(MAX_EPOCHS.saturating_mul(per_epoch)),
+    };
+    if p.step > length || p.epoch > length {
+        return damaged(format!(
+            "its position says epoch {}, step {}, past the {} its run asked for",
+            p.epoch,
+            p.step,
+            steps(length)
+        ));
+    }
+    let Some(epoch_start) = p.epoch.checked_mul(per_epoch) else {
+        return damaged(format!("its position says epoch {}", p.epoch));
+    };
+    let into_epoch = p.step.checked_sub(epoch_start);
+    let in_epoch = p.tally.examples > 0;
+    let reachable = match into_epoch {
+        // Part of epoch `epoch + 1` was trained.
+        Some(k) if in_epoch => (1..=per_epoch).contains(&k),
+        // Epoch `epoch` ended at `step`, early when a step count ended the run mid-epoch.
+        _ if !in_epoch && p.epoch == 0 => p.step == 0,
+        Some(0) if !in_epoch => true,
+        None if !in_epoch => epoch_start - p.step < per_epoch,
+        _ => false,
+    };
+    if !reachable {
+        return damaged(format!(
+            "its position (`epoch` {}, `step` {}, {} examples in the epoch's tally) is not one a run of {} per epoch (batch {batch} over {rows} examples) reaches",
+            p.epoch,
+            p.step,
+            p.tally.examples,
+            steps(per_epoch),
+        ));
+    }
+    if let Some(k) = into_epoch.filter(|_| in_epoch) {
+        let seen = (k * batch).min(rows);
+        if p.tally.examples != seen {
+            return damaged(format!(
+                "its tally counts {} examples after {} of the epoch, which see {seen}",
+                p.tally.examples,
+                steps(k)
+            ));
+        }
+    }
+    let predictions = p
+        .tally
+        .examples
+        .saturating_mul(info.predictions_per_example());
+    if p.tally.correct > predictions {
+        return damaged(format!(
+            "its tally counts {} correct answers out of {predictions}",
+            p.tally.correct
+        ));
+    }
+    if !(p.seconds.is_finite() && p.seconds >= 0.0) {
+        return damaged(format!("its `seconds` is {}", p.seconds));
+    }
+    if p.best_epoch > p.epoch || p.wait > p.epoch {
+        return damaged(format!(
+            "its early stopping (`best_epoch` {}, `wait` {}) lies beyond its epoch {}",
+            p.best_epoch, p.wait, p.epoch
+        ));
+    }
+    if let Some(best) = p.best.filter(|b| !b.is_finite()) {
+        return damaged(format!("its `best` is {best}"));
+    }
+    Ok(())
 }
 
 /// The parameters of `store` as named tensors with their shapes.
@@ -137,7 +267,7 @@ fn missing(path: &Path, name: &str, tensors: &[Tensor]) -> String {
 /// The parameters saved in `path` (a weights file or a checkpoint), each checked against the
 /// model by name and shape.
 pub fn load_parameters(path: &Path, info: &ModelInfo, elem: Elem) -> Result<Store, String> {
-    let contents = checkpoint::load(path, size_limit(info))?;
+    let contents = checkpoint::load(path, "weights file", size_limit(info))?;
     let wanted = info
         .params
         .iter()
@@ -148,7 +278,7 @@ pub fn load_parameters(path: &Path, info: &ModelInfo, elem: Elem) -> Result<Stor
 /// A checkpoint written by [`save`]: parameters and optimizer state, the run's state, and its
 /// settings.
 pub fn load(path: &Path, info: &ModelInfo, elem: Elem) -> Result<(Store, State, Run), String> {
-    let contents = checkpoint::load(path, size_limit(info))?;
+    let contents = checkpoint::load(path, "checkpoint", size_limit(info))?;
     let field = |key: &str| {
         contents.metadata.get(key).ok_or_else(|| {
             format!(
@@ -161,6 +291,8 @@ pub fn load(path: &Path, info: &ModelInfo, elem: Elem) -> Result<(Store, State, 
         |e: serde_json::Error| format!("`{}` has a damaged training position: {e}", path.display());
     let run: Run = serde_json::from_str(field(RUN_KEY)?).map_err(bad)?;
     let position: Position = serde_json::from_str(field(POSITION_KEY)?).map_err(bad)?;
+    run.check()
+        .map_err(|e| format!("`{}` cannot be resumed: {e}", path.display()))?;
     let params = info
         .params
         .iter()
@@ -247,6 +379,8 @@ mod tests {
             seed: 7,
             batch: 4,
             lr: 0.1,
+            epochs: Some(5),
+            steps: None,
         };
         save(&path, &info, &store, (&state, &run), HashMap::new()).unwrap();
         let (loaded, loaded_state, loaded_run) = load(&path, &info, Elem::F32).unwrap();
@@ -280,5 +414,21 @@ mod tests {
         .unwrap();
         let err = load_parameters(&path, &info, Elem::F32).unwrap_err();
         assert!(err.contains("has no tensor `w` (it has: v)"), "{err}");
+    }
+
+    #[test]
+    fn a_non_finite_tally_survives_the_checkpoint_metadata() {
+        for loss in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 0.25] {
+            let position = Position {
+                tally: crate::train::Tally {
+                    loss,
+                    correct: 1,
+                    examples: 2,
+                },
+                ..Position::default()
+            };
+            let back: Position = serde_json::from_str(&to_json(&position)).unwrap();
+            assert_eq!(back.tally.loss.to_bits(), loss.to_bits(), "{loss}");
+        }
     }
 }

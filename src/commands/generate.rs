@@ -57,8 +57,8 @@ pub fn run(args: Args) -> Outcome {
     }
     let (session, store) = args.common.open()?;
     let weights = &args.common.weights;
-    let contents =
-        checkpoint::load(weights, resume::size_limit(&session.info)).map_err(Failure::Message)?;
+    let contents = checkpoint::load(weights, "weights file", resume::size_limit(&session.info))
+        .map_err(Failure::Message)?;
     let vocabulary = contents
         .metadata
         .get(VOCABULARY_KEY)
@@ -97,6 +97,13 @@ pub fn run(args: Args) -> Outcome {
     }
     let mut store = store;
     let vocab = vocabulary.tokens.len();
+    let classes = exe.output("prediction").map_or(0, |p| p.len());
+    if vocab > classes {
+        return Err(Failure::Message(format!(
+            "`{}` has a vocabulary of {vocab} tokens, but the model predicts {classes} classes; generate with the model it was trained with",
+            weights.display()
+        )));
+    }
     let mut step = |inputs: &mut Store, t: usize| -> Result<Vec<f64>, Failure> {
         inputs.get_mut(&token).expect("the token buffer").f32s_mut()[0] = t as f32;
         exe.run(&mut [inputs, &mut store])

@@ -25,7 +25,7 @@ const SHOWN: usize = 8;
 const LIMIT: u64 = 16 << 30;
 
 pub fn run(args: Args) -> Outcome {
-    let contents = checkpoint::load(&args.path, LIMIT).map_err(Failure::Message)?;
+    let contents = checkpoint::load(&args.path, "weights file", LIMIT).map_err(Failure::Message)?;
     if !args.json {
         let values: usize = contents.tensors.iter().map(|(_, _, v)| v.len()).sum();
         out!(

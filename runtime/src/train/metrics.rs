@@ -35,12 +35,44 @@ pub struct Report {
 /// Running sums of loss and correct predictions.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Tally {
-    /// Sum of per-batch mean losses weighted by batch size.
+    /// Sum of per-batch mean losses weighted by batch size. A non-finite sum (a run with
+    /// `--allow-nonfinite`) is saved as the text `NaN`, `inf` or `-inf`, which a JSON number
+    /// cannot hold.
+    #[serde(with = "any_f64")]
     pub loss: f64,
     /// Correct predictions.
     pub correct: usize,
     /// Examples seen.
     pub examples: usize,
+}
+
+/// An `f64` in JSON that may be non-finite: a number, or its text.
+mod any_f64 {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        match v.is_finite() {
+            true => s.serialize_f64(*v),
+            false => s.serialize_str(&v.to_string()),
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Number(f64),
+        Text(String),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        match Either::deserialize(d)? {
+            Either::Number(v) => Ok(v),
+            Either::Text(t) => match t.as_str() {
+                "NaN" | "inf" | "-inf" => Ok(t.parse().expect("a float's text")),
+                _ => Err(D::Error::custom(format!("`{t}` is not a number"))),
+            },
+        }
+    }
 }
 
 impl Tally {

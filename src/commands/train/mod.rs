@@ -110,17 +110,19 @@ pub fn run(args: Args) -> Outcome {
     let mut settings = settings(&args, &session)?;
     session.check_memory(settings.batch)?;
     let planned_batch = settings.batch;
-    let (mut store, mut state) = restore_or_initialise(&args, &session, &mut settings)?;
+    let (mut store, mut state, resumed) = restore_or_initialise(&args, &session, &mut settings)?;
     if settings.batch != planned_batch {
         session.check_memory(settings.batch)?;
     }
-    let data = RunData::load(&session, &settings, &state)?;
+    let data = RunData::load(&session, &settings, &state, resumed.as_ref())?;
     let run = Run {
         model: session.loaded.compiled.model.name.clone(),
         optimizer: session.spec.optimizer.describe(settings.lr),
         seed: settings.seed,
         batch: settings.batch,
         lr: settings.lr,
+        epochs: settings.steps.is_none().then_some(settings.epochs),
+        steps: settings.steps,
     };
     if !args.json {
         header(&args, &session, &settings, &data, &state);
@@ -191,18 +193,19 @@ fn settings(args: &Args, session: &Session) -> Result<Settings, Failure> {
 
 /// The buffers and position to start from: a checkpoint's (`--resume`, which also fixes the
 /// seed, batch and learning rate), or fresh ones from the seed (with `--weights`' parameters).
+/// A resumed run comes with its file and its settings as saved.
 fn restore_or_initialise(
     args: &Args,
     session: &Session,
     settings: &mut Settings,
-) -> Result<(Store, State), Failure> {
+) -> Result<(Store, State, Option<(PathBuf, Run)>), Failure> {
     match &args.resume {
         Some(path) => {
             let path = checkpoint_file(path);
             let (store, state, run) =
                 resume::load(&path, &session.info, Elem::F32).map_err(Failure::Message)?;
             adopt(args, session, settings, &run, &path)?;
-            Ok((store, state))
+            Ok((store, state, Some((path, run))))
         }
         None => {
             let mut store = train::init_store(&session.info, settings.seed, settings.elem)
@@ -210,7 +213,7 @@ fn restore_or_initialise(
             if let Some(path) = &args.weights {
                 store.extend(session.load_weights(path)?);
             }
-            Ok((store, State::default()))
+            Ok((store, State::default(), None))
         }
     }
 }
@@ -227,8 +230,14 @@ struct RunData {
 }
 
 impl RunData {
-    /// Loads the data and counts the steps, refusing a run with none left.
-    fn load(session: &Session, settings: &Settings, state: &State) -> Result<RunData, Failure> {
+    /// Loads the data and counts the steps, refusing a run with none left and a resumed
+    /// position that this data cannot reach.
+    fn load(
+        session: &Session,
+        settings: &Settings,
+        state: &State,
+        resumed: Option<&(PathBuf, Run)>,
+    ) -> Result<RunData, Failure> {
         let (train, validation) = session.train_and_validation_data(settings.seed)?;
         let metadata = train
             .vocabulary
@@ -237,11 +246,23 @@ impl RunData {
             .collect();
         let test = session.test_data()?;
         let total_steps = train::total_steps(settings, train.rows).map_err(Failure::Message)?;
+        if let Some((path, run)) = resumed {
+            resume::check_position(path, &state.position, (run, &session.info), train.rows)
+                .map_err(Failure::Message)?;
+        }
         if state.position.step >= total_steps {
+            let (asked, flag, done) = match settings.steps {
+                Some(s) => (count(s, "step"), "--steps", state.position.step),
+                None => (
+                    count(settings.epochs, "epoch"),
+                    "--epochs",
+                    state.position.epoch,
+                ),
+            };
             return Err(Failure::Message(format!(
-                "nothing left to train: the checkpoint has trained {} of the {} asked for; ask for more with `--epochs`",
-                count(state.position.step, "step"),
-                group(total_steps)
+                "nothing left to train: the checkpoint's run stands {}, the end of the {asked} asked for; train it further with `{flag} N`, N above {}",
+                position(&state.position),
+                group(done),
             )));
         }
         let total_epochs = match settings.steps {
@@ -458,6 +479,17 @@ fn adopt(
     settings.seed = run.seed;
     settings.batch = run.batch;
     settings.lr = run.lr;
+    if args.epochs.is_none() && args.steps.is_none() {
+        // The run goes on to the length it was asked for, not the train block's.
+        match (run.epochs, run.steps) {
+            (_, Some(steps)) => settings.steps = Some(steps),
+            (Some(epochs), None) => {
+                settings.epochs = epochs;
+                settings.steps = None;
+            }
+            (None, None) => {}
+        }
+    }
     Ok(())
 }
 
@@ -493,12 +525,7 @@ fn header(args: &Args, session: &Session, settings: &Settings, data: &RunData, s
         }
     );
     if let Some(path) = &args.resume {
-        out!(
-            "resuming {} at epoch {}, step {}",
-            path.display(),
-            state.position.epoch,
-            group(state.position.step)
-        );
+        out!("resuming {}, {}", path.display(), position(&state.position));
     }
     if let Some(path) = &args.weights {
         out!("starting from the parameters in {}", path.display());
@@ -528,11 +555,9 @@ fn interrupted_run(
     (state, run, metadata): (&State, &Run, HashMap<String, String>),
     total_steps: usize,
 ) -> Outcome {
-    let p = &state.position;
     let at = format!(
-        "interrupted in epoch {}, after step {} of {}",
-        p.epoch + 1,
-        group(p.step),
+        "interrupted {} of {}",
+        position(&state.position),
         group(total_steps)
     );
     let target = args
@@ -556,6 +581,15 @@ fn interrupted_run(
         ),
     }
     Ok(ExitCode::from(130))
+}
+
+/// Where a run stands, in the words of every message that names it: `in epoch 2, after step
+/// 38` within an epoch, `after epoch 3, step 120` between epochs.
+fn position(p: &train::Position) -> String {
+    match p.tally.examples {
+        0 => format!("after epoch {}, step {}", p.epoch, group(p.step)),
+        _ => format!("in epoch {}, after step {}", p.epoch + 1, group(p.step)),
+    }
 }
 
 /// The divergence guard's message: what went non-finite, where, and what to do.

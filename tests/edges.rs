@@ -1,0 +1,197 @@
+//! Where a user's files and long runs meet the tool (issue 22), through the binary: damaged
+//! or foreign checkpoints are refused naming the field, files that are not plain are written
+//! as what they are, and nothing hangs. Each case failed before its fix.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nabla_runtime::checkpoint;
+
+fn temp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("nabla-edges-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs nabla, killing it after `seconds` (a hang fails the test instead of stalling it).
+fn nabla_within(seconds: u64, args: &[&str]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nabla"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the nabla binary runs");
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            child.kill().expect("kill");
+            panic!("`nabla {}` ran past {seconds} s", args.join(" "));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("output")
+}
+
+/// Asserts exit code 1, `message` on stderr, and no panic.
+fn fails_with(out: &Output, message: &str) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(1), "expected `{message}`:\n{err}");
+    assert!(err.contains(message), "expected `{message}` in:\n{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+const XOR: &str = "examples/xor.nn";
+
+/// A checkpoint of XOR after 3 epochs of 1 step, whose metadata `edit` changes (the JSON of
+/// the run's settings and of its position).
+fn damaged_checkpoint(
+    dir: &Path,
+    name: &str,
+    edit: impl Fn(&mut serde_json::Value, &mut serde_json::Value),
+) -> String {
+    let good = dir.join("good.safetensors");
+    if !good.exists() {
+        let run = dir.join("run");
+        let out = common::nabla(&[
+            "train",
+            XOR,
+            "--epochs",
+            "3",
+            "--quiet",
+            "--checkpoint",
+            &s(&run),
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        std::fs::rename(run.join("last.safetensors"), &good).unwrap();
+    }
+    let mut contents = checkpoint::load(&good, "checkpoint", 1 << 20).unwrap();
+    let field =
+        |key: &str| -> serde_json::Value { serde_json::from_str(&contents.metadata[key]).unwrap() };
+    let (mut run, mut position) = (field("nabla.run"), field("nabla.position"));
+    edit(&mut run, &mut position);
+    let metadata: HashMap<String, String> = HashMap::from([
+        ("nabla.run".to_string(), run.to_string()),
+        ("nabla.position".to_string(), position.to_string()),
+    ]);
+    contents.metadata = metadata;
+    let path = dir.join(format!("{name}.safetensors"));
+    checkpoint::save(&path, &contents.tensors, contents.metadata).unwrap();
+    s(&path)
+}
+
+#[test]
+fn damaged_checkpoints_are_refused_naming_the_field() {
+    let dir = temp("checkpoints");
+    type Edit = fn(&mut serde_json::Value, &mut serde_json::Value);
+    let cases: [(&str, Edit, &str); 9] = [
+        (
+            "far_epoch",
+            |_, p| p["epoch"] = 1_000_000_000_000_000_000u64.into(),
+            "its position says epoch 1000000000000000000, step 3, past the 3 steps its run asked for",
+        ),
+        (
+            "batch_zero",
+            |r, _| r["batch"] = 0.into(),
+            "its `batch` is 0",
+        ),
+        (
+            "negative_lr",
+            |r, _| r["lr"] = (-0.05).into(),
+            "its `lr` is -0.05",
+        ),
+        (
+            "step_without_epochs",
+            |_, p| p["epoch"] = 0.into(),
+            "its position (`epoch` 0, `step` 3",
+        ),
+        (
+            "negative_seconds",
+            |_, p| p["seconds"] = (-4.0).into(),
+            "its `seconds` is -4",
+        ),
+        (
+            "more_correct_than_seen",
+            |_, p| p["tally"]["correct"] = 9.into(),
+            "its tally counts 9 correct answers out of 0",
+        ),
+        (
+            "counters_at_the_top",
+            |_, p| {
+                p["step"] = u64::MAX.into();
+                p["epoch"] = u64::MAX.into();
+            },
+            "its position says epoch 18446744073709551615",
+        ),
+        (
+            "best_epoch_ahead",
+            |_, p| p["best_epoch"] = 7.into(),
+            "its early stopping (`best_epoch` 7",
+        ),
+        (
+            "huge_seed",
+            |r, _| r["seed"] = (1u64 << 40).into(),
+            "its `seed` is 1099511627776",
+        ),
+    ];
+    for (name, edit, message) in cases {
+        let path = damaged_checkpoint(&dir, name, edit);
+        let out = nabla_within(60, &["train", XOR, "--resume", &path, "--epochs", "5"]);
+        fails_with(&out, message);
+        fails_with(&out, "cannot be resumed");
+    }
+    // The undamaged file resumes, so the refusals above are the edits'.
+    let good = damaged_checkpoint(&dir, "good_copy", |_, _| {});
+    let out = nabla_within(60, &["train", XOR, "--resume", &good, "--epochs", "5"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("resuming") && stdout(&out).contains("after epoch 3, step 3"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn a_finished_run_is_not_trained_on_silently_and_a_missing_one_is_called_a_checkpoint() {
+    let dir = temp("finished");
+    let run = s(&dir.join("run"));
+    let out = common::nabla(&[
+        "train",
+        XOR,
+        "--epochs",
+        "2",
+        "--quiet",
+        "--checkpoint",
+        &run,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // XOR's train block asks for 300 epochs; the run asked for 2 and has them.
+    fails_with(
+        &common::nabla(&["train", XOR, "--resume", &run]),
+        "the checkpoint's run stands after epoch 2, step 2, the end of the 2 epochs asked for; train it further with `--epochs N`, N above 2",
+    );
+    let out = common::nabla(&["train", XOR, "--resume", &run, "--epochs", "4", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let missing = s(&dir.join("missing"));
+    fails_with(
+        &common::nabla(&["train", XOR, "--resume", &missing]),
+        &format!("cannot read checkpoint `{missing}`"),
+    );
+}
