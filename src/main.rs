@@ -58,6 +58,7 @@ fn main() -> ExitCode {
             };
         }
     };
+    let name = std::env::args().nth(1).unwrap_or_default();
     let worker = std::thread::Builder::new()
         .stack_size(STACK_BYTES)
         .spawn(move || match cli.command {
@@ -74,9 +75,10 @@ fn main() -> ExitCode {
             Command::Weights(args) => commands::weights::run(args),
         });
     let outcome = match worker {
-        Ok(handle) => handle.join().unwrap_or(Err(commands::Failure::Message(
-            "internal error: the compiler crashed".into(),
-        ))),
+        // The panic's own message, with its location, is already on stderr.
+        Ok(handle) => handle.join().unwrap_or(Err(commands::Failure::Message(format!(
+            "internal error: `nabla {name}` panicked (above); this is a bug in nabla, please report it with the command and its input"
+        )))),
         Err(e) => Err(commands::Failure::Message(format!(
             "cannot start the compiler thread: {e}"
         ))),

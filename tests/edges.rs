@@ -195,3 +195,59 @@ fn a_finished_run_is_not_trained_on_silently_and_a_missing_one_is_called_a_check
         &format!("cannot read checkpoint `{missing}`"),
     );
 }
+
+#[test]
+fn json_writes_non_finite_numbers_as_text_and_plot_leaves_them_out() {
+    let dir = temp("nonfinite");
+    let log = s(&dir.join("log.jsonl"));
+    let out = common::nabla(&[
+        "train",
+        "examples/linear_regression.nn",
+        "--lr",
+        "1e10",
+        "--allow-nonfinite",
+        "--epochs",
+        "4",
+        "--json",
+        "--log",
+        &log,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let losses: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].clone())
+        .collect();
+    assert!(
+        losses.iter().any(|l| l == "NaN") && losses.iter().any(|l| l == "inf"),
+        "{losses:?}"
+    );
+    // `--log` holds the same lines; plotting them draws the finite ones and says so.
+    let png = s(&dir.join("curves.png"));
+    let out = nabla_within(60, &["plot", &log, "-o", &png]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("left out 3 non-finite `loss` values (from epoch 2)"),
+        "{}",
+        stderr(&out)
+    );
+    // A log with no finite loss at all (older logs wrote `null`) is refused, not a panic.
+    let none = dir.join("none.jsonl");
+    std::fs::write(
+        &none,
+        "{\"epoch\":1,\"loss\":\"NaN\"}\n{\"epoch\":2,\"loss\":null}\n",
+    )
+    .unwrap();
+    fails_with(
+        &nabla_within(60, &["plot", &s(&none), "-o", &png]),
+        "has no finished epoch with a finite value to plot; it has only 2 non-finite `loss` values (from epoch 1)",
+    );
+    // Losses at the ends of f64's range are drawn, not spun on.
+    let huge = dir.join("huge.jsonl");
+    std::fs::write(
+        &huge,
+        "{\"epoch\":1,\"loss\":1e308}\n{\"epoch\":2,\"loss\":-1e308}\n{\"epoch\":3,\"loss\":5}\n",
+    )
+    .unwrap();
+    let out = nabla_within(60, &["plot", &s(&huge), "-o", &png]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}

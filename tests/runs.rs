@@ -113,7 +113,17 @@ fn an_interrupted_run_resumes_bit_identical_to_the_uninterrupted_one() {
         &s(&log),
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains(&format!("at epoch {stopped_at}")));
+    // The interruption and the resumption name the same position in the same words.
+    let at = stderr
+        .split("interrupted ")
+        .nth(1)
+        .and_then(|rest| rest.split(" of ").next())
+        .expect("where the run stopped");
+    assert!(
+        text(&out.stdout).contains(&format!("resuming {}, {at}\n", s(&checkpoints))),
+        "`{at}` in:\n{}",
+        text(&out.stdout)
+    );
     let straight = dir.join("straight.safetensors");
     let out = nabla(&["train", &file, "--epochs", "40", "--save", &s(&straight)]);
     assert!(out.status.success(), "{}", text(&out.stderr));

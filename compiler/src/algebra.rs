@@ -343,6 +343,7 @@ fn node(graph: &Graph, id: NodeId, x: &[Expr]) -> Expr {
                 },
                 BinaryOp::Gt => a.add(&c.scale(-1.0)).step(),
                 BinaryOp::Lt => c.add(&a.scale(-1.0)).step(),
+                BinaryOp::Le => Expr::number(1.0).add(&a.add(&c.scale(-1.0)).step().scale(-1.0)),
                 // a == b exactly when neither is above the other
                 BinaryOp::Eq => {
                     let d = a.add(&c.scale(-1.0));

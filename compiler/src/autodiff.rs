@@ -342,7 +342,7 @@ pub fn vjp(
                     vec![Some(share(win_a)?), Some(share(win_b)?)]
                 }
                 // comparisons are piecewise constant
-                BinaryOp::Lt | BinaryOp::Gt | BinaryOp::Eq => vec![None, None],
+                BinaryOp::Lt | BinaryOp::Gt | BinaryOp::Le | BinaryOp::Eq => vec![None, None],
             }
         }
         // d select(c, a, b) = (0, c, not c)

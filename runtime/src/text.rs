@@ -31,21 +31,23 @@ pub struct Vocabulary {
     pub tokens: Vec<String>,
 }
 
-/// `text` cut into tokens at `level`.
-pub fn tokens(text: &str, level: Level) -> Vec<&str> {
+/// `text` cut into tokens at `level`, one at a time (a text of millions of tokens is never
+/// held as a list of them).
+pub fn tokens(text: &str, level: Level) -> Box<dyn Iterator<Item = &str> + '_> {
     match level {
-        Level::Char => text
-            .char_indices()
-            .map(|(i, c)| &text[i..i + c.len_utf8()])
-            .collect(),
-        Level::Word => text.split_whitespace().collect(),
+        Level::Char => Box::new(text.char_indices().map(|(i, c)| &text[i..i + c.len_utf8()])),
+        Level::Word => Box::new(text.split_whitespace()),
     }
 }
 
 impl Vocabulary {
     /// The distinct tokens of `text`, sorted.
     pub fn of(text: &str, level: Level) -> Vocabulary {
-        let distinct: BTreeSet<&str> = tokens(text, level).into_iter().collect();
+        // Inserted one by one: `collect` would first gather every token, then sort them.
+        let mut distinct = BTreeSet::new();
+        for token in tokens(text, level) {
+            distinct.insert(token);
+        }
         Vocabulary {
             level,
             tokens: distinct.into_iter().map(str::to_string).collect(),
@@ -56,23 +58,25 @@ impl Vocabulary {
     /// is) that the vocabulary lacks.
     pub fn encode(&self, text: &str) -> Result<Vec<usize>, String> {
         tokens(text, self.level)
-            .into_iter()
             .enumerate()
-            .map(|(at, token)| {
-                self.tokens
-                    .binary_search_by(|t| t.as_str().cmp(token))
-                    .map_err(|_| {
-                        let what = match self.level {
-                            Level::Char => "character",
-                            Level::Word => "word",
-                        };
-                        format!(
-                            "{what} {token:?} (token {at} of the text) is not in the model's vocabulary of {} {what}s",
-                            self.tokens.len()
-                        )
-                    })
-            })
+            .map(|(at, token)| self.index(token, at))
             .collect()
+    }
+
+    /// The index of `token`, the `at`-th of its text, or an error naming it.
+    fn index(&self, token: &str, at: usize) -> Result<usize, String> {
+        self.tokens
+            .binary_search_by(|t| t.as_str().cmp(token))
+            .map_err(|_| {
+                let what = match self.level {
+                    Level::Char => "character",
+                    Level::Word => "word",
+                };
+                format!(
+                    "{what} {token:?} (token {at} of the text) is not in the model's vocabulary of {} {what}s",
+                    self.tokens.len()
+                )
+            })
     }
 
     /// The text of a token index (empty for one outside the vocabulary, which a model never
@@ -108,6 +112,10 @@ impl Vocabulary {
 /// A text file as training windows: every `seq` consecutive tokens feed `input`, and the
 /// tokens one further on are `target`'s classes (next-token prediction). Windows do not
 /// overlap and keep the text's order, so a held-out tail is a contiguous part of the text.
+///
+/// Memory: the file's bytes, then 4 bytes of token index per token, then the two columns (4
+/// bytes per token each) that training keeps: at most 9 bytes per token at once beside the
+/// file, and 8 after loading.
 pub fn windows(
     path: &Path,
     level: Level,
@@ -124,7 +132,12 @@ pub fn windows(
         ))
     })?;
     let vocabulary = Vocabulary::of(text, level);
-    let ids = vocabulary.encode(text).map_err(DataError)?;
+    let mut ids: Vec<u32> = Vec::new();
+    for (at, token) in tokens(text, level).enumerate() {
+        let index = vocabulary.index(token, at).map_err(DataError)?;
+        ids.push(index as u32);
+    }
+    drop(bytes);
     let rows = ids.len().saturating_sub(1) / seq.max(1);
     if rows == 0 {
         return Err(DataError(format!(

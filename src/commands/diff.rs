@@ -9,7 +9,7 @@ use nabla_compiler::autodiff::differentiate;
 use nabla_compiler::ir::{Shape, Tensor, interp};
 use serde_json::json;
 
-use super::{Failure, Outcome, print_json};
+use super::{Failure, Outcome, optional, print_json};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -91,7 +91,7 @@ pub fn run(args: Args) -> Outcome {
         for (i, name) in args.wrt.iter().enumerate() {
             object.insert(
                 name.clone(),
-                json!({"formula": formulas[i], "value": values.as_ref().map(|v| v[i])}),
+                json!({"formula": formulas[i], "value": optional(values.as_ref().map(|v| v[i]))}),
             );
         }
         print_json(&serde_json::Value::Object(object));

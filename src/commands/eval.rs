@@ -8,7 +8,7 @@ use nabla_runtime::train;
 use serde_json::json;
 
 use super::session::WeightsArgs;
-use super::{Failure, Outcome, count, print_json};
+use super::{Failure, Outcome, count, number, optional, print_json};
 
 pub fn run(args: WeightsArgs) -> Outcome {
     let (mut session, mut store) = args.open()?;
@@ -25,7 +25,9 @@ pub fn run(args: WeightsArgs) -> Outcome {
     )
     .map_err(Failure::Message)?;
     if args.json {
-        print_json(&json!({"examples": data.rows, "loss": loss, "accuracy": accuracy}));
+        print_json(
+            &json!({"examples": data.rows, "loss": number(loss), "accuracy": optional(accuracy)}),
+        );
     } else {
         let accuracy = accuracy.map_or(String::new(), |a| format!("  accuracy {:.2}%", 100.0 * a));
         out!(

@@ -12,7 +12,7 @@ use nabla_compiler::programs::ModelPrograms;
 use nabla_runtime::Elem;
 use serde_json::json;
 
-use super::{Failure, Outcome, count, load_file, memory_diagnostic, print_json};
+use super::{Failure, Outcome, count, load_file, memory_diagnostic, number, print_json};
 
 #[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
 enum Backend {
@@ -206,14 +206,4 @@ fn index(shape: &[usize], mut element: usize) -> Vec<usize> {
         element /= d.max(1);
     }
     out
-}
-
-/// A float as JSON: a number, or the strings `"NaN"`, `"inf"`, `"-inf"` (JSON has no such
-/// numbers).
-fn number(v: f64) -> serde_json::Value {
-    if v.is_finite() {
-        json!(v)
-    } else {
-        json!(v.to_string())
-    }
 }

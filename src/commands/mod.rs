@@ -169,6 +169,21 @@ pub fn bytes(n: u64) -> String {
     format!("{value:.1} {}", UNITS[unit])
 }
 
+/// A float as every JSON output writes it: a number, or the strings `"NaN"`, `"inf"` and
+/// `"-inf"`, which JSON numbers cannot hold (Python's `float()` and pandas read them back).
+/// `null` is kept for a value that is absent, so the two are never confused.
+pub fn number(v: f64) -> serde_json::Value {
+    match v.is_finite() {
+        true => serde_json::json!(v),
+        false => serde_json::json!(v.to_string()),
+    }
+}
+
+/// [`number`], or `null` for an absent value.
+pub fn optional(v: Option<f64>) -> serde_json::Value {
+    v.map_or(serde_json::Value::Null, number)
+}
+
 /// Prints one JSON object on its own line.
 pub fn print_json(value: &serde_json::Value) {
     out!("{value}");

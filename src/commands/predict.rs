@@ -11,7 +11,7 @@ use nabla_runtime::{data::Split, train};
 use serde_json::json;
 
 use super::session::WeightsArgs;
-use super::{Failure, Outcome, print_json};
+use super::{Failure, Outcome, number, print_json};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -75,6 +75,7 @@ pub fn run(args: Args) -> Outcome {
             } else {
                 "prediction"
             };
+            let values: Vec<_> = values.iter().map(|&v| number(v)).collect();
             print_json(&json!({"row": row, key: values, "class": class}));
         } else {
             let shown: Vec<String> = values.iter().map(|v| format!("{v:.6}")).collect();

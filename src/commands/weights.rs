@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use nabla_runtime::checkpoint;
 use serde_json::json;
 
-use super::{Failure, Outcome, group, print_json};
+use super::{Failure, Outcome, group, number, print_json};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -52,7 +52,7 @@ pub fn run(args: Args) -> Outcome {
         if args.json {
             print_json(&json!({
                 "name": name, "shape": shape, "dtype": dtype, "min": min, "max": max,
-                "mean": mean, "std": var.sqrt(), "values": small,
+                "mean": number(mean), "std": number(var.sqrt()), "values": small,
             }));
             continue;
         }

@@ -571,6 +571,7 @@ impl Emitter<'_, '_> {
             BinaryOp::Pow => self.call(MathFn::Pow, &[a, b], ty),
             BinaryOp::Lt => self.mask(FloatCC::LessThan, a, b, ty),
             BinaryOp::Gt => self.mask(FloatCC::GreaterThan, a, b, ty),
+            BinaryOp::Le => self.mask(FloatCC::LessThanOrEqual, a, b, ty),
             BinaryOp::Eq => self.mask(FloatCC::Equal, a, b, ty),
         }
     }

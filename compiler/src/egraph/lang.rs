@@ -79,7 +79,7 @@ impl FromOp for TensorNode {
 }
 
 /// The elementwise ops patterns may name.
-const ELEMENTWISE: [Op; 27] = [
+const ELEMENTWISE: [Op; 28] = [
     Op::Unary(UnaryOp::Neg),
     Op::Unary(UnaryOp::Recip),
     Op::Unary(UnaryOp::Exp),
@@ -106,5 +106,6 @@ const ELEMENTWISE: [Op; 27] = [
     Op::Binary(BinaryOp::Min),
     Op::Binary(BinaryOp::Lt),
     Op::Binary(BinaryOp::Gt),
+    Op::Binary(BinaryOp::Le),
     Op::Binary(BinaryOp::Eq),
 ];

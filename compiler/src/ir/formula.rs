@@ -36,10 +36,11 @@ fn render(graph: &Graph, id: NodeId) -> (String, u8) {
             let b = wrap(graph, x[1], POWER);
             (format!("{a}^{b}"), POWER)
         }
-        Op::Binary(cmp @ (BinaryOp::Lt | BinaryOp::Gt | BinaryOp::Eq)) => {
+        Op::Binary(cmp @ (BinaryOp::Lt | BinaryOp::Gt | BinaryOp::Le | BinaryOp::Eq)) => {
             let symbol = match cmp {
                 BinaryOp::Lt => "<",
                 BinaryOp::Gt => ">",
+                BinaryOp::Le => "<=",
                 _ => "==",
             };
             let a = wrap(graph, x[0], SUM);

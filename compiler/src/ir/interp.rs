@@ -330,11 +330,21 @@ pub fn binary<T: Float>(op: BinaryOp, a: T, b: T) -> T {
         BinaryOp::Mul => a * b,
         BinaryOp::Div => a / b,
         BinaryOp::Pow => a.powf(b),
-        BinaryOp::Max => a.max(b),
-        BinaryOp::Min => a.min(b),
+        BinaryOp::Max => propagate_nan(a, b, a.max(b)),
+        BinaryOp::Min => propagate_nan(a, b, a.min(b)),
         BinaryOp::Lt => mask(a < b),
         BinaryOp::Gt => mask(a > b),
+        BinaryOp::Le => mask(a <= b),
         BinaryOp::Eq => mask(a == b),
+    }
+}
+
+/// `value`, or NaN when `a` or `b` is NaN: the maximum and minimum of PyTorch (and of
+/// Cranelift's `fmax`/`fmin`) propagate NaN, where Rust's `max` and `min` drop it.
+fn propagate_nan<T: Float>(a: T, b: T, value: T) -> T {
+    match a.is_nan() || b.is_nan() {
+        true => T::nan(),
+        false => value,
     }
 }
 
@@ -373,7 +383,7 @@ fn reduce<T: Float>(op: ReduceOp, x: &Tensor<T>, out_shape: &[usize]) -> Vec<T> 
         let slot = &mut out[offset(&out_strides, index)];
         *slot = match op {
             ReduceOp::Sum => *slot + x.data[flat],
-            ReduceOp::Max => slot.max(x.data[flat]),
+            ReduceOp::Max => propagate_nan(*slot, x.data[flat], slot.max(x.data[flat])),
         };
     });
     out

@@ -123,6 +123,8 @@ pub enum BinaryOp {
     Lt,
     /// 1 where `a > b`, else 0
     Gt,
+    /// 1 where `a <= b`, else 0 (0 where either is NaN, unlike `1 - (a > b)`)
+    Le,
     /// 1 where `a == b`, else 0
     Eq,
 }
@@ -574,6 +576,7 @@ impl Op {
                 BinaryOp::Min => "min",
                 BinaryOp::Lt => "lt",
                 BinaryOp::Gt => "gt",
+                BinaryOp::Le => "le",
                 BinaryOp::Eq => "eq",
             },
             Op::Select => "select",

@@ -7,6 +7,7 @@
 //! leaves behind. [`report`] is what the hooks show and write as the loop goes.
 
 mod report;
+mod resumed;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -22,6 +23,7 @@ use nabla_runtime::{Elem, Schedule, checkpoint, files};
 use super::session::{Session, open};
 use super::{DEFAULT_BATCH, Failure, Outcome, PassFlags, count, group, plot};
 use report::{BatchProgress, EpochReports};
+use resumed::{adopt, checkpoint_file, position};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -198,7 +200,7 @@ fn restore_or_initialise(
     args: &Args,
     session: &Session,
     settings: &mut Settings,
-) -> Result<(Store, State, Option<(PathBuf, Run)>), Failure> {
+) -> Result<(Store, State, Option<Resumed>), Failure> {
     match &args.resume {
         Some(path) => {
             let path = checkpoint_file(path);
@@ -218,6 +220,9 @@ fn restore_or_initialise(
     }
 }
 
+/// A resumed run: its checkpoint file and the settings saved in it.
+type Resumed = (PathBuf, Run);
+
 /// A run's data and how long it runs.
 struct RunData {
     train: Dataset,
@@ -236,7 +241,7 @@ impl RunData {
         session: &Session,
         settings: &Settings,
         state: &State,
-        resumed: Option<&(PathBuf, Run)>,
+        resumed: Option<&Resumed>,
     ) -> Result<RunData, Failure> {
         let (train, validation) = session.train_and_validation_data(settings.seed)?;
         let metadata = train
@@ -418,81 +423,6 @@ fn check_outputs(args: &Args) -> Result<(), Failure> {
     check().map_err(Failure::Message)
 }
 
-/// The checkpoint file `path` names: `DIR/last.safetensors` for a directory.
-fn checkpoint_file(path: &std::path::Path) -> PathBuf {
-    if path.is_dir() {
-        path.join(LAST)
-    } else {
-        path.to_path_buf()
-    }
-}
-
-/// Takes a resumed run's settings, refusing flags that would make it a different run.
-fn adopt(
-    args: &Args,
-    session: &Session,
-    settings: &mut Settings,
-    run: &Run,
-    path: &std::path::Path,
-) -> Result<(), Failure> {
-    let model = &session.loaded.compiled.model.name;
-    let shown = path.display();
-    if run.model != *model {
-        return Err(Failure::Message(format!(
-            "`{shown}` is a checkpoint of model `{}`, not of `{model}`",
-            run.model
-        )));
-    }
-    let optimizer = session.spec.optimizer.describe(run.lr);
-    if optimizer != run.optimizer {
-        return Err(Failure::Message(format!(
-            "`{shown}` was trained with `{}`, but train block `{}` uses `{optimizer}`; resume with the optimizer the run started with",
-            run.optimizer, session.spec.name
-        )));
-    }
-    let differs = |flag: &str, given: String, saved: String| {
-        Failure::Message(format!(
-            "`{flag} {given}` differs from the checkpoint's {saved}; a resumed run keeps its seed, batch and learning rate so that it goes on as the same run"
-        ))
-    };
-    if let Some(seed) = args.seed.filter(|s| *s != run.seed) {
-        return Err(differs(
-            "--seed",
-            seed.to_string(),
-            format!("seed {}", run.seed),
-        ));
-    }
-    if let Some(batch) = args.batch.filter(|b| *b as usize != run.batch) {
-        return Err(differs(
-            "--batch",
-            batch.to_string(),
-            format!("batch {}", run.batch),
-        ));
-    }
-    if let Some(lr) = args.lr.filter(|l| *l != run.lr) {
-        return Err(differs(
-            "--lr",
-            lr.to_string(),
-            format!("learning rate {}", run.lr),
-        ));
-    }
-    settings.seed = run.seed;
-    settings.batch = run.batch;
-    settings.lr = run.lr;
-    if args.epochs.is_none() && args.steps.is_none() {
-        // The run goes on to the length it was asked for, not the train block's.
-        match (run.epochs, run.steps) {
-            (_, Some(steps)) => settings.steps = Some(steps),
-            (Some(epochs), None) => {
-                settings.epochs = epochs;
-                settings.steps = None;
-            }
-            (None, None) => {}
-        }
-    }
-    Ok(())
-}
-
 /// The first line: what is trained on what, and from where.
 fn header(args: &Args, session: &Session, settings: &Settings, data: &RunData, state: &State) {
     let optimizer = session.spec.optimizer.describe(settings.lr);
@@ -581,15 +511,6 @@ fn interrupted_run(
         ),
     }
     Ok(ExitCode::from(130))
-}
-
-/// Where a run stands, in the words of every message that names it: `in epoch 2, after step
-/// 38` within an epoch, `after epoch 3, step 120` between epochs.
-fn position(p: &train::Position) -> String {
-    match p.tally.examples {
-        0 => format!("after epoch {}, step {}", p.epoch, group(p.step)),
-        _ => format!("in epoch {}, after step {}", p.epoch + 1, group(p.step)),
-    }
 }
 
 /// The divergence guard's message: what went non-finite, where, and what to do.

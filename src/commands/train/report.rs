@@ -13,7 +13,7 @@ use nabla_runtime::train::{Progress, Report, Settings, State};
 use serde_json::json;
 
 use super::Args;
-use crate::commands::{Failure, print_json};
+use crate::commands::{Failure, number, optional, print_json};
 
 /// The progress bar over the run's steps, on a terminal unless `--json` or `--quiet`.
 pub(super) fn progress_bar(args: &Args, total_steps: usize, done: usize) -> Option<ProgressBar> {
@@ -183,9 +183,10 @@ impl TermLike for Margin {
 /// One report as the JSON object `--json` prints and `--log` writes.
 fn record(r: &Report) -> serde_json::Value {
     json!({
-        "epoch": r.epoch, "step": r.step, "loss": r.loss, "accuracy": r.accuracy,
-        "val_loss": r.val_loss, "val_accuracy": r.val_accuracy,
-        "test_loss": r.test_loss, "test_accuracy": r.test_accuracy, "lr": r.lr, "seconds": r.seconds,
+        "epoch": r.epoch, "step": r.step, "loss": number(r.loss), "accuracy": optional(r.accuracy),
+        "val_loss": optional(r.val_loss), "val_accuracy": optional(r.val_accuracy),
+        "test_loss": optional(r.test_loss), "test_accuracy": optional(r.test_accuracy),
+        "lr": number(r.lr), "seconds": r.seconds,
     })
 }
 

@@ -84,16 +84,18 @@ impl Lowerer<'_> {
         located(self.graph.unary(op, x), span)
     }
 
-    /// `x > 0 ? x : slope * x` (relu for slope 0). The derivative at 0 is `slope`, as in PyTorch.
+    /// `x <= 0 ? slope * x : x` (relu for slope 0). The derivative at 0 is `slope`, as in
+    /// PyTorch, and NaN goes through as in PyTorch (`NaN <= 0` is false), so that a NaN reaches
+    /// the loss and the divergence guard.
     pub(super) fn leaky_relu(&mut self, x: NodeId, slope: f64, span: Span) -> LResult<NodeId> {
         let zero = self.graph.constant(0.0);
-        let positive = located(self.graph.binary(BinaryOp::Gt, x, zero), span)?;
+        let not_positive = located(self.graph.binary(BinaryOp::Le, x, zero), span)?;
         let negative = if slope == 0.0 {
             zero
         } else {
             located(self.graph.scale(x, slope), span)?
         };
-        located(self.graph.select(positive, x, negative), span)
+        located(self.graph.select(not_positive, negative, x), span)
     }
 
     /// `(x - max(x), sum(exp(x - max(x))))` along `axis`, the stable core of softmax. The

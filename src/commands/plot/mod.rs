@@ -4,8 +4,10 @@
 //! drawn with `plotters` and an embedded font (DejaVu Sans), so nothing depends on the fonts a
 //! machine has. Files are written atomically.
 //!
-//! This file is long because curves and decision regions share their axes, scales, font and
-//! the bounds of what a log may hold; it splits when a third kind of picture arrives.
+//! This file is long because curves and decision regions share their axes, scales and font;
+//! reading a log is [`log`]'s.
+
+mod log;
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -61,9 +63,11 @@ pub fn run(args: Args) -> Outcome {
             let output = args.output.ok_or_else(|| {
                 Failure::Message("say where to draw the curves with `-o curves.png`".into())
             })?;
-            let text =
-                files::read_limited(&log, "metrics log", 1 << 30).map_err(Failure::Message)?;
-            (output, curves(&log, &String::from_utf8_lossy(&text))?)
+            // Memory is bounded by the lines kept, not by the file: no size limit.
+            let (file, _) =
+                files::open_limited(&log, "metrics log", u64::MAX).map_err(Failure::Message)?;
+            let metrics = log::read(&log, file).map_err(Failure::Message)?;
+            (output, curves(&log, metrics)?)
         }
         (None, None) => {
             return Err(Failure::Message(
@@ -74,6 +78,13 @@ pub fn run(args: Args) -> Outcome {
     files::check_writable(&output, "-o").map_err(Failure::Message)?;
     render(&output, &figure).map_err(Failure::Message)?;
     out!("wrote {}", output.display());
+    if let Figure::Curves(Curves {
+        left_out: Some(note),
+        ..
+    }) = &figure
+    {
+        eprintln!("note: left out {note}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -86,10 +97,18 @@ pub fn after_training(
     dir: &Path,
 ) -> Result<Vec<String>, Failure> {
     let mut written = Vec::new();
-    let lines: Vec<String> = records.iter().map(Value::to_string).collect();
     let path = dir.join("curves.png");
-    render(&path, &curves(&path, &lines.join("\n"))?).map_err(Failure::Message)?;
+    let metrics = log::from_records(&path, records).map_err(Failure::Message)?;
+    let figure = curves(&path, metrics)?;
+    render(&path, &figure).map_err(Failure::Message)?;
     written.push(path.display().to_string());
+    if let Figure::Curves(Curves {
+        left_out: Some(note),
+        ..
+    }) = &figure
+    {
+        written.push(format!("(left out {note})"));
+    }
     if two_d_input(session).is_some() {
         let path = dir.join("boundary.png");
         let mut store = store.clone();
@@ -112,83 +131,62 @@ type Series = (&'static str, RGBColor, Vec<(f64, f64)>);
 struct Curves {
     /// `(title, series)` for loss and, when present, accuracy (percent).
     panels: Vec<(&'static str, Vec<Series>)>,
+    /// What could not be drawn, as a sentence part.
+    left_out: Option<String>,
 }
 
-/// The metric series of each panel: report key and legend name.
-const LOSSES: [(&str, &str); 3] = [
-    ("loss", "train"),
-    ("val_loss", "validation"),
-    ("test_loss", "test"),
-];
-const ACCURACIES: [(&str, &str); 3] = [
-    ("accuracy", "train"),
-    ("val_accuracy", "validation"),
-    ("test_accuracy", "test"),
-];
+/// The legend names of [`log::KEYS`]' series in each panel.
+const NAMES: [&str; 3] = ["train", "validation", "test"];
 
 /// The accuracy panel's title.
 const ACCURACY: &str = "accuracy (%)";
 
-/// Reads JSON lines of epoch reports (epoch 0, a single batch's loss, is left out; so is a
-/// torn last line).
-fn curves(origin: &Path, text: &str) -> Result<Figure, Failure> {
-    let mut records = Vec::new();
-    let lines = text.lines().count();
-    for (i, line) in text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
-        let value: Value = match serde_json::from_str(line) {
-            Ok(value) => value,
-            // The last line of a run killed while writing it.
-            Err(_) if i + 1 == lines && !text.ends_with('\n') => break,
-            Err(e) => {
-                let at = format!("{}:{}", origin.display(), i + 1);
-                return Err(Failure::Message(format!("{at}: not a metrics line: {e}")));
-            }
-        };
-        let Some(epoch) = value["epoch"].as_u64() else {
-            return Err(Failure::Message(format!(
-                "{}:{}: the line has no `epoch`; expected the lines `nabla train --log` writes",
-                origin.display(),
-                i + 1
-            )));
-        };
-        if epoch > 0 {
-            records.push((epoch as f64, value));
-        }
-    }
-    if records.is_empty() {
+/// The curves of a log's metrics: a loss panel and, when there is accuracy, an accuracy
+/// panel; a panel with nothing finite to draw is left out.
+fn curves(origin: &Path, metrics: log::Metrics) -> Result<Figure, Failure> {
+    let left_out = metrics.left_out_note();
+    let [
+        loss,
+        val_loss,
+        test_loss,
+        accuracy,
+        val_accuracy,
+        test_accuracy,
+    ] = metrics.points;
+    let series = |points: [Vec<(f64, f64)>; 3], scale: f64| -> Vec<Series> {
+        points
+            .into_iter()
+            .zip(NAMES.into_iter().zip(SERIES))
+            .filter(|(p, _)| !p.is_empty())
+            .map(|(p, (name, colour))| {
+                let p = envelope(p)
+                    .into_iter()
+                    .map(|(e, v)| (e, v * scale))
+                    .collect();
+                (name, colour, p)
+            })
+            .collect()
+    };
+    let panels: Vec<(&'static str, Vec<Series>)> = [
+        ("loss", series([loss, val_loss, test_loss], 1.0)),
+        (
+            ACCURACY,
+            series([accuracy, val_accuracy, test_accuracy], 100.0),
+        ),
+    ]
+    .into_iter()
+    .filter(|(_, series)| !series.is_empty())
+    .collect();
+    if panels.is_empty() {
         return Err(Failure::Message(format!(
-            "{} has no finished epoch to plot",
-            origin.display()
+            "{} has no finished epoch with a finite value to plot{}",
+            origin.display(),
+            left_out
+                .map(|note| format!("; it has only {note}"))
+                .unwrap_or_default()
         )));
     }
-    let series = |keys: &[(&str, &'static str)], scale: f64| {
-        keys.iter()
-            .zip(SERIES)
-            .map(|((key, name), colour)| {
-                let points: Vec<(f64, f64)> = records
-                    .iter()
-                    .filter_map(|(e, r)| {
-                        r[key]
-                            .as_f64()
-                            .filter(|v| v.is_finite())
-                            .map(|v| (*e, v * scale))
-                    })
-                    .collect();
-                (*name, colour, points)
-            })
-            .filter(|(_, _, p)| !p.is_empty())
-            .collect::<Vec<_>>()
-    };
-    let mut panels = vec![("loss", series(&LOSSES, 1.0))];
-    let accuracy = series(&ACCURACIES, 100.0);
-    if !accuracy.is_empty() {
-        panels.push((ACCURACY, accuracy));
-    }
-    Ok(Figure::Curves(Curves { panels }))
+    Ok(Figure::Curves(Curves { panels, left_out }))
 }
 
 /// A 2-D model's predictions on a grid, and its training data.
@@ -510,9 +508,7 @@ fn panel<DB: DrawingBackend>(
 ) -> DrawResult<DB> {
     let all = || series.iter().flat_map(|(_, _, p)| p.iter());
     let last = all().map(|p| p.0).fold(1.0, f64::max);
-    let (lo, hi) = all().fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), p| {
-        (l.min(p.1), h.max(p.1))
-    });
+    let (lo, hi) = value_range(all().map(|p| p.1));
     let pad = ((hi - lo) * 0.08).max(hi.abs() * 0.02).max(1e-6);
     let x = if last <= 1.0 { 0.5..1.5 } else { 1.0..last };
     // Percentages never go past 100; leave only room for the markers.
@@ -539,7 +535,12 @@ fn panel<DB: DrawingBackend>(
         .x_desc("epoch")
         .y_desc(title)
         .x_label_formatter(&integer)
-        .x_labels(last.min(10.0) as usize + 1)
+        // Long runs' epoch numbers are wide: fewer labels, so that they never overlap.
+        .x_labels(if last >= 1e4 {
+            5
+        } else {
+            last.min(10.0) as usize + 1
+        })
         .axis_desc_style(("sans-serif", 16))
         .label_style(("sans-serif", 13))
         .light_line_style(RGBColor(238, 238, 238))
@@ -548,7 +549,9 @@ fn panel<DB: DrawingBackend>(
         chart
             .draw_series(LineSeries::new(
                 points.iter().copied(),
-                colour.stroke_width(2),
+                // Thick lines are polygons that plotters does not clip to the chart: a dense
+                // zig-zag of thousands of them spills over the axes.
+                colour.stroke_width(if points.len() <= 200 { 2 } else { 1 }),
             ))?
             .label(name)
             .legend(move |(x, y)| {
@@ -570,6 +573,45 @@ fn panel<DB: DrawingBackend>(
         .background_style(WHITE.mix(0.9))
         .border_style(RGBColor(160, 160, 160))
         .draw()
+}
+
+/// The most points a curve is drawn with: two per pixel column of a panel.
+const MAX_POINTS: usize = 1024;
+
+/// `points` (in epoch order) reduced to at most [`MAX_POINTS`]: the lowest and highest point
+/// of each run of consecutive points, in order, so that the drawn line keeps every extreme a
+/// pixel column would show. Drawing millions of epochs point by point took minutes.
+fn envelope(points: Vec<(f64, f64)>) -> Vec<(f64, f64)> {
+    if points.len() <= MAX_POINTS {
+        return points;
+    }
+    let per_bucket = points.len().div_ceil(MAX_POINTS / 2);
+    let mut out = Vec::with_capacity(MAX_POINTS);
+    for bucket in points.chunks(per_bucket) {
+        let by_value = |a: &&(f64, f64), b: &&(f64, f64)| a.1.total_cmp(&b.1);
+        let low = bucket.iter().min_by(by_value).expect("a bucket has points");
+        let high = bucket.iter().max_by(by_value).expect("a bucket has points");
+        match low.0 <= high.0 {
+            true => out.extend([*low, *high]),
+            false => out.extend([*high, *low]),
+        }
+    }
+    out
+}
+
+/// The largest finite values a curve's axis shows: beyond them the axis arithmetic (the span,
+/// its padding and tick steps) would overflow. Larger values are drawn at the edge.
+const AXIS_LIMIT: f64 = 1e300;
+
+/// The lowest and highest of `values` (finite, at least one), within [`AXIS_LIMIT`].
+fn value_range(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), v| {
+        (l.min(v), h.max(v))
+    });
+    (
+        lo.clamp(-AXIS_LIMIT, AXIS_LIMIT),
+        hi.clamp(-AXIS_LIMIT, AXIS_LIMIT),
+    )
 }
 
 /// Decision regions as coloured cells and the data as outlined dots, with the legend in a strip
