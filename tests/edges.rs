@@ -251,3 +251,90 @@ fn json_writes_non_finite_numbers_as_text_and_plot_leaves_them_out() {
     let out = nabla_within(60, &["plot", &s(&huge), "-o", &png]);
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+#[test]
+fn a_users_files_are_written_as_what_they_are() {
+    let dir = temp("files");
+    let train = |extra: &[&str]| {
+        let mut args = vec!["train", XOR, "--epochs", "2", "--quiet"];
+        args.extend_from_slice(extra);
+        nabla_within(120, &args)
+    };
+    // A symlink is written through: the file it names is replaced, the link stays.
+    let real = dir.join("real.safetensors");
+    let link = dir.join("link.safetensors");
+    std::fs::write(&real, b"old").unwrap();
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let out = train(&["--save", &s(&link), "--overwrite"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(link.is_symlink(), "the link is kept");
+    assert!(checkpoint::load(&real, "weights file", 1 << 20).is_ok());
+    // A named pipe takes the log as a stream and stays a pipe.
+    let pipe = dir.join("pipe");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&pipe)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let reader = {
+        let pipe = pipe.clone();
+        std::thread::spawn(move || std::fs::read_to_string(pipe).unwrap())
+    };
+    let out = train(&["--log", &s(&pipe)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        reader.join().unwrap().lines().count(),
+        3,
+        "epochs 0, 1 and 2"
+    );
+    use std::os::unix::fs::FileTypeExt;
+    assert!(std::fs::metadata(&pipe).unwrap().file_type().is_fifo());
+    // Whole files are never written over a pipe or a device.
+    fails_with(
+        &train(&["--save", &s(&pipe)]),
+        "is a named pipe or a device",
+    );
+    if Path::new("/dev/full").exists() {
+        fails_with(
+            &train(&["--save", "/dev/full"]),
+            "is a named pipe or a device",
+        );
+    }
+    // What is not this model's is kept unless told.
+    let csv = dir.join("data.csv");
+    std::fs::write(&csv, "a,b\n1,2\n").unwrap();
+    fails_with(
+        &train(&["--log", &s(&csv)]),
+        "exists and is not a metrics log of `nabla train`; give `--overwrite` to replace it",
+    );
+    fails_with(
+        &train(&["--save", &s(&csv)]),
+        "is not a weights file of model `xor`",
+    );
+    assert_eq!(std::fs::read_to_string(&csv).unwrap(), "a,b\n1,2\n");
+    let other = dir.join("other");
+    let out = common::nabla(&[
+        "train",
+        "examples/linear_regression.nn",
+        "--epochs",
+        "1",
+        "--quiet",
+        "--checkpoint",
+        &s(&other),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    fails_with(
+        &train(&["--checkpoint", &s(&other)]),
+        "is not a checkpoint of model `xor`",
+    );
+    let out = train(&["--checkpoint", &s(&other), "--overwrite"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // A killed run's temporary (pid 4,000,000 exceeds pid_max) is removed at the start.
+    let stale = other.join(".best.safetensors.tmp4000000");
+    std::fs::write(&stale, b"a killed run's partial checkpoint").unwrap();
+    let out = train(&["--checkpoint", &s(&other)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stale.exists(), "the stale temporary is removed");
+}

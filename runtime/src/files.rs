@@ -5,6 +5,11 @@
 //! [`write_atomically`], so no interruption leaves a truncated file at the destination. The
 //! one exception is a log that grows line by line ([`open_append`]), whose earlier lines an
 //! append cannot damage.
+//!
+//! An output path is the user's: [`destination`] follows a symlink to the file it names (the
+//! link stays a link), takes a named pipe, a character device and anything under `/dev` as a
+//! stream that only a log may be written to, and refuses anything else, so that no write ever
+//! replaces a link, a pipe or a device node with a regular file.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -53,11 +58,62 @@ pub fn read_limited(path: &Path, what: &str, limit: u64) -> Result<Vec<u8>, Stri
     Ok(bytes)
 }
 
+/// What an output path names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Destination {
+    /// A regular file, existing or new: the path to write, a symlink's target resolved.
+    File(PathBuf),
+    /// A named pipe or a device (`/dev/stdout`): written in place as a stream, never replaced.
+    Stream,
+}
+
+/// What `path` names as an output. `what` names its role in errors ("--save").
+pub fn destination(path: &Path, what: &str) -> Result<Destination, String> {
+    use std::os::unix::fs::FileTypeExt;
+    let shown = path.display();
+    if path.starts_with("/dev") {
+        return Ok(Destination::Stream);
+    }
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_file() => std::fs::canonicalize(path)
+            .map(Destination::File)
+            .map_err(|e| format!("cannot write {what} `{shown}`: {e}")),
+        Ok(meta) if meta.is_dir() => {
+            Err(format!("{what} `{shown}` is a directory; give a file path"))
+        }
+        Ok(meta) if meta.file_type().is_fifo() || meta.file_type().is_char_device() => {
+            Ok(Destination::Stream)
+        }
+        Ok(_) => Err(format!(
+            "{what} `{shown}` is neither a file, a named pipe nor a character device; give a file path"
+        )),
+        // A dangling symlink: writing through it creates the file it names.
+        Err(_) if path.is_symlink() => {
+            let target = std::fs::read_link(path)
+                .map_err(|e| format!("cannot write {what} `{shown}`: {e}"))?;
+            let dir = path.parent().unwrap_or(Path::new("."));
+            Ok(Destination::File(dir.join(target)))
+        }
+        Err(_) => Ok(Destination::File(path.to_path_buf())),
+    }
+}
+
 /// Writes `bytes` to `path` atomically: to a temporary file beside it, synced, renamed over it,
 /// then the directory synced, so that the destination always holds either the old or the whole
-/// new contents. Temporaries that earlier interrupted writes to the same destination left
-/// behind are removed.
+/// new contents. Through a symlink, the file it names is replaced and the link kept; a pipe or
+/// device is refused (see [`destination`]). Temporaries that earlier interrupted writes to the
+/// same destination left behind are removed.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let resolved = match destination(path, "output")? {
+        Destination::File(file) => file,
+        Destination::Stream => {
+            return Err(format!(
+                "cannot write `{}`: it is a named pipe or a device, and this output is written whole and atomically; give a file path",
+                path.display()
+            ));
+        }
+    };
+    let path = resolved.as_path();
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -68,7 +124,7 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
         .to_string_lossy()
         .into_owned();
     let prefix = format!(".{file_name}.tmp");
-    remove_stale_temporaries(dir, &prefix);
+    remove_stale_temporaries(dir, Some(&file_name));
     let temp = dir.join(format!("{prefix}{}", std::process::id()));
     let result = (|| {
         let mut file = File::create(&temp)?;
@@ -93,21 +149,41 @@ pub fn open_append(path: &Path) -> Result<File, String> {
         .map_err(|e| format!("cannot write `{}`: {e}", path.display()))
 }
 
-/// Checks, before any work is done, that [`write_atomically`] will be able to write `path`:
-/// its directory exists and takes a new file, and `path` is not a directory. `what` names the
-/// file's role in errors ("--save").
-pub fn check_writable(path: &Path, what: &str) -> Result<(), String> {
-    if path.is_dir() {
-        return Err(format!(
-            "{what} `{}` is a directory; give a file path",
-            path.display()
-        ));
-    }
-    let dir = path
+/// Opens a stream [`destination`] (a pipe, a device) to write to it in place.
+pub fn open_stream(path: &Path) -> Result<File, String> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| format!("cannot write `{}`: {e}", path.display()))
+}
+
+/// Checks, before any work is done, that `path` can be written: a stream when `streams` allows
+/// one (a log), else a file whose directory exists and takes a new file (see [`destination`]).
+/// `what` names the file's role in errors ("--save").
+pub fn check_writable(path: &Path, what: &str, streams: bool) -> Result<Destination, String> {
+    let found = destination(path, what)?;
+    let file = match &found {
+        Destination::File(file) => file,
+        Destination::Stream if streams => return Ok(found),
+        Destination::Stream => {
+            return Err(format!(
+                "{what} `{}` is a named pipe or a device; {what} writes a whole file atomically, so give a file path",
+                path.display()
+            ));
+        }
+    };
+    let dir = file
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    check_directory(dir, &format!("{what} `{}`", path.display()))
+    check_directory(dir, &format!("{what} `{}`", path.display()))?;
+    Ok(found)
+}
+
+/// Removes the temporaries of this tool's atomic writes (`.NAME.tmpPID`) in `dir` whose
+/// process no longer runs: a killed run leaves one of a checkpoint's full size behind.
+pub fn clean_stale_temporaries(dir: &Path) {
+    remove_stale_temporaries(dir, None)
 }
 
 /// Creates directory `dir` (and its parents) if needed and checks that it takes new files.
@@ -135,9 +211,10 @@ fn check_directory(dir: &Path, what: &str) -> Result<(), String> {
         .map_err(|e| format!("cannot write {what}: {e}"))
 }
 
-/// Removes `PREFIX<pid>` files in `dir` whose process no longer runs (temporaries of
-/// interrupted writes). A temporary of a live process is another writer's and is left alone.
-fn remove_stale_temporaries(dir: &Path, prefix: &str) {
+/// Removes the temporaries `.NAME.tmpPID` in `dir` (of destination `NAME` only, when given)
+/// whose process no longer runs (temporaries of interrupted writes). A temporary of a live
+/// process is another writer's and is left alone.
+fn remove_stale_temporaries(dir: &Path, destination: Option<&str>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -145,7 +222,11 @@ fn remove_stale_temporaries(dir: &Path, prefix: &str) {
         .flatten()
         .filter_map(|entry| {
             let name = entry.file_name().into_string().ok()?;
-            let pid: u32 = name.strip_prefix(prefix)?.parse().ok()?;
+            let (of, pid) = name.strip_prefix('.')?.rsplit_once(".tmp")?;
+            let pid: u32 = pid.parse().ok()?;
+            if destination.is_some_and(|d| d != of) || of.is_empty() {
+                return None;
+            }
             (!process_is_running(pid)).then(|| entry.path())
         })
         .collect();
@@ -217,10 +298,10 @@ mod tests {
     #[test]
     fn writability_is_checked_before_any_work() {
         let dir = temp_dir("writable");
-        check_writable(&dir.join("w.safetensors"), "--save").unwrap();
-        let err = check_writable(&dir.join("missing/w.safetensors"), "--save").unwrap_err();
+        check_writable(&dir.join("w.safetensors"), "--save", false).unwrap();
+        let err = check_writable(&dir.join("missing/w.safetensors"), "--save", false).unwrap_err();
         assert!(err.contains("does not exist"), "{err}");
-        let err = check_writable(&dir, "--save").unwrap_err();
+        let err = check_writable(&dir, "--save", false).unwrap_err();
         assert!(err.contains("is a directory"), "{err}");
         prepare_directory(&dir.join("a/b"), "checkpoint").unwrap();
         assert!(dir.join("a/b").is_dir());

@@ -75,7 +75,7 @@ pub fn run(args: Args) -> Outcome {
             ));
         }
     };
-    files::check_writable(&output, "-o").map_err(Failure::Message)?;
+    files::check_writable(&output, "-o", false).map_err(Failure::Message)?;
     render(&output, &figure).map_err(Failure::Message)?;
     out!("wrote {}", output.display());
     if let Figure::Curves(Curves {

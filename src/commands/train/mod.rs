@@ -6,6 +6,7 @@
 //! restored from a checkpoint or initialised, its data, the loop with its hooks, and what it
 //! leaves behind. [`report`] is what the hooks show and write as the loop goes.
 
+mod outputs;
 mod report;
 mod resumed;
 
@@ -18,10 +19,11 @@ use nabla_runtime::data::Dataset;
 use nabla_runtime::resume::{self, Run};
 use nabla_runtime::text::VOCABULARY_KEY;
 use nabla_runtime::train::{self, Finish, Report, Settings, State, Store, TrainError};
-use nabla_runtime::{Elem, Schedule, checkpoint, files};
+use nabla_runtime::{Elem, Schedule, checkpoint};
 
 use super::session::{Session, open};
 use super::{DEFAULT_BATCH, Failure, Outcome, PassFlags, count, group, plot};
+use outputs::{check_outputs, check_overwrites};
 use report::{BatchProgress, EpochReports};
 use resumed::{adopt, checkpoint_file, position};
 
@@ -83,6 +85,10 @@ pub struct Args {
     /// at the end.
     #[arg(long, value_name = "DIR")]
     plot: Option<PathBuf>,
+    /// Replace a `--save` file, a `--checkpoint` directory's checkpoint or a `--log` file that
+    /// is not this model's (without it, such files are refused).
+    #[arg(long)]
+    overwrite: bool,
     /// Keep training through a non-finite loss or parameter instead of stopping.
     #[arg(long)]
     allow_nonfinite: bool,
@@ -107,6 +113,7 @@ const BEST: &str = "best.safetensors";
 pub fn run(args: Args) -> Outcome {
     check_outputs(&args)?;
     let mut session = open(&args.file, args.config.as_deref())?;
+    check_overwrites(&args, &session)?;
     session.programs.passes = args.passes.passes();
     session.programs.threads = args.passes.threads();
     let mut settings = settings(&args, &session)?;
@@ -401,26 +408,6 @@ fn conclude(
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Fails before any work when an output path cannot be written.
-fn check_outputs(args: &Args) -> Result<(), Failure> {
-    let check = || -> Result<(), String> {
-        if let Some(path) = &args.save {
-            files::check_writable(path, "--save")?;
-        }
-        if let Some(path) = &args.log {
-            files::check_writable(path, "--log")?;
-        }
-        if let Some(dir) = &args.checkpoint {
-            files::prepare_directory(dir, "--checkpoint")?;
-        }
-        if let Some(dir) = &args.plot {
-            files::prepare_directory(dir, "--plot")?;
-        }
-        Ok(())
-    };
-    check().map_err(Failure::Message)
 }
 
 /// The first line: what is trained on what, and from where.

@@ -192,7 +192,8 @@ fn record(r: &Report) -> serde_json::Value {
 
 /// `--log FILE`: one JSON line per report, appended and flushed as it comes, so earlier lines
 /// are never at risk. A resumed run first rewrites the file (atomically) to the lines of the
-/// epochs its checkpoint had trained, so that the log reads as one uninterrupted run.
+/// epochs its checkpoint had trained, so that the log reads as one uninterrupted run. A pipe or
+/// a device is written as a stream.
 struct MetricsLog {
     path: PathBuf,
     file: std::fs::File,
@@ -200,6 +201,18 @@ struct MetricsLog {
 
 impl MetricsLog {
     fn open(path: &std::path::Path, resumed: bool, epoch: usize) -> Result<MetricsLog, Failure> {
+        let path = match files::destination(path, "--log").map_err(Failure::Message)? {
+            // A pipe or a device (`--log /dev/stdout`) takes the lines as they come.
+            files::Destination::Stream => {
+                let file = files::open_stream(path).map_err(Failure::Message)?;
+                return Ok(MetricsLog {
+                    path: path.to_path_buf(),
+                    file,
+                });
+            }
+            files::Destination::File(file) => file,
+        };
+        let path = path.as_path();
         let mut kept = String::new();
         if resumed && path.exists() {
             let old = files::read_limited(path, "--log file", 1 << 30).map_err(Failure::Message)?;
