@@ -338,3 +338,79 @@ fn a_users_files_are_written_as_what_they_are() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(!stale.exists(), "the stale temporary is removed");
 }
+
+#[test]
+fn a_doubled_interrupt_still_saves_the_run() {
+    use std::io::{BufRead, BufReader};
+    let dir = temp("interrupt");
+    let checkpoints = s(&dir.join("run"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nabla"))
+        .args(["train", XOR, "--epochs", "10000000", "--json"])
+        .args(["--checkpoint", &checkpoints, "--every", "1000000"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starts");
+    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+    lines.next().expect("a first report").expect("a line");
+    let drain = std::thread::spawn(move || lines.count());
+    // `timeout -s INT` and some terminals deliver one interrupt twice, microseconds apart.
+    let id = child.id().to_string();
+    let killed = Command::new("kill").args(["-INT", &id, &id]).status();
+    assert!(killed.unwrap().success());
+    let out = child.wait_with_output().expect("ends");
+    drain.join().expect("drained");
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("saved the run to"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn papercuts_of_a_new_user() {
+    let dir = temp("papercuts");
+    // A finite loss that grows a thousandfold is called what it is.
+    let out = common::nabla(&["train", XOR, "--lr", "1e30", "--epochs", "5", "--quiet"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("warning: the loss grew from 0.706298 (epoch 0)"),
+        "{}",
+        stderr(&out)
+    );
+    // A run that saves nothing says so, and how to keep it.
+    assert!(
+        stderr(&out).contains("note: the trained parameters were not saved: give `--save PATH`"),
+        "{}",
+        stderr(&out)
+    );
+    // `predict --input` reads the current directory's file, not a same-named one beside the
+    // model.
+    let models = dir.join("models");
+    std::fs::create_dir_all(&models).unwrap();
+    let model = models.join("xor.nn");
+    std::fs::copy(XOR, &model).unwrap();
+    std::fs::write(models.join("input.csv"), "0,0\n").unwrap();
+    let work = dir.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(work.join("input.csv"), "0,0\n0,1\n1,1\n").unwrap();
+    let weights = s(&dir.join("w.safetensors"));
+    let out = common::nabla(&["train", &s(&model), "--epochs", "1", "--save", &weights]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = Command::new(env!("CARGO_BIN_EXE_nabla"))
+        .args([
+            "predict",
+            &s(&model),
+            "--weights",
+            &weights,
+            "--input",
+            "input.csv",
+        ])
+        .current_dir(&work)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).lines().count(), 3, "{}", stdout(&out));
+}

@@ -42,8 +42,12 @@ pub fn run(args: Args) -> Outcome {
         columns.push((feed.name.clone(), next, next + feed.row_len));
         next += feed.row_len;
     }
+    // A path on the command line is the current directory's, not the model file's (as paths
+    // inside a model file are).
+    let input = std::path::absolute(&args.input)
+        .map_err(|e| Failure::Message(format!("cannot read `{}`: {e}", args.input.display())))?;
     let source = DataSource::Csv {
-        path: args.input.display().to_string(),
+        path: input.display().to_string(),
         columns,
         header: None,
     };

@@ -400,6 +400,11 @@ fn conclude(
                 path.display()
             );
         }
+    } else if args.checkpoint.is_none() && !args.json {
+        // Nothing is written unless asked (README says why), but nothing is lost silently.
+        eprintln!(
+            "note: the trained parameters were not saved: give `--save PATH` (or `--checkpoint DIR`) to keep them"
+        );
     }
     if let Some(dir) = &args.plot {
         let written = plot::after_training(session, store, records, dir)?;
@@ -449,12 +454,18 @@ fn header(args: &Args, session: &Session, settings: &Settings, data: &RunData, s
     }
 }
 
+/// How long after the first Ctrl-C a second one is taken as the same: `timeout -s INT` and
+/// some terminals deliver one interrupt twice, which must not skip the save.
+const INTERRUPT_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A flag set by the first Ctrl-C, so that training stops after the current step; a second
-/// Ctrl-C exits at once with code 130.
+/// Ctrl-C, after [`INTERRUPT_GRACE`], exits at once with code 130.
 fn interrupt_flag() -> &'static AtomicBool {
     static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+    static FIRST: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
     let installed = ctrlc::set_handler(|| {
-        if INTERRUPTED.swap(true, Ordering::SeqCst) {
+        let first = *FIRST.get_or_init(std::time::Instant::now);
+        if INTERRUPTED.swap(true, Ordering::SeqCst) && first.elapsed() > INTERRUPT_GRACE {
             std::process::exit(130);
         }
     });

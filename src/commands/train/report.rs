@@ -41,6 +41,7 @@ pub(super) struct EpochReports<'a> {
     bar: Option<&'a ProgressBar>,
     log: Option<MetricsLog>,
     log_error: Option<String>,
+    growth: LossGrowth,
     records: Vec<serde_json::Value>,
     /// The last epoch's line when it was not printed, to print at the end.
     last_line: String,
@@ -73,6 +74,7 @@ impl<'a> EpochReports<'a> {
             bar,
             log,
             log_error: None,
+            growth: LossGrowth::default(),
             records: Vec::new(),
             last_line: String::new(),
         })
@@ -81,6 +83,12 @@ impl<'a> EpochReports<'a> {
     /// Shows and logs one epoch's report.
     pub(super) fn report(&mut self, r: &Report) {
         let record = record(r);
+        if let Some(warning) = self.growth.watch(r) {
+            match self.bar {
+                Some(b) => b.suspend(|| eprintln!("{warning}")),
+                None => eprintln!("{warning}"),
+            }
+        }
         if let Some(log) = &mut self.log
             && let Err(e) = log.push(&record)
         {
@@ -112,6 +120,36 @@ impl<'a> EpochReports<'a> {
             Some(e) => Err(Failure::Message(e)),
             None => Ok((self.records, self.last_line)),
         }
+    }
+}
+
+/// How many times the first loss a loss may grow to before the run is called diverging.
+const GROWTH: f64 = 1e3;
+
+/// Watches for a loss that grows by orders of magnitude while staying finite (Adam at an
+/// absurd learning rate ends at 1e29), which the divergence guard, watching for non-finite
+/// values, does not see.
+#[derive(Default)]
+struct LossGrowth {
+    /// The first report's loss and epoch.
+    first: Option<(f64, usize)>,
+    warned: bool,
+}
+
+impl LossGrowth {
+    /// A warning, once, when `r`'s loss exceeds [`GROWTH`] times the first positive one.
+    fn watch(&mut self, r: &Report) -> Option<String> {
+        let (first, epoch) = *self.first.get_or_insert((r.loss, r.epoch));
+        if self.warned || !(first > 0.0 && r.loss > GROWTH * first) {
+            return None;
+        }
+        self.warned = true;
+        Some(format!(
+            "warning: the loss grew from {first:.6} (epoch {epoch}) to {:.3e} (epoch {}), more than {GROWTH}-fold: training is diverging; a lower learning rate (e.g. `--lr {}`) often helps",
+            r.loss,
+            r.epoch,
+            r.lr / 10.0
+        ))
     }
 }
 
