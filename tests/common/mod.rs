@@ -122,6 +122,17 @@ pub const BODIES: &[&str] = &[
     "cross_entropy(z, softmax(u))",
 ];
 
+/// The [`BODIES`] that a [`template`] of width `n` can hold: cross-entropy needs two classes or
+/// more (over one it is always 0, and refused).
+pub fn bodies(n: usize) -> impl Iterator<Item = &'static str> {
+    BODIES.iter().copied().filter(move |b| fits(n, b))
+}
+
+/// Whether `body` fits a [`template`] of width `n` (see [`bodies`]).
+pub fn fits(n: usize, body: &str) -> bool {
+    n > 1 || !body.contains("cross_entropy")
+}
+
 /// Random scalar formulas over `x` and `y`: smooth ones (finite differences are trustworthy),
 /// or, with `kinks`, also `relu`, `abs` and `max`, whose derivatives `nabla diff` prints with
 /// `step`.

@@ -143,6 +143,13 @@ impl Lowerer<'_> {
         else {
             return Err(Diagnostic::new(format!("`cross_entropy` needs logits whose last axis (the classes) has a known size, got {ls}"), l_expr.span).into());
         };
+        if classes < 2 {
+            return Err(Diagnostic::new(
+                format!("`cross_entropy` over {classes} class is always 0: its logits {ls} need at least 2 classes on their last axis; for one logit of a yes/no answer use `bce_with_logits`"),
+                l_expr.span,
+            )
+            .into());
+        }
         let batch = Shape(batch_dims);
         let target = if self.class_target(y, classes) {
             if ys != batch {
