@@ -275,6 +275,24 @@ pub fn load_parameters(path: &Path, info: &ModelInfo, elem: Elem) -> Result<Stor
     take(path, &contents.tensors, wanted, "", elem)
 }
 
+/// Whether `path` is `model`'s: a checkpoint of a run of `model`, or a file without a run (the
+/// best epoch's parameters) whose tensors fit `info`.
+pub fn belongs_to(path: &Path, info: &ModelInfo, model: &str) -> bool {
+    let Ok(contents) = checkpoint::load(path, "checkpoint", size_limit(info)) else {
+        return false;
+    };
+    match contents.metadata.get(RUN_KEY) {
+        Some(run) => serde_json::from_str::<Run>(run).is_ok_and(|run| run.model == model),
+        None => {
+            let params = info
+                .params
+                .iter()
+                .map(|p| (p.name.as_str(), p.shape.as_slice()));
+            take(path, &contents.tensors, params, "", Elem::F32).is_ok()
+        }
+    }
+}
+
 /// A checkpoint written by [`save`]: parameters and optimizer state, the run's state, and its
 /// settings.
 pub fn load(path: &Path, info: &ModelInfo, elem: Elem) -> Result<(Store, State, Run), String> {

@@ -173,10 +173,7 @@ pub fn bytes(n: u64) -> String {
 /// `"-inf"`, which JSON numbers cannot hold (Python's `float()` and pandas read them back).
 /// `null` is kept for a value that is absent, so the two are never confused.
 pub fn number(v: f64) -> serde_json::Value {
-    match v.is_finite() {
-        true => serde_json::json!(v),
-        false => serde_json::json!(v.to_string()),
-    }
+    nabla_runtime::train::any_f64::to_json(v)
 }
 
 /// [`number`], or `null` for an absent value.

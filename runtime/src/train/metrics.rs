@@ -46,15 +46,27 @@ pub struct Tally {
     pub examples: usize,
 }
 
-/// An `f64` in JSON that may be non-finite: a number, or its text.
-mod any_f64 {
-    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+/// An `f64` in JSON that may be non-finite: a number, or its text `NaN`, `inf` or `-inf`
+/// (JSON numbers cannot hold them). Checkpoints and every JSON output write it so.
+pub mod any_f64 {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer, de::Error};
 
-    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+    /// `v` as a JSON value: a number, or its text.
+    pub fn to_json(v: f64) -> serde_json::Value {
         match v.is_finite() {
-            true => s.serialize_f64(*v),
-            false => s.serialize_str(&v.to_string()),
+            true => serde_json::json!(v),
+            false => serde_json::json!(v.to_string()),
         }
+    }
+
+    /// The non-finite value a text names, if it names one.
+    pub fn from_text(text: &str) -> Option<f64> {
+        matches!(text, "NaN" | "inf" | "-inf").then(|| text.parse().expect("a float's text"))
+    }
+
+    /// Writes `v` as [`to_json`] does (serde's `with`).
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        to_json(*v).serialize(s)
     }
 
     #[derive(Deserialize)]
@@ -64,13 +76,13 @@ mod any_f64 {
         Text(String),
     }
 
+    /// Reads a number or the text of a non-finite one (serde's `with`).
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
         match Either::deserialize(d)? {
             Either::Number(v) => Ok(v),
-            Either::Text(t) => match t.as_str() {
-                "NaN" | "inf" | "-inf" => Ok(t.parse().expect("a float's text")),
-                _ => Err(D::Error::custom(format!("`{t}` is not a number"))),
-            },
+            Either::Text(t) => {
+                from_text(&t).ok_or_else(|| D::Error::custom(format!("`{t}` is not a number")))
+            }
         }
     }
 }

@@ -23,7 +23,7 @@ pub use bench::{synthetic, time_steps};
 pub use contract::{
     BiasCorrection, Compile, Feed, Mask, ModelInfo, ParamInfo, PredictionKind, gradient_name, numel,
 };
-pub use metrics::{Report, Tally, evaluate, predict};
+pub use metrics::{Report, Tally, any_f64, evaluate, predict};
 pub use run::{
     Data, Divergence, Finish, Hooks, NonFinite, Position, Progress, State, TrainError, train,
 };

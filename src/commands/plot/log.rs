@@ -6,6 +6,7 @@
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 
+use nabla_runtime::train::any_f64;
 use serde::Deserialize;
 
 /// The report keys that curves are drawn from, in panel order: losses, then accuracies.
@@ -120,10 +121,7 @@ impl Reading {
     fn value(self, always: bool) -> Option<Result<f64, String>> {
         match self {
             Reading::Number(v) => Some(Ok(v)),
-            Reading::Text(t) => Some(match t.as_str() {
-                "NaN" | "inf" | "-inf" => Ok(t.parse().expect("a float's text")),
-                _ => Err(t),
-            }),
+            Reading::Text(t) => Some(any_f64::from_text(&t).ok_or(t)),
             Reading::Null => always.then_some(Ok(f64::NAN)),
         }
     }

@@ -78,11 +78,7 @@ pub fn run(args: Args) -> Outcome {
     files::check_writable(&output, "-o", false).map_err(Failure::Message)?;
     render(&output, &figure).map_err(Failure::Message)?;
     out!("wrote {}", output.display());
-    if let Figure::Curves(Curves {
-        left_out: Some(note),
-        ..
-    }) = &figure
-    {
+    if let Some(note) = figure.left_out() {
         eprintln!("note: left out {note}");
     }
     Ok(ExitCode::SUCCESS)
@@ -102,11 +98,7 @@ pub fn after_training(
     let figure = curves(&path, metrics)?;
     render(&path, &figure).map_err(Failure::Message)?;
     written.push(path.display().to_string());
-    if let Figure::Curves(Curves {
-        left_out: Some(note),
-        ..
-    }) = &figure
-    {
+    if let Some(note) = figure.left_out() {
         written.push(format!("(left out {note})"));
     }
     if two_d_input(session).is_some() {
@@ -122,6 +114,16 @@ pub fn after_training(
 enum Figure {
     Curves(Curves),
     Boundary(Boundary),
+}
+
+impl Figure {
+    /// What the figure could not draw, as a sentence part.
+    fn left_out(&self) -> Option<&str> {
+        match self {
+            Figure::Curves(c) => c.left_out.as_deref(),
+            Figure::Boundary(_) => None,
+        }
+    }
 }
 
 /// Named points: `(legend name, colour, (epoch, value) points)`.

@@ -4,8 +4,8 @@
 
 use std::path::PathBuf;
 
-use nabla_runtime::resume::{self, Run};
-use nabla_runtime::{Elem, checkpoint, files};
+use nabla_runtime::resume;
+use nabla_runtime::{Elem, files};
 
 use super::{Args, BEST, LAST};
 use crate::commands::Failure;
@@ -69,17 +69,7 @@ pub(super) fn check_overwrites(args: &Args, session: &Session) -> Result<(), Fai
             .iter()
             .filter(|f| f.is_file())
         {
-            let of = checkpoint::load(file, "checkpoint", resume::size_limit(&session.info))
-                .ok()
-                .and_then(|c| c.metadata.get("nabla.run").cloned())
-                .and_then(|run| serde_json::from_str::<Run>(&run).ok())
-                .map(|run| run.model);
-            let same = match of {
-                Some(m) => m == *model,
-                // The best epoch's parameters carry no run: they must fit the model.
-                None => resume::load_parameters(file, &session.info, Elem::F32).is_ok(),
-            };
-            if !same {
+            if !resume::belongs_to(file, &session.info, model) {
                 return refuse(file, format!("is not a checkpoint of model `{model}`"));
             }
         }
