@@ -141,6 +141,76 @@ fn every_example_checks() {
     }
 }
 
+/// Large models that are valid compile, and one mistake repeated on every line of a large model
+/// is reported a few times and counted, with long lines cut around the mistake.
+#[test]
+fn large_models_compile_and_repeated_errors_are_counted() {
+    let dir = std::env::temp_dir().join(format!("nabla-large-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let write = |name: &str, text: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("write the case");
+        path.to_str().expect("utf-8 path").to_string()
+    };
+    // A flat sum of many terms is one level deep, not one level per term.
+    let sum = |n: usize, last: &str| {
+        format!(
+            "model m {{\n  input x[B, 1]\n  loss = sum({} + {last})\n}}\n",
+            vec!["x"; n].join(" + ")
+        )
+    };
+    for n in [300, 20_000] {
+        let output = nabla(&["check", &write("sum.nn", sum(n, "x"))]);
+        assert!(
+            output.status.success(),
+            "{n} terms: {}",
+            transcript(&output)
+        );
+    }
+    let output = nabla(&["check", &write("typo.nn", sum(300, "xx"))]);
+    let text = transcript(&output);
+    assert!(text.contains("typo.nn:3:1214"), "{text}");
+    assert!(
+        text.contains("│ … x + x") && text.contains("+ xx)"),
+        "the line is cut around the error: {text}"
+    );
+    assert!(
+        text.lines().all(|l| l.chars().count() < 200),
+        "no line of the report is long: {text}"
+    );
+    // The same mistake on 1,000 lines, and a model beyond the size limit.
+    let lines: String = (1..=1000)
+        .map(|i| format!("  h{i} = relu(dense(x, units))\n"))
+        .collect();
+    let repeated = format!("model m {{\n  input x[B, 2]\n{lines}  loss = mean(h1000)\n}}\n");
+    let output = nabla(&["check", &write("repeated.nn", repeated)]);
+    let text = transcript(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert_eq!(
+        text.matches("error: unknown name `units`").count(),
+        3,
+        "{text}"
+    );
+    assert!(
+        text.contains("note: 997 more diagnostics are not shown"),
+        "{text}"
+    );
+    assert!(text.contains("due to 1000 previous errors"), "{text}");
+    let deep: String = (1..=100_000)
+        .map(|i| format!("  h{i} = relu(dense(h{}, 2))\n", i - 1))
+        .collect();
+    let deep = format!("model m {{\n  input x[B, 2]\n  h0 = x\n{deep}  loss = mean(h100000)\n}}\n");
+    let output = nabla(&["check", &write("deep.nn", deep)]);
+    let text = transcript(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert_eq!(
+        text.matches("error: the model is too large").count(),
+        1,
+        "{text}"
+    );
+    assert!(text.lines().count() < 40, "{text}");
+}
+
 /// Inputs too awkward to keep as files: each must fail with a located error, exit code 1 and
 /// no panic.
 #[test]
@@ -152,9 +222,9 @@ fn pathological_inputs_fail_cleanly() {
         "(".repeat(100_000),
         ")".repeat(100_000)
     );
-    let long_sum = format!(
+    let huge_sum = format!(
         "model m {{\n  input x[B, 1]\n  loss = sum({})\n}}\n",
-        vec!["x"; 100_000].join(" + ")
+        vec!["x"; 300_000].join(" + ")
     );
     let exponential = "fn f0(x) = x + x\n".to_string()
         + &(1..40)
@@ -168,11 +238,15 @@ fn pathological_inputs_fail_cleanly() {
             "not valid UTF-8",
         ),
         ("deep.nn", deep.into_bytes(), "nested too deeply"),
-        ("long_sum.nn", long_sum.into_bytes(), "nested too deeply"),
+        (
+            "huge_sum.nn",
+            huge_sum.into_bytes(),
+            "the model is too large",
+        ),
         (
             "exponential.nn",
             exponential.into_bytes(),
-            "too large after inlining",
+            "the model is too large",
         ),
     ];
     for (name, bytes, message) in cases {

@@ -71,6 +71,54 @@ fn gradcheck_catches_a_wrong_rule() {
     assert_eq!(failed, ["h.w", "h.b", gradcheck::ALL_PARAMS], "{wrong:?}");
 }
 
+/// Every gradient through `select` (relu's form) scaled by 0.9: wrong everywhere, not only at
+/// the kinks.
+fn wrong_select_rule(
+    graph: &mut Graph,
+    node: NodeId,
+    g: NodeId,
+    wants: &[bool],
+) -> Result<Vec<Option<NodeId>>, ShapeError> {
+    let mut grads = autodiff::vjp(graph, node, g, wants)?;
+    if *graph.op(node) == Op::Select {
+        for grad in grads.iter_mut().flatten() {
+            *grad = graph.scale(*grad, 0.9)?;
+        }
+    }
+    Ok(grads)
+}
+
+/// The kink test (one-sided differences that disagree as a crossed kink's do) never excuses a
+/// wrong rule: through relu and max pooling, where nudges do cross kinks, a rule wrong by 10%
+/// still fails every parameter below it, and none of its failures is skipped as a kink.
+#[test]
+fn kinks_do_not_hide_a_wrong_rule() {
+    let source = "model cnn {
+  input  x[B, 1, 6, 6]
+  target y[B] : class
+  c      = max_pool2d(relu(conv2d(x, 3, 3, padding = 1)), 2)
+  h      = relu(dense(flatten(c), 8))
+  loss   = cross_entropy(dense(h, 3), y)
+}
+";
+    for seed in 0..4 {
+        let right = check(source, 3, seed, autodiff::vjp);
+        assert!(right.iter().all(|r| r.passed), "seed {seed}: {right:?}");
+        let wrong = check(source, 3, seed, wrong_select_rule);
+        let failed: Vec<&str> = wrong
+            .iter()
+            .filter(|r| !r.passed)
+            .map(|r| r.name.as_str())
+            .collect();
+        assert_eq!(
+            failed,
+            ["c.w", "c.b", "h.w", "h.b", gradcheck::ALL_PARAMS],
+            "seed {seed}: {wrong:?}"
+        );
+        assert!(wrong.iter().all(|r| r.skipped == 0), "{wrong:?}");
+    }
+}
+
 /// A chain of `layers` tanh layers of width 2: two parameter tensors per layer.
 fn deep_model(layers: usize) -> String {
     let mut source = "model deep {\n  input x[B, 2]\n  target y[B, 2]\n  h0 = x\n".to_string();
@@ -105,9 +153,10 @@ fn gradcheck_evaluations_are_bounded_and_still_catch_a_wrong_rule() {
         )
         .expect("gradcheck runs");
         assert!(results.iter().all(|r| r.passed), "{results:?}");
-        // One evaluation of the gradients, two per nudged element, two for the direction.
+        // One evaluation of the gradients and one of the loss alone, two per nudged element,
+        // two for the direction.
         assert!(
-            evaluations.get() <= 1 + 2 * 16 + 2,
+            evaluations.get() <= 2 + 2 * 16 + 2,
             "{layers} layers: {}",
             evaluations.get()
         );
@@ -155,10 +204,11 @@ fn simplifying_a_deep_model_scales_linearly() {
 }
 
 /// NaN and infinities fail and are reported, not dropped by `max`; a 100% error in a tiny
-/// gradient fails; literal parameter values are kept unless asked otherwise.
+/// gradient fails; a parameter on a kink is reported as not checked; literal parameter values
+/// are kept unless asked otherwise.
 #[test]
 fn gradcheck_reports_non_finite_values_and_scales_its_tolerance() {
-    let run = |body: &str, random_params: bool| {
+    let run_with = |body: &str, random_params: bool, rules: autodiff::VjpRule| {
         let source = format!(
             "model m {{\n  input x[B, 2]\n  param w[2, 1] = [[0], [1]]\n  loss = {body}\n}}\n"
         );
@@ -166,18 +216,24 @@ fn gradcheck_reports_non_finite_values_and_scales_its_tolerance() {
             random_params,
             ..Config::default()
         };
-        gradcheck::check(&model(&source), &config, autodiff::vjp, &interp::eval)
-            .expect("gradcheck runs")
+        gradcheck::check(&model(&source), &config, rules, &interp::eval).expect("gradcheck runs")
     };
+    let run = |body: &str, random_params: bool| run_with(body, random_params, autodiff::vjp);
     let sqrt = run("sum(sqrt(w))", false);
     assert!(!sqrt[0].passed && sqrt[0].max_abs_err.is_nan(), "{sqrt:?}");
     let worst = sqrt[0].worst.as_ref().expect("the failing element");
     assert_eq!((worst.element, worst.analytic), (0, f64::INFINITY));
-    // relu'(0) = 0 against a numeric 0.5, scaled by 1e-7: a 100% error however small.
-    let kink = run("1e-7 * sum(relu(w))", false);
-    assert!(!kink[0].passed, "{kink:?}");
-    // Redrawn away from the kink, the same model passes.
-    assert!(run("1e-7 * sum(relu(w))", true).iter().all(|r| r.passed));
+    // A wrong tanh rule scaled by 1e-7: a large error in a tiny gradient still fails.
+    let tiny = run_with("1e-7 * sum(tanh(x @ w + 1))", false, wrong_tanh_rule);
+    assert!(!tiny[0].passed, "{tiny:?}");
+    // relu'(0) = 0 against a numeric 0.5: the nudge crosses the kink at every step, so `w`'s
+    // first element is reported as not checked rather than failed or passed.
+    let kink = run("sum(relu(w))", false);
+    assert!(kink[0].passed && kink[0].skipped == 3, "{kink:?}");
+    assert_eq!(kink[0].checked, 3, "{kink:?}");
+    // Redrawn away from the kink, every element is checked.
+    let away = run("sum(relu(w))", true);
+    assert!(away.iter().all(|r| r.passed && r.skipped == 0), "{away:?}");
     // Round-off of a huge loss is not mistaken for a wrong gradient.
     let big = run("1e10 + sum(x @ w)", false);
     assert!(big.iter().all(|r| r.passed && r.round_off > 1.0), "{big:?}");

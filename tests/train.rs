@@ -467,32 +467,6 @@ fn output_is_readable() {
     );
 }
 
-/// Products large enough to split over threads (bands of columns in the forward pass, of rows
-/// in the first layer's weight gradient) give the one-thread result.
-#[test]
-fn threads_give_the_same_training() {
-    let run = |threads: &str, file: &str| {
-        let path = temp(file);
-        let o = nabla(&[
-            "train",
-            "examples/mnist_pytorch_recipe.nn",
-            "--steps",
-            "3",
-            "--threads",
-            threads,
-            "--save",
-            path.to_str().expect("utf-8"),
-            "--json",
-        ]);
-        assert!(o.status.success(), "{}", stderr(&o));
-        tensor(&path, "h1.w")
-    };
-    let (one, two) = (run("1", "t1.safetensors"), run("2", "t2.safetensors"));
-    for (a, b) in one.iter().zip(&two) {
-        assert!((a - b).abs() <= 1e-6 * (1.0 + a.abs()), "{a} vs {b}");
-    }
-}
-
 /// Twenty steps of the MNIST MLP already classify most of the official test set: the
 /// evaluation program's predictions are read right (a result sharing a larger buffer once
 /// made the test accuracy 0.03% while the loss was right).

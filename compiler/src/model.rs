@@ -80,6 +80,9 @@ pub struct StateSpec {
     pub init: f64,
     /// Its new value after a train step (train mode only).
     pub update: Option<NodeId>,
+    /// The fewest examples a train step needs for `update` to be defined: 2 for a variance
+    /// over the batch axis alone (its unbiased estimate divides by `n - 1`), else 1.
+    pub min_batch: usize,
 }
 
 /// A fed tensor.

@@ -191,6 +191,13 @@ impl ModelPrograms {
                 .map_or(PredictionKind::Regression, |p| p.kind),
             bias_correction,
             lr_name: optim::LR.into(),
+            min_batch: self
+                .model
+                .states
+                .iter()
+                .map(|s| s.min_batch)
+                .max()
+                .unwrap_or(1),
         })
     }
 

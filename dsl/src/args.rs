@@ -148,11 +148,15 @@ pub fn number(e: &Expr, what: &str) -> Result<f64, Diagnostic> {
 
 /// A constant whole number in `min..=max`.
 pub fn integer(e: &Expr, what: &str, min: u64, max: u64) -> Result<u64, Diagnostic> {
-    let v = number(e, what)?;
+    whole(number(e, what)?, e.span, what, (min, max))
+}
+
+/// `v` if it is a whole number in `min..=max`, or an error at `span` naming `what`.
+pub fn whole(v: f64, span: Span, what: &str, (min, max): (u64, u64)) -> Result<u64, Diagnostic> {
     if v.fract() != 0.0 || v < min as f64 || v > max as f64 {
         return Err(Diagnostic::new(
             format!("`{what}` must be a whole number from {min} to {max}, got {v}"),
-            e.span,
+            span,
         )
         .label(format!("expected a whole number from {min} to {max}")));
     }

@@ -134,6 +134,20 @@ pub enum BinOp {
     MatMul,
 }
 
+impl BinOp {
+    /// `a op b` on numbers; `None` for `@`.
+    pub fn apply(self, a: f64, b: f64) -> Option<f64> {
+        match self {
+            BinOp::Add => Some(a + b),
+            BinOp::Sub => Some(a - b),
+            BinOp::Mul => Some(a * b),
+            BinOp::Div => Some(a / b),
+            BinOp::Pow => Some(a.powf(b)),
+            BinOp::MatMul => None,
+        }
+    }
+}
+
 /// An argument of a call, positional or `name = value`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Arg {
@@ -163,8 +177,12 @@ pub enum ExprKind {
     Name(String),
     /// `-e`
     Neg(Box<Expr>),
-    /// `a op b`
+    /// `a ^ b`, right-associative.
     Binary(BinOp, Box<Expr>, Box<Expr>),
+    /// `a op b op c ...` with the left-associative operators of one precedence (`+ -` or
+    /// `* / @`), evaluated left to right. A flat list rather than a left-deep tree, so that a
+    /// sum of thousands of terms is no deeper than a sum of two for every pass that walks it.
+    Chain(Box<Expr>, Vec<(BinOp, Expr)>),
     /// `f(args)`
     Call(Ident, Vec<Arg>),
     /// `[a, b, ...]`
@@ -179,16 +197,11 @@ impl Expr {
         match &self.kind {
             ExprKind::Number(v) => Some(*v),
             ExprKind::Neg(e) => e.constant().map(|v| -v),
-            ExprKind::Binary(op, a, b) => {
-                let (a, b) = (a.constant()?, b.constant()?);
-                match op {
-                    BinOp::Add => Some(a + b),
-                    BinOp::Sub => Some(a - b),
-                    BinOp::Mul => Some(a * b),
-                    BinOp::Div => Some(a / b),
-                    BinOp::Pow => Some(a.powf(b)),
-                    BinOp::MatMul => None,
-                }
+            ExprKind::Binary(op, a, b) => op.apply(a.constant()?, b.constant()?),
+            ExprKind::Chain(first, rest) => {
+                rest.iter().try_fold(first.constant()?, |acc, (op, e)| {
+                    op.apply(acc, e.constant()?)
+                })
             }
             _ => None,
         }

@@ -2,7 +2,9 @@
 //! expected), via `codespan-reporting`.
 
 use codespan_reporting::diagnostic::{Diagnostic as Report, Label};
-use codespan_reporting::files::SimpleFile;
+use std::ops::Range;
+
+use codespan_reporting::files::{self, Files};
 use codespan_reporting::term::{self, Config};
 
 use crate::ast::Span;
@@ -96,31 +98,40 @@ impl Diagnostic {
     }
 }
 
+/// The most diagnostics shown with the same headline, and in all: a mistake repeated on
+/// thousands of lines is reported a few times and counted, as a reader can act on.
+const SHOWN_PER_MESSAGE: usize = 3;
+const SHOWN_IN_ALL: usize = 50;
+
+/// Source lines longer than this many characters are shown as a window around the spans.
+const EXCERPT_CHARS: usize = 120;
+
 /// Renders diagnostics as rustc-style text: `error: ...` then `┌─ file:line:col` and the
-/// source lines with carets.
+/// source lines with carets. At most [`SHOWN_PER_MESSAGE`] with one headline and
+/// [`SHOWN_IN_ALL`] in all are shown, followed by a count of the rest; a long source line is
+/// cut to the [`EXCERPT_CHARS`] around its spans.
 pub fn render(diagnostics: &[Diagnostic], file_name: &str, source: &str) -> String {
-    let file = SimpleFile::new(file_name, source);
     let config = Config::default();
-    let clamp = |span: Span| {
-        let end = span.end.min(source.len());
-        let start = span.start.min(end);
-        // Keep spans on character boundaries so the renderer can slice the line.
-        let start = (0..=start)
-            .rev()
-            .find(|&i| source.is_char_boundary(i))
-            .unwrap_or(0);
-        let end = (end..=source.len())
-            .find(|&i| source.is_char_boundary(i))
-            .unwrap_or(source.len());
-        start..end
-    };
     let mut out = String::new();
+    let mut seen: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let (mut shown, mut hidden) = (0, 0);
     for d in diagnostics {
-        let mut labels = vec![Label::primary((), clamp(d.span)).with_message(&d.label)];
+        let count = seen.entry(d.message.as_str()).or_default();
+        *count += 1;
+        if *count > SHOWN_PER_MESSAGE || shown == SHOWN_IN_ALL {
+            hidden += 1;
+            continue;
+        }
+        shown += 1;
+        let spans: Vec<Span> = std::iter::once(d.span)
+            .chain(d.secondary.iter().map(|(s, _)| *s))
+            .collect();
+        let excerpt = Excerpt::new(file_name, source, &spans);
+        let mut labels = vec![Label::primary((), excerpt.shown(d.span)).with_message(&d.label)];
         labels.extend(
             d.secondary
                 .iter()
-                .map(|(s, l)| Label::secondary((), clamp(*s)).with_message(l)),
+                .map(|(s, l)| Label::secondary((), excerpt.shown(*s)).with_message(l)),
         );
         let report = if d.warning {
             Report::warning()
@@ -131,7 +142,7 @@ pub fn render(diagnostics: &[Diagnostic], file_name: &str, source: &str) -> Stri
             .with_message(&d.message)
             .with_labels(labels)
             .with_notes(d.notes.clone());
-        match term::emit_into_string(&config, &file, &report) {
+        match term::emit_into_string(&config, &excerpt, &report) {
             Ok(text) => out.push_str(&text),
             Err(_) => out.push_str(&format!(
                 "{}: {}\n  at {file_name} byte {}\n",
@@ -141,5 +152,179 @@ pub fn render(diagnostics: &[Diagnostic], file_name: &str, source: &str) -> Stri
             )),
         }
     }
+    if hidden > 0 {
+        out.push_str(&format!(
+            "note: {hidden} more diagnostic{} not shown (at most {SHOWN_PER_MESSAGE} with the same message and {SHOWN_IN_ALL} in all)\n\n",
+            if hidden == 1 { " is" } else { "s are" }
+        ));
+    }
     out
+}
+
+/// A source as one diagnostic shows it: every line longer than [`EXCERPT_CHARS`] that holds
+/// one of its spans is cut to a window around the first such span, marked `…` where cut.
+/// Line numbers and columns stay those of the real source.
+struct Excerpt<'s> {
+    name: &'s str,
+    source: &'s str,
+    text: String,
+    line_starts: Vec<usize>,
+    cuts: Vec<Cut>,
+}
+
+/// One cut line: the real bytes `line` of which `window` is shown from `shown_start`.
+struct Cut {
+    line: Range<usize>,
+    window: Range<usize>,
+    shown_start: usize,
+    prefix: usize,
+}
+
+impl<'s> Excerpt<'s> {
+    fn new(name: &'s str, source: &'s str, spans: &[Span]) -> Excerpt<'s> {
+        let mut windows: Vec<(Range<usize>, Range<usize>)> = Vec::new();
+        for span in spans {
+            let at = floor_boundary(source, span.start.min(source.len()));
+            let start = source[..at].rfind('\n').map_or(0, |i| i + 1);
+            let end = source[at..].find('\n').map_or(source.len(), |i| at + i);
+            let line = start..end;
+            if source[line.clone()].chars().count() <= EXCERPT_CHARS
+                || windows.iter().any(|(l, _)| *l == line)
+            {
+                continue;
+            }
+            let before = source[start..at]
+                .char_indices()
+                .rev()
+                .nth(EXCERPT_CHARS / 3 - 1);
+            let from = before.map_or(start, |(i, _)| start + i);
+            let to = source[from..end]
+                .char_indices()
+                .nth(EXCERPT_CHARS)
+                .map_or(end, |(i, _)| from + i);
+            windows.push((line, from..to));
+        }
+        windows.sort_by_key(|(line, _)| line.start);
+        let (mut text, mut cuts, mut copied) = (String::new(), Vec::new(), 0);
+        for (line, window) in windows {
+            text.push_str(&source[copied..line.start]);
+            let prefix = if window.start > line.start {
+                "… "
+            } else {
+                ""
+            };
+            let suffix = if window.end < line.end { " …" } else { "" };
+            let shown_start = text.len();
+            text.push_str(prefix);
+            text.push_str(&source[window.clone()]);
+            text.push_str(suffix);
+            copied = line.end;
+            cuts.push(Cut {
+                line,
+                window,
+                shown_start,
+                prefix: prefix.len(),
+            });
+        }
+        text.push_str(&source[copied..]);
+        let line_starts = files::line_starts(&text).collect();
+        Excerpt {
+            name,
+            source,
+            text,
+            line_starts,
+            cuts,
+        }
+    }
+
+    /// Where the real `span` is in the shown text, clamped to a cut line's window.
+    fn shown(&self, span: Span) -> Range<usize> {
+        let end = floor_boundary(self.source, span.end.min(self.source.len()));
+        let start = floor_boundary(self.source, span.start.min(end));
+        let start = self.shown_byte(start);
+        start..self.shown_byte(end).max(start)
+    }
+
+    fn shown_byte(&self, real: usize) -> usize {
+        let mut shift: isize = 0;
+        for cut in &self.cuts {
+            if real < cut.line.start {
+                break;
+            }
+            if real <= cut.line.end {
+                let inside = real.clamp(cut.window.start, cut.window.end);
+                return cut.shown_start + cut.prefix + (inside - cut.window.start);
+            }
+            let shown_len = self.shown_line_end(cut) - cut.shown_start;
+            shift += shown_len as isize - cut.line.len() as isize;
+        }
+        (real as isize + shift) as usize
+    }
+
+    fn shown_line_end(&self, cut: &Cut) -> usize {
+        self.text[cut.shown_start..]
+            .find('\n')
+            .map_or(self.text.len(), |i| cut.shown_start + i)
+    }
+}
+
+/// The largest character boundary of `source` at or before `i`.
+fn floor_boundary(source: &str, i: usize) -> usize {
+    (0..=i)
+        .rev()
+        .find(|&i| source.is_char_boundary(i))
+        .unwrap_or(0)
+}
+
+impl<'a> Files<'a> for Excerpt<'_> {
+    type FileId = ();
+    type Name = &'a str;
+    type Source = &'a str;
+
+    fn name(&'a self, (): ()) -> Result<&'a str, files::Error> {
+        Ok(self.name)
+    }
+
+    fn source(&'a self, (): ()) -> Result<&'a str, files::Error> {
+        Ok(&self.text)
+    }
+
+    fn line_index(&'a self, (): (), byte_index: usize) -> Result<usize, files::Error> {
+        Ok(self
+            .line_starts
+            .binary_search(&byte_index)
+            .unwrap_or_else(|next| next - 1))
+    }
+
+    fn line_range(&'a self, (): (), line_index: usize) -> Result<Range<usize>, files::Error> {
+        let start = *self
+            .line_starts
+            .get(line_index)
+            .ok_or(files::Error::LineTooLarge {
+                given: line_index,
+                max: self.line_starts.len() - 1,
+            })?;
+        let end = self
+            .line_starts
+            .get(line_index + 1)
+            .copied()
+            .unwrap_or(self.text.len());
+        Ok(start..end)
+    }
+
+    /// The column in the real source, also on a cut line.
+    fn column_number(
+        &'a self,
+        (): (),
+        line_index: usize,
+        byte_index: usize,
+    ) -> Result<usize, files::Error> {
+        let range = self.line_range((), line_index)?;
+        let Some(cut) = self.cuts.iter().find(|c| c.shown_start == range.start) else {
+            return Ok(files::column_index(&self.text, range, byte_index) + 1);
+        };
+        let offset = byte_index.saturating_sub(cut.shown_start + cut.prefix);
+        let real = floor_boundary(self.source, (cut.window.start + offset).min(cut.window.end));
+        Ok(files::column_index(self.source, cut.line.clone(), real) + 1)
+    }
 }

@@ -6,7 +6,8 @@ use crate::ast::*;
 use crate::diagnostic::Diagnostic;
 use crate::lexer::{Tok, Token};
 
-/// How deeply expressions may nest (parentheses, calls, lists, operator chains).
+/// How deeply expressions may nest (parentheses, calls, lists, unary minus, powers, and
+/// one level per precedence of an operator chain, however long).
 pub const MAX_DEPTH: usize = 256;
 
 /// Parses a whole file.
@@ -385,15 +386,12 @@ impl Parser<'_> {
         Ok(lo)
     }
 
-    /// Left-associative levels: 0 is `+ -`, 1 is `* / @`. Each chained operator counts as one
-    /// level of nesting, since the tree it builds is that deep.
+    /// Left-associative levels: 0 is `+ -`, 1 is `* / @`. A chain of one level's operators is
+    /// one flat [`ExprKind::Chain`], so it adds no nesting however long it is.
     fn binary(&mut self, level: usize) -> PResult<Expr> {
-        let mut lhs = if level == 0 {
-            self.binary(1)?
-        } else {
-            self.unary()?
-        };
-        let saved_depth = self.depth;
+        let operand = |p: &mut Self| if level == 0 { p.binary(1) } else { p.unary() };
+        let first = operand(self)?;
+        let mut rest = Vec::new();
         loop {
             let op = match (level, self.peek()) {
                 (0, Tok::Punct("+")) => BinOp::Add,
@@ -404,20 +402,16 @@ impl Parser<'_> {
                 _ => break,
             };
             self.bump();
-            self.enter()?;
-            let rhs = if level == 0 {
-                self.binary(1)?
-            } else {
-                self.unary()?
-            };
-            let span = lhs.span.to(rhs.span);
-            lhs = Expr {
-                kind: ExprKind::Binary(op, Box::new(lhs), Box::new(rhs)),
-                span,
-            };
+            rest.push((op, operand(self)?));
         }
-        self.depth = saved_depth;
-        Ok(lhs)
+        let Some((_, last)) = rest.last() else {
+            return Ok(first);
+        };
+        let span = first.span.to(last.span);
+        Ok(Expr {
+            kind: ExprKind::Chain(Box::new(first), rest),
+            span,
+        })
     }
 
     /// `-x` binds looser than `^`: `-x^2` is `-(x^2)`.
@@ -548,17 +542,22 @@ mod tests {
 
     #[test]
     fn precedence_and_associativity() {
-        let e = expr("-x^2 + 3*x*y");
-        let ExprKind::Binary(BinOp::Add, lhs, rhs) = e.kind else {
+        let e = expr("-x^2 + 3*x*y - 1");
+        let ExprKind::Chain(first, rest) = e.kind else {
             panic!("{e:?}")
         };
-        assert!(matches!(lhs.kind, ExprKind::Neg(_)));
-        let ExprKind::Binary(BinOp::Mul, inner, _) = rhs.kind else {
+        assert!(matches!(first.kind, ExprKind::Neg(_)));
+        assert_eq!(
+            rest.iter().map(|(op, _)| *op).collect::<Vec<_>>(),
+            [BinOp::Add, BinOp::Sub]
+        );
+        let ExprKind::Chain(_, product) = &rest[0].1.kind else {
             panic!()
         };
-        assert!(matches!(inner.kind, ExprKind::Binary(BinOp::Mul, _, _)));
-        let e = expr("2^3^2");
-        assert_eq!(e.constant(), Some(512.0));
+        assert_eq!(product.len(), 2);
+        assert_eq!(expr("2^3^2").constant(), Some(512.0));
+        assert_eq!(expr("10 - 4 - 3").constant(), Some(3.0));
+        assert_eq!(expr("12 / 2 / 3").constant(), Some(2.0));
     }
 
     #[test]
@@ -571,7 +570,10 @@ mod tests {
                 .contains("nested too deeply")
         );
         let chain = vec!["x"; 100_000].join(" + ");
-        assert!(parse_expr(&lex(&chain).unwrap()).is_err());
+        let ExprKind::Chain(_, rest) = parse_expr(&lex(&chain).unwrap()).unwrap().kind else {
+            panic!("a sum is a chain")
+        };
+        assert_eq!(rest.len(), 99_999);
     }
 
     #[test]

@@ -23,9 +23,10 @@ thread_local! {
 /// positions, contiguous), and with the weight `W [O, CKK]`:
 /// - `Conv`: `y_n [O, P] = W @ cols`;
 /// - `ConvInputGrad`: `cols = W^T @ dy_n`, then summed back into `dx_n` (col2im);
-/// - `ConvWeightGrad`: `dW = sum over n of dy_n @ cols^T`, each band summing its images into
-///   its own partial sum, the partial sums then added in band order, so the result depends
-///   on the thread count but not on timing.
+/// - `ConvWeightGrad`: `dW = sum over n of dy_n @ cols^T`, the images cut into
+///   [`weight_grad_parts`] groups (a number fixed by the shapes, never by the thread count),
+///   each group summing its images into its own partial sum on some thread, the partial sums
+///   then added in group order: the same bits on any number of threads.
 pub(super) fn convolve<T: Float>(
     call: Call,
     w: &Window,
@@ -85,13 +86,15 @@ pub(super) fn convolve<T: Float>(
             });
         }
         Call::ConvWeightGrad => {
-            let mut partial = vec![T::zero(); (bands - 1) * o * ckk];
+            let groups = weight_grad_parts(n, o * ckk);
+            let group = |k: usize| n * k / groups..n * (k + 1) / groups;
+            let mut partial = vec![T::zero(); (groups - 1) * o * ckk];
             let mut parts: Vec<&mut [T]> = vec![&mut *out];
             parts.extend(partial.chunks_mut(o * ckk));
             for_each_band(&mut parts, threads, |k, dw| {
                 dw.fill(T::zero());
                 with_scratch(ckk * p, |cols| {
-                    for i in band(k) {
+                    for i in group(k) {
                         im2col(w, c, &a[i * image..(i + 1) * image], cols);
                         let dy = &b[i * o * p..(i + 1) * o * p];
                         gemm(
@@ -114,6 +117,19 @@ pub(super) fn convolve<T: Float>(
         }
         _ => unreachable!("not a convolution"),
     }
+}
+
+/// The most groups a weight gradient's images are cut into, and the most bytes their partial
+/// sums may take: enough groups for 16 threads, at most 64 MiB beside the gradient.
+const WEIGHT_GRAD_GROUPS: usize = 16;
+const WEIGHT_GRAD_PARTIAL_BYTES: usize = 64 << 20;
+
+/// How many groups of images a weight gradient of `len` elements over `n` images is summed in:
+/// a function of the shapes alone, so that the sum's order, and its bits, do not depend on the
+/// thread count.
+fn weight_grad_parts(n: usize, len: usize) -> usize {
+    let affordable = 1 + WEIGHT_GRAD_PARTIAL_BYTES / (len.max(1) * std::mem::size_of::<f64>());
+    WEIGHT_GRAD_GROUPS.min(affordable).clamp(1, n.max(1))
 }
 
 /// `buffer` cut into consecutive parts of the given lengths.

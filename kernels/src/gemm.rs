@@ -90,6 +90,23 @@ unsafe impl<T> Send for Gemm<T> {}
 // SAFETY: as above.
 unsafe impl<T> Sync for Gemm<T> {}
 
+/// The side up to which the `gemm` crate treats a product as small, and the `k` above which
+/// its blocking of small and large products differs (`gemm-common`'s `gemm_basic_generic`).
+const SMALL_SIDE: usize = 64;
+const SMALL_KC: usize = 512;
+
+/// How many bands of at least 16 rows (or columns, whichever are more) a product of sizes
+/// `[m, k, n]` is split into on `threads` threads: no more than keep each band summing `k` in
+/// the whole product's blocks, so that the bits do not depend on the thread count.
+fn bands([m, k, n]: [usize; 3], threads: usize) -> usize {
+    let (split, other) = (m.max(n), m.min(n));
+    let mut parts = threads.min(split / 16).max(1);
+    if k > SMALL_KC && other <= SMALL_SIDE && split > SMALL_SIDE {
+        parts = parts.min(split / (SMALL_SIDE + 1)).max(1);
+    }
+    parts
+}
+
 /// Products smaller than this (multiply-adds, a few microseconds of work) run on one thread.
 /// Above it the fork and join of [`parallel`] (well under a microsecond while its helpers
 /// spin) is worth paying: measured with `nabla bench`, lowering this from 2^24 to 2^17 took
@@ -100,14 +117,16 @@ const PARALLEL_MIN_MACS: usize = 1 << 17;
 impl<T: 'static + Copy + num_traits::Zero + num_traits::One + Send + Sync> Gemm<T> {
     /// The product through the `gemm` crate, split into `threads` bands of rows (or of
     /// columns, when there are more) run on the fork-join pool. Every element is computed
-    /// by one band, in the same order for a given thread count.
+    /// by one band, in the same order whatever the thread count: the crate sums `k` in blocks
+    /// of 512 for products within 64 x 64 and in blocks sized by the caches for larger ones,
+    /// so a band of a larger product is kept larger than that ([`bands`]).
     ///
     /// # Safety
     /// `a` and `b` hold every element their strides reach, `c` holds `m * n` elements and
     /// overlaps neither.
     pub(crate) unsafe fn run(self, threads: usize) {
         let parts = if self.m * self.k * self.n >= PARALLEL_MIN_MACS {
-            threads.min(self.m.max(self.n) / 16).max(1)
+            bands([self.m, self.k, self.n], threads)
         } else {
             1
         };

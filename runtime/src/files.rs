@@ -46,7 +46,7 @@ pub fn read_limited(path: &Path, what: &str, limit: u64) -> Result<Vec<u8>, Stri
     bytes
         .try_reserve_exact(len as usize)
         .map_err(|_| format!("not enough memory to read {what} `{}`", path.display()))?;
-    file.take(limit + 1)
+    file.take(limit.saturating_add(1))
         .read_to_end(&mut bytes)
         .map_err(|e| format!("cannot read {what} `{}`: {e}", path.display()))?;
     if bytes.len() as u64 > limit {

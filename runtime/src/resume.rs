@@ -86,7 +86,7 @@ pub fn check_position(
     rows: usize,
 ) -> Result<(), String> {
     let batch = run.batch;
-    let per_epoch = rows.div_ceil(batch);
+    let per_epoch = crate::train::steps_per_epoch(rows, batch, info.min_batch);
     let steps = |n: usize| format!("{n} step{}", if n == 1 { "" } else { "s" });
     let damaged = |what: String| {
         Err(format!(
@@ -359,6 +359,7 @@ mod tests {
             prediction: crate::train::PredictionKind::Regression,
             bias_correction: None,
             lr_name: "lr".into(),
+            min_batch: 1,
             masks: vec![],
         }
     }

@@ -150,6 +150,7 @@ pub fn windows(
         name: name.to_string(),
         row_len: seq,
         values: (0..rows * seq).map(|i| ids[i + shift] as f32).collect(),
+        source: None,
     };
     Ok(Dataset {
         columns: vec![column(input, 0), column(target, 1)],

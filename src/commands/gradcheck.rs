@@ -116,7 +116,8 @@ pub fn run(args: Args) -> Outcome {
             print_json(&json!({
                 "param": r.name, "checked": r.checked, "cases": r.cases,
                 "max_abs_err": number(r.max_abs_err), "max_rel_err": number(r.max_rel_err),
-                "worst": worst, "round_off": r.round_off, "passed": r.passed,
+                "worst": worst, "round_off": r.round_off, "kinks": r.kinks,
+                "skipped": r.skipped, "passed": r.passed,
             }));
         }
         print_json(
@@ -152,7 +153,11 @@ pub fn run(args: Args) -> Outcome {
                 r.checked,
                 r.max_abs_err,
                 r.max_rel_err,
-                if r.passed { "ok" } else { "FAILED" }
+                match (r.passed, r.checked) {
+                    (false, _) => "FAILED",
+                    (true, 0) if r.skipped > 0 => "kink: not checked",
+                    _ => "ok",
+                }
             );
         }
         for r in results.iter().filter(|r| !r.passed) {
@@ -168,6 +173,23 @@ pub fn run(args: Args) -> Outcome {
                     w.case
                 );
             }
+        }
+        let kinks: usize = results.iter().map(|r| r.kinks).sum();
+        let skipped: usize = results.iter().map(|r| r.skipped).sum();
+        if kinks > 0 {
+            out!(
+                "  note: {} crossed a kink (an argument of relu, max, abs or pooling meeting its switch within the step): checked again with steps down to {:e}{}",
+                count(kinks, "comparison"),
+                config.eps / 100.0,
+                match skipped {
+                    0 => String::new(),
+                    n => format!(
+                        "; {} still crossed one and {} left out",
+                        count(n, "comparison"),
+                        if n == 1 { "is" } else { "are" }
+                    ),
+                }
+            );
         }
         let round_off = results.iter().map(|r| r.round_off).fold(0.0, f64::max);
         if round_off > config.atol {

@@ -419,8 +419,12 @@ impl<'f> Lowerer<'f> {
         }
     }
 
-    /// The name prefix for the next layer's parameters.
-    pub(crate) fn layer_name(&mut self) -> String {
+    /// The name prefix for the next layer's parameters and state, whose names under it are
+    /// `suffixes`: the binding's scope path, or that path with `.2`, `.3`, ... appended when
+    /// one of these names is taken. Layers whose names differ share a prefix, so that
+    /// `c = batch_norm(conv2d(x, 8, 3))` holds `c.w`, `c.b`, `c.gamma`, `c.beta` and
+    /// `c.running_mean`.
+    pub(crate) fn layer_name(&mut self, suffixes: &[&str]) -> String {
         let base = if self.scope_path.is_empty() {
             "layer".to_string()
         } else {
@@ -434,9 +438,15 @@ impl<'f> Lowerer<'f> {
                     format!("{base}.{k}")
                 }
             })
-            .find(|n| !self.used_layer_names.contains(n))
+            .find(|n| {
+                suffixes
+                    .iter()
+                    .all(|s| !self.used_layer_names.contains(&format!("{n}.{s}")))
+            })
             .expect("an unused name exists");
-        self.used_layer_names.insert(name.clone());
+        for s in suffixes {
+            self.used_layer_names.insert(format!("{name}.{s}"));
+        }
         name
     }
 
@@ -456,12 +466,17 @@ impl<'f> Lowerer<'f> {
     }
 
     pub(crate) fn expr(&mut self, e: &Expr, env: &Env) -> LResult<NodeId> {
-        if self.budget == 0 {
-            return Err(Diagnostic::new("the model is too large after inlining its functions", e.span)
-                .label(format!("more than {BUDGET} expression nodes"))
-                .note("functions are inlined at every call; a function calling another several times multiplies its size").into());
+        // Reported once, where the limit is reached; every later expression is its cascade.
+        match self.budget {
+            0 => return Err(Fail::Cascade),
+            1 => {
+                self.budget = 0;
+                return Err(Diagnostic::new(format!("the model is too large: more than {BUDGET} expression nodes, counting a function's body at every call"), e.span)
+                    .label("the limit is reached here")
+                    .note("functions are inlined at every call; a function calling another several times multiplies its size").into());
+            }
+            _ => self.budget -= 1,
         }
-        self.budget -= 1;
         match &e.kind {
             ExprKind::Number(v) => Ok(self.graph.constant(*v)),
             ExprKind::Name(name) => self.name(name, e.span, env),
@@ -476,25 +491,17 @@ impl<'f> Lowerer<'f> {
                 }
             }
             ExprKind::Binary(op, a, b) => {
-                let (x, y) = (self.expr(a, env)?, self.expr(b, env)?);
-                let operands = [(a.span, x), (b.span, y)];
-                let result = match op {
-                    BinOp::MatMul => self.graph.matmul_last_axis(x, y),
-                    _ => {
-                        let op = match op {
-                            BinOp::Add => BinaryOp::Add,
-                            BinOp::Sub => BinaryOp::Sub,
-                            BinOp::Mul => BinaryOp::Mul,
-                            BinOp::Div => BinaryOp::Div,
-                            _ => BinaryOp::Pow,
-                        };
-                        if let (Some(p), Some(q)) = (self.constant_of(x), self.constant_of(y)) {
-                            return Ok(self.graph.constant(interp::binary(op, p, q)));
-                        }
-                        self.graph.binary(op, x, y)
-                    }
-                };
-                result.map_err(|err| self.shape_error(err, e.span, &operands))
+                let x = self.expr(a, env)?;
+                self.binary(*op, (x, a.span), b, env)
+            }
+            ExprKind::Chain(first, rest) => {
+                let mut x = self.expr(first, env)?;
+                let mut span = first.span;
+                for (op, b) in rest {
+                    x = self.binary(*op, (x, span), b, env)?;
+                    span = span.to(b.span);
+                }
+                Ok(x)
             }
             ExprKind::Call(callee, args) => self.call(callee, args, e.span, env),
             ExprKind::Str(_) => Err(Diagnostic::new("a string is not a tensor", e.span)
@@ -507,6 +514,35 @@ impl<'f> Lowerer<'f> {
                 .label("ranges are only used to pick CSV columns")
                 .into()),
         }
+    }
+
+    /// `x op b`, where `x` was lowered from the source at `x_span`; numbers fold.
+    fn binary(
+        &mut self,
+        op: BinOp,
+        (x, x_span): (NodeId, Span),
+        b: &Expr,
+        env: &Env,
+    ) -> LResult<NodeId> {
+        let y = self.expr(b, env)?;
+        let operands = [(x_span, x), (b.span, y)];
+        let result = match op {
+            BinOp::MatMul => self.graph.matmul_last_axis(x, y),
+            _ => {
+                let op = match op {
+                    BinOp::Add => BinaryOp::Add,
+                    BinOp::Sub => BinaryOp::Sub,
+                    BinOp::Mul => BinaryOp::Mul,
+                    BinOp::Div => BinaryOp::Div,
+                    _ => BinaryOp::Pow,
+                };
+                if let (Some(p), Some(q)) = (self.constant_of(x), self.constant_of(y)) {
+                    return Ok(self.graph.constant(interp::binary(op, p, q)));
+                }
+                self.graph.binary(op, x, y)
+            }
+        };
+        result.map_err(|err| self.shape_error(err, x_span.to(b.span), &operands))
     }
 
     fn name(&mut self, name: &str, span: Span, env: &Env) -> LResult<NodeId> {

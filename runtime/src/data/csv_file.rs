@@ -24,6 +24,7 @@ pub(super) fn csv(
             name: n.clone(),
             row_len: hi - lo,
             values: Vec::new(),
+            source: None,
         })
         .collect();
     let mut reader = csv::ReaderBuilder::new()

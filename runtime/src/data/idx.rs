@@ -98,15 +98,17 @@ pub(super) fn idx_pair(
                 name: input.to_string(),
                 row_len,
                 values: pixels.iter().map(|&p| p as f32 / 255.0).collect(),
+                source: Some(format!("`{}`", images.display())),
             },
             Column {
                 name: target.to_string(),
                 row_len: 1,
                 values: label_bytes.iter().map(|&l| l as f32).collect(),
+                source: Some(format!("`{}`", labels.display())),
             },
         ],
         rows,
-        origin: format!("`{}`", labels.display()),
+        origin: format!("`{}` and `{}`", images.display(), labels.display()),
         vocabulary: None,
     })
 }

@@ -18,6 +18,7 @@ pub(super) fn inline(columns: &[(String, Vec<f64>, Vec<usize>)]) -> Result<Datas
             name: name.clone(),
             row_len,
             values: values.iter().map(|&v| v as f32).collect(),
+            source: None,
         });
     }
     Ok(Dataset {

@@ -82,6 +82,9 @@ pub struct Column {
     pub row_len: usize,
     /// `rows * row_len` values.
     pub values: Vec<f32>,
+    /// The file these values came from, where the dataset's columns come from different files
+    /// (MNIST's images and labels); otherwise `None`, and the dataset's origin says.
+    pub source: Option<String>,
 }
 
 /// Examples as named columns of equal length.
@@ -104,6 +107,11 @@ impl Dataset {
         self.columns.iter().find(|c| c.name == name)
     }
 
+    /// Where `column`'s values came from, for error messages.
+    pub fn origin_of<'a>(&'a self, column: &'a Column) -> &'a str {
+        column.source.as_deref().unwrap_or(&self.origin)
+    }
+
     /// The examples `rows`, in that order.
     pub fn select(&self, rows: &[usize], origin: String) -> Dataset {
         let columns = self
@@ -117,6 +125,7 @@ impl Dataset {
                     .flat_map(|&r| &c.values[r * c.row_len..(r + 1) * c.row_len])
                     .copied()
                     .collect(),
+                source: c.source.clone(),
             })
             .collect();
         Dataset {

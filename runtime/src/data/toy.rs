@@ -76,11 +76,13 @@ pub(super) fn toy(
                 name: input.to_string(),
                 row_len: 2,
                 values: points,
+                source: None,
             },
             Column {
                 name: target.to_string(),
                 row_len: 1,
                 values: labels,
+                source: None,
             },
         ],
         rows: n,

@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use super::contract::{Compile, ModelInfo};
 use super::programs::{ProgramKind, Runner};
-use super::settings::Settings;
+use super::settings::{Settings, check_batch};
 use super::store::{Store, feed_step_scalars, insert_step_scalars};
 use crate::Rng;
 use crate::data::Dataset;
@@ -30,6 +30,7 @@ pub fn synthetic(info: &ModelInfo, rows: usize, seed: u64) -> Dataset {
                 name: f.name.clone(),
                 row_len: f.row_len,
                 values,
+                source: None,
             }
         })
         .collect();
@@ -56,6 +57,7 @@ pub fn time_steps(
     let mut trainer = Runner::new(ProgramKind::Train, settings.elem);
     insert_step_scalars(info, settings.elem, store);
     let rows: Vec<usize> = (0..settings.batch.min(data.rows)).collect();
+    check_batch(rows.len(), info)?;
     let started = Instant::now();
     trainer.compile(compile, info, rows.len())?;
     let compile_seconds = started.elapsed().as_secs_f64();

@@ -62,6 +62,10 @@ pub struct ModelInfo {
     pub lr_name: String,
     /// Dropout masks the train step needs, refilled every step.
     pub masks: Vec<Mask>,
+    /// The fewest examples a train step can take (2 with batch normalisation over features,
+    /// whose unbiased variance of one example is undefined; else 1). A last partial batch
+    /// with fewer is left out of each epoch, and a smaller `batch` is refused.
+    pub min_batch: usize,
 }
 
 impl ModelInfo {

@@ -27,7 +27,7 @@ pub use metrics::{Report, Tally, any_f64, evaluate, predict};
 pub use run::{
     Data, Divergence, Finish, Hooks, NonFinite, Position, Progress, State, TrainError, train,
 };
-pub use settings::{EarlyStopping, Monitor, Settings, total_steps};
+pub use settings::{EarlyStopping, Monitor, Settings, steps_per_epoch, total_steps};
 pub use store::{Store, init_store, validate};
 
 #[cfg(test)]
@@ -61,6 +61,7 @@ mod tests {
             prediction: PredictionKind::Regression,
             bias_correction: None,
             lr_name: "lr".into(),
+            min_batch: 1,
             masks,
         }
     }

@@ -60,8 +60,10 @@ impl Replay<'_> {
             {
                 return diverged(step, NonFinite::Loss(loss));
             }
+            let mut layer_states = Vec::new();
             for p in &info.params {
                 let Some(g) = exe.output(&gradient_name(&p.name)) else {
+                    layer_states.push(p.name.clone());
                     continue;
                 };
                 if let Some(index) = g.first_non_finite() {
@@ -82,7 +84,12 @@ impl Replay<'_> {
                 return TrainError::Failed(e);
             }
             if let Some((name, index, value)) = first_non_finite(info, store) {
-                return diverged(step, NonFinite::Buffer { name, index, value });
+                let first = if layer_states.contains(&name) {
+                    NonFinite::LayerState { name, index, value }
+                } else {
+                    NonFinite::Buffer { name, index, value }
+                };
+                return diverged(step, first);
             }
         }
         let loss = f64::NAN;

@@ -7,7 +7,10 @@ use super::contract::{Compile, ModelInfo};
 use super::metrics::{Report, Tally, evaluate_with};
 use super::programs::Runners;
 use super::replay::Replay;
-use super::settings::{EarlyStopping, Settings, check_early_stopping, total_steps};
+use super::settings::{
+    EarlyStopping, Settings, check_batch, check_early_stopping, epoch_batches, steps_per_epoch,
+    total_steps,
+};
 use super::store::{Store, feed_step_scalars, first_non_finite, insert_step_scalars, snapshot};
 use crate::Rng;
 use crate::data::Dataset;
@@ -109,6 +112,16 @@ pub enum NonFinite {
         /// Its value.
         value: f64,
     },
+    /// An element of a layer's state (batch normalisation's running statistics) after the
+    /// step, the loss and every gradient being finite.
+    LayerState {
+        /// The state.
+        name: String,
+        /// The element's flat index.
+        index: usize,
+        /// Its value.
+        value: f64,
+    },
     /// An element of a parameter or optimizer-state buffer after the update.
     Buffer {
         /// The buffer.
@@ -149,7 +162,8 @@ impl std::fmt::Display for Divergence {
             } => {
                 write!(f, "the gradient of `{param}` is {value} at element {index}")
             }
-            NonFinite::Buffer { name, index, value } => {
+            NonFinite::LayerState { name, index, value }
+            | NonFinite::Buffer { name, index, value } => {
                 write!(
                     f,
                     "`{name}` became {value} at element {index} in the update"
@@ -205,8 +219,9 @@ pub fn train(
     } = hooks;
     let rows = data.train.rows;
     let batch = settings.batch.max(1);
-    let per_epoch = rows.div_ceil(batch);
-    let total = total_steps(settings, rows)?;
+    check_batch(batch, info)?;
+    let per_epoch = steps_per_epoch(rows, batch, info.min_batch);
+    let total = total_steps(settings, per_epoch)?;
     let started = Instant::now();
     let earlier_seconds = state.position.seconds;
     let seconds = || earlier_seconds + started.elapsed().as_secs_f64();
@@ -228,7 +243,9 @@ pub fn train(
             lr,
         };
         let first_step = epoch * per_epoch;
-        for chunk in order.chunks(batch).skip(state.position.step - first_step) {
+        for chunk in
+            epoch_batches(&order, batch, info.min_batch).skip(state.position.step - first_step)
+        {
             if state.position.step == total {
                 break;
             }
@@ -258,7 +275,8 @@ pub fn train(
             state.position.tally.add(info, exe, data.train, chunk);
             state.position.step += 1;
             if settings.guard && loss.is_some_and(|l| !l.is_finite()) {
-                let chunks = order.chunks(batch).skip(replay.from - first_step);
+                let chunks =
+                    epoch_batches(&order, batch, info.min_batch).skip(replay.from - first_step);
                 return Err(replay.run(
                     info,
                     compile,
@@ -281,7 +299,8 @@ pub fn train(
             }
         }
         if settings.guard && first_non_finite(info, store).is_some() {
-            let chunks = order.chunks(batch).skip(replay.from - first_step);
+            let chunks =
+                epoch_batches(&order, batch, info.min_batch).skip(replay.from - first_step);
             let last = state.position.step - 1;
             return Err(replay.run(info, compile, &mut runners, data.train, chunks, last, store));
         }

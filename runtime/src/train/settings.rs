@@ -123,9 +123,40 @@ impl EarlyStopping {
     }
 }
 
-/// The number of steps `settings` asks for on `rows` examples, or why it is out of range.
-pub fn total_steps(settings: &Settings, rows: usize) -> Result<usize, String> {
-    let batches_per_epoch = rows.div_ceil(settings.batch.max(1));
+/// Refuses a `batch` smaller than the model's train step can take.
+pub fn check_batch(batch: usize, info: &ModelInfo) -> Result<(), String> {
+    if batch < info.min_batch {
+        return Err(format!(
+            "a batch of {batch} is too small for batch normalisation over features, whose unbiased variance of one example is undefined: give `--batch {}` or more",
+            info.min_batch
+        ));
+    }
+    Ok(())
+}
+
+/// The steps of an epoch of `rows` examples in batches of `batch`: a last partial batch
+/// counts unless it holds fewer than `min_batch` examples (see [`epoch_batches`]).
+pub fn steps_per_epoch(rows: usize, batch: usize, min_batch: usize) -> usize {
+    let batch = batch.max(1);
+    rows / batch + usize::from(rows % batch >= min_batch.max(1))
+}
+
+/// An epoch's shuffled `order` in batches of `batch`, leaving out a last partial batch of
+/// fewer than `min_batch` examples (a batch of one under batch normalisation over features,
+/// where PyTorch stops with an error).
+pub fn epoch_batches(
+    order: &[usize],
+    batch: usize,
+    min_batch: usize,
+) -> impl Iterator<Item = &[usize]> {
+    order
+        .chunks(batch.max(1))
+        .filter(move |chunk| chunk.len() >= min_batch)
+}
+
+/// The number of steps `settings` asks for with `batches_per_epoch` steps an epoch, or why it
+/// is out of range.
+pub fn total_steps(settings: &Settings, batches_per_epoch: usize) -> Result<usize, String> {
     match settings.steps {
         Some(steps) => Ok(steps),
         None => settings

@@ -81,7 +81,7 @@ pub fn validate(info: &ModelInfo, data: &Dataset, inputs_only: bool) -> Result<(
         if column.row_len != feed.row_len {
             return Err(format!(
                 "{} gives `{}` {} value{} per example, but the model needs {}",
-                data.origin,
+                data.origin_of(column),
                 feed.name,
                 column.row_len,
                 if column.row_len == 1 { "" } else { "s" },
@@ -103,7 +103,8 @@ pub fn validate(info: &ModelInfo, data: &Dataset, inputs_only: bool) -> Result<(
             };
             return Err(format!(
                 "{}: `{}` value {v} of example {row}{position} is not an index in 0..{classes}",
-                data.origin, feed.name
+                data.origin_of(column),
+                feed.name
             ));
         }
     }

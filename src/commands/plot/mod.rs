@@ -287,6 +287,7 @@ fn boundary(session: &mut Session, store: &mut Store) -> Result<Figure, Failure>
             name: input.clone(),
             row_len: 2,
             values: grid,
+            source: None,
         }],
         rows: GRID * GRID,
         origin: "the plotting grid".into(),

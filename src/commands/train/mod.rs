@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use nabla_runtime::data::Dataset;
 use nabla_runtime::resume::{self, Run};
 use nabla_runtime::text::VOCABULARY_KEY;
-use nabla_runtime::train::{self, Finish, Report, Settings, State, Store, TrainError};
+use nabla_runtime::train::{self, Finish, NonFinite, Report, Settings, State, Store, TrainError};
 use nabla_runtime::{Elem, Schedule, checkpoint};
 
 use super::session::{Session, open};
@@ -257,7 +257,23 @@ impl RunData {
             .map(|v| (VOCABULARY_KEY.to_string(), v.to_metadata()))
             .collect();
         let test = session.test_data()?;
-        let total_steps = train::total_steps(settings, train.rows).map_err(Failure::Message)?;
+        let min_batch = session.info.min_batch;
+        let per_epoch = train::steps_per_epoch(train.rows, settings.batch, min_batch);
+        if per_epoch == 0 {
+            return Err(Failure::Message(format!(
+                "{} has {} training example{}, too few for batch normalisation over features, which needs {min_batch} per step",
+                train.origin,
+                train.rows,
+                if train.rows == 1 { "" } else { "s" }
+            )));
+        }
+        let left_out = train.rows % settings.batch;
+        if left_out > 0 && left_out < min_batch && settings.batch >= min_batch {
+            eprintln!(
+                "note: each epoch's last batch would hold {left_out} example, too few for batch normalisation over features (its unbiased variance is undefined); it is left out of every epoch, a different one each time (PyTorch stops with an error)"
+            );
+        }
+        let total_steps = train::total_steps(settings, per_epoch).map_err(Failure::Message)?;
         if let Some((path, run)) = resumed {
             resume::check_position(path, &state.position, (run, &session.info), train.rows)
                 .map_err(Failure::Message)?;
@@ -278,7 +294,7 @@ impl RunData {
             )));
         }
         let total_epochs = match settings.steps {
-            Some(_) => total_steps.div_ceil(train.rows.div_ceil(settings.batch)),
+            Some(_) => total_steps.div_ceil(per_epoch),
             None => settings.epochs,
         };
         Ok(RunData {
@@ -511,13 +527,19 @@ fn interrupted_run(
     Ok(ExitCode::from(130))
 }
 
-/// The divergence guard's message: what went non-finite, where, and what to do.
+/// The divergence guard's message: what went non-finite, where, and what to do about its
+/// cause; the learning rate is blamed only where it can be the cause.
 fn diverged(args: &Args, d: &train::Divergence) -> String {
-    let mut message = format!(
-        "{d}\n  the learning rate was {}; a lower one (e.g. `--lr {}`) often helps, and `--allow-nonfinite` trains on regardless",
-        d.lr,
-        d.lr / 10.0
-    );
+    let advice = match &d.first {
+        NonFinite::LayerState { .. } => "the loss and every gradient were finite, so the learning rate is not the cause: the batch's values overflow batch normalisation's running statistics".to_string(),
+        NonFinite::Loss(_) if d.step == 1 => "the parameters were as initialised, so the learning rate is not the cause: the model's formula produces it on this batch (a log or division of a value that reaches 0, a square root of a negative)".to_string(),
+        _ => format!(
+            "the learning rate was {}; a lower one (e.g. `--lr {}`) often helps",
+            d.lr,
+            d.lr / 10.0
+        ),
+    };
+    let mut message = format!("{d}\n  {advice}, and `--allow-nonfinite` trains on regardless");
     if let Some(dir) = &args.checkpoint {
         let last = dir.join(LAST);
         if last.exists() {

@@ -50,7 +50,7 @@ impl Lowerer<'_> {
         let a = Args::new(name, span, args, 1, 1, &["axis"])?;
         let x = self.expr(a.positional[0], env)?;
         let axis = self
-            .axis(&a, x)?
+            .axis(&a, x, env)?
             .unwrap_or(self.graph.shape(x).rank().saturating_sub(1));
         if self.graph.shape(x).rank() == 0 {
             return Err(Diagnostic::new(

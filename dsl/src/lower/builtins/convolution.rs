@@ -8,7 +8,6 @@ use super::{located, wrong_shape};
 use crate::args::Args;
 use crate::ast::{Arg, ExprKind, Span};
 use crate::diagnostic::Diagnostic;
-use crate::init;
 use crate::lower::{Env, LResult, Lowerer};
 
 /// The largest kernel, stride, padding or dilation accepted (beyond any real image).
@@ -52,16 +51,17 @@ impl Lowerer<'_> {
 
     /// A size given as a number or a pair `[height, width]`, at least `min`.
     pub(super) fn pair(
-        &self,
+        &mut self,
         at: Option<&crate::ast::Expr>,
         what: &str,
         default: [usize; 2],
         min: usize,
+        env: &Env,
     ) -> LResult<[usize; 2]> {
         let Some(e) = at else {
             return Ok(default);
         };
-        let (values, _) = init::literal(e)?;
+        let values = self.known_numbers(e, env, what)?;
         let pair = match values.as_slice() {
             [v] => [*v, *v],
             [h, w] => [*h, *w],
@@ -142,11 +142,15 @@ impl Lowerer<'_> {
         let x = self.expr(a.positional[0], env)?;
         let x_shape = self.graph.shape(x).clone();
         let (_, c, h, w) = self.images("conv2d", &[x], a.positional[0].span)?;
-        let out = crate::args::integer(a.required(1, "out_channels")?, "out_channels", 1, 1 << 20)?
-            as usize;
-        let kernel = self.pair(a.get(2, "kernel"), "kernel", [1, 1], 1)?;
-        let stride = self.pair(a.named("stride"), "stride", [1, 1], 1)?;
-        let dilation = self.pair(a.named("dilation"), "dilation", [1, 1], 1)?;
+        let out = self.known_whole(
+            a.required(1, "out_channels")?,
+            env,
+            "out_channels",
+            (1, 1 << 20),
+        )?;
+        let kernel = self.pair(a.get(2, "kernel"), "kernel", [1, 1], 1, env)?;
+        let stride = self.pair(a.named("stride"), "stride", [1, 1], 1, env)?;
+        let dilation = self.pair(a.named("dilation"), "dilation", [1, 1], 1, env)?;
         let padding = match a.named("padding") {
             Some(e) if matches!(e.kind, ExprKind::Str(_)) => {
                 let text = crate::args::string(e, "padding")?;
@@ -170,11 +174,11 @@ impl Lowerer<'_> {
                 }
                 total.map(|t| t / 2)
             }
-            other => self.pair(other, "padding", [0, 0], 0)?,
+            other => self.pair(other, "padding", [0, 0], 0, env)?,
         };
         let mut groups = 1;
         if let Some(g) = a.named("groups") {
-            groups = crate::args::integer(g, "groups", 1, 1 << 20)? as usize;
+            groups = self.known_whole(g, env, "groups", (1, 1 << 20))?;
             if !c.is_multiple_of(groups) || !out.is_multiple_of(groups) {
                 return Err(Diagnostic::new(
                     format!(
@@ -196,7 +200,7 @@ impl Lowerer<'_> {
             fill: Fill::Zero,
         };
         let window = self.fitting(window, &x_shape, span)?;
-        let prefix = self.layer_name();
+        let prefix = self.layer_name(&["w", "b"]);
         let w_shape = [out, c / groups, kernel[0], kernel[1]];
         let fan_in = c / groups * kernel[0] * kernel[1];
         let fan_out = out * kernel[0] * kernel[1];
@@ -255,10 +259,10 @@ impl Lowerer<'_> {
         let x = self.expr(a.positional[0], env)?;
         let x_shape = self.graph.shape(x).clone();
         let (n, c, h, w) = self.images(name, &[x], a.positional[0].span)?;
-        let kernel = self.pair(a.get(1, "kernel"), "kernel", [1, 1], 1)?;
-        let stride = self.pair(a.named("stride"), "stride", kernel, 1)?;
-        let padding = self.pair(a.named("padding"), "padding", [0, 0], 0)?;
-        let dilation = self.pair(a.named("dilation"), "dilation", [1, 1], 1)?;
+        let kernel = self.pair(a.get(1, "kernel"), "kernel", [1, 1], 1, env)?;
+        let stride = self.pair(a.named("stride"), "stride", kernel, 1, env)?;
+        let padding = self.pair(a.named("padding"), "padding", [0, 0], 0, env)?;
+        let dilation = self.pair(a.named("dilation"), "dilation", [1, 1], 1, env)?;
         if (0..2).any(|i| 2 * padding[i] > kernel[i]) {
             let at = a.named("padding").map_or(span, |e| e.span);
             return Err(Diagnostic::new(format!("pooling padding must be at most half the kernel size (as in PyTorch), got padding {}x{} for a {}x{} kernel", padding[0], padding[1], kernel[0], kernel[1]), at).into());

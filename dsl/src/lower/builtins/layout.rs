@@ -7,7 +7,6 @@ use super::{known_product, located};
 use crate::args::Args;
 use crate::ast::{Arg, ExprKind, Span};
 use crate::diagnostic::Diagnostic;
-use crate::init;
 use crate::lower::{Env, LResult, Lowerer};
 
 impl Lowerer<'_> {
@@ -24,7 +23,7 @@ impl Lowerer<'_> {
         let perm = match a.get(1, "axes") {
             None => (0..rank).rev().collect(),
             Some(list) => {
-                let (values, _) = init::literal(list)?;
+                let values = self.known_numbers(list, env, "axes")?;
                 values
                     .iter()
                     .map(|&k| self.resolve_axis(x, k, "every axis in `axes`", list.span))
@@ -52,11 +51,11 @@ impl Lowerer<'_> {
     }
 
     /// The optional `axis = k` argument, resolved against `x`'s rank.
-    pub(super) fn axis(&self, a: &Args, x: NodeId) -> LResult<Option<usize>> {
+    pub(super) fn axis(&mut self, a: &Args, x: NodeId, env: &Env) -> LResult<Option<usize>> {
         let Some(e) = a.named("axis") else {
             return Ok(None);
         };
-        let k = crate::args::number(e, "axis")?;
+        let k = self.known_number(e, env, "axis")?;
         self.resolve_axis(x, k, "`axis`", e.span).map(Some)
     }
 
@@ -113,7 +112,7 @@ impl Lowerer<'_> {
             });
         }
         let shape = self.graph.shape(x).clone();
-        let axes: Vec<usize> = match self.axis(&a, x)? {
+        let axes: Vec<usize> = match self.axis(&a, x, env)? {
             Some(axis) => vec![axis],
             None => (0..shape.rank()).collect(),
         };

@@ -11,7 +11,7 @@ use nabla_compiler::ir::{Dim, NodeId, Shape, ShapeError, UnaryOp};
 use nabla_compiler::model::Mode;
 
 use crate::args::Args;
-use crate::ast::{Arg, Span};
+use crate::ast::{Arg, Expr, ExprKind, Span};
 use crate::diagnostic::Diagnostic;
 use crate::init;
 use crate::lower::{Env, Fail, LResult, Lowerer};
@@ -156,6 +156,55 @@ impl Lowerer<'_> {
         a.positional.iter().map(|e| self.expr(e, env)).collect()
     }
 
+    /// The numbers an argument stands for when the model is compiled, row-major: a number, a
+    /// (nested) list of them, or anything that folds to constants, such as a function's
+    /// parameter or `2 * k`. A layer's sizes and windows are fixed when it is built (as in
+    /// PyTorch's constructors), so a value that depends on the model's inputs is refused.
+    pub(super) fn known_numbers(&mut self, e: &Expr, env: &Env, what: &str) -> LResult<Vec<f64>> {
+        if let ExprKind::List(items) = &e.kind {
+            let mut values = Vec::with_capacity(items.len());
+            for item in items {
+                values.extend(self.known_numbers(item, env, what)?);
+            }
+            return Ok(values);
+        }
+        let node = self.expr(e, env)?;
+        match self.constant_of(node) {
+            Some(v) if v.is_finite() => Ok(vec![v]),
+            _ => Err(Diagnostic::new(
+                format!("`{what}` must be known when the model is compiled"),
+                e.span,
+            )
+            .label("expected a number, or a function parameter bound to one")
+            .into()),
+        }
+    }
+
+    /// One number known when the model is compiled (see [`Self::known_numbers`]).
+    pub(super) fn known_number(&mut self, e: &Expr, env: &Env, what: &str) -> LResult<f64> {
+        if matches!(e.kind, ExprKind::List(_)) {
+            return Err(
+                Diagnostic::new(format!("`{what}` must be a number"), e.span)
+                    .label("expected a number, not a list")
+                    .into(),
+            );
+        }
+        Ok(self.known_numbers(e, env, what)?[0])
+    }
+
+    /// A whole number in `min..=max` known when the model is compiled.
+    pub(super) fn known_whole(
+        &mut self,
+        e: &Expr,
+        env: &Env,
+        what: &str,
+        range: (usize, usize),
+    ) -> LResult<usize> {
+        let v = self.known_number(e, env, what)?;
+        let (min, max) = range;
+        Ok(crate::args::whole(v, e.span, what, (min as u64, max as u64))? as usize)
+    }
+
     /// `dense(x, n, init = ..., bias = true, bias_init = ...)`: `x @ w + b` with `w: [in, n]`
     /// and `b: [n]`, both PyTorch `nn.Linear`-initialised unless told otherwise.
     fn dense(&mut self, span: Span, args: &[Arg], env: &Env) -> LResult<NodeId> {
@@ -183,7 +232,7 @@ impl Lowerer<'_> {
                 ));
             }
         };
-        let prefix = self.layer_name();
+        let prefix = self.layer_name(&["w", "b"]);
         let w_shape = [fan_in, units];
         let w = self.layer_param(
             &a,

@@ -16,7 +16,7 @@ impl Lowerer<'_> {
     /// batch's mean and biased variance and updates the running statistics (`.running_mean`,
     /// `.running_var`, the latter with the unbiased variance) by `(1 - momentum) * running +
     /// momentum * batch`; evaluation normalises with the running statistics. With `affine`, a
-    /// scale `.w` (ones) and shift `.b` (zeros) follow.
+    /// scale `.gamma` (ones) and shift `.beta` (zeros) follow.
     pub(super) fn batch_norm(&mut self, span: Span, args: &[Arg], env: &Env) -> LResult<NodeId> {
         let a = Args::new(
             "batch_norm",
@@ -61,9 +61,15 @@ impl Lowerer<'_> {
                 .into());
             }
         }
-        let prefix = self.layer_name();
+        let prefix = self.layer_name(&["gamma", "beta", "running_mean", "running_var"]);
         let stat_shape = Shape::known(&[features]);
         let column_shape = Shape::known(&column);
+        // The unbiased variance divides by one less than a channel's values in the batch.
+        let per_example: usize = axes[1..]
+            .iter()
+            .map(|&a| shape.dims()[a].known().unwrap_or(1))
+            .product();
+        let min_batch = if per_example == 1 { 2 } else { 1 };
         let state = |lw: &mut Self, name: &str, init: f64| -> LResult<NodeId> {
             let full = format!("{prefix}.{name}");
             let node = located(lw.graph.input(&full, stat_shape.clone()), span)?;
@@ -72,6 +78,7 @@ impl Lowerer<'_> {
                 node,
                 init,
                 update: None,
+                min_batch,
             });
             Ok(node)
         };
@@ -115,14 +122,14 @@ impl Lowerer<'_> {
             return Ok(normalised);
         }
         let scale = self.new_param(
-            &format!("{prefix}.w"),
+            &format!("{prefix}.gamma"),
             stat_shape.clone(),
             nabla_runtime::Init::Constant(1.0),
             "ones".into(),
             span,
         )?;
         let shift = self.new_param(
-            &format!("{prefix}.b"),
+            &format!("{prefix}.beta"),
             stat_shape.clone(),
             nabla_runtime::Init::Constant(0.0),
             "zeros".into(),
@@ -140,7 +147,7 @@ impl Lowerer<'_> {
         let a = Args::new("dropout", span, args, 2, 2, &["p"])?;
         let x = self.expr(a.positional[0], env)?;
         let p_expr = a.required(1, "p")?;
-        let p = crate::args::number(p_expr, "p")?;
+        let p = self.known_number(p_expr, env, "p")?;
         if !(0.0..1.0).contains(&p) {
             return Err(Diagnostic::new(
                 format!("a dropout probability must be at least 0 and below 1, got {p}"),

@@ -51,7 +51,7 @@ impl Lowerer<'_> {
             .note("declare the tokens like `input tokens[B, 64] : index`")
             .into());
         }
-        let prefix = self.layer_name();
+        let prefix = self.layer_name(&["w"]);
         let shape = [vocab, dim];
         let (init, init_name) = match a.named("init") {
             Some(e) => init::resolve(Some(e), &shape, (vocab, dim))?,
@@ -141,7 +141,7 @@ impl Lowerer<'_> {
             "gru" => 3,
             _ => 1,
         };
-        let prefix = self.layer_name();
+        let prefix = self.layer_name(&["w_ih", "w_hh", "b_ih", "b_hh", "h", "c"]);
         let bound = 1.0 / (hidden as f64).sqrt();
         let param = |lw: &mut Self, suffix: &str, dims: &[usize]| {
             lw.new_param(
