@@ -95,16 +95,26 @@ unsafe impl<T> Sync for Gemm<T> {}
 const SMALL_SIDE: usize = 64;
 const SMALL_KC: usize = 512;
 
-/// How many bands of at least 16 rows (or columns, whichever are more) a product of sizes
-/// `[m, k, n]` is split into on `threads` threads: no more than keep each band summing `k` in
-/// the whole product's blocks, so that the bits do not depend on the thread count.
-fn bands([m, k, n]: [usize; 3], threads: usize) -> usize {
-    let (split, other) = (m.max(n), m.min(n));
-    let mut parts = threads.min(split / 16).max(1);
-    if k > SMALL_KC && other <= SMALL_SIDE && split > SMALL_SIDE {
-        parts = parts.min(split / (SMALL_SIDE + 1)).max(1);
+/// How a product of sizes `[m, k, n]` is split on `threads` threads: the number of bands of at
+/// least 16 rows or columns, and whether they are bands of rows. Every band must sum `k` in the
+/// whole product's blocks, so that the bits do not depend on the thread count: a large product
+/// whose `k` exceeds [`SMALL_KC`] keeps every band larger than [`SMALL_SIDE`] on one side,
+/// which splitting the other side does when that side is large.
+fn bands([m, k, n]: [usize; 3], threads: usize) -> (usize, bool) {
+    let parts = |len: usize| threads.min(len / 16).max(1);
+    let (mut rows, mut columns) = (parts(m), parts(n));
+    if k > SMALL_KC && (m > SMALL_SIDE || n > SMALL_SIDE) {
+        if n <= SMALL_SIDE {
+            rows = rows.min(m / (SMALL_SIDE + 1)).max(1);
+        }
+        if m <= SMALL_SIDE {
+            columns = columns.min(n / (SMALL_SIDE + 1)).max(1);
+        }
     }
-    parts
+    match rows.cmp(&columns) {
+        std::cmp::Ordering::Equal => (rows, m >= n),
+        more => (rows.max(columns), more.is_gt()),
+    }
 }
 
 /// Products smaller than this (multiply-adds, a few microseconds of work) run on one thread.
@@ -125,16 +135,15 @@ impl<T: 'static + Copy + num_traits::Zero + num_traits::One + Send + Sync> Gemm<
     /// `a` and `b` hold every element their strides reach, `c` holds `m * n` elements and
     /// overlaps neither.
     pub(crate) unsafe fn run(self, threads: usize) {
-        let parts = if self.m * self.k * self.n >= PARALLEL_MIN_MACS {
+        let (parts, by_rows) = if self.m * self.k * self.n >= PARALLEL_MIN_MACS {
             bands([self.m, self.k, self.n], threads)
         } else {
-            1
+            (1, true)
         };
         if parts == 1 {
             // SAFETY: as the caller promises.
             return unsafe { self.serial_with(self.n) };
         }
-        let by_rows = self.m >= self.n;
         let len = if by_rows { self.m } else { self.n };
         parallel::for_each_part(parts, threads, &|p| {
             let (start, end) = (len * p / parts, len * (p + 1) / parts);
@@ -167,5 +176,37 @@ impl<T: 'static + Copy + num_traits::Zero + num_traits::One + Send + Sync> Gemm<
                 false,
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every band of a split product takes the `gemm` crate's path for the whole product (small
+    /// within 64 x 64, else large), so it blocks `k` the same way on any number of threads.
+    #[test]
+    fn bands_keep_the_whole_products_blocking() {
+        let small = |m: usize, n: usize| m <= SMALL_SIDE && n <= SMALL_SIDE;
+        for m in [16, 33, 64, 65, 100, 128, 130, 784] {
+            for n in [1, 10, 64, 65, 128, 256] {
+                for threads in 1..=8 {
+                    let (parts, by_rows) = bands([m, 784, n], threads);
+                    let len = if by_rows { m } else { n };
+                    assert!(parts >= 1 && parts <= threads.max(1));
+                    for p in 0..parts {
+                        let band = len * (p + 1) / parts - len * p / parts;
+                        let (bm, bn) = if by_rows { (band, n) } else { (m, band) };
+                        assert_eq!(
+                            small(bm, bn),
+                            small(m, n),
+                            "[{m}, 784, {n}] on {threads} threads: band {bm} x {bn}"
+                        );
+                    }
+                }
+            }
+        }
+        // Where nothing forbids it, both threads are used: the MLP's first layer at batch 64.
+        assert_eq!(bands([64, 784, 128], 2), (2, true));
     }
 }
