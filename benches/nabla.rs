@@ -36,17 +36,17 @@ fn steps(source: &str, batch: usize, threads: usize, iters: u64) -> Duration {
     let settings = Settings::new(batch, optimizer.lr);
     let mut store = train::init_store(&info, 0, Elem::F32).expect("memory");
     let data = train::synthetic(&info, batch, 0);
-    let (_, times) = train::time_steps(
+    let timing = train::time_steps(
         &info,
         &settings,
         &mut programs,
         &mut store,
         &data,
-        3,
-        iters as usize,
+        (3, iters as usize),
+        false,
     )
     .expect("runs");
-    Duration::from_secs_f64(times.iter().sum())
+    Duration::from_secs_f64(timing.step_seconds.iter().sum())
 }
 
 fn compile_latency(c: &mut Criterion) {

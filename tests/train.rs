@@ -428,6 +428,76 @@ fn bench_reports_compile_and_step_times() {
     }
 }
 
+/// `nabla bench --profile` names every kernel of the step with its work, its place under this
+/// machine's roofline and its source lines: the first convolution of the CNN does exactly
+/// 2 x 64 images x 16 channels x 784 positions x 25 taps operations, and its weight gradient
+/// comes from line 7.
+#[test]
+fn bench_profiles_every_kernel() {
+    let o = nabla(&[
+        "bench",
+        "examples/mnist_cnn.nn",
+        "--steps",
+        "2",
+        "--profile",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines = json_lines(&o);
+    let (kernels, peaks) = (&lines[1..lines.len() - 1], &lines[lines.len() - 1]);
+    assert_eq!(
+        peaks["kernels"].as_u64(),
+        Some(kernels.len() as u64),
+        "{peaks}"
+    );
+    assert!(
+        peaks["peak_gflop_per_s"].as_f64().is_some_and(|f| f > 0.1),
+        "{peaks}"
+    );
+    assert!(
+        peaks["peak_gb_per_s"].as_f64().is_some_and(|b| b > 0.1),
+        "{peaks}"
+    );
+    let times: Vec<f64> = kernels.iter().map(|k| k["ms"].as_f64().unwrap()).collect();
+    assert!(
+        times.windows(2).all(|w| w[0] >= w[1]),
+        "slowest first: {times:?}"
+    );
+    for k in kernels {
+        assert!(k["bytes"].as_u64().is_some_and(|b| b > 0), "{k}");
+        assert!(
+            ["compute", "memory"].contains(&k["bound"].as_str().unwrap()),
+            "{k}"
+        );
+    }
+    let find = |title: &str| {
+        kernels
+            .iter()
+            .find(|k| k["title"].as_str().unwrap().starts_with(title))
+            .unwrap_or_else(|| panic!("no `{title}` kernel in {kernels:?}"))
+    };
+    let first = kernels.iter().find(|k| k["kernel"] == 0).expect("kernel 0");
+    assert_eq!(first["title"], "conv", "{first}");
+    assert_eq!(
+        first["flops"].as_u64(),
+        Some(2 * 64 * 16 * 784 * 25),
+        "{first}"
+    );
+    assert_eq!(
+        find("conv_weight_grad (grad c1.w)")["lines"],
+        serde_json::json!([7])
+    );
+    let text = stdout(&nabla(&[
+        "bench",
+        "examples/mnist_cnn.nn",
+        "--steps",
+        "2",
+        "--profile",
+    ]));
+    assert!(text.contains("this machine's peaks"), "{text}");
+    assert!(text.contains("conv_weight_grad (grad c1.w) [7]"), "{text}");
+}
+
 /// Epoch lines fit an 80-column terminal; `--log-every` and `--quiet` thin them out; `check
 /// --json` gives shapes as arrays, as `graph --json` does.
 #[test]

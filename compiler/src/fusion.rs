@@ -76,6 +76,20 @@ pub struct Fusion {
     pub stored: Vec<bool>,
 }
 
+/// The labels of a group's anchors and members that name a binding or a gradient (`h1`,
+/// `grad h1.w`), in order and without repeats.
+pub fn labels(graph: &Graph, group: &Group) -> Vec<String> {
+    let mut labels: Vec<String> = Vec::new();
+    for &n in group.anchors.iter().chain(&group.members) {
+        if let Some(label) = &graph.get(n).label
+            && !labels.contains(label)
+        {
+            labels.push(label.clone());
+        }
+    }
+    labels
+}
+
 /// What a kernel computes, for dumps and kernel titles: its anchors and the members that name
 /// a binding or gradient (`matmul (h1)`, `select (h1)`), and how many other ops it fuses.
 pub fn title(graph: &Graph, group: &Group, ops: usize) -> String {

@@ -8,7 +8,7 @@
 //! `slot[Σ coeffs[k] * i_k]`, which is how broadcasts (zero coefficients), transposes (permuted
 //! strides) and reshapes (row-major strides of the new shape) are read without copying.
 
-use nabla_runtime::BufferSpec;
+use nabla_runtime::{BufferSpec, KernelNote};
 
 pub use nabla_kernels::Call;
 
@@ -170,6 +170,8 @@ pub enum Product {
 pub struct Kernel {
     /// What it computes, in graph terms (`matmul h1 + relu`, `reduce_sum [1] + log`).
     pub title: String,
+    /// The labels of the values it computes (see [`crate::fusion::labels`]).
+    pub labels: Vec<String>,
     /// The phases.
     pub phases: Vec<Phase>,
 }
@@ -301,6 +303,33 @@ impl Plan {
     /// or writes, each access counted once per phase (a broadcast read once, a value computed
     /// inline not at all).
     pub fn bytes_moved(&self, elem_size: usize) -> u64 {
+        self.notes(elem_size).iter().map(|n| n.bytes).sum()
+    }
+
+    /// Each kernel's title, labels, and estimated work per run: floating-point operations and
+    /// bytes moved (see [`Plan::bytes_moved`]).
+    pub fn notes(&self, elem_size: usize) -> Vec<KernelNote> {
+        self.kernels
+            .iter()
+            .map(|kernel| {
+                let (flops, elements) = kernel
+                    .phases
+                    .iter()
+                    .map(|p| self.phase_cost(p))
+                    .fold((0, 0), |(f, e), (pf, pe)| (f + pf, e + pe));
+                KernelNote {
+                    title: kernel.title.clone(),
+                    labels: kernel.labels.clone(),
+                    flops,
+                    bytes: elements * elem_size as u64,
+                }
+            })
+            .collect()
+    }
+
+    /// A phase's floating-point operations (a multiply-add counts two, a comparison one) and
+    /// the elements it reads and writes.
+    fn phase_cost(&self, phase: &Phase) -> (u64, u64) {
         // Elements an affine access reaches: the extents of the loop variables it depends on.
         let reach = |dims: &[usize], coeffs: &[i64]| -> u64 {
             dims.iter()
@@ -309,48 +338,85 @@ impl Plan {
                 .map(|(d, _)| *d as u64)
                 .product()
         };
-        let mut elements = 0;
-        for phase in self.kernels.iter().flat_map(|k| &k.phases) {
-            let body = match phase {
-                Phase::Map(l) => l,
-                Phase::Reduce { body, reductions } => {
-                    elements += reductions.iter().map(|r| r.len as u64).sum::<u64>();
-                    body
-                }
-                Phase::MatMul {
-                    m, k, n, epilogue, ..
-                } => {
-                    elements += (m * k + k * n + m * n) as u64;
-                    epilogue
-                }
-                // A library call reads its operands and writes its output whole (convolutions'
-                // windows stay in cache).
-                Phase::Call { inputs, output, .. } => {
-                    elements += inputs
-                        .iter()
-                        .chain([output])
-                        .map(|&slot| self.buffers[slot].len as u64)
-                        .sum::<u64>();
-                    phase.body()
-                }
-            };
-            let mut accesses: Vec<(usize, &[i64])> = body
-                .exprs
-                .iter()
-                .filter_map(|e| match e {
-                    Expr::Load { slot, coeffs } => Some((*slot, coeffs.as_slice())),
-                    _ => None,
-                })
-                .chain(body.stores.iter().map(|s| (s.slot, s.coeffs.as_slice())))
-                .collect();
-            accesses.sort_unstable();
-            accesses.dedup();
-            elements += accesses
-                .iter()
-                .map(|(_, c)| reach(&body.dims, c))
-                .sum::<u64>();
+        let (mut flops, mut elements) = (0, 0);
+        let body = match phase {
+            Phase::Map(l) => l,
+            Phase::Reduce { body, reductions } => {
+                elements += reductions.iter().map(|r| r.len as u64).sum::<u64>();
+                flops += reductions.len() as u64 * body.points();
+                body
+            }
+            Phase::MatMul {
+                m, k, n, epilogue, ..
+            } => {
+                elements += (m * k + k * n + m * n) as u64;
+                flops += 2 * (m * k * n) as u64;
+                epilogue
+            }
+            // A library call reads its operands and writes its output whole (convolutions'
+            // windows stay in cache).
+            Phase::Call {
+                call,
+                args,
+                inputs,
+                output,
+            } => {
+                elements += inputs
+                    .iter()
+                    .chain([output])
+                    .map(|&slot| self.buffers[slot].len as u64)
+                    .sum::<u64>();
+                flops += call_flops(*call, args);
+                phase.body()
+            }
+        };
+        let mut accesses: Vec<(usize, &[i64])> = body
+            .exprs
+            .iter()
+            .filter_map(|e| match e {
+                Expr::Load { slot, coeffs } => Some((*slot, coeffs.as_slice())),
+                _ => None,
+            })
+            .chain(body.stores.iter().map(|s| (s.slot, s.coeffs.as_slice())))
+            .collect();
+        accesses.sort_unstable();
+        accesses.dedup();
+        elements += accesses
+            .iter()
+            .map(|(_, c)| reach(&body.dims, c))
+            .sum::<u64>();
+        let arithmetic = body
+            .exprs
+            .iter()
+            .filter(|e| matches!(e, Expr::Unary(..) | Expr::Binary(..) | Expr::Select(..)))
+            .count() as u64;
+        (flops + arithmetic * body.points(), elements)
+    }
+}
+
+impl Loop {
+    /// Iteration points: the product of the extents.
+    pub fn points(&self) -> u64 {
+        self.dims.iter().map(|&d| d as u64).product()
+    }
+}
+
+/// A library call's floating-point operations: a convolution's multiply-adds (each form does
+/// as many), a max pooling's comparisons; copies, gathers and windows do none.
+fn call_flops(call: Call, args: &[usize]) -> u64 {
+    match call {
+        Call::Conv | Call::ConvInputGrad | Call::ConvWeightGrad => {
+            let (window, [n, c, o]) = Call::window_of(args);
+            let positions: usize = window.output().unwrap_or_default().iter().product();
+            let taps = c * window.kernel[0] * window.kernel[1];
+            2 * (n * o * positions * taps) as u64
         }
-        elements * elem_size as u64
+        Call::MaxPoolGather | Call::MaxPoolScatter => {
+            let (window, [n, c, _]) = Call::window_of(args);
+            let positions: usize = window.output().unwrap_or_default().iter().product();
+            (n * c * positions * window.kernel[0] * window.kernel[1]) as u64
+        }
+        _ => 0,
     }
 }
 

@@ -156,6 +156,7 @@ pub fn lower(
     if !finale.is_empty() {
         kernels.push(Kernel {
             title: "copy results and updates".into(),
+            labels: Vec::new(),
             phases: finale,
         });
     }
@@ -424,6 +425,7 @@ impl Lowering<'_> {
         }
         Kernel {
             title: fusion::title(g, group, self.fused.ops(g, group).len()),
+            labels: fusion::labels(g, group),
             phases: phases.into_iter().map(collapse).collect(),
         }
     }

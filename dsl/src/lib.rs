@@ -42,6 +42,8 @@ pub struct Compiled {
     pub trains: Vec<TrainSpec>,
     /// Where each parameter of `model.params` was declared (or its layer called).
     pub param_spans: Vec<ast::Span>,
+    /// Where each binding of the model was written: its name and the name's span.
+    pub binding_spans: Vec<(String, ast::Span)>,
 }
 
 /// Checks a source file and lowers it. On failure, every error found.
@@ -84,6 +86,15 @@ pub fn compile(source: &str) -> Result<Compiled, Vec<Diagnostic>> {
             generate_model,
             trains,
             param_spans,
+            binding_spans: file
+                .models
+                .iter()
+                .flat_map(|m| &m.items)
+                .filter_map(|item| match item {
+                    ast::Item::Binding { name, .. } => Some((name.name.clone(), name.span)),
+                    _ => None,
+                })
+                .collect(),
         })
     } else {
         Err(errors)

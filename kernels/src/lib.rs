@@ -5,8 +5,9 @@
 //! [`call`] (the routines generated code calls by number, and their sizes), [`library`] (their
 //! dispatch, and slices, concatenations, gathers and scatters), [`convolution`] (im2col,
 //! col2im and convolutions), [`pooling`] (max pooling), [`gemm`] (matrix products through the
-//! `gemm` crate), [`parallel`] (the fork-join pool), [`float`] (the float types), and
-//! [`shims`] (the `extern "C"` entry points generated code imports).
+//! `gemm` crate), [`parallel`] (the fork-join pool), [`float`] (the float types),
+//! [`shims`] (the `extern "C"` entry points generated code imports), and [`peaks`] (this
+//! machine's measured compute and memory peaks, for profiles' rooflines).
 #![deny(missing_docs)]
 
 pub mod call;
@@ -15,6 +16,7 @@ mod float;
 pub mod gemm;
 mod library;
 pub mod parallel;
+pub mod peaks;
 mod pooling;
 pub mod shims;
 pub mod window;

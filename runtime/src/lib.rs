@@ -19,6 +19,6 @@ pub mod train;
 
 pub use buffer::{AllocError, Buffer, Elem, available_memory};
 pub use init::Init;
-pub use program::{BufferSpec, Executable, KernelFn, Program, RunError};
+pub use program::{BufferSpec, Executable, KernelFn, KernelNote, Program, RunError};
 pub use rng::Rng;
 pub use schedule::Schedule;

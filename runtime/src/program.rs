@@ -28,12 +28,29 @@ pub struct BufferSpec {
     pub external: Option<String>,
 }
 
+/// What one kernel computes and the work it does per run, for profiles.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct KernelNote {
+    /// What it computes, in graph terms (`matmul, relu (h1) + 4 ops`).
+    pub title: String,
+    /// The labels of the values it computes that name a binding or a gradient (`h1`,
+    /// `grad h1.w`), for finding where in the source it came from.
+    pub labels: Vec<String>,
+    /// Floating-point operations per run (a multiply-add counts two), estimated from its
+    /// loops.
+    pub flops: u64,
+    /// Bytes it reads and writes per run, each buffer access counted once per phase.
+    pub bytes: u64,
+}
+
 /// Machine code plus its plan.
 pub struct Program {
     /// The plan: one entry per table slot.
     pub buffers: Vec<BufferSpec>,
     /// Kernels in execution order.
     pub kernels: Vec<KernelFn>,
+    /// What each kernel computes, parallel to `kernels`.
+    pub notes: Vec<KernelNote>,
     /// Named results: the slot holding each.
     pub outputs: Vec<(String, usize)>,
     /// Element type of every buffer.
@@ -85,6 +102,8 @@ pub struct Executable {
     /// The kernels' table: temporaries' slots are filled once, in `new`; external slots on
     /// every run.
     table: Vec<*mut u8>,
+    /// With profiling on, the seconds each kernel has run, summed over runs.
+    seconds: Option<Vec<f64>>,
 }
 
 impl Executable {
@@ -111,7 +130,26 @@ impl Executable {
             program,
             temps,
             table,
+            seconds: None,
         })
+    }
+
+    /// Turns per-kernel timing on (from zero) for the runs that follow: each kernel call is
+    /// timed on its own, which costs a clock read per kernel.
+    pub fn profile(&mut self) {
+        self.seconds = Some(vec![0.0; self.program.kernels.len()]);
+    }
+
+    /// Each kernel's note and the seconds it has run since [`Executable::profile`].
+    pub fn profiled(&self) -> Option<Vec<(&KernelNote, f64)>> {
+        let seconds = self.seconds.as_ref()?;
+        Some(
+            self.program
+                .notes
+                .iter()
+                .zip(seconds.iter().copied())
+                .collect(),
+        )
     }
 
     /// Runs every kernel once, binding each external buffer the plan names to the first of
@@ -139,11 +177,24 @@ impl Executable {
             }
             self.table[slot] = buffer.as_mut_ptr();
         }
-        for kernel in &self.program.kernels {
-            // SAFETY: every slot points at a live buffer of the planned length and element type
-            // (temporaries since `new`, external buffers checked above), which is all the kernel
-            // ABI requires.
-            unsafe { kernel(self.table.as_ptr()) };
+        let table = self.table.as_ptr();
+        match &mut self.seconds {
+            None => {
+                for kernel in &self.program.kernels {
+                    // SAFETY: every slot points at a live buffer of the planned length and
+                    // element type (temporaries since `new`, external buffers checked above),
+                    // which is all the kernel ABI requires.
+                    unsafe { kernel(table) };
+                }
+            }
+            Some(seconds) => {
+                for (kernel, spent) in self.program.kernels.iter().zip(seconds) {
+                    let started = std::time::Instant::now();
+                    // SAFETY: as above.
+                    unsafe { kernel(table) };
+                    *spent += started.elapsed().as_secs_f64();
+                }
+            }
         }
         Ok(())
     }

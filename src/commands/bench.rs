@@ -9,7 +9,9 @@ use nabla_runtime::Elem;
 use nabla_runtime::train::{self, Settings};
 use serde_json::json;
 
-use super::{Failure, Outcome, PassFlags, first_train, load_file, memory_diagnostic, print_json};
+use super::{
+    Failure, Outcome, PassFlags, first_train, load_file, memory_diagnostic, print_json, profile,
+};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -24,6 +26,11 @@ pub struct Args {
     /// One JSON object: compile_ms, step_ms, samples_per_s, peak_rss_mb, threads, batch.
     #[arg(long)]
     json: bool,
+    /// Then each kernel's share of the step, sorted by time: its FLOP/s and GB/s against this
+    /// machine's measured peaks (a roofline) and the source lines it came from (as JSON lines
+    /// after the summary with --json).
+    #[arg(long)]
+    profile: bool,
     #[command(flatten)]
     passes: PassFlags,
 }
@@ -53,16 +60,17 @@ pub fn run(args: Args) -> Outcome {
     };
     let mut store = train::init_store(&info, 0, Elem::F32).map_err(Failure::Message)?;
     let data = train::synthetic(&info, batch, 0);
-    let (codegen_s, mut times) = train::time_steps(
+    let timing = train::time_steps(
         &info,
         &settings,
         &mut programs,
         &mut store,
         &data,
-        WARMUP,
-        args.steps,
+        (WARMUP, args.steps),
+        args.profile,
     )
     .map_err(Failure::Message)?;
+    let (codegen_s, mut times) = (timing.compile_seconds, timing.step_seconds);
     times.sort_by(f64::total_cmp);
     let mean = times.iter().sum::<f64>() / times.len() as f64;
     let median = times[times.len() / 2];
@@ -96,11 +104,20 @@ pub fn run(args: Args) -> Outcome {
             peak_rss_mb.map_or("unknown".into(), |m| format!("{m:.0} MB"))
         );
     }
+    if let Some(kernels) = &timing.kernels {
+        let peaks = nabla_kernels::peaks::measure(programs.threads);
+        let rows = profile::rows(kernels, &loaded);
+        if args.json {
+            profile::print_json_lines(&rows, &peaks, programs.threads);
+        } else {
+            profile::print(&rows, &peaks, programs.threads);
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 
 /// `8.846 ms`, `1.3 µs`.
-fn duration(seconds: f64) -> String {
+pub fn duration(seconds: f64) -> String {
     if seconds < 1e-3 {
         format!("{:.2} µs", seconds * 1e6)
     } else {

@@ -16,6 +16,7 @@ pub mod gradcheck;
 pub mod graph;
 pub mod plot;
 pub mod predict;
+pub mod profile;
 pub mod session;
 pub mod train;
 pub mod weights;

@@ -224,6 +224,7 @@ pub fn compile(
     let program = Program {
         buffers: plan.buffers.clone(),
         kernels,
+        notes: plan.notes(elem.size()),
         outputs: plan.outputs.clone(),
         elem,
         code: Box::new(module),

@@ -6,8 +6,8 @@ use super::contract::{Compile, ModelInfo};
 use super::programs::{ProgramKind, Runner};
 use super::settings::{Settings, check_batch};
 use super::store::{Store, feed_step_scalars, insert_step_scalars};
-use crate::Rng;
 use crate::data::Dataset;
+use crate::{KernelNote, Rng};
 
 /// `rows` examples of random data of the model's shapes, for benchmarks: standard normal
 /// inputs, uniform targets in [0, 1), class labels drawn uniformly (0 when the class count is
@@ -44,16 +44,19 @@ pub fn synthetic(info: &ModelInfo, rows: usize, seed: u64) -> Dataset {
 
 /// Times training steps for benchmarks: `warmup` untimed steps, then `steps` timed ones, all
 /// on the first `settings.batch` examples of `data` (no shuffling, no metrics). Returns the
-/// compilation's seconds and each timed step's.
+/// compilation's seconds, each timed step's, and with `profile` each kernel's note and its
+/// mean seconds per step, timed in extra steps of their own (so that the clock reads around
+/// every kernel leave the step times alone).
+#[allow(clippy::too_many_arguments)]
 pub fn time_steps(
     info: &ModelInfo,
     settings: &Settings,
     compile: &mut dyn Compile,
     store: &mut Store,
     data: &Dataset,
-    warmup: usize,
-    steps: usize,
-) -> Result<(f64, Vec<f64>), String> {
+    (warmup, steps): (usize, usize),
+    profile: bool,
+) -> Result<Timing, String> {
     let mut trainer = Runner::new(ProgramKind::Train, settings.elem);
     insert_step_scalars(info, settings.elem, store);
     let rows: Vec<usize> = (0..settings.batch.min(data.rows)).collect();
@@ -61,21 +64,49 @@ pub fn time_steps(
     let started = Instant::now();
     trainer.compile(compile, info, rows.len())?;
     let compile_seconds = started.elapsed().as_secs_f64();
-    let mut times = Vec::with_capacity(steps);
-    for step in 0..warmup + steps {
-        feed_step_scalars(info, settings.lr, step, store);
+    let mut step_seconds = Vec::with_capacity(steps);
+    let mut step = |trainer: &mut Runner, k: usize| -> Result<f64, String> {
+        feed_step_scalars(info, settings.lr, k, store);
         let started = Instant::now();
-        trainer.run(
-            compile,
-            info,
-            data,
-            &rows,
-            store,
-            Some((settings.seed, step)),
-        )?;
-        if step >= warmup {
-            times.push(started.elapsed().as_secs_f64());
+        trainer.run(compile, info, data, &rows, store, Some((settings.seed, k)))?;
+        Ok(started.elapsed().as_secs_f64())
+    };
+    for k in 0..warmup + steps {
+        let seconds = step(&mut trainer, k)?;
+        if k >= warmup {
+            step_seconds.push(seconds);
         }
     }
-    Ok((compile_seconds, times))
+    let mut kernels = None;
+    if profile {
+        trainer.executable(rows.len()).profile();
+        for k in warmup + steps..warmup + 2 * steps {
+            step(&mut trainer, k)?;
+        }
+        let profiled = trainer
+            .executable(rows.len())
+            .profiled()
+            .unwrap_or_default();
+        kernels = Some(
+            profiled
+                .into_iter()
+                .map(|(note, seconds)| (note.clone(), seconds / steps as f64))
+                .collect(),
+        );
+    }
+    Ok(Timing {
+        compile_seconds,
+        step_seconds,
+        kernels,
+    })
+}
+
+/// What [`time_steps`] measured.
+pub struct Timing {
+    /// Seconds to compile the train step.
+    pub compile_seconds: f64,
+    /// Each timed step's seconds.
+    pub step_seconds: Vec<f64>,
+    /// With profiling, each kernel's note and mean seconds per step, in program order.
+    pub kernels: Option<Vec<(KernelNote, f64)>>,
 }

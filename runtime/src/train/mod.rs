@@ -19,7 +19,7 @@ mod run;
 mod settings;
 mod store;
 
-pub use bench::{synthetic, time_steps};
+pub use bench::{Timing, synthetic, time_steps};
 pub use contract::{
     BiasCorrection, Compile, Feed, Mask, ModelInfo, ParamInfo, PredictionKind, gradient_name, numel,
 };

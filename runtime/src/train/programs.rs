@@ -105,6 +105,20 @@ impl Runner {
     }
 }
 
+impl Runner {
+    /// The program compiled for `batch`.
+    ///
+    /// # Panics
+    /// If none was compiled for it ([`Runner::compile`] first).
+    pub(super) fn executable(&mut self, batch: usize) -> &mut Executable {
+        &mut self
+            .programs
+            .get_mut(&batch)
+            .expect("compiled for this batch")
+            .0
+    }
+}
+
 /// The train-step programs, and the evaluation and gradient programs, each cached by batch size.
 pub(super) struct Runners {
     pub(super) train: Runner,
