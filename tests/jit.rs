@@ -9,6 +9,7 @@ use nabla_compiler::codegen::jit::Listing;
 use nabla_compiler::evaluator::JitEvaluator;
 use nabla_compiler::gradcheck::{self, Config};
 use nabla_compiler::ir::{Graph, Shape, Tensor, UnaryOp, interp};
+use nabla_compiler::kernel::Phase;
 use nabla_compiler::pipeline::{self, Passes, Request};
 use nabla_compiler::{autodiff, model::Model};
 use nabla_runtime::Elem;
@@ -260,19 +261,10 @@ fn inline_transcendentals_are_accurate_over_the_whole_f32_range() {
     );
 }
 
-/// Large maps and the epilogues of large products split their rows over two threads, in odd
-/// bands: the interpreter's values, and bit for bit what one thread computes.
-#[test]
-fn rows_split_over_threads_compute_what_one_thread_does() {
-    let m = model(
-        "model wide {
-  input  x[B, 515]
-  target t[B] : class
-  h      = relu(dense(x, 257))
-  loss   = cross_entropy(dense(h * h - h, 3), t)
-}",
-    );
-    let batch = 131;
+/// Plans `source`'s gradients at `batch` on two threads, checks that two threads compute the
+/// interpreter's values and bit for bit what one thread does, and returns the plan.
+fn two_threads_agree(source: &str, batch: usize) -> nabla_compiler::kernel::Plan {
+    let m = model(source);
     let mut bound = m.clone();
     bound.bind(&|_| Some(batch)).unwrap();
     let (graph, loss, grads) = bound.gradient_graph().unwrap();
@@ -287,8 +279,6 @@ fn rows_split_over_threads_compute_what_one_thread_does() {
         threads: 2,
     };
     let plan = pipeline::plan(&request).unwrap().plan;
-    let split = plan.kernels.iter().flat_map(|k| &k.phases);
-    assert!(split.filter(|p| p.split_rows().is_some()).count() >= 2);
     for (elem, tol) in [(Elem::F64, 1e-12), (Elem::F32, 2e-4)] {
         let two = JitEvaluator::new(elem).with_threads(2);
         common::compiled_matches_interpreter(&m, batch, 3, two, tol, true).unwrap();
@@ -301,4 +291,45 @@ fn rows_split_over_threads_compute_what_one_thread_does() {
             .unwrap()
     };
     assert_eq!(run(1), run(2));
+    plan
+}
+
+/// Large maps and the epilogues of large products split their rows over two threads, in odd
+/// bands: the interpreter's values, and bit for bit what one thread computes.
+#[test]
+fn rows_split_over_threads_compute_what_one_thread_does() {
+    let plan = two_threads_agree(
+        "model wide {
+  input  x[B, 515]
+  target t[B] : class
+  h      = relu(dense(x, 257))
+  loss   = cross_entropy(dense(h * h - h, 3), t)
+}",
+        131,
+    );
+    let split = plan.kernels.iter().flat_map(|k| &k.phases);
+    assert!(split.filter(|p| p.split_rows().is_some()).count() >= 2);
+}
+
+/// Large reductions split over two threads by a variable every output keeps (batch
+/// normalisation's channel, moved outermost): the interpreter's values, and bit for bit what
+/// one thread computes.
+#[test]
+fn reductions_split_over_threads_by_the_channel_compute_what_one_thread_does() {
+    let plan = two_threads_agree(
+        "model bn {
+  input  x[B, 6, 9, 9]
+  target t[B] : class
+  h      = relu(batch_norm(x))
+  loss   = cross_entropy(dense(flatten(h), 3), t)
+}",
+        131,
+    );
+    let split_reductions = plan
+        .kernels
+        .iter()
+        .flat_map(|k| &k.phases)
+        .filter(|p| matches!(p, Phase::Reduce { .. }) && p.split_rows().is_some())
+        .count();
+    assert!(split_reductions >= 2, "{split_reductions} reductions split");
 }

@@ -185,16 +185,19 @@ pub const GEMM_MIN_MACS: usize = 1 << 15;
 const PARALLEL_MIN_ELEMENTS: usize = 1 << 15;
 
 /// Decides how `phase` runs on `threads` threads: a product by the GEMM or by register tiles,
-/// and whether bands of rows split over the threads (a large map, or the epilogue of a product
-/// the GEMM computes).
+/// and whether bands of rows split over the threads (a large map, the epilogue of a product
+/// the GEMM computes, or a large reduction whose outputs all move with its outermost variable,
+/// so that each output is accumulated by one band, in the order one thread would).
 fn decide(phase: &mut Phase, threads: usize) {
-    let splits = |l: &Loop, big: bool| {
+    let big = |l: &Loop| {
         threads > 1
-            && big
             && l.dims.len() >= 2
             && l.dims[0] >= 2
-            && !l.stores.is_empty()
             && l.dims.iter().product::<usize>() >= PARALLEL_MIN_ELEMENTS
+    };
+    let splits = |l: &Loop, gemm: bool| {
+        gemm && big(l)
+            && !l.stores.is_empty()
             && l.stores
                 .iter()
                 .all(|s| s.coeffs.first().is_some_and(|&c| c != 0))
@@ -216,8 +219,41 @@ fn decide(phase: &mut Phase, threads: usize) {
             };
             epilogue.split_rows = splits(epilogue, *method == Product::Gemm);
         }
-        Phase::Reduce { .. } | Phase::Call { .. } => {}
+        Phase::Reduce { body, reductions } => {
+            outermost_kept(body, reductions);
+            body.split_rows = big(body) && reductions.iter().all(|r| r.coeffs[0] != 0);
+        }
+        Phase::Call { .. } => {}
     }
+}
+
+/// Makes the first loop variable that every reduction keeps (batch normalisation's channel in
+/// `[batch, channel, pixels]`) the outermost, unless it is the innermost: each output's
+/// contributions are then accumulated in the same order as before, and bands of that variable
+/// can run on several threads. Done on any thread count, so that the bits do not depend on it.
+fn outermost_kept(body: &mut Loop, reductions: &mut [Reduction]) {
+    let last = body.dims.len().saturating_sub(1);
+    let Some(j) = (1..last).find(|&j| reductions.iter().all(|r| r.coeffs[j] != 0)) else {
+        return;
+    };
+    to_front(&mut body.dims, j);
+    for e in &mut body.exprs {
+        if let Expr::Load { coeffs, .. } | Expr::Index { coeffs } = e {
+            to_front(coeffs, j);
+        }
+    }
+    body.stores
+        .iter_mut()
+        .for_each(|s| to_front(&mut s.coeffs, j));
+    reductions
+        .iter_mut()
+        .for_each(|r| to_front(&mut r.coeffs, j));
+}
+
+/// Moves element `j` to the front.
+fn to_front<T>(items: &mut Vec<T>, j: usize) {
+    let item = items.remove(j);
+    items.insert(0, item);
 }
 
 fn numel(graph: &Graph, id: NodeId) -> usize {

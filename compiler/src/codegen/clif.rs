@@ -110,7 +110,13 @@ pub fn emit_kernel(b: &mut FunctionBuilder, kernel: &Kernel, target: &Target) {
                 Some((f, extent)) => e.parallel_rows(f, extent),
                 None => e.map(l),
             },
-            Phase::Reduce { body, reductions } => e.reduce(body, reductions),
+            Phase::Reduce { body, reductions } => match split {
+                Some((f, extent)) => {
+                    e.start_reductions(reductions);
+                    e.parallel_rows(f, extent);
+                }
+                None => e.reduce(body, reductions),
+            },
             Phase::MatMul {
                 m,
                 k,
@@ -147,6 +153,7 @@ pub fn emit_rows(b: &mut FunctionBuilder, kernel: &Kernel, index: usize, target:
         Phase::MatMul {
             n, out, epilogue, ..
         } => e.epilogue(*n, *out, epilogue),
+        Phase::Reduce { body, reductions } => e.accumulate(body, reductions),
         phase => e.map(phase.body()),
     }
     e.b.ins().return_(&[]);

@@ -59,6 +59,12 @@ impl Emitter<'_, '_> {
     /// their lanes) and written once; otherwise outputs are updated in memory, in vectors where
     /// they are contiguous.
     pub(super) fn reduce(&mut self, body: &Loop, reductions: &[Reduction]) {
+        self.start_reductions(reductions);
+        self.accumulate(body, reductions);
+    }
+
+    /// Sets every output of the reductions to its identity.
+    pub(super) fn start_reductions(&mut self, reductions: &[Reduction]) {
         for r in reductions {
             let identity = identity(r.op);
             let out = [r.slot];
@@ -67,6 +73,11 @@ impl Emitter<'_, '_> {
                 e.store_at(v, out[0], &[1], vars);
             });
         }
+    }
+
+    /// Accumulates the reductions over the loop (over a band of its rows in a row function),
+    /// onto outputs already started.
+    pub(super) fn accumulate(&mut self, body: &Loop, reductions: &[Reduction]) {
         let inner_reduced =
             !body.dims.is_empty() && reductions.iter().all(|r| r.coeffs.last() == Some(&0));
         if !inner_reduced {
