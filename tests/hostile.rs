@@ -23,10 +23,15 @@ fn write(name: &str, text: &str) -> String {
 
 /// Runs nabla with its address space limited to 1.5 GiB.
 fn nabla_bounded(args: &[&str]) -> Output {
+    nabla_within_memory(1536, args)
+}
+
+/// Runs nabla with its address space limited to `mib` MiB.
+fn nabla_within_memory(mib: u64, args: &[&str]) -> Output {
     let mut command = Command::new("sh");
     command
         .arg("-c")
-        .arg("ulimit -v 1572864 && exec \"$0\" \"$@\"")
+        .arg(format!("ulimit -v {} && exec \"$0\" \"$@\"", mib * 1024))
         .arg(env!("CARGO_BIN_EXE_nabla"))
         .args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"));
@@ -263,4 +268,68 @@ fn paths_are_printed_verbatim_and_resolved_from_the_model_file() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// A log of 1.2 million epochs (about 200 MB) plots within 1 GiB of address space: it is read
+/// line by line into the few numbers a curve needs. Holding every line as a JSON value took
+/// about 6 times the file and aborted here.
+#[test]
+fn a_long_log_plots_in_bounded_memory() {
+    use std::io::Write;
+    let path = temp("long.jsonl");
+    let mut log = std::io::BufWriter::new(std::fs::File::create(&path).expect("create"));
+    for i in 0..1_200_000u64 {
+        writeln!(
+            log,
+            "{{\"accuracy\":0.5,\"epoch\":{i},\"loss\":{},\"lr\":0.05,\"seconds\":{},\"step\":{i},\"test_accuracy\":null,\"test_loss\":null,\"val_accuracy\":null,\"val_loss\":null}}",
+            1.0 / (1.0 + i as f64 * 1e-3),
+            i as f64 * 0.01
+        )
+        .expect("write");
+    }
+    log.flush().expect("flush");
+    drop(log);
+    let picture = temp("long.png");
+    let out = nabla_within_memory(
+        1024,
+        &[
+            "plot",
+            path.to_str().unwrap(),
+            "-o",
+            picture.to_str().unwrap(),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(picture.exists());
+    std::fs::remove_file(&path).expect("remove the log");
+}
+
+/// A 40 MB text trains within 1 GiB of address space (token indices, then the windows that
+/// training keeps, the held-out tail cut off in place; the first text loader needed about 25
+/// times the file and aborted here), and with less memory it is refused with a message, not
+/// an abort.
+#[test]
+fn a_large_text_trains_in_bounded_memory_or_says_it_cannot() {
+    let text = temp("large.txt");
+    let line = "the king shall not be moved and yet ROMEO loves JULIET by night\n";
+    std::fs::write(&text, line.repeat(40_000_000 / line.len())).expect("write");
+    let model = write(
+        "large_text.nn",
+        &format!(
+            "model tiny_text {{\n  input  tokens[B, 64] : index\n  target next[B, 64] : class\n  e      = embedding(tokens, 76, 4)\n  h      = rnn(e, 8)\n  loss   = cross_entropy(dense(h, 76), next)\n}}\ntrain t {{\n  data       = text(\"{}\", seq = 64, level = \"char\")\n  validation = 0.1\n  batch      = 32\n}}\n",
+            text.display()
+        ),
+    );
+    let out = nabla_within_memory(1024, &["train", &model, "--steps", "1", "--quiet"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fails_with(
+        &nabla_within_memory(600, &["train", &model, "--steps", "1", "--quiet"]),
+        "is too large for this machine's memory",
+    );
+    std::fs::remove_file(&text).expect("remove the text");
 }

@@ -132,7 +132,22 @@ pub fn windows(
         ))
     })?;
     let vocabulary = Vocabulary::of(text, level);
+    // Allocations that a large text may not get are asked for, not assumed: no text makes the
+    // process abort.
+    let too_large = |what: &str, bytes: usize| {
+        DataError(format!(
+            "`{}` is too large for this machine's memory: its {what} need {} MB more than can be had",
+            path.display(),
+            bytes >> 20
+        ))
+    };
     let mut ids: Vec<u32> = Vec::new();
+    let estimate = match level {
+        Level::Char => text.len(),
+        Level::Word => text.len() / 2 + 1,
+    };
+    ids.try_reserve(estimate)
+        .map_err(|_| too_large("token indices", 4 * estimate))?;
     for (at, token) in tokens(text, level).enumerate() {
         let index = vocabulary.index(token, at).map_err(DataError)?;
         ids.push(index as u32);
@@ -146,14 +161,21 @@ pub fn windows(
             ids.len()
         )));
     }
-    let column = |name: &str, shift: usize| Column {
-        name: name.to_string(),
-        row_len: seq,
-        values: (0..rows * seq).map(|i| ids[i + shift] as f32).collect(),
-        source: None,
+    let column = |name: &str, shift: usize| -> Result<Column, DataError> {
+        let mut values = Vec::new();
+        values
+            .try_reserve_exact(rows * seq)
+            .map_err(|_| too_large("training windows", 8 * rows * seq))?;
+        values.extend((0..rows * seq).map(|i| ids[i + shift] as f32));
+        Ok(Column {
+            name: name.to_string(),
+            row_len: seq,
+            values,
+            source: None,
+        })
     };
     Ok(Dataset {
-        columns: vec![column(input, 0), column(target, 1)],
+        columns: vec![column(input, 0)?, column(target, 1)?],
         rows,
         origin: format!("`{}`", path.display()),
         vocabulary: Some(vocabulary),

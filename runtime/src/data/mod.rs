@@ -87,6 +87,18 @@ pub struct Column {
     pub source: Option<String>,
 }
 
+impl Column {
+    /// A column of the same name, row length and source, with no values.
+    fn clone_empty(&self) -> Column {
+        Column {
+            name: self.name.clone(),
+            row_len: self.row_len,
+            values: Vec::new(),
+            source: self.source.clone(),
+        }
+    }
+}
+
 /// Examples as named columns of equal length.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Dataset {
@@ -139,8 +151,9 @@ impl Dataset {
     /// Splits off a random `fraction` of the examples (chosen with `seed`, at least one) as a
     /// validation set: `(training, validation)`, each in the original order; for windows of a
     /// text, the last `fraction` of them (a contiguous part of the text, so no window straddles
-    /// the split). An error when either part would be empty.
-    pub fn hold_out(&self, fraction: f64, seed: u64) -> Result<(Dataset, Dataset), String> {
+    /// the split), cut off in place so that a large text is not copied. An error when either
+    /// part would be empty.
+    pub fn hold_out(mut self, fraction: f64, seed: u64) -> Result<(Dataset, Dataset), String> {
         let held = ((self.rows as f64 * fraction).round() as usize).max(1);
         if held >= self.rows {
             return Err(format!(
@@ -150,21 +163,37 @@ impl Dataset {
                 if self.rows == 1 { "" } else { "s" }
             ));
         }
-        let mut order: Vec<usize> = (0..self.rows).collect();
+        let validation_origin = format!("the validation part of {}", self.origin);
         if self.vocabulary.is_some() {
-            order.rotate_left(self.rows - held);
-        } else {
-            Rng::stream(seed, &[HOLD_OUT_STREAM]).shuffle(&mut order);
+            let kept = self.rows - held;
+            let tail = Dataset {
+                columns: self
+                    .columns
+                    .iter_mut()
+                    .map(|c| {
+                        let values = c.values.split_off(kept * c.row_len);
+                        c.values.shrink_to_fit();
+                        Column {
+                            values,
+                            ..c.clone_empty()
+                        }
+                    })
+                    .collect(),
+                rows: held,
+                origin: validation_origin,
+                vocabulary: self.vocabulary.clone(),
+            };
+            self.rows = kept;
+            return Ok((self, tail));
         }
+        let mut order: Vec<usize> = (0..self.rows).collect();
+        Rng::stream(seed, &[HOLD_OUT_STREAM]).shuffle(&mut order);
         let (mut validation, mut training) = (order[..held].to_vec(), order[held..].to_vec());
         validation.sort_unstable();
         training.sort_unstable();
         Ok((
             self.select(&training, self.origin.clone()),
-            self.select(
-                &validation,
-                format!("the validation part of {}", self.origin),
-            ),
+            self.select(&validation, validation_origin),
         ))
     }
 }
