@@ -30,15 +30,20 @@ fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Runs nabla, killing it after `seconds` (a hang fails the test instead of stalling it).
-fn nabla_within(seconds: u64, args: &[&str]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_nabla"))
+/// Starts nabla in the project's folder with its output piped.
+fn spawn(args: &[&str]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_nabla"))
         .args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("the nabla binary runs");
+        .expect("the nabla binary runs")
+}
+
+/// Runs nabla, killing it after `seconds` (a hang fails the test instead of stalling it).
+fn nabla_within(seconds: u64, args: &[&str]) -> Output {
+    let mut child = spawn(args);
     let deadline = Instant::now() + Duration::from_secs(seconds);
     while child.try_wait().expect("wait").is_none() {
         if Instant::now() > deadline {
@@ -48,6 +53,21 @@ fn nabla_within(seconds: u64, args: &[&str]) -> Output {
         std::thread::sleep(Duration::from_millis(20));
     }
     child.wait_with_output().expect("output")
+}
+
+/// Starts nabla with its output piped, once it has printed its first line: the process and the
+/// rest of its output.
+fn after_first_line(
+    args: &[&str],
+) -> (
+    std::process::Child,
+    std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+) {
+    use std::io::BufRead;
+    let mut child = spawn(args);
+    let mut lines = std::io::BufReader::new(child.stdout.take().expect("piped")).lines();
+    lines.next().expect("a first line").expect("a line");
+    (child, lines)
 }
 
 /// Asserts exit code 1, `message` on stderr, and no panic.
@@ -344,7 +364,6 @@ fn a_users_files_are_written_as_what_they_are() {
 /// still runs: it must not skip the save. Before the grace period it exited at once.
 #[test]
 fn a_doubled_interrupt_still_saves_the_run() {
-    use std::io::{BufRead, BufReader};
     let dir = temp("interrupt");
     let model = dir.join("slow.nn");
     std::fs::write(
@@ -353,16 +372,17 @@ fn a_doubled_interrupt_still_saves_the_run() {
     )
     .unwrap();
     let checkpoints = s(&dir.join("run"));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_nabla"))
-        .args(["train", &s(&model), "--json", "--threads", "1"])
-        .args(["--checkpoint", &checkpoints, "--every", "1000000"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starts");
-    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
-    lines.next().expect("a first report").expect("a line");
+    let (child, lines) = after_first_line(&[
+        "train",
+        &s(&model),
+        "--json",
+        "--threads",
+        "1",
+        "--checkpoint",
+        &checkpoints,
+        "--every",
+        "1000000",
+    ]);
     let drain = std::thread::spawn(move || lines.count());
     let id = child.id().to_string();
     for _ in 0..2 {
@@ -597,4 +617,34 @@ fn gradcheck_tells_a_kink_from_a_wrong_gradient() {
     );
     let text = stdout(&common::nabla(&["gradcheck", &s(&model)]));
     assert!(text.contains("kink: not checked"), "{text}");
+}
+
+/// `--log /dev/stdout | head`: when the log's reader goes away, the run stops and saves as on
+/// Ctrl-C, rather than end with "Broken pipe" and lose its work. (The log is given as
+/// `/proc/self/fd/1`, what `/dev/stdout` names on Linux, since some sandboxes make `/dev/stdout`
+/// a plain file.)
+#[test]
+fn a_log_whose_reader_goes_away_stops_the_run_as_ctrl_c_does() {
+    let dir = temp("reader");
+    let cases = [
+        (
+            &["--quiet", "--log", "/proc/self/fd/1"][..],
+            "`/proc/self/fd/1`",
+        ),
+        (&[][..], "standard output"),
+    ];
+    for (i, (flags, reader)) in cases.into_iter().enumerate() {
+        let weights = s(&dir.join(format!("w{i}.safetensors")));
+        let mut args = vec!["train", XOR, "--epochs", "10000000", "--save", &weights];
+        args.extend_from_slice(flags);
+        let (child, lines) = after_first_line(&args);
+        drop(lines);
+        let out = child.wait_with_output().expect("ends");
+        assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+        let stopped = format!("the reader of {reader} has gone: stopping as on Ctrl-C");
+        for expected in [stopped.as_str(), "saved the run to"] {
+            assert!(stderr(&out).contains(expected), "{}", stderr(&out));
+        }
+        assert!(Path::new(&weights).exists(), "{}", stderr(&out));
+    }
 }

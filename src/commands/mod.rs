@@ -187,13 +187,44 @@ pub fn print_json(value: &serde_json::Value) {
     out!("{value}");
 }
 
-/// Writes one line to stdout; exits quietly when the reader has gone away.
+/// Where a command that must not lose its work asks to be stopped when its output's reader
+/// goes away (`nabla train ... | head`): training's interrupt flag, so that the run stops after
+/// its step and saves as on Ctrl-C. Without it, the command ends quietly there.
+static STOP_WHEN_UNREAD: std::sync::OnceLock<&'static std::sync::atomic::AtomicBool> =
+    std::sync::OnceLock::new();
+
+/// Whether the reader of standard output has gone.
+static STDOUT_GONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Stops the command by `flag` (see [`STOP_WHEN_UNREAD`]) when its output is no longer read.
+pub fn stop_when_unread(flag: &'static std::sync::atomic::AtomicBool) {
+    let _ = STOP_WHEN_UNREAD.set(flag);
+}
+
+/// The reader of `what` has gone: a command that registered a flag is asked to stop (once,
+/// saying so); any other ends quietly, as `yes | head` does.
+pub fn reader_gone(what: &str) {
+    use std::sync::atomic::Ordering;
+    let Some(flag) = STOP_WHEN_UNREAD.get() else {
+        std::process::exit(0);
+    };
+    if !flag.swap(true, Ordering::SeqCst) {
+        eprintln!("note: the reader of {what} has gone: stopping as on Ctrl-C");
+    }
+}
+
+/// Writes one line to stdout; when the reader has gone away, see [`reader_gone`].
 pub fn write_stdout(line: &str) {
     use std::io::Write;
+    use std::sync::atomic::Ordering;
+    if STDOUT_GONE.load(Ordering::Relaxed) {
+        return;
+    }
     let mut stdout = std::io::stdout().lock();
     if let Err(e) = writeln!(stdout, "{line}") {
         if e.kind() == std::io::ErrorKind::BrokenPipe {
-            std::process::exit(0);
+            STDOUT_GONE.store(true, Ordering::Relaxed);
+            return reader_gone("standard output");
         }
         eprintln!("error: cannot write output: {e}");
         std::process::exit(1);

@@ -320,6 +320,7 @@ fn train_with_hooks(
     state: &mut State,
 ) -> Result<(Finish, Vec<serde_json::Value>), Failure> {
     let interrupted = interrupt_flag();
+    super::stop_when_unread(interrupted);
     let bar = report::progress_bar(args, data.total_steps, state.position.step);
     let mut reports = EpochReports::new(args, settings, data.total_epochs, state, bar.as_ref())?;
     let mut progress = BatchProgress::new(bar.as_ref());

@@ -231,10 +231,13 @@ fn record(r: &Report) -> serde_json::Value {
 /// `--log FILE`: one JSON line per report, appended and flushed as it comes, so earlier lines
 /// are never at risk. A resumed run first rewrites the file (atomically) to the lines of the
 /// epochs its checkpoint had trained, so that the log reads as one uninterrupted run. A pipe or
-/// a device is written as a stream.
+/// a device is written as a stream; when its reader goes away (`--log /dev/stdout | head`), the
+/// run stops and saves as on Ctrl-C rather than lose its work.
 struct MetricsLog {
     path: PathBuf,
     file: std::fs::File,
+    stream: bool,
+    reader_gone: bool,
 }
 
 impl MetricsLog {
@@ -246,6 +249,8 @@ impl MetricsLog {
                 return Ok(MetricsLog {
                     path: path.to_path_buf(),
                     file,
+                    stream: true,
+                    reader_gone: false,
                 });
             }
             files::Destination::File(file) => file,
@@ -270,14 +275,24 @@ impl MetricsLog {
         Ok(MetricsLog {
             path: path.to_path_buf(),
             file,
+            stream: false,
+            reader_gone: false,
         })
     }
 
     fn push(&mut self, record: &serde_json::Value) -> Result<(), String> {
         use std::io::Write;
-        writeln!(self.file, "{record}")
-            .and_then(|()| self.file.flush())
-            .map_err(|e| format!("cannot write `{}`: {e}", self.path.display()))
+        if self.reader_gone {
+            return Ok(());
+        }
+        match writeln!(self.file, "{record}").and_then(|()| self.file.flush()) {
+            Err(e) if self.stream && e.kind() == std::io::ErrorKind::BrokenPipe => {
+                self.reader_gone = true;
+                crate::commands::reader_gone(&format!("`{}`", self.path.display()));
+                Ok(())
+            }
+            result => result.map_err(|e| format!("cannot write `{}`: {e}", self.path.display())),
+        }
     }
 }
 
