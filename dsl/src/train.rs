@@ -11,6 +11,7 @@ use nabla_runtime::Schedule;
 use nabla_runtime::data::DataSource;
 use nabla_runtime::text::Level;
 use nabla_runtime::train::{EarlyStopping, Monitor};
+use nabla_runtime::train::{MAX_BATCH, MAX_EPOCHS, MAX_STEPS};
 
 use crate::args::{Args, integer, number, string};
 use crate::ast::{Expr, ExprKind, TrainDef};
@@ -93,9 +94,11 @@ pub fn check_train(def: &TrainDef, model: &Model) -> Result<TrainSpec, Diagnosti
             "test" => spec.test = Some(data(value, model)?),
             "optimizer" => spec.optimizer = optimizer(value)?,
             "schedule" => spec.schedule = schedule(value)?,
-            "batch" => spec.batch = Some(integer(value, "batch", 1, 1 << 24)? as usize),
-            "epochs" => spec.epochs = Some(integer(value, "epochs", 1, 1 << 24)? as usize),
-            "steps" => spec.steps = Some(integer(value, "steps", 1, 1 << 40)? as usize),
+            "batch" => spec.batch = Some(integer(value, "batch", 1, MAX_BATCH as u64)? as usize),
+            "epochs" => {
+                spec.epochs = Some(integer(value, "epochs", 1, MAX_EPOCHS as u64)? as usize)
+            }
+            "steps" => spec.steps = Some(integer(value, "steps", 1, MAX_STEPS as u64)? as usize),
             "seed" => spec.seed = Some(integer(value, "seed", 0, u32::MAX as u64)?),
             "validation" => spec.validation = Some(validation(value, model)?),
             "early_stopping" => spec.early_stopping = Some(early_stopping(value)?),

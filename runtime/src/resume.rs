@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use crate::checkpoint::{self, Tensor};
-use crate::train::{ModelInfo, Position, State, Store, numel};
+use crate::train::{MAX_BATCH, MAX_EPOCHS, MAX_STEPS, ModelInfo, Position, State, Store, numel};
 use crate::{Buffer, Elem};
 
 /// The metadata key of the run's settings.
@@ -41,13 +41,6 @@ pub struct Run {
     #[serde(default)]
     pub steps: Option<usize>,
 }
-
-/// The most examples per step, as the DSL and `--batch` allow.
-const MAX_BATCH: usize = 1 << 24;
-/// The most epochs, as the DSL and `--epochs` allow.
-const MAX_EPOCHS: usize = 1 << 24;
-/// The most steps, as `--steps` allows.
-const MAX_STEPS: usize = 1 << 40;
 
 impl Run {
     /// Checks the settings with the rules of the DSL and the flags, naming the first field

@@ -18,7 +18,7 @@ pub struct Args {
     /// The model file.
     file: PathBuf,
     /// Examples per step (default: the train block's, else 32).
-    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1 << 24))]
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=nabla_runtime::train::MAX_BATCH as u64))]
     batch: Option<usize>,
     /// Timed steps (after 5 untimed ones).
     #[arg(long, default_value_t = 100, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1 << 24))]

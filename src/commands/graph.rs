@@ -68,7 +68,7 @@ pub struct Args {
     format: Option<Format>,
     /// Bind every symbolic dimension (the batch) to this size (1 to 16,777,216); `fused`,
     /// `clif`, `asm` and `--stats` default to the train block's batch.
-    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1 << 24))]
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=nabla_runtime::train::MAX_BATCH as u64))]
     batch: Option<usize>,
     #[command(flatten)]
     passes: PassFlags,

@@ -27,7 +27,10 @@ pub use metrics::{Report, Tally, any_f64, evaluate, predict};
 pub use run::{
     Data, Divergence, Finish, Hooks, NonFinite, Position, Progress, State, TrainError, train,
 };
-pub use settings::{EarlyStopping, Monitor, Settings, steps_per_epoch, total_steps};
+pub use settings::{
+    EarlyStopping, MAX_BATCH, MAX_EPOCHS, MAX_STEPS, Monitor, Settings, steps_per_epoch,
+    total_steps,
+};
 pub use store::{Store, init_store, validate};
 
 #[cfg(test)]

@@ -123,6 +123,14 @@ impl EarlyStopping {
     }
 }
 
+/// The most examples per step, epochs and steps a run may ask for: the DSL's `train` blocks,
+/// the flags and a resumed checkpoint's settings are held to the same limits.
+pub const MAX_BATCH: usize = 1 << 24;
+/// See [`MAX_BATCH`].
+pub const MAX_EPOCHS: usize = 1 << 24;
+/// See [`MAX_BATCH`].
+pub const MAX_STEPS: usize = 1 << 40;
+
 /// Refuses a `batch` smaller than the model's train step can take.
 pub fn check_batch(batch: usize, info: &ModelInfo) -> Result<(), String> {
     if batch < info.min_batch {

@@ -35,13 +35,13 @@ pub struct Args {
     #[arg(long)]
     config: Option<String>,
     /// Passes over the training data (1 to 16,777,216).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1 << 24))]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=train::MAX_EPOCHS as u64))]
     epochs: Option<u64>,
     /// Total steps instead of epochs (1 to 2^40).
-    #[arg(long, conflicts_with = "epochs", value_parser = clap::value_parser!(u64).range(1..=1 << 40))]
+    #[arg(long, conflicts_with = "epochs", value_parser = clap::value_parser!(u64).range(1..=train::MAX_STEPS as u64))]
     steps: Option<u64>,
     /// Examples per step (1 to 16,777,216).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1 << 24))]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=train::MAX_BATCH as u64))]
     batch: Option<u64>,
     /// Base learning rate (a number of 0 or more); not with a `piecewise` schedule, whose values
     /// are the learning rates.
