@@ -10,8 +10,10 @@ use crate::parallel;
 
 /// The side of the square product timed for the compute peak.
 const SIDE: usize = 512;
-/// The bytes copied for the memory peak: far larger than any cache.
+/// The bytes copied for the memory peak: far larger than any cache; halved while memory
+/// cannot be had, down to [`MIN_COPY_BYTES`].
 const COPY_BYTES: usize = 256 << 20;
+const MIN_COPY_BYTES: usize = 16 << 20;
 /// Timed repetitions; the best is kept.
 const TRIES: usize = 5;
 
@@ -20,8 +22,10 @@ const TRIES: usize = 5;
 pub struct Peaks {
     /// f32 floating-point operations per second of a 512 x 512 x 512 product.
     pub flops: f64,
-    /// Bytes read plus written per second by a 256 MiB copy split over the threads.
+    /// Bytes read plus written per second by a copy of `copied` bytes split over the threads.
     pub bytes: f64,
+    /// The bytes the memory peak copied (256 MiB unless memory was short).
+    pub copied: usize,
 }
 
 /// Measures the peaks on `threads` threads (a few tenths of a second).
@@ -45,8 +49,8 @@ pub fn measure(threads: usize) -> Peaks {
         // SAFETY: `a` and `b` hold SIDE x SIDE row-major elements, `c` as many, all distinct.
         unsafe { product.run(threads) }
     });
-    let source = vec![1.0f32; COPY_BYTES / 4];
-    let mut target = vec![0.0f32; COPY_BYTES / 4];
+    let (source, mut target) = copy_buffers();
+    let copied = 4 * source.len();
     let parts = threads.max(1);
     let chunk = source.len().div_ceil(parts);
     let copy = best(|| {
@@ -63,7 +67,25 @@ pub fn measure(threads: usize) -> Peaks {
     std::hint::black_box((&c, &target));
     Peaks {
         flops: 2.0 * (SIDE * SIDE * SIDE) as f64 / flops,
-        bytes: 2.0 * COPY_BYTES as f64 / copy,
+        bytes: 2.0 * copied as f64 / copy,
+        copied,
+    }
+}
+
+/// A source and a target for the copy, as large as memory allows (see [`COPY_BYTES`]); asked
+/// for fallibly, so that a machine short of memory measures a smaller copy instead of aborting.
+fn copy_buffers() -> (Vec<f32>, Vec<f32>) {
+    let mut bytes = COPY_BYTES;
+    loop {
+        let (mut source, mut target) = (Vec::new(), Vec::new());
+        let had = source.try_reserve_exact(bytes / 4).is_ok()
+            && target.try_reserve_exact(bytes / 4).is_ok();
+        if had || bytes <= MIN_COPY_BYTES {
+            source.resize(bytes / 4, 1.0);
+            target.resize(bytes / 4, 0.0);
+            return (source, target);
+        }
+        bytes /= 2;
     }
 }
 

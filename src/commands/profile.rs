@@ -106,12 +106,13 @@ fn source_line(loaded: &Loaded, label: &str) -> Option<usize> {
 pub fn print(rows: &[Row], peaks: &Peaks, threads: usize) {
     let total: f64 = rows.iter().map(|r| r.seconds).sum();
     out!(
-        "profile: {} kernels, {} a step timed kernel by kernel; this machine's peaks on {threads} thread{}: {:.1} GFLOP/s (f32 product 512x512x512), {:.1} GB/s (copy of 256 MiB)",
+        "profile: {} kernels, {} a step timed kernel by kernel; this machine's peaks on {threads} thread{}: {:.1} GFLOP/s (f32 product 512x512x512), {:.1} GB/s (copy of {} MiB)",
         rows.len(),
         duration(total),
         if threads == 1 { "" } else { "s" },
         peaks.flops / 1e9,
         peaks.bytes / 1e9,
+        peaks.copied >> 20,
     );
     out!(
         "  {:>9}  {:>6}  {:>8}  {:>7}  {:>15}  kernel [source lines]",
@@ -161,6 +162,7 @@ pub fn print_json_lines(rows: &[Row], peaks: &Peaks, threads: usize) {
     }
     print_json(&json!({
         "peak_gflop_per_s": peaks.flops / 1e9, "peak_gb_per_s": peaks.bytes / 1e9,
+        "peak_copy_bytes": peaks.copied,
         "threads": threads, "kernels": rows.len(),
     }));
 }
