@@ -2,6 +2,7 @@
 //! expected), via `codespan-reporting`.
 
 use codespan_reporting::diagnostic::{Diagnostic as Report, Label};
+use std::borrow::Cow;
 use std::ops::Range;
 
 use codespan_reporting::files::{self, Files};
@@ -113,6 +114,7 @@ const EXCERPT_CHARS: usize = 120;
 pub fn render(diagnostics: &[Diagnostic], file_name: &str, source: &str) -> String {
     let config = Config::default();
     let mut out = String::new();
+    let source_lines: Vec<usize> = files::line_starts(source).collect();
     let mut seen: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
     let (mut shown, mut hidden) = (0, 0);
     for d in diagnostics {
@@ -126,7 +128,7 @@ pub fn render(diagnostics: &[Diagnostic], file_name: &str, source: &str) -> Stri
         let spans: Vec<Span> = std::iter::once(d.span)
             .chain(d.secondary.iter().map(|(s, _)| *s))
             .collect();
-        let excerpt = Excerpt::new(file_name, source, &spans);
+        let excerpt = Excerpt::new(file_name, (source, &source_lines), &spans);
         let mut labels = vec![Label::primary((), excerpt.shown(d.span)).with_message(&d.label)];
         labels.extend(
             d.secondary
@@ -167,8 +169,8 @@ pub fn render(diagnostics: &[Diagnostic], file_name: &str, source: &str) -> Stri
 struct Excerpt<'s> {
     name: &'s str,
     source: &'s str,
-    text: String,
-    line_starts: Vec<usize>,
+    text: Cow<'s, str>,
+    line_starts: Cow<'s, [usize]>,
     cuts: Vec<Cut>,
 }
 
@@ -181,7 +183,13 @@ struct Cut {
 }
 
 impl<'s> Excerpt<'s> {
-    fn new(name: &'s str, source: &'s str, spans: &[Span]) -> Excerpt<'s> {
+    /// The excerpt of `source`, whose line starts are `source_lines`, for a diagnostic at
+    /// `spans`: the source itself, borrowed, unless a line must be cut.
+    fn new(
+        name: &'s str,
+        (source, source_lines): (&'s str, &'s [usize]),
+        spans: &[Span],
+    ) -> Excerpt<'s> {
         let mut windows: Vec<(Range<usize>, Range<usize>)> = Vec::new();
         for span in spans {
             let at = floor_boundary(source, span.start.min(source.len()));
@@ -205,6 +213,15 @@ impl<'s> Excerpt<'s> {
             windows.push((line, from..to));
         }
         windows.sort_by_key(|(line, _)| line.start);
+        if windows.is_empty() {
+            return Excerpt {
+                name,
+                source,
+                text: Cow::Borrowed(source),
+                line_starts: Cow::Borrowed(source_lines),
+                cuts: Vec::new(),
+            };
+        }
         let (mut text, mut cuts, mut copied) = (String::new(), Vec::new(), 0);
         for (line, window) in windows {
             text.push_str(&source[copied..line.start]);
@@ -231,8 +248,8 @@ impl<'s> Excerpt<'s> {
         Excerpt {
             name,
             source,
-            text,
-            line_starts,
+            text: Cow::Owned(text),
+            line_starts: Cow::Owned(line_starts),
             cuts,
         }
     }

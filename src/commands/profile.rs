@@ -19,7 +19,7 @@ pub struct Row {
     pub title: String,
     /// Mean seconds per step.
     pub seconds: f64,
-    /// Floating-point operations and bytes per step.
+    /// Floating-point operations per step.
     pub flops: u64,
     /// Bytes read and written per step.
     pub bytes: u64,

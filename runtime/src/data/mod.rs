@@ -87,18 +87,6 @@ pub struct Column {
     pub source: Option<String>,
 }
 
-impl Column {
-    /// A column of the same name, row length and source, with no values.
-    fn clone_empty(&self) -> Column {
-        Column {
-            name: self.name.clone(),
-            row_len: self.row_len,
-            values: Vec::new(),
-            source: self.source.clone(),
-        }
-    }
-}
-
 /// Examples as named columns of equal length.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Dataset {
@@ -174,8 +162,10 @@ impl Dataset {
                         let values = c.values.split_off(kept * c.row_len);
                         c.values.shrink_to_fit();
                         Column {
+                            name: c.name.clone(),
+                            row_len: c.row_len,
                             values,
-                            ..c.clone_empty()
+                            source: c.source.clone(),
                         }
                     })
                     .collect(),

@@ -47,7 +47,6 @@ pub fn synthetic(info: &ModelInfo, rows: usize, seed: u64) -> Dataset {
 /// compilation's seconds, each timed step's, and with `profile` each kernel's note and its
 /// mean seconds per step, timed in extra steps of their own (so that the clock reads around
 /// every kernel leave the step times alone).
-#[allow(clippy::too_many_arguments)]
 pub fn time_steps(
     info: &ModelInfo,
     settings: &Settings,

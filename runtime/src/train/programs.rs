@@ -103,9 +103,7 @@ impl Runner {
         exe.run(&mut [inputs, store]).map_err(|e| e.to_string())?;
         Ok(exe)
     }
-}
 
-impl Runner {
     /// The program compiled for `batch`.
     ///
     /// # Panics

@@ -237,7 +237,6 @@ struct MetricsLog {
     path: PathBuf,
     file: std::fs::File,
     stream: bool,
-    reader_gone: bool,
 }
 
 impl MetricsLog {
@@ -250,7 +249,6 @@ impl MetricsLog {
                     path: path.to_path_buf(),
                     file,
                     stream: true,
-                    reader_gone: false,
                 });
             }
             files::Destination::File(file) => file,
@@ -276,18 +274,14 @@ impl MetricsLog {
             path: path.to_path_buf(),
             file,
             stream: false,
-            reader_gone: false,
         })
     }
 
     fn push(&mut self, record: &serde_json::Value) -> Result<(), String> {
         use std::io::Write;
-        if self.reader_gone {
-            return Ok(());
-        }
         match writeln!(self.file, "{record}").and_then(|()| self.file.flush()) {
+            // The run stops after this step; `reader_gone` says so once.
             Err(e) if self.stream && e.kind() == std::io::ErrorKind::BrokenPipe => {
-                self.reader_gone = true;
                 crate::commands::reader_gone(&format!("`{}`", self.path.display()));
                 Ok(())
             }
