@@ -6,24 +6,13 @@ use std::collections::HashMap;
 
 use nabla_compiler::autodiff::{self, differentiate};
 use nabla_compiler::egraph::{self, Limits, RuleSet};
-use nabla_compiler::gradcheck::{self, Config, ParamResult};
+use nabla_compiler::gradcheck::{self, Config};
 use nabla_compiler::ir::{Graph, NodeId, Op, ShapeError, Tensor, UnaryOp, interp};
 use nabla_runtime::Rng;
 use proptest::prelude::*;
 
 mod common;
-use common::{bodies, formula, model, template};
-
-fn check(source: &str, batch: usize, seed: u64, rules: autodiff::VjpRule) -> Vec<ParamResult> {
-    let config = Config {
-        cases: 2,
-        seed,
-        batch,
-        samples: 12,
-        ..Config::default()
-    };
-    gradcheck::check(&model(source), &config, rules, &interp::eval).expect("gradcheck runs")
-}
+use common::{bodies, check, formula, model, template};
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]

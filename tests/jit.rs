@@ -207,7 +207,7 @@ fn inline_f32(op: UnaryOp, reference: fn(f64) -> f64, special: &[f32]) -> (u64, 
     (worst.0, worst.1, at)
 }
 
-/// Generated code computes f32 `tanh`, `exp`, `log` and `sigmoid` in registers (no call), within a
+/// Generated code computes f32 `tanh`, `erf`, `exp`, `log` and `sigmoid` in registers (no call), within a
 /// few ulp of the correctly rounded value over the whole f32 range and exact at the special
 /// values: infinities, signed zeros, and the edges of overflow and underflow.
 #[test]
@@ -250,6 +250,12 @@ fn inline_transcendentals_are_accurate_over_the_whole_f32_range() {
         "log of a negative number"
     );
     assert_eq!(log[2], f32::NEG_INFINITY);
+
+    let erf = |x: f64| interp::unary(UnaryOp::Erf, x);
+    let (ulps, at, erf) = inline_f32(UnaryOp::Erf, erf, &specials);
+    assert!(ulps <= 6, "erf: {ulps} ulp at {at}");
+    assert_eq!(erf[..3], [1.0, -1.0, -0.0]);
+    assert!(erf[2].is_sign_negative());
 
     let sigmoid = |x: f64| 1.0 / (1.0 + (-x).exp());
     let (ulps, at, s) = inline_f32(UnaryOp::Sigmoid, sigmoid, &specials);

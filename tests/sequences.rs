@@ -16,6 +16,7 @@ use proptest::prelude::*;
 use std::path::Path;
 
 mod common;
+use common::golden::step_matches_pytorch;
 use common::model;
 
 /// A random recurrent model: tokens through an embedding, one or two recurrent layers, and
@@ -421,26 +422,6 @@ fn a_model_tied_to_whole_windows_trains_but_does_not_generate() {
     );
 }
 
-/// The golden file's tensors, `before` or `after` the step, as checkpoint tensors.
-fn golden_tensors(golden: &serde_json::Value, which: &str) -> Vec<checkpoint::Tensor> {
-    let mut tensors: Vec<checkpoint::Tensor> = golden[which]
-        .as_object()
-        .expect("a map of tensors")
-        .iter()
-        .map(|(name, t)| {
-            let shape = t["shape"].as_array().expect("a shape");
-            let data = t["data"].as_array().expect("values");
-            (
-                name.clone(),
-                shape.iter().map(|d| d.as_u64().unwrap() as usize).collect(),
-                data.iter().map(|x| x.as_f64().unwrap() as f32).collect(),
-            )
-        })
-        .collect();
-    tensors.sort_by(|a, b| a.0.cmp(&b.0));
-    tensors
-}
-
 /// One SGD step of an embedding -> rnn -> lstm -> gru -> dense model on every window of a short
 /// text, from PyTorch's initial parameters, lands on PyTorch's updated parameters to 1e-5
 /// (`tests/golden/rnn_step.json`, written by `benches/peers/rnn_step.py` with torch 2.15).
@@ -456,66 +437,6 @@ fn one_training_step_matches_pytorchs_updated_parameters() {
 fn training_steps_over_300_and_1000_time_steps_match_pytorch() {
     step_matches_pytorch("rnn_300");
     step_matches_pytorch("rnn_1000");
-}
-
-/// Trains `tests/golden/NAME.nn` for its one step from the parameters in `NAME.json` and
-/// compares the loss and the updated parameters with PyTorch's.
-fn step_matches_pytorch(name: &str) {
-    let golden: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(format!("tests/golden/{name}.json")).unwrap(),
-    )
-    .unwrap();
-    let dir = temp(&format!("golden-{name}"));
-    let (initial, trained) = (
-        dir.join("initial.safetensors"),
-        dir.join("trained.safetensors"),
-    );
-    let before = golden_tensors(&golden, "before");
-    checkpoint::save(&initial, &before, HashMap::new()).unwrap();
-    let out = common::nabla(&[
-        "train",
-        &format!("tests/golden/{name}.nn"),
-        "--weights",
-        initial.to_str().unwrap(),
-        "--save",
-        trained.to_str().unwrap(),
-        "--json",
-    ]);
-    assert!(out.status.success(), "{name}: {}", stderr(&out));
-    let got = checkpoint::load(&trained, "checkpoint", 1 << 20)
-        .unwrap()
-        .tensors;
-    let expected = golden_tensors(&golden, "after");
-    assert_eq!(
-        got.iter().map(|t| &t.0).collect::<Vec<_>>(),
-        expected.iter().map(|t| &t.0).collect::<Vec<_>>()
-    );
-    for ((tensor, shape, got), ((_, want_shape, want), (_, _, start))) in
-        got.iter().zip(expected.iter().zip(&before))
-    {
-        assert_eq!(shape, want_shape, "{name}: {tensor}");
-        let mut moved = 0.0f32;
-        for (i, ((g, w), s)) in got.iter().zip(want).zip(start).enumerate() {
-            assert!(
-                (g - w).abs() <= 1e-5,
-                "{name}: {tensor}[{i}]: nabla {g}, PyTorch {w} (from {s})"
-            );
-            moved = moved.max((w - s).abs());
-        }
-        // Every tensor's step is large against the tolerance, so a wrong gradient cannot hide.
-        assert!(moved > 1e-3, "{name}: {tensor} moved at most {moved}");
-    }
-    let first = stdout(&out).lines().find_map(|l| {
-        serde_json::from_str::<serde_json::Value>(l)
-            .ok()?
-            .get("loss")?
-            .as_f64()
-    });
-    let loss = golden["loss"].as_f64().unwrap();
-    assert!(
-        first.is_some_and(|l| (l - loss).abs() < 1e-5),
-        "{name}: {first:?} vs PyTorch {loss}"
-    );
 }
 
 /// The weight gradient of a recurrent layer is a sum of one product per step; simplification

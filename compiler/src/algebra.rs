@@ -304,7 +304,7 @@ fn node(graph: &Graph, id: NodeId, x: &[Expr]) -> Expr {
             x[0].clone()
         }
         Op::Reduce(ReduceOp::Sum, _) => x[0].clone(),
-        Op::MatMul => x[0].mul(&x[1]),
+        Op::MatMul | Op::BatchMatMul => x[0].mul(&x[1]),
         // Windows only move elements (and pad with a constant).
         Op::Windows(_) | Op::Unwindows(_) | Op::Slice { .. } | Op::Concat { .. } => x[0].clone(),
         Op::Gather => x[0].clone(),

@@ -383,17 +383,22 @@ pub fn vjp(
             }
             vec![Some(graph.transpose(g, &inverse)?)]
         }
-        // d(A B) = (G B^T, A^T G)
-        Op::MatMul => {
+        // d(A B) = (G B^T, A^T G), per product of a batch
+        op @ (Op::MatMul | Op::BatchMatMul) => {
+            let swap: &[usize] = if op == Op::MatMul {
+                &[1, 0]
+            } else {
+                &[0, 2, 1]
+            };
             let ga = if wants[0] {
-                let bt = graph.transpose(x[1], &[1, 0])?;
-                Some(graph.matmul(g, bt)?)
+                let bt = graph.transpose(x[1], swap)?;
+                Some(graph.node(op.clone(), &[g, bt])?)
             } else {
                 None
             };
             let gb = if wants[1] {
-                let at = graph.transpose(x[0], &[1, 0])?;
-                Some(graph.matmul(at, g)?)
+                let at = graph.transpose(x[0], swap)?;
+                Some(graph.node(op.clone(), &[at, g])?)
             } else {
                 None
             };

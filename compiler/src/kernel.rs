@@ -416,6 +416,7 @@ fn call_flops(call: Call, args: &[usize]) -> u64 {
             let positions: usize = window.output().unwrap_or_default().iter().product();
             (n * c * positions * window.kernel[0] * window.kernel[1]) as u64
         }
+        Call::BatchMatMul => 2 * args[..4].iter().map(|&d| d as u64).product::<u64>(),
         _ => 0,
     }
 }

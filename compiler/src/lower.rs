@@ -672,6 +672,10 @@ fn call_of(g: &Graph, node: NodeId) -> (Call, Vec<usize>) {
                 vec![numel(g, operands[1]), table[1], table[0]],
             )
         }
+        Op::BatchMatMul => {
+            let (a, b) = (of(0), of(1));
+            (Call::BatchMatMul, vec![a[0], a[1], a[2], b[2]])
+        }
         &Op::ScatterAdd { rows } => {
             let width = dims(g, node)[1];
             (Call::ScatterAdd, vec![numel(g, operands[0]), width, rows])

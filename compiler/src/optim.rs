@@ -10,7 +10,14 @@
 //!   `b = momentum b + u`, `w -= lr b`, else `w -= lr u`;
 //! - adam: `m = β1 m + (1 - β1) g`; `v = β2 v + (1 - β2) g²`;
 //!   `w -= lr (m / (1 - β1^t)) / (sqrt(v / (1 - β2^t)) + eps)`;
+//! - adamw: Adam with decoupled weight decay, `w -= lr (adam's step + weight_decay w)`, the
+//!   decay never added to `g` (`torch.optim.AdamW`);
 //! - adamax: `m = β1 m + (1 - β1) g`; `u = max(β2 u, |g| + eps)`; `w -= lr / (1 - β1^t) m / u`.
+//!
+//! With `decay_vectors = false`, parameters of rank below 2 (biases, normalisations' scales and
+//! shifts) are not decayed, as nanoGPT groups them. With `clip_grad_norm = c`, every gradient is
+//! first scaled by `min(1, c / (norm + 1e-6))`, `norm` the 2-norm of all gradients together
+//! (`torch.nn.utils.clip_grad_norm_`), inside the compiled step.
 //!
 //! The learning rate and the bias corrections `1 / (1 - β^t)` are scalar inputs, fed every step
 //! by the runtime, so schedules never force a recompile.
@@ -39,6 +46,11 @@ pub struct Optimizer {
     pub beta2: f64,
     /// Denominator guard.
     pub eps: f64,
+    /// Whether parameters of rank below 2 are decayed too (PyTorch's default; nanoGPT decays
+    /// matrices only).
+    pub decay_vectors: bool,
+    /// Clip the gradients' global 2-norm to this before the update.
+    pub clip_grad_norm: Option<f64>,
 }
 
 /// The optimization algorithms.
@@ -52,6 +64,8 @@ pub enum OptimizerKind {
     RmsProp,
     /// Adam with bias correction.
     Adam,
+    /// Adam with decoupled weight decay.
+    AdamW,
     /// Adamax.
     Adamax,
 }
@@ -63,6 +77,7 @@ impl std::fmt::Display for OptimizerKind {
             OptimizerKind::Adagrad => "adagrad",
             OptimizerKind::RmsProp => "rmsprop",
             OptimizerKind::Adam => "adam",
+            OptimizerKind::AdamW => "adamw",
             OptimizerKind::Adamax => "adamax",
         })
     }
@@ -94,14 +109,19 @@ impl Optimizer {
                 format!("eps = {:e}", self.eps),
                 format!("momentum = {}", self.momentum),
             ]),
-            OptimizerKind::Adam | OptimizerKind::Adamax => settings.extend([
-                format!("beta1 = {}", self.beta1),
-                format!("beta2 = {}", self.beta2),
-                format!("eps = {:e}", self.eps),
-            ]),
+            OptimizerKind::Adam | OptimizerKind::AdamW | OptimizerKind::Adamax => {
+                settings.extend([
+                    format!("beta1 = {}", self.beta1),
+                    format!("beta2 = {}", self.beta2),
+                    format!("eps = {:e}", self.eps),
+                ])
+            }
         }
         if self.weight_decay != 0.0 {
             settings.push(format!("weight_decay = {}", self.weight_decay));
+            if !self.decay_vectors {
+                settings.push("decay_vectors = false".into());
+            }
         }
         if self.l1 != 0.0 {
             settings.push(format!("l1 = {}", self.l1));
@@ -114,7 +134,7 @@ impl Optimizer {
     /// PyTorch's defaults for `kind` (SGD gets lr 0.01, where PyTorch has none).
     pub fn defaults(kind: OptimizerKind) -> Optimizer {
         let lr = match kind {
-            OptimizerKind::Adam => 1e-3,
+            OptimizerKind::Adam | OptimizerKind::AdamW => 1e-3,
             OptimizerKind::Adamax => 2e-3,
             _ => 1e-2,
         };
@@ -123,7 +143,11 @@ impl Optimizer {
             lr,
             momentum: 0.0,
             nesterov: false,
-            weight_decay: 0.0,
+            weight_decay: if kind == OptimizerKind::AdamW {
+                1e-2
+            } else {
+                0.0
+            },
             l1: 0.0,
             beta1: 0.9,
             beta2: if kind == OptimizerKind::RmsProp {
@@ -136,6 +160,8 @@ impl Optimizer {
             } else {
                 1e-8
             },
+            decay_vectors: true,
+            clip_grad_norm: None,
         }
     }
 
@@ -147,7 +173,7 @@ impl Optimizer {
             OptimizerKind::Adagrad => &["sum_sq"],
             OptimizerKind::RmsProp if self.momentum == 0.0 => &["square_avg"],
             OptimizerKind::RmsProp => &["square_avg", "momentum"],
-            OptimizerKind::Adam => &["exp_avg", "exp_avg_sq"],
+            OptimizerKind::Adam | OptimizerKind::AdamW => &["exp_avg", "exp_avg_sq"],
             OptimizerKind::Adamax => &["exp_avg", "exp_inf"],
         }
     }
@@ -193,14 +219,24 @@ pub fn apply(
     let mut assignments = Vec::new();
     let g = &mut graph;
     let lr = g.input(LR, Shape::scalar())?;
+    let grads = match optimizer.clip_grad_norm {
+        Some(max_norm) => clip(g, &grads, max_norm)?,
+        None => grads,
+    };
+    let decoupled = optimizer.kind == OptimizerKind::AdamW;
     for (spec, &grad) in model.params.iter().zip(&grads) {
         let shape = g.shape(spec.node).clone();
         let w = spec.node;
         let state =
             |g: &mut Graph, name: &str| g.input(&state_buffer(&spec.name, name), shape.clone());
         let mut grad = grad;
-        if optimizer.weight_decay != 0.0 {
-            let decay = g.scale(w, optimizer.weight_decay)?;
+        let decay = if optimizer.decay_vectors || shape.rank() >= 2 {
+            optimizer.weight_decay
+        } else {
+            0.0
+        };
+        if decay != 0.0 && !decoupled {
+            let decay = g.scale(w, decay)?;
             grad = g.add(grad, decay)?;
         }
         if optimizer.l1 != 0.0 {
@@ -208,7 +244,11 @@ pub fn apply(
             let l1 = g.scale(sign, optimizer.l1)?;
             grad = g.add(grad, l1)?;
         }
-        let (step, states) = update(g, optimizer, grad, &state)?;
+        let (mut step, states) = update(g, optimizer, grad, &state)?;
+        if decay != 0.0 && decoupled {
+            let decay = g.scale(w, decay)?;
+            step = g.add(step, decay)?;
+        }
         let scaled = g.mul(step, lr)?;
         let new_w = g.sub(w, scaled)?;
         assignments.push((new_w, spec.name.clone()));
@@ -230,6 +270,24 @@ pub fn apply(
         outputs,
         assignments,
     })
+}
+
+/// The gradients scaled by `min(1, max_norm / (norm + 1e-6))`, `norm` their global 2-norm.
+fn clip(g: &mut Graph, grads: &[NodeId], max_norm: f64) -> Result<Vec<NodeId>, ShapeError> {
+    let mut total = g.constant(0.0);
+    for &grad in grads {
+        let squares = g.mul(grad, grad)?;
+        let sum = g.sum_all(squares)?;
+        total = g.add(total, sum)?;
+    }
+    let norm = g.unary(UnaryOp::Sqrt, total)?;
+    let guard = g.constant(1e-6);
+    let denom = g.add(norm, guard)?;
+    let limit = g.constant(max_norm);
+    let ratio = g.div(limit, denom)?;
+    let one = g.constant(1.0);
+    let factor = g.binary(BinaryOp::Min, ratio, one)?;
+    grads.iter().map(|&grad| g.mul(grad, factor)).collect()
 }
 
 /// The step direction (to be scaled by `-lr`) and the new state values, in
@@ -285,7 +343,7 @@ fn update(
                 (b_new, vec![s_new, b_new])
             }
         }
-        OptimizerKind::Adam => {
+        OptimizerKind::Adam | OptimizerKind::AdamW => {
             let (m, v) = (state(g, "exp_avg")?, state(g, "exp_avg_sq")?);
             let m_new = ema(g, m, grad, o.beta1)?;
             let sq = g.mul(grad, grad)?;

@@ -149,7 +149,7 @@ impl ModelPrograms {
             });
         }
         let bias_correction = match self.optimizer.kind {
-            OptimizerKind::Adam => Some(BiasCorrection {
+            OptimizerKind::Adam | OptimizerKind::AdamW => Some(BiasCorrection {
                 terms: vec![
                     (optim::BC1.into(), self.optimizer.beta1),
                     (optim::BC2.into(), self.optimizer.beta2),

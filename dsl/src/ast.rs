@@ -192,7 +192,8 @@ pub enum ExprKind {
 }
 
 impl Expr {
-    /// The value of a constant numeric expression (numbers, unary minus, arithmetic).
+    /// The value of a constant numeric expression (numbers, unary minus, arithmetic, and `sqrt`,
+    /// `exp`, `log`, `abs` of one).
     pub fn constant(&self) -> Option<f64> {
         match &self.kind {
             ExprKind::Number(v) => Some(*v),
@@ -203,6 +204,22 @@ impl Expr {
                     op.apply(acc, e.constant()?)
                 })
             }
+            // The elementary functions of one number, so that a setting may be written as a
+            // formula: `normal(0, 0.02 / sqrt(8))`.
+            ExprKind::Call(callee, args) => match args.as_slice() {
+                [Arg { name: None, value }] => {
+                    let x = value.constant()?;
+                    let y = match callee.name.as_str() {
+                        "sqrt" => x.sqrt(),
+                        "exp" => x.exp(),
+                        "log" => x.ln(),
+                        "abs" => x.abs(),
+                        _ => return None,
+                    };
+                    y.is_finite().then_some(y)
+                }
+                _ => None,
+            },
             _ => None,
         }
     }

@@ -7,8 +7,8 @@
 use nabla_compiler::ir::Dim;
 use nabla_compiler::model::{Model, Role, ValueKind};
 use nabla_compiler::optim::{Optimizer, OptimizerKind};
-use nabla_runtime::Schedule;
 use nabla_runtime::data::DataSource;
+use nabla_runtime::schedule::{Decay, Schedule};
 use nabla_runtime::text::Level;
 use nabla_runtime::train::{EarlyStopping, Monitor};
 use nabla_runtime::train::{MAX_BATCH, MAX_EPOCHS, MAX_STEPS};
@@ -54,7 +54,7 @@ pub enum Validation {
     Data(DataSource),
 }
 
-const SETTINGS: [&str; 10] = [
+const SETTINGS: [&str; 11] = [
     "data",
     "test",
     "optimizer",
@@ -65,6 +65,7 @@ const SETTINGS: [&str; 10] = [
     "seed",
     "validation",
     "early_stopping",
+    "clip_grad_norm",
 ];
 
 /// Checks a `train` block against the model it trains.
@@ -82,6 +83,7 @@ pub fn check_train(def: &TrainDef, model: &Model) -> Result<TrainSpec, Diagnosti
         validation: None,
         early_stopping: None,
     };
+    let mut clip = None;
     for (i, (key, value)) in def.settings.iter().enumerate() {
         if let Some((first, _)) = def.settings[..i].iter().find(|(k, _)| k.name == key.name) {
             return Err(
@@ -102,6 +104,17 @@ pub fn check_train(def: &TrainDef, model: &Model) -> Result<TrainSpec, Diagnosti
             "seed" => spec.seed = Some(integer(value, "seed", 0, u32::MAX as u64)?),
             "validation" => spec.validation = Some(validation(value, model)?),
             "early_stopping" => spec.early_stopping = Some(early_stopping(value)?),
+            "clip_grad_norm" => {
+                let v = number(value, "clip_grad_norm")?;
+                if v <= 0.0 {
+                    return Err(Diagnostic::new(
+                        format!("`clip_grad_norm` must be above 0, got {v}"),
+                        value.span,
+                    )
+                    .label("the largest global norm of the gradients"));
+                }
+                clip = Some(v);
+            }
             other => {
                 return Err(
                     Diagnostic::new(format!("unknown setting `{other}`"), key.span)
@@ -111,6 +124,7 @@ pub fn check_train(def: &TrainDef, model: &Model) -> Result<TrainSpec, Diagnosti
             }
         }
     }
+    spec.optimizer.clip_grad_norm = clip;
     if let (Some(_), Some((k, _))) = (
         spec.epochs,
         def.settings.iter().find(|(k, _)| k.name == "steps"),
@@ -325,32 +339,33 @@ fn data(e: &Expr, model: &Model) -> Result<DataSource, Diagnostic> {
 
 fn optimizer(e: &Expr) -> Result<Optimizer, Diagnostic> {
     let (name, args) = call(e, "an optimizer like `sgd(0.1)`")?;
-    let (kind, names): (OptimizerKind, &[&str]) = match name {
-        "sgd" => (
-            OptimizerKind::Sgd,
-            &["lr", "momentum", "nesterov", "weight_decay", "l1"],
-        ),
-        "adagrad" => (OptimizerKind::Adagrad, &["lr", "eps", "weight_decay", "l1"]),
-        "rmsprop" => (
-            OptimizerKind::RmsProp,
-            &["lr", "alpha", "eps", "momentum", "weight_decay", "l1"],
-        ),
-        "adam" => (
-            OptimizerKind::Adam,
-            &["lr", "beta1", "beta2", "eps", "weight_decay", "l1"],
-        ),
-        "adamax" => (
-            OptimizerKind::Adamax,
-            &["lr", "beta1", "beta2", "eps", "weight_decay", "l1"],
-        ),
+    let adam = ["lr", "beta1", "beta2", "eps"].as_slice();
+    let (kind, own): (OptimizerKind, &[&str]) = match name {
+        "sgd" => (OptimizerKind::Sgd, &["lr", "momentum", "nesterov"]),
+        "adagrad" => (OptimizerKind::Adagrad, &["lr", "eps"]),
+        "rmsprop" => (OptimizerKind::RmsProp, &["lr", "alpha", "eps", "momentum"]),
+        "adam" => (OptimizerKind::Adam, adam),
+        "adamw" => (OptimizerKind::AdamW, adam),
+        "adamax" => (OptimizerKind::Adamax, adam),
         other => {
             return Err(
                 Diagnostic::new(format!("unknown optimizer `{other}`"), e.span)
-                    .suggesting(other, ["sgd", "adagrad", "rmsprop", "adam", "adamax"])
-                    .label("expected sgd, adagrad, rmsprop, adam or adamax"),
+                    .suggesting(
+                        other,
+                        ["sgd", "adagrad", "rmsprop", "adam", "adamw", "adamax"],
+                    )
+                    .label("expected sgd, adagrad, rmsprop, adam, adamw or adamax"),
             );
         }
     };
+    // The penalties every optimizer takes; AdamW's decay is its own, and it has no `l1`.
+    let penalties: &[&str] = if kind == OptimizerKind::AdamW {
+        &["weight_decay", "decay_vectors"]
+    } else {
+        &["weight_decay", "l1", "decay_vectors"]
+    };
+    let names = [own, penalties].concat();
+    let names = names.as_slice();
     let a = Args::new(name, e.span, args, 0, 1, names)?;
     let d = Optimizer::defaults(kind);
     // A setting within `lo..hi` (`hi` itself allowed when `closed`), located at its argument.
@@ -383,11 +398,13 @@ fn optimizer(e: &Expr) -> Result<Optimizer, Diagnostic> {
         lr: setting(0, "lr", d.lr, 0.0, any, true)?,
         momentum: setting(9, "momentum", d.momentum, 0.0, any, true)?,
         nesterov: a.flag("nesterov", false)?,
-        weight_decay: setting(9, "weight_decay", 0.0, 0.0, any, true)?,
+        weight_decay: setting(9, "weight_decay", d.weight_decay, 0.0, any, true)?,
         l1: setting(9, "l1", 0.0, 0.0, any, true)?,
         beta1: setting(9, "beta1", d.beta1, 0.0, 1.0, false)?,
         beta2: setting(9, beta2_key, d.beta2, 0.0, 1.0, beta2_closed)?,
         eps: setting(9, "eps", d.eps, 0.0, any, true)?,
+        decay_vectors: a.flag("decay_vectors", true)?,
+        clip_grad_norm: None,
     };
     if spec.nesterov && spec.momentum == 0.0 {
         return Err(Diagnostic::new(
@@ -397,6 +414,15 @@ fn optimizer(e: &Expr) -> Result<Optimizer, Diagnostic> {
     }
     Ok(spec)
 }
+
+const SCHEDULES: [&str; 6] = [
+    "piecewise",
+    "exponential",
+    "inverse_time",
+    "warmup",
+    "cosine",
+    "linear",
+];
 
 fn schedule(e: &Expr) -> Result<Schedule, Diagnostic> {
     let (name, args) = call(e, "a schedule like `exponential(0.1)`")?;
@@ -440,10 +466,52 @@ fn schedule(e: &Expr) -> Result<Schedule, Diagnostic> {
                 Schedule::InverseTime(k)
             })
         }
+        "warmup" | "cosine" | "linear" => {
+            let a = if name == "warmup" {
+                Args::new(name, e.span, args, 1, 1, &["steps"])?
+            } else {
+                Args::new(name, e.span, args, 1, 2, &["total", "min_lr", "warmup"])?
+            };
+            let first = if name == "warmup" { "steps" } else { "total" };
+            let first_expr = a.required(0, first)?;
+            let first_value = integer(first_expr, first, 1, MAX_STEPS as u64)? as usize;
+            let (warmup, decay) = if name == "warmup" {
+                (first_value, Decay::Constant)
+            } else {
+                let min_lr = a.number(1, "min_lr", 0.0)?;
+                if min_lr < 0.0 {
+                    let at = a.get(1, "min_lr").map_or(e.span, |m| m.span);
+                    return Err(Diagnostic::new(
+                        format!("`min_lr` is a learning rate and must not be negative, got {min_lr}"),
+                        at,
+                    ));
+                }
+                let warmup = match a.named("warmup") {
+                    Some(w) => integer(w, "warmup", 0, MAX_STEPS as u64)? as usize,
+                    None => 0,
+                };
+                if warmup >= first_value {
+                    let at = a.named("warmup").map_or(e.span, |w| w.span);
+                    return Err(Diagnostic::new(
+                        format!("the warm-up of {warmup} steps must end before the decay's {first_value} steps do"),
+                        at,
+                    )
+                    .label(format!("expected fewer than {first_value} steps")));
+                }
+                let total = first_value;
+                let decay = if name == "cosine" {
+                    Decay::Cosine { total, min_lr }
+                } else {
+                    Decay::Linear { total, min_lr }
+                };
+                (warmup, decay)
+            };
+            Ok(Schedule::Steps { warmup, decay })
+        }
         other => Err(
             Diagnostic::new(format!("unknown schedule `{other}`"), e.span)
-                .suggesting(other, ["piecewise", "exponential", "inverse_time"])
-                .label("expected piecewise(boundaries, values), exponential(k) or inverse_time(k)"),
+                .suggesting(other, SCHEDULES)
+                .label("expected piecewise(boundaries, values), exponential(k), inverse_time(k), warmup(steps), cosine(total, min_lr, warmup) or linear(total, min_lr, warmup)"),
         ),
     }
 }

@@ -32,11 +32,14 @@ pub enum Call {
     Gather,
     /// `Op::ScatterAdd`: `[indices, row width, table rows]`.
     ScatterAdd,
+    /// `Op::BatchMatMul`: `[products, m, k, n]`, operands `[products, m, k]` and
+    /// `[products, k, n]`.
+    BatchMatMul,
 }
 
 impl Call {
     /// Every routine, indexed by the number generated code passes.
-    pub const ALL: [Call; 11] = [
+    pub const ALL: [Call; 12] = [
         Call::Windows,
         Call::Unwindows,
         Call::Conv,
@@ -48,6 +51,7 @@ impl Call {
         Call::Concat,
         Call::Gather,
         Call::ScatterAdd,
+        Call::BatchMatMul,
     ];
 
     /// Its number in [`Call::ALL`].
@@ -59,7 +63,7 @@ impl Call {
     pub fn is_window(self) -> bool {
         !matches!(
             self,
-            Call::Slice | Call::Concat | Call::Gather | Call::ScatterAdd
+            Call::Slice | Call::Concat | Call::Gather | Call::ScatterAdd | Call::BatchMatMul
         )
     }
 
@@ -106,6 +110,7 @@ pub fn arg_count(call: Call, head: &[usize]) -> usize {
         Call::Slice => 5,
         Call::Concat => 3 + head[2],
         Call::Gather | Call::ScatterAdd => 3,
+        Call::BatchMatMul => 4,
         _ => 14,
     }
 }
@@ -135,6 +140,12 @@ pub fn length(call: Call, args: &[usize], operand: Option<usize>) -> usize {
                 unreachable!("five sizes")
             };
             ([outer * size * inner, 0], outer * len * inner)
+        }
+        Call::BatchMatMul => {
+            let [s, m, k, n] = args[..4] else {
+                unreachable!("four sizes")
+            };
+            ([s * m * k, s * k * n], s * m * n)
         }
         Call::Gather | Call::ScatterAdd => {
             let [indices, width, rows] = args[..3] else {

@@ -1,11 +1,12 @@
 //! The dispatcher of a [`Call`] on whole row-major buffers, and the copies that need no more:
 //! slices, concatenations, gathers and scatter-adds (an index outside the table reads zeros and
-//! adds nothing).
+//! adds nothing). Batches of matrix products go to the GEMM, a group of products per thread.
 
 use crate::Call;
 use crate::call::operand_count;
-use crate::convolution::convolve;
+use crate::convolution::{convolve, for_each_band, split};
 use crate::float::Float;
+use crate::gemm::Gemm;
 use crate::pooling::pool;
 
 /// Runs `call` on whole row-major buffers (operand `i` is `input(i)`), convolutions and
@@ -61,6 +62,7 @@ pub(super) fn run<'a, T: Float>(
                 }
             }
         }
+        Call::BatchMatMul => batch_matmul(args, input(0), input(1), out, threads),
         _ => {
             let (w, sizes) = Call::window_of(args);
             let [n, c, _] = sizes;
@@ -90,6 +92,61 @@ pub(super) fn run<'a, T: Float>(
             }
         }
     }
+}
+
+/// `[s, m, k] @ [s, k, n]`: with at least as many products as threads, consecutive groups
+/// of products, one group per thread and each product on one thread; otherwise each product
+/// split over the threads in [`Gemm::run`]'s bands. Either way every product is summed in the
+/// same order whatever the thread count.
+fn batch_matmul<T: Float>(args: &[usize], a: &[T], b: &[T], out: &mut [T], threads: usize) {
+    let [s, m, k, n] = args[..4] else {
+        unreachable!("four sizes")
+    };
+    let product = |a: &[T], b: &[T], c: &mut [T], threads: usize| {
+        let g = Gemm {
+            m,
+            k,
+            n,
+            a: a.as_ptr(),
+            a_row: k as isize,
+            a_col: 1,
+            b: b.as_ptr(),
+            b_row: n as isize,
+            b_col: 1,
+            c: c.as_mut_ptr(),
+        };
+        // SAFETY: `a`, `b` and `c` are one product's `m * k`, `k * n` and `m * n` elements,
+        // row-major, and `c` is the output, a buffer apart from the operands.
+        unsafe { g.run(threads) }
+    };
+    let (a_len, b_len, c_len) = (m * k, k * n, m * n);
+    if s < threads {
+        for ((a, b), c) in a
+            .chunks_exact(a_len)
+            .zip(b.chunks_exact(b_len))
+            .zip(out.chunks_exact_mut(c_len))
+        {
+            product(a, b, c, threads);
+        }
+        return;
+    }
+    let groups = threads.max(1);
+    let mut parts = split(
+        &mut out[..s * c_len],
+        (0..groups).map(|g| (s * (g + 1) / groups - s * g / groups) * c_len),
+    );
+    for_each_band(&mut parts, threads, |g, c| {
+        let first = s * g / groups;
+        for (i, c) in c.chunks_exact_mut(c_len).enumerate() {
+            let p = first + i;
+            product(
+                &a[p * a_len..(p + 1) * a_len],
+                &b[p * b_len..(p + 1) * b_len],
+                c,
+                1,
+            );
+        }
+    });
 }
 
 /// The table row an index stored as a float names: a whole number in `0..rows`, else none (the

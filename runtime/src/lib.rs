@@ -21,4 +21,4 @@ pub use buffer::{AllocError, Buffer, Elem, available_memory};
 pub use init::Init;
 pub use program::{BufferSpec, Executable, KernelFn, KernelNote, Program, RunError};
 pub use rng::Rng;
-pub use schedule::Schedule;
+pub use schedule::{Decay, Schedule};

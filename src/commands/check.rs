@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use nabla_compiler::model::{Role, ValueKind};
 use nabla_compiler::programs::ModelPrograms;
-use nabla_runtime::{Elem, Schedule};
+use nabla_runtime::Elem;
 use serde_json::json;
 
 use super::{
@@ -66,6 +66,7 @@ pub fn run(args: Args) -> Outcome {
             "memory": {"batch": batch, "params": memory.params, "optimizer_state": memory.state, "step": memory.step, "total": memory.total()},
             "train": compiled.trains.iter().map(|t| json!({
                 "name": t.name, "optimizer": t.optimizer.to_string(), "schedule": t.schedule.to_string(),
+                "clip_grad_norm": t.optimizer.clip_grad_norm,
             })).collect::<Vec<_>>(),
         }));
         return Ok(ExitCode::SUCCESS);
@@ -131,10 +132,7 @@ pub fn run(args: Args) -> Outcome {
         bytes(memory.step)
     );
     for t in &compiled.trains {
-        let schedule = match t.schedule {
-            Schedule::Constant => String::new(),
-            ref s => format!(", schedule {s}"),
-        };
+        let schedule = super::schedule_and_clipping(&t.schedule, &t.optimizer);
         out!("train {}: {}{schedule}", t.name, t.optimizer);
     }
     Ok(ExitCode::SUCCESS)

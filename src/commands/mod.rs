@@ -285,3 +285,19 @@ impl PassFlags {
         }
     }
 }
+
+/// What a run's header and `check` say after the optimizer: `, schedule cosine(...)` unless the
+/// rate is constant, and `, gradients clipped at norm 1` when they are.
+fn schedule_and_clipping(
+    schedule: &nabla_runtime::Schedule,
+    optimizer: &nabla_compiler::optim::Optimizer,
+) -> String {
+    let mut out = String::new();
+    if *schedule != nabla_runtime::Schedule::Constant {
+        out += &format!(", schedule {schedule}");
+    }
+    if let Some(c) = optimizer.clip_grad_norm {
+        out += &format!(", gradients clipped at norm {c}");
+    }
+    out
+}

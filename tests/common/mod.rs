@@ -2,6 +2,8 @@
 //! binary as a user does.
 #![allow(dead_code)]
 
+pub mod golden;
+
 /// Runs the `nabla` binary from the repository root.
 pub fn nabla(args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_nabla"))
@@ -11,8 +13,9 @@ pub fn nabla(args: &[&str]) -> std::process::Output {
         .expect("the nabla binary runs")
 }
 
+use nabla_compiler::autodiff;
 use nabla_compiler::evaluator::JitEvaluator;
-use nabla_compiler::gradcheck;
+use nabla_compiler::gradcheck::{self, Config, ParamResult};
 use nabla_compiler::ir::{NodeId, interp};
 use nabla_compiler::model::Model;
 use nabla_runtime::Rng;
@@ -49,6 +52,19 @@ pub fn compiled_matches_interpreter(
         }
     }
     Ok(())
+}
+
+/// Gradcheck of the model `source` by the interpreter with `rules`: two draws at `batch`, 12
+/// elements per parameter.
+pub fn check(source: &str, batch: usize, seed: u64, rules: autodiff::VjpRule) -> Vec<ParamResult> {
+    let config = Config {
+        cases: 2,
+        seed,
+        batch,
+        samples: 12,
+        ..Config::default()
+    };
+    gradcheck::check(&model(source), &config, rules, &interp::eval).expect("gradcheck runs")
 }
 
 pub fn model(source: &str) -> Model {

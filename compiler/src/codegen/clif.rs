@@ -562,6 +562,7 @@ impl Emitter<'_, '_> {
             UnaryOp::Exp if ty.lane_type() == types::F32 => self.exp_f32(x, ty),
             UnaryOp::Log if ty.lane_type() == types::F32 => self.log_f32(x, ty),
             UnaryOp::Sigmoid if ty.lane_type() == types::F32 => self.sigmoid_f32(x, ty),
+            UnaryOp::Erf if ty.lane_type() == types::F32 => self.erf_f32(x, ty),
             // Every other op is transcendental: a call.
             transcendental => self.call(MathFn::Unary(transcendental), &[x], ty),
         }

@@ -1,4 +1,4 @@
-//! f32 functions computed in registers, no call: `tanh` (a rational minimax fit), `exp` and
+//! f32 functions computed in registers, no call: `tanh` and `erf` (rational minimax fits), `exp` and
 //! `log` (range reduction and Cephes' polynomials, reading and building `2^n` in the exponent
 //! bits, subnormal inputs and results handled), and `sigmoid` from `exp(-|x|)` so that it never
 //! overflows. Each is tested over the whole f32 range against an f64 reference
@@ -176,6 +176,38 @@ impl Emitter<'_, '_> {
         let negative = self.compare(FloatCC::LessThan, x, zero, ty);
         let nan = self.constant(ty, f64::NAN);
         self.choose(negative, nan, y, ty)
+    }
+
+    /// `erf` of f32 scalars or vectors in registers, no call (GELU's): a rational function (odd
+    /// degree-13 numerator, even degree-8 denominator, the minimax fit Eigen uses) of `x`
+    /// clamped to ±4, beyond which f32's erf rounds to ±1. Within 6 ulp of the correctly
+    /// rounded value over every f32 (tested); NaN stays NaN, ±inf gives ±1.
+    pub(super) fn erf_f32(&mut self, x: Value, ty: Type) -> Value {
+        const NUMERATOR: [f64; 7] = [
+            -1.609_603_332_624_15e-2,
+            -2.954_599_808_540_25e-3,
+            -7.349_906_303_268_55e-4,
+            -5.692_506_394_623_46e-5,
+            -2.101_024_020_825_08e-6,
+            2.770_681_424_959_02e-8,
+            -2.726_142_258_013_06e-10,
+        ];
+        const DENOMINATOR: [f64; 5] = [
+            -1.426_473_905_141_89e-2,
+            -7.373_329_167_204_68e-3,
+            -1.682_826_974_382_03e-3,
+            -2.133_740_552_789_05e-4,
+            -1.456_607_184_649_96e-5,
+        ];
+        let (hi, lo) = (self.constant(ty, 4.0), self.constant(ty, -4.0));
+        let clamped = self.b.ins().fmin(x, hi);
+        let clamped = self.b.ins().fmax(clamped, lo);
+        let x2 = self.b.ins().fmul(clamped, clamped);
+        let p = self.horner(&NUMERATOR, x2, ty);
+        let q = self.horner(&DENOMINATOR, x2, ty);
+        // The ratio first (about 2/sqrt(pi) near 0), so that a tiny `x` never underflows.
+        let ratio = self.b.ins().fdiv(p, q);
+        self.b.ins().fmul(ratio, clamped)
     }
 
     /// f32 `sigmoid` in registers, from [`Self::exp_f32`] of `-|x|` so that nothing overflows:

@@ -266,7 +266,7 @@ fn node_cost(op: &Op, out: &Shape, operands: &[&Shape]) -> f64 {
         Op::Input { .. } | Op::Param { .. } | Op::Const(_) | Op::Numel(_) | Op::Reshape(_) => {
             return 0.0;
         }
-        Op::MatMul => {
+        Op::MatMul | Op::BatchMatMul => {
             let k = operands[0]
                 .dims()
                 .last()

@@ -389,36 +389,6 @@ impl Graph {
         self.node(Op::Transpose(perm.to_vec()), &[x])
     }
 
-    /// Matrix product of two matrices.
-    pub fn matmul(&mut self, a: NodeId, b: NodeId) -> Result<NodeId, ShapeError> {
-        self.node(Op::MatMul, &[a, b])
-    }
-
-    /// `a [..., K] @ b [K, N] -> [..., N]`: the product over `a`'s last axis whatever its rank
-    /// (PyTorch's `nn.Linear`), as one matrix product of `a`'s rows. Axes between the first
-    /// and the last must be known.
-    pub fn matmul_last_axis(&mut self, a: NodeId, b: NodeId) -> Result<NodeId, ShapeError> {
-        let shape = self.shape(a).clone();
-        let dims = shape.dims();
-        if dims.len() <= 2 {
-            return self.matmul(a, b);
-        }
-        let middle = Shape(dims[1..dims.len() - 1].to_vec())
-            .numel()
-            .ok_or_else(|| {
-                ShapeError(format!(
-                    "matmul {shape} @ {}: the axes between the first and the last must be known",
-                    self.shape(b)
-                ))
-            })?;
-        let rows = Shape(vec![dims[0].times(middle), dims[dims.len() - 1].clone()]);
-        let flat = self.reshape(a, &rows)?;
-        let product = self.matmul(flat, b)?;
-        let mut out = dims[..dims.len() - 1].to_vec();
-        out.push(self.shape(product).0[1].clone());
-        self.reshape(product, &Shape(out))
-    }
-
     /// The windows of `[N, C, H, W]` images as rows: `[N, OH, OW, C, KH, KW]`.
     pub fn windows(&mut self, x: NodeId, window: Window) -> Result<NodeId, ShapeError> {
         self.node(Op::Windows(window), &[x])

@@ -132,7 +132,21 @@ fn eval_op<T: Float>(
         Op::Broadcast(_) => broadcast(args[0], shape),
         Op::Reshape(_) => args[0].data.clone(),
         Op::Transpose(perm) => transpose(args[0], perm, shape),
-        Op::MatMul => matmul(args[0], args[1]),
+        Op::MatMul => {
+            let [m, k, n] = [args[0].shape[0], args[0].shape[1], args[1].shape[1]];
+            matmul([m, k, n], &args[0].data, &args[1].data)
+        }
+        Op::BatchMatMul => {
+            let [s, m, k] = [args[0].shape[0], args[0].shape[1], args[0].shape[2]];
+            let n = args[1].shape[2];
+            (0..s)
+                .flat_map(|i| {
+                    let a = &args[0].data[i * m * k..(i + 1) * m * k];
+                    let b = &args[1].data[i * k * n..(i + 1) * k * n];
+                    matmul([m, k, n], a, b)
+                })
+                .collect()
+        }
         Op::Windows(w) => {
             let mut out = vec![T::zero(); numel(shape)];
             let fill = cast(w.fill.value());
@@ -412,14 +426,14 @@ fn transpose<T: Float>(x: &Tensor<T>, perm: &[usize], out_shape: &[usize]) -> Ve
     out
 }
 
-fn matmul<T: Float>(a: &Tensor<T>, b: &Tensor<T>) -> Vec<T> {
-    let (m, k, n) = (a.shape[0], a.shape[1], b.shape[1]);
+/// `[m, k] @ [k, n]`, row-major.
+fn matmul<T: Float>([m, k, n]: [usize; 3], a: &[T], b: &[T]) -> Vec<T> {
     let mut out = vec![T::zero(); m * n];
     for i in 0..m {
         for p in 0..k {
-            let aip = a.data[i * k + p];
+            let aip = a[i * k + p];
             for j in 0..n {
-                out[i * n + j] = out[i * n + j] + aip * b.data[p * n + j];
+                out[i * n + j] = out[i * n + j] + aip * b[p * n + j];
             }
         }
     }

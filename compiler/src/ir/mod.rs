@@ -5,6 +5,7 @@ pub mod formula;
 mod graph;
 pub mod interp;
 mod op;
+mod products;
 mod shape;
 pub mod text;
 pub mod verify;

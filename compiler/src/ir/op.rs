@@ -282,6 +282,9 @@ pub enum Op {
     Transpose(Vec<usize>),
     /// Matrix product `[M, K] @ [K, N] -> [M, N]`.
     MatMul,
+    /// A batch of independent matrix products `[S, M, K] @ [S, K, N] -> [S, M, N]` (leading
+    /// axes of any rank are reshaped into the one `S` by the builder): attention's products.
+    BatchMatMul,
     /// The windows of `[N, C, H, W]` images as rows (im2col): `[N, OH, OW, C, KH, KW]`,
     /// element `(n, y, x, c, i, j)` being pixel `(y s + i d - p, x s + j d - p)` of channel `c`,
     /// or the fill outside the image.
@@ -336,7 +339,8 @@ pub enum Op {
 impl Op {
     /// Whether the op runs as a call into the kernel library rather than as generated loops:
     /// it reads whole row-major buffers and is computed alone (windows of images,
-    /// convolutions, max pooling, slices, concatenations, gathers and scatters).
+    /// convolutions, max pooling, slices, concatenations, gathers and scatters, batches of
+    /// matrix products).
     pub fn is_library_call(&self) -> bool {
         matches!(
             self,
@@ -351,6 +355,7 @@ impl Op {
                 | Op::Concat { .. }
                 | Op::Gather
                 | Op::ScatterAdd { .. }
+                | Op::BatchMatMul
         )
     }
 
@@ -370,6 +375,7 @@ impl Op {
             | Op::Slice { .. } => 1,
             Op::Binary(_)
             | Op::MatMul
+            | Op::BatchMatMul
             | Op::Conv(_)
             | Op::ConvInputGrad(_)
             | Op::ConvWeightGrad(_)
@@ -433,6 +439,7 @@ impl Op {
             }
             Op::Transpose(perm) => transpose_shape(operands[0], perm)?,
             Op::MatMul => matmul_shape(operands[0], operands[1])?,
+            Op::BatchMatMul => batch_matmul_shape(operands[0], operands[1])?,
             Op::Windows(w) => w.windows_shape(operands[0])?,
             Op::Unwindows(w) => w.unwindows_shape(operands[0])?,
             Op::Conv(w) => w.conv_shapes(operands[0], operands[1])?[2].clone(),
@@ -586,6 +593,7 @@ impl Op {
             Op::Reshape(_) => "reshape",
             Op::Transpose(_) => "transpose",
             Op::MatMul => "matmul",
+            Op::BatchMatMul => "batch_matmul",
             Op::Windows(_) => "windows",
             Op::Unwindows(_) => "unwindows",
             Op::Conv(_) => "conv",
@@ -610,7 +618,12 @@ impl fmt::Display for Op {
             Op::Iota { shape, axis } => write!(f, "{name} {shape} axis={axis}"),
             Op::Numel(s) | Op::Broadcast(s) | Op::Reshape(s) => write!(f, "{name} {s}"),
             Op::Reduce(_, axes) | Op::Transpose(axes) => write!(f, "{name} {axes:?}"),
-            Op::Unary(_) | Op::Binary(_) | Op::Select | Op::MatMul | Op::Gather => {
+            Op::Unary(_)
+            | Op::Binary(_)
+            | Op::Select
+            | Op::MatMul
+            | Op::BatchMatMul
+            | Op::Gather => {
                 write!(f, "{name}")
             }
             Op::Slice { axis, start, len } => {
@@ -687,6 +700,23 @@ fn matmul_shape(a: &Shape, b: &Shape) -> Result<Shape, ShapeError> {
         ))),
         _ => Err(ShapeError(format!(
             "matmul {a} @ {b}: both operands must be matrices (rank 2)"
+        ))),
+    }
+}
+
+fn batch_matmul_shape(a: &Shape, b: &Shape) -> Result<Shape, ShapeError> {
+    match (a.dims(), b.dims()) {
+        ([s1, m, k1], [s2, k2, n]) if s1 == s2 && k1 == k2 => {
+            Ok(Shape(vec![s1.clone(), m.clone(), n.clone()]))
+        }
+        ([s1, _, k1], [s2, k2, _]) if s1 == s2 => Err(ShapeError(format!(
+            "matmul {a} @ {b}: inner dimensions {k1} and {k2} differ"
+        ))),
+        ([s1, ..], [s2, ..]) if a.rank() == 3 && b.rank() == 3 => Err(ShapeError(format!(
+            "matmul {a} @ {b}: batch dimensions {s1} and {s2} differ"
+        ))),
+        _ => Err(ShapeError(format!(
+            "batched matmul {a} @ {b}: both operands must have rank 3"
         ))),
     }
 }

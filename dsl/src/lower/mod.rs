@@ -527,7 +527,7 @@ impl<'f> Lowerer<'f> {
         let y = self.expr(b, env)?;
         let operands = [(x_span, x), (b.span, y)];
         let result = match op {
-            BinOp::MatMul => self.graph.matmul_last_axis(x, y),
+            BinOp::MatMul => self.graph.matmul_batched(x, y),
             _ => {
                 let op = match op {
                     BinOp::Add => BinaryOp::Add,

@@ -26,7 +26,7 @@ pub struct Report {
     pub val_loss: Option<f64>,
     /// Validation accuracy, with validation data.
     pub val_accuracy: Option<f64>,
-    /// The learning rate used in the epoch.
+    /// The learning rate of the epoch's last step (the only one, unless a schedule counts steps).
     pub lr: f64,
     /// Seconds since training started.
     pub seconds: f64,

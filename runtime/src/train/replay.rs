@@ -8,13 +8,13 @@ use super::store::{Store, feed_step_scalars, first_non_finite};
 use crate::data::Dataset;
 
 /// What it takes to find the first non-finite tensor of an epoch: the buffers as they were at
-/// step `from`, and that epoch's learning rate.
+/// step `from`, and the learning rate of each step.
 pub(super) struct Replay<'s> {
     pub(super) seed: u64,
     pub(super) from: usize,
     pub(super) snapshot: &'s Store,
     pub(super) epoch: usize,
-    pub(super) lr: f64,
+    pub(super) rate: &'s dyn Fn(usize) -> f64,
 }
 
 impl Replay<'_> {
@@ -43,7 +43,7 @@ impl Replay<'_> {
                 epoch: self.epoch + 1,
                 step: step + 1,
                 first,
-                lr: self.lr,
+                lr: (self.rate)(step),
             })
         };
         for (step, chunk) in (self.from..=failed).zip(chunks) {
@@ -79,7 +79,7 @@ impl Replay<'_> {
                     );
                 }
             }
-            feed_step_scalars(info, self.lr, step, store);
+            feed_step_scalars(info, (self.rate)(step), step, store);
             if let Err(e) = runners.train.run(compile, info, data, chunk, store, draw) {
                 return TrainError::Failed(e);
             }

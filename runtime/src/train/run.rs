@@ -230,7 +230,7 @@ pub fn train(
     insert_step_scalars(info, settings.elem, store);
     while state.position.step < total {
         let epoch = state.position.epoch;
-        let lr = settings.schedule.rate(settings.lr, epoch);
+        let rate = move |step: usize| settings.schedule.rate(settings.lr, epoch, step);
         let order = epoch_order(settings.seed, epoch, rows);
         if settings.guard {
             snapshot(info, store, &mut epoch_start)?;
@@ -240,7 +240,7 @@ pub fn train(
             from: state.position.step,
             snapshot: &epoch_start,
             epoch,
-            lr,
+            rate: &rate,
         };
         let first_step = epoch * per_epoch;
         for chunk in
@@ -250,6 +250,7 @@ pub fn train(
                 break;
             }
             let step = state.position.step;
+            let lr = rate(step);
             feed_step_scalars(info, lr, step, store);
             let draw = Some((settings.seed, step));
             let exe = runners
@@ -327,7 +328,8 @@ pub fn train(
             test_accuracy,
             val_loss,
             val_accuracy,
-            lr,
+            // The rate of the epoch's last step.
+            lr: rate(state.position.step.saturating_sub(1)),
             seconds: state.position.seconds,
         };
         on_report(&report);

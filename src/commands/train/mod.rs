@@ -437,10 +437,7 @@ fn header(args: &Args, session: &Session, settings: &Settings, data: &RunData, s
     let optimizer = session.spec.optimizer.describe(settings.lr);
     let (train_data, validation, test_data) =
         (&data.train, data.validation.as_ref(), data.test.as_ref());
-    let schedule = match settings.schedule {
-        Schedule::Constant => String::new(),
-        ref s => format!(", schedule {s}"),
-    };
+    let schedule = super::schedule_and_clipping(&settings.schedule, &session.spec.optimizer);
     let mut held = Vec::new();
     if let Some(v) = validation {
         held.push(format!("validation: {}", group(v.rows)));

@@ -1,5 +1,5 @@
-//! Activations: `relu` and its kin, the elementwise functions, and `softmax`/`log_softmax` in
-//! their stable form (the row maximum subtracted before `exp`).
+//! Activations: `relu` and its kin, `gelu` and `silu`, `where`, the elementwise functions,
+//! and `softmax`/`log_softmax` in their stable form (the row maximum subtracted before `exp`).
 
 use nabla_compiler::ir::{BinaryOp, NodeId, ReduceOp, UnaryOp};
 
@@ -35,8 +35,56 @@ impl Lowerer<'_> {
                 let x = self.expr(a.positional[0], env)?;
                 self.leaky_relu(x, slope, span)
             })(),
+            "silu" => self.tensor_args(name, span, args, env, 1).and_then(|x| {
+                let s = located(self.graph.unary(UnaryOp::Sigmoid, x[0]), span)?;
+                located(self.graph.mul(x[0], s), span)
+            }),
+            "gelu" => self.gelu(span, args, env),
+            "where" => self
+                .tensor_args(name, span, args, env, 3)
+                .and_then(|x| located(self.graph.select(x[0], x[1], x[2]), span)),
             _ => unreachable!("an activation"),
         }
+    }
+
+    /// `gelu(x, approximate = "none" | "tanh")`, PyTorch's `nn.GELU`: exactly
+    /// `x/2 (1 + erf(x / sqrt 2))`, or `x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x³)))`.
+    fn gelu(&mut self, span: Span, args: &[Arg], env: &Env) -> LResult<NodeId> {
+        let a = Args::new("gelu", span, args, 1, 1, &["approximate"])?;
+        let tanh = match a.named("approximate") {
+            None => false,
+            Some(e) => match crate::args::string(e, "approximate")? {
+                "none" => false,
+                "tanh" => true,
+                other => {
+                    return Err(Diagnostic::new(
+                        format!("unknown approximation \"{other}\""),
+                        e.span,
+                    )
+                    .label("expected \"none\" or \"tanh\"")
+                    .into());
+                }
+            },
+        };
+        let x = self.expr(a.positional[0], env)?;
+        let inner = if tanh {
+            let cube = located(self.graph.mul(x, x), span)?;
+            let cube = located(self.graph.mul(cube, x), span)?;
+            let cube = located(self.graph.scale(cube, 0.044715), span)?;
+            let sum = located(self.graph.add(x, cube), span)?;
+            let sum = located(
+                self.graph.scale(sum, (2.0 / std::f64::consts::PI).sqrt()),
+                span,
+            )?;
+            located(self.graph.unary(UnaryOp::Tanh, sum), span)?
+        } else {
+            let scaled = located(self.graph.scale(x, std::f64::consts::FRAC_1_SQRT_2), span)?;
+            located(self.graph.unary(UnaryOp::Erf, scaled), span)?
+        };
+        let one = self.graph.constant(1.0);
+        let plus_one = located(self.graph.add(inner, one), span)?;
+        let half = located(self.graph.scale(x, 0.5), span)?;
+        located(self.graph.mul(half, plus_one), span)
     }
 
     /// `softmax` and `log_softmax` along an axis (the last by default).

@@ -1,7 +1,7 @@
 //! The built-in functions, each lowered to graph primitives: this file dispatches a call by name
 //! and holds what the families share (tensor arguments, `dense`, layer parameters); one file per
 //! family holds the rest ([`activations`], [`layout`], [`convolution`], [`normalisation`],
-//! [`recurrent`], [`losses`]). Numerically stable forms throughout: softmax and cross-entropy subtract the
+//! [`attention`], [`recurrent`], [`losses`]). Numerically stable forms throughout: softmax and cross-entropy subtract the
 //! row maximum (log-sum-exp), `bce_with_logits` uses `max(z, 0) - z t + log(1 + e^-|z|)`, and
 //! `bce` clamps its logarithms at -100 and bounds its gradient as PyTorch does. Every loss
 //! averages over its elements (PyTorch's `reduction = "mean"`); `cross_entropy` averages over
@@ -17,6 +17,7 @@ use crate::init;
 use crate::lower::{Env, Fail, LResult, Lowerer};
 
 mod activations;
+mod attention;
 mod convolution;
 mod layout;
 mod losses;
@@ -24,7 +25,7 @@ mod normalisation;
 mod recurrent;
 
 /// Every built-in function name.
-pub const BUILTINS: [&str; 45] = [
+pub const BUILTINS: [&str; 52] = [
     "exp",
     "log",
     "sqrt",
@@ -42,6 +43,9 @@ pub const BUILTINS: [&str; 45] = [
     "relu",
     "step",
     "leaky_relu",
+    "gelu",
+    "silu",
+    "where",
     "identity",
     "softmax",
     "log_softmax",
@@ -59,6 +63,10 @@ pub const BUILTINS: [&str; 45] = [
     "global_avg_pool",
     "flatten",
     "batch_norm",
+    "layer_norm",
+    "rms_norm",
+    "attention",
+    "causal_self_attention",
     "embedding",
     "rnn",
     "lstm",
@@ -107,7 +115,9 @@ impl Lowerer<'_> {
             return Some(self.unary_call(name, op, span, args, env));
         }
         let result = match name {
-            "identity" | "relu" | "step" | "leaky_relu" => self.activation(name, span, args, env),
+            "identity" | "relu" | "step" | "leaky_relu" | "gelu" | "silu" | "where" => {
+                self.activation(name, span, args, env)
+            }
             "softmax" | "log_softmax" => self.softmax(name, span, args, env),
             "sum" | "mean" | "max" | "min" => self.reduction(name, span, args, env),
             "transpose" => self.transpose_call(span, args, env),
@@ -115,6 +125,9 @@ impl Lowerer<'_> {
             "dense" => self.dense(span, args, env),
             "conv2d" => self.conv2d(span, args, env),
             "batch_norm" => self.batch_norm(span, args, env),
+            "layer_norm" | "rms_norm" => self.layer_norm(name, span, args, env),
+            "attention" => self.attention(span, args, env),
+            "causal_self_attention" => self.causal_self_attention(span, args, env),
             "max_pool2d" | "avg_pool2d" => self.pool(name, span, args, env),
             "global_avg_pool" => self.global_avg_pool(span, args, env),
             "flatten" => self.flatten(span, args, env),

@@ -1,5 +1,7 @@
 //! Normalisation and dropout: `batch_norm` (batch statistics when training, running ones when
-//! evaluating) and `dropout` (a mask the runtime draws, the identity when evaluating).
+//! evaluating), `layer_norm` and `rms_norm` (each example's own statistics over its last axis,
+//! the same in every mode) and `dropout` (a mask the runtime draws, the identity when
+//! evaluating).
 
 use nabla_compiler::ir::{Dim, NodeId, Op, Shape, UnaryOp};
 use nabla_compiler::model::{DropoutSpec, Mode, StateSpec};
@@ -114,31 +116,113 @@ impl Lowerer<'_> {
             (mean, var)
         };
         let centred = located(self.graph.sub(x, mean), span)?;
-        let eps = self.graph.constant(eps);
-        let var_eps = located(self.graph.add(var, eps), span)?;
-        let std = located(self.graph.unary(UnaryOp::Sqrt, var_eps), span)?;
-        let normalised = located(self.graph.div(centred, std), span)?;
+        let normalised = self.normalise(centred, var, eps, span)?;
         if !a.flag("affine", true)? {
             return Ok(normalised);
         }
-        let scale = self.new_param(
-            &format!("{prefix}.gamma"),
-            stat_shape.clone(),
-            nabla_runtime::Init::Constant(1.0),
-            "ones".into(),
-            span,
-        )?;
-        let shift = self.new_param(
-            &format!("{prefix}.beta"),
-            stat_shape.clone(),
-            nabla_runtime::Init::Constant(0.0),
-            "zeros".into(),
-            span,
-        )?;
-        let scale = located(self.graph.reshape(scale, &column_shape), span)?;
-        let shift = located(self.graph.reshape(shift, &column_shape), span)?;
-        let scaled = located(self.graph.mul(normalised, scale), span)?;
-        located(self.graph.add(scaled, shift), span)
+        self.scale_and_shift(normalised, &prefix, (features, &column_shape), true, span)
+    }
+
+    /// `centred / sqrt(var + eps)`.
+    fn normalise(&mut self, centred: NodeId, var: NodeId, eps: f64, span: Span) -> LResult<NodeId> {
+        let eps = self.graph.constant(eps);
+        let var_eps = located(self.graph.add(var, eps), span)?;
+        let std = located(self.graph.unary(UnaryOp::Sqrt, var_eps), span)?;
+        located(self.graph.div(centred, std), span)
+    }
+
+    /// `x` times a scale `{prefix}.gamma` (ones), plus with `shift` a shift `{prefix}.beta`
+    /// (zeros), both `[features]` and read in the shape `column`, which broadcasts along `x`.
+    fn scale_and_shift(
+        &mut self,
+        x: NodeId,
+        prefix: &str,
+        (features, column): (usize, &Shape),
+        shift: bool,
+        span: Span,
+    ) -> LResult<NodeId> {
+        let param = |lw: &mut Self, name: &str, value: f64, init: &str| -> LResult<NodeId> {
+            let p = lw.new_param(
+                &format!("{prefix}.{name}"),
+                Shape::known(&[features]),
+                nabla_runtime::Init::Constant(value),
+                init.into(),
+                span,
+            )?;
+            located(lw.graph.reshape(p, column), span)
+        };
+        let scale = param(self, "gamma", 1.0, "ones")?;
+        let scaled = located(self.graph.mul(x, scale), span)?;
+        if !shift {
+            return Ok(scaled);
+        }
+        let beta = param(self, "beta", 0.0, "zeros")?;
+        located(self.graph.add(scaled, beta), span)
+    }
+
+    /// `layer_norm(x, eps = 1e-5, affine = true, bias = true)` and `rms_norm(x, eps = 1.1920929e-7,
+    /// affine = true)` over the last axis, as PyTorch's `nn.LayerNorm` (`(x - mean) /
+    /// sqrt(var + eps)`, the variance biased) and `nn.RMSNorm` (`x / sqrt(mean(x²) + eps)`,
+    /// whose default `eps` is f32's machine epsilon), then a scale `.gamma` (ones) and, for
+    /// `layer_norm` with `bias`, a shift `.beta` (zeros).
+    pub(super) fn layer_norm(
+        &mut self,
+        name: &str,
+        span: Span,
+        args: &[Arg],
+        env: &Env,
+    ) -> LResult<NodeId> {
+        let rms = name == "rms_norm";
+        let keys: &[&str] = if rms {
+            &["eps", "affine"]
+        } else {
+            &["eps", "affine", "bias"]
+        };
+        let a = Args::new(name, span, args, 1, 1, keys)?;
+        let x = self.expr(a.positional[0], env)?;
+        let shape = self.graph.shape(x).clone();
+        let features = match shape.dims().last() {
+            Some(Dim::Known(f)) => *f,
+            _ => {
+                return Err(wrong_shape(
+                    &format!(
+                        "`{name}` needs a tensor whose last axis (the features) has a known size"
+                    ),
+                    &shape,
+                    a.positional[0].span,
+                ));
+            }
+        };
+        let eps = a.number(9, "eps", if rms { f64::from(f32::EPSILON) } else { 1e-5 })?;
+        if eps <= 0.0 {
+            let at = a.named("eps").map_or(span, |e| e.span);
+            return Err(Diagnostic::new(format!("`eps` must be above 0, got {eps}"), at).into());
+        }
+        let axis = [shape.rank() - 1];
+        let count = self.graph.constant(features as f64);
+        let centred = if rms {
+            x
+        } else {
+            let sum = located(self.graph.sum(x, &axis), span)?;
+            let mean = located(self.graph.div(sum, count), span)?;
+            located(self.graph.sub(x, mean), span)?
+        };
+        let squares = located(self.graph.mul(centred, centred), span)?;
+        let total = located(self.graph.sum(squares, &axis), span)?;
+        let var = located(self.graph.div(total, count), span)?;
+        let normalised = self.normalise(centred, var, eps, span)?;
+        if !a.flag("affine", true)? {
+            return Ok(normalised);
+        }
+        let with_bias = !rms && a.flag("bias", true)?;
+        let suffixes: &[&str] = if with_bias {
+            &["gamma", "beta"]
+        } else {
+            &["gamma"]
+        };
+        let prefix = self.layer_name(suffixes);
+        let column = Shape::known(&[features]);
+        self.scale_and_shift(normalised, &prefix, (features, &column), with_bias, span)
     }
 
     /// `dropout(x, p)`: inverted dropout. Training multiplies `x` by a mask input the runtime
