@@ -339,3 +339,28 @@ fn reductions_split_over_threads_by_the_channel_compute_what_one_thread_does() {
         .count();
     assert!(split_reductions >= 2, "{split_reductions} reductions split");
 }
+
+/// A large map whose accesses are all contiguous is one flat loop (GELU's gradient over a whole
+/// parameter here, over a transformer's hidden layer in a GPT); it is folded into rows of a
+/// power-of-two width so that they split over two threads: the interpreter's values, and bit
+/// for bit what one thread computes.
+#[test]
+fn flat_maps_fold_into_rows_that_split_over_threads() {
+    let plan = two_threads_agree(
+        "model flat {
+  input  x[B, 1]
+  target y[B, 1]
+  param  w[3, 65536] = normal(0, 1)
+  loss   = mse(x, y) + mean(gelu(w))
+}",
+        5,
+    );
+    let folded = plan
+        .kernels
+        .iter()
+        .flat_map(|k| &k.phases)
+        .filter(|p| matches!(p, Phase::Map(l) if l.dims.len() == 2 && l.dims[1] == 4096))
+        .filter(|p| p.split_rows().is_some())
+        .count();
+    assert!(folded >= 1, "{plan:?}");
+}

@@ -13,6 +13,7 @@ import sys
 NABLA = "target/release/nabla"
 PEERS = "benches/peers/mlp.py"
 CHAR_RNN = "benches/peers/char_rnn.py"
+GPT = "benches/peers/gpt.py"
 
 
 def run_json(command):
@@ -75,6 +76,11 @@ def main():
     rows.append(("char-RNN (T = 64), batch 32, step ms", f"{ours['step_ms']:.3f}", f"{torch['step_ms']:.3f}", "-",
                  f"{torch['step_ms'] / ours['step_ms']:.2f}x faster", ">= 1.5x torch"))
     rows.append(("  compile of its train step, ms", f"{ours['compile_ms']:.1f}", "-", "-", "", "< 1000"))
+    ours = nabla_bench("examples/gpt_shakespeare.nn", 12, args.steps // 4)
+    for mode, flags, goal in (("eager", [], ">= 1.5x torch"), ("torch.compile", ["--compile"], "> 1x")):
+        torch = run_json([sys.executable, GPT, "--time", str(args.steps // 4), *flags])
+        rows.append((f"baby GPT (T = 64), batch 12, step ms, PyTorch {mode}", f"{ours['step_ms']:.3f}",
+                     f"{torch['step_ms']:.3f}", "-", f"{torch['step_ms'] / ours['step_ms']:.2f}x faster", goal))
     ours = mnist
     theirs = run_json([sys.executable, PEERS, "--framework", "torch", "--mnist", "data/mnist"])
     rows.append(("5-epoch MNIST recipe: peak RSS MB", f"{ours['peak_rss_mb']:.0f}", f"{theirs['peak_rss_mb']:.0f}", "-",

@@ -203,7 +203,12 @@ fn decide(phase: &mut Phase, threads: usize) {
                 .all(|s| s.coeffs.first().is_some_and(|&c| c != 0))
     };
     match phase {
-        Phase::Map(l) => l.split_rows = splits(l, true),
+        Phase::Map(l) => {
+            if threads > 1 {
+                fold_rows(l);
+            }
+            l.split_rows = splits(l, true);
+        }
         Phase::MatMul {
             m,
             k,
@@ -225,6 +230,34 @@ fn decide(phase: &mut Phase, threads: usize) {
         }
         Phase::Call { .. } => {}
     }
+}
+
+/// A large one-variable loop (an elementwise map whose accesses were all contiguous, merged
+/// into one run) as rows of a power-of-two width from 64 to 4096 that divides it, so that bands
+/// of rows can run on the threads: every offset `c i` becomes `c w r + c j`. Only the order of
+/// independent elements changes.
+fn fold_rows(l: &mut Loop) {
+    let [n] = l.dims[..] else {
+        return;
+    };
+    let Some(width) = (6..=12)
+        .rev()
+        .map(|p| 1usize << p)
+        .find(|w| n % w == 0 && n / w >= 2)
+    else {
+        return;
+    };
+    if n < PARALLEL_MIN_ELEMENTS {
+        return;
+    }
+    l.dims = vec![n / width, width];
+    let fold = |coeffs: &mut Vec<i64>| *coeffs = vec![coeffs[0] * width as i64, coeffs[0]];
+    for e in &mut l.exprs {
+        if let Expr::Load { coeffs, .. } | Expr::Index { coeffs } = e {
+            fold(coeffs);
+        }
+    }
+    l.stores.iter_mut().for_each(|s| fold(&mut s.coeffs));
 }
 
 /// Makes the first loop variable that every reduction keeps (batch normalisation's channel in
