@@ -333,3 +333,46 @@ fn a_large_text_trains_in_bounded_memory_or_says_it_cannot() {
     );
     std::fs::remove_file(&text).expect("remove the text");
 }
+
+/// Evaluation batches are sized to keep their temporaries within 256 MiB: a model with causal
+/// attention over 256 positions (a quarter of a MiB of scores per example and head) is
+/// evaluated on 1,200 windows within 1 GiB of address space, where batches of 1,000 needed
+/// more than 1.4 GiB for a GPT's validation pass.
+#[test]
+fn evaluation_of_attention_over_long_contexts_stays_in_bounded_memory() {
+    let text = temp("attention.txt");
+    let line = "the king shall not be moved and yet ROMEO loves JULIET by night\n";
+    std::fs::write(&text, line.repeat(1_200 * 257 / line.len() + 1)).expect("write");
+    let model = write(
+        "long_attention.nn",
+        &format!(
+            "model long_attention {{
+  input  tokens[B, 256] : index
+  target next[B, 256] : class
+  e      = embedding(tokens, 76, 8)
+  q      = transpose(reshape(e, [B, 256, 2, 4]), [0, 2, 1, 3])
+  a      = reshape(transpose(attention(q, q, q, causal = true), [0, 2, 1, 3]), [B, 256, 8])
+  loss   = cross_entropy(dense(e + a, 76), next)
+}}
+train t {{
+  data  = text(\"{}\", seq = 256, level = \"char\")
+  batch = 4
+  steps = 1
+}}
+",
+            text.display()
+        ),
+    );
+    let weights = temp("long_attention.safetensors");
+    let weights = weights.to_str().unwrap();
+    let trained = nabla_bounded(&["train", &model, "--save", weights]);
+    assert!(
+        trained.status.success(),
+        "{}",
+        String::from_utf8_lossy(&trained.stderr)
+    );
+    let out = nabla_within_memory(1024, &["eval", &model, "--weights", weights]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("loss"));
+}

@@ -216,12 +216,7 @@ impl ModelPrograms {
         let step = self.step(batch)?;
         let plan = pipeline::plan_unfused(&step.graph, &step.outputs, &step.assignments)
             .map_err(|e| e.to_string())?;
-        let temporaries: u64 = plan
-            .buffers
-            .iter()
-            .filter(|b| b.external.is_none())
-            .map(|b| b.len as u64)
-            .sum();
+        let temporaries = temporaries(&plan);
         let info = self.info()?;
         let fed = info.feeds.iter().map(|f| f.row_len);
         let inputs: u64 = fed
@@ -295,6 +290,22 @@ impl ModelPrograms {
     }
 }
 
+/// The outputs of an evaluation program: the loss, and the prediction when there is one.
+fn evaluation_outputs(model: &Model) -> Vec<(String, NodeId)> {
+    let mut outputs = vec![("loss".to_string(), model.loss)];
+    outputs.extend(model.prediction.map(|p| ("prediction".to_string(), p.node)));
+    outputs
+}
+
+/// The elements of a plan's own buffers (not its inputs, parameters or state).
+fn temporaries(plan: &crate::kernel::Plan) -> u64 {
+    plan.buffers
+        .iter()
+        .filter(|b| b.external.is_none())
+        .map(|b| b.len as u64)
+        .sum()
+}
+
 /// `model` with its symbolic dimensions (the batch) bound to `batch`.
 fn bind(model: &Model, batch: usize) -> Result<Model, String> {
     pipeline::bind(model, batch).map_err(|e| e.to_string())
@@ -322,9 +333,7 @@ impl Compile for ModelPrograms {
 
     fn evaluate(&mut self, batch: usize) -> Result<Program, String> {
         let model = bind(&self.eval, batch)?;
-        let mut outputs = vec![("loss".to_string(), model.loss)];
-        outputs.extend(model.prediction.map(|p| ("prediction".to_string(), p.node)));
-        self.build(&model.graph, outputs, Vec::new())
+        self.build(&model.graph, evaluation_outputs(&model), Vec::new())
             .map(|c| c.program)
     }
 
@@ -337,6 +346,13 @@ impl Compile for ModelPrograms {
             Vec::new(),
         )
         .map(|c| c.program)
+    }
+
+    fn evaluation_bytes(&mut self, batch: usize) -> Result<u64, String> {
+        let model = bind(&self.eval, batch)?;
+        let plan = pipeline::plan_unfused(&model.graph, &evaluation_outputs(&model), &[])
+            .map_err(|e| e.to_string())?;
+        Ok(temporaries(&plan) * self.elem.size() as u64)
     }
 
     fn gradients(&mut self, batch: usize) -> Result<Program, String> {

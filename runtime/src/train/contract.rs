@@ -125,6 +125,25 @@ pub trait Compile {
     /// Forward and backward without an update: outputs `loss` and, per parameter `p`, its
     /// gradient as [`gradient_name`]`(p)`.
     fn gradients(&mut self, batch: usize) -> Result<Program, String>;
+    /// The bytes an evaluation program's temporaries take at `batch`, estimated without
+    /// compiling it (an upper bound).
+    fn evaluation_bytes(&mut self, batch: usize) -> Result<u64, String>;
+}
+
+/// The most examples evaluation and prediction run at once.
+pub const EVAL_BATCH: usize = 1000;
+
+/// What evaluation's temporaries may take: a batch of a model whose activations are large (a
+/// transformer's attention scores grow with the square of its context) is made smaller.
+pub const EVAL_MEMORY: u64 = 256 << 20;
+
+/// Examples per evaluation or prediction batch for a set of `rows`: up to [`EVAL_BATCH`], as
+/// many as keep the temporaries within [`EVAL_MEMORY`], at least one.
+pub fn evaluation_batch(compile: &mut dyn Compile, rows: usize) -> Result<usize, String> {
+    let (one, two) = (compile.evaluation_bytes(1)?, compile.evaluation_bytes(2)?);
+    let per_example = two.saturating_sub(one).max(1);
+    let affordable = EVAL_MEMORY.saturating_sub(one) / per_example;
+    Ok((affordable as usize).clamp(1, EVAL_BATCH).min(rows.max(1)))
 }
 
 /// The output name of parameter `param`'s gradient in [`Compile::gradients`] programs.

@@ -1,7 +1,7 @@
 //! Metrics: a step's report, the tally of a loss and correct answers over batches, and
 //! evaluation and prediction over a whole data set.
 
-use super::contract::{Compile, ModelInfo, PredictionKind};
+use super::contract::{Compile, ModelInfo, PredictionKind, evaluation_batch};
 use super::programs::{ProgramKind, Runner};
 use super::store::Store;
 use crate::data::Dataset;
@@ -151,9 +151,6 @@ pub(super) fn correct(
     correct
 }
 
-/// Examples per evaluation batch.
-pub(super) const EVAL_BATCH: usize = 1000;
-
 /// Mean loss and accuracy of the stored parameters on `data`.
 pub fn evaluate(
     info: &ModelInfo,
@@ -176,7 +173,7 @@ pub(super) fn evaluate_with(
 ) -> Result<(f64, Option<f64>), String> {
     let rows: Vec<usize> = (0..data.rows).collect();
     let mut tally = Tally::default();
-    for chunk in rows.chunks(EVAL_BATCH) {
+    for chunk in rows.chunks(evaluation_batch(compile, data.rows)?) {
         let exe = runner.run(compile, info, data, chunk, store, None)?;
         tally.add(info, exe, data, chunk);
     }
@@ -194,7 +191,7 @@ pub fn predict(
     let mut runner = Runner::new(ProgramKind::Predict, elem);
     let rows: Vec<usize> = (0..data.rows).collect();
     let mut out = Vec::with_capacity(data.rows);
-    for chunk in rows.chunks(EVAL_BATCH) {
+    for chunk in rows.chunks(evaluation_batch(compile, data.rows)?) {
         let exe = runner.run(compile, info, data, chunk, store, None)?;
         let prediction = exe
             .output("prediction")
