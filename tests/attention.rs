@@ -75,8 +75,8 @@ proptest! {
     }
 }
 
-/// The gradient of a batched product's right operand scaled by 0.9: attention's `P V` and
-/// `Q K^T` both go through it.
+/// The gradient of a batched product's right operand scaled by 0.9: a masked attention's
+/// `Q K^T` and `P V` both go through it.
 fn wrong_batched_product_rule(
     graph: &mut Graph,
     node: NodeId,
@@ -88,6 +88,22 @@ fn wrong_batched_product_rule(
         && let Some(gb) = grads[1].as_mut()
     {
         *gb = graph.scale(*gb, 0.9)?;
+    }
+    Ok(grads)
+}
+
+/// The gradient of fused attention's values scaled by 0.9.
+fn wrong_attention_rule(
+    graph: &mut Graph,
+    node: NodeId,
+    g: NodeId,
+    wants: &[bool],
+) -> Result<Vec<Option<NodeId>>, ShapeError> {
+    let mut grads = autodiff::vjp(graph, node, g, wants)?;
+    if matches!(graph.op(node), Op::Attention { .. })
+        && let Some(gv) = grads[2].as_mut()
+    {
+        *gv = graph.scale(*gv, 0.9)?;
     }
     Ok(grads)
 }
@@ -118,9 +134,9 @@ fn failures(results: &[ParamResult]) -> Vec<&str> {
 fn a_wrong_rule_under_attention_or_layer_norm_is_caught() {
     let source = attention_source(0, 2, 3, 5);
     assert!(failures(&check(&source, 2, 1, autodiff::vjp)).is_empty());
-    // Keys and values are the batched products' right operands: their projection in `w_qkv`
-    // and the layer norm below it fail, the output projection after them does not.
-    let wrong = check(&source, 2, 1, wrong_batched_product_rule);
+    // Values come from the projection in `w_qkv`: it and the layer norm below it fail, the
+    // output projection after the attention does not.
+    let wrong = check(&source, 2, 1, wrong_attention_rule);
     assert_eq!(
         failures(&wrong),
         [
@@ -130,6 +146,17 @@ fn a_wrong_rule_under_attention_or_layer_norm_is_caught() {
             "a.b_qkv",
             gradcheck::ALL_PARAMS
         ],
+        "{wrong:?}"
+    );
+    // With a mask, attention is batched products around a softmax: keys and values are their
+    // right operands, queries are not. (A key's bias adds the same to every score of a row,
+    // which softmax ignores: its gradient is 0 however wrong the rule.)
+    let masked = attention_source(1, 2, 3, 5);
+    assert!(failures(&check(&masked, 2, 1, autodiff::vjp)).is_empty());
+    let wrong = check(&masked, 2, 1, wrong_batched_product_rule);
+    assert_eq!(
+        failures(&wrong),
+        ["k.w", "v.w", "v.b", gradcheck::ALL_PARAMS],
         "{wrong:?}"
     );
     // Every parameter before the MLP's layer norm sees its standard deviation's derivative;

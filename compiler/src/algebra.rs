@@ -305,6 +305,9 @@ fn node(graph: &Graph, id: NodeId, x: &[Expr]) -> Expr {
         }
         Op::Reduce(ReduceOp::Sum, _) => x[0].clone(),
         Op::MatMul | Op::BatchMatMul => x[0].mul(&x[1]),
+        // Weights of the values, and the same again for their gradients.
+        Op::Attention { .. } => x[2].clone(),
+        Op::AttentionGrad { .. } => x[4].clone(),
         // Windows only move elements (and pad with a constant).
         Op::Windows(_) | Op::Unwindows(_) | Op::Slice { .. } | Op::Concat { .. } => x[0].clone(),
         Op::Gather => x[0].clone(),

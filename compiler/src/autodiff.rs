@@ -472,6 +472,32 @@ pub fn vjp(
             ]
         }
         Op::ScatterAdd { .. } => vec![None, want(wants[1], || graph.node(Op::Gather, &[g, x[0]]))?],
+        // One op computes the three gradients from the recomputed scores; each is a slice of
+        // its rows. The log-sum-exp column of the output has no gradient of its own (nothing
+        // but this rule reads it), so `g`'s last column is zeros, and ignored.
+        Op::Attention { causal, scale } => {
+            let all = graph.node(
+                Op::AttentionGrad { causal, scale },
+                &[x[0], x[1], x[2], out, g],
+            )?;
+            let mut start = 0;
+            let mut grads = Vec::new();
+            for (&operand, &wanted) in x.iter().zip(wants) {
+                let shape = graph.shape(operand).clone();
+                let len: usize = shape.dims()[1..].iter().filter_map(|d| d.known()).product();
+                grads.push(want(wanted, || {
+                    let part = graph.slice(all, 1, start, len)?;
+                    graph.reshape(part, &shape)
+                })?);
+                start += len;
+            }
+            grads
+        }
+        Op::AttentionGrad { .. } => {
+            return Err(ShapeError(
+                "attention's gradient is not differentiated again".into(),
+            ));
+        }
     };
     Ok(grads)
 }

@@ -709,6 +709,19 @@ fn call_of(g: &Graph, node: NodeId) -> (Call, Vec<usize>) {
             let (a, b) = (of(0), of(1));
             (Call::BatchMatMul, vec![a[0], a[1], a[2], b[2]])
         }
+        &Op::Attention { causal, scale } | &Op::AttentionGrad { causal, scale } => {
+            let (q, k, v) = (of(0), of(1), of(2));
+            let call = if matches!(g.op(node), Op::Attention { .. }) {
+                Call::Attention
+            } else {
+                Call::AttentionGrad
+            };
+            let bits = scale.get().to_bits() as usize;
+            (
+                call,
+                vec![q[0], q[1], k[1], q[2], v[2], usize::from(causal), bits],
+            )
+        }
         &Op::ScatterAdd { rows } => {
             let width = dims(g, node)[1];
             (Call::ScatterAdd, vec![numel(g, operands[0]), width, rows])

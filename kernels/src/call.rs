@@ -35,11 +35,17 @@ pub enum Call {
     /// `Op::BatchMatMul`: `[products, m, k, n]`, operands `[products, m, k]` and
     /// `[products, k, n]`.
     BatchMatMul,
+    /// `Op::Attention`: `[products, Tq, Tk, D, Dv, causal, the scale's f64 bits]`, operands
+    /// `q`, `k`, `v`.
+    Attention,
+    /// `Op::AttentionGrad`: sizes as [`Call::Attention`], operands `q`, `k`, `v`, the
+    /// attention's output and its gradient.
+    AttentionGrad,
 }
 
 impl Call {
     /// Every routine, indexed by the number generated code passes.
-    pub const ALL: [Call; 12] = [
+    pub const ALL: [Call; 14] = [
         Call::Windows,
         Call::Unwindows,
         Call::Conv,
@@ -52,6 +58,8 @@ impl Call {
         Call::Gather,
         Call::ScatterAdd,
         Call::BatchMatMul,
+        Call::Attention,
+        Call::AttentionGrad,
     ];
 
     /// Its number in [`Call::ALL`].
@@ -63,7 +71,13 @@ impl Call {
     pub fn is_window(self) -> bool {
         !matches!(
             self,
-            Call::Slice | Call::Concat | Call::Gather | Call::ScatterAdd | Call::BatchMatMul
+            Call::Slice
+                | Call::Concat
+                | Call::Gather
+                | Call::ScatterAdd
+                | Call::BatchMatMul
+                | Call::Attention
+                | Call::AttentionGrad
         )
     }
 
@@ -111,6 +125,7 @@ pub fn arg_count(call: Call, head: &[usize]) -> usize {
         Call::Concat => 3 + head[2],
         Call::Gather | Call::ScatterAdd => 3,
         Call::BatchMatMul => 4,
+        Call::Attention | Call::AttentionGrad => 7,
         _ => 14,
     }
 }
@@ -120,12 +135,26 @@ pub fn operand_count(call: Call, args: &[usize]) -> usize {
     match call {
         Call::Concat => args[2],
         Call::Windows | Call::Unwindows | Call::Slice => 1,
+        Call::Attention => 3,
+        Call::AttentionGrad => 5,
         _ => 2,
     }
 }
 
 /// The element count of operand `i` of a call, or of its output for `None`.
 pub fn length(call: Call, args: &[usize], operand: Option<usize>) -> usize {
+    if matches!(call, Call::Attention | Call::AttentionGrad) {
+        let [s, tq, tk, d, dv] = [args[0], args[1], args[2], args[3], args[4]];
+        let output = s * tq * (dv + 1);
+        return match operand {
+            Some(0) => s * tq * d,
+            Some(1) => s * tk * d,
+            Some(2) => s * tk * dv,
+            Some(_) => output,
+            None if call == Call::Attention => output,
+            None => s * (tq * d + tk * d + tk * dv),
+        };
+    }
     if call == Call::Concat {
         let (outer, inner) = (args[0], args[1]);
         let axis: usize = match operand {

@@ -5,11 +5,12 @@
 //! [`call`] (the routines generated code calls by number, and their sizes), [`library`] (their
 //! dispatch, and slices, concatenations, gathers and scatters), [`convolution`] (im2col,
 //! col2im and convolutions), [`pooling`] (max pooling), [`gemm`] (matrix products through the
-//! `gemm` crate), [`parallel`] (the fork-join pool), [`float`] (the float types),
+//! `gemm` crate), [`attention`] (attention without stored scores), [`parallel`] (the fork-join pool), [`float`] (the float types),
 //! [`shims`] (the `extern "C"` entry points generated code imports), and [`peaks`] (this
 //! machine's measured compute and memory peaks, for profiles' rooflines).
 #![deny(missing_docs)]
 
+mod attention;
 pub mod call;
 mod convolution;
 mod float;

@@ -1,8 +1,10 @@
 //! The dispatcher of a [`Call`] on whole row-major buffers, and the copies that need no more:
 //! slices, concatenations, gathers and scatter-adds (an index outside the table reads zeros and
-//! adds nothing). Batches of matrix products go to the GEMM, a group of products per thread.
+//! adds nothing). Batches of matrix products go to the GEMM, a group of products per thread,
+//! and so does attention ([`attention`]).
 
 use crate::Call;
+use crate::attention;
 use crate::call::operand_count;
 use crate::convolution::{convolve, for_each_band, split};
 use crate::float::Float;
@@ -63,6 +65,8 @@ pub(super) fn run<'a, T: Float>(
             }
         }
         Call::BatchMatMul => batch_matmul(args, input(0), input(1), out, threads),
+        Call::Attention => attention::forward(args, [0, 1, 2].map(&input), out, threads),
+        Call::AttentionGrad => attention::backward(args, [0, 1, 2, 3, 4].map(&input), out, threads),
         _ => {
             let (w, sizes) = Call::window_of(args);
             let [n, c, _] = sizes;

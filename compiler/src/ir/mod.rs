@@ -1,6 +1,7 @@
 //! The intermediate representation: shapes, primitive ops, the graph, its text/dot/json forms,
 //! the verifier and the reference interpreter.
 
+pub mod attention;
 pub mod formula;
 mod graph;
 pub mod interp;

@@ -285,6 +285,26 @@ pub enum Op {
     /// A batch of independent matrix products `[S, M, K] @ [S, K, N] -> [S, M, N]` (leading
     /// axes of any rank are reshaped into the one `S` by the builder): attention's products.
     BatchMatMul,
+    /// Attention in one pass, never storing the scores: `q [S, Tq, D]`, `k [S, Tk, D]`,
+    /// `v [S, Tk, Dv]` -> `[S, Tq, Dv + 1]`, row `i` of product `s` holding
+    /// `softmax(scale q_i k^T) v` and then the log-sum-exp of its scaled scores (which the
+    /// backward needs). With `causal`, query `i` sees keys up to `i + Tk - Tq`; a query that
+    /// sees none gets zeros and a log-sum-exp of -inf.
+    Attention {
+        /// Query `i` sees keys up to `i + Tk - Tq` only.
+        causal: bool,
+        /// The scores' factor.
+        scale: Scalar,
+    },
+    /// [`Op::Attention`]'s gradient, the scores recomputed from the log-sum-exp: `q`, `k`, `v`,
+    /// the attention's output and the gradient of that output (its last column ignored) ->
+    /// `[S, Tq D + Tk D + Tk Dv]`, each row the gradients of `q`, `k` and `v`, row-major.
+    AttentionGrad {
+        /// As the attention's.
+        causal: bool,
+        /// As the attention's.
+        scale: Scalar,
+    },
     /// The windows of `[N, C, H, W]` images as rows (im2col): `[N, OH, OW, C, KH, KW]`,
     /// element `(n, y, x, c, i, j)` being pixel `(y s + i d - p, x s + j d - p)` of channel `c`,
     /// or the fill outside the image.
@@ -356,6 +376,8 @@ impl Op {
                 | Op::Gather
                 | Op::ScatterAdd { .. }
                 | Op::BatchMatMul
+                | Op::Attention { .. }
+                | Op::AttentionGrad { .. }
         )
     }
 
@@ -383,7 +405,8 @@ impl Op {
             | Op::MaxPoolScatter(_)
             | Op::Gather
             | Op::ScatterAdd { .. } => 2,
-            Op::Select => 3,
+            Op::Select | Op::Attention { .. } => 3,
+            Op::AttentionGrad { .. } => 5,
             Op::Concat { parts, .. } => *parts,
         }
     }
@@ -440,6 +463,17 @@ impl Op {
             Op::Transpose(perm) => transpose_shape(operands[0], perm)?,
             Op::MatMul => matmul_shape(operands[0], operands[1])?,
             Op::BatchMatMul => batch_matmul_shape(operands[0], operands[1])?,
+            Op::Attention { .. } => attention_shape(operands)?.0,
+            Op::AttentionGrad { .. } => {
+                let (out, [s], [tq, tk, d, dv]) = attention_shape(&operands[..3])?;
+                if operands[3] != &out || operands[4] != &out {
+                    return Err(ShapeError(format!(
+                        "attention's gradient needs its output and that output's gradient as {out}, got {} and {}",
+                        operands[3], operands[4]
+                    )));
+                }
+                Shape(vec![s, Dim::Known(tq * d + tk * d + tk * dv)])
+            }
             Op::Windows(w) => w.windows_shape(operands[0])?,
             Op::Unwindows(w) => w.unwindows_shape(operands[0])?,
             Op::Conv(w) => w.conv_shapes(operands[0], operands[1])?[2].clone(),
@@ -594,6 +628,8 @@ impl Op {
             Op::Transpose(_) => "transpose",
             Op::MatMul => "matmul",
             Op::BatchMatMul => "batch_matmul",
+            Op::Attention { .. } => "attention",
+            Op::AttentionGrad { .. } => "attention_grad",
             Op::Windows(_) => "windows",
             Op::Unwindows(_) => "unwindows",
             Op::Conv(_) => "conv",
@@ -631,6 +667,9 @@ impl fmt::Display for Op {
             }
             Op::Concat { axis, parts } => write!(f, "{name} axis={axis} parts={parts}"),
             Op::ScatterAdd { rows } => write!(f, "{name} rows={rows}"),
+            Op::Attention { causal, scale } | Op::AttentionGrad { causal, scale } => {
+                write!(f, "{name} causal={causal} scale={scale}")
+            }
             Op::Windows(w)
             | Op::Unwindows(w)
             | Op::Conv(w)
@@ -717,6 +756,29 @@ fn batch_matmul_shape(a: &Shape, b: &Shape) -> Result<Shape, ShapeError> {
         ))),
         _ => Err(ShapeError(format!(
             "batched matmul {a} @ {b}: both operands must have rank 3"
+        ))),
+    }
+}
+
+/// The output shape of attention over `q [S, Tq, D]`, `k [S, Tk, D]`, `v [S, Tk, Dv]`, and
+/// the batch and the known sizes `[Tq, Tk, D, Dv]`.
+fn attention_shape(operands: &[&Shape]) -> Result<(Shape, [Dim; 1], [usize; 4]), ShapeError> {
+    let [q, k, v] = operands else {
+        unreachable!("three operands")
+    };
+    let known = |s: &Shape| match s.dims() {
+        [b, x, y] => Some((b.clone(), x.known()?, y.known()?)),
+        _ => None,
+    };
+    match (known(q), known(k), known(v)) {
+        (Some((s, tq, d)), Some((s2, tk, d2)), Some((s3, tk2, dv)))
+            if s == s2 && s == s3 && d == d2 && tk == tk2 =>
+        {
+            let out = Shape(vec![s.clone(), Dim::Known(tq), Dim::Known(dv + 1)]);
+            Ok((out, [s], [tq, tk, d, dv]))
+        }
+        _ => Err(ShapeError(format!(
+            "attention needs queries [S, Tq, D], keys [S, Tk, D] and values [S, Tk, Dv] of known sizes, got {q}, {k} and {v}"
         ))),
     }
 }

@@ -4,8 +4,8 @@
 //! reshapes and explicit broadcasts around them.
 
 use super::graph::{Graph, NodeId};
-use super::op::Op;
-use super::shape::{Dim, Shape, ShapeError};
+use super::op::{Op, Scalar};
+use super::shape::{Shape, ShapeError};
 
 impl Graph {
     /// Matrix product of two matrices.
@@ -54,36 +54,101 @@ impl Graph {
         if sb.rank() == 2 {
             return self.matmul_last_axis(a, b);
         }
-        let split = |s: &Shape| {
-            let d = s.dims();
-            (Shape(d[..d.len() - 2].to_vec()), d[d.len() - 2..].to_vec())
-        };
-        let ((batch_a, matrix_a), (batch_b, matrix_b)) = (split(&sa), split(&sb));
+        let matrix = |s: &Shape| s.dims()[s.rank() - 2..].to_vec();
+        let (matrix_a, matrix_b) = (matrix(&sa), matrix(&sb));
         if matrix_a[1] != matrix_b[0] {
             return Err(ShapeError(format!(
                 "matmul {sa} @ {sb}: inner dimensions {} and {} differ",
                 matrix_a[1], matrix_b[0]
             )));
         }
-        let batch = Shape::broadcast(&batch_a, &batch_b).map_err(|_| {
-            ShapeError(format!(
-                "matmul {sa} @ {sb}: the batch axes {batch_a} and {batch_b} do not broadcast"
-            ))
-        })?;
-        let rest = Shape(batch.dims()[1..].to_vec()).numel().ok_or_else(|| {
-            ShapeError(format!(
-                "matmul {sa} @ {sb}: the batch axes after the first must be known"
-            ))
-        })?;
-        let products = batch.dims()[0].times(rest);
-        let mut operand = |x: NodeId, matrix: &[Dim]| -> Result<NodeId, ShapeError> {
-            let full = Shape([batch.dims(), matrix].concat());
-            let x = self.broadcast(x, &full)?;
-            self.reshape(x, &Shape([&[products.clone()][..], matrix].concat()))
-        };
-        let (a3, b3) = (operand(a, &matrix_a)?, operand(b, &matrix_b)?);
+        let context = || format!("matmul {sa} @ {sb}");
+        let (batch, [a3, b3]) = self.as_batch([a, b], &context)?;
         let product = self.node(Op::BatchMatMul, &[a3, b3])?;
         let out = Shape([batch.dims(), &[matrix_a[0].clone(), matrix_b[1].clone()]].concat());
         self.reshape(product, &out)
+    }
+
+    /// Attention over `q [..., Tq, D]`, `k [..., Tk, D]`, `v [..., Tk, Dv]`, their leading axes
+    /// broadcast as `matmul`'s: `softmax(scale q k^T, masked when causal) v` by
+    /// [`Op::Attention`], which never stores the scores, `[..., Tq, Dv]`.
+    pub fn attention(
+        &mut self,
+        [q, k, v]: [NodeId; 3],
+        causal: bool,
+        scale: f64,
+    ) -> Result<NodeId, ShapeError> {
+        let shapes = [q, k, v].map(|x| self.shape(x).clone());
+        let context = || {
+            format!(
+                "attention of {}, {} and {}",
+                shapes[0], shapes[1], shapes[2]
+            )
+        };
+        let last =
+            |s: &Shape, from_end: usize| s.dims().get(s.rank().wrapping_sub(from_end)).cloned();
+        if shapes.iter().any(|s| s.rank() < 2)
+            || last(&shapes[0], 1) != last(&shapes[1], 1)
+            || last(&shapes[1], 2) != last(&shapes[2], 2)
+        {
+            return Err(ShapeError(format!(
+                "{}: needs queries [..., Tq, D], keys [..., Tk, D] and values [..., Tk, Dv]",
+                context()
+            )));
+        }
+        let (batch, qkv) = self.as_batch([q, k, v], &context)?;
+        let out = self.node(
+            Op::Attention {
+                causal,
+                scale: Scalar::new(scale),
+            },
+            &qkv,
+        )?;
+        let (tq, dv) = (
+            last(&shapes[0], 2).expect("rank 2 or more"),
+            last(&shapes[2], 1).expect("rank 2 or more"),
+        );
+        let width = dv
+            .known()
+            .ok_or_else(|| ShapeError(format!("{}: the values' depth must be known", context())))?;
+        let values = self.slice(out, 2, 0, width)?;
+        self.reshape(values, &Shape([batch.dims(), &[tq, dv]].concat()))
+    }
+
+    /// The operands, each of rank 2 or more, with their leading axes broadcast to one batch
+    /// (NumPy rules) and joined into one axis: `[products, rows, columns]` each (all batch axes
+    /// but the first must be known), and the batch. `context` names the operation in errors.
+    fn as_batch<const N: usize>(
+        &mut self,
+        xs: [NodeId; N],
+        context: &dyn Fn() -> String,
+    ) -> Result<(Shape, [NodeId; N]), ShapeError> {
+        let shapes = xs.map(|x| self.shape(x).clone());
+        let lead = |s: &Shape| Shape(s.dims()[..s.rank() - 2].to_vec());
+        let mut batch = lead(&shapes[0]);
+        for s in &shapes[1..] {
+            batch = Shape::broadcast(&batch, &lead(s)).map_err(|_| {
+                ShapeError(format!(
+                    "{}: the batch axes {batch} and {} do not broadcast",
+                    context(),
+                    lead(s)
+                ))
+            })?;
+        }
+        let rest = Shape(batch.dims()[1..].to_vec()).numel().ok_or_else(|| {
+            ShapeError(format!(
+                "{}: the batch axes after the first must be known",
+                context()
+            ))
+        })?;
+        let products = batch.dims()[0].times(rest);
+        let mut out = xs;
+        for (x, s) in out.iter_mut().zip(&shapes) {
+            let matrix = &s.dims()[s.rank() - 2..];
+            let full = Shape([batch.dims(), matrix].concat());
+            let wide = self.broadcast(*x, &full)?;
+            *x = self.reshape(wide, &Shape([&[products.clone()][..], matrix].concat()))?;
+        }
+        Ok((batch, out))
     }
 }

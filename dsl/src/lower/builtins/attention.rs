@@ -1,8 +1,9 @@
 //! Attention: `attention(q, k, v, ...)`, PyTorch's `scaled_dot_product_attention`, and the
 //! `causal_self_attention(x, heads)` layer built on it (one `[C, 3C]` projection to queries,
-//! keys and values, one `[C, C]` output projection, as nanoGPT's `CausalSelfAttention`). Both
-//! lower to batched products and a stable softmax; the causal mask is a comparison of two
-//! iotas, so no `[T, T]` constant is stored.
+//! keys and values, one `[C, C]` output projection, as nanoGPT's `CausalSelfAttention`).
+//! Without a mask, attention is one op that never stores its scores (the kernel library
+//! recomputes them for the backward), so memory grows with the context, not its square; with
+//! a mask, batched products around a stable softmax.
 
 use nabla_compiler::ir::{BinaryOp, Dim, NodeId, Op, ReduceOp, Shape, UnaryOp};
 
@@ -159,7 +160,8 @@ impl Lowerer<'_> {
     }
 
     /// `softmax(q k^T scale, hidden positions -inf) v` for [`Self::attention`]'s checked
-    /// operands.
+    /// operands: one [`Op::Attention`], which never stores the scores, unless a mask is given;
+    /// then batched products around a masked softmax.
     fn attend(
         &mut self,
         [q, k, v]: [NodeId; 3],
@@ -168,6 +170,9 @@ impl Lowerer<'_> {
         scale: f64,
         span: Span,
     ) -> LResult<NodeId> {
+        if mask.is_none() {
+            return located(self.graph.attention([q, k, v], causal, scale), span);
+        }
         let rank = self.graph.shape(k).rank();
         let mut swap: Vec<usize> = (0..rank).collect();
         swap.swap(rank - 2, rank - 1);

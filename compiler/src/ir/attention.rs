@@ -1,0 +1,107 @@
+//! The reference definitions of [`Op::Attention`](super::Op::Attention) and its gradient, as
+//! plain loops over one product of the batch at a time, for the interpreter: what the kernel
+//! library's blocked version must compute. Query `i` of `Tq` sees keys `0 ..= i + Tk - Tq`
+//! when causal, every key otherwise.
+
+use num_traits::Float;
+
+/// The sizes of one product of the batch: `[Tq, Tk, D, Dv]`, and the mask and scale.
+#[derive(Clone, Copy)]
+pub struct Geometry {
+    /// Queries.
+    pub tq: usize,
+    /// Keys and values.
+    pub tk: usize,
+    /// Features of a query and a key.
+    pub d: usize,
+    /// Features of a value.
+    pub dv: usize,
+    /// Whether query `i` sees keys up to `i + Tk - Tq` only.
+    pub causal: bool,
+    /// The scores' factor.
+    pub scale: f64,
+}
+
+impl Geometry {
+    /// How many keys query `i` sees.
+    pub fn seen(&self, i: usize) -> usize {
+        if self.causal {
+            (i + 1 + self.tk).saturating_sub(self.tq).min(self.tk)
+        } else {
+            self.tk
+        }
+    }
+}
+
+/// Query `i`'s scaled scores against the keys it sees.
+fn scores<T: Float>(g: &Geometry, q: &[T], k: &[T], i: usize) -> Vec<T> {
+    let scale = T::from(g.scale).expect("a float");
+    (0..g.seen(i))
+        .map(|j| {
+            let dot = (0..g.d).fold(T::zero(), |acc, c| acc + q[i * g.d + c] * k[j * g.d + c]);
+            dot * scale
+        })
+        .collect()
+}
+
+/// One product's `[Tq, Dv + 1]`: each row's attention output, then its log-sum-exp.
+pub fn forward<T: Float>(g: &Geometry, q: &[T], k: &[T], v: &[T]) -> Vec<T> {
+    let width = g.dv + 1;
+    let mut out = vec![T::zero(); g.tq * width];
+    for i in 0..g.tq {
+        let row = &mut out[i * width..(i + 1) * width];
+        let s = scores(g, q, k, i);
+        let Some(max) = s.iter().copied().reduce(T::max) else {
+            row[g.dv] = T::neg_infinity();
+            continue;
+        };
+        let p: Vec<T> = s.iter().map(|&x| (x - max).exp()).collect();
+        let sum = p.iter().fold(T::zero(), |a, &b| a + b);
+        for (j, &pj) in p.iter().enumerate() {
+            for c in 0..g.dv {
+                row[c] = row[c] + pj * v[j * g.dv + c];
+            }
+        }
+        for x in &mut row[..g.dv] {
+            *x = *x / sum;
+        }
+        row[g.dv] = max + sum.ln();
+    }
+    out
+}
+
+/// One product's gradients `[dq (Tq D), dk (Tk D), dv (Tk Dv)]` from the forward's output
+/// `out` (for the log-sum-exp) and the output's gradient `grad` (`[Tq, Dv + 1]`, the last
+/// column ignored): `p = exp(s - lse)`, `dv += p do`, `dp = do v`, `ds = p (dp - sum(p dp))`,
+/// `dq = scale ds k`, `dk = scale ds^T q`.
+pub fn backward<T: Float>(g: &Geometry, [q, k, v, out, grad]: [&[T]; 5]) -> Vec<T> {
+    let width = g.dv + 1;
+    let scale = T::from(g.scale).expect("a float");
+    let (dq_len, dk_len) = (g.tq * g.d, g.tk * g.d);
+    let mut result = vec![T::zero(); dq_len + dk_len + g.tk * g.dv];
+    let (dq, rest) = result.split_at_mut(dq_len);
+    let (dk, dv) = rest.split_at_mut(dk_len);
+    for i in 0..g.tq {
+        let lse = out[i * width + g.dv];
+        let d_out = &grad[i * width..i * width + g.dv];
+        let p: Vec<T> = scores(g, q, k, i)
+            .iter()
+            .map(|&s| (s - lse).exp())
+            .collect();
+        let dp: Vec<T> = (0..p.len())
+            .map(|j| (0..g.dv).fold(T::zero(), |a, c| a + d_out[c] * v[j * g.dv + c]))
+            .collect();
+        let total = p.iter().zip(&dp).fold(T::zero(), |a, (&x, &y)| a + x * y);
+        for (j, (&pj, &dpj)) in p.iter().zip(&dp).enumerate() {
+            for c in 0..g.dv {
+                dv[j * g.dv + c] = dv[j * g.dv + c] + pj * d_out[c];
+            }
+            let ds = pj * (dpj - total) * scale;
+            for c in 0..g.d {
+                dq[i * g.d + c] = dq[i * g.d + c] + ds * k[j * g.d + c];
+                dk[j * g.d + c] = dk[j * g.d + c] + ds * q[i * g.d + c];
+            }
+        }
+    }
+    result
+}
