@@ -472,14 +472,10 @@ pub fn vjp(
             ]
         }
         Op::ScatterAdd { .. } => vec![None, want(wants[1], || graph.node(Op::Gather, &[g, x[0]]))?],
-        // One op computes the three gradients from the recomputed scores; each is a slice of
-        // its rows. The log-sum-exp column of the output has no gradient of its own (nothing
-        // but this rule reads it), so `g`'s last column is zeros, and ignored.
+        // One op computes the three gradients from the recomputed weights; each is a slice of
+        // its rows.
         Op::Attention { causal, scale } => {
-            let all = graph.node(
-                Op::AttentionGrad { causal, scale },
-                &[x[0], x[1], x[2], out, g],
-            )?;
+            let all = graph.node(Op::AttentionGrad { causal, scale }, &[x[0], x[1], x[2], g])?;
             let mut start = 0;
             let mut grads = Vec::new();
             for (&operand, &wanted) in x.iter().zip(wants) {

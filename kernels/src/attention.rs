@@ -2,10 +2,10 @@
 //! `Op::AttentionGrad`; `nabla_compiler::ir::attention` is the reference): per product of the
 //! batch, the scores `q k^T` go to a per-thread scratch of `Tq x Tk`, are masked, scaled and
 //! turned into probabilities in place, and multiply the values, all by the tuned GEMM; only the
-//! output and each row's log-sum-exp are kept. The backward recomputes the probabilities from
-//! the log-sum-exp (FlashAttention's trade: a product again instead of `Tq Tk` stored values
-//! per head). Memory is the scratch of each thread, whatever the batch. Products are split into
-//! groups, one per thread, so every value is computed in one order whatever the thread count.
+//! output is kept. The backward recomputes the probabilities (FlashAttention's trade: a product
+//! and a softmax again instead of `Tq Tk` stored values per head). Memory is the scratch of each
+//! thread, whatever the batch. Products are split into groups, one per thread, so every value
+//! is computed in one order whatever the thread count.
 
 use crate::convolution::{for_each_band, split, with_scratch};
 use crate::float::Float;
@@ -76,90 +76,77 @@ impl Geometry {
     }
 }
 
-/// `out [products, Tq, Dv + 1]`: each row's attention output, then its log-sum-exp.
-pub(super) fn forward<T: Float>(
-    args: &[usize],
-    [q, k, v]: [&[T]; 3],
-    out: &mut [T],
-    threads: usize,
-) {
+/// `p [Tq, Tk]`: each query's attention weights over the keys (0 where it does not see one,
+/// a row of zeros where it sees none), from the scores `scale q k^T` computed in place.
+fn probabilities<T: Float>(g: &Geometry, q: &[T], k: &[T], p: &mut [T]) {
+    g.scores(q, k, p);
+    for (i, row) in p.chunks_exact_mut(g.tk).enumerate() {
+        let (seen, hidden) = row.split_at_mut(g.seen(i));
+        hidden.fill(T::zero());
+        let Some(max) = seen.iter().copied().reduce(T::max) else {
+            continue;
+        };
+        let mut sum = T::zero();
+        for x in seen.iter_mut() {
+            *x = (*x - max).exp_fast();
+            sum = sum + *x;
+        }
+        let inverse = T::one() / sum;
+        seen.iter_mut().for_each(|x| *x = *x * inverse);
+    }
+}
+
+/// Product `s`'s `q`, `k` and `v`.
+fn operands<'a, T>(g: &Geometry, s: usize, [q, k, v]: [&'a [T]; 3]) -> [&'a [T]; 3] {
+    [
+        &q[s * g.tq * g.d..][..g.tq * g.d],
+        &k[s * g.tk * g.d..][..g.tk * g.d],
+        &v[s * g.tk * g.dv..][..g.tk * g.dv],
+    ]
+}
+
+/// `out [products, Tq, Dv]`: `p v` for each query's weights `p`.
+pub(super) fn forward<T: Float>(args: &[usize], qkv: [&[T]; 3], out: &mut [T], threads: usize) {
     let (products, g) = Geometry::of(args);
-    let width = g.dv + 1;
-    each_product(products, threads, out, g.tq * width, |s, out| {
-        let (q, k, v) = (
-            &q[s * g.tq * g.d..][..g.tq * g.d],
-            &k[s * g.tk * g.d..][..g.tk * g.d],
-            &v[s * g.tk * g.dv..][..g.tk * g.dv],
-        );
+    each_product(products, threads, out, g.tq * g.dv, |s, out| {
+        let [q, k, v] = operands(&g, s, qkv);
         with_scratch(g.tq * g.tk, |p: &mut [T]| {
-            g.scores(q, k, p);
-            let mut lse = vec![T::zero(); g.tq];
-            for (i, row) in p.chunks_exact_mut(g.tk).enumerate() {
-                let (seen, hidden) = row.split_at_mut(g.seen(i));
-                hidden.fill(T::zero());
-                let Some(max) = seen.iter().copied().reduce(T::max) else {
-                    lse[i] = T::neg_infinity();
-                    continue;
-                };
-                let mut sum = T::zero();
-                for x in seen.iter_mut() {
-                    *x = (*x - max).exp_fast();
-                    sum = sum + *x;
-                }
-                let inverse = T::one() / sum;
-                seen.iter_mut().for_each(|x| *x = *x * inverse);
-                lse[i] = max + sum.ln();
-            }
-            Geometry::product([g.tq, g.tk, g.dv], (out, width), (p, g.tk, 1), (v, g.dv, 1));
-            for (row, l) in out.chunks_exact_mut(width).zip(lse) {
-                row[g.dv] = l;
-            }
+            probabilities(&g, q, k, p);
+            Geometry::product([g.tq, g.tk, g.dv], (out, g.dv), (p, g.tk, 1), (v, g.dv, 1));
         });
     });
 }
 
-/// `out [products, Tq D + Tk D + Tk Dv]`: the gradients of `q`, `k` and `v` from the forward's
-/// output (for the log-sum-exp) and that output's gradient (its last column ignored).
+/// `out [products, Tq D + Tk D + Tk Dv]`: the gradients of `q`, `k` and `v` from the gradient
+/// of the output, the weights recomputed.
 pub(super) fn backward<T: Float>(
     args: &[usize],
-    [q, k, v, fwd, grad]: [&[T]; 5],
+    [q, k, v, grad]: [&[T]; 4],
     out: &mut [T],
     threads: usize,
 ) {
     let (products, g) = Geometry::of(args);
-    let width = g.dv + 1;
     let (dq_len, dk_len) = (g.tq * g.d, g.tk * g.d);
     let per_product = dq_len + dk_len + g.tk * g.dv;
     each_product(products, threads, out, per_product, |s, out| {
-        let (q, k, v) = (
-            &q[s * g.tq * g.d..][..g.tq * g.d],
-            &k[s * g.tk * g.d..][..g.tk * g.d],
-            &v[s * g.tk * g.dv..][..g.tk * g.dv],
-        );
-        let rows = s * g.tq * width..(s + 1) * g.tq * width;
-        let (fwd, d_out) = (&fwd[rows.clone()], &grad[rows]);
+        let [q, k, v] = operands(&g, s, [q, k, v]);
+        let d_out = &grad[s * g.tq * g.dv..][..g.tq * g.dv];
         let (dq, rest) = out.split_at_mut(dq_len);
         let (dk, dv) = rest.split_at_mut(dk_len);
         with_scratch(2 * g.tq * g.tk, |scratch: &mut [T]| {
             let (p, dp) = scratch.split_at_mut(g.tq * g.tk);
-            g.scores(q, k, p);
-            for (i, row) in p.chunks_exact_mut(g.tk).enumerate() {
-                let lse = fwd[i * width + g.dv];
-                let (seen, hidden) = row.split_at_mut(g.seen(i));
-                hidden.fill(T::zero());
-                seen.iter_mut().for_each(|x| *x = (*x - lse).exp_fast());
-            }
+            probabilities(&g, q, k, p);
             // dv = p^T do; dp = do v^T.
             Geometry::product(
                 [g.tk, g.tq, g.dv],
                 (dv, g.dv),
                 (p, 1, g.tk),
-                (d_out, width, 1),
+                (d_out, g.dv, 1),
             );
             Geometry::product(
                 [g.tq, g.dv, g.tk],
                 (dp, g.tk),
-                (d_out, width, 1),
+                (d_out, g.dv, 1),
                 (v, 1, g.dv),
             );
             // ds = scale p (dp - sum(p dp)), into dp.

@@ -38,8 +38,8 @@ pub enum Call {
     /// `Op::Attention`: `[products, Tq, Tk, D, Dv, causal, the scale's f64 bits]`, operands
     /// `q`, `k`, `v`.
     Attention,
-    /// `Op::AttentionGrad`: sizes as [`Call::Attention`], operands `q`, `k`, `v`, the
-    /// attention's output and its gradient.
+    /// `Op::AttentionGrad`: sizes as [`Call::Attention`], operands `q`, `k`, `v` and the
+    /// gradient of the attention's output.
     AttentionGrad,
 }
 
@@ -136,7 +136,7 @@ pub fn operand_count(call: Call, args: &[usize]) -> usize {
         Call::Concat => args[2],
         Call::Windows | Call::Unwindows | Call::Slice => 1,
         Call::Attention => 3,
-        Call::AttentionGrad => 5,
+        Call::AttentionGrad => 4,
         _ => 2,
     }
 }
@@ -145,13 +145,12 @@ pub fn operand_count(call: Call, args: &[usize]) -> usize {
 pub fn length(call: Call, args: &[usize], operand: Option<usize>) -> usize {
     if matches!(call, Call::Attention | Call::AttentionGrad) {
         let [s, tq, tk, d, dv] = [args[0], args[1], args[2], args[3], args[4]];
-        let output = s * tq * (dv + 1);
         return match operand {
             Some(0) => s * tq * d,
             Some(1) => s * tk * d,
             Some(2) => s * tk * dv,
-            Some(_) => output,
-            None if call == Call::Attention => output,
+            Some(_) => s * tq * dv,
+            None if call == Call::Attention => s * tq * dv,
             None => s * (tq * d + tk * d + tk * dv),
         };
     }

@@ -1,6 +1,7 @@
 //! The reference definitions of [`Op::Attention`](super::Op::Attention) and its gradient, as
 //! plain loops over one product of the batch at a time, for the interpreter: what the kernel
-//! library's blocked version must compute. Query `i` of `Tq` sees keys `0 ..= i + Tk - Tq`
+//! library's blocked version must compute. The backward recomputes the weights rather than
+//! reading anything the forward stored. Query `i` of `Tq` sees keys `0 ..= i + Tk - Tq`
 //! when causal, every key otherwise.
 
 use num_traits::Float;
@@ -44,50 +45,42 @@ fn scores<T: Float>(g: &Geometry, q: &[T], k: &[T], i: usize) -> Vec<T> {
         .collect()
 }
 
-/// One product's `[Tq, Dv + 1]`: each row's attention output, then its log-sum-exp.
+/// Query `i`'s attention weights over the keys it sees (none: an empty row).
+fn probabilities<T: Float>(g: &Geometry, q: &[T], k: &[T], i: usize) -> Vec<T> {
+    let s = scores(g, q, k, i);
+    let Some(max) = s.iter().copied().reduce(T::max) else {
+        return s;
+    };
+    let e: Vec<T> = s.iter().map(|&x| (x - max).exp()).collect();
+    let sum = e.iter().fold(T::zero(), |a, &b| a + b);
+    e.into_iter().map(|x| x / sum).collect()
+}
+
+/// One product's `[Tq, Dv]`: `p v` for each query's weights `p` (zeros where it sees no key).
 pub fn forward<T: Float>(g: &Geometry, q: &[T], k: &[T], v: &[T]) -> Vec<T> {
-    let width = g.dv + 1;
-    let mut out = vec![T::zero(); g.tq * width];
+    let mut out = vec![T::zero(); g.tq * g.dv];
     for i in 0..g.tq {
-        let row = &mut out[i * width..(i + 1) * width];
-        let s = scores(g, q, k, i);
-        let Some(max) = s.iter().copied().reduce(T::max) else {
-            row[g.dv] = T::neg_infinity();
-            continue;
-        };
-        let p: Vec<T> = s.iter().map(|&x| (x - max).exp()).collect();
-        let sum = p.iter().fold(T::zero(), |a, &b| a + b);
-        for (j, &pj) in p.iter().enumerate() {
+        for (j, &pj) in probabilities(g, q, k, i).iter().enumerate() {
             for c in 0..g.dv {
-                row[c] = row[c] + pj * v[j * g.dv + c];
+                out[i * g.dv + c] = out[i * g.dv + c] + pj * v[j * g.dv + c];
             }
         }
-        for x in &mut row[..g.dv] {
-            *x = *x / sum;
-        }
-        row[g.dv] = max + sum.ln();
     }
     out
 }
 
-/// One product's gradients `[dq (Tq D), dk (Tk D), dv (Tk Dv)]` from the forward's output
-/// `out` (for the log-sum-exp) and the output's gradient `grad` (`[Tq, Dv + 1]`, the last
-/// column ignored): `p = exp(s - lse)`, `dv += p do`, `dp = do v`, `ds = p (dp - sum(p dp))`,
-/// `dq = scale ds k`, `dk = scale ds^T q`.
-pub fn backward<T: Float>(g: &Geometry, [q, k, v, out, grad]: [&[T]; 5]) -> Vec<T> {
-    let width = g.dv + 1;
+/// One product's gradients `[dq (Tq D), dk (Tk D), dv (Tk Dv)]` from the output's gradient
+/// `grad` (`[Tq, Dv]`), the weights `p` recomputed: `dv += p do`, `dp = do v`,
+/// `ds = p (dp - sum(p dp))`, `dq = scale ds k`, `dk = scale ds^T q`.
+pub fn backward<T: Float>(g: &Geometry, [q, k, v, grad]: [&[T]; 4]) -> Vec<T> {
     let scale = T::from(g.scale).expect("a float");
     let (dq_len, dk_len) = (g.tq * g.d, g.tk * g.d);
     let mut result = vec![T::zero(); dq_len + dk_len + g.tk * g.dv];
     let (dq, rest) = result.split_at_mut(dq_len);
     let (dk, dv) = rest.split_at_mut(dk_len);
     for i in 0..g.tq {
-        let lse = out[i * width + g.dv];
-        let d_out = &grad[i * width..i * width + g.dv];
-        let p: Vec<T> = scores(g, q, k, i)
-            .iter()
-            .map(|&s| (s - lse).exp())
-            .collect();
+        let d_out = &grad[i * g.dv..(i + 1) * g.dv];
+        let p = probabilities(g, q, k, i);
         let dp: Vec<T> = (0..p.len())
             .map(|j| (0..g.dv).fold(T::zero(), |a, c| a + d_out[c] * v[j * g.dv + c]))
             .collect();

@@ -154,12 +154,12 @@ fn eval_op<T: Float>(
             }
             (0..products)
                 .flat_map(|s| {
-                    let [q, k, v, out, grad] = [0, 1, 2, 3, 4]
-                        .map(|i| args.get(i).map_or(&[][..], |t| per(t, s, products)));
+                    let [q, k, v, grad] =
+                        [0, 1, 2, 3].map(|i| args.get(i).map_or(&[][..], |t| per(t, s, products)));
                     if matches!(op, Op::Attention { .. }) {
                         attention::forward(&g, q, k, v)
                     } else {
-                        attention::backward(&g, [q, k, v, out, grad])
+                        attention::backward(&g, [q, k, v, grad])
                     }
                 })
                 .collect()

@@ -286,19 +286,18 @@ pub enum Op {
     /// axes of any rank are reshaped into the one `S` by the builder): attention's products.
     BatchMatMul,
     /// Attention in one pass, never storing the scores: `q [S, Tq, D]`, `k [S, Tk, D]`,
-    /// `v [S, Tk, Dv]` -> `[S, Tq, Dv + 1]`, row `i` of product `s` holding
-    /// `softmax(scale q_i k^T) v` and then the log-sum-exp of its scaled scores (which the
-    /// backward needs). With `causal`, query `i` sees keys up to `i + Tk - Tq`; a query that
-    /// sees none gets zeros and a log-sum-exp of -inf.
+    /// `v [S, Tk, Dv]` -> `[S, Tq, Dv]`, row `i` of product `s` being
+    /// `softmax(scale q_i k^T) v`. With `causal`, query `i` sees keys up to `i + Tk - Tq`; a
+    /// query that sees none gets zeros.
     Attention {
         /// Query `i` sees keys up to `i + Tk - Tq` only.
         causal: bool,
         /// The scores' factor.
         scale: Scalar,
     },
-    /// [`Op::Attention`]'s gradient, the scores recomputed from the log-sum-exp: `q`, `k`, `v`,
-    /// the attention's output and the gradient of that output (its last column ignored) ->
-    /// `[S, Tq D + Tk D + Tk Dv]`, each row the gradients of `q`, `k` and `v`, row-major.
+    /// [`Op::Attention`]'s gradient, its weights recomputed: `q`, `k`, `v` and the gradient of
+    /// the output -> `[S, Tq D + Tk D + Tk Dv]`, each row the gradients of `q`, `k` and `v`,
+    /// row-major.
     AttentionGrad {
         /// As the attention's.
         causal: bool,
@@ -406,7 +405,7 @@ impl Op {
             | Op::Gather
             | Op::ScatterAdd { .. } => 2,
             Op::Select | Op::Attention { .. } => 3,
-            Op::AttentionGrad { .. } => 5,
+            Op::AttentionGrad { .. } => 4,
             Op::Concat { parts, .. } => *parts,
         }
     }
@@ -466,10 +465,10 @@ impl Op {
             Op::Attention { .. } => attention_shape(operands)?.0,
             Op::AttentionGrad { .. } => {
                 let (out, [s], [tq, tk, d, dv]) = attention_shape(&operands[..3])?;
-                if operands[3] != &out || operands[4] != &out {
+                if operands[3] != &out {
                     return Err(ShapeError(format!(
-                        "attention's gradient needs its output and that output's gradient as {out}, got {} and {}",
-                        operands[3], operands[4]
+                        "attention's gradient needs the gradient of its output as {out}, got {}",
+                        operands[3]
                     )));
                 }
                 Shape(vec![s, Dim::Known(tq * d + tk * d + tk * dv)])
@@ -774,7 +773,7 @@ fn attention_shape(operands: &[&Shape]) -> Result<(Shape, [Dim; 1], [usize; 4]),
         (Some((s, tq, d)), Some((s2, tk, d2)), Some((s3, tk2, dv)))
             if s == s2 && s == s3 && d == d2 && tk == tk2 =>
         {
-            let out = Shape(vec![s.clone(), Dim::Known(tq), Dim::Known(dv + 1)]);
+            let out = Shape(vec![s.clone(), Dim::Known(tq), Dim::Known(dv)]);
             Ok((out, [s], [tq, tk, d, dv]))
         }
         _ => Err(ShapeError(format!(

@@ -104,15 +104,11 @@ impl Graph {
             },
             &qkv,
         )?;
-        let (tq, dv) = (
+        let matrix = [
             last(&shapes[0], 2).expect("rank 2 or more"),
             last(&shapes[2], 1).expect("rank 2 or more"),
-        );
-        let width = dv
-            .known()
-            .ok_or_else(|| ShapeError(format!("{}: the values' depth must be known", context())))?;
-        let values = self.slice(out, 2, 0, width)?;
-        self.reshape(values, &Shape([batch.dims(), &[tq, dv]].concat()))
+        ];
+        self.reshape(out, &Shape([batch.dims(), &matrix].concat()))
     }
 
     /// The operands, each of rank 2 or more, with their leading axes broadcast to one batch
