@@ -92,7 +92,8 @@ fn wrong_batched_product_rule(
     Ok(grads)
 }
 
-/// The gradient of fused attention's values scaled by 0.9.
+/// Every gradient of fused attention scaled by 0.9 (self-attention's one operand holds the
+/// queries, keys and values).
 fn wrong_attention_rule(
     graph: &mut Graph,
     node: NodeId,
@@ -100,10 +101,10 @@ fn wrong_attention_rule(
     wants: &[bool],
 ) -> Result<Vec<Option<NodeId>>, ShapeError> {
     let mut grads = autodiff::vjp(graph, node, g, wants)?;
-    if matches!(graph.op(node), Op::Attention { .. })
-        && let Some(gv) = grads[2].as_mut()
-    {
-        *gv = graph.scale(*gv, 0.9)?;
+    if matches!(graph.op(node), Op::Attention { .. }) {
+        for grad in grads.iter_mut().flatten() {
+            *grad = graph.scale(*grad, 0.9)?;
+        }
     }
     Ok(grads)
 }
@@ -134,8 +135,8 @@ fn failures(results: &[ParamResult]) -> Vec<&str> {
 fn a_wrong_rule_under_attention_or_layer_norm_is_caught() {
     let source = attention_source(0, 2, 3, 5);
     assert!(failures(&check(&source, 2, 1, autodiff::vjp)).is_empty());
-    // Values come from the projection in `w_qkv`: it and the layer norm below it fail, the
-    // output projection after the attention does not.
+    // Queries, keys and values come from the projection in `w_qkv`: it and the layer norm
+    // below it fail, the output projection after the attention does not.
     let wrong = check(&source, 2, 1, wrong_attention_rule);
     assert_eq!(
         failures(&wrong),

@@ -472,10 +472,23 @@ pub fn vjp(
             ]
         }
         Op::ScatterAdd { .. } => vec![None, want(wants[1], || graph.node(Op::Gather, &[g, x[0]]))?],
-        // One op computes the three gradients from the recomputed weights; each is a slice of
-        // its rows.
-        Op::Attention { causal, scale } => {
-            let all = graph.node(Op::AttentionGrad { causal, scale }, &[x[0], x[1], x[2], g])?;
+        // One op computes the gradients from the recomputed weights: of the packed projection
+        // as it is, or of separate operands as slices of its rows.
+        Op::Attention {
+            causal,
+            scale,
+            heads,
+        } => {
+            let grad = Op::AttentionGrad {
+                causal,
+                scale,
+                heads,
+            };
+            let all = graph.node(grad, &[&x[..], &[g]].concat())?;
+            if heads > 0 {
+                // Packed: the gradient of the one projection, in its layout.
+                return Ok(vec![Some(all)]);
+            }
             let mut start = 0;
             let mut grads = Vec::new();
             for (&operand, &wanted) in x.iter().zip(wants) {

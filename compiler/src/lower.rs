@@ -709,17 +709,34 @@ fn call_of(g: &Graph, node: NodeId) -> (Call, Vec<usize>) {
             let (a, b) = (of(0), of(1));
             (Call::BatchMatMul, vec![a[0], a[1], a[2], b[2]])
         }
-        &Op::Attention { causal, scale } | &Op::AttentionGrad { causal, scale } => {
-            let (q, k, v) = (of(0), of(1), of(2));
+        &Op::Attention {
+            causal,
+            scale,
+            heads,
+        }
+        | &Op::AttentionGrad {
+            causal,
+            scale,
+            heads,
+        } => {
             let call = if matches!(g.op(node), Op::Attention { .. }) {
                 Call::Attention
             } else {
                 Call::AttentionGrad
             };
+            let (q, k, v) = if heads == 0 {
+                (of(0), of(1), of(2))
+            } else {
+                // One example of `qkv [T, 3 heads D]` is a product per head of `T x D` each.
+                let packed = of(0);
+                let head = vec![packed[0], packed[1], packed[2] / (3 * heads)];
+                (head.clone(), head.clone(), head)
+            };
             let bits = scale.get().to_bits() as usize;
+            let causal = usize::from(causal);
             (
                 call,
-                vec![q[0], q[1], k[1], q[2], v[2], usize::from(causal), bits],
+                vec![q[0], q[1], k[1], q[2], v[2], causal, bits, heads],
             )
         }
         &Op::ScatterAdd { rows } => {

@@ -1,39 +1,88 @@
 //! Attention without storing its scores (the compiler's `Op::Attention` and
 //! `Op::AttentionGrad`; `nabla_compiler::ir::attention` is the reference): per product of the
-//! batch, the scores `q k^T` go to a per-thread scratch of `Tq x Tk`, are masked, scaled and
-//! turned into probabilities in place, and multiply the values, all by the tuned GEMM; only the
-//! output is kept. The backward recomputes the probabilities (FlashAttention's trade: a product
-//! and a softmax again instead of `Tq Tk` stored values per head). Memory is the scratch of each
-//! thread, whatever the batch. Products are split into groups, one per thread, so every value
-//! is computed in one order whatever the thread count.
+//! batch (a head of an example), the scores `q k^T` go to a per-thread scratch of `Tq x Tk`,
+//! are masked, scaled and turned into probabilities in place, and multiply the values, all by
+//! the tuned GEMM; only the output is kept. The backward recomputes the probabilities
+//! (FlashAttention's trade: a product and a softmax again instead of `Tq Tk` stored values per
+//! head). Memory is the scratch of each thread, whatever the batch.
+//!
+//! Two layouts: separate `q [S, Tq, D]`, `k [S, Tk, D]`, `v [S, Tk, Dv]`, or, for
+//! self-attention, one projection `qkv [B, T, 3C]` read in place, head `h` of `q`, `k` and `v`
+//! being columns `h D ..`, `C + h D ..` and `2C + h D ..` (`C = heads D`), with the output
+//! `[B, T, C]` and the gradient `[B, T, 3C]` in the same layouts, so that splitting and
+//! merging the heads costs no copy. Examples (or products) are split into groups, one per
+//! thread, so every value is computed in one order whatever the thread count.
 
-use crate::convolution::{for_each_band, split, with_scratch};
+use crate::convolution::with_scratch;
 use crate::float::Float;
 use crate::gemm::strided_gemm;
+use crate::parallel;
 
-/// One product's sizes, the mask and the scale, as the call's words lay them out:
-/// `[products, Tq, Tk, D, Dv, causal, scale's f64 bits]`.
+/// The call's sizes, as its words lay them out: `[products, Tq, Tk, D, Dv, causal, the
+/// scale's f64 bits, heads]`; `heads` is 0 for separate operands.
 #[derive(Clone, Copy)]
 struct Geometry {
+    products: usize,
     tq: usize,
     tk: usize,
     d: usize,
     dv: usize,
     causal: bool,
     scale: f64,
+    heads: usize,
 }
 
+/// A matrix inside a buffer: its first element and its row stride (columns are contiguous).
+#[derive(Clone, Copy)]
+struct Matrix<T> {
+    at: *mut T,
+    row: usize,
+}
+
+impl<T> Matrix<T> {
+    fn new(base: *const T, offset: usize, row: usize) -> Matrix<T> {
+        // The offsets below stay inside the buffers that `length` gives the call.
+        Matrix {
+            at: base.cast_mut().wrapping_add(offset),
+            row,
+        }
+    }
+}
+
+/// One product's operands and results: `q`, `k`, `v` and the output (forward), or `q`, `k`,
+/// `v`, the output's gradient, and `dq`, `dk`, `dv` (backward).
+struct Views<T> {
+    q: Matrix<T>,
+    k: Matrix<T>,
+    v: Matrix<T>,
+    /// The output (forward) or its gradient (backward).
+    o: Matrix<T>,
+    /// The gradients of `q`, `k` and `v` (backward only).
+    grads: [Matrix<T>; 3],
+}
+
+/// The buffers' starts, shared by the threads, which write disjoint elements of the output.
+struct Buffers<T> {
+    inputs: Vec<*const T>,
+    out: *mut T,
+}
+
+// SAFETY: the pointers are read by every thread and written only at disjoint elements of `out`
+// (each product's), while the call runs.
+unsafe impl<T> Sync for Buffers<T> {}
+
 impl Geometry {
-    fn of(args: &[usize]) -> (usize, Geometry) {
-        let g = Geometry {
+    fn of(args: &[usize]) -> Geometry {
+        Geometry {
+            products: args[0],
             tq: args[1],
             tk: args[2],
             d: args[3],
             dv: args[4],
             causal: args[5] != 0,
             scale: f64::from_bits(args[6] as u64),
-        };
-        (args[0], g)
+            heads: args[7],
+        }
     }
 
     /// How many keys query `i` sees.
@@ -45,146 +94,168 @@ impl Geometry {
         }
     }
 
-    /// `c [m, n] = A [m, k] @ B [k, n]` by the GEMM on this thread, each operand `(start, row
-    /// stride, column stride)` and `c` by its row stride.
-    fn product<T: Float>(
-        [m, k, n]: [usize; 3],
-        c: (&mut [T], usize),
-        a: (&[T], usize, usize),
-        b: (&[T], usize, usize),
-    ) {
-        debug_assert!(c.0.len() >= (m.max(1) - 1) * c.1 + n);
-        // SAFETY: every caller passes operands that hold what their strides reach for these
-        // sizes, and a `c` apart from both.
-        unsafe {
-            strided_gemm(
-                [m, n, k],
-                (c.0.as_mut_ptr(), c.1 as isize),
-                (a.0.as_ptr(), a.1 as isize, a.2 as isize),
-                (b.0.as_ptr(), b.1 as isize, b.2 as isize),
-                false,
-            )
+    /// The units split over the threads (examples with heads, products without) and the
+    /// products in each.
+    fn units(&self) -> (usize, usize) {
+        match self.heads {
+            0 => (self.products, 1),
+            heads => (self.products, heads),
         }
     }
 
-    /// `scores = scale q k^T` into `scores [Tq, Tk]`.
-    fn scores<T: Float>(&self, q: &[T], k: &[T], scores: &mut [T]) {
-        let (tq, tk, d) = (self.tq, self.tk, self.d);
-        Geometry::product([tq, d, tk], (scores, tk), (q, d, 1), (k, 1, d));
-        let scale = T::of(self.scale);
-        scores.iter_mut().for_each(|s| *s = *s * scale);
-    }
-}
-
-/// `p [Tq, Tk]`: each query's attention weights over the keys (0 where it does not see one,
-/// a row of zeros where it sees none), from the scores `scale q k^T` computed in place.
-fn probabilities<T: Float>(g: &Geometry, q: &[T], k: &[T], p: &mut [T]) {
-    g.scores(q, k, p);
-    for (i, row) in p.chunks_exact_mut(g.tk).enumerate() {
-        let (seen, hidden) = row.split_at_mut(g.seen(i));
-        hidden.fill(T::zero());
-        let Some(max) = seen.iter().copied().reduce(T::max) else {
-            continue;
+    /// Product `h` of unit `u`'s views. `backward` picks the backward's output layout.
+    fn views<T>(&self, b: &Buffers<T>, u: usize, h: usize, backward: bool) -> Views<T> {
+        let (tq, tk, d, dv) = (self.tq, self.tk, self.d, self.dv);
+        if self.heads == 0 {
+            let [q, k, v] = [0, 1, 2].map(|i| b.inputs[i]);
+            let per = tq * d + tk * d + tk * dv;
+            let o = if backward {
+                Matrix::new(b.inputs[3], u * tq * dv, dv)
+            } else {
+                Matrix::new(b.out, u * tq * dv, dv)
+            };
+            return Views {
+                q: Matrix::new(q, u * tq * d, d),
+                k: Matrix::new(k, u * tk * d, d),
+                v: Matrix::new(v, u * tk * dv, dv),
+                o,
+                grads: [
+                    Matrix::new(b.out, u * per, d),
+                    Matrix::new(b.out, u * per + tq * d, d),
+                    Matrix::new(b.out, u * per + tq * d + tk * d, dv),
+                ],
+            };
+        }
+        let c = self.heads * d;
+        let (packed, head) = (u * tq * 3 * c, h * d);
+        let part = |base: *const T, i: usize| Matrix::new(base, packed + i * c + head, 3 * c);
+        let o = if backward {
+            Matrix::new(b.inputs[1], u * tq * c + head, c)
+        } else {
+            Matrix::new(b.out, u * tq * c + head, c)
         };
-        let mut sum = T::zero();
-        for x in seen.iter_mut() {
-            *x = (*x - max).exp_fast();
-            sum = sum + *x;
+        Views {
+            q: part(b.inputs[0], 0),
+            k: part(b.inputs[0], 1),
+            v: part(b.inputs[0], 2),
+            o,
+            grads: [part(b.out, 0), part(b.out, 1), part(b.out, 2)],
         }
-        let inverse = T::one() / sum;
-        seen.iter_mut().for_each(|x| *x = *x * inverse);
+    }
+
+    /// `p [Tq, Tk]`: each query's attention weights over the keys (0 where it does not see
+    /// one, a row of zeros where it sees none), from the scores `scale q k^T` computed in place.
+    fn probabilities<T: Float>(&self, q: Matrix<T>, k: Matrix<T>, p: &mut [T]) {
+        let (tq, tk, d) = (self.tq, self.tk, self.d);
+        let scores = Matrix::new(p.as_ptr(), 0, tk);
+        product([tq, d, tk], scores, (q, 1), (k, 1, k.row));
+        let scale = T::of(self.scale);
+        for (i, row) in p.chunks_exact_mut(tk).enumerate() {
+            let (seen, hidden) = row.split_at_mut(self.seen(i));
+            hidden.fill(T::zero());
+            seen.iter_mut().for_each(|x| *x = *x * scale);
+            let Some(max) = seen.iter().copied().reduce(T::max) else {
+                continue;
+            };
+            let mut sum = T::zero();
+            for x in seen.iter_mut() {
+                *x = (*x - max).exp_fast();
+                sum = sum + *x;
+            }
+            let inverse = T::one() / sum;
+            seen.iter_mut().for_each(|x| *x = *x * inverse);
+        }
     }
 }
 
-/// Product `s`'s `q`, `k` and `v`.
-fn operands<'a, T>(g: &Geometry, s: usize, [q, k, v]: [&'a [T]; 3]) -> [&'a [T]; 3] {
-    [
-        &q[s * g.tq * g.d..][..g.tq * g.d],
-        &k[s * g.tk * g.d..][..g.tk * g.d],
-        &v[s * g.tk * g.dv..][..g.tk * g.dv],
-    ]
-}
-
-/// `out [products, Tq, Dv]`: `p v` for each query's weights `p`.
-pub(super) fn forward<T: Float>(args: &[usize], qkv: [&[T]; 3], out: &mut [T], threads: usize) {
-    let (products, g) = Geometry::of(args);
-    each_product(products, threads, out, g.tq * g.dv, |s, out| {
-        let [q, k, v] = operands(&g, s, qkv);
-        with_scratch(g.tq * g.tk, |p: &mut [T]| {
-            probabilities(&g, q, k, p);
-            Geometry::product([g.tq, g.tk, g.dv], (out, g.dv), (p, g.tk, 1), (v, g.dv, 1));
-        });
-    });
-}
-
-/// `out [products, Tq D + Tk D + Tk Dv]`: the gradients of `q`, `k` and `v` from the gradient
-/// of the output, the weights recomputed.
-pub(super) fn backward<T: Float>(
-    args: &[usize],
-    [q, k, v, grad]: [&[T]; 4],
-    out: &mut [T],
-    threads: usize,
+/// `c [m, n] = A [m, k] @ B [k, n]` by the GEMM on this thread: `c` and `a` by their rows (`a`
+/// with the given column stride), `b` by its row and column strides.
+fn product<T: Float>(
+    [m, k, n]: [usize; 3],
+    c: Matrix<T>,
+    (a, a_col): (Matrix<T>, usize),
+    (b, b_row, b_col): (Matrix<T>, usize, usize),
 ) {
-    let (products, g) = Geometry::of(args);
-    let (dq_len, dk_len) = (g.tq * g.d, g.tk * g.d);
-    let per_product = dq_len + dk_len + g.tk * g.dv;
-    each_product(products, threads, out, per_product, |s, out| {
-        let [q, k, v] = operands(&g, s, [q, k, v]);
-        let d_out = &grad[s * g.tq * g.dv..][..g.tq * g.dv];
-        let (dq, rest) = out.split_at_mut(dq_len);
-        let (dk, dv) = rest.split_at_mut(dk_len);
-        with_scratch(2 * g.tq * g.tk, |scratch: &mut [T]| {
-            let (p, dp) = scratch.split_at_mut(g.tq * g.tk);
-            probabilities(&g, q, k, p);
-            // dv = p^T do; dp = do v^T.
-            Geometry::product(
-                [g.tk, g.tq, g.dv],
-                (dv, g.dv),
-                (p, 1, g.tk),
-                (d_out, g.dv, 1),
-            );
-            Geometry::product(
-                [g.tq, g.dv, g.tk],
-                (dp, g.tk),
-                (d_out, g.dv, 1),
-                (v, 1, g.dv),
-            );
-            // ds = scale p (dp - sum(p dp)), into dp.
-            let scale = T::of(g.scale);
-            for (p_row, dp_row) in p.chunks_exact(g.tk).zip(dp.chunks_exact_mut(g.tk)) {
-                let total = p_row
-                    .iter()
-                    .zip(dp_row.iter())
-                    .fold(T::zero(), |a, (&x, &y)| a + x * y);
-                for (ds, &pj) in dp_row.iter_mut().zip(p_row) {
-                    *ds = pj * (*ds - total) * scale;
+    // SAFETY: every caller passes matrices inside the call's buffers for these sizes (the
+    // layouts `Geometry::views` gives), and `c` apart from `a` and `b`.
+    unsafe {
+        strided_gemm(
+            [m, n, k],
+            (c.at, c.row as isize),
+            (a.at.cast_const(), a.row as isize, a_col as isize),
+            (b.at.cast_const(), b_row as isize, b_col as isize),
+            false,
+        )
+    }
+}
+
+/// Runs `f(views, scratch)` for every product, a group of units per thread.
+fn each_product<T: Float>(
+    g: &Geometry,
+    buffers: &Buffers<T>,
+    threads: usize,
+    (scratch, backward): (usize, bool),
+    f: &(dyn Fn(&Views<T>, &mut [T]) + Sync),
+) {
+    let (units, heads) = g.units();
+    let groups = threads.clamp(1, units.max(1));
+    parallel::for_each_part(groups, threads, &|group| {
+        with_scratch(scratch, |scratch: &mut [T]| {
+            for u in units * group / groups..units * (group + 1) / groups {
+                for h in 0..heads {
+                    f(&g.views(buffers, u, h, backward), scratch);
                 }
             }
-            // dq = ds k; dk = ds^T q.
-            Geometry::product([g.tq, g.tk, g.d], (dq, g.d), (dp, g.tk, 1), (k, g.d, 1));
-            Geometry::product([g.tk, g.tq, g.d], (dk, g.d), (dp, 1, g.tk), (q, g.d, 1));
         });
     });
 }
 
-/// `f(s, part)` for every product `s` and its part of `out` (`len` elements each): consecutive
-/// products in groups, one group per thread.
-fn each_product<T: Float>(
-    products: usize,
-    threads: usize,
-    out: &mut [T],
-    len: usize,
-    f: impl Fn(usize, &mut [T]) + Sync,
-) {
-    let groups = threads.clamp(1, products.max(1));
-    let mut parts = split(
-        &mut out[..products * len],
-        (0..groups).map(|g| (products * (g + 1) / groups - products * g / groups) * len),
-    );
-    for_each_band(&mut parts, threads, |group, part| {
-        let first = products * group / groups;
-        for (i, one) in part.chunks_exact_mut(len.max(1)).enumerate() {
-            f(first + i, one);
+/// The output: `p v` for each query's weights `p`.
+pub(super) fn forward<T: Float>(args: &[usize], inputs: &[&[T]], out: &mut [T], threads: usize) {
+    let g = Geometry::of(args);
+    let buffers = Buffers {
+        inputs: inputs.iter().map(|x| x.as_ptr()).collect(),
+        out: out.as_mut_ptr(),
+    };
+    each_product(&g, &buffers, threads, (g.tq * g.tk, false), &|x, p| {
+        g.probabilities(x.q, x.k, p);
+        let weights = Matrix::new(p.as_ptr(), 0, g.tk);
+        product([g.tq, g.tk, g.dv], x.o, (weights, 1), (x.v, x.v.row, 1));
+    });
+}
+
+/// The gradients of `q`, `k` and `v` from the gradient of the output, the weights recomputed:
+/// `dv = p^T do`, `dp = do v^T`, `ds = scale p (dp - sum(p dp))`, `dq = ds k`, `dk = ds^T q`.
+pub(super) fn backward<T: Float>(args: &[usize], inputs: &[&[T]], out: &mut [T], threads: usize) {
+    let g = Geometry::of(args);
+    let buffers = Buffers {
+        inputs: inputs.iter().map(|x| x.as_ptr()).collect(),
+        out: out.as_mut_ptr(),
+    };
+    let (tq, tk, d, dv) = (g.tq, g.tk, g.d, g.dv);
+    each_product(&g, &buffers, threads, (2 * tq * tk, true), &|x, scratch| {
+        let (p, dp) = scratch.split_at_mut(tq * tk);
+        g.probabilities(x.q, x.k, p);
+        let [dq, dk, d_v] = x.grads;
+        // The weights' transpose: rows 1 apart, columns `Tk`.
+        let weights_t = Matrix::new(p.as_ptr(), 0, 1);
+        product([tk, tq, dv], d_v, (weights_t, tk), (x.o, x.o.row, 1));
+        let (ds, ds_t) = (
+            Matrix::new(dp.as_ptr(), 0, tk),
+            Matrix::new(dp.as_ptr(), 0, 1),
+        );
+        product([tq, dv, tk], ds, (x.o, 1), (x.v, 1, x.v.row));
+        let scale = T::of(g.scale);
+        for (p_row, dp_row) in p.chunks_exact(tk).zip(dp.chunks_exact_mut(tk)) {
+            let total = p_row
+                .iter()
+                .zip(dp_row.iter())
+                .fold(T::zero(), |a, (&x, &y)| a + x * y);
+            for (ds, &pj) in dp_row.iter_mut().zip(p_row) {
+                *ds = pj * (*ds - total) * scale;
+            }
         }
+        product([tq, tk, d], dq, (ds, 1), (x.k, x.k.row, 1));
+        product([tk, tq, d], dk, (ds_t, tk), (x.q, x.q.row, 1));
     });
 }

@@ -35,11 +35,12 @@ pub enum Call {
     /// `Op::BatchMatMul`: `[products, m, k, n]`, operands `[products, m, k]` and
     /// `[products, k, n]`.
     BatchMatMul,
-    /// `Op::Attention`: `[products, Tq, Tk, D, Dv, causal, the scale's f64 bits]`, operands
-    /// `q`, `k`, `v`.
+    /// `Op::Attention`: `[products, Tq, Tk, D, Dv, causal, the scale's f64 bits, heads]`,
+    /// operands `q`, `k`, `v` when `heads` is 0; otherwise `products` examples of one packed
+    /// `qkv [T, 3 heads D]` each.
     Attention,
-    /// `Op::AttentionGrad`: sizes as [`Call::Attention`], operands `q`, `k`, `v` and the
-    /// gradient of the attention's output.
+    /// `Op::AttentionGrad`: sizes as [`Call::Attention`], operands its operands and the
+    /// gradient of its output.
     AttentionGrad,
 }
 
@@ -125,7 +126,7 @@ pub fn arg_count(call: Call, head: &[usize]) -> usize {
         Call::Concat => 3 + head[2],
         Call::Gather | Call::ScatterAdd => 3,
         Call::BatchMatMul => 4,
-        Call::Attention | Call::AttentionGrad => 7,
+        Call::Attention | Call::AttentionGrad => 8,
         _ => 14,
     }
 }
@@ -135,8 +136,10 @@ pub fn operand_count(call: Call, args: &[usize]) -> usize {
     match call {
         Call::Concat => args[2],
         Call::Windows | Call::Unwindows | Call::Slice => 1,
-        Call::Attention => 3,
-        Call::AttentionGrad => 4,
+        Call::Attention | Call::AttentionGrad => {
+            let operands = if args[7] == 0 { 3 } else { 1 };
+            operands + usize::from(call == Call::AttentionGrad)
+        }
         _ => 2,
     }
 }
@@ -145,13 +148,24 @@ pub fn operand_count(call: Call, args: &[usize]) -> usize {
 pub fn length(call: Call, args: &[usize], operand: Option<usize>) -> usize {
     if matches!(call, Call::Attention | Call::AttentionGrad) {
         let [s, tq, tk, d, dv] = [args[0], args[1], args[2], args[3], args[4]];
+        let grad = call == Call::AttentionGrad;
+        let heads = args[7];
+        if heads > 0 {
+            let (packed, merged) = (s * tq * 3 * heads * d, s * tq * heads * d);
+            return match operand {
+                Some(0) => packed,
+                Some(_) => merged,
+                None if grad => packed,
+                None => merged,
+            };
+        }
         return match operand {
             Some(0) => s * tq * d,
             Some(1) => s * tk * d,
             Some(2) => s * tk * dv,
             Some(_) => s * tq * dv,
-            None if call == Call::Attention => s * tq * dv,
-            None => s * (tq * d + tk * d + tk * dv),
+            None if grad => s * (tq * d + tk * d + tk * dv),
+            None => s * tq * dv,
         };
     }
     if call == Call::Concat {

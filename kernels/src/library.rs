@@ -65,8 +65,14 @@ pub(super) fn run<'a, T: Float>(
             }
         }
         Call::BatchMatMul => batch_matmul(args, input(0), input(1), out, threads),
-        Call::Attention => attention::forward(args, [0, 1, 2].map(&input), out, threads),
-        Call::AttentionGrad => attention::backward(args, [0, 1, 2, 3].map(&input), out, threads),
+        Call::Attention | Call::AttentionGrad => {
+            let inputs: Vec<&[T]> = (0..operand_count(call, args)).map(&input).collect();
+            if call == Call::Attention {
+                attention::forward(args, &inputs, out, threads)
+            } else {
+                attention::backward(args, &inputs, out, threads)
+            }
+        }
         _ => {
             let (w, sizes) = Call::window_of(args);
             let [n, c, _] = sizes;

@@ -98,3 +98,45 @@ pub fn backward<T: Float>(g: &Geometry, [q, k, v, grad]: [&[T]; 4]) -> Vec<T> {
     }
     result
 }
+
+/// Self-attention over one packed projection by the separate form: `qkv [B, T, 3C]` -> the
+/// output `[B, T, C]`, or, given the output's gradient `[B, T, C]`, the gradient of `qkv`.
+/// Head `h` reads and writes columns `h D ..` of each third (`D = C / heads`).
+pub fn packed<T: Float>(g: &Geometry, heads: usize, qkv: &[T], grad: Option<&[T]>) -> Vec<T> {
+    let (t, d) = (g.tq, g.d);
+    let c = heads * d;
+    let examples = qkv.len() / (t * 3 * c);
+    // Head `h` of example `e` of a `[B, T, width]` tensor, from column `offset + h D`.
+    let head = |x: &[T], width: usize, offset: usize, e: usize, h: usize| -> Vec<T> {
+        (0..t)
+            .flat_map(|i| {
+                let at = (e * t + i) * width + offset + h * d;
+                x[at..at + d].iter().copied()
+            })
+            .collect()
+    };
+    let width = if grad.is_some() { 3 * c } else { c };
+    let mut out = vec![T::zero(); examples * t * width];
+    let mut place = |part: &[T], offset: usize, e: usize, h: usize| {
+        for (i, row) in part.chunks_exact(d).enumerate() {
+            let at = (e * t + i) * width + offset + h * d;
+            out[at..at + d].copy_from_slice(row);
+        }
+    };
+    for e in 0..examples {
+        for h in 0..heads {
+            let [q, k, v] = [0, 1, 2].map(|part| head(qkv, 3 * c, part * c, e, h));
+            match grad {
+                None => place(&forward(g, &q, &k, &v), 0, e, h),
+                Some(grad) => {
+                    let d_out = head(grad, c, 0, e, h);
+                    let all = backward(g, [&q, &k, &v, &d_out]);
+                    for (part, gradient) in all.chunks_exact(t * d).enumerate() {
+                        place(gradient, part * c, e, h);
+                    }
+                }
+            }
+        }
+    }
+    out
+}

@@ -137,7 +137,29 @@ fn eval_op<T: Float>(
             let [m, k, n] = [args[0].shape[0], args[0].shape[1], args[1].shape[1]];
             matmul([m, k, n], &args[0].data, &args[1].data)
         }
-        &Op::Attention { causal, scale } | &Op::AttentionGrad { causal, scale } => {
+        &Op::Attention {
+            causal,
+            scale,
+            heads,
+        }
+        | &Op::AttentionGrad {
+            causal,
+            scale,
+            heads,
+        } if heads > 0 => {
+            let [t, width] = [args[0].shape[1], args[0].shape[2]];
+            let g = Geometry {
+                tq: t,
+                tk: t,
+                d: width / (3 * heads),
+                dv: width / (3 * heads),
+                causal,
+                scale: scale.get(),
+            };
+            let grad = args.get(1).map(|x| x.data.as_slice());
+            attention::packed(&g, heads, &args[0].data, grad)
+        }
+        &Op::Attention { causal, scale, .. } | &Op::AttentionGrad { causal, scale, .. } => {
             let (q, k, v) = (args[0], args[1], args[2]);
             let g = Geometry {
                 tq: q.shape[1],

@@ -285,24 +285,31 @@ pub enum Op {
     /// A batch of independent matrix products `[S, M, K] @ [S, K, N] -> [S, M, N]` (leading
     /// axes of any rank are reshaped into the one `S` by the builder): attention's products.
     BatchMatMul,
-    /// Attention in one pass, never storing the scores: `q [S, Tq, D]`, `k [S, Tk, D]`,
-    /// `v [S, Tk, Dv]` -> `[S, Tq, Dv]`, row `i` of product `s` being
-    /// `softmax(scale q_i k^T) v`. With `causal`, query `i` sees keys up to `i + Tk - Tq`; a
-    /// query that sees none gets zeros.
+    /// Attention in one pass, never storing the scores. With `heads` 0: `q [S, Tq, D]`,
+    /// `k [S, Tk, D]`, `v [S, Tk, Dv]` -> `[S, Tq, Dv]`, row `i` of product `s` being
+    /// `softmax(scale q_i k^T) v`. With `heads` `H`, self-attention over one projection
+    /// `qkv [B, T, 3C]` read in place (head `h`'s queries, keys and values are its columns
+    /// `h D ..`, `C + h D ..`, `2C + h D ..`, `D = C / H`) -> `[B, T, C]`, the heads side by
+    /// side. With `causal`, query `i` sees keys up to `i + Tk - Tq`; a query that sees none
+    /// gets zeros.
     Attention {
         /// Query `i` sees keys up to `i + Tk - Tq` only.
         causal: bool,
         /// The scores' factor.
         scale: Scalar,
+        /// 0 for separate operands, else the heads of one packed projection.
+        heads: usize,
     },
-    /// [`Op::Attention`]'s gradient, its weights recomputed: `q`, `k`, `v` and the gradient of
-    /// the output -> `[S, Tq D + Tk D + Tk Dv]`, each row the gradients of `q`, `k` and `v`,
-    /// row-major.
+    /// [`Op::Attention`]'s gradient, its weights recomputed: its operands and the gradient of
+    /// its output -> with `heads` 0, `[S, Tq D + Tk D + Tk Dv]`, each row the gradients of `q`,
+    /// `k` and `v`, row-major; otherwise the gradient of `qkv`, `[B, T, 3C]`.
     AttentionGrad {
         /// As the attention's.
         causal: bool,
         /// As the attention's.
         scale: Scalar,
+        /// As the attention's.
+        heads: usize,
     },
     /// The windows of `[N, C, H, W]` images as rows (im2col): `[N, OH, OW, C, KH, KW]`,
     /// element `(n, y, x, c, i, j)` being pixel `(y s + i d - p, x s + j d - p)` of channel `c`,
@@ -404,8 +411,9 @@ impl Op {
             | Op::MaxPoolScatter(_)
             | Op::Gather
             | Op::ScatterAdd { .. } => 2,
-            Op::Select | Op::Attention { .. } => 3,
-            Op::AttentionGrad { .. } => 4,
+            Op::Select => 3,
+            Op::Attention { heads, .. } => 1 + 2 * usize::from(*heads == 0),
+            Op::AttentionGrad { heads, .. } => 2 + 2 * usize::from(*heads == 0),
             Op::Concat { parts, .. } => *parts,
         }
     }
@@ -462,16 +470,17 @@ impl Op {
             Op::Transpose(perm) => transpose_shape(operands[0], perm)?,
             Op::MatMul => matmul_shape(operands[0], operands[1])?,
             Op::BatchMatMul => batch_matmul_shape(operands[0], operands[1])?,
-            Op::Attention { .. } => attention_shape(operands)?.0,
-            Op::AttentionGrad { .. } => {
-                let (out, [s], [tq, tk, d, dv]) = attention_shape(&operands[..3])?;
-                if operands[3] != &out {
+            Op::Attention { heads, .. } => attention_shape(*heads, operands)?.0,
+            Op::AttentionGrad { heads, .. } => {
+                let (inputs, gradient) = operands.split_at(operands.len() - 1);
+                let (out, grad) = attention_shape(*heads, inputs)?;
+                if gradient[0] != &out {
                     return Err(ShapeError(format!(
                         "attention's gradient needs the gradient of its output as {out}, got {}",
-                        operands[3]
+                        gradient[0]
                     )));
                 }
-                Shape(vec![s, Dim::Known(tq * d + tk * d + tk * dv)])
+                grad
             }
             Op::Windows(w) => w.windows_shape(operands[0])?,
             Op::Unwindows(w) => w.unwindows_shape(operands[0])?,
@@ -666,9 +675,16 @@ impl fmt::Display for Op {
             }
             Op::Concat { axis, parts } => write!(f, "{name} axis={axis} parts={parts}"),
             Op::ScatterAdd { rows } => write!(f, "{name} rows={rows}"),
-            Op::Attention { causal, scale } | Op::AttentionGrad { causal, scale } => {
-                write!(f, "{name} causal={causal} scale={scale}")
+            Op::Attention {
+                causal,
+                scale,
+                heads,
             }
+            | Op::AttentionGrad {
+                causal,
+                scale,
+                heads,
+            } => write!(f, "{name} causal={causal} scale={scale} heads={heads}"),
             Op::Windows(w)
             | Op::Unwindows(w)
             | Op::Conv(w)
@@ -759,22 +775,36 @@ fn batch_matmul_shape(a: &Shape, b: &Shape) -> Result<Shape, ShapeError> {
     }
 }
 
-/// The output shape of attention over `q [S, Tq, D]`, `k [S, Tk, D]`, `v [S, Tk, Dv]`, and
-/// the batch and the known sizes `[Tq, Tk, D, Dv]`.
-fn attention_shape(operands: &[&Shape]) -> Result<(Shape, [Dim; 1], [usize; 4]), ShapeError> {
-    let [q, k, v] = operands else {
-        unreachable!("three operands")
-    };
+/// The shapes of attention's output and of its gradient (see [`Op::Attention`]).
+fn attention_shape(heads: usize, operands: &[&Shape]) -> Result<(Shape, Shape), ShapeError> {
     let known = |s: &Shape| match s.dims() {
         [b, x, y] => Some((b.clone(), x.known()?, y.known()?)),
         _ => None,
+    };
+    if heads > 0 {
+        return match operands {
+            [qkv] => match known(qkv) {
+                Some((b, t, width)) if width % (3 * heads) == 0 => Ok((
+                    Shape(vec![b, Dim::Known(t), Dim::Known(width / 3)]),
+                    (*qkv).clone(),
+                )),
+                _ => Err(ShapeError(format!(
+                    "self-attention of {heads} heads needs queries, keys and values side by side, [B, T, 3 {heads} D] of known sizes, got {qkv}"
+                ))),
+            },
+            _ => unreachable!("one operand"),
+        };
+    }
+    let [q, k, v] = operands else {
+        unreachable!("three operands")
     };
     match (known(q), known(k), known(v)) {
         (Some((s, tq, d)), Some((s2, tk, d2)), Some((s3, tk2, dv)))
             if s == s2 && s == s3 && d == d2 && tk == tk2 =>
         {
             let out = Shape(vec![s.clone(), Dim::Known(tq), Dim::Known(dv)]);
-            Ok((out, [s], [tq, tk, d, dv]))
+            let grad = Shape(vec![s, Dim::Known(tq * d + tk * d + tk * dv)]);
+            Ok((out, grad))
         }
         _ => Err(ShapeError(format!(
             "attention needs queries [S, Tq, D], keys [S, Tk, D] and values [S, Tk, Dv] of known sizes, got {q}, {k} and {v}"

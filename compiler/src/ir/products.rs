@@ -101,6 +101,7 @@ impl Graph {
             Op::Attention {
                 causal,
                 scale: Scalar::new(scale),
+                heads: 0,
             },
             &qkv,
         )?;
@@ -109,6 +110,25 @@ impl Graph {
             last(&shapes[2], 1).expect("rank 2 or more"),
         ];
         self.reshape(out, &Shape([batch.dims(), &matrix].concat()))
+    }
+
+    /// Self-attention of `heads` heads over one projection `qkv [B, T, 3C]` (queries, keys and
+    /// values side by side, each `heads` heads of `C / heads` features) -> `[B, T, C]`, the
+    /// heads side by side: one [`Op::Attention`] that reads them in place, so splitting and
+    /// merging the heads copies nothing.
+    pub fn self_attention(
+        &mut self,
+        qkv: NodeId,
+        heads: usize,
+        causal: bool,
+        scale: f64,
+    ) -> Result<NodeId, ShapeError> {
+        let op = Op::Attention {
+            causal,
+            scale: Scalar::new(scale),
+            heads,
+        };
+        self.node(op, &[qkv])
     }
 
     /// The operands, each of rank 2 or more, with their leading axes broadcast to one batch

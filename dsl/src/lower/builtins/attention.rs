@@ -69,8 +69,8 @@ impl Lowerer<'_> {
         let a = Args::new(name, span, args, 2, 2, &keys)?;
         let x = self.expr(a.positional[0], env)?;
         let shape = self.graph.shape(x).clone();
-        let (batch, steps, width) = match shape.dims() {
-            [b, Dim::Known(t), Dim::Known(c)] => (b.clone(), *t, *c),
+        let width = match shape.dims() {
+            [_, Dim::Known(_), Dim::Known(c)] => *c,
             _ => {
                 return Err(wrong_shape(
                     "`causal_self_attention` needs a sequence [batch, positions, width] of known positions and width",
@@ -119,22 +119,8 @@ impl Lowerer<'_> {
             qkv = located(self.graph.add(qkv, b), span)?;
         }
         let depth = width / heads;
-        let split = Shape(vec![
-            batch.clone(),
-            Dim::Known(steps),
-            Dim::Known(heads),
-            Dim::Known(depth),
-        ]);
-        let head = |lw: &mut Self, part: usize| -> LResult<NodeId> {
-            let p = located(lw.graph.slice(qkv, 2, part * width, width), span)?;
-            let p = located(lw.graph.reshape(p, &split), span)?;
-            located(lw.graph.transpose(p, &[0, 2, 1, 3]), span)
-        };
-        let qkv = [head(self, 0)?, head(self, 1)?, head(self, 2)?];
-        let y = self.attend(qkv, true, None, 1.0 / (depth as f64).sqrt(), span)?;
-        let y = located(self.graph.transpose(y, &[0, 2, 1, 3]), span)?;
-        let joined = Shape(vec![batch, Dim::Known(steps), Dim::Known(width)]);
-        let y = located(self.graph.reshape(y, &joined), span)?;
+        let scale = 1.0 / (depth as f64).sqrt();
+        let y = located(self.graph.self_attention(qkv, heads, true, scale), span)?;
         let fans = (width, width);
         let w_out = self.layer_param(
             &a,
