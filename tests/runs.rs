@@ -171,10 +171,16 @@ fn a_killed_run_never_leaves_a_torn_checkpoint() {
             .stderr(Stdio::null())
             .spawn()
             .expect("starts");
+        let last = checkpoints.join("last.safetensors");
+        // On a loaded machine the start alone may take longer than the delay: the kill lands
+        // `delay_ms` after the first checkpoint exists, while later ones are being written.
+        let started = std::time::Instant::now();
+        while !last.exists() && started.elapsed() < std::time::Duration::from_secs(20) {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         std::thread::sleep(std::time::Duration::from_millis(delay_ms));
         child.kill().expect("SIGKILL");
         child.wait().expect("ends");
-        let last = checkpoints.join("last.safetensors");
         assert!(
             last.exists(),
             "epochs take milliseconds: checkpoints were being written"

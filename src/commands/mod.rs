@@ -271,9 +271,7 @@ pub struct PassFlags {
 impl PassFlags {
     /// The threads these flags ask for: `--threads`, else every core.
     pub fn threads(&self) -> usize {
-        self.threads.unwrap_or_else(|| {
-            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-        })
+        self.threads.unwrap_or_else(every_core)
     }
 
     /// The passes these flags ask for.
@@ -300,4 +298,10 @@ fn schedule_and_clipping(
         out += &format!(", gradients clipped at norm {c}");
     }
     out
+}
+
+/// The cores this process may use, which programs use unless `--threads` says otherwise: the
+/// bits they compute do not depend on the count.
+pub fn every_core() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }

@@ -64,13 +64,14 @@ pub fn open(file: &Path, config: Option<&str>) -> Result<Session, Failure> {
             Failure::Message(format!("`{}` has no `train` block; add one saying where the data is, e.g. `train default {{ data = mnist(\"../data/mnist\") }}`", file.display()))
         })?,
     };
-    let programs = ModelPrograms::new(
+    let mut programs = ModelPrograms::new(
         loaded.compiled.model.clone(),
         spec.optimizer.clone(),
         Elem::F32,
     )
     .with_eval(loaded.compiled.eval_model.clone())
     .with_generation(loaded.compiled.generate_model.clone());
+    programs.threads = super::every_core();
     let info = programs.info().map_err(Failure::Message)?;
     let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
     Ok(Session {

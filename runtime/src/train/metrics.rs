@@ -174,6 +174,7 @@ pub(super) fn evaluate_with(
     let rows: Vec<usize> = (0..data.rows).collect();
     let mut tally = Tally::default();
     for chunk in rows.chunks(evaluation_batch(compile, data.rows)?) {
+        runner.keep_only(chunk.len());
         let exe = runner.run(compile, info, data, chunk, store, None)?;
         tally.add(info, exe, data, chunk);
     }
@@ -192,6 +193,7 @@ pub fn predict(
     let rows: Vec<usize> = (0..data.rows).collect();
     let mut out = Vec::with_capacity(data.rows);
     for chunk in rows.chunks(evaluation_batch(compile, data.rows)?) {
+        runner.keep_only(chunk.len());
         let exe = runner.run(compile, info, data, chunk, store, None)?;
         let prediction = exe
             .output("prediction")

@@ -33,6 +33,12 @@ impl Runner {
         }
     }
 
+    /// Drops the programs of every batch size but `batch`, so that only one is held: for
+    /// evaluation, whose programs may each take up to [`super::contract::EVAL_MEMORY`].
+    pub(super) fn keep_only(&mut self, batch: usize) {
+        self.programs.retain(|&b, _| b == batch);
+    }
+
     /// Compiles the program for `batch` and makes its input buffers, once per batch size.
     pub(super) fn compile(
         &mut self,
