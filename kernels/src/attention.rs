@@ -153,15 +153,17 @@ impl Geometry {
         for (i, row) in p.chunks_exact_mut(tk).enumerate() {
             let (seen, hidden) = row.split_at_mut(self.seen(i));
             hidden.fill(T::zero());
-            seen.iter_mut().for_each(|x| *x = *x * scale);
-            let Some(max) = seen.iter().copied().reduce(T::max) else {
+            if seen.is_empty() {
                 continue;
-            };
-            let mut sum = T::zero();
-            for x in seen.iter_mut() {
-                *x = (*x - max).exp_fast();
-                sum = sum + *x;
             }
+            // Separate passes, so that the elementwise ones vectorise; a NaN score is never
+            // the maximum, and its exponential makes the row NaN, as in PyTorch.
+            seen.iter_mut().for_each(|x| *x = *x * scale);
+            let max = seen
+                .iter()
+                .fold(T::neg_infinity(), |m, &x| if x > m { x } else { m });
+            seen.iter_mut().for_each(|x| *x = (*x - max).exp_fast());
+            let sum = seen.iter().fold(T::zero(), |a, &x| a + x);
             let inverse = T::one() / sum;
             seen.iter_mut().for_each(|x| *x = *x * inverse);
         }
