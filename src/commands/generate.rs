@@ -1,8 +1,9 @@
 //! `nabla generate FILE --weights W --prompt TEXT --length N [--temperature T] [--top-k K]
 //! [--seed S] [--json]`: text from a model trained on `text(...)`. The prompt is fed one token
-//! at a time through the one-step generation program, which carries every recurrent state
-//! forward in its own buffers, then each next token is sampled from the predicted
-//! distribution and fed back. Nothing is recomputed over a window; a seed fixes the text.
+//! at a time, then each next token is sampled from the predicted distribution and fed back. A
+//! recurrent model runs its one-step generation program, which carries every recurrent state
+//! forward in its own buffers (nothing is recomputed); a transformer, which has none, runs its
+//! prediction program over the last window of tokens ([`Generator`]). A seed fixes the text.
 
 use std::process::ExitCode;
 use std::time::Instant;
