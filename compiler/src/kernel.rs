@@ -417,10 +417,12 @@ fn call_flops(call: Call, args: &[usize]) -> u64 {
             (n * c * positions * window.kernel[0] * window.kernel[1]) as u64
         }
         Call::BatchMatMul => 2 * args[..4].iter().map(|&d| d as u64).product::<u64>(),
-        // Two products of `Tq x Tk` by the depths (forward), five (backward: the scores again).
+        // Two products of `Tq x Tk` by the depths (forward), five (backward: the scores again),
+        // for every head of every example (`s` counts examples when heads are packed).
         Call::Attention | Call::AttentionGrad => {
             let [s, tq, tk, d, dv] =
                 [args[0], args[1], args[2], args[3], args[4]].map(|x| x as u64);
+            let s = s * args[7].max(1) as u64;
             let products = if call == Call::Attention {
                 d + dv
             } else {
