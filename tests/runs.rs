@@ -159,6 +159,81 @@ fn an_interrupted_run_resumes_bit_identical_to_the_uninterrupted_one() {
     assert!(text(&out.stderr).contains("is a weights file, not a checkpoint"));
 }
 
+/// A transformer with every per-step setting: AdamW, a warm-up and cosine decay counted in
+/// steps, clipping. 1,249 windows in batches of 8: 157 steps an epoch.
+const STEPPED: &str = "model lm {
+  input  tokens[B, 16] : index
+  target next[B, 16] : class
+  tok    = embedding(tokens, 76, 16, init = normal(0, 0.02))
+  param  pos[16, 16] = normal(0, 0.02)
+  x      = tok + pos
+  h      = x + causal_self_attention(layer_norm(x, bias = false), 2)
+  logits = layer_norm(h, bias = false) @ transpose(tok.w)
+  loss   = cross_entropy(logits, next)
+}
+train default {
+  data           = text(\"text.txt\", seq = 16, level = \"char\")
+  optimizer      = adamw(0.01, beta2 = 0.99, weight_decay = 0.1, decay_vectors = false)
+  schedule       = cosine(60, min_lr = 0.001, warmup = 10)
+  clip_grad_norm = 0.5
+  batch          = 8
+  seed           = 3
+}";
+
+/// A run that `--steps` ended mid-epoch resumes with more steps bit for bit as one run of
+/// them all, the step-counted schedule included. It used to count the ended epoch as whole,
+/// look for the next step in the next epoch, find none, and report empty epochs forever.
+#[test]
+fn a_run_ended_by_its_step_count_resumes_with_more_steps_bit_identical() {
+    let dir = temp("steps");
+    let text_file = dir.join("text.txt");
+    let source = std::fs::read_to_string("data/text/shakespeare.txt").expect("the bundled text");
+    std::fs::write(&text_file, &source[..20_000]).expect("text written");
+    let file = model(&dir, "lm.nn", STEPPED);
+    let (straight, resumed, checkpoints) = (
+        dir.join("straight.safetensors"),
+        dir.join("resumed.safetensors"),
+        dir.join("ck"),
+    );
+    let out = nabla(&["train", &file, "--steps", "60", "--save", &s(&straight)]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = nabla(&[
+        "train",
+        &file,
+        "--steps",
+        "25",
+        "--checkpoint",
+        &s(&checkpoints),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nabla"))
+        .args([
+            "train",
+            &file,
+            "--resume",
+            &s(&checkpoints),
+            "--steps",
+            "60",
+        ])
+        .args(["--save", &s(&resumed), "--quiet"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starts");
+    let started = std::time::Instant::now();
+    while child.try_wait().expect("waits").is_none() {
+        if started.elapsed() > std::time::Duration::from_secs(60) {
+            child.kill().expect("SIGKILL");
+            panic!("the resumed run did not end within a minute");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(
+        std::fs::read(&resumed).unwrap() == std::fs::read(&straight).unwrap(),
+        "the resumed run ends with the uninterrupted run's parameters, bit for bit"
+    );
+}
+
 #[test]
 fn a_killed_run_never_leaves_a_torn_checkpoint() {
     let dir = temp("sigkill");

@@ -229,7 +229,10 @@ pub fn train(
     let mut epoch_start = Store::default();
     insert_step_scalars(info, settings.elem, store);
     while state.position.step < total {
-        let epoch = state.position.epoch;
+        // The pass over the data that `step` is in: the epoch reported so far, except after a
+        // run that a step count ended mid-epoch, which reported that epoch as its last and is
+        // now resumed with more steps (its next step is still in that pass's order).
+        let epoch = state.position.step / per_epoch;
         let rate = move |step: usize| settings.schedule.rate(settings.lr, epoch, step);
         let order = epoch_order(settings.seed, epoch, rows);
         if settings.guard {
@@ -317,7 +320,7 @@ pub fn train(
         let (val_loss, val_accuracy) = evaluate(data.validation)?;
         let (test_loss, test_accuracy) = evaluate(data.test)?;
         let tally = std::mem::take(&mut state.position.tally);
-        state.position.epoch += 1;
+        state.position.epoch = epoch + 1;
         state.position.seconds = seconds();
         let report = Report {
             epoch: state.position.epoch,
