@@ -709,16 +709,8 @@ fn call_of(g: &Graph, node: NodeId) -> (Call, Vec<usize>) {
             let (a, b) = (of(0), of(1));
             (Call::BatchMatMul, vec![a[0], a[1], a[2], b[2]])
         }
-        &Op::Attention {
-            causal,
-            scale,
-            heads,
-        }
-        | &Op::AttentionGrad {
-            causal,
-            scale,
-            heads,
-        } => {
+        op @ (Op::Attention { .. } | Op::AttentionGrad { .. }) => {
+            let (causal, scale, heads) = op.attention().expect("an attention op");
             let call = if matches!(g.op(node), Op::Attention { .. }) {
                 Call::Attention
             } else {

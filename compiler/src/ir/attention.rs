@@ -6,6 +6,9 @@
 
 use num_traits::Float;
 
+use super::interp::Tensor;
+use super::op::Op;
+
 /// The sizes of one product of the batch: `[Tq, Tk, D, Dv]`, and the mask and scale.
 #[derive(Clone, Copy)]
 pub struct Geometry {
@@ -139,4 +142,49 @@ pub fn packed<T: Float>(g: &Geometry, heads: usize, qkv: &[T], grad: Option<&[T]
         }
     }
     out
+}
+
+/// The value of an attention op (either direction) on its operands, for the interpreter.
+pub fn evaluate<T: Float>(op: &Op, args: &[&Tensor<T>]) -> Vec<T> {
+    let (causal, scale, heads) = op.attention().expect("an attention op");
+    let forward = matches!(op, Op::Attention { .. });
+    if heads > 0 {
+        let [t, width] = [args[0].shape[1], args[0].shape[2]];
+        let g = Geometry {
+            tq: t,
+            tk: t,
+            d: width / (3 * heads),
+            dv: width / (3 * heads),
+            causal,
+            scale: scale.get(),
+        };
+        let grad = (!forward).then(|| args[1].data.as_slice());
+        return packed(&g, heads, &args[0].data, grad);
+    }
+    let (q, k, v) = (args[0], args[1], args[2]);
+    let g = Geometry {
+        tq: q.shape[1],
+        tk: k.shape[1],
+        d: q.shape[2],
+        dv: v.shape[2],
+        causal,
+        scale: scale.get(),
+    };
+    let products = q.shape[0];
+    let per = |i: usize, s: usize| -> &[T] {
+        args.get(i).map_or(&[][..], |t| {
+            let n = t.data.len() / products;
+            &t.data[s * n..(s + 1) * n]
+        })
+    };
+    (0..products)
+        .flat_map(|s| {
+            let [q, k, v, grad] = [0, 1, 2, 3].map(|i| per(i, s));
+            if forward {
+                self::forward(&g, q, k, v)
+            } else {
+                backward(&g, [q, k, v, grad])
+            }
+        })
+        .collect()
 }

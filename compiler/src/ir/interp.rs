@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use num_traits::Float;
 
-use super::attention::{self, Geometry};
+use super::attention;
 use super::graph::{Graph, NodeId};
 use super::op::{BinaryOp, Op, ReduceOp, UnaryOp};
 use super::shape::{around, broadcast_strides, strides};
@@ -137,55 +137,7 @@ fn eval_op<T: Float>(
             let [m, k, n] = [args[0].shape[0], args[0].shape[1], args[1].shape[1]];
             matmul([m, k, n], &args[0].data, &args[1].data)
         }
-        &Op::Attention {
-            causal,
-            scale,
-            heads,
-        }
-        | &Op::AttentionGrad {
-            causal,
-            scale,
-            heads,
-        } if heads > 0 => {
-            let [t, width] = [args[0].shape[1], args[0].shape[2]];
-            let g = Geometry {
-                tq: t,
-                tk: t,
-                d: width / (3 * heads),
-                dv: width / (3 * heads),
-                causal,
-                scale: scale.get(),
-            };
-            let grad = args.get(1).map(|x| x.data.as_slice());
-            attention::packed(&g, heads, &args[0].data, grad)
-        }
-        &Op::Attention { causal, scale, .. } | &Op::AttentionGrad { causal, scale, .. } => {
-            let (q, k, v) = (args[0], args[1], args[2]);
-            let g = Geometry {
-                tq: q.shape[1],
-                tk: k.shape[1],
-                d: q.shape[2],
-                dv: v.shape[2],
-                causal,
-                scale: scale.get(),
-            };
-            let products = q.shape[0];
-            fn per<T>(t: &Tensor<T>, s: usize, products: usize) -> &[T] {
-                let n = t.data.len() / products;
-                &t.data[s * n..(s + 1) * n]
-            }
-            (0..products)
-                .flat_map(|s| {
-                    let [q, k, v, grad] =
-                        [0, 1, 2, 3].map(|i| args.get(i).map_or(&[][..], |t| per(t, s, products)));
-                    if matches!(op, Op::Attention { .. }) {
-                        attention::forward(&g, q, k, v)
-                    } else {
-                        attention::backward(&g, [q, k, v, grad])
-                    }
-                })
-                .collect()
-        }
+        Op::Attention { .. } | Op::AttentionGrad { .. } => attention::evaluate(op, args),
         Op::BatchMatMul => {
             let [s, m, k] = [args[0].shape[0], args[0].shape[1], args[0].shape[2]];
             let n = args[1].shape[2];

@@ -387,6 +387,23 @@ impl Op {
         )
     }
 
+    /// An attention op's `(causal, scale, heads)`, for either direction.
+    pub fn attention(&self) -> Option<(bool, Scalar, usize)> {
+        match *self {
+            Op::Attention {
+                causal,
+                scale,
+                heads,
+            }
+            | Op::AttentionGrad {
+                causal,
+                scale,
+                heads,
+            } => Some((causal, scale, heads)),
+            _ => None,
+        }
+    }
+
     /// How many operands the op takes.
     pub fn arity(&self) -> usize {
         match self {
