@@ -692,16 +692,10 @@ impl fmt::Display for Op {
             }
             Op::Concat { axis, parts } => write!(f, "{name} axis={axis} parts={parts}"),
             Op::ScatterAdd { rows } => write!(f, "{name} rows={rows}"),
-            Op::Attention {
-                causal,
-                scale,
-                heads,
+            Op::Attention { .. } | Op::AttentionGrad { .. } => {
+                let (causal, scale, heads) = self.attention().expect("an attention op");
+                write!(f, "{name} causal={causal} scale={scale} heads={heads}")
             }
-            | Op::AttentionGrad {
-                causal,
-                scale,
-                heads,
-            } => write!(f, "{name} causal={causal} scale={scale} heads={heads}"),
             Op::Windows(w)
             | Op::Unwindows(w)
             | Op::Conv(w)

@@ -137,13 +137,13 @@ pub const EVAL_BATCH: usize = 1000;
 /// transformer's attention scores grow with the square of its context) is made smaller.
 pub const EVAL_MEMORY: u64 = 256 << 20;
 
-/// Examples per evaluation or prediction batch for a set of `rows`: up to [`EVAL_BATCH`], as
-/// many as keep the temporaries within [`EVAL_MEMORY`], at least one.
-pub fn evaluation_batch(compile: &mut dyn Compile, rows: usize) -> Result<usize, String> {
+/// Examples per evaluation or prediction batch: up to [`EVAL_BATCH`], as many as keep the
+/// temporaries within [`EVAL_MEMORY`], at least one.
+pub fn evaluation_batch(compile: &mut dyn Compile) -> Result<usize, String> {
     let (one, two) = (compile.evaluation_bytes(1)?, compile.evaluation_bytes(2)?);
     let per_example = two.saturating_sub(one).max(1);
     let affordable = EVAL_MEMORY.saturating_sub(one) / per_example;
-    Ok((affordable as usize).clamp(1, EVAL_BATCH).min(rows.max(1)))
+    Ok((affordable as usize).clamp(1, EVAL_BATCH))
 }
 
 /// The output name of parameter `param`'s gradient in [`Compile::gradients`] programs.

@@ -1,7 +1,7 @@
 //! Metrics: a step's report, the tally of a loss and correct answers over batches, and
 //! evaluation and prediction over a whole data set.
 
-use super::contract::{Compile, ModelInfo, PredictionKind, evaluation_batch};
+use super::contract::{Compile, ModelInfo, PredictionKind};
 use super::programs::{ProgramKind, Runner};
 use super::store::Store;
 use crate::data::Dataset;
@@ -173,7 +173,7 @@ pub(super) fn evaluate_with(
 ) -> Result<(f64, Option<f64>), String> {
     let rows: Vec<usize> = (0..data.rows).collect();
     let mut tally = Tally::default();
-    for chunk in rows.chunks(evaluation_batch(compile, data.rows)?) {
+    for chunk in rows.chunks(runner.evaluation_chunk(compile, data.rows)?) {
         runner.keep_only(chunk.len());
         let exe = runner.run(compile, info, data, chunk, store, None)?;
         tally.add(info, exe, data, chunk);
@@ -192,7 +192,7 @@ pub fn predict(
     let mut runner = Runner::new(ProgramKind::Predict, elem);
     let rows: Vec<usize> = (0..data.rows).collect();
     let mut out = Vec::with_capacity(data.rows);
-    for chunk in rows.chunks(evaluation_batch(compile, data.rows)?) {
+    for chunk in rows.chunks(runner.evaluation_chunk(compile, data.rows)?) {
         runner.keep_only(chunk.len());
         let exe = runner.run(compile, info, data, chunk, store, None)?;
         let prediction = exe

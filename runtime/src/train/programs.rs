@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use super::contract::{Compile, ModelInfo};
+use super::contract::{Compile, ModelInfo, evaluation_batch};
 use super::store::{Store, fill_masks};
 use crate::data::Dataset;
 use crate::{Buffer, Elem, Executable};
@@ -14,6 +14,8 @@ pub(super) struct Runner {
     pub(super) kind: ProgramKind,
     pub(super) elem: Elem,
     pub(super) programs: HashMap<usize, (Executable, Store)>,
+    /// For evaluation and prediction, the batch [`evaluation_batch`] gives, planned once.
+    batch: Option<usize>,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -30,7 +32,22 @@ impl Runner {
             kind,
             elem,
             programs: HashMap::new(),
+            batch: None,
         }
+    }
+
+    /// The chunks of `rows` examples that evaluation or prediction runs at once
+    /// ([`evaluation_batch`], planned on first use).
+    pub(super) fn evaluation_chunk(
+        &mut self,
+        compile: &mut dyn Compile,
+        rows: usize,
+    ) -> Result<usize, String> {
+        let batch = match self.batch {
+            Some(b) => b,
+            None => *self.batch.insert(evaluation_batch(compile)?),
+        };
+        Ok(batch.min(rows.max(1)))
     }
 
     /// Drops the programs of every batch size but `batch`, so that only one is held: for

@@ -156,9 +156,9 @@ impl Lowerer<'_> {
         scale: f64,
         span: Span,
     ) -> LResult<NodeId> {
-        if mask.is_none() {
+        let Some((m, at)) = mask else {
             return located(self.graph.attention([q, k, v], causal, scale), span);
-        }
+        };
         let rank = self.graph.shape(k).rank();
         let mut swap: Vec<usize> = (0..rank).collect();
         swap.swap(rank - 2, rank - 1);
@@ -200,41 +200,27 @@ impl Lowerer<'_> {
             let seen = located(self.graph.binary(BinaryOp::Le, column, last_seen), span)?;
             masked = located(self.graph.select(seen, masked, hidden), span)?;
         }
-        if let Some((m, at)) = mask {
-            let ms = self.graph.shape(m).clone();
-            if !ms.broadcasts_to(&shape) {
-                return Err(Diagnostic::new(
-                    format!("the mask {ms} does not broadcast to the attention scores {shape}"),
-                    at,
-                )
-                .label(format!("this has shape {ms}"))
-                .note("the scores are [..., query positions, key positions]; a zero hides a key from a query")
-                .into());
-            }
-            masked = located(self.graph.select(m, masked, hidden), span)?;
+        let ms = self.graph.shape(m).clone();
+        if !ms.broadcasts_to(&shape) {
+            return Err(Diagnostic::new(
+                format!("the mask {ms} does not broadcast to the attention scores {shape}"),
+                at,
+            )
+            .label(format!("this has shape {ms}"))
+            .note("the scores are [..., query positions, key positions]; a zero hides a key from a query")
+            .into());
         }
-        let last = shape.rank() - 1;
-        let weights = self.masked_softmax(masked, last, mask.is_some(), span)?;
+        masked = located(self.graph.select(m, masked, hidden), span)?;
+        let weights = self.masked_softmax(masked, shape.rank() - 1, span)?;
         located(self.graph.matmul_batched(weights, v), span)
     }
 
-    /// Softmax along `axis` of scores where hidden positions are -inf. When whole rows may be
-    /// hidden, their maximum (-inf) is replaced by 0 for the shift, so that their
-    /// exponentials are 0, and the sum is bounded below by f32's smallest normal number, so
-    /// that the row is 0 rather than 0/0. A row with a visible position sums to at least 1
-    /// (its maximum's term), which the bound leaves alone.
-    fn masked_softmax(
-        &mut self,
-        scores: NodeId,
-        axis: usize,
-        rows_may_be_hidden: bool,
-        span: Span,
-    ) -> LResult<NodeId> {
-        if !rows_may_be_hidden {
-            let (shifted, sum) = self.shifted_exp_sum(scores, axis, span)?;
-            let e = located(self.graph.unary(UnaryOp::Exp, shifted), span)?;
-            return located(self.graph.div(e, sum), span);
-        }
+    /// Softmax along `axis` of scores where hidden positions are -inf. A row whose positions
+    /// are all hidden has maximum -inf, replaced by 0 for the shift so that its exponentials
+    /// are 0, and the sum is bounded below by f32's smallest normal number, so that the row is
+    /// 0 rather than 0/0. A row with a visible position sums to at least 1 (its maximum's
+    /// term), which the bound leaves alone.
+    fn masked_softmax(&mut self, scores: NodeId, axis: usize, span: Span) -> LResult<NodeId> {
         let max = located(self.graph.reduce(ReduceOp::Max, scores, &[axis]), span)?;
         let max = located(self.graph.unary(UnaryOp::StopGradient, max), span)?;
         let hidden = self.graph.constant(f64::NEG_INFINITY);
