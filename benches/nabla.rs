@@ -44,6 +44,7 @@ fn steps(source: &str, batch: usize, threads: usize, iters: u64) -> Duration {
         &data,
         (3, iters as usize),
         false,
+        &nabla_runtime::Alone,
     )
     .expect("runs");
     Duration::from_secs_f64(timing.step_seconds.iter().sum())

@@ -283,6 +283,7 @@ fn two_threads_agree(source: &str, batch: usize) -> nabla_compiler::kernel::Plan
         listing: Listing::None,
         passes: Passes::default(),
         threads: 2,
+        packing: None,
     };
     let plan = pipeline::plan(&request).unwrap().plan;
     for (elem, tol) in [(Elem::F64, 1e-12), (Elem::F32, 2e-4)] {

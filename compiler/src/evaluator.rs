@@ -65,6 +65,7 @@ impl JitEvaluator {
                 listing: Listing::None,
                 passes: self.passes,
                 threads: self.threads,
+                packing: None,
             };
             let (compiled, _) = compile(&request).map_err(|e| EvalError::Backend(e.to_string()))?;
             let exe =

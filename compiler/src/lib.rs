@@ -10,6 +10,7 @@ pub mod algebra;
 pub mod autodiff;
 pub mod batch;
 pub mod codegen;
+pub mod data_parallel;
 pub mod egraph;
 pub mod evaluator;
 pub mod fusion;

@@ -310,6 +310,7 @@ impl Slots {
             plan.buffers.push(BufferSpec {
                 len,
                 external: Some(name.to_string()),
+                offset: None,
             });
             plan.buffers.len() - 1
         })
@@ -320,6 +321,7 @@ fn temp(plan: &mut Plan, len: usize) -> usize {
     plan.buffers.push(BufferSpec {
         len,
         external: None,
+        offset: None,
     });
     plan.buffers.len() - 1
 }

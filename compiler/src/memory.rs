@@ -5,16 +5,58 @@
 //! into as few buffers as their lifetimes allow, so a training step holds about as much memory
 //! as its widest point needs, not the sum of all its values.
 //!
+//! External buffers may be laid out as parts of one buffer ([`Packing`]): a data-parallel train
+//! step writes every gradient straight into the one buffer that a single all-reduce sums, and
+//! the update reads them from it, with no copy on either side.
+//!
 //! **Architecture invariant:** only slots change: every kernel computes what it computed, in the
 //! same order, and results keep exact-size buffers of their own.
 
 use crate::kernel::{Kernel, Plan};
+use crate::lower::LowerError;
 
-/// `plan` with its temporaries shared where their lifetimes allow.
-pub fn plan(mut plan: Plan) -> Plan {
+/// External buffers laid out one after another in one buffer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Packing {
+    /// The buffer holding them.
+    pub buffer: String,
+    /// Each part's own name (as the graph's inputs and assignments call it) and its first
+    /// element in `buffer`; parts do not overlap.
+    pub parts: Vec<(String, usize)>,
+}
+
+/// `plan` with its temporaries shared where their lifetimes allow, and its external buffers
+/// named by `packing` bound to their parts of the packed buffer.
+pub fn plan(mut plan: Plan, packing: Option<&Packing>) -> Result<Plan, LowerError> {
     drop_unused_temporaries(&mut plan);
     reuse_temporaries(&mut plan);
-    plan
+    if let Some(packing) = packing {
+        pack(&mut plan, packing)?;
+    }
+    Ok(plan)
+}
+
+/// Binds each external slot that `packing` names to its part of the packed buffer; a part
+/// that would overlap the next one is an error.
+fn pack(plan: &mut Plan, packing: &Packing) -> Result<(), LowerError> {
+    let mut starts: Vec<usize> = packing.parts.iter().map(|(_, at)| *at).collect();
+    starts.sort_unstable();
+    for spec in &mut plan.buffers {
+        let Some(name) = &spec.external else { continue };
+        let Some((_, at)) = packing.parts.iter().find(|(part, _)| part == name) else {
+            continue;
+        };
+        let next = starts.iter().find(|&&s| s > *at).copied();
+        if next.is_some_and(|next| at + spec.len > next) {
+            return Err(LowerError(format!(
+                "`{name}` ({} elements from {at}) overlaps the next part of `{}`",
+                spec.len, packing.buffer
+            )));
+        }
+        spec.external = Some(packing.buffer.clone());
+        spec.offset = Some(*at);
+    }
+    Ok(())
 }
 
 /// Removes temporaries no kernel touches any more (those replaced by in-place writes) and

@@ -213,22 +213,60 @@ impl TrainStep {
 /// parameter's update and new optimizer state, as assignments into named buffers.
 pub fn apply(
     model: &Model,
-    (mut graph, loss, grads): (Graph, NodeId, Vec<NodeId>),
+    (mut graph, _, grads): (Graph, NodeId, Vec<NodeId>),
     optimizer: &Optimizer,
 ) -> Result<TrainStep, ShapeError> {
+    let params: Vec<(String, NodeId)> = model
+        .params
+        .iter()
+        .map(|p| (p.name.clone(), p.node))
+        .collect();
+    let mut assignments = updates(&mut graph, &params, grads, optimizer)?;
+    assignments.extend(layer_state_updates(model));
+    Ok(TrainStep {
+        graph,
+        outputs: step_outputs(model),
+        assignments,
+    })
+}
+
+/// The outputs of a step: `loss`, and `prediction` when the model has one.
+pub fn step_outputs(model: &Model) -> Vec<(String, NodeId)> {
+    let mut outputs = vec![("loss".to_string(), model.loss)];
+    if let Some(p) = model.prediction {
+        outputs.push(("prediction".to_string(), p.node));
+    }
+    outputs
+}
+
+/// The assignments of layer state (batch normalisation's running statistics), which the
+/// forward pass computes.
+pub fn layer_state_updates(model: &Model) -> impl Iterator<Item = (NodeId, String)> + '_ {
+    model
+        .states
+        .iter()
+        .filter_map(|state| state.update.map(|u| (u, state.name.clone())))
+}
+
+/// Each parameter's new value and new optimizer state, as assignments into named buffers:
+/// `params` are the parameters' names and nodes in `g`, `grads` their gradients.
+pub fn updates(
+    g: &mut Graph,
+    params: &[(String, NodeId)],
+    grads: Vec<NodeId>,
+    optimizer: &Optimizer,
+) -> Result<Vec<(NodeId, String)>, ShapeError> {
     let mut assignments = Vec::new();
-    let g = &mut graph;
     let lr = g.input(LR, Shape::scalar())?;
     let grads = match optimizer.clip_grad_norm {
         Some(max_norm) => clip(g, &grads, max_norm)?,
         None => grads,
     };
     let decoupled = optimizer.kind == OptimizerKind::AdamW;
-    for (spec, &grad) in model.params.iter().zip(&grads) {
-        let shape = g.shape(spec.node).clone();
-        let w = spec.node;
-        let state =
-            |g: &mut Graph, name: &str| g.input(&state_buffer(&spec.name, name), shape.clone());
+    for ((name, w), &grad) in params.iter().zip(&grads) {
+        let (name, w) = (name.as_str(), *w);
+        let shape = g.shape(w).clone();
+        let state = |g: &mut Graph, state: &str| g.input(&state_buffer(name, state), shape.clone());
         let mut grad = grad;
         let decay = if optimizer.decay_vectors || shape.rank() >= 2 {
             optimizer.weight_decay
@@ -251,25 +289,12 @@ pub fn apply(
         }
         let scaled = g.mul(step, lr)?;
         let new_w = g.sub(w, scaled)?;
-        assignments.push((new_w, spec.name.clone()));
-        for (name, value) in optimizer.state_names().iter().zip(states) {
-            assignments.push((value, state_buffer(&spec.name, name)));
+        assignments.push((new_w, name.to_string()));
+        for (state, value) in optimizer.state_names().iter().zip(states) {
+            assignments.push((value, state_buffer(name, state)));
         }
     }
-    for state in &model.states {
-        if let Some(update) = state.update {
-            assignments.push((update, state.name.clone()));
-        }
-    }
-    let mut outputs = vec![("loss".to_string(), loss)];
-    if let Some(p) = model.prediction {
-        outputs.push(("prediction".to_string(), p.node));
-    }
-    Ok(TrainStep {
-        graph,
-        outputs,
-        assignments,
-    })
+    Ok(assignments)
 }
 
 /// The gradients scaled by `min(1, max_norm / (norm + 1e-6))`, `norm` their global 2-norm.

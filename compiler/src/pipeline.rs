@@ -2,7 +2,8 @@
 //!
 //! 1. **bind**: symbols such as the batch `B` become numbers ([`Model::bind`]);
 //! 2. **differentiate**: the gradient of the loss for every parameter ([`crate::autodiff`]);
-//! 3. **optimizer**: each parameter's update and new optimizer state ([`optim::apply`]);
+//! 3. **optimizer**: each parameter's update and new optimizer state ([`optim::apply`]; for
+//!    data-parallel training, split from the gradients at this boundary: [`data_parallel_step`]);
 //! 4. **simplify**: e-graph rewriting ([`crate::egraph`]);
 //! 5. **batch products**: sums of matrix products into one product ([`crate::batch`]);
 //! 6. **fuse**: which values are stored, which nodes share a kernel ([`crate::fusion`]);
@@ -23,13 +24,14 @@ use nabla_runtime::Elem;
 use crate::autodiff::AutodiffError;
 use crate::batch;
 use crate::codegen::jit::{self, CodegenError, Compiled, Listing};
+use crate::data_parallel;
 use crate::egraph::{self, Limits, RuleSet, Simplified};
 use crate::fusion::{self, Fusion};
 use crate::ir::verify::{self, VerifyError};
 use crate::ir::{Graph, NodeId, ShapeError};
 use crate::kernel::Plan;
 use crate::lower::{self, LowerError};
-use crate::memory;
+use crate::memory::{self, Packing};
 use crate::model::Model;
 use crate::optim::{self, Optimizer, TrainStep};
 
@@ -96,6 +98,8 @@ pub struct Request<'a> {
     pub passes: Passes,
     /// Threads large matrix products may use.
     pub threads: usize,
+    /// External buffers laid out as parts of one (a data-parallel step's gradients).
+    pub packing: Option<Packing>,
 }
 
 impl Request<'_> {
@@ -142,6 +146,24 @@ pub fn train_step(model: &Model, optimizer: &Optimizer) -> Result<TrainStep, Com
     let step = optim::apply(model, gradients, optimizer)?;
     verified("optimizer", &step.graph, &step.roots())?;
     Ok(step)
+}
+
+/// Steps 2 and 3 split at the gradient/update boundary for data-parallel training
+/// ([`crate::data_parallel`]): the local step (bound or not) and the update.
+pub fn data_parallel_step(
+    model: &Model,
+    optimizer: &Optimizer,
+) -> Result<(TrainStep, TrainStep), CompileError> {
+    let gradients = model.gradient_graph()?;
+    let roots: Vec<NodeId> = std::iter::once(gradients.1)
+        .chain(gradients.2.iter().copied())
+        .collect();
+    verified("differentiate", &gradients.0, &roots)?;
+    let local = data_parallel::local_step(model, gradients)?;
+    verified("local step", &local.graph, &local.roots())?;
+    let update = data_parallel::update(model, optimizer)?;
+    verified("optimizer", &update.graph, &update.roots())?;
+    Ok((local, update))
 }
 
 /// Steps 4 to 9: simplifies, fuses, lowers, plans and compiles what `request` asks for.
@@ -198,7 +220,7 @@ pub fn plan(request: &Request) -> Result<Trace, CompileError> {
         &assignments,
         request.threads,
     )?;
-    let plan = memory::plan(lowered);
+    let plan = memory::plan(lowered, request.packing.as_ref())?;
     Ok(Trace {
         simplified,
         fusion,
@@ -219,7 +241,7 @@ pub fn plan_unfused(
     let roots = lower::roots(outputs, assignments);
     let fusion = fusion::fuse(graph, &roots, fusion::Options { fuse: false });
     let lowered = lower::lower(graph, &fusion, outputs, assignments, 1)?;
-    Ok(memory::plan(lowered))
+    Ok(memory::plan(lowered, None)?)
 }
 
 /// What a [`GraphPass`] does: from a graph and the values wanted of it, a new graph and the same

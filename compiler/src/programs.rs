@@ -8,7 +8,9 @@ use nabla_runtime::train::{
 use nabla_runtime::{Elem, Program};
 
 use crate::codegen::jit::{Compiled, Listing};
+use crate::data_parallel;
 use crate::ir::{Dim, Graph, NodeId, Shape};
+use crate::memory::Packing;
 use crate::model::{Model, Role, ValueKind};
 use crate::optim::{self, Optimizer, OptimizerKind, TrainStep};
 use crate::pipeline::{self, Passes, Request, Trace, compile, elapsed_ms};
@@ -198,6 +200,7 @@ impl ModelPrograms {
                 .map(|s| s.min_batch)
                 .max()
                 .unwrap_or(1),
+            reduced: data_parallel::layout(&self.model).1,
         })
     }
 
@@ -242,6 +245,17 @@ impl ModelPrograms {
         outputs: Vec<(String, NodeId)>,
         assignments: Vec<(NodeId, String)>,
     ) -> Result<Compiled, String> {
+        self.build_packed(graph, outputs, assignments, None)
+    }
+
+    /// [`ModelPrograms::build`] with external buffers laid out as `packing` says.
+    fn build_packed(
+        &self,
+        graph: &Graph,
+        outputs: Vec<(String, NodeId)>,
+        assignments: Vec<(NodeId, String)>,
+        packing: Option<Packing>,
+    ) -> Result<Compiled, String> {
         let request = Request {
             graph,
             outputs,
@@ -250,6 +264,7 @@ impl ModelPrograms {
             listing: Listing::None,
             passes: self.passes,
             threads: self.threads,
+            packing,
         };
         compile(&request)
             .map(|(compiled, _)| compiled)
@@ -276,6 +291,7 @@ impl ModelPrograms {
             listing,
             passes: self.passes,
             threads: self.threads,
+            packing: None,
         };
         let (compiled, trace) = compile(&request).map_err(|e| e.to_string())?;
         let unfused = pipeline::plan_unfused(&step.graph, &step.outputs, &step.assignments)
@@ -353,6 +369,33 @@ impl Compile for ModelPrograms {
         let plan = pipeline::plan_unfused(&model.graph, &evaluation_outputs(&model), &[])
             .map_err(|e| e.to_string())?;
         Ok(temporaries(&plan) * self.elem.size() as u64)
+    }
+
+    fn local_step(&mut self, batch: usize) -> Result<Program, String> {
+        let model = bind(&self.model, batch)?;
+        let (local, _) =
+            pipeline::data_parallel_step(&model, &self.optimizer).map_err(|e| e.to_string())?;
+        let (packing, _) = data_parallel::layout(&model);
+        self.build_packed(
+            &local.graph,
+            local.outputs,
+            local.assignments,
+            Some(packing),
+        )
+        .map(|c| c.program)
+    }
+
+    fn update(&mut self) -> Result<Program, String> {
+        let update =
+            data_parallel::update(&self.model, &self.optimizer).map_err(|e| e.to_string())?;
+        let (packing, _) = data_parallel::layout(&self.model);
+        self.build_packed(
+            &update.graph,
+            update.outputs,
+            update.assignments,
+            Some(packing),
+        )
+        .map(|c| c.program)
     }
 
     fn gradients(&mut self, batch: usize) -> Result<Program, String> {

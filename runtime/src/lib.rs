@@ -7,6 +7,7 @@
 
 pub mod buffer;
 pub mod checkpoint;
+pub mod collective;
 pub mod data;
 pub mod files;
 pub mod init;
@@ -18,6 +19,7 @@ pub mod text;
 pub mod train;
 
 pub use buffer::{AllocError, Buffer, Elem, available_memory};
+pub use collective::{Alone, Collective};
 pub use init::Init;
 pub use program::{BufferSpec, Executable, KernelFn, KernelNote, Program, RunError};
 pub use rng::Rng;

@@ -26,6 +26,10 @@ pub struct BufferSpec {
     /// For buffers that live outside the program (inputs, parameters, optimizer state, learning
     /// rate), the name they are bound under; `None` for the program's own temporaries.
     pub external: Option<String>,
+    /// For a part of a packed external buffer (the gradients that one all-reduce sums), the
+    /// element the part starts at; the buffer may hold more than the parts a program binds.
+    /// `None`: the whole buffer, of exactly `len` elements.
+    pub offset: Option<usize>,
 }
 
 /// What one kernel computes and the work it does per run, for profiles.
@@ -153,8 +157,8 @@ impl Executable {
     }
 
     /// Runs every kernel once, binding each external buffer the plan names to the first of
-    /// `externals` that holds it, after checking it has exactly the planned length and element
-    /// type. Several maps let callers keep, say, per-batch inputs apart from parameters without
+    /// `externals` that holds it, after checking it has exactly the planned length (a packed
+    /// part: that the part lies within it) and element type. Several maps let callers keep, say, per-batch inputs apart from parameters without
     /// moving buffers between them.
     pub fn run<S: BuildHasher>(
         &mut self,
@@ -168,14 +172,20 @@ impl Executable {
                 .iter_mut()
                 .find_map(|map| map.get_mut(name))
                 .ok_or_else(|| RunError::Missing(name.clone()))?;
-            if buffer.len() != spec.len || buffer.elem() != self.program.elem {
+            let fits = match spec.offset {
+                None => buffer.len() == spec.len,
+                Some(offset) => offset + spec.len <= buffer.len(),
+            };
+            if !fits || buffer.elem() != self.program.elem {
                 return Err(RunError::Mismatch {
                     name: name.clone(),
-                    expected: spec.len,
+                    expected: spec.offset.unwrap_or(0) + spec.len,
                     got: buffer.len(),
                 });
             }
-            self.table[slot] = buffer.as_mut_ptr();
+            let start = spec.offset.unwrap_or(0) * self.program.elem.size();
+            // SAFETY: `start` is within the buffer, checked above.
+            self.table[slot] = unsafe { buffer.as_mut_ptr().add(start) };
         }
         let table = self.table.as_ptr();
         match &mut self.seconds {

@@ -68,6 +68,9 @@ impl Run {
     }
 }
 
+/// The most ranks a checkpoint may say it was trained on.
+const MAX_RANKS: usize = 1 << 20;
+
 /// Checks that `p` is a position the run can reach: `rows` training examples in steps of
 /// `batch` (see [`Run::check`]), tallies that count at most what was seen, times and
 /// early-stopping counters within the epochs trained. A position written by another data set
@@ -78,8 +81,6 @@ pub fn check_position(
     (run, info): (&Run, &ModelInfo),
     rows: usize,
 ) -> Result<(), String> {
-    let batch = run.batch;
-    let per_epoch = crate::train::steps_per_epoch(rows, batch, info.min_batch);
     let steps = |n: usize| format!("{n} step{}", if n == 1 { "" } else { "s" });
     let damaged = |what: String| {
         Err(format!(
@@ -87,6 +88,16 @@ pub fn check_position(
             path.display()
         ))
     };
+    if p.ranks > MAX_RANKS {
+        return damaged(format!(
+            "its position says it was trained on {} ranks",
+            p.ranks
+        ));
+    }
+    // A data-parallel run's step takes `batch` examples on each of its ranks.
+    let ranks = p.ranks.max(1);
+    let batch = run.batch * ranks;
+    let per_epoch = crate::train::steps_per_epoch(rows, batch, info.min_batch * ranks);
     // A run never steps past the length it was asked for (older checkpoints do not say it).
     let length = match (run.steps, run.epochs) {
         (Some(steps), _) => steps,
@@ -353,6 +364,7 @@ mod tests {
             bias_correction: None,
             lr_name: "lr".into(),
             min_batch: 1,
+            reduced: 0,
             masks: vec![],
         }
     }

@@ -5,10 +5,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use nabla_compiler::programs::ModelPrograms;
-use nabla_runtime::Elem;
 use nabla_runtime::train::{self, Settings};
+use nabla_runtime::{Collective, Elem};
 use serde_json::json;
 
+use super::distributed;
 use super::{
     Failure, Outcome, PassFlags, first_train, load_file, memory_diagnostic, print_json, profile,
 };
@@ -31,6 +32,10 @@ pub struct Args {
     /// after the summary with --json).
     #[arg(long)]
     profile: bool,
+    /// Time data-parallel steps over the ranks of an MPI job (`mpirun -n N nabla bench FILE
+    /// --distributed`): `--batch` examples per rank, the all-reduce's share of the step too.
+    #[arg(long, conflicts_with = "profile")]
+    distributed: bool,
     #[command(flatten)]
     passes: PassFlags,
 }
@@ -39,6 +44,12 @@ pub struct Args {
 const WARMUP: usize = 5;
 
 pub fn run(args: Args) -> Outcome {
+    let ranks = distributed::ranks(args.distributed)?;
+    bench_on(args, &*ranks).map_err(|failure| distributed::fail(&*ranks, failure))
+}
+
+/// [`run`] on `ranks`.
+fn bench_on(args: Args, ranks: &dyn Collective) -> Outcome {
     let started = std::time::Instant::now();
     let loaded = load_file(&args.file)?;
     let parse_s = started.elapsed().as_secs_f64();
@@ -47,7 +58,7 @@ pub fn run(args: Args) -> Outcome {
     let batch = args.batch.unwrap_or(train_batch);
     let mut programs = ModelPrograms::new(compiled.model.clone(), optimizer.clone(), Elem::F32);
     programs.passes = args.passes.passes();
-    programs.threads = args.passes.threads();
+    programs.threads = distributed::threads(ranks, &args.passes);
     let memory = programs.memory(batch).map_err(Failure::Message)?;
     let what = format!("benchmarking at batch {batch}");
     if let Some(d) = memory_diagnostic(&loaded, &memory, &what, false) {
@@ -59,7 +70,8 @@ pub fn run(args: Args) -> Outcome {
         ..Settings::new(batch, optimizer.lr)
     };
     let mut store = train::init_store(&info, 0, Elem::F32).map_err(Failure::Message)?;
-    let data = train::synthetic(&info, batch, 0);
+    distributed::check_agreement(ranks, &loaded, &settings, &info, &store)?;
+    let data = train::synthetic(&info, batch * ranks.size(), 0);
     let timing = train::time_steps(
         &info,
         &settings,
@@ -68,8 +80,14 @@ pub fn run(args: Args) -> Outcome {
         &data,
         (WARMUP, args.steps),
         args.profile,
+        ranks,
     )
     .map_err(Failure::Message)?;
+    // Over several ranks, a step trains `batch` examples on each.
+    let global = batch * ranks.size();
+    let reduce = (!timing.reduce_seconds.is_empty()).then(|| {
+        timing.reduce_seconds.iter().sum::<f64>() / timing.step_seconds.iter().sum::<f64>()
+    });
     let (codegen_s, mut times) = (timing.compile_seconds, timing.step_seconds);
     times.sort_by(f64::total_cmp);
     let mean = times.iter().sum::<f64>() / times.len() as f64;
@@ -85,11 +103,13 @@ pub fn run(args: Args) -> Outcome {
             "step_ms": step_ms,
             "step_ms_median": median * 1e3,
             "step_ms_min": times[0] * 1e3,
-            "samples_per_s": batch as f64 / mean,
+            "samples_per_s": global as f64 / mean,
             "peak_rss_mb": peak_rss_mb,
             "threads": programs.threads,
             "batch": batch,
             "steps": args.steps,
+            "ranks": ranks.size(),
+            "all_reduce_share": reduce,
         }));
     } else {
         out!(
@@ -100,9 +120,19 @@ pub fn run(args: Args) -> Outcome {
             duration(median),
             duration(times[0]),
             args.steps,
-            batch as f64 / mean,
+            global as f64 / mean,
             peak_rss_mb.map_or("unknown".into(), |m| format!("{m:.0} MB"))
         );
+        if let Some(share) = reduce {
+            out!(
+                "{} ranks x {} thread{}, {global} examples a step; the all-reduce of {} values takes {:.1}% of the step (waiting for the slowest rank included)",
+                ranks.size(),
+                programs.threads,
+                if programs.threads == 1 { "" } else { "s" },
+                super::group(info.reduced),
+                share * 100.0
+            );
+        }
     }
     if let Some(kernels) = &timing.kernels {
         let peaks = nabla_kernels::peaks::measure(programs.threads);

@@ -10,6 +10,7 @@ macro_rules! out {
 pub mod bench;
 pub mod check;
 pub mod diff;
+pub mod distributed;
 pub mod eval;
 pub mod generate;
 pub mod gradcheck;
@@ -193,7 +194,8 @@ pub fn print_json(value: &serde_json::Value) {
 static STOP_WHEN_UNREAD: std::sync::OnceLock<&'static std::sync::atomic::AtomicBool> =
     std::sync::OnceLock::new();
 
-/// Whether the reader of standard output has gone.
+/// Whether the reader of standard output has gone (or this rank of a distributed run stays
+/// silent).
 static STDOUT_GONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Stops the command by `flag` (see [`STOP_WHEN_UNREAD`]) when its output is no longer read.
@@ -214,6 +216,11 @@ pub fn reader_gone(what: &str) {
 }
 
 /// Writes one line to stdout; when the reader has gone away, see [`reader_gone`].
+/// Stops every later [`out!`] line: ranks but 0 of a distributed run print nothing.
+pub fn mute_stdout() {
+    STDOUT_GONE.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
 pub fn write_stdout(line: &str) {
     use std::io::Write;
     use std::sync::atomic::Ordering;

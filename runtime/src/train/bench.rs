@@ -5,7 +5,9 @@ use std::time::Instant;
 use super::contract::{Compile, ModelInfo};
 use super::programs::{ProgramKind, Runner};
 use super::settings::{Settings, check_batch};
+use super::step::Stepper;
 use super::store::{Store, feed_step_scalars, insert_step_scalars};
+use crate::collective::Collective;
 use crate::data::Dataset;
 use crate::{KernelNote, Rng};
 
@@ -43,10 +45,12 @@ pub fn synthetic(info: &ModelInfo, rows: usize, seed: u64) -> Dataset {
 }
 
 /// Times training steps for benchmarks: `warmup` untimed steps, then `steps` timed ones, all
-/// on the first `settings.batch` examples of `data` (no shuffling, no metrics). Returns the
-/// compilation's seconds, each timed step's, and with `profile` each kernel's note and its
-/// mean seconds per step, timed in extra steps of their own (so that the clock reads around
-/// every kernel leave the step times alone).
+/// on the first `settings.batch` examples of `data` on each of `ranks` (no shuffling, no
+/// metrics). Returns the compilation's seconds, each timed step's (and, over several ranks,
+/// the seconds of its all-reduce), and with `profile` each kernel's note and its mean seconds
+/// per step, timed in extra steps of their own (so that the clock reads around every kernel
+/// leave the step times alone).
+#[allow(clippy::too_many_arguments)]
 pub fn time_steps(
     info: &ModelInfo,
     settings: &Settings,
@@ -55,29 +59,34 @@ pub fn time_steps(
     data: &Dataset,
     (warmup, steps): (usize, usize),
     profile: bool,
+    ranks: &dyn Collective,
 ) -> Result<Timing, String> {
     let mut trainer = Runner::new(ProgramKind::Train, settings.elem);
     insert_step_scalars(info, settings.elem, store);
-    let rows: Vec<usize> = (0..settings.batch.min(data.rows)).collect();
-    check_batch(rows.len(), info)?;
+    check_batch(settings.batch.min(data.rows), info)?;
+    let rows: Vec<usize> = (0..(settings.batch * ranks.size()).min(data.rows)).collect();
+    let mut stepper = Stepper::new(ranks, info, settings.elem, store)?;
     let started = Instant::now();
-    trainer.compile(compile, info, rows.len())?;
+    stepper.compile(&mut trainer, compile, info, &rows)?;
     let compile_seconds = started.elapsed().as_secs_f64();
     let mut step_seconds = Vec::with_capacity(steps);
-    let mut step = |trainer: &mut Runner, k: usize| -> Result<f64, String> {
+    let mut reduce_seconds = Vec::new();
+    let mut step = |trainer: &mut Runner, k: usize| -> Result<(f64, Option<f64>), String> {
         feed_step_scalars(info, settings.lr, k, store);
         let started = Instant::now();
-        trainer.run(compile, info, data, &rows, store, Some((settings.seed, k)))?;
-        Ok(started.elapsed().as_secs_f64())
+        let draw = (settings.seed, k);
+        stepper.step(trainer, compile, info, data, &rows, store, draw, &|| false)?;
+        Ok((started.elapsed().as_secs_f64(), stepper.reduce_seconds()))
     };
     for k in 0..warmup + steps {
-        let seconds = step(&mut trainer, k)?;
+        let (seconds, reducing) = step(&mut trainer, k)?;
         if k >= warmup {
             step_seconds.push(seconds);
+            reduce_seconds.extend(reducing);
         }
     }
     let mut kernels = None;
-    if profile {
+    if profile && ranks.size() == 1 {
         trainer.executable(rows.len()).profile();
         for k in warmup + steps..warmup + 2 * steps {
             step(&mut trainer, k)?;
@@ -96,6 +105,7 @@ pub fn time_steps(
     Ok(Timing {
         compile_seconds,
         step_seconds,
+        reduce_seconds,
         kernels,
     })
 }
@@ -106,6 +116,9 @@ pub struct Timing {
     pub compile_seconds: f64,
     /// Each timed step's seconds.
     pub step_seconds: Vec<f64>,
+    /// Over several ranks, the seconds each timed step spent in its all-reduce (waiting for
+    /// the slowest rank included).
+    pub reduce_seconds: Vec<f64>,
     /// With profiling, each kernel's note and mean seconds per step, in program order.
     pub kernels: Option<Vec<(KernelNote, f64)>>,
 }

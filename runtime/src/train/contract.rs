@@ -66,6 +66,9 @@ pub struct ModelInfo {
     /// whose unbiased variance of one example is undefined; else 1). A last partial batch
     /// with fewer is left out of each epoch, and a smaller `batch` is refused.
     pub min_batch: usize,
+    /// Elements a data-parallel step sums over ranks ([`REDUCED`]): every trained
+    /// parameter's gradient, then every updated layer state.
+    pub reduced: usize,
 }
 
 impl ModelInfo {
@@ -125,6 +128,14 @@ pub trait Compile {
     /// Forward and backward without an update: outputs `loss` and, per parameter `p`, its
     /// gradient as [`gradient_name`]`(p)`.
     fn gradients(&mut self, batch: usize) -> Result<Program, String>;
+    /// Data-parallel training's local step at `batch` (this rank's shard): forward and
+    /// backward, outputs `loss` and `prediction`, and every parameter's gradient and updated
+    /// layer state, times the scalar input [`SHARE`], written into its part of the packed
+    /// buffer [`REDUCED`] ([`ModelInfo::reduced`] elements).
+    fn local_step(&mut self, batch: usize) -> Result<Program, String>;
+    /// Data-parallel training's update from the sums in [`REDUCED`]: the optimizer's step and
+    /// the layer state, the same on every rank.
+    fn update(&mut self) -> Result<Program, String>;
     /// The bytes an evaluation program's temporaries take at `batch`, estimated without
     /// compiling it (an upper bound).
     fn evaluation_bytes(&mut self, batch: usize) -> Result<u64, String>;
@@ -145,6 +156,13 @@ pub fn evaluation_batch(compile: &mut dyn Compile) -> Result<usize, String> {
     let affordable = EVAL_MEMORY.saturating_sub(one) / per_example;
     Ok((affordable as usize).clamp(1, EVAL_BATCH))
 }
+
+/// What a data-parallel step sums over ranks (gradients, layer state), packed into one buffer
+/// so that one all-reduce sums it.
+pub const REDUCED: &str = "#reduced";
+
+/// The scalar input of a data-parallel local step: the rank's examples over the global batch's.
+pub const SHARE: &str = "#share";
 
 /// The output name of parameter `param`'s gradient in [`Compile::gradients`] programs.
 pub fn gradient_name(param: &str) -> String {

@@ -4,6 +4,7 @@
 use super::contract::{Compile, ModelInfo, PredictionKind};
 use super::programs::{ProgramKind, Runner};
 use super::store::Store;
+use crate::collective::{Alone, Collective, shard};
 use crate::data::Dataset;
 use crate::{Buffer, Elem, Executable};
 
@@ -104,6 +105,31 @@ impl Tally {
         self.examples += rows.len();
     }
 
+    /// Adds `other`'s sums to these.
+    pub(super) fn merge(&mut self, other: &Tally) {
+        self.loss += other.loss;
+        self.correct += other.correct;
+        self.examples += other.examples;
+    }
+
+    /// Adds a step's mean `loss` over `examples`, of which `correct` were predicted right.
+    pub(super) fn add_step(&mut self, loss: f64, correct: usize, examples: usize) {
+        self.loss += loss * examples as f64;
+        self.correct += correct;
+        self.examples += examples;
+    }
+
+    /// These sums added up over every rank.
+    fn summed(&self, ranks: &dyn Collective) -> Tally {
+        let mut sums = [self.loss, self.correct as f64, self.examples as f64];
+        ranks.sum_f64(&mut sums);
+        Tally {
+            loss: sums[0],
+            correct: sums[1] as usize,
+            examples: sums[2] as usize,
+        }
+    }
+
     pub(super) fn loss(&self) -> f64 {
         self.loss / self.examples.max(1) as f64
     }
@@ -160,24 +186,31 @@ pub fn evaluate(
     data: &Dataset,
 ) -> Result<(f64, Option<f64>), String> {
     let mut runner = Runner::new(ProgramKind::Evaluate, elem);
-    evaluate_with(&mut runner, compile, info, store, data)
+    evaluate_with(&mut runner, compile, info, store, data, &Alone)
 }
 
-/// [`evaluate`] with programs cached in `runner`.
+/// [`evaluate`] with programs cached in `runner`, each rank of `ranks` evaluating its shard of
+/// the examples and the sums added up over ranks, so that every rank gets the whole set's
+/// metrics.
 pub(super) fn evaluate_with(
     runner: &mut Runner,
     compile: &mut dyn Compile,
     info: &ModelInfo,
     store: &mut Store,
     data: &Dataset,
+    ranks: &dyn Collective,
 ) -> Result<(f64, Option<f64>), String> {
-    let rows: Vec<usize> = (0..data.rows).collect();
+    let all: Vec<usize> = (0..data.rows).collect();
+    let rows = shard(&all, ranks.rank(), ranks.size());
     let mut tally = Tally::default();
-    for chunk in rows.chunks(runner.evaluation_chunk(compile, data.rows)?) {
-        runner.keep_only(chunk.len());
-        let exe = runner.run(compile, info, data, chunk, store, None)?;
-        tally.add(info, exe, data, chunk);
+    if !rows.is_empty() {
+        for chunk in rows.chunks(runner.evaluation_chunk(compile, rows.len())?) {
+            runner.keep_only(chunk.len());
+            let exe = runner.run(compile, info, data, chunk, store, None)?;
+            tally.add(info, exe, data, chunk);
+        }
     }
+    let tally = tally.summed(ranks);
     Ok((tally.loss(), tally.accuracy(info)))
 }
 

@@ -8,7 +8,7 @@
 //!
 //! One file per concern: [`contract`] (what the compiler tells the loop), [`settings`],
 //! [`store`] (the buffers by name), [`programs`] (compiled once per batch size), [`metrics`],
-//! [`run`] (the loop), [`replay`] (the divergence guard's search for the culprit) and [`bench`].
+//! [`run`] (the loop), [`step`] (one step, in one process or data-parallel), [`replay`] (the divergence guard's search for the culprit) and [`bench`].
 
 mod bench;
 mod contract;
@@ -17,11 +17,13 @@ mod programs;
 mod replay;
 mod run;
 mod settings;
+mod step;
 mod store;
 
 pub use bench::{Timing, synthetic, time_steps};
 pub use contract::{
-    BiasCorrection, Compile, Feed, Mask, ModelInfo, ParamInfo, PredictionKind, gradient_name, numel,
+    BiasCorrection, Compile, Feed, Mask, ModelInfo, ParamInfo, PredictionKind, REDUCED, SHARE,
+    gradient_name, numel,
 };
 pub use metrics::{Report, Tally, any_f64, evaluate, predict};
 pub use run::{
@@ -65,6 +67,7 @@ mod tests {
             bias_correction: None,
             lr_name: "lr".into(),
             min_batch: 1,
+            reduced: 0,
             masks,
         }
     }

@@ -24,6 +24,8 @@ pub(super) enum ProgramKind {
     Evaluate,
     Predict,
     Gradients,
+    /// A data-parallel rank's forward and backward pass.
+    LocalStep,
 }
 
 impl Runner {
@@ -71,8 +73,12 @@ impl Runner {
             ProgramKind::Evaluate => compile.evaluate(batch),
             ProgramKind::Predict => compile.predict(batch),
             ProgramKind::Gradients => compile.gradients(batch),
+            ProgramKind::LocalStep => compile.local_step(batch),
         }?;
-        let masked = matches!(self.kind, ProgramKind::Train | ProgramKind::Gradients);
+        let masked = matches!(
+            self.kind,
+            ProgramKind::Train | ProgramKind::Gradients | ProgramKind::LocalStep
+        );
         let masks = info.masks.iter().filter(|_| masked);
         let fed = info.feeds.iter().map(|f| (&f.name, f.row_len));
         let inputs = fed

@@ -11,8 +11,10 @@ use super::settings::{
     EarlyStopping, Settings, check_batch, check_early_stopping, epoch_batches, steps_per_epoch,
     total_steps,
 };
+use super::step::Stepper;
 use super::store::{Store, feed_step_scalars, first_non_finite, insert_step_scalars, snapshot};
 use crate::Rng;
+use crate::collective::Collective;
 use crate::data::Dataset;
 
 /// Training data, and the data evaluated after every epoch.
@@ -23,6 +25,9 @@ pub struct Data<'a> {
     pub validation: Option<&'a Dataset>,
     /// Examples to report on (never used to make a decision).
     pub test: Option<&'a Dataset>,
+    /// The processes sharing the work: each trains on its shard of every batch and evaluates
+    /// its shard of the held-out sets ([`crate::Alone`]: one process).
+    pub ranks: &'a dyn Collective,
 }
 
 /// Where training stands after a step, for progress bars.
@@ -70,6 +75,15 @@ pub struct Position {
     pub best_epoch: usize,
     /// Early stopping: epochs since the last improvement.
     pub wait: usize,
+    /// The ranks of the data-parallel run that wrote it (1: one process; 0 in a position no
+    /// run has set yet).
+    #[serde(default = "one")]
+    pub ranks: usize,
+}
+
+/// Checkpoints written before data-parallel training came from one process.
+fn one() -> usize {
+    1
 }
 
 /// A run's state: its position and, with early stopping's `restore_best`, the best epoch's
@@ -96,6 +110,16 @@ pub enum Finish {
     },
     /// [`Hooks::stop`] asked to stop.
     Interrupted,
+}
+
+/// The divergence in (0-based) `epoch` at (0-based) `step`.
+fn diverged(epoch: usize, step: usize, first: NonFinite, lr: f64) -> TrainError {
+    TrainError::Diverged(Divergence {
+        epoch: epoch + 1,
+        step: step + 1,
+        first,
+        lr,
+    })
 }
 
 /// The first non-finite value of a diverging run.
@@ -211,6 +235,15 @@ pub fn train(
     hooks: Hooks,
 ) -> Result<Finish, TrainError> {
     check_early_stopping(info, settings, &data)?;
+    let ranks = data.ranks;
+    let size = ranks.size();
+    if state.position.step > 0 && state.position.ranks.max(1) != size {
+        return Err(TrainError::Failed(format!(
+            "the checkpoint was written by a run on {} rank(s) and this run has {size}: resume it on {0} (each rank's share of every batch, and so every step, depends on the number of ranks)",
+            state.position.ranks.max(1)
+        )));
+    }
+    state.position.ranks = size;
     let Hooks {
         on_report,
         on_batch,
@@ -218,14 +251,18 @@ pub fn train(
         stop,
     } = hooks;
     let rows = data.train.rows;
-    let batch = settings.batch.max(1);
-    check_batch(batch, info)?;
-    let per_epoch = steps_per_epoch(rows, batch, info.min_batch);
+    check_batch(settings.batch.max(1), info)?;
+    // With several ranks, `batch` is each rank's: the global batch is `size` times larger, and
+    // a last partial batch is trained when every rank gets at least `min_batch` of it.
+    let batch = settings.batch.max(1) * size;
+    let min_batch = info.min_batch * size;
+    let per_epoch = steps_per_epoch(rows, batch, min_batch);
     let total = total_steps(settings, per_epoch)?;
     let started = Instant::now();
     let earlier_seconds = state.position.seconds;
     let seconds = || earlier_seconds + started.elapsed().as_secs_f64();
     let mut runners = Runners::new(settings.elem);
+    let mut stepper = Stepper::new(ranks, info, settings.elem, store)?;
     let mut epoch_start = Store::default();
     insert_step_scalars(info, settings.elem, store);
     while state.position.step < total {
@@ -246,8 +283,7 @@ pub fn train(
             rate: &rate,
         };
         let first_step = epoch * per_epoch;
-        for chunk in
-            epoch_batches(&order, batch, info.min_batch).skip(state.position.step - first_step)
+        for chunk in epoch_batches(&order, batch, min_batch).skip(state.position.step - first_step)
         {
             if state.position.step == total {
                 break;
@@ -255,19 +291,22 @@ pub fn train(
             let step = state.position.step;
             let lr = rate(step);
             feed_step_scalars(info, lr, step, store);
-            let draw = Some((settings.seed, step));
-            let exe = runners
-                .train
-                .run(compile, info, data.train, chunk, store, draw)?;
-            let loss = exe.output("loss").map(|l| l.get(0));
+            let outcome = stepper.step(
+                &mut runners.train,
+                compile,
+                info,
+                data.train,
+                chunk,
+                store,
+                (settings.seed, step),
+                stop,
+            )?;
             if step == 0 {
-                let mut first = Tally::default();
-                first.add(info, exe, data.train, chunk);
                 on_report(&Report {
                     epoch: 0,
                     step: 0,
-                    loss: first.loss(),
-                    accuracy: first.accuracy(info),
+                    loss: outcome.tally.loss(),
+                    accuracy: outcome.tally.accuracy(info),
                     test_loss: None,
                     test_accuracy: None,
                     val_loss: None,
@@ -276,11 +315,14 @@ pub fn train(
                     seconds: seconds(),
                 });
             }
-            state.position.tally.add(info, exe, data.train, chunk);
+            state.position.tally.merge(&outcome.tally);
             state.position.step += 1;
-            if settings.guard && loss.is_some_and(|l| !l.is_finite()) {
-                let chunks =
-                    epoch_batches(&order, batch, info.min_batch).skip(replay.from - first_step);
+            if settings.guard && outcome.loss.is_some_and(|l| !l.is_finite()) {
+                if stepper.is_parallel() {
+                    let first = NonFinite::Loss(outcome.loss.unwrap_or(f64::NAN));
+                    return Err(diverged(epoch, step, first, lr));
+                }
+                let chunks = epoch_batches(&order, batch, min_batch).skip(replay.from - first_step);
                 return Err(replay.run(
                     info,
                     compile,
@@ -297,21 +339,28 @@ pub fn train(
                 running_loss: state.position.tally.loss(),
                 seconds: seconds(),
             });
-            if stop() {
+            if outcome.stop {
                 state.position.seconds = seconds();
                 return Ok(Finish::Interrupted);
             }
         }
-        if settings.guard && first_non_finite(info, store).is_some() {
-            let chunks =
-                epoch_batches(&order, batch, info.min_batch).skip(replay.from - first_step);
+        if settings.guard
+            && let Some((name, index, value)) = first_non_finite(info, store)
+        {
+            if stepper.is_parallel() {
+                let first = NonFinite::Buffer { name, index, value };
+                let last = state.position.step - 1;
+                return Err(diverged(epoch, last, first, rate(last)));
+            }
+            let chunks = epoch_batches(&order, batch, min_batch).skip(replay.from - first_step);
             let last = state.position.step - 1;
             return Err(replay.run(info, compile, &mut runners, data.train, chunks, last, store));
         }
         let mut evaluate = |set: Option<&Dataset>| -> Result<(Option<f64>, Option<f64>), String> {
             match set {
                 Some(set) => {
-                    let (l, a) = evaluate_with(&mut runners.evaluate, compile, info, store, set)?;
+                    let runner = &mut runners.evaluate;
+                    let (l, a) = evaluate_with(runner, compile, info, store, set, ranks)?;
                     Ok((Some(l), a))
                 }
                 None => Ok((None, None)),

@@ -19,8 +19,9 @@ use nabla_runtime::data::Dataset;
 use nabla_runtime::resume::{self, Run};
 use nabla_runtime::text::VOCABULARY_KEY;
 use nabla_runtime::train::{self, Finish, NonFinite, Report, Settings, State, Store, TrainError};
-use nabla_runtime::{Elem, Schedule, checkpoint};
+use nabla_runtime::{Collective, Elem, Schedule, checkpoint};
 
+use super::distributed;
 use super::session::{Session, open};
 use super::{DEFAULT_BATCH, Failure, Outcome, PassFlags, count, group, plot};
 use outputs::{check_outputs, check_overwrites};
@@ -92,6 +93,11 @@ pub struct Args {
     /// Keep training through a non-finite loss or parameter instead of stopping.
     #[arg(long)]
     allow_nonfinite: bool,
+    /// Train data-parallel over the ranks of an MPI job (`mpirun -n N nabla train FILE
+    /// --distributed`): `--batch` examples per rank each step, one all-reduce of the gradients;
+    /// rank 0 prints and writes every file. Needs a build with `--features mpi`.
+    #[arg(long)]
+    distributed: bool,
     #[command(flatten)]
     passes: PassFlags,
 }
@@ -111,11 +117,32 @@ const LAST: &str = "last.safetensors";
 const BEST: &str = "best.safetensors";
 
 pub fn run(args: Args) -> Outcome {
+    let ranks = distributed::ranks(args.distributed)?;
+    let args = if distributed::leads() {
+        args
+    } else {
+        Args {
+            json: false,
+            quiet: true,
+            log_every: None,
+            checkpoint: None,
+            every: None,
+            save: None,
+            log: None,
+            plot: None,
+            ..args
+        }
+    };
+    train_on(args, &*ranks).map_err(|failure| distributed::fail(&*ranks, failure))
+}
+
+/// [`run`] on `ranks`.
+fn train_on(args: Args, ranks: &dyn Collective) -> Outcome {
     check_outputs(&args)?;
     let mut session = open(&args.file, args.config.as_deref())?;
     check_overwrites(&args, &session)?;
     session.programs.passes = args.passes.passes();
-    session.programs.threads = args.passes.threads();
+    session.programs.threads = distributed::threads(ranks, &args.passes);
     let mut settings = settings(&args, &session)?;
     session.check_memory(settings.batch)?;
     let planned_batch = settings.batch;
@@ -123,7 +150,8 @@ pub fn run(args: Args) -> Outcome {
     if settings.batch != planned_batch {
         session.check_memory(settings.batch)?;
     }
-    let data = RunData::load(&session, &settings, &state, resumed.as_ref())?;
+    distributed::check_agreement(ranks, &session.loaded, &settings, &session.info, &store)?;
+    let data = RunData::load(&session, &settings, &state, resumed.as_ref(), ranks.size())?;
     let run = Run {
         model: session.loaded.compiled.model.name.clone(),
         optimizer: session.spec.optimizer.describe(settings.lr),
@@ -133,8 +161,8 @@ pub fn run(args: Args) -> Outcome {
         epochs: settings.steps.is_none().then_some(settings.epochs),
         steps: settings.steps,
     };
-    if !args.json {
-        header(&args, &session, &settings, &data, &state);
+    if !args.json && distributed::leads() {
+        header(&args, &session, &settings, &data, &state, ranks.size());
     }
     let (finish, records) = train_with_hooks(
         &args,
@@ -142,8 +170,8 @@ pub fn run(args: Args) -> Outcome {
         &settings,
         &data,
         &run,
-        &mut store,
-        &mut state,
+        (&mut store, &mut state),
+        ranks,
     )?;
     if finish == Finish::Interrupted {
         return interrupted_run(
@@ -151,7 +179,7 @@ pub fn run(args: Args) -> Outcome {
             &session,
             &store,
             (&state, &run, data.metadata),
-            data.total_steps,
+            (data.total_steps, ranks.size()),
         );
     }
     conclude(
@@ -242,13 +270,14 @@ struct RunData {
 }
 
 impl RunData {
-    /// Loads the data and counts the steps, refusing a run with none left and a resumed
-    /// position that this data cannot reach.
+    /// Loads the data and counts the steps (of `settings.batch` examples on each of `ranks`),
+    /// refusing a run with none left and a resumed position that this data cannot reach.
     fn load(
         session: &Session,
         settings: &Settings,
         state: &State,
         resumed: Option<&Resumed>,
+        ranks: usize,
     ) -> Result<RunData, Failure> {
         let (train, validation) = session.train_and_validation_data(settings.seed)?;
         let metadata = train
@@ -257,8 +286,8 @@ impl RunData {
             .map(|v| (VOCABULARY_KEY.to_string(), v.to_metadata()))
             .collect();
         let test = session.test_data()?;
-        let min_batch = session.info.min_batch;
-        let per_epoch = train::steps_per_epoch(train.rows, settings.batch, min_batch);
+        let (batch, min_batch) = (settings.batch * ranks, session.info.min_batch * ranks);
+        let per_epoch = train::steps_per_epoch(train.rows, batch, min_batch);
         if per_epoch == 0 {
             return Err(Failure::Message(format!(
                 "{} has {} training example{}, too few for batch normalisation over features, which needs {min_batch} per step",
@@ -267,8 +296,8 @@ impl RunData {
                 if train.rows == 1 { "" } else { "s" }
             )));
         }
-        let left_out = train.rows % settings.batch;
-        if left_out > 0 && left_out < min_batch && settings.batch >= min_batch {
+        let left_out = train.rows % batch;
+        if left_out > 0 && left_out < min_batch && batch >= min_batch && distributed::leads() {
             eprintln!(
                 "note: each epoch's last batch would hold {left_out} example, too few for batch normalisation over features (its unbiased variance is undefined); it is left out of every epoch, a different one each time (PyTorch stops with an error)"
             );
@@ -316,8 +345,8 @@ fn train_with_hooks(
     settings: &Settings,
     data: &RunData,
     run: &Run,
-    store: &mut Store,
-    state: &mut State,
+    (store, state): (&mut Store, &mut State),
+    ranks: &dyn Collective,
 ) -> Result<(Finish, Vec<serde_json::Value>), Failure> {
     let interrupted = interrupt_flag();
     super::stop_when_unread(interrupted);
@@ -356,6 +385,7 @@ fn train_with_hooks(
             train: &data.train,
             validation: data.validation.as_ref(),
             test: data.test.as_ref(),
+            ranks,
         },
         state,
         train::Hooks {
@@ -417,7 +447,7 @@ fn conclude(
                 path.display()
             );
         }
-    } else if args.checkpoint.is_none() && !args.json {
+    } else if args.checkpoint.is_none() && !args.json && distributed::leads() {
         // Nothing is written unless asked (README says why), but nothing is lost silently.
         eprintln!(
             "note: the trained parameters were not saved: give `--save PATH` (or `--checkpoint DIR`) to keep them"
@@ -432,8 +462,15 @@ fn conclude(
     Ok(ExitCode::SUCCESS)
 }
 
-/// The first line: what is trained on what, and from where.
-fn header(args: &Args, session: &Session, settings: &Settings, data: &RunData, state: &State) {
+/// The first line: what is trained on what (over how many ranks), and from where.
+fn header(
+    args: &Args,
+    session: &Session,
+    settings: &Settings,
+    data: &RunData,
+    state: &State,
+    ranks: usize,
+) {
     let optimizer = session.spec.optimizer.describe(settings.lr);
     let (train_data, validation, test_data) =
         (&data.train, data.validation.as_ref(), data.test.as_ref());
@@ -460,6 +497,13 @@ fn header(args: &Args, session: &Session, settings: &Settings, data: &RunData, s
             None => count(settings.epochs, "epoch"),
         }
     );
+    if ranks > 1 {
+        out!(
+            "data-parallel over {ranks} ranks: batch {} per rank, {} a step",
+            settings.batch,
+            settings.batch * ranks
+        );
+    }
     if let Some(path) = &args.resume {
         out!("resuming {}, {}", path.display(), position(&state.position));
     }
@@ -495,7 +539,7 @@ fn interrupted_run(
     session: &Session,
     store: &Store,
     (state, run, metadata): (&State, &Run, HashMap<String, String>),
-    total_steps: usize,
+    (total_steps, ranks): (usize, usize),
 ) -> Outcome {
     let at = format!(
         "interrupted {} of {}",
@@ -511,16 +555,21 @@ fn interrupted_run(
         Some((path, resume_from)) => {
             resume::save(&path, &session.info, store, (state, run), metadata)
                 .map_err(Failure::Message)?;
+            let (launch, distributed) = match ranks {
+                1 => (String::new(), ""),
+                n => (format!("mpirun -n {n} "), " --distributed"),
+            };
             eprintln!(
-                "{at}: saved the run to {}; continue it with `nabla train {} --resume {}`",
+                "{at}: saved the run to {}; continue it with `{launch}nabla train {}{distributed} --resume {}`",
                 path.display(),
                 args.file.display(),
                 resume_from.display()
             );
         }
-        None => eprintln!(
+        None if distributed::leads() => eprintln!(
             "{at}: nothing saved (give --checkpoint DIR or --save PATH to keep interrupted work)"
         ),
+        None => {}
     }
     Ok(ExitCode::from(130))
 }
