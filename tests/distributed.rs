@@ -232,3 +232,19 @@ fn a_checkpoint_of_two_ranks_does_not_resume_on_one() {
         "{message}"
     );
 }
+
+/// Without the `mpi` feature, `--distributed` says how to get it instead of training alone.
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn distributed_without_mpi_says_how_to_build_it() {
+    for command in ["train", "bench"] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_nabla"))
+            .args([command, "examples/xor.nn", "--distributed"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .expect("nabla runs");
+        assert_eq!(output.status.code(), Some(1));
+        let text = String::from_utf8_lossy(&output.stderr);
+        assert!(text.contains("cargo build --release --features mpi"), "{text}");
+    }
+}
