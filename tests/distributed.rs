@@ -245,6 +245,9 @@ fn distributed_without_mpi_says_how_to_build_it() {
             .expect("nabla runs");
         assert_eq!(output.status.code(), Some(1));
         let text = String::from_utf8_lossy(&output.stderr);
-        assert!(text.contains("cargo build --release --features mpi"), "{text}");
+        assert!(
+            text.contains("cargo build --release --features mpi"),
+            "{text}"
+        );
     }
 }
