@@ -78,14 +78,13 @@ fn run(mut command: Command) -> Output {
     )
 }
 
+/// `nabla train` with `args` in one process.
 fn one_process(args: &[&str]) -> Output {
-    let output = Command::new(env!("CARGO_BIN_EXE_nabla"))
+    Command::new(env!("CARGO_BIN_EXE_nabla"))
         .arg("train")
         .args(args)
         .output()
-        .expect("nabla runs");
-    assert!(output.status.success(), "{}", stderr(&output));
-    output
+        .expect("nabla runs")
 }
 
 fn stderr(o: &Output) -> String {
@@ -165,7 +164,7 @@ fn two_ranks_train_the_mnist_mlp_as_one_process_at_twice_the_batch_and_repeat_bi
         let mut args = vec![file];
         args.extend(common);
         args.extend([one.as_str(), "--batch", "64"]);
-        one_process(&args);
+        ok(one_process(&args));
         let d = difference(Path::new(&one), Path::new(&two));
         assert!(d.0 < largest && d.1 < l2, "{config}: {d:?} apart");
         distributed(&again);
@@ -218,13 +217,28 @@ fn start_checkpointing(file: &str, dir: &Path) -> Child {
     child
 }
 
-/// The uninterrupted run that [`start_checkpointing`] starts, saved to `to`.
-fn uninterrupted(file: &str, to: &Path) {
-    let to = to.to_str().expect("utf-8");
+/// Resumes the run [`start_checkpointing`] started in `dir` on 2 ranks, checks that it ends
+/// where the uninterrupted run does, and returns its checkpoint directory.
+fn resumes_as_uninterrupted(file: &str, dir: &Path) -> String {
+    let run_dir = dir.join("run").display().to_string();
+    let resumed = dir.join("resumed.safetensors");
+    let resumed_path = resumed.display().to_string();
+    ok(run(mpirun(
+        2,
+        &[file, "--resume", &run_dir, "--save", &resumed_path],
+    )));
+    let straight = dir.join("straight.safetensors");
+    let to = straight.to_str().expect("utf-8");
     ok(run(mpirun(
         2,
         &[file, "--epochs", "6", "--seed", "4", "--save", to],
     )));
+    assert_eq!(
+        tensors(&resumed),
+        tensors(&straight),
+        "resuming from the last checkpoint ends where the uninterrupted run does"
+    );
+    run_dir
 }
 
 #[test]
@@ -249,20 +263,7 @@ fn a_killed_rank_ends_the_job_within_seconds_and_the_last_checkpoint_resumes_bit
         "the message names the rank: {}",
         stderr(&output)
     );
-    let resumed = dir.join("resumed.safetensors");
-    let run_dir = dir.join("run").display().to_string();
-    let resumed_path = resumed.display().to_string();
-    ok(run(mpirun(
-        2,
-        &[file, "--resume", &run_dir, "--save", &resumed_path],
-    )));
-    let straight = dir.join("straight.safetensors");
-    uninterrupted(file, &straight);
-    assert_eq!(
-        tensors(&resumed),
-        tensors(&straight),
-        "resuming from the last checkpoint ends where the uninterrupted run does"
-    );
+    resumes_as_uninterrupted(file, &dir);
 }
 
 #[test]
@@ -280,29 +281,11 @@ fn ctrl_c_on_mpirun_saves_the_run_and_it_resumes_bit_for_bit() {
         text.contains("saved the run to") && text.contains("mpirun -n 2 nabla train"),
         "{text}"
     );
-    let resumed = dir.join("resumed.safetensors");
-    let run_dir = dir.join("run").display().to_string();
-    let resumed_path = resumed.display().to_string();
-    ok(run(mpirun(
-        2,
-        &[file, "--resume", &run_dir, "--save", &resumed_path],
-    )));
-    let straight = dir.join("straight.safetensors");
-    uninterrupted(file, &straight);
-    assert_eq!(tensors(&resumed), tensors(&straight));
-    let other = one_process_refuses(&[file, "--resume", &run_dir, "--epochs", "7"]);
+    let run_dir = resumes_as_uninterrupted(file, &dir);
+    let other = one_process(&[file, "--resume", &run_dir, "--epochs", "7"]);
+    assert!(!other.status.success());
+    let other = stderr(&other);
     assert!(other.contains("2 rank(s) and this run has 1"), "{other}");
-}
-
-/// The error of a one-process run that must fail.
-fn one_process_refuses(args: &[&str]) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_nabla"))
-        .arg("train")
-        .args(args)
-        .output()
-        .expect("nabla runs");
-    assert!(!output.status.success());
-    stderr(&output)
 }
 
 #[test]

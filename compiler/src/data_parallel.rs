@@ -84,7 +84,7 @@ pub fn local_step(
     }
     Ok(TrainStep {
         graph,
-        outputs: optim::step_outputs(model),
+        outputs: optim::loss_and_prediction(model),
         assignments,
     })
 }

@@ -225,13 +225,14 @@ pub fn apply(
     assignments.extend(layer_state_updates(model));
     Ok(TrainStep {
         graph,
-        outputs: step_outputs(model),
+        outputs: loss_and_prediction(model),
         assignments,
     })
 }
 
-/// The outputs of a step: `loss`, and `prediction` when the model has one.
-pub fn step_outputs(model: &Model) -> Vec<(String, NodeId)> {
+/// The outputs of a train step or an evaluation: `loss`, and `prediction` when the model has
+/// one.
+pub fn loss_and_prediction(model: &Model) -> Vec<(String, NodeId)> {
     let mut outputs = vec![("loss".to_string(), model.loss)];
     if let Some(p) = model.prediction {
         outputs.push(("prediction".to_string(), p.node));

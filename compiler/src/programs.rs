@@ -306,13 +306,6 @@ impl ModelPrograms {
     }
 }
 
-/// The outputs of an evaluation program: the loss, and the prediction when there is one.
-fn evaluation_outputs(model: &Model) -> Vec<(String, NodeId)> {
-    let mut outputs = vec![("loss".to_string(), model.loss)];
-    outputs.extend(model.prediction.map(|p| ("prediction".to_string(), p.node)));
-    outputs
-}
-
 /// The elements of a plan's own buffers (not its inputs, parameters or state).
 fn temporaries(plan: &crate::kernel::Plan) -> u64 {
     plan.buffers
@@ -349,7 +342,7 @@ impl Compile for ModelPrograms {
 
     fn evaluate(&mut self, batch: usize) -> Result<Program, String> {
         let model = bind(&self.eval, batch)?;
-        self.build(&model.graph, evaluation_outputs(&model), Vec::new())
+        self.build(&model.graph, optim::loss_and_prediction(&model), Vec::new())
             .map(|c| c.program)
     }
 
@@ -366,7 +359,7 @@ impl Compile for ModelPrograms {
 
     fn evaluation_bytes(&mut self, batch: usize) -> Result<u64, String> {
         let model = bind(&self.eval, batch)?;
-        let plan = pipeline::plan_unfused(&model.graph, &evaluation_outputs(&model), &[])
+        let plan = pipeline::plan_unfused(&model.graph, &optim::loss_and_prediction(&model), &[])
             .map_err(|e| e.to_string())?;
         Ok(temporaries(&plan) * self.elem.size() as u64)
     }
