@@ -21,6 +21,8 @@ enum Command {
     Check(commands::check::Args),
     /// Print a model's computation graph (forward or with gradients).
     Graph(commands::graph::Args),
+    /// Write an HTML page showing the model at every compiler stage, linked to its source.
+    Inspect(commands::inspect::Args),
     /// Differentiate a formula symbolically, e.g. `nabla diff "x^2 + 3*x*y" --wrt x,y --at x=1,y=2`.
     Diff(commands::diff::Args),
     /// Compare autodiff gradients with central finite differences.
@@ -64,6 +66,7 @@ fn main() -> ExitCode {
         .spawn(move || match cli.command {
             Command::Check(args) => commands::check::run(args),
             Command::Graph(args) => commands::graph::run(args),
+            Command::Inspect(args) => commands::inspect::run(args),
             Command::Diff(args) => commands::diff::run(args),
             Command::Gradcheck(args) => commands::gradcheck::run(args),
             Command::Train(args) => commands::train::run(args),

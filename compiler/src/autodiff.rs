@@ -61,6 +61,57 @@ pub fn differentiate_with(
     wrt: &[NodeId],
     rules: VjpRule,
 ) -> Result<Vec<NodeId>, AutodiffError> {
+    let grads = backward(graph, loss, wrt, rules)?;
+    in_order(graph, &grads, wrt)
+}
+
+/// [`differentiate`], also labelling the gradient of each named node that the loss depends on
+/// through `wrt` (`grad h1` for the binding `h1`), in the order given: the first name of a node
+/// sticks. Dumps, kernel titles, the profiler and the inspector say with it what a gradient is
+/// the gradient of. A gradient that is a shared constant (the loss's own, 1) keeps no name.
+pub fn differentiate_named(
+    graph: &mut Graph,
+    loss: NodeId,
+    wrt: &[NodeId],
+    names: &[(&str, NodeId)],
+) -> Result<Vec<NodeId>, AutodiffError> {
+    let grads = backward(graph, loss, wrt, vjp)?;
+    for (name, node) in names {
+        if let Some(&grad) = grads.get(node)
+            && !matches!(graph.op(grad), Op::Const(_))
+        {
+            graph.label(grad, &format!("grad {name}"));
+        }
+    }
+    in_order(graph, &grads, wrt)
+}
+
+/// The gradients of `wrt` from the map [`backward`] makes; zeros where the loss does not
+/// depend on a node.
+fn in_order(
+    graph: &mut Graph,
+    grads: &HashMap<NodeId, NodeId>,
+    wrt: &[NodeId],
+) -> Result<Vec<NodeId>, AutodiffError> {
+    wrt.iter()
+        .map(|&w| {
+            let grad = match grads.get(&w) {
+                Some(&g) => g,
+                None => graph.full(0.0, &graph.shape(w).clone())?,
+            };
+            Ok(grad)
+        })
+        .collect()
+}
+
+/// Adds the gradient nodes and returns, for every node on a path from `wrt` to the loss, its
+/// gradient.
+fn backward(
+    graph: &mut Graph,
+    loss: NodeId,
+    wrt: &[NodeId],
+    rules: VjpRule,
+) -> Result<HashMap<NodeId, NodeId>, AutodiffError> {
     if graph.shape(loss).rank() != 0 {
         return Err(AutodiffError::NonScalarLoss(graph.shape(loss).clone()));
     }
@@ -107,15 +158,7 @@ pub fn differentiate_with(
         }
     }
 
-    wrt.iter()
-        .map(|&w| {
-            let grad = match grads.get(&w) {
-                Some(&g) => g,
-                None => graph.full(0.0, &graph.shape(w).clone())?,
-            };
-            Ok(grad)
-        })
-        .collect()
+    Ok(grads)
 }
 
 /// The gradient of one slice of a node.

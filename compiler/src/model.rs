@@ -204,17 +204,21 @@ impl Model {
 }
 
 impl Model {
-    /// A copy of the graph with the gradient of the loss for every parameter added (labelled
-    /// `grad NAME`): `(graph, loss, gradients in parameter order)`.
+    /// A copy of the graph with the gradient of the loss for every parameter added:
+    /// `(graph, loss, gradients in parameter order)`. The gradients of parameters and of the
+    /// bindings between them and the loss are labelled `grad NAME` (a parameter's name first).
     pub fn gradient_graph(
         &self,
     ) -> Result<(Graph, NodeId, Vec<NodeId>), crate::autodiff::AutodiffError> {
         let mut graph = self.graph.clone();
         let params: Vec<NodeId> = self.params.iter().map(|p| p.node).collect();
-        let grads = crate::autodiff::differentiate(&mut graph, self.loss, &params)?;
-        for (p, &g) in self.params.iter().zip(&grads) {
-            graph.label(g, &format!("grad {}", p.name));
-        }
+        let names: Vec<(&str, NodeId)> = self
+            .params
+            .iter()
+            .map(|p| (p.name.as_str(), p.node))
+            .chain(self.bindings.iter().map(|b| (b.name.as_str(), b.node)))
+            .collect();
+        let grads = crate::autodiff::differentiate_named(&mut graph, self.loss, &params, &names)?;
         Ok((graph, self.loss, grads))
     }
 }

@@ -5,13 +5,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use nabla_compiler::programs::ModelPrograms;
-use nabla_runtime::train::{self, Settings};
+use nabla_runtime::train::{self, ModelInfo, Settings, Timing};
 use nabla_runtime::{Collective, Elem};
 use serde_json::json;
 
 use super::distributed;
 use super::{
-    Failure, Outcome, PassFlags, first_train, load_file, memory_diagnostic, print_json, profile,
+    Failure, Loaded, Outcome, PassFlags, first_train, load_file, memory_diagnostic, print_json,
+    profile,
 };
 
 #[derive(clap::Args)]
@@ -41,7 +42,7 @@ pub struct Args {
 }
 
 /// Steps run before timing starts (first-touch page faults, caches).
-const WARMUP: usize = 5;
+pub const WARMUP: usize = 5;
 
 pub fn run(args: Args) -> Outcome {
     let ranks = distributed::ranks(args.distributed)?;
@@ -54,35 +55,16 @@ fn bench_on(args: Args, ranks: &dyn Collective) -> Outcome {
     let loaded = load_file(&args.file)?;
     let parse_s = started.elapsed().as_secs_f64();
     let compiled = &loaded.compiled;
-    let (optimizer, train_batch) = first_train(compiled);
-    let batch = args.batch.unwrap_or(train_batch);
-    let mut programs = ModelPrograms::new(compiled.model.clone(), optimizer.clone(), Elem::F32);
-    programs.passes = args.passes.passes();
-    programs.threads = distributed::threads(ranks, &args.passes);
-    let memory = programs.memory(batch).map_err(Failure::Message)?;
-    let what = format!("benchmarking at batch {batch}");
-    if let Some(d) = memory_diagnostic(&loaded, &memory, &what, false) {
-        return Err(Failure::Diagnostics(loaded.render(&[d])));
-    }
-    let info = programs.info().map_err(Failure::Message)?;
-    let settings = Settings {
-        steps: Some(args.steps),
-        ..Settings::new(batch, optimizer.lr)
-    };
-    let mut store = train::init_store(&info, 0, Elem::F32).map_err(Failure::Message)?;
-    distributed::check_agreement(ranks, &loaded, &settings, &info, &store)?;
-    let data = train::synthetic(&info, batch * ranks.size(), 0);
-    let timing = train::time_steps(
-        &info,
-        &settings,
-        &mut programs,
-        &mut store,
-        &data,
+    let batch = args.batch.unwrap_or(first_train(compiled).1);
+    let threads = distributed::threads(ranks, &args.passes);
+    let (info, timing) = time(
+        &loaded,
+        batch,
+        (&args.passes, threads),
         (WARMUP, args.steps),
         args.profile,
         ranks,
-    )
-    .map_err(Failure::Message)?;
+    )?;
     // Over several ranks, a step trains `batch` examples on each.
     let global = batch * ranks.size();
     let reduce = (!timing.reduce_seconds.is_empty()).then(|| {
@@ -105,7 +87,7 @@ fn bench_on(args: Args, ranks: &dyn Collective) -> Outcome {
             "step_ms_min": times[0] * 1e3,
             "samples_per_s": global as f64 / mean,
             "peak_rss_mb": peak_rss_mb,
-            "threads": programs.threads,
+            "threads": threads,
             "batch": batch,
             "steps": args.steps,
             "ranks": ranks.size(),
@@ -127,23 +109,65 @@ fn bench_on(args: Args, ranks: &dyn Collective) -> Outcome {
             out!(
                 "{} ranks x {} thread{}, {global} examples a step; the all-reduce of {} values takes {:.1}% of the step (waiting for the slowest rank included)",
                 ranks.size(),
-                programs.threads,
-                if programs.threads == 1 { "" } else { "s" },
+                threads,
+                if threads == 1 { "" } else { "s" },
                 super::group(info.reduced),
                 share * 100.0
             );
         }
     }
     if let Some(kernels) = &timing.kernels {
-        let peaks = nabla_kernels::peaks::measure(programs.threads);
+        let peaks = nabla_kernels::peaks::measure(threads);
         let rows = profile::rows(kernels, &loaded);
         if args.json {
-            profile::print_json_lines(&rows, &peaks, programs.threads);
+            profile::print_json_lines(&rows, &peaks, threads);
         } else {
-            profile::print(&rows, &peaks, programs.threads);
+            profile::print(&rows, &peaks, threads);
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Times `steps` train steps of `loaded` at `batch` (after `warmup` untimed ones) on synthetic
+/// data, kernel by kernel with `profile`: `nabla bench` and `nabla inspect --profile`.
+pub fn time(
+    loaded: &Loaded,
+    batch: usize,
+    (passes, threads): (&PassFlags, usize),
+    (warmup, steps): (usize, usize),
+    profile: bool,
+    ranks: &dyn Collective,
+) -> Result<(ModelInfo, Timing), Failure> {
+    let (optimizer, _) = first_train(&loaded.compiled);
+    let mut programs =
+        ModelPrograms::new(loaded.compiled.model.clone(), optimizer.clone(), Elem::F32);
+    programs.passes = passes.passes();
+    programs.threads = threads;
+    let memory = programs.memory(batch).map_err(Failure::Message)?;
+    let what = format!("benchmarking at batch {batch}");
+    if let Some(d) = memory_diagnostic(loaded, &memory, &what, false) {
+        return Err(Failure::Diagnostics(loaded.render(&[d])));
+    }
+    let info = programs.info().map_err(Failure::Message)?;
+    let settings = Settings {
+        steps: Some(steps),
+        ..Settings::new(batch, optimizer.lr)
+    };
+    let mut store = train::init_store(&info, 0, Elem::F32).map_err(Failure::Message)?;
+    distributed::check_agreement(ranks, loaded, &settings, &info, &store)?;
+    let data = train::synthetic(&info, batch * ranks.size(), 0);
+    let timing = train::time_steps(
+        &info,
+        &settings,
+        &mut programs,
+        &mut store,
+        &data,
+        (warmup, steps),
+        profile,
+        ranks,
+    )
+    .map_err(Failure::Message)?;
+    Ok((info, timing))
 }
 
 /// `8.846 ms`, `1.3 µs`.

@@ -15,6 +15,8 @@ pub mod eval;
 pub mod generate;
 pub mod gradcheck;
 pub mod graph;
+pub mod inspect;
+pub mod origin;
 pub mod plot;
 pub mod predict;
 pub mod profile;

@@ -9,6 +9,7 @@ use nabla_runtime::KernelNote;
 use serde_json::json;
 
 use super::bench::duration;
+use super::origin::source_lines;
 use super::{Loaded, print_json};
 
 /// One kernel's line of the profile.
@@ -58,48 +59,17 @@ pub fn rows(kernels: &[(KernelNote, f64)], loaded: &Loaded) -> Vec<Row> {
     let mut rows: Vec<Row> = kernels
         .iter()
         .enumerate()
-        .map(|(index, (note, seconds))| {
-            let mut lines: Vec<usize> = note
-                .labels
-                .iter()
-                .filter_map(|label| source_line(loaded, label))
-                .collect();
-            lines.sort_unstable();
-            lines.dedup();
-            Row {
-                index,
-                title: note.title.clone(),
-                seconds: *seconds,
-                flops: note.flops,
-                bytes: note.bytes,
-                lines,
-            }
+        .map(|(index, (note, seconds))| Row {
+            index,
+            title: note.title.clone(),
+            seconds: *seconds,
+            flops: note.flops,
+            bytes: note.bytes,
+            lines: source_lines(loaded, &note.labels),
         })
         .collect();
     rows.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
     rows
-}
-
-/// The line of the source that a kernel's label comes from: a binding (`h1`), a parameter
-/// (`h1.w`, declared or created by its layer's call), or a gradient of either (`grad h1.w`);
-/// a layer's parameter that is not found names its binding (`c.2.w` is `c`'s).
-fn source_line(loaded: &Loaded, label: &str) -> Option<usize> {
-    let compiled = &loaded.compiled;
-    let mut name = label.strip_prefix("grad ").unwrap_or(label);
-    loop {
-        let binding = compiled.binding_spans.iter().find(|(n, _)| n == name);
-        let param = compiled
-            .model
-            .params
-            .iter()
-            .zip(&compiled.param_spans)
-            .find(|(p, _)| p.name == name);
-        if let Some(span) = binding.map(|(_, s)| s).or(param.map(|(_, s)| s)) {
-            let start = span.start.min(loaded.source.len());
-            return Some(loaded.source[..start].matches('\n').count() + 1);
-        }
-        name = &name[..name.rfind('.')?];
-    }
 }
 
 /// Prints the profile as a table.

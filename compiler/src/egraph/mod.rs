@@ -13,10 +13,11 @@ pub mod analysis;
 pub mod lang;
 pub mod rules;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use egg::{Id, Language, Runner};
+use egg::{Applier, Id, Language, PatternAst, Runner, SearchMatches, Subst, Symbol, Var};
 
 use crate::ir::{Graph, NodeId, Op, Shape, ShapeError};
 use analysis::{TensorAnalysis, TensorEGraph};
@@ -87,6 +88,7 @@ pub fn simplify(
 ) -> Result<Simplified, ShapeError> {
     let nodes = graph.ancestors(roots);
     let mut egraph = TensorEGraph::new(TensorAnalysis);
+    let changed = Arc::new(Mutex::new(Vec::new()));
     let mut class_of: HashMap<NodeId, Id> = HashMap::new();
     for &id in &nodes {
         let children = graph.operands(id).iter().map(|o| class_of[o]).collect();
@@ -103,7 +105,7 @@ pub fn simplify(
         .with_node_limit(nodes.len() + limits.nodes)
         .with_iter_limit(limits.iterations)
         .with_time_limit(limits.time)
-        .run(&rules::all(rules));
+        .run(&recorded(rules::all(rules), &changed));
     let mut fired: HashMap<String, usize> = HashMap::new();
     for iteration in &runner.iterations {
         for (rule, count) in &iteration.applied {
@@ -153,6 +155,13 @@ pub fn simplify(
         kept.rules_fired = rules_fired;
         return Ok(kept);
     }
+    name_rewrites(
+        &runner.egraph,
+        (graph, &nodes, &class_of),
+        &best,
+        (&mut out, &built),
+        &changed,
+    );
     // Names (bindings, gradients) survive where their value does.
     for &id in &nodes {
         let class = runner.egraph.find(class_of[&id]);
@@ -174,6 +183,103 @@ pub fn simplify(
         stop_reason,
         rules_fired,
     })
+}
+
+/// Wraps every rule's right-hand side so that it records which e-classes it changed.
+fn recorded(rules: Vec<rules::Rule>, changed: &Changes) -> Vec<rules::Rule> {
+    rules
+        .into_iter()
+        .map(|mut rule| {
+            rule.applier = Arc::new(Recorded {
+                applier: Arc::clone(&rule.applier),
+                changed: Arc::clone(changed),
+            });
+            rule
+        })
+        .collect()
+}
+
+/// The e-classes each rule application changed, with the rule's name.
+type Changes = Arc<Mutex<Vec<(Symbol, Id)>>>;
+
+/// A rule's right-hand side that remembers the e-classes it changed, so that every node of the
+/// simplified graph can name the rules that rewrote it.
+struct Recorded {
+    applier: Arc<dyn Applier<TensorNode, TensorAnalysis> + Sync + Send>,
+    changed: Changes,
+}
+
+impl Applier<TensorNode, TensorAnalysis> for Recorded {
+    fn apply_matches(
+        &self,
+        egraph: &mut TensorEGraph,
+        matches: &[SearchMatches<TensorNode>],
+        rule_name: Symbol,
+    ) -> Vec<Id> {
+        let ids = self.applier.apply_matches(egraph, matches, rule_name);
+        if let Ok(mut changed) = self.changed.lock() {
+            changed.extend(ids.iter().map(|&id| (rule_name, id)));
+        }
+        ids
+    }
+
+    fn apply_one(
+        &self,
+        egraph: &mut TensorEGraph,
+        eclass: Id,
+        subst: &Subst,
+        searcher_ast: Option<&PatternAst<TensorNode>>,
+        rule_name: Symbol,
+    ) -> Vec<Id> {
+        self.applier
+            .apply_one(egraph, eclass, subst, searcher_ast, rule_name)
+    }
+
+    fn get_pattern_ast(&self) -> Option<&PatternAst<TensorNode>> {
+        self.applier.get_pattern_ast()
+    }
+
+    fn vars(&self) -> Vec<Var> {
+        self.applier.vars()
+    }
+}
+
+/// Names, on every node of `out` that is not one of the input's nodes (its op or its operands'
+/// values changed), the rules that changed its e-class.
+fn name_rewrites(
+    egraph: &TensorEGraph,
+    (graph, nodes, class_of): (&Graph, &[NodeId], &HashMap<NodeId, Id>),
+    best: &HashMap<Id, (f64, TensorNode)>,
+    (out, built): (&mut Graph, &HashMap<Id, NodeId>),
+    changed: &Changes,
+) {
+    let canonical = |node: &TensorNode| node.clone().map_children(|c| egraph.find(c));
+    let original: HashSet<TensorNode> = nodes
+        .iter()
+        .map(|&id| {
+            canonical(&TensorNode {
+                op: graph.op(id).clone(),
+                children: graph.operands(id).iter().map(|o| class_of[o]).collect(),
+            })
+        })
+        .collect();
+    let mut rules_of: HashMap<Id, BTreeSet<String>> = HashMap::new();
+    if let Ok(changed) = changed.lock() {
+        for (rule, id) in changed.iter() {
+            rules_of
+                .entry(egraph.find(*id))
+                .or_default()
+                .insert(rule.to_string());
+        }
+    }
+    for (class, &node) in built {
+        if original.contains(&canonical(&best[class].1)) {
+            continue;
+        }
+        if let Some(rules) = rules_of.get(class) {
+            out.rewritten(node, rules.iter().cloned());
+        }
+    }
 }
 
 /// The cheapest node of every e-class, by [`node_cost`] summed over its term. Classes are relaxed in id order,

@@ -57,6 +57,9 @@ pub struct Node {
     /// The DSL built-in whose result this node is (`relu`, `cross_entropy`), shown in dumps and
     /// kernel titles instead of the primitive.
     pub builtin: Option<String>,
+    /// The rewrite rules that made this node other than what the graph it was simplified from
+    /// computed (`div-const`), for the inspector; empty for most nodes.
+    pub rewrites: Vec<String>,
 }
 
 /// A computation graph. Every node holds its operands in order; the petgraph edges (one per
@@ -89,6 +92,7 @@ impl Graph {
             shape,
             label: None,
             builtin: None,
+            rewrites: Vec::new(),
         });
         for &o in operands {
             self.inner.add_edge(o, id, ());
@@ -209,7 +213,7 @@ impl Graph {
         Ok((out, new_id))
     }
 
-    /// Gives `copy` the label and built-in tag that `id` has in `source`.
+    /// Gives `copy` the label, built-in tag and rewrites that `id` has in `source`.
     pub fn tag_like(&mut self, copy: NodeId, source: &Graph, id: NodeId) {
         let node = source.get(id);
         if let Some(label) = &node.label {
@@ -217,6 +221,17 @@ impl Graph {
         }
         if let Some(builtin) = &node.builtin {
             self.tag_builtin(copy, builtin);
+        }
+        self.rewritten(copy, node.rewrites.iter().cloned());
+    }
+
+    /// Records the rules that rewrote a node (each once).
+    pub fn rewritten(&mut self, id: NodeId, rules: impl IntoIterator<Item = String>) {
+        let known = &mut self.inner[id].rewrites;
+        for rule in rules {
+            if !known.contains(&rule) {
+                known.push(rule);
+            }
         }
     }
 
@@ -439,6 +454,7 @@ impl Graph {
             shape,
             label: None,
             builtin: None,
+            rewrites: Vec::new(),
         });
         for &o in operands {
             let from = if o.index() < self.inner.node_count() {

@@ -31,6 +31,9 @@ pub struct Report {
     pub lr: f64,
     /// Seconds since training started.
     pub seconds: f64,
+    /// With early stopping, the epoch whose monitored value is the best so far (this one when
+    /// it improved).
+    pub best_epoch: Option<usize>,
 }
 
 /// Running sums of loss and correct predictions.

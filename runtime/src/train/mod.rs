@@ -54,6 +54,7 @@ mod tests {
             val_accuracy: None,
             lr: 0.1,
             seconds: 0.0,
+            best_epoch: None,
         }
     }
 

@@ -313,6 +313,7 @@ pub fn train(
                     val_accuracy: None,
                     lr,
                     seconds: seconds(),
+                    best_epoch: None,
                 });
             }
             state.position.tally.merge(&outcome.tally);
@@ -371,7 +372,7 @@ pub fn train(
         let tally = std::mem::take(&mut state.position.tally);
         state.position.epoch = epoch + 1;
         state.position.seconds = seconds();
-        let report = Report {
+        let mut report = Report {
             epoch: state.position.epoch,
             step: state.position.step,
             loss: tally.loss(),
@@ -383,12 +384,17 @@ pub fn train(
             // The rate of the epoch's last step.
             lr: rate(state.position.step.saturating_sub(1)),
             seconds: state.position.seconds,
+            best_epoch: None,
         };
-        on_report(&report);
         let stopped = match &settings.early_stopping {
-            Some(es) => watch(es, &report, info, store, state),
+            Some(es) => {
+                let stopped = watch(es, &report, info, store, state);
+                report.best_epoch = Some(state.position.best_epoch);
+                stopped
+            }
             None => None,
         };
+        on_report(&report);
         on_epoch(
             state,
             store,

@@ -29,6 +29,10 @@ pub struct Metrics {
     pub points: [Vec<(f64, f64)>; 6],
     /// Values that are not finite, by key: how many, and the first epoch with one.
     pub left_out: [(usize, u64); 6],
+    /// `(epoch, learning rate)` for every line that has a finite rate.
+    pub lr: Vec<(f64, f64)>,
+    /// The best epoch the last line names, when the run used early stopping.
+    pub best_epoch: Option<u64>,
 }
 
 impl Metrics {
@@ -66,6 +70,14 @@ impl Metrics {
             parsed.val_accuracy,
             parsed.test_accuracy,
         ];
+        if let Some(Ok(lr)) = parsed.lr.value(false)
+            && lr.is_finite()
+        {
+            self.lr.push((epoch as f64, lr));
+        }
+        if parsed.best_epoch.is_some() {
+            self.best_epoch = parsed.best_epoch;
+        }
         for (i, reading) in readings.into_iter().enumerate() {
             match reading.value(KEYS[i] == "loss") {
                 None => {}
@@ -102,6 +114,9 @@ struct Line {
     val_accuracy: Reading,
     #[serde(default)]
     test_accuracy: Reading,
+    #[serde(default)]
+    lr: Reading,
+    best_epoch: Option<u64>,
 }
 
 /// A value as JSON output writes it: a number, the text of a non-finite one, or `null` for

@@ -7,7 +7,7 @@
 //! This file is long because curves and decision regions share their axes, scales and font;
 //! reading a log is [`log`]'s.
 
-mod log;
+pub mod log;
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};

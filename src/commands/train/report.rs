@@ -219,13 +219,18 @@ impl TermLike for Margin {
 }
 
 /// One report as the JSON object `--json` prints and `--log` writes.
+/// With early stopping it also names the best epoch so far (`best_epoch`).
 fn record(r: &Report) -> serde_json::Value {
-    json!({
+    let mut record = json!({
         "epoch": r.epoch, "step": r.step, "loss": number(r.loss), "accuracy": optional(r.accuracy),
         "val_loss": optional(r.val_loss), "val_accuracy": optional(r.val_accuracy),
         "test_loss": optional(r.test_loss), "test_accuracy": optional(r.test_accuracy),
         "lr": number(r.lr), "seconds": r.seconds,
-    })
+    });
+    if let Some(best) = r.best_epoch {
+        record["best_epoch"] = json!(best);
+    }
+    record
 }
 
 /// `--log FILE`: one JSON line per report, appended and flushed as it comes, so earlier lines
