@@ -37,6 +37,8 @@ enum Command {
     Generate(commands::generate::Args),
     /// Time compilation and train steps on synthetic data of the model's shapes.
     Bench(commands::bench::Args),
+    /// Write a trained model's prediction as a file other runtimes run (ONNX).
+    Export(commands::export::Args),
     /// Draw loss and accuracy curves from a `--log` file, or a 2-D model's decision boundary.
     Plot(commands::plot::Args),
     /// List the tensors of a weights file or checkpoint with summary statistics.
@@ -66,6 +68,7 @@ fn main() -> ExitCode {
         .spawn(move || match cli.command {
             Command::Check(args) => commands::check::run(args),
             Command::Graph(args) => commands::graph::run(args),
+            Command::Export(args) => commands::export::run(args),
             Command::Inspect(args) => commands::inspect::run(args),
             Command::Diff(args) => commands::diff::run(args),
             Command::Gradcheck(args) => commands::gradcheck::run(args),

@@ -5,8 +5,7 @@
 #
 #   benches/peers/run.sh [--steps N]
 #
-# The virtualenv lives outside the repository, in $NABLA_PEERS_VENV (default
-# ~/.cache/nabla/peers-venv), and is made on first use from requirements.txt.
+# The virtualenv lives outside the repository (benches/peers/venv.sh).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 steps=200
@@ -16,11 +15,6 @@ while [ $# -gt 0 ]; do
     *) echo "unknown argument $1" >&2; exit 1 ;;
   esac
 done
-venv="${NABLA_PEERS_VENV:-$HOME/.cache/nabla/peers-venv}"
-if [ ! -x "$venv/bin/python" ]; then
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --upgrade pip
-  "$venv/bin/pip" install --quiet -r benches/peers/requirements.txt
-fi
+source benches/peers/venv.sh
 cargo build --release --locked --quiet
 "$venv/bin/python" benches/peers/compare.py --steps "$steps"

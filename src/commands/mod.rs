@@ -12,6 +12,7 @@ pub mod check;
 pub mod diff;
 pub mod distributed;
 pub mod eval;
+pub mod export;
 pub mod generate;
 pub mod gradcheck;
 pub mod graph;

@@ -164,6 +164,17 @@ impl Graph {
         self.inner.node_indices().collect()
     }
 
+    /// The nodes that read `id`, each once, in ascending order.
+    pub fn users(&self, id: NodeId) -> Vec<NodeId> {
+        let mut users: Vec<NodeId> = self
+            .inner
+            .neighbors_directed(id, Direction::Outgoing)
+            .collect();
+        users.sort_unstable();
+        users.dedup();
+        users
+    }
+
     /// The nodes `roots` depend on (themselves included), in topological order.
     pub fn ancestors(&self, roots: &[NodeId]) -> Vec<NodeId> {
         let mut seen = vec![false; self.inner.node_count()];
