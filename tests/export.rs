@@ -91,11 +91,20 @@ fn tract_outputs(path: &Path, shape: &[usize], rows: &[Vec<f64>], indices: bool)
         .collect()
 }
 
-/// Trains `example` for two steps, exports it, and compares tract's outputs on three rows with
-/// `nabla predict`'s.
+/// Trains `example` (a name under `examples/`, or a path) for two steps, exports it, and
+/// compares tract's outputs on three rows with `nabla predict`'s.
 fn exported_matches_predict(example: &str, vocab: Option<usize>) {
-    let dir = scratch(example);
-    let file = format!("examples/{example}.nn");
+    let file = if example.ends_with(".nn") {
+        example.to_string()
+    } else {
+        format!("examples/{example}.nn")
+    };
+    let name = Path::new(&file)
+        .file_stem()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let dir = scratch(&name);
     let weights = dir.join("w.safetensors");
     let onnx = dir.join("model.onnx");
     let (w, o) = (weights.to_str().unwrap(), onnx.to_str().unwrap());
@@ -198,23 +207,59 @@ fn the_gpt_runs_in_tract_as_in_nabla() {
 }
 
 #[test]
-fn what_cannot_be_exported_is_a_located_error() {
-    let dir = scratch("unsupported");
+fn average_pooling_runs_in_tract_as_in_nabla() {
+    let dir = scratch("pool-model");
     let file = dir.join("pool.nn");
+    let image: Vec<String> = (0..25).map(|i| format!("{}", i % 7)).collect();
+    let rows: Vec<String> = image
+        .chunks(5)
+        .map(|r| format!("[{}]", r.join(", ")))
+        .collect();
     std::fs::write(
         &file,
-        "model pool {\n  input x[B, 1, 4, 4]\n  target y[B] : class\n  p = avg_pool2d(x, 2)\n  logits = dense(flatten(p), 3)\n  loss = cross_entropy(logits, y)\n}\n\ntrain default {\n  data = inline(x = [[[[0, 1, 2, 3], [0, 1, 2, 3], [0, 1, 2, 3], [0, 1, 2, 3]]]], y = [1])\n  batch = 1\n}\n",
+        format!(
+            "model pool {{\n  input x[B, 2, 5, 5]\n  target y[B] : class\n  p = avg_pool2d(x, 3, stride = 2, padding = 1)\n  logits = dense(flatten(p), 3)\n  loss = cross_entropy(logits, y)\n}}\n\ntrain default {{\n  data = inline(x = [[[{0}], [{0}]]], y = [1])\n  batch = 1\n}}\n",
+            rows.join(", ")
+        ),
     )
     .unwrap();
+    exported_matches_predict(file.to_str().unwrap(), None);
+}
+
+/// A model whose causal attention has more queries than keys: the first queries see no key,
+/// which nabla answers with zeros and a softmax cannot.
+fn unseeing_attention() -> String {
+    let rows = |n: usize, m: usize| -> String {
+        let rows: Vec<String> = (0..n)
+            .map(|i| {
+                let row: Vec<String> = (0..8).map(|j| format!("{}", (i * 8 + j) % m)).collect();
+                format!("[{}]", row.join(", "))
+            })
+            .collect();
+        format!("[[{}]]", rows.join(", "))
+    };
+    format!(
+        "model att {{\n  input q[B, 4, 8]\n  input kv[B, 2, 8]\n  target y[B, 4, 8]\n  k = dense(kv, 8)\n  a = attention(q, k, k, causal = true)\n  loss = mse(a, y)\n}}\n\ntrain default {{\n  data = inline(q = {}, kv = {}, y = {})\n  batch = 1\n}}\n",
+        rows(4, 7),
+        rows(2, 5),
+        rows(4, 3)
+    )
+}
+
+#[test]
+fn what_cannot_be_exported_is_a_located_error() {
+    let dir = scratch("unsupported");
+    let file = dir.join("att.nn");
+    std::fs::write(&file, unseeing_attention()).unwrap();
     let weights = dir.join("w.safetensors");
     let (f, w) = (file.to_str().unwrap(), weights.to_str().unwrap());
     run_ok(&["train", f, "--steps", "1", "--quiet", "--save", w]);
-    let onnx = dir.join("pool.onnx");
+    let onnx = dir.join("att.onnx");
     let out = nabla(&["export", f, "--weights", w, "-o", onnx.to_str().unwrap()]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("pool.nn:4: `avg_pool2d` (its `windows`) cannot be exported to ONNX (in `p`)"),
+        err.contains("att.nn:6: causal attention with queries that see no key cannot be exported to ONNX (in `a`)"),
         "{err}"
     );
     assert!(!onnx.exists(), "nothing written");

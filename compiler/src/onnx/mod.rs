@@ -9,6 +9,7 @@
 //! What has no ONNX counterpart here (a gradient op, windows of images as rows) is an error
 //! naming the op and the binding it belongs to.
 
+mod composite;
 pub mod proto;
 
 use std::collections::HashMap;
@@ -31,12 +32,15 @@ const IR_VERSION: i64 = 8;
 /// Why a model could not be exported.
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
-    /// An op with no ONNX counterpart; `near` is the nearest name (a binding) to locate it.
-    #[error("{what} cannot be exported to ONNX{}", near.as_ref().map(|n| format!(" (in `{n}`)")).unwrap_or_default())]
+    /// An op with no ONNX counterpart, with the built-in it is part of and the nearest name (a
+    /// binding) to locate it.
+    #[error("{what} cannot be exported to ONNX{}", context(builtin, near))]
     Unsupported {
-        /// The built-in and op, quoted (`` `avg_pool2d` (its `windows`) ``).
+        /// What it is: an op (`` `windows` op ``) or a phrase.
         what: String,
-        /// The binding or parameter it belongs to, when one is near.
+        /// The built-in it is part of.
+        builtin: Option<String>,
+        /// The nearest binding or parameter.
         near: Option<String>,
     },
     /// The model has no prediction to export.
@@ -45,6 +49,16 @@ pub enum ExportError {
     /// A parameter or layer state the graph reads has no value.
     #[error("no value for `{0}` in the weights")]
     Missing(String),
+}
+
+/// ` (it is part of `avg_pool2d` in `p`)`, or what of it is known.
+fn context(builtin: &Option<String>, near: &Option<String>) -> String {
+    match (builtin, near) {
+        (Some(b), Some(n)) => format!(" (it is part of `{b}` in `{n}`)"),
+        (Some(b), None) => format!(" (it is part of `{b}`)"),
+        (None, Some(n)) => format!(" (in `{n}`)"),
+        (None, None) => String::new(),
+    }
 }
 
 /// What an export wrote.
@@ -318,23 +332,22 @@ impl Writer<'_> {
             .ok_or_else(|| self.unsupported(&format!("a size `{symbol}` no input carries"), near))
     }
 
-    /// An error for `what` at node `id`, named as the user wrote it: the built-in it is part of
-    /// (`avg_pool2d`, its own or its nearest tagged user's) and the nearest name (a binding).
+    /// An error for `what` (an op's name in backquotes, or a phrase) at node `id`, named as the
+    /// user wrote it: the built-in it is part of (`avg_pool2d`: its own, or that of a user on
+    /// the way to the nearest named node) and that name (a binding).
     fn unsupported(&self, what: &str, id: NodeId) -> ExportError {
         let g = self.graph;
         let (mut near, mut builtin) = (g.get(id).label.clone(), g.get(id).builtin.clone());
         let mut frontier = vec![id];
-        while (near.is_none() || builtin.is_none()) && !frontier.is_empty() {
+        while near.is_none() && !frontier.is_empty() {
             let next: Vec<NodeId> = frontier.iter().flat_map(|&n| g.users(n)).collect();
-            near = near.or_else(|| next.iter().find_map(|&n| g.get(n).label.clone()));
+            near = next.iter().find_map(|&n| g.get(n).label.clone());
             builtin = builtin.or_else(|| next.iter().find_map(|&n| g.get(n).builtin.clone()));
             frontier = next;
         }
         ExportError::Unsupported {
-            what: match builtin {
-                Some(b) if b != what => format!("`{b}` (its `{what}`)"),
-                _ => format!("`{what}`"),
-            },
+            what: what.to_string(),
+            builtin,
             near,
         }
     }
@@ -476,6 +489,9 @@ impl Writer<'_> {
                 }
                 self.op("Conv", &a, window_attributes(window))
             }
+            Op::Windows(window) if window.fill == nabla_kernels::Fill::Zero => {
+                self.windows(id, a[0], window)?
+            }
             Op::MaxPoolGather(window) if a[0] == a[1] => {
                 self.op("MaxPool", &[a[0]], window_attributes(window))
             }
@@ -490,77 +506,8 @@ impl Writer<'_> {
                 let index = self.op("Cast", &[a[1]], vec![int("to", data_type::INT64.into())]);
                 self.op("Gather", &[a[0], &index], vec![int("axis", 0)])
             }
-            other => return Err(self.unsupported(other.name(), id)),
+            other => return Err(self.unsupported(&format!("`{}` op", other.name()), id)),
         })
-    }
-
-    /// Attention as the ops it stands for: scores `scale q k^T`, the causal mask, softmax over
-    /// the keys, the product with the values; with `heads`, the packed projection cut into
-    /// heads first and the heads joined after.
-    fn attention(
-        &mut self,
-        id: NodeId,
-        a: &[&str],
-        causal: bool,
-        scale: f32,
-        heads: usize,
-    ) -> Result<String, ExportError> {
-        let g = self.graph;
-        let operands = g.operands(id);
-        let known = |n: NodeId, axis: usize| g.shape(n).0[axis].known();
-        // With heads, the projection `[B, T, 3C]` holds `heads` heads of `C / heads` columns.
-        let width = known(operands[0], 2)
-            .ok_or_else(|| self.unsupported("attention over a symbolic width", id))?;
-        let c = width / 3;
-        let (q, k, v, tq, tk) = if let Some(head) = c.checked_div(heads) {
-            let t = known(operands[0], 1);
-            let split = self.int64s(&[0, 0, heads as i64, head as i64]);
-            let part = |w: &mut Self, i: usize, perm: [usize; 4]| {
-                let starts = w.int64s(&[(i * c) as i64]);
-                let ends = w.int64s(&[((i + 1) * c) as i64]);
-                let axes = w.int64s(&[2]);
-                let cut = w.op("Slice", &[a[0], &starts, &ends, &axes], Vec::new());
-                let heads = w.op("Reshape", &[&cut, &split], Vec::new());
-                w.op("Transpose", &[&heads], vec![ints("perm", perm)])
-            };
-            let q = part(self, 0, [0, 2, 1, 3]);
-            let kt = part(self, 1, [0, 2, 3, 1]);
-            let v = part(self, 2, [0, 2, 1, 3]);
-            (q, kt, v, t, t)
-        } else {
-            let tq = known(operands[0], 1);
-            let tk = known(operands[1], 1);
-            let kt = self.op("Transpose", &[a[1]], vec![ints("perm", [0, 2, 1])]);
-            (a[0].to_string(), kt, a[2].to_string(), tq, tk)
-        };
-        let products = self.op("MatMul", &[&q, &k], Vec::new());
-        let factor = self.floats(&[], &[scale]);
-        let mut scores = self.op("Mul", &[&products, &factor], Vec::new());
-        if causal {
-            let (Some(tq), Some(tk)) = (tq, tk) else {
-                return Err(self.unsupported("causal attention over a symbolic length", id));
-            };
-            if tq > tk {
-                return Err(self.unsupported("causal attention with queries that see no key", id));
-            }
-            let seen: Vec<u8> = (0..tq)
-                .flat_map(|i| (0..tk).map(move |j| u8::from(j <= i + tk - tq)))
-                .collect();
-            let mask = self.constant(&[tq, tk], data_type::BOOL, seen);
-            let hidden = self.floats(&[], &[f32::NEG_INFINITY]);
-            scores = self.op("Where", &[&mask, &scores, &hidden], Vec::new());
-        }
-        let weights = self.op("Softmax", &[&scores], vec![int("axis", -1)]);
-        let out = self.op("MatMul", &[&weights, &v], Vec::new());
-        if heads == 0 {
-            return Ok(out);
-        }
-        let joined = self.op("Transpose", &[&out], vec![ints("perm", [0, 2, 1, 3])]);
-        let width = g.shape(id).0[2]
-            .known()
-            .ok_or_else(|| self.unsupported("attention over a symbolic width", id))?;
-        let to = self.int64s(&[0, 0, width as i64]);
-        Ok(self.op("Reshape", &[&joined, &to], Vec::new()))
     }
 }
 
