@@ -24,16 +24,19 @@ const PASSES: [Passes; 3] = [
         simplify: true,
         fuse: true,
         fast_math: false,
+        leave_out: None,
     },
     Passes {
         simplify: true,
         fuse: false,
         fast_math: false,
+        leave_out: None,
     },
     Passes {
         simplify: false,
         fuse: true,
         fast_math: false,
+        leave_out: None,
     },
 ];
 

@@ -306,6 +306,11 @@ impl Plan {
         self.notes(elem_size).iter().map(|n| n.bytes).sum()
     }
 
+    /// The floating-point operations of one run (estimated, see [`Plan::notes`]).
+    pub fn flops(&self) -> u64 {
+        self.notes(1).iter().map(|n| n.flops).sum()
+    }
+
     /// Each kernel's title, labels, and estimated work per run: floating-point operations and
     /// bytes moved (see [`Plan::bytes_moved`]).
     pub fn notes(&self, elem_size: usize) -> Vec<KernelNote> {

@@ -70,6 +70,8 @@ pub struct Passes {
     pub fuse: bool,
     /// Simplification rules that assume finite values (`--fast-math`).
     pub fast_math: bool,
+    /// A rule simplification leaves out, to measure what it saves (`nabla graph --stats`).
+    pub leave_out: Option<&'static str>,
 }
 
 impl Default for Passes {
@@ -78,6 +80,7 @@ impl Default for Passes {
             simplify: true,
             fuse: true,
             fast_math: false,
+            leave_out: None,
         }
     }
 }
@@ -330,7 +333,11 @@ fn rewrite(
     } else {
         RuleSet::Ieee
     };
-    let done = egraph::simplify(graph, roots, &Limits::default(), rules)?;
+    let rules = egraph::rules::all(rules)
+        .into_iter()
+        .filter(|rule| Some(rule.name.as_str()) != passes.leave_out)
+        .collect();
+    let done = egraph::simplify_with(graph, roots, &Limits::default(), rules)?;
     simplified.report = done.report;
     simplified.stop_reason = done.stop_reason;
     simplified.rules_fired = done.rules_fired;

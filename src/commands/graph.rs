@@ -9,9 +9,10 @@ use std::time::Instant;
 use clap::ValueEnum;
 use nabla_compiler::codegen::jit::Listing;
 use nabla_compiler::egraph::Simplified;
+use nabla_compiler::egraph::{RuleSet, rules};
 use nabla_compiler::fusion;
 use nabla_compiler::ir::{Graph, NodeId, text};
-use nabla_compiler::pipeline;
+use nabla_compiler::pipeline::{self, Passes, Request};
 use nabla_compiler::programs::{Inspection, ModelPrograms};
 use nabla_runtime::Elem;
 use serde_json::json;
@@ -112,7 +113,9 @@ pub fn run(args: Args) -> Outcome {
             .inspect(batch, if args.stats { Listing::None } else { listing })
             .map_err(Failure::Message)?;
         if args.stats {
-            stats(&inspection, batch, parse_ms, args.json);
+            let saved = savings(&inspection, programs.passes, programs.threads)
+                .map_err(Failure::Message)?;
+            stats(&inspection, &saved, batch, parse_ms, args.json);
         } else if listing != Listing::None {
             for (i, (kernel, text)) in inspection
                 .trace
@@ -234,9 +237,92 @@ fn dot_clusters(graph: &Graph, roots: &[NodeId], kernels: &[(String, Vec<NodeId>
     lines.join("\n") + "\n"
 }
 
-/// `--stats`: op and kernel counts, estimated bytes moved, what the e-graph did, and the time
-/// of every stage from parsing to native code.
-fn stats(inspection: &Inspection, batch: usize, parse_ms: f64, as_json: bool) {
+/// What a pass saved on the train step: FLOPs and bytes moved per step (estimated), as the step
+/// planned without it less the step as compiled (negative where it costs).
+struct Saved {
+    /// The rule, or `fusion`.
+    what: String,
+    flops: i128,
+    bytes: i128,
+}
+
+/// What each rule that fired saved (the step planned with that rule left out), and what fusion
+/// saved (the simplified step planned with every op its own kernel).
+fn savings(inspection: &Inspection, passes: Passes, threads: usize) -> Result<Vec<Saved>, String> {
+    let step = &inspection.step;
+    let plan = |passes: Passes| -> Result<(i128, i128), String> {
+        let request = Request {
+            graph: &step.graph,
+            outputs: step.outputs.clone(),
+            assignments: step.assignments.clone(),
+            elem: Elem::F32,
+            listing: Listing::None,
+            passes,
+            threads,
+            packing: None,
+        };
+        let trace = pipeline::plan(&request).map_err(|e| e.to_string())?;
+        Ok((trace.plan.flops().into(), trace.plan.bytes_moved(4).into()))
+    };
+    let compiled = &inspection.trace.plan;
+    let (flops, bytes) = (
+        i128::from(compiled.flops()),
+        i128::from(compiled.bytes_moved(4)),
+    );
+    let rule_set = if passes.fast_math {
+        RuleSet::FastMath
+    } else {
+        RuleSet::Ieee
+    };
+    let mut saved = Vec::new();
+    for (fired, _) in &inspection.trace.simplified.rules_fired {
+        let Some(rule) = rules::all(rule_set)
+            .iter()
+            .map(|r| r.name.as_str())
+            .find(|name| name == fired)
+        else {
+            continue;
+        };
+        let (f, b) = plan(Passes {
+            leave_out: Some(rule),
+            ..passes
+        })?;
+        saved.push(Saved {
+            what: fired.clone(),
+            flops: f - flops,
+            bytes: b - bytes,
+        });
+    }
+    if passes.fuse {
+        let (f, b) = plan(Passes {
+            fuse: false,
+            ..passes
+        })?;
+        saved.push(Saved {
+            what: "fusion".into(),
+            flops: f - flops,
+            bytes: b - bytes,
+        });
+    }
+    Ok(saved)
+}
+
+/// `1.2 MFLOP and 3.4 MiB`, or `-2 kFLOP and -64 B` for a cost.
+fn saved_text(s: &Saved) -> String {
+    let sign = |n: i128| if n < 0 { "-" } else { "" };
+    format!(
+        "{}: {}{} FLOP and {}{}",
+        s.what,
+        sign(s.flops),
+        super::group(s.flops.unsigned_abs() as usize),
+        sign(s.bytes),
+        super::bytes(s.bytes.unsigned_abs() as u64)
+    )
+}
+
+/// `--stats`: op and kernel counts, estimated bytes moved, what the e-graph did and what each
+/// rule and fusion saved, and the time of every stage from parsing to native code.
+fn stats(inspection: &Inspection, saved: &[Saved], batch: usize, parse_ms: f64, as_json: bool) {
     let t = &inspection.trace;
     let step = &inspection.step;
     let ops_autodiff = step.graph.ancestors(&step.roots()).len();
@@ -272,6 +358,7 @@ fn stats(inspection: &Inspection, batch: usize, parse_ms: f64, as_json: bool) {
             "bytes_moved_after": bytes_after,
             "temporary_bytes": t.plan.temporary_bytes(4),
             "rules_fired": rules,
+            "saved": saved.iter().map(|s| json!({"by": s.what, "flops": s.flops as f64, "bytes": s.bytes as f64})).collect::<Vec<_>>(),
             "stop_reason": t.simplified.stop_reason,
             "compile_ms": compile_ms,
         }));
@@ -308,6 +395,13 @@ fn stats(inspection: &Inspection, batch: usize, parse_ms: f64, as_json: bool) {
             fired.join(", ")
         }
     );
+    if !saved.is_empty() {
+        let parts: Vec<String> = saved.iter().map(saved_text).collect();
+        out!(
+            "  saved per step        {} (the step planned without each)",
+            parts.join("; ")
+        );
+    }
     let timings: Vec<String> = stages
         .iter()
         .map(|(name, ms)| format!("{name} {ms:.1}"))

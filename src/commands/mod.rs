@@ -290,6 +290,7 @@ impl PassFlags {
             simplify: !self.no_simplify,
             fuse: !self.no_fuse,
             fast_math: self.fast_math,
+            leave_out: None,
         }
     }
 }

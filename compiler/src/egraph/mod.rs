@@ -86,6 +86,17 @@ pub fn simplify(
     limits: &Limits,
     rules: RuleSet,
 ) -> Result<Simplified, ShapeError> {
+    simplify_with(graph, roots, limits, rules::all(rules))
+}
+
+/// [`simplify`] with a list of rules of one's own (the pipeline leaves one out to measure what
+/// it saves).
+pub fn simplify_with(
+    graph: &Graph,
+    roots: &[NodeId],
+    limits: &Limits,
+    rules: Vec<rules::Rule>,
+) -> Result<Simplified, ShapeError> {
     let nodes = graph.ancestors(roots);
     let mut egraph = TensorEGraph::new(TensorAnalysis);
     let changed = Arc::new(Mutex::new(Vec::new()));
@@ -105,7 +116,7 @@ pub fn simplify(
         .with_node_limit(nodes.len() + limits.nodes)
         .with_iter_limit(limits.iterations)
         .with_time_limit(limits.time)
-        .run(&recorded(rules::all(rules), &changed));
+        .run(&recorded(rules, &changed));
     let mut fired: HashMap<String, usize> = HashMap::new();
     for iteration in &runner.iterations {
         for (rule, count) in &iteration.applied {

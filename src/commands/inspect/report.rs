@@ -11,7 +11,6 @@
 use std::collections::HashMap;
 
 use nabla_compiler::ir::{Graph, NodeId};
-use nabla_compiler::kernel::Plan;
 use nabla_compiler::optim::TrainStep;
 use nabla_compiler::pipeline;
 use nabla_compiler::programs::Inspection;
@@ -139,7 +138,7 @@ pub fn stage_json(
         .collect();
     let unfused = pipeline::plan_unfused(graph, &stage.outputs, &stage.assignments)
         .map_err(|e| e.to_string())?;
-    let (flops, bytes) = work(&unfused);
+    let (flops, bytes) = (unfused.flops(), unfused.bytes_moved(4));
     Ok(json!({
         "key": stage.key,
         "title": stage.title,
@@ -149,13 +148,6 @@ pub fn stage_json(
         "assignments": stage.assignments.iter().map(|(n, name)| json!({"name": name, "node": n.index()})).collect::<Vec<_>>(),
         "counts": {"ops": nodes.len(), "kernels": unfused.kernels.len(), "flops": flops, "bytes": bytes},
     }))
-}
-
-/// Floating-point operations and bytes moved by one run of a plan (estimated).
-fn work(plan: &Plan) -> (u64, u64) {
-    plan.notes(4)
-        .iter()
-        .fold((0, 0), |(f, b), n| (f + n.flops, b + n.bytes))
 }
 
 /// Each node's group: the binding its name comes from (`h1` for `h1` and `h1.w`), `grad h1` for
@@ -307,7 +299,7 @@ pub fn kernels(
 /// The fused stage's counts: kernels, the bytes and FLOPs they move and compute, temporaries.
 pub fn fused_counts(inspection: &Inspection) -> Value {
     let plan = &inspection.trace.plan;
-    let (flops, bytes) = work(plan);
+    let (flops, bytes) = (plan.flops(), plan.bytes_moved(4));
     json!({
         "ops": inspection.trace.simplified.graph.ancestors(&inspection.trace.simplified.roots).len(),
         "kernels": plan.kernels.len(),

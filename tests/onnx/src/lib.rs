@@ -1,0 +1,1 @@
+//! Nothing: this package holds `tests/tract.rs` only (see Cargo.toml).
