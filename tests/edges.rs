@@ -4,19 +4,14 @@
 
 mod common;
 
+use common::scratch;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use nabla_runtime::checkpoint;
-
-fn temp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("nabla-edges-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
 
 fn s(p: &Path) -> String {
     p.display().to_string()
@@ -119,7 +114,7 @@ fn damaged_checkpoint(
 
 #[test]
 fn damaged_checkpoints_are_refused_naming_the_field() {
-    let dir = temp("checkpoints");
+    let dir = scratch("edges-checkpoints");
     type Edit = fn(&mut serde_json::Value, &mut serde_json::Value);
     let cases: [(&str, Edit, &str); 9] = [
         (
@@ -190,7 +185,7 @@ fn damaged_checkpoints_are_refused_naming_the_field() {
 
 #[test]
 fn a_finished_run_is_not_trained_on_silently_and_a_missing_one_is_called_a_checkpoint() {
-    let dir = temp("finished");
+    let dir = scratch("edges-finished");
     let run = s(&dir.join("run"));
     let out = common::nabla(&[
         "train",
@@ -218,7 +213,7 @@ fn a_finished_run_is_not_trained_on_silently_and_a_missing_one_is_called_a_check
 
 #[test]
 fn json_writes_non_finite_numbers_as_text_and_plot_leaves_them_out() {
-    let dir = temp("nonfinite");
+    let dir = scratch("edges-nonfinite");
     let log = s(&dir.join("log.jsonl"));
     let out = common::nabla(&[
         "train",
@@ -274,7 +269,7 @@ fn json_writes_non_finite_numbers_as_text_and_plot_leaves_them_out() {
 
 #[test]
 fn a_users_files_are_written_as_what_they_are() {
-    let dir = temp("files");
+    let dir = scratch("edges-files");
     let train = |extra: &[&str]| {
         let mut args = vec!["train", XOR, "--epochs", "2", "--quiet"];
         args.extend_from_slice(extra);
@@ -364,7 +359,7 @@ fn a_users_files_are_written_as_what_they_are() {
 /// still runs: it must not skip the save. Before the grace period it exited at once.
 #[test]
 fn a_doubled_interrupt_still_saves_the_run() {
-    let dir = temp("interrupt");
+    let dir = scratch("edges-interrupt");
     let model = dir.join("slow.nn");
     std::fs::write(
         &model,
@@ -402,7 +397,7 @@ fn a_doubled_interrupt_still_saves_the_run() {
 
 #[test]
 fn papercuts_of_a_new_user() {
-    let dir = temp("papercuts");
+    let dir = scratch("edges-papercuts");
     // A finite loss that grows a thousandfold is called what it is.
     let out = common::nabla(&["train", XOR, "--lr", "1e30", "--epochs", "5", "--quiet"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -448,7 +443,7 @@ fn papercuts_of_a_new_user() {
 
 #[test]
 fn a_data_width_error_names_the_file_that_holds_the_values() {
-    let dir = temp("width");
+    let dir = scratch("edges-width");
     let model = dir.join("small.nn");
     let source = std::fs::read_to_string("examples/mnist_mlp.nn")
         .unwrap()
@@ -480,7 +475,7 @@ fn batch_norm_model(dir: &Path, data: &str) -> String {
 
 #[test]
 fn batch_norm_never_sees_a_batch_of_one_and_the_guard_blames_the_cause() {
-    let dir = temp("bn");
+    let dir = scratch("edges-bn");
     // Five examples in batches of two: the last batch of each epoch would hold one.
     let model = batch_norm_model(&dir, "[[0, 0], [0, 1], [1, 0], [1, 1], [0.5, 0.5]]");
     let weights = s(&dir.join("w.safetensors"));
@@ -544,7 +539,7 @@ fn batch_norm_never_sees_a_batch_of_one_and_the_guard_blames_the_cause() {
 /// on one, two and three threads (each band split differently), gives the same parameters.
 #[test]
 fn every_example_trains_to_the_same_bits_on_any_number_of_threads() {
-    let dir = temp("threads");
+    let dir = scratch("edges-threads");
     let mut examples: Vec<PathBuf> = std::fs::read_dir("examples")
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -591,7 +586,7 @@ fn gradcheck_tells_a_kink_from_a_wrong_gradient() {
     let out = common::nabla(&["gradcheck", "examples/mnist_cnn.nn"]);
     assert!(out.status.success(), "{}", stdout(&out));
     assert!(stdout(&out).contains("crossed a kink"), "{}", stdout(&out));
-    let dir = temp("kinks");
+    let dir = scratch("edges-kinks");
     let model = dir.join("abs.nn");
     std::fs::write(
         &model,
@@ -625,7 +620,7 @@ fn gradcheck_tells_a_kink_from_a_wrong_gradient() {
 /// a plain file.)
 #[test]
 fn a_log_whose_reader_goes_away_stops_the_run_as_ctrl_c_does() {
-    let dir = temp("reader");
+    let dir = scratch("edges-reader");
     let cases = [
         (
             &["--quiet", "--log", "/proc/self/fd/1"][..],

@@ -5,18 +5,8 @@
 
 mod common;
 
-use std::path::PathBuf;
-
-use common::nabla;
+use common::{nabla, scratch};
 use serde_json::Value;
-
-/// A fresh directory for one test's files.
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("nabla-export-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("a scratch directory");
-    dir
-}
 
 fn run_ok(args: &[&str]) -> String {
     let out = nabla(args);
@@ -30,7 +20,7 @@ fn run_ok(args: &[&str]) -> String {
 
 #[test]
 fn an_export_names_its_inputs_and_output_with_the_batch_symbolic() {
-    let dir = scratch("names");
+    let dir = scratch("export-names");
     let weights = dir.join("w.safetensors");
     let onnx = dir.join("cnn.onnx");
     let (w, o) = (weights.to_str().unwrap(), onnx.to_str().unwrap());
@@ -90,7 +80,7 @@ fn unseeing_attention() -> String {
 
 #[test]
 fn what_cannot_be_exported_is_a_located_error() {
-    let dir = scratch("unsupported");
+    let dir = scratch("export-unsupported");
     let file = dir.join("att.nn");
     std::fs::write(&file, unseeing_attention()).unwrap();
     let weights = dir.join("w.safetensors");

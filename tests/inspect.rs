@@ -12,16 +12,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::nabla;
+use common::{nabla, scratch};
 use serde_json::Value;
-
-/// A fresh directory for one test's files.
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("nabla-inspect-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("a scratch directory");
-    dir
-}
 
 /// Writes the page for `args` (`-o` added) and returns its path and text.
 fn inspect(dir: &Path, name: &str, args: &[&str]) -> (PathBuf, String) {
@@ -77,7 +69,7 @@ fn labelled<'a>(stage: &'a Value, label: &str) -> &'a Value {
 
 #[test]
 fn the_page_stands_alone() {
-    let dir = scratch("alone");
+    let dir = scratch("inspect-alone");
     let (_, html) = inspect(&dir, "mlp.html", &["examples/mnist_mlp.nn"]);
     // The only address is the SVG namespace, which names and fetches nothing.
     let addresses: Vec<&str> = html
@@ -111,7 +103,7 @@ fn the_page_stands_alone() {
 
 #[test]
 fn the_page_says_which_kernel_computes_a_gradient_and_where_it_came_from() {
-    let dir = scratch("mlp");
+    let dir = scratch("inspect-mlp");
     let (_, html) = inspect(&dir, "mlp.html", &["examples/mnist_mlp.nn"]);
     let page = data(&html);
     let model = &page["model"];
@@ -214,7 +206,7 @@ fn the_page_says_which_kernel_computes_a_gradient_and_where_it_came_from() {
 
 #[test]
 fn a_training_log_shows_its_curves_and_best_epoch() {
-    let dir = scratch("log");
+    let dir = scratch("inspect-log");
     let log = dir.join("spiral.log");
     let out = nabla(&[
         "train",
@@ -255,7 +247,7 @@ fn a_training_log_shows_its_curves_and_best_epoch() {
 
 #[test]
 fn bad_requests_are_refused_with_a_reason() {
-    let dir = scratch("bad");
+    let dir = scratch("inspect-bad");
     let missing = nabla(&["inspect", "--output", dir.join("x.html").to_str().unwrap()]);
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("give a model file"));
@@ -351,7 +343,7 @@ const MODEL_TABS: [&str; 6] = [
 #[test]
 #[ignore = "needs Chromium and playwright-core: .ci/install-browser"]
 fn the_pages_of_the_examples_work_in_headless_chromium() {
-    let dir = scratch("browser");
+    let dir = scratch("inspect-browser");
     let shots = Path::new(env!("CARGO_TARGET_TMPDIR"));
     for example in ["mnist_cnn_bn", "char_rnn"] {
         let file = format!("examples/{example}.nn");
@@ -409,7 +401,7 @@ fn the_pages_of_the_examples_work_in_headless_chromium() {
 #[test]
 #[ignore = "needs Chromium and playwright-core: .ci/install-browser"]
 fn the_browser_test_catches_a_broken_page() {
-    let dir = scratch("broken-page");
+    let dir = scratch("inspect-broken-page");
     let (page, html) = inspect(&dir, "xor.html", &["examples/xor.nn"]);
     let shot = dir.join("shot.png");
     clean(&drive(&page, &shot, None), &MODEL_TABS).expect("the page as written is clean");

@@ -306,9 +306,12 @@ impl Plan {
         self.notes(elem_size).iter().map(|n| n.bytes).sum()
     }
 
-    /// The floating-point operations of one run (estimated, see [`Plan::notes`]).
-    pub fn flops(&self) -> u64 {
-        self.notes(1).iter().map(|n| n.flops).sum()
+    /// The floating-point operations and bytes moved of one run, summed over the kernels
+    /// (estimated, see [`Plan::notes`]).
+    pub fn work(&self, elem_size: usize) -> (u64, u64) {
+        self.notes(elem_size)
+            .iter()
+            .fold((0, 0), |(f, b), n| (f + n.flops, b + n.bytes))
     }
 
     /// Each kernel's title, labels, and estimated work per run: floating-point operations and

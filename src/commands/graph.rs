@@ -262,13 +262,11 @@ fn savings(inspection: &Inspection, passes: Passes, threads: usize) -> Result<Ve
             packing: None,
         };
         let trace = pipeline::plan(&request).map_err(|e| e.to_string())?;
-        Ok((trace.plan.flops().into(), trace.plan.bytes_moved(4).into()))
+        let (flops, bytes) = trace.plan.work(4);
+        Ok((flops.into(), bytes.into()))
     };
-    let compiled = &inspection.trace.plan;
-    let (flops, bytes) = (
-        i128::from(compiled.flops()),
-        i128::from(compiled.bytes_moved(4)),
-    );
+    let (flops, bytes) = inspection.trace.plan.work(4);
+    let (flops, bytes) = (i128::from(flops), i128::from(bytes));
     let rule_set = if passes.fast_math {
         RuleSet::FastMath
     } else {

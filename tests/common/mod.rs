@@ -4,6 +4,15 @@
 
 pub mod golden;
 
+/// A fresh, empty directory for one test's files (`name` unique within the test binary; the
+/// process id keeps test binaries and concurrent runs apart).
+pub fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("nabla-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("a scratch directory");
+    dir
+}
+
 /// Runs the `nabla` binary from the repository root.
 pub fn nabla(args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_nabla"))

@@ -480,7 +480,7 @@ function listing(title, text) {
   const box = el("details", {}, el("summary", {}, title));
   box.addEventListener("toggle", () => {
     if (box.open && !box.querySelector("pre")) box.append(el("pre", {}, text));
-  }, { once: false });
+  });
   return box;
 }
 

@@ -138,7 +138,7 @@ pub fn stage_json(
         .collect();
     let unfused = pipeline::plan_unfused(graph, &stage.outputs, &stage.assignments)
         .map_err(|e| e.to_string())?;
-    let (flops, bytes) = (unfused.flops(), unfused.bytes_moved(4));
+    let (flops, bytes) = unfused.work(4);
     Ok(json!({
         "key": stage.key,
         "title": stage.title,
@@ -299,7 +299,7 @@ pub fn kernels(
 /// The fused stage's counts: kernels, the bytes and FLOPs they move and compute, temporaries.
 pub fn fused_counts(inspection: &Inspection) -> Value {
     let plan = &inspection.trace.plan;
-    let (flops, bytes) = (plan.flops(), plan.bytes_moved(4));
+    let (flops, bytes) = plan.work(4);
     json!({
         "ops": inspection.trace.simplified.graph.ancestors(&inspection.trace.simplified.roots).len(),
         "kernels": plan.kernels.len(),
