@@ -20,6 +20,7 @@ pub mod kernel;
 pub mod lower;
 pub mod memory;
 pub mod model;
+pub mod native;
 pub mod onnx;
 pub mod optim;
 pub mod pipeline;

@@ -10,6 +10,7 @@ use nabla_runtime::{Elem, Program};
 use crate::codegen::jit::{Compiled, Listing};
 use crate::data_parallel;
 use crate::ir::{Dim, Graph, NodeId, Shape};
+use crate::kernel::Plan;
 use crate::memory::Packing;
 use crate::model::{Model, Role, ValueKind};
 use crate::optim::{self, Optimizer, OptimizerKind, TrainStep};
@@ -32,6 +33,9 @@ impl Memory {
         self.params + self.state + self.step
     }
 }
+
+/// The buffers a generation step carries from one token to the next: each name and length.
+pub type Carries = Vec<(String, usize)>;
 
 /// A model's programs for the runtime's training loop: a train step, evaluation and prediction,
 /// compiled per batch size on request.
@@ -82,6 +86,24 @@ impl ModelPrograms {
     /// recurrent state read from and written back to the external buffer of its name (zeros
     /// before the first step), and the names of those buffers with their lengths.
     pub fn generate_step(&self) -> Result<(Program, Vec<(String, usize)>), String> {
+        let (model, outputs, assignments, carries) = self.generation()?;
+        let compiled = self.build(&model.graph, outputs, assignments)?;
+        Ok((compiled.program, carries))
+    }
+
+    /// [`ModelPrograms::generate_step`] planned but not compiled (for ahead-of-time code), with
+    /// the carried buffers and the model at batch 1 it computes.
+    pub fn generation_plan(&self) -> Result<(Plan, Carries, Model), String> {
+        let (model, outputs, assignments, carries) = self.generation()?;
+        let plan = self.plan(&model.graph, outputs, assignments)?;
+        Ok((plan, carries, model))
+    }
+
+    /// The generation step's model at batch 1, its outputs, assignments and carried buffers.
+    #[allow(clippy::type_complexity)]
+    fn generation(
+        &self,
+    ) -> Result<(Model, Vec<(String, NodeId)>, Vec<(NodeId, String)>, Carries), String> {
         let model = self
             .generate
             .as_ref()
@@ -102,8 +124,12 @@ impl ModelPrograms {
             })
             .collect();
         let outputs = vec![("prediction".to_string(), p.node)];
-        let compiled = self.build(&model.graph, outputs, assignments)?;
-        Ok((compiled.program, carries))
+        Ok((model, outputs, assignments, carries))
+    }
+
+    /// Whether the model has a one-step generation program (a recurrent token model).
+    pub fn generates(&self) -> bool {
+        self.generate.is_some()
     }
 
     /// What the training loop needs to know, as plain data. Fails when an input has no batch
@@ -239,6 +265,43 @@ impl ModelPrograms {
         pipeline::train_step(&model, &self.optimizer).map_err(|e| e.to_string())
     }
 
+    /// Steps 4 to 8 for `outputs` and `assignments` of `graph`: the plan code generation
+    /// would compile.
+    fn plan(
+        &self,
+        graph: &Graph,
+        outputs: Vec<(String, NodeId)>,
+        assignments: Vec<(NodeId, String)>,
+    ) -> Result<Plan, String> {
+        let request = Request {
+            graph,
+            outputs,
+            assignments,
+            elem: self.elem,
+            listing: Listing::None,
+            passes: self.passes,
+            threads: self.threads,
+            packing: None,
+        };
+        pipeline::plan(&request)
+            .map(|trace| trace.plan)
+            .map_err(|e| e.to_string())
+    }
+
+    /// The prediction at `batch` planned but not compiled (for ahead-of-time code), with the
+    /// model at that batch it computes: what [`Compile::predict`] compiles.
+    pub fn prediction_plan(&self, batch: usize) -> Result<(Plan, Model), String> {
+        let (model, outputs) = self.prediction(batch)?;
+        Ok((self.plan(&model.graph, outputs, Vec::new())?, model))
+    }
+
+    /// The evaluation model at `batch` and its one output, the prediction.
+    fn prediction(&self, batch: usize) -> Result<(Model, Vec<(String, NodeId)>), String> {
+        let model = bind(&self.eval, batch)?;
+        let p = model.prediction.ok_or("the model has no prediction")?;
+        Ok((model, vec![("prediction".to_string(), p.node)]))
+    }
+
     fn build(
         &self,
         graph: &Graph,
@@ -347,14 +410,9 @@ impl Compile for ModelPrograms {
     }
 
     fn predict(&mut self, batch: usize) -> Result<Program, String> {
-        let model = bind(&self.eval, batch)?;
-        let p = model.prediction.ok_or("the model has no prediction")?;
-        self.build(
-            &model.graph,
-            vec![("prediction".to_string(), p.node)],
-            Vec::new(),
-        )
-        .map(|c| c.program)
+        let (model, outputs) = self.prediction(batch)?;
+        self.build(&model.graph, outputs, Vec::new())
+            .map(|c| c.program)
     }
 
     fn evaluation_bytes(&mut self, batch: usize) -> Result<u64, String> {

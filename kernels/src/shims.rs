@@ -1,7 +1,8 @@
 //! The entry points generated code calls, as `extern "C"` functions: the math functions of each
-//! precision, the GEMM, the library routines and the fork-join of bands of rows. A JIT
-//! registers their addresses under the symbols its code imports ([`Symbols`]); ahead-of-time
-//! code links against the same functions.
+//! precision, the GEMM, the library routines and the fork-join of bands of rows, each exported
+//! under the symbol [`Symbols::name`] gives. A JIT registers their addresses under those
+//! symbols; ahead-of-time code imports them and is linked against this crate's functions
+//! (through `nabla-aot`'s archive).
 
 use crate::gemm::Gemm;
 use crate::{Call, call, library, parallel};
@@ -15,10 +16,22 @@ pub enum Precision {
     F64,
 }
 
-/// The addresses of the entry points for one precision.
+/// The entry points' addresses (for a JIT) and names (for ahead-of-time code, which the
+/// linker resolves against the same functions).
 pub struct Symbols;
 
 impl Symbols {
+    /// The symbol the library exports entry `entry` under in `precision`: a math function's
+    /// name, `gemm` or `call` with the precision's suffix (`nabla_exp_f32`, `nabla_gemm_f64`),
+    /// or `nabla_parallel`, which has one for both.
+    pub fn name(entry: &str, precision: Precision) -> String {
+        match (entry, precision) {
+            ("parallel", _) => "nabla_parallel".into(),
+            (_, Precision::F32) => format!("nabla_{entry}_f32"),
+            (_, Precision::F64) => format!("nabla_{entry}_f64"),
+        }
+    }
+
     /// The math function named `name` (`exp`, `log`, `tanh`, `sigmoid`, `sin`, `cos`, `tan`,
     /// `sinh`, `cosh`, `atan`, `erf`, `pow`), or `None` for a name the library lacks.
     pub fn math(name: &str, precision: Precision) -> Option<*const u8> {
@@ -53,41 +66,53 @@ impl Symbols {
 /// The scalar functions kernels call, for one float type: `extern "C"` shims over Rust's
 /// implementations (and `libm`'s `erf`), in a module per type with `of` giving each address.
 macro_rules! math_shims {
-    ($module:ident, $t:ty, $erf:path) => {
+    ($module:ident, $t:ty, $suffix:literal, $erf:path) => {
         mod $module {
+            #[unsafe(export_name = concat!("nabla_exp_", $suffix))]
             extern "C" fn exp(x: $t) -> $t {
                 x.exp()
             }
+            #[unsafe(export_name = concat!("nabla_log_", $suffix))]
             extern "C" fn log(x: $t) -> $t {
                 x.ln()
             }
+            #[unsafe(export_name = concat!("nabla_tanh_", $suffix))]
             extern "C" fn tanh(x: $t) -> $t {
                 x.tanh()
             }
+            #[unsafe(export_name = concat!("nabla_sigmoid_", $suffix))]
             extern "C" fn sigmoid(x: $t) -> $t {
                 1.0 / (1.0 + (-x).exp())
             }
+            #[unsafe(export_name = concat!("nabla_pow_", $suffix))]
             extern "C" fn pow(a: $t, b: $t) -> $t {
                 a.powf(b)
             }
+            #[unsafe(export_name = concat!("nabla_sin_", $suffix))]
             extern "C" fn sin(x: $t) -> $t {
                 x.sin()
             }
+            #[unsafe(export_name = concat!("nabla_cos_", $suffix))]
             extern "C" fn cos(x: $t) -> $t {
                 x.cos()
             }
+            #[unsafe(export_name = concat!("nabla_tan_", $suffix))]
             extern "C" fn tan(x: $t) -> $t {
                 x.tan()
             }
+            #[unsafe(export_name = concat!("nabla_sinh_", $suffix))]
             extern "C" fn sinh(x: $t) -> $t {
                 x.sinh()
             }
+            #[unsafe(export_name = concat!("nabla_cosh_", $suffix))]
             extern "C" fn cosh(x: $t) -> $t {
                 x.cosh()
             }
+            #[unsafe(export_name = concat!("nabla_atan_", $suffix))]
             extern "C" fn atan(x: $t) -> $t {
                 x.atan()
             }
+            #[unsafe(export_name = concat!("nabla_erf_", $suffix))]
             extern "C" fn erf(x: $t) -> $t {
                 $erf(x)
             }
@@ -114,13 +139,14 @@ macro_rules! math_shims {
     };
 }
 
-math_shims!(shims_f32, f32, libm::erff);
-math_shims!(shims_f64, f64, libm::erf);
+math_shims!(shims_f32, f32, "f32", libm::erff);
+math_shims!(shims_f64, f64, "f64", libm::erf);
 
 /// The `nabla_gemm` symbol generated code calls, for one float type.
 macro_rules! gemm_shim {
     ($name:ident, $t:ty) => {
         #[allow(clippy::too_many_arguments)]
+        #[unsafe(export_name = concat!("nabla_", stringify!($name)))]
         extern "C" fn $name(
             m: usize,
             k: usize,
@@ -163,6 +189,7 @@ gemm_shim!(gemm_f64, f64);
 ///
 macro_rules! call_shim {
     ($name:ident, $t:ty) => {
+        #[unsafe(export_name = concat!("nabla_", stringify!($name)))]
         extern "C" fn $name(
             call: usize,
             inputs: *const *const $t,
@@ -211,6 +238,7 @@ impl Table {
 
 /// The `nabla_parallel` symbol generated code calls: `rows` over `0..extent`, in one band per
 /// thread.
+#[unsafe(export_name = "nabla_parallel")]
 extern "C" fn parallel_rows(rows: RowsFn, table: *const *mut u8, extent: i64, threads: i64) {
     let extent = extent.max(0) as usize;
     let parts = (threads.max(1) as usize).min(extent);

@@ -140,6 +140,80 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
     })
 }
 
+/// A directory of intermediate files (`.nabla-work.tmpPID` inside an output directory), whose
+/// finished files are moved into place atomically; removed with what is left in it when
+/// dropped.
+pub struct WorkDir {
+    path: PathBuf,
+    out: PathBuf,
+}
+
+impl WorkDir {
+    /// A fresh work directory inside `out`, which must exist and take new files.
+    pub fn new(out: &Path) -> Result<WorkDir, String> {
+        remove_stale_temporaries(out, Some("nabla-work"));
+        let path = out.join(format!(".nabla-work.tmp{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir(&path)
+            .map_err(|e| format!("cannot write in `{}`: {e}", out.display()))?;
+        Ok(WorkDir {
+            path,
+            out: out.to_path_buf(),
+        })
+    }
+
+    /// Where intermediate file `name` goes.
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// Writes intermediate file `name`.
+    pub fn write(&self, name: &str, bytes: &[u8]) -> Result<PathBuf, String> {
+        let path = self.file(name);
+        std::fs::write(&path, bytes)
+            .map_err(|e| format!("cannot write `{}`: {e}", path.display()))?;
+        Ok(path)
+    }
+
+    /// Copies `from` into intermediate file `name`.
+    pub fn copy(&self, from: &Path, name: &str) -> Result<PathBuf, String> {
+        let path = self.file(name);
+        std::fs::copy(from, &path).map_err(|e| format!("cannot read `{}`: {e}", from.display()))?;
+        Ok(path)
+    }
+
+    /// Moves the finished intermediate file `name` to `name` in the output directory in one
+    /// rename (through a symlink, onto the file it names), then syncs the directory. Returns
+    /// the destination and its size in bytes.
+    pub fn install(&self, name: &str) -> Result<(PathBuf, u64), String> {
+        let wanted = self.out.join(name);
+        let target = match destination(&wanted, "output")? {
+            Destination::File(file) => file,
+            Destination::Stream => {
+                return Err(format!(
+                    "cannot write `{}`: it is a named pipe or a device; give a directory where it can be a file",
+                    wanted.display()
+                ));
+            }
+        };
+        let from = self.file(name);
+        let result = (|| {
+            File::open(&from)?.sync_all()?;
+            std::fs::rename(&from, &target)?;
+            File::open(&self.out)?.sync_all()?;
+            std::fs::metadata(&target).map(|m| m.len())
+        })();
+        let bytes = result.map_err(|e| format!("cannot write `{}`: {e}", target.display()))?;
+        Ok((wanted, bytes))
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
 /// Opens `path` to append to it (a log written line by line, after [`write_atomically`] has
 /// laid its first lines).
 pub fn open_append(path: &Path) -> Result<File, String> {
@@ -231,7 +305,11 @@ fn remove_stale_temporaries(dir: &Path, destination: Option<&str>) {
         })
         .collect();
     for path in stale {
-        let _ = std::fs::remove_file(path);
+        let _ = if path.is_dir() {
+            std::fs::remove_dir_all(path)
+        } else {
+            std::fs::remove_file(path)
+        };
     }
 }
 

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use nabla_compiler::programs::ModelPrograms;
 use nabla_runtime::train::{self, ModelInfo, Settings, Timing};
-use nabla_runtime::{Collective, Elem};
+use nabla_runtime::{Buffer, Collective, Elem, Executable};
 use serde_json::json;
 
 use super::distributed;
@@ -37,6 +37,10 @@ pub struct Args {
     /// --distributed`): `--batch` examples per rank, the all-reduce's share of the step too.
     #[arg(long, conflicts_with = "profile")]
     distributed: bool,
+    /// Time the prediction program (the model in eval mode, as `nabla predict` and an
+    /// exported library run it) instead of train steps: each run's median, on zeros.
+    #[arg(long, conflicts_with_all = ["profile", "distributed"])]
+    predict: bool,
     #[command(flatten)]
     passes: PassFlags,
 }
@@ -57,6 +61,15 @@ fn bench_on(args: Args, ranks: &dyn Collective) -> Outcome {
     let compiled = &loaded.compiled;
     let batch = args.batch.unwrap_or(first_train(compiled).1);
     let threads = distributed::threads(ranks, &args.passes);
+    if args.predict {
+        return time_predictions(
+            &loaded,
+            batch,
+            (&args.passes, threads),
+            args.steps,
+            args.json,
+        );
+    }
     let (info, timing) = time(
         &loaded,
         batch,
@@ -185,4 +198,65 @@ fn peak_rss_bytes() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+/// `--predict`: times `runs` runs of the prediction program at `batch` (after [`WARMUP`]
+/// untimed ones) with initial parameters and zero inputs (class index 0), the same work as
+/// with real ones.
+fn time_predictions(
+    loaded: &Loaded,
+    batch: usize,
+    (passes, threads): (&PassFlags, usize),
+    runs: usize,
+    json: bool,
+) -> Outcome {
+    let compiled = &loaded.compiled;
+    let (optimizer, _) = first_train(compiled);
+    let mut programs = ModelPrograms::new(compiled.model.clone(), optimizer, Elem::F32)
+        .with_eval(compiled.eval_model.clone());
+    programs.passes = passes.passes();
+    programs.threads = threads;
+    let info = programs.info().map_err(Failure::Message)?;
+    let mut store = train::init_store(&info, 0, Elem::F32).map_err(Failure::Message)?;
+    let started = std::time::Instant::now();
+    let program = train::Compile::predict(&mut programs, batch).map_err(Failure::Message)?;
+    let compile_ms = started.elapsed().as_secs_f64() * 1e3;
+    let mut exe = Executable::new(program).map_err(|e| Failure::Message(e.to_string()))?;
+    let mut inputs = train::Store::default();
+    for feed in info.feeds.iter().filter(|f| !f.target) {
+        let buffer = Buffer::try_zeros(batch * feed.row_len, Elem::F32)
+            .map_err(|e| Failure::Message(e.to_string()))?;
+        inputs.insert(feed.name.clone(), buffer);
+    }
+    let mut times = Vec::with_capacity(runs);
+    for run in 0..WARMUP + runs {
+        let started = std::time::Instant::now();
+        exe.run(&mut [&mut inputs, &mut store])
+            .map_err(|e| Failure::Message(e.to_string()))?;
+        if run >= WARMUP {
+            times.push(started.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    if json {
+        print_json(&json!({
+            "model": compiled.model.name,
+            "batch": batch,
+            "threads": threads,
+            "compile_ms": compile_ms,
+            "predict_us_median": median * 1e6,
+            "predict_us_min": times[0] * 1e6,
+            "runs": runs,
+        }));
+    } else {
+        out!(
+            "{} prediction at batch {batch}: median {} (min {}; {runs} runs), {threads} thread{}, compiled in {compile_ms:.1} ms",
+            compiled.model.name,
+            duration(median),
+            duration(times[0]),
+            if threads == 1 { "" } else { "s" },
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }

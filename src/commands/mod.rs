@@ -17,6 +17,7 @@ pub mod generate;
 pub mod gradcheck;
 pub mod graph;
 pub mod inspect;
+pub mod link;
 pub mod origin;
 pub mod plot;
 pub mod predict;

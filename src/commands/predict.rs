@@ -25,6 +25,11 @@ pub struct Args {
     /// of the raw outputs.
     #[arg(long)]
     probabilities: bool,
+    /// Run programs compiled for these batch sizes, cutting the rows as a library exported
+    /// with `nabla export --batch` does (so that the two agree bit for bit); default: as
+    /// many rows at once as memory affords.
+    #[arg(long, value_delimiter = ',')]
+    batch: Option<Vec<usize>>,
 }
 
 pub fn run(args: Args) -> Outcome {
@@ -51,6 +56,19 @@ pub fn run(args: Args) -> Outcome {
         columns,
         header: None,
     };
+    let batches = args.batch.map(|mut sizes| {
+        sizes.sort_unstable();
+        sizes.dedup();
+        sizes
+    });
+    if batches
+        .as_ref()
+        .is_some_and(|b| b.first().is_none_or(|&s| s == 0))
+    {
+        return Err(Failure::Message(
+            "`--batch`: give batch sizes of at least 1, like `--batch 1,64`".into(),
+        ));
+    }
     let data = session.data(&source, Split::Test, true)?;
     let predictions = train::predict(
         &session.info,
@@ -58,6 +76,7 @@ pub fn run(args: Args) -> Outcome {
         &mut session.programs,
         &mut store,
         &data,
+        batches.as_deref(),
     )
     .map_err(Failure::Message)?;
     let kind = session.info.prediction;

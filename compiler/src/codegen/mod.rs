@@ -12,3 +12,5 @@ pub mod jit;
 mod loops;
 mod math;
 mod matmul;
+mod module;
+pub mod object;

@@ -7,6 +7,7 @@ use super::store::Store;
 use crate::collective::{Alone, Collective, shard};
 use crate::data::Dataset;
 use crate::{Buffer, Elem, Executable};
+use nabla_aot::Chunk;
 
 /// One line of progress.
 #[derive(Clone, Debug, PartialEq)]
@@ -217,25 +218,37 @@ pub(super) fn evaluate_with(
     Ok((tally.loss(), tally.accuracy(info)))
 }
 
-/// The prediction for every example of `data` (inputs only), row by row.
+/// The prediction for every example of `data` (inputs only), row by row: in batches as large
+/// as evaluation affords, or, with `batches` (ascending), cut as an exported library compiled
+/// for those sizes cuts a call ([`nabla_aot::schedule`]: the same programs on the same rows,
+/// padding repeating the last row).
 pub fn predict(
     info: &ModelInfo,
     elem: Elem,
     compile: &mut dyn Compile,
     store: &mut Store,
     data: &Dataset,
+    batches: Option<&[usize]>,
 ) -> Result<Vec<Vec<f64>>, String> {
     let mut runner = Runner::new(ProgramKind::Predict, elem);
-    let rows: Vec<usize> = (0..data.rows).collect();
+    let chunks: Vec<Chunk> = match batches {
+        Some(sizes) => nabla_aot::schedule(data.rows, sizes).collect(),
+        None => {
+            let size = runner.evaluation_chunk(compile, data.rows)?;
+            nabla_aot::schedule(data.rows, &[size]).collect()
+        }
+    };
     let mut out = Vec::with_capacity(data.rows);
-    for chunk in rows.chunks(runner.evaluation_chunk(compile, data.rows)?) {
-        runner.keep_only(chunk.len());
-        let exe = runner.run(compile, info, data, chunk, store, None)?;
+    for Chunk { start, rows, batch } in chunks {
+        let batch = if batches.is_some() { batch } else { rows };
+        let padded: Vec<usize> = (0..batch).map(|i| start + i.min(rows - 1)).collect();
+        runner.keep_only(batch);
+        let exe = runner.run(compile, info, data, &padded, store, None)?;
         let prediction = exe
             .output("prediction")
             .ok_or("the model has no prediction")?;
-        let per_row = prediction.len() / chunk.len();
-        for slot in 0..chunk.len() {
+        let per_row = prediction.len() / batch;
+        for slot in 0..rows {
             out.push(
                 (0..per_row)
                     .map(|i| prediction.get(slot * per_row + i))

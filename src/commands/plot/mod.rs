@@ -299,6 +299,7 @@ fn boundary(session: &mut Session, store: &mut Store) -> Result<Figure, Failure>
         &mut session.programs,
         store,
         &grid,
+        None,
     )
     .map_err(Failure::Message)?;
     let kind = session.info.prediction;

@@ -1,0 +1,403 @@
+//! `nabla export --format native` as a user meets it: a C program compiled with the system's C
+//! compiler against the header and library it writes. The MNIST models classify the test set in
+//! C with outputs equal, bit for bit, to `nabla predict --batch` with the same sizes (the same
+//! programs on the same rows; the scratch starts as NaN garbage, so a kernel reading what it
+//! did not write would show); every example model's prediction, through the shared library, is
+//! equal bit for bit too; a recurrent model generates in C what `nabla generate` does; bad
+//! flags and a missing run time are errors that write nothing.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::scratch;
+use serde_json::Value;
+
+/// The run-time archive this build made: `libnabla_aot.a` beside the binary when a build of
+/// the package put it there, else the newest one cargo built as the binary's dependency.
+fn runtime_archive() -> PathBuf {
+    let dir = Path::new(env!("CARGO_BIN_EXE_nabla"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let deps = std::fs::read_dir(dir.join("deps")).expect("the build's deps");
+    let candidates = deps
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            name.starts_with("libnabla_aot-") && name.ends_with(".a")
+        })
+        .chain(Some(dir.join("libnabla_aot.a")).filter(|p| p.exists()));
+    candidates
+        .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .expect("cargo builds nabla-aot's archive with the binary")
+}
+
+/// Runs the `nabla` binary from the repository root with the run-time archive named.
+fn nabla(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_nabla"))
+        .args(args)
+        .env("NABLA_AOT_LIB", runtime_archive())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("the nabla binary runs")
+}
+
+fn ok(out: Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn run_ok(args: &[&str]) -> String {
+    ok(nabla(args), &format!("nabla {args:?}"))
+}
+
+/// Trains `model` for `steps` steps and exports it natively at `batches` into `dir`; returns
+/// the export's JSON report.
+fn train_and_export(model: &str, steps: &str, batches: &str, dir: &Path) -> Value {
+    let weights = dir.join("w.safetensors");
+    let w = weights.to_str().unwrap();
+    run_ok(&["train", model, "--steps", steps, "--quiet", "--save", w]);
+    let lib = dir.join("lib");
+    let report = run_ok(&[
+        "export",
+        model,
+        "--weights",
+        w,
+        "-o",
+        lib.to_str().unwrap(),
+        "--batch",
+        batches,
+        "--json",
+    ]);
+    serde_json::from_str(&report).expect("JSON")
+}
+
+/// Compiles `program` (in tests/native) against the exported model of `report`, linked
+/// statically or with the shared library.
+fn compile_c(program: &str, report: &Value, dir: &Path, statically: bool) -> PathBuf {
+    let name = report["name"].as_str().unwrap();
+    let lib = Path::new(report["header"].as_str().unwrap())
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let exe = dir.join(format!("{program}-{name}"));
+    let mut cc = Command::new(std::env::var_os("CC").unwrap_or("cc".into()));
+    cc.arg("-O2")
+        .arg("-Wall")
+        .arg("-Werror")
+        .arg(format!("-DMODEL={name}"))
+        .arg(format!("-DUPPER={}", name.to_uppercase()))
+        .arg("-include")
+        .arg(report["header"].as_str().unwrap())
+        .arg("-Itests/native")
+        .arg(format!("tests/native/{program}.c"))
+        .arg("-o")
+        .arg(&exe);
+    if statically {
+        cc.arg(report["static"]["file"].as_str().unwrap())
+            .arg(report["runtime"]["file"].as_str().unwrap())
+            .args(nabla_compiler::native::system_libraries().split(' '));
+    } else {
+        cc.arg(format!("-L{}", lib.display()))
+            .arg(format!("-l{name}"))
+            .arg(format!("-Wl,-rpath,{}", lib.display()));
+    }
+    ok(
+        cc.current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .expect("cc runs"),
+        "cc",
+    );
+    exe
+}
+
+/// The f32 bits of every value of `nabla predict --json`'s rows.
+fn predicted_bits(json_lines: &str) -> Vec<u32> {
+    json_lines
+        .lines()
+        .flat_map(|l| {
+            let row: Value = serde_json::from_str(l).expect("a JSON row");
+            row["prediction"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| (v.as_f64().unwrap() as f32).to_bits())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn bits_of(bytes: &[u8]) -> Vec<u32> {
+    bytes
+        .chunks_exact(4)
+        .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+        .collect()
+}
+
+/// The uncompressed bytes of a gzipped file of the repository.
+fn gunzip(path: &str) -> Vec<u8> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).expect("the MNIST test set");
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(file)
+        .read_to_end(&mut out)
+        .unwrap();
+    out
+}
+
+#[test]
+fn the_mnist_models_classify_the_test_set_in_c_as_nabla_predict_does_bit_for_bit() {
+    let images = gunzip("data/mnist/t10k-images-idx3-ubyte.gz");
+    let labels = gunzip("data/mnist/t10k-labels-idx1-ubyte.gz");
+    let pixels: Vec<f32> = images[16..].iter().map(|&b| b as f32 / 255.0).collect();
+    let csv: String = pixels
+        .chunks(784)
+        .map(|row| {
+            row.iter()
+                .map(|v| v.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+                + "\n"
+        })
+        .collect();
+    for (model, steps) in [
+        ("examples/mnist_mlp.nn", "60"),
+        ("examples/mnist_cnn.nn", "20"),
+    ] {
+        let dir = scratch(&format!("native-{}", model.replace('/', "-")));
+        let (images_path, labels_path) = (dir.join("images"), dir.join("labels"));
+        std::fs::write(&images_path, &images).unwrap();
+        std::fs::write(&labels_path, &labels).unwrap();
+        let rows = dir.join("rows.csv");
+        std::fs::write(&rows, &csv).unwrap();
+        let report = train_and_export(model, steps, "1,64", &dir);
+        let exe = compile_c("mnist", &report, &dir, true);
+        let logits = dir.join("logits.bin");
+        let said = ok(
+            Command::new(&exe)
+                .args([&images_path, &labels_path, &logits])
+                .output()
+                .unwrap(),
+            "the C program",
+        );
+        assert!(said.contains("of 10000 correct"), "{said}");
+        let accuracy: f64 = said
+            .split('(')
+            .nth(1)
+            .unwrap()
+            .trim_end_matches("%)\n")
+            .parse()
+            .unwrap();
+        assert!(accuracy > 50.0, "{model}: {said}");
+        let predicted = run_ok(&[
+            "predict",
+            model,
+            "--weights",
+            dir.join("w.safetensors").to_str().unwrap(),
+            "--input",
+            rows.to_str().unwrap(),
+            "--batch",
+            "1,64",
+            "--json",
+        ]);
+        let expected = predicted_bits(&predicted);
+        let got = bits_of(&std::fs::read(&logits).unwrap());
+        assert_eq!(expected.len(), 10000 * 10);
+        let differing = expected.iter().zip(&got).filter(|(a, b)| a != b).count();
+        assert_eq!(
+            (got.len(), differing),
+            (expected.len(), 0),
+            "{model}: logits differ from nabla predict"
+        );
+    }
+}
+
+/// Rows of inputs for `report`'s model: `count` rows per input, indices below each input's
+/// classes or reals in [-1, 1]; as CSV for `nabla predict` and as the C program's raw floats.
+fn random_rows(report: &Value, count: usize) -> (String, Vec<u8>) {
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let inputs = report["inputs"].as_array().unwrap();
+    let columns: Vec<Vec<Vec<f32>>> = inputs
+        .iter()
+        .map(|input| {
+            let (size, classes) = (
+                input["size"].as_u64().unwrap(),
+                input["classes"].as_u64().unwrap(),
+            );
+            (0..count)
+                .map(|_| {
+                    (0..size)
+                        .map(|_| match classes {
+                            0 => (next() % 2001) as f32 / 1000.0 - 1.0,
+                            c => (next() % c.min(1 << 20)) as f32,
+                        })
+                        .collect()
+                })
+                .collect()
+        })
+        .collect();
+    let csv = (0..count)
+        .map(|r| {
+            let row: Vec<String> = columns
+                .iter()
+                .flat_map(|c| c[r].iter().map(|v| v.to_string()))
+                .collect();
+            row.join(",") + "\n"
+        })
+        .collect();
+    let raw = columns
+        .iter()
+        .flatten()
+        .flatten()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    (csv, raw)
+}
+
+#[test]
+fn every_example_model_predicts_through_the_shared_library_as_nabla_predict_does() {
+    let examples = [
+        "backprop",
+        "char_rnn",
+        "gpt_shakespeare",
+        "linear_regression",
+        "mnist_cnn_bn",
+        "mnist_pytorch_recipe",
+        "spiral",
+        "xor",
+    ];
+    for example in examples {
+        let model = format!("examples/{example}.nn");
+        let dir = scratch(&format!("native-every-{example}"));
+        let report = train_and_export(&model, "1", "1,4", &dir);
+        let exe = compile_c("predict", &report, &dir, false);
+        // Two batches of 4 and one of 1: every program.
+        let (csv, raw) = random_rows(&report, 9);
+        let (rows, input, output) = (
+            dir.join("rows.csv"),
+            dir.join("in.bin"),
+            dir.join("out.bin"),
+        );
+        std::fs::write(&rows, csv).unwrap();
+        std::fs::write(&input, raw).unwrap();
+        ok(
+            Command::new(&exe)
+                .arg(&input)
+                .arg("9")
+                .arg(&output)
+                .output()
+                .unwrap(),
+            "the C program",
+        );
+        let predicted = run_ok(&[
+            "predict",
+            &model,
+            "--weights",
+            dir.join("w.safetensors").to_str().unwrap(),
+            "--input",
+            rows.to_str().unwrap(),
+            "--batch",
+            "1,4",
+            "--json",
+        ]);
+        let expected = predicted_bits(&predicted);
+        let got = bits_of(&std::fs::read(&output).unwrap());
+        assert_eq!(
+            expected.len(),
+            9 * report["output_size"].as_u64().unwrap() as usize,
+            "{example}"
+        );
+        assert!(
+            expected == got,
+            "{example}: the library's prediction differs from nabla predict's"
+        );
+    }
+}
+
+#[test]
+fn a_recurrent_model_generates_in_c_what_nabla_generate_does() {
+    let dir = scratch("native-generate");
+    let report = train_and_export("examples/char_rnn.nn", "30", "1", &dir);
+    assert_eq!(report["step"], true);
+    let exe = compile_c("generate", &report, &dir, true);
+    let c = ok(
+        Command::new(&exe).args(["The ", "60"]).output().unwrap(),
+        "the C program",
+    );
+    let w = dir.join("w.safetensors");
+    let nabla_text = run_ok(&[
+        "generate",
+        "examples/char_rnn.nn",
+        "--weights",
+        w.to_str().unwrap(),
+        "--prompt",
+        "The ",
+        "--length",
+        "60",
+        "--top-k",
+        "1",
+    ]);
+    assert_eq!(nabla_text, format!("The {c}"));
+}
+
+#[test]
+fn bad_flags_and_a_missing_run_time_are_errors_that_write_nothing() {
+    let dir = scratch("native-errors");
+    let weights = dir.join("w.safetensors");
+    let w = weights.to_str().unwrap();
+    run_ok(&[
+        "train",
+        "examples/xor.nn",
+        "--steps",
+        "1",
+        "--quiet",
+        "--save",
+        w,
+    ]);
+    let out_dir = dir.join("out");
+    let o = out_dir.to_str().unwrap();
+    for (args, says) in [
+        (vec!["--batch", "0,4"], "batch sizes from 1"),
+        (
+            vec!["--name", "9lives"],
+            "must be letters, digits and underscores",
+        ),
+        (vec!["--threads", "0"], "at least 1"),
+    ] {
+        let mut all = vec!["export", "examples/xor.nn", "--weights", w, "-o", o];
+        all.extend(args);
+        let out = nabla(&all);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(says),
+            "{all:?}: {err}"
+        );
+        assert!(!out_dir.exists(), "{all:?} wrote something");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_nabla"))
+        .args(["export", "examples/xor.nn", "--weights", w, "-o", o])
+        .env("NABLA_AOT_LIB", dir.join("nowhere.a"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("NABLA_AOT_LIB"),
+        "{err}"
+    );
+    assert!(!out_dir.exists());
+}
