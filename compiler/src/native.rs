@@ -119,8 +119,10 @@ pub fn export(
     let input_table = words.len();
     set(&mut words, model::INPUT_TABLE, input_table);
     for i in &inputs {
-        words.extend([i.row, i.classes].map(|n| Word::Number(n as u64)));
-        debug_assert_eq!(input::WORDS, 2);
+        let mut record = [Word::Number(0); input::WORDS];
+        record[input::ROW] = Word::Number(i.row as u64);
+        record[input::CLASSES] = Word::Number(i.classes as u64);
+        words.extend(record);
     }
     set(&mut words, model::OUTPUT_ROW, output_row);
     set(&mut words, model::PROGRAMS, plans.len());
@@ -344,8 +346,12 @@ fn describe(
                 at
             }
         };
-        debug_assert_eq!(slot::WORDS, 4);
-        words.extend([kind as u64, arg as u64, offset as u64, spec.len as u64].map(Word::Number));
+        let mut record = [Word::Number(0); slot::WORDS];
+        record[slot::KIND] = Word::Number(kind as u64);
+        record[slot::ARG] = number(arg);
+        record[slot::OFFSET] = number(offset);
+        record[slot::LEN] = number(spec.len);
+        words.extend(record);
     }
     words[record + program::SCRATCH] = number(scratch);
     Ok(scratch)

@@ -265,6 +265,27 @@ impl ModelPrograms {
         pipeline::train_step(&model, &self.optimizer).map_err(|e| e.to_string())
     }
 
+    /// What these programs ask of the pipeline for `outputs` and `assignments` of `graph`:
+    /// their element type, passes and threads, no listing.
+    fn request<'g>(
+        &self,
+        graph: &'g Graph,
+        outputs: Vec<(String, NodeId)>,
+        assignments: Vec<(NodeId, String)>,
+        packing: Option<Packing>,
+    ) -> Request<'g> {
+        Request {
+            graph,
+            outputs,
+            assignments,
+            elem: self.elem,
+            listing: Listing::None,
+            passes: self.passes,
+            threads: self.threads,
+            packing,
+        }
+    }
+
     /// Steps 4 to 8 for `outputs` and `assignments` of `graph`: the plan code generation
     /// would compile.
     fn plan(
@@ -273,17 +294,7 @@ impl ModelPrograms {
         outputs: Vec<(String, NodeId)>,
         assignments: Vec<(NodeId, String)>,
     ) -> Result<Plan, String> {
-        let request = Request {
-            graph,
-            outputs,
-            assignments,
-            elem: self.elem,
-            listing: Listing::None,
-            passes: self.passes,
-            threads: self.threads,
-            packing: None,
-        };
-        pipeline::plan(&request)
+        pipeline::plan(&self.request(graph, outputs, assignments, None))
             .map(|trace| trace.plan)
             .map_err(|e| e.to_string())
     }
@@ -319,17 +330,7 @@ impl ModelPrograms {
         assignments: Vec<(NodeId, String)>,
         packing: Option<Packing>,
     ) -> Result<Compiled, String> {
-        let request = Request {
-            graph,
-            outputs,
-            assignments,
-            elem: self.elem,
-            listing: Listing::None,
-            passes: self.passes,
-            threads: self.threads,
-            packing,
-        };
-        compile(&request)
+        compile(&self.request(graph, outputs, assignments, packing))
             .map(|(compiled, _)| compiled)
             .map_err(|e| e.to_string())
     }
@@ -347,14 +348,13 @@ impl ModelPrograms {
         let step = self.step(batch)?;
         let autodiff_ms = elapsed_ms(started);
         let request = Request {
-            graph: &step.graph,
-            outputs: step.outputs.clone(),
-            assignments: step.assignments.clone(),
-            elem: self.elem,
             listing,
-            passes: self.passes,
-            threads: self.threads,
-            packing: None,
+            ..self.request(
+                &step.graph,
+                step.outputs.clone(),
+                step.assignments.clone(),
+                None,
+            )
         };
         let (compiled, trace) = compile(&request).map_err(|e| e.to_string())?;
         let unfused = pipeline::plan_unfused(&step.graph, &step.outputs, &step.assignments)

@@ -10,9 +10,7 @@ use std::process::ExitCode;
 use clap::ValueEnum;
 use nabla_compiler::native;
 use nabla_compiler::onnx::{self, ExportError};
-use nabla_runtime::text::{VOCABULARY_KEY, Vocabulary};
-use nabla_runtime::train::ModelInfo;
-use nabla_runtime::{checkpoint, files, resume};
+use nabla_runtime::files;
 use serde_json::json;
 
 use super::origin::source_line;
@@ -148,7 +146,7 @@ fn native(args: Args) -> Outcome {
             .map(|b| b.to_f64().into_iter().map(|v| v as f32).collect())
     };
     let source = loaded.path.display().to_string();
-    let vocabulary = vocabulary(&args.common.weights, &session.info)?;
+    let vocabulary = session.vocabulary(&args.common.weights)?;
     let options = native::Options {
         name: &name,
         batches: &batches,
@@ -234,18 +232,4 @@ fn c_identifier(name: &str) -> String {
     } else {
         format!("model_{name}")
     }
-}
-
-/// The vocabulary saved with the weights of a model trained on text, if any.
-fn vocabulary(weights: &std::path::Path, info: &ModelInfo) -> Result<Option<Vocabulary>, Failure> {
-    let contents = checkpoint::load(weights, "weights file", resume::size_limit(info))
-        .map_err(Failure::Message)?;
-    contents
-        .metadata
-        .get(VOCABULARY_KEY)
-        .map(|v| {
-            Vocabulary::from_metadata(v)
-                .map_err(|e| Failure::Message(format!("`{}`: {e}", weights.display())))
-        })
-        .transpose()
 }

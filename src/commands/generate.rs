@@ -8,9 +8,8 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use nabla_runtime::text::{VOCABULARY_KEY, Vocabulary};
 use nabla_runtime::train::{Compile, Store};
-use nabla_runtime::{Buffer, Elem, Executable, Rng, checkpoint, resume};
+use nabla_runtime::{Buffer, Elem, Executable, Rng};
 use serde_json::json;
 
 use super::session::WeightsArgs;
@@ -58,21 +57,12 @@ pub fn run(args: Args) -> Outcome {
     }
     let (session, store) = args.common.open()?;
     let weights = &args.common.weights;
-    let contents = checkpoint::load(weights, "weights file", resume::size_limit(&session.info))
-        .map_err(Failure::Message)?;
-    let vocabulary = contents
-        .metadata
-        .get(VOCABULARY_KEY)
-        .ok_or_else(|| {
-            Failure::Message(format!(
-                "`{}` has no vocabulary: generation needs weights saved by training on `text(...)`",
-                weights.display()
-            ))
-        })
-        .and_then(|v| {
-            Vocabulary::from_metadata(v)
-                .map_err(|e| Failure::Message(format!("`{}`: {e}", weights.display())))
-        })?;
+    let vocabulary = session.vocabulary(weights)?.ok_or_else(|| {
+        Failure::Message(format!(
+            "`{}` has no vocabulary: generation needs weights saved by training on `text(...)`",
+            weights.display()
+        ))
+    })?;
     let prompt = vocabulary
         .encode(&args.prompt)
         .map_err(|e| Failure::Message(format!("the prompt: {e}")))?;

@@ -7,8 +7,9 @@ use nabla_compiler::model::Role;
 use nabla_compiler::programs::ModelPrograms;
 use nabla_dsl::{TrainSpec, Validation};
 use nabla_runtime::data::{self, DataSource, Dataset, Split};
+use nabla_runtime::text::{VOCABULARY_KEY, Vocabulary};
 use nabla_runtime::train::{ModelInfo, Store};
-use nabla_runtime::{Elem, resume};
+use nabla_runtime::{Elem, checkpoint, resume};
 
 use super::{Failure, Loaded, load_file, memory_diagnostic};
 
@@ -153,6 +154,20 @@ impl Session {
     /// checked against the model by name and shape.
     pub fn load_weights(&self, path: &Path) -> Result<Store, Failure> {
         resume::load_parameters(path, &self.info, Elem::F32).map_err(Failure::Message)
+    }
+
+    /// The vocabulary saved with the weights in `path` of a model trained on text, if any.
+    pub fn vocabulary(&self, path: &Path) -> Result<Option<Vocabulary>, Failure> {
+        let contents = checkpoint::load(path, "weights file", resume::size_limit(&self.info))
+            .map_err(Failure::Message)?;
+        contents
+            .metadata
+            .get(VOCABULARY_KEY)
+            .map(|v| {
+                Vocabulary::from_metadata(v)
+                    .map_err(|e| Failure::Message(format!("`{}`: {e}", path.display())))
+            })
+            .transpose()
     }
 
     /// The training data and, when the train block asks for it, the validation data: a held-out
