@@ -35,14 +35,58 @@ fn runtime_archive() -> PathBuf {
         .expect("cargo builds nabla-aot's archive with the binary")
 }
 
-/// Runs the `nabla` binary from the repository root with the run-time archive named.
+/// Runs the `nabla` binary from the repository root with this machine's run-time archive
+/// named, unless the arguments name another target (whose archive nabla finds where
+/// `cargo build --target` puts it).
 fn nabla(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_nabla"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_nabla"));
+    if !args.contains(&"--target") || args.contains(&HOST_TRIPLE) {
+        command.env("NABLA_AOT_LIB", runtime_archive());
+    }
+    command
         .args(args)
-        .env("NABLA_AOT_LIB", runtime_archive())
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("the nabla binary runs")
+}
+
+/// This machine's triple, as a target named explicitly.
+const HOST_TRIPLE: &str = "x86_64-unknown-linux-gnu";
+
+/// How a C program for a target is built and run: its C compiler and what runs it.
+struct Toolchain {
+    cc: String,
+    runner: &'static [&'static str],
+}
+
+impl Toolchain {
+    /// This machine's compiler; programs run directly.
+    fn host() -> Toolchain {
+        Toolchain {
+            cc: std::env::var("CC").unwrap_or("cc".into()),
+            runner: &[],
+        }
+    }
+
+    /// 64-bit ARM: Debian's cross compiler, programs run under QEMU's user-mode emulation with
+    /// the cross C library (`.ci/install-cross`).
+    fn aarch64() -> Toolchain {
+        Toolchain {
+            cc: "aarch64-linux-gnu-gcc".into(),
+            runner: &["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"],
+        }
+    }
+
+    fn run(&self, exe: &Path) -> Command {
+        match self.runner.split_first() {
+            None => Command::new(exe),
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(exe);
+                command
+            }
+        }
+    }
 }
 
 fn ok(out: Output, what: &str) -> String {
@@ -59,14 +103,16 @@ fn run_ok(args: &[&str]) -> String {
     ok(nabla(args), &format!("nabla {args:?}"))
 }
 
-/// Trains `model` for `steps` steps and exports it natively at `batches` into `dir`; returns
-/// the export's JSON report.
-fn train_and_export(model: &str, steps: &str, batches: &str, dir: &Path) -> Value {
+/// Trains `model` for `steps` steps and exports it natively at `batches` into `dir`, with
+/// `more` arguments; returns the export's JSON report.
+fn train_and_export(model: &str, steps: &str, batches: &str, dir: &Path, more: &[&str]) -> Value {
     let weights = dir.join("w.safetensors");
     let w = weights.to_str().unwrap();
-    run_ok(&["train", model, "--steps", steps, "--quiet", "--save", w]);
+    if !weights.exists() {
+        run_ok(&["train", model, "--steps", steps, "--quiet", "--save", w]);
+    }
     let lib = dir.join("lib");
-    let report = run_ok(&[
+    let mut args = vec![
         "export",
         model,
         "--weights",
@@ -76,20 +122,26 @@ fn train_and_export(model: &str, steps: &str, batches: &str, dir: &Path) -> Valu
         "--batch",
         batches,
         "--json",
-    ]);
-    serde_json::from_str(&report).expect("JSON")
+    ];
+    args.extend(more);
+    serde_json::from_str(&run_ok(&args)).expect("JSON")
 }
 
-/// Compiles `program` (in tests/native) against the exported model of `report`, linked
-/// statically or with the shared library.
-fn compile_c(program: &str, report: &Value, dir: &Path, statically: bool) -> PathBuf {
+/// Compiles `program` (in tests/native) against the exported model of `report` with `tools`,
+/// linked statically or with the shared library.
+fn compile_c(
+    program: &str,
+    report: &Value,
+    (dir, tools): (&Path, &Toolchain),
+    statically: bool,
+) -> PathBuf {
     let name = report["name"].as_str().unwrap();
     let lib = Path::new(report["header"].as_str().unwrap())
         .parent()
         .unwrap()
         .to_path_buf();
     let exe = dir.join(format!("{program}-{name}"));
-    let mut cc = Command::new(std::env::var_os("CC").unwrap_or("cc".into()));
+    let mut cc = Command::new(&tools.cc);
     cc.arg("-O2")
         .arg("-Wall")
         .arg("-Werror")
@@ -153,71 +205,181 @@ fn gunzip(path: &str) -> Vec<u8> {
     out
 }
 
-#[test]
-fn the_mnist_models_classify_the_test_set_in_c_as_nabla_predict_does_bit_for_bit() {
+/// Trains `model` for `steps` steps, exports it with `more` arguments, classifies the first `n`
+/// examples of the MNIST test set with a C program built and run by `tools`, checks that its
+/// logits equal `nabla predict`'s bit for bit and returns the export's report.
+fn classify_mnist(
+    (model, steps): (&str, &str),
+    n: usize,
+    more: &[&str],
+    (dir, tools): (&Path, &Toolchain),
+) -> Value {
     let images = gunzip("data/mnist/t10k-images-idx3-ubyte.gz");
     let labels = gunzip("data/mnist/t10k-labels-idx1-ubyte.gz");
-    let pixels: Vec<f32> = images[16..].iter().map(|&b| b as f32 / 255.0).collect();
-    let csv: String = pixels
+    let (images, labels) = (&images[..16 + n * 784], &labels[..8 + n]);
+    let csv: String = images[16..]
         .chunks(784)
         .map(|row| {
-            row.iter()
-                .map(|v| v.to_string())
-                .collect::<Vec<_>>()
-                .join(",")
-                + "\n"
+            let row: Vec<String> = row
+                .iter()
+                .map(|&b| (b as f32 / 255.0).to_string())
+                .collect();
+            row.join(",") + "\n"
         })
         .collect();
-    for (model, steps) in [
+    let (images_path, labels_path) = (dir.join("images"), dir.join("labels"));
+    std::fs::write(&images_path, images).unwrap();
+    std::fs::write(&labels_path, labels).unwrap();
+    let rows = dir.join("rows.csv");
+    std::fs::write(&rows, &csv).unwrap();
+    let report = train_and_export(model, steps, "1,64", dir, more);
+    let exe = compile_c("mnist", &report, (dir, tools), true);
+    let logits = dir.join("logits.bin");
+    let said = ok(
+        tools
+            .run(&exe)
+            .args([&images_path, &labels_path, &logits])
+            .output()
+            .unwrap(),
+        "the C program",
+    );
+    assert!(said.contains(&format!("of {n} correct")), "{said}");
+    let accuracy: f64 = said
+        .split('(')
+        .nth(1)
+        .unwrap()
+        .trim_end_matches("%)\n")
+        .parse()
+        .unwrap();
+    assert!(accuracy > 50.0, "{model}: {said}");
+    let predicted = run_ok(&[
+        "predict",
+        model,
+        "--weights",
+        dir.join("w.safetensors").to_str().unwrap(),
+        "--input",
+        rows.to_str().unwrap(),
+        "--batch",
+        "1,64",
+        "--json",
+    ]);
+    let expected = predicted_bits(&predicted);
+    let got = bits_of(&std::fs::read(&logits).unwrap());
+    assert_eq!(expected.len(), n * 10);
+    let differing = expected.iter().zip(&got).filter(|(a, b)| a != b).count();
+    assert_eq!(
+        (got.len(), differing),
+        (expected.len(), 0),
+        "{model}: logits differ from nabla predict"
+    );
+    report
+}
+
+#[test]
+fn the_mnist_models_classify_the_test_set_in_c_as_nabla_predict_does_bit_for_bit() {
+    for model in [
         ("examples/mnist_mlp.nn", "60"),
         ("examples/mnist_cnn.nn", "20"),
     ] {
-        let dir = scratch(&format!("native-{}", model.replace('/', "-")));
-        let (images_path, labels_path) = (dir.join("images"), dir.join("labels"));
-        std::fs::write(&images_path, &images).unwrap();
-        std::fs::write(&labels_path, &labels).unwrap();
-        let rows = dir.join("rows.csv");
-        std::fs::write(&rows, &csv).unwrap();
-        let report = train_and_export(model, steps, "1,64", &dir);
-        let exe = compile_c("mnist", &report, &dir, true);
-        let logits = dir.join("logits.bin");
-        let said = ok(
-            Command::new(&exe)
-                .args([&images_path, &labels_path, &logits])
-                .output()
-                .unwrap(),
-            "the C program",
-        );
-        assert!(said.contains("of 10000 correct"), "{said}");
-        let accuracy: f64 = said
-            .split('(')
-            .nth(1)
-            .unwrap()
-            .trim_end_matches("%)\n")
-            .parse()
-            .unwrap();
-        assert!(accuracy > 50.0, "{model}: {said}");
-        let predicted = run_ok(&[
-            "predict",
-            model,
-            "--weights",
-            dir.join("w.safetensors").to_str().unwrap(),
-            "--input",
-            rows.to_str().unwrap(),
-            "--batch",
-            "1,64",
-            "--json",
-        ]);
-        let expected = predicted_bits(&predicted);
-        let got = bits_of(&std::fs::read(&logits).unwrap());
-        assert_eq!(expected.len(), 10000 * 10);
-        let differing = expected.iter().zip(&got).filter(|(a, b)| a != b).count();
-        assert_eq!(
-            (got.len(), differing),
-            (expected.len(), 0),
-            "{model}: logits differ from nabla predict"
-        );
+        let dir = scratch(&format!("native-{}", model.0.replace('/', "-")));
+        let report = classify_mnist(model, 10000, &[], (&dir, &Toolchain::host()));
+        assert_eq!(report["target"], HOST_TRIPLE);
+        assert_eq!(report["cpu"], "native");
     }
+}
+
+/// Exported for any x86-64 (`--target` without a CPU: SSE2 and nothing more), the MLP runs
+/// here as the native export does: the extensions change instructions, not results.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn an_export_for_any_x86_64_classifies_as_the_native_one_does() {
+    let dir = scratch("native-baseline");
+    let tools = Toolchain::host();
+    let model = ("examples/mnist_mlp.nn", "60");
+    let native = classify_mnist(model, 1000, &[], (&dir, &tools));
+    assert!(native["features"].as_array().unwrap().len() > 2, "{native}");
+    let baseline = classify_mnist(model, 1000, &["--target", HOST_TRIPLE], (&dir, &tools));
+    assert_eq!(baseline["cpu"], "baseline");
+    assert_eq!(baseline["features"], serde_json::json!([]));
+}
+
+/// Whether this CPU has `feature`, one of the AVX-512 family the newest presets add (asked
+/// of the standard library, not of the run time under test); others are assumed present.
+#[cfg(target_arch = "x86_64")]
+fn this_cpu_has(feature: &str) -> bool {
+    use std::arch::is_x86_feature_detected as has;
+    match feature {
+        "avx512f" => has!("avx512f"),
+        "avx512dq" => has!("avx512dq"),
+        "avx512vl" => has!("avx512vl"),
+        "avx512vbmi" => has!("avx512vbmi"),
+        "avx512bitalg" => has!("avx512bitalg"),
+        "avx512vnni" => has!("avx512vnni"),
+        "avx_vnni" => has!("avxvnni"),
+        _ => true,
+    }
+}
+
+/// A library compiled for extensions this CPU lacks refuses every call with its error code
+/// (5, before anything runs) instead of dying of an illegal instruction.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn a_library_for_extensions_this_cpu_lacks_refuses_to_run_with_an_error_code() {
+    let dir = scratch("native-foreign-cpu");
+    let lacking = ["x86-64-v4", "sapphirerapids", "graniterapids"]
+        .into_iter()
+        .map(|cpu| {
+            let report =
+                train_and_export("examples/xor.nn", "1", "1", &dir, &["--target-cpu", cpu]);
+            (cpu, report)
+        })
+        .find(|(_, report)| {
+            let features = report["features"].as_array().unwrap();
+            features.iter().any(|f| !this_cpu_has(f.as_str().unwrap()))
+        });
+    let Some((cpu, report)) = lacking else {
+        // This CPU has every extension the newest presets name: nothing to refuse.
+        return;
+    };
+    assert_eq!(report["cpu"], cpu);
+    let exe = compile_c("predict", &report, (&dir, &Toolchain::host()), true);
+    let (_, raw) = random_rows(&report, 1);
+    let input = dir.join("in.bin");
+    std::fs::write(&input, raw).unwrap();
+    let out = Command::new(&exe)
+        .arg(&input)
+        .arg("1")
+        .arg(dir.join("out.bin"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("predict failed: 5"),
+        "{cpu}: {err}"
+    );
+    let header = std::fs::read_to_string(report["header"].as_str().unwrap()).unwrap();
+    assert!(header.contains("#define XOR_ERROR_CPU 5"), "{header}");
+}
+
+/// Exported for 64-bit ARM from this machine and run under emulation: the MNIST models'
+/// logits and the char-RNN's generated text equal nabla's here bit for bit (the kernel
+/// library's products sum in the same order on both architectures). Needs Debian's cross
+/// compiler and QEMU and the run-time archive built for the target (`.ci/install-cross`).
+#[cfg(target_arch = "x86_64")]
+#[test]
+#[ignore = "needs the aarch64 cross tools that .ci/install-cross installs"]
+fn an_export_for_aarch64_runs_under_emulation_as_nabla_does_here() {
+    let tools = Toolchain::aarch64();
+    let target = ["--target", "aarch64-unknown-linux-gnu"];
+    for (model, n) in [
+        (("examples/mnist_mlp.nn", "60"), 1000),
+        (("examples/mnist_cnn.nn", "20"), 200),
+    ] {
+        let dir = scratch(&format!("native-aarch64-{}", model.0.replace('/', "-")));
+        let report = classify_mnist(model, n, &target, (&dir, &tools));
+        assert_eq!(report["target"], "aarch64-unknown-linux-gnu");
+    }
+    generates_as_nabla_does("native-aarch64-generate", &target, &tools, false);
 }
 
 /// Rows of inputs for `report`'s model: `count` rows per input, indices below each input's
@@ -283,8 +445,8 @@ fn every_example_model_predicts_through_the_shared_library_as_nabla_predict_does
     for example in examples {
         let model = format!("examples/{example}.nn");
         let dir = scratch(&format!("native-every-{example}"));
-        let report = train_and_export(&model, "1", "1,4", &dir);
-        let exe = compile_c("predict", &report, &dir, false);
+        let report = train_and_export(&model, "1", "1,4", &dir, &[]);
+        let exe = compile_c("predict", &report, (&dir, &Toolchain::host()), false);
         // Two batches of 4 and one of 1: every program.
         let (csv, raw) = random_rows(&report, 9);
         let (rows, input, output) = (
@@ -328,14 +490,16 @@ fn every_example_model_predicts_through_the_shared_library_as_nabla_predict_does
     }
 }
 
-#[test]
-fn a_recurrent_model_generates_in_c_what_nabla_generate_does() {
-    let dir = scratch("native-generate");
-    let report = train_and_export("examples/char_rnn.nn", "30", "1", &dir);
+/// Exports the char-RNN with `more` arguments into the scratch directory `name`; checks that a
+/// C program built and run by `tools` (linked statically or not) generates, from the library's
+/// step program, the text `nabla generate --top-k 1` does.
+fn generates_as_nabla_does(name: &str, more: &[&str], tools: &Toolchain, statically: bool) {
+    let dir = scratch(name);
+    let report = train_and_export("examples/char_rnn.nn", "30", "1", &dir, more);
     assert_eq!(report["step"], true);
-    let exe = compile_c("generate", &report, &dir, true);
+    let exe = compile_c("generate", &report, (&dir, tools), statically);
     let c = ok(
-        Command::new(&exe).args(["The ", "60"]).output().unwrap(),
+        tools.run(&exe).args(["The ", "60"]).output().unwrap(),
         "the C program",
     );
     let w = dir.join("w.safetensors");
@@ -352,6 +516,11 @@ fn a_recurrent_model_generates_in_c_what_nabla_generate_does() {
         "1",
     ]);
     assert_eq!(nabla_text, format!("The {c}"));
+}
+
+#[test]
+fn a_recurrent_model_generates_in_c_what_nabla_generate_does() {
+    generates_as_nabla_does("native-generate", &[], &Toolchain::host(), true);
 }
 
 #[test]
@@ -377,6 +546,23 @@ fn bad_flags_and_a_missing_run_time_are_errors_that_write_nothing() {
             "must be letters, digits and underscores",
         ),
         (vec!["--threads", "0"], "at least 1"),
+        (
+            vec!["--target", "riscv64gc-unknown-linux-gnu"],
+            "GNU/Linux on x86_64 and aarch64",
+        ),
+        (
+            vec!["--target-cpu", "pentium9"],
+            "not a CPU Cranelift knows",
+        ),
+        (
+            vec![
+                "--target",
+                "aarch64-unknown-linux-gnu",
+                "--target-cpu",
+                "native",
+            ],
+            "cannot run",
+        ),
     ] {
         let mut all = vec!["export", "examples/xor.nn", "--weights", w, "-o", o];
         all.extend(args);

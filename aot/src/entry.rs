@@ -6,6 +6,7 @@
 
 use std::alloc::Layout;
 
+use crate::cpu;
 use crate::format::{self, ALIGN, SlotKind, input, model, program, slot};
 use crate::schedule::{Chunk, schedule};
 
@@ -21,6 +22,9 @@ pub const ERROR_INPUT: i32 = 3;
 /// The library's descriptor is not one this archive reads (objects of different nabla
 /// versions linked together).
 pub const ERROR_FORMAT: i32 = 4;
+/// This CPU lacks an instruction-set extension the library's code was compiled for (it was
+/// exported for another machine's CPU); nothing was computed.
+pub const ERROR_CPU: i32 = 5;
 
 /// A generated kernel: the buffer table is all it takes.
 type Kernel = unsafe extern "C" fn(*const *mut u8);
@@ -39,6 +43,17 @@ impl Descriptor {
         !self.0.is_null()
             && self.word(model::MAGIC) as u64 == format::MAGIC
             && self.word(model::VERSION) as u64 == format::VERSION
+    }
+
+    /// Whether its code can run here: [`OK`], or the error code that says why not.
+    fn runnable(self) -> i32 {
+        if !self.valid() {
+            ERROR_FORMAT
+        } else if cpu::missing(self.word(model::FEATURES) as u64) != 0 {
+            ERROR_CPU
+        } else {
+            OK
+        }
     }
 
     /// The position of program `i`'s record.
@@ -240,8 +255,9 @@ pub unsafe extern "C" fn nabla_aot_predict(
     scratch: *mut u8,
 ) -> i32 {
     let model = Descriptor(model);
-    if !model.valid() {
-        return ERROR_FORMAT;
+    let runnable = model.runnable();
+    if runnable != OK {
+        return runnable;
     }
     if n == 0 {
         return OK;
@@ -331,7 +347,11 @@ pub unsafe extern "C" fn nabla_aot_step(
     scratch: *mut u8,
 ) -> i32 {
     let model = Descriptor(model);
-    let Some(at) = model.step().filter(|_| model.valid()) else {
+    let runnable = model.runnable();
+    if runnable != OK {
+        return runnable;
+    }
+    let Some(at) = model.step() else {
         return ERROR_FORMAT;
     };
     if (state.is_null() && model.word(model::STATE) > 0) || output.is_null() {

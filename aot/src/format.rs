@@ -9,7 +9,7 @@
 pub const MAGIC: u64 = u64::from_le_bytes(*b"nablaAOT");
 
 /// The layout's version, its second word.
-pub const VERSION: u64 = 1;
+pub const VERSION: u64 = 2;
 
 /// The alignment of every buffer in the weights and the scratch, in bytes (a cache line, as
 /// nabla's own buffers).
@@ -39,8 +39,10 @@ pub mod model {
     pub const STATE: usize = 9;
     /// The vocabulary the step program's token indexes; 0 for none.
     pub const VOCABULARY: usize = 10;
+    /// The instruction-set extensions the code needs, one bit each ([`crate::cpu::FEATURES`]).
+    pub const FEATURES: usize = 11;
     /// Words in the header.
-    pub const WORDS: usize = 11;
+    pub const WORDS: usize = 12;
 }
 
 /// Words of one input's record.

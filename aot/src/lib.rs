@@ -4,12 +4,14 @@
 //! kernel library the generated code calls. The library's C entry points are thin wrappers that
 //! hand their descriptor to [`entry`]'s functions, which cut a call into the compiled batches
 //! ([`schedule`], shared with `nabla predict` so that both run the same programs on the same
-//! rows), lay out the buffer table in the caller's scratch, and run the kernels in order.
+//! rows), lay out the buffer table in the caller's scratch, and run the kernels in order, on a
+//! CPU that has the instruction-set extensions the code was compiled for ([`cpu`]).
 //!
 //! Nothing here is global: every call works in its own scratch, so calls from several threads
 //! need only separate scratch (the kernel library's thread pool serialises itself).
 #![deny(missing_docs)]
 
+pub mod cpu;
 pub mod entry;
 pub mod format;
 pub mod schedule;

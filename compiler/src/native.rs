@@ -14,6 +14,7 @@
 use nabla_aot::format::{self, SlotKind, aligned, input, model, program, slot};
 use nabla_runtime::Elem;
 
+use crate::codegen::machine::{self, Machine};
 use crate::codegen::object::{self, Entry, Library, Param, Word};
 use crate::kernel::Plan;
 use crate::model::{Model, Role, ValueKind};
@@ -30,6 +31,8 @@ pub struct Options<'a> {
     /// The vocabulary the weights were trained on, for a text model: each token's text and
     /// what goes between two.
     pub tokens: Option<(&'a [String], &'a str)>,
+    /// The machine the library runs on.
+    pub machine: &'a Machine,
 }
 
 /// An exported library before linking.
@@ -48,6 +51,8 @@ pub struct Native {
     pub inputs: Vec<(String, usize, usize)>,
     /// Floats of prediction per example.
     pub output_row: usize,
+    /// The instruction-set extensions its code needs (`nabla_aot::cpu`'s names).
+    pub features: Vec<&'static str>,
 }
 
 /// One input of the prediction as the header describes it.
@@ -115,6 +120,8 @@ pub fn export(
     words[model::MAGIC] = Word::Number(format::MAGIC);
     set(&mut words, model::VERSION, format::VERSION as usize);
     words[model::WEIGHTS] = Word::Weights;
+    let features = machine::features(options.machine).map_err(|e| e.0)?;
+    words[model::FEATURES] = Word::Number(features);
     set(&mut words, model::INPUTS, inputs.len());
     let input_table = words.len();
     set(&mut words, model::INPUT_TABLE, input_table);
@@ -217,6 +224,7 @@ pub fn export(
         entries,
         elem: Elem::F32,
         threads: programs.threads,
+        machine: options.machine,
     };
     let object = object::object(&library).map_err(|e| e.to_string())?;
     let step_output = step
@@ -226,8 +234,10 @@ pub fn export(
                 .map(|p| m.graph.shape(p.node).numel().unwrap_or(0))
         })
         .unwrap_or(0);
+    let features = nabla_aot::cpu::names(features);
     let header = header(
         options,
+        &features,
         &inputs,
         output_row,
         step.is_some()
@@ -244,6 +254,7 @@ pub fn export(
         weights: weight_bytes,
         step: step.is_some(),
         scratch: scratch + format::ALIGN,
+        features,
     })
 }
 
@@ -360,6 +371,7 @@ fn describe(
 /// The C header declaring the library's entry points, with sizes as macros.
 fn header(
     options: &Options,
+    features: &[&str],
     inputs: &[Input],
     output_row: usize,
     step: Option<(usize, usize, usize)>,
@@ -374,9 +386,20 @@ fn header(
             options.source
         ),
         String::new(),
-        "The model's prediction compiled ahead of time for the CPU of the machine that exported"
-            .into(),
-        "it (its instruction set extensions), weights inside. A call with n examples runs".into(),
+        format!(
+            "The model's prediction compiled ahead of time for {} (CPU: {}), weights inside.",
+            options.machine.triple(),
+            options.machine.cpu_name()
+        ),
+        format!(
+            "Instruction-set extensions it needs: {} (a CPU without one gets",
+            if features.is_empty() {
+                "none".to_string()
+            } else {
+                features.join(", ")
+            }
+        ),
+        format!("{upper}_ERROR_CPU). A call with n examples runs"),
         format!(
             "programs compiled for batches of {}: full batches of the largest, then the rest",
             batches.join(", ")
@@ -409,12 +432,14 @@ fn header(
          #define {upper}_ERROR_NULL {} /* a pointer the call needs is NULL */\n\
          #define {upper}_ERROR_MEMORY {} /* no scratch given and none could be allocated */\n\
          #define {upper}_ERROR_INPUT {} /* a class index is not a whole number below its vocabulary; nothing computed */\n\
-         #define {upper}_ERROR_FORMAT {} /* objects of different nabla versions linked together */\n\n",
+         #define {upper}_ERROR_FORMAT {} /* objects of different nabla versions linked together */\n\
+         #define {upper}_ERROR_CPU {} /* this CPU lacks an extension the code needs; nothing computed */\n\n",
         nabla_aot::entry::OK,
         nabla_aot::entry::ERROR_NULL,
         nabla_aot::entry::ERROR_MEMORY,
         nabla_aot::entry::ERROR_INPUT,
         nabla_aot::entry::ERROR_FORMAT,
+        nabla_aot::entry::ERROR_CPU,
     );
     h += &format!(
         "/* The inputs, in the order `inputs` lists them, and floats per example. */\n#define {upper}_INPUTS {}\n",

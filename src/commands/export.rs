@@ -8,11 +8,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::ValueEnum;
+use nabla_compiler::codegen::machine::Machine;
 use nabla_compiler::native;
 use nabla_compiler::onnx::{self, ExportError};
 use nabla_runtime::files;
 use serde_json::json;
 
+use super::link::Toolchain;
 use super::origin::source_line;
 use super::session::WeightsArgs;
 use super::{Failure, Outcome, print_json};
@@ -21,7 +23,7 @@ use super::{Failure, Outcome, print_json};
 enum Format {
     /// A shared and a static library with a C header, in the directory `-o` names: the
     /// prediction (and a recurrent token model's generation step) compiled ahead of time for
-    /// this machine's CPU family, weights inside.
+    /// this machine's CPU or the target named, weights inside.
     Native,
     /// An ONNX model (opset 17): the evaluation graph from the inputs to the prediction, the
     /// parameters inside, the batch symbolic.
@@ -50,6 +52,15 @@ pub struct Args {
     /// Native: threads a large matrix product or convolution may use inside one call.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Native: the target triple the library runs on (default: this machine's), GNU/Linux on
+    /// x86_64 or aarch64, like `aarch64-unknown-linux-gnu`.
+    #[arg(long)]
+    target: Option<String>,
+    /// Native: the CPU the code may use every extension of: `native` (this machine's; the
+    /// default without --target), `baseline` (any CPU of the architecture; the default with
+    /// --target), or LLVM's names (`x86-64-v3`, `haswell`, `znver3`, `skylake-avx512`).
+    #[arg(long)]
+    target_cpu: Option<String>,
 }
 
 pub fn run(args: Args) -> Outcome {
@@ -61,6 +72,11 @@ pub fn run(args: Args) -> Outcome {
     }) == Format::Native
     {
         return native(args);
+    }
+    if args.target.is_some() || args.target_cpu.is_some() {
+        return Err(Failure::Message(
+            "`--target` and `--target-cpu` choose the machine code of a native export; an ONNX file runs on whatever machine loads it".into(),
+        ));
     }
     files::check_writable(&args.output, "the exported model", false).map_err(Failure::Message)?;
     let (session, store) = args.common.open()?;
@@ -131,7 +147,9 @@ fn native(args: Args) -> Outcome {
             "`--name {name}`: the name prefixes C symbols, so it must be letters, digits and underscores, not starting with a digit"
         )));
     }
-    let archive = super::link::runtime_archive().map_err(Failure::Message)?;
+    let machine = Machine::named(args.target.as_deref(), args.target_cpu.as_deref())
+        .map_err(Failure::Message)?;
+    let tools = Toolchain::for_machine(&machine).map_err(Failure::Message)?;
     files::prepare_directory(&args.output, "export").map_err(Failure::Message)?;
     let (mut session, store) = args.common.open()?;
     let loaded = &session.loaded;
@@ -152,10 +170,11 @@ fn native(args: Args) -> Outcome {
         batches: &batches,
         source: &source,
         tokens: vocabulary.as_ref().map(|v| (&v.tokens[..], v.separator())),
+        machine: &machine,
     };
     let exported =
         native::export(&session.programs, &values, &options).map_err(Failure::Message)?;
-    let linked = super::link::link(&args.output, &name, &exported.object, &archive)
+    let linked = super::link::link(&args.output, &name, &exported.object, &tools)
         .map_err(Failure::Message)?;
     let header = args.output.join(format!("{name}.h"));
     files::write_atomically(&header, exported.header.as_bytes()).map_err(Failure::Message)?;
@@ -166,6 +185,9 @@ fn native(args: Args) -> Outcome {
         print_json(&json!({
             "format": "native",
             "name": name,
+            "target": machine.triple().to_string(),
+            "cpu": machine.cpu_name(),
+            "features": exported.features,
             "header": header.display().to_string(),
             "shared": {"file": shared.display().to_string(), "bytes": shared_bytes},
             "static": {"file": r#static.display().to_string(), "bytes": static_bytes},
@@ -181,7 +203,7 @@ fn native(args: Args) -> Outcome {
         }));
     } else {
         out!(
-            "wrote {} ({}), {} ({}, linked with {}, {}) and {}: `{name}_predict` at batches {}{}, weights inside ({}), {} of scratch per call",
+            "wrote {} ({}), {} ({}, linked with {}, {}) and {}: `{name}_predict` at batches {}{}, weights inside ({}), {} of scratch per call; for {} (CPU {}, extensions: {})",
             shared.display(),
             super::bytes(*shared_bytes),
             r#static.display(),
@@ -201,6 +223,13 @@ fn native(args: Args) -> Outcome {
             },
             super::bytes(exported.weights as u64),
             super::bytes(exported.scratch as u64),
+            machine.triple(),
+            machine.cpu_name(),
+            if exported.features.is_empty() {
+                "none".to_string()
+            } else {
+                exported.features.join(", ")
+            },
         );
     }
     Ok(ExitCode::SUCCESS)

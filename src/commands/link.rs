@@ -4,12 +4,15 @@
 //! alone (the system's `ar`), linked together with the run-time archive `libnabla_aot.a`,
 //! copied beside it: one archive serves every model a program links, where an archive per
 //! model would bring the Rust standard library twice. The kernels and the run time come from
-//! that archive, which the build puts beside the `nabla` binary; `$CC`, `$AR` and
-//! `$NABLA_AOT_LIB` override where each comes from.
+//! that archive, built for the library's machine; the tools are that machine's
+//! ([`Toolchain`]): the system's own for this machine's architecture, the GNU cross tools for
+//! another.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use nabla_compiler::codegen::machine::Machine;
 use nabla_runtime::files::WorkDir;
 
 /// The libraries written, with their sizes in bytes.
@@ -22,25 +25,68 @@ pub struct Linked {
 /// The run-time archive's file name, beside the binary and in the export.
 pub const RUNTIME: &str = "libnabla_aot.a";
 
-/// The run-time archive: `$NABLA_AOT_LIB`, else `libnabla_aot.a` beside this executable.
-pub fn runtime_archive() -> Result<PathBuf, String> {
-    if let Some(path) = std::env::var_os("NABLA_AOT_LIB") {
-        let path = PathBuf::from(path);
-        return if path.is_file() {
-            Ok(path)
+/// What links a library for one machine: its C compiler, its archiver and nabla's run-time
+/// archive built for it.
+pub struct Toolchain {
+    cc: OsString,
+    ar: OsString,
+    /// The run-time archive.
+    pub archive: PathBuf,
+}
+
+impl Toolchain {
+    /// The tools for `machine`. This machine's architecture: `$CC` (else `cc`), `$AR` (else
+    /// `ar`), the archive beside this executable. Another: `$CC_<triple>` and `$AR_<triple>`
+    /// (the triple's dashes as underscores, as the `cc` crate reads them), else the GNU cross
+    /// tools' names (`aarch64-linux-gnu-gcc`, `-ar`), and the archive where `cargo build
+    /// --target <triple>` puts it beside this executable's target directory. `$NABLA_AOT_LIB`
+    /// names the archive either way.
+    pub fn for_machine(machine: &Machine) -> Result<Toolchain, String> {
+        let triple = machine.triple();
+        let exe_dir = std::env::current_exe()
+            .ok()
+            .and_then(|exe| Some(exe.parent()?.to_path_buf()));
+        let (cc, ar, beside, build) = if machine.is_host_architecture() {
+            (
+                std::env::var_os("CC").unwrap_or("cc".into()),
+                std::env::var_os("AR").unwrap_or("ar".into()),
+                exe_dir.map(|d| d.join(RUNTIME)),
+                "cargo build --release -p nabla-aot` (it lands in target/release/)".to_string(),
+            )
         } else {
-            Err(format!(
-                "$NABLA_AOT_LIB names `{}`, which is not a file",
-                path.display()
-            ))
+            let key = triple.to_string().replace('-', "_");
+            let cross = format!("{}-linux-gnu", triple.architecture);
+            (
+                std::env::var_os(format!("CC_{key}")).unwrap_or(format!("{cross}-gcc").into()),
+                std::env::var_os(format!("AR_{key}")).unwrap_or(format!("{cross}-ar").into()),
+                exe_dir.and_then(|d| {
+                    Some(
+                        d.parent()?
+                            .join(triple.to_string())
+                            .join("release")
+                            .join(RUNTIME),
+                    )
+                }),
+                format!(
+                    "rustup target add {triple} && cargo build --release -p nabla-aot --target {triple}` (it lands in target/{triple}/release/)"
+                ),
+            )
         };
-    }
-    let beside = std::env::current_exe()
-        .ok()
-        .and_then(|exe| Some(exe.parent()?.join(RUNTIME)));
-    match beside {
-        Some(path) if path.is_file() => Ok(path),
-        _ => Err("native export links against nabla's run-time archive, libnabla_aot.a, which is not beside this nabla binary: build it with `cargo build --release -p nabla-aot` (it lands in target/release/), or name it in $NABLA_AOT_LIB".into()),
+        let archive = match std::env::var_os("NABLA_AOT_LIB") {
+            Some(path) if Path::new(&path).is_file() => PathBuf::from(path),
+            Some(path) => {
+                return Err(format!(
+                    "$NABLA_AOT_LIB names `{}`, which is not a file",
+                    Path::new(&path).display()
+                ));
+            }
+            None => beside.filter(|p| p.is_file()).ok_or_else(|| {
+                format!(
+                    "native export for {triple} links against nabla's run-time archive built for it, libnabla_aot.a, which is not where this nabla binary looks: build it with `{build}, or name it in $NABLA_AOT_LIB"
+                )
+            })?,
+        };
+        Ok(Toolchain { cc, ar, archive })
     }
 }
 
@@ -48,7 +94,7 @@ pub fn runtime_archive() -> Result<PathBuf, String> {
 fn run(mut command: Command, what: &str) -> Result<(), String> {
     let program = command.get_program().to_string_lossy().into_owned();
     let out = command.output().map_err(|e| {
-        format!("cannot run `{program}` to {what}: {e} (set $CC or $AR to the tool to use)")
+        format!("cannot run `{program}` to {what}: {e} (name the tool to use in the variable README's deploy section gives)")
     })?;
     if out.status.success() {
         return Ok(());
@@ -60,9 +106,10 @@ fn run(mut command: Command, what: &str) -> Result<(), String> {
     ))
 }
 
-/// Links `object` (the model `name`'s) against `archive` into `lib{name}.so` and `lib{name}.a`
-/// in `dir`, each moved into place whole.
-pub fn link(dir: &Path, name: &str, object: &[u8], archive: &Path) -> Result<Linked, String> {
+/// Links `object` (the model `name`'s) with `tools` into `lib{name}.so` and `lib{name}.a` in
+/// `dir`, each moved into place whole.
+pub fn link(dir: &Path, name: &str, object: &[u8], tools: &Toolchain) -> Result<Linked, String> {
+    let archive = &tools.archive;
     let work = WorkDir::new(dir)?;
     let object = work.write(&format!("{name}.o"), object)?;
     let exports = work.write(
@@ -70,7 +117,7 @@ pub fn link(dir: &Path, name: &str, object: &[u8], archive: &Path) -> Result<Lin
         format!("{{\n  global: {name}_*;\n  local: *;\n}};\n").as_bytes(),
     )?;
     let shared_name = format!("lib{name}.so");
-    let mut cc = Command::new(std::env::var_os("CC").unwrap_or("cc".into()));
+    let mut cc = Command::new(&tools.cc);
     cc.arg("-shared")
         .arg("-o")
         .arg(work.file(&shared_name))
@@ -82,7 +129,7 @@ pub fn link(dir: &Path, name: &str, object: &[u8], archive: &Path) -> Result<Lin
         .args(nabla_compiler::native::system_libraries().split(' '));
     run(cc, "link the shared library")?;
     let static_name = format!("lib{name}.a");
-    let mut ar = Command::new(std::env::var_os("AR").unwrap_or("ar".into()));
+    let mut ar = Command::new(&tools.ar);
     ar.arg("rcs").arg(work.file(&static_name)).arg(&object);
     run(ar, "archive the model")?;
     work.copy(archive, RUNTIME)?;

@@ -7,6 +7,7 @@ use cranelift_module::default_libcall_names;
 use nabla_runtime::{Elem, KernelFn, Program};
 
 use super::clif::MathFn;
+use super::machine::{self, Machine};
 use super::module::{self, precision};
 use crate::kernel::Plan;
 use nabla_kernels::Symbols;
@@ -48,7 +49,10 @@ pub fn compile(
     listing: Listing,
     threads: usize,
 ) -> Result<Compiled, CodegenError> {
-    let mut jit_builder = JITBuilder::with_isa(module::host_isa(false)?, default_libcall_names());
+    let mut jit_builder = JITBuilder::with_isa(
+        machine::isa(&Machine::default(), false)?,
+        default_libcall_names(),
+    );
     let precision = precision(elem);
     for f in MathFn::ALL {
         let ptr = Symbols::math(f.name(), precision)

@@ -10,6 +10,7 @@
 pub mod clif;
 pub mod jit;
 mod loops;
+pub mod machine;
 mod math;
 mod matmul;
 mod module;

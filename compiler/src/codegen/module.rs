@@ -6,8 +6,6 @@
 use std::collections::HashMap;
 
 use cranelift_codegen::ir::{AbiParam, UserFuncName, types};
-use cranelift_codegen::isa::OwnedTargetIsa;
-use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_module::{FuncId, Linkage, Module};
 use nabla_runtime::Elem;
@@ -23,20 +21,6 @@ pub(super) fn precision(elem: Elem) -> Precision {
         Elem::F32 => Precision::F32,
         Elem::F64 => Precision::F64,
     }
-}
-
-/// The host's ISA (SSE4.1/AVX/FMA where present), optimising for speed; position-independent
-/// code when it goes into a library.
-pub(super) fn host_isa(pic: bool) -> Result<OwnedTargetIsa, CodegenError> {
-    let mut flags = settings::builder();
-    flags.set("opt_level", "speed").map_err(err)?;
-    if pic {
-        flags.set("is_pic", "true").map_err(err)?;
-    }
-    cranelift_native::builder()
-        .map_err(err)?
-        .finish(settings::Flags::new(flags))
-        .map_err(err)
 }
 
 /// The kernel library's entry points, declared as imports of one module.

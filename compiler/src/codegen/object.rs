@@ -1,5 +1,6 @@
 //! Plans to an object file for a library: every program's kernels ([`super::module`]) compiled
-//! ahead of time for the host with `cranelift-object`, position-independent, beside the
+//! ahead of time with `cranelift-object` for the machine asked for ([`super::machine`]),
+//! position-independent, beside the
 //! weights and the descriptor that tells the run time (`nabla-aot`) how to call them, and the
 //! library's exported C entry points, each a call of the run time's function with the
 //! descriptor. The kernel library's and the run time's symbols are left for the linker.
@@ -11,6 +12,7 @@ use cranelift_object::{ObjectBuilder, ObjectModule};
 use nabla_runtime::Elem;
 
 use super::jit::{CodegenError, err};
+use super::machine::{self, Machine};
 use super::module;
 use crate::kernel::Plan;
 
@@ -68,12 +70,14 @@ pub struct Library<'a> {
     pub elem: Elem,
     /// Threads large matrix products may use.
     pub threads: usize,
+    /// The machine the code runs on.
+    pub machine: &'a Machine,
 }
 
-/// The relocatable object (ELF on Linux) holding `library`.
+/// The relocatable object (ELF) holding `library`.
 pub fn object(library: &Library) -> Result<Vec<u8>, CodegenError> {
     let builder = ObjectBuilder::new(
-        module::host_isa(true)?,
+        machine::isa(library.machine, true)?,
         library.name,
         cranelift_module::default_libcall_names(),
     )
