@@ -28,8 +28,10 @@ pub const RUNTIME: &str = "libnabla_aot.a";
 /// What links a library for one machine: its C compiler, its archiver and nabla's run-time
 /// archive built for it.
 pub struct Toolchain {
-    cc: OsString,
-    ar: OsString,
+    /// The C compiler and the variable that names another.
+    cc: (OsString, String),
+    /// The archiver and the variable that names another.
+    ar: (OsString, String),
     /// The run-time archive.
     pub archive: PathBuf,
 }
@@ -46,10 +48,14 @@ impl Toolchain {
         let exe_dir = std::env::current_exe()
             .ok()
             .and_then(|exe| Some(exe.parent()?.to_path_buf()));
+        let tool = |variable: String, default: String| {
+            let tool = std::env::var_os(&variable).unwrap_or(default.into());
+            (tool, variable)
+        };
         let (cc, ar, beside, build) = if machine.is_host_architecture() {
             (
-                std::env::var_os("CC").unwrap_or("cc".into()),
-                std::env::var_os("AR").unwrap_or("ar".into()),
+                tool("CC".into(), "cc".into()),
+                tool("AR".into(), "ar".into()),
                 exe_dir.map(|d| d.join(RUNTIME)),
                 "cargo build --release -p nabla-aot` (it lands in target/release/)".to_string(),
             )
@@ -57,8 +63,8 @@ impl Toolchain {
             let key = triple.to_string().replace('-', "_");
             let cross = format!("{}-linux-gnu", triple.architecture);
             (
-                std::env::var_os(format!("CC_{key}")).unwrap_or(format!("{cross}-gcc").into()),
-                std::env::var_os(format!("AR_{key}")).unwrap_or(format!("{cross}-ar").into()),
+                tool(format!("CC_{key}"), format!("{cross}-gcc")),
+                tool(format!("AR_{key}"), format!("{cross}-ar")),
                 exe_dir.and_then(|d| {
                     Some(
                         d.parent()?
@@ -90,11 +96,11 @@ impl Toolchain {
     }
 }
 
-/// Runs `command`, or says what failed with its output.
-fn run(mut command: Command, what: &str) -> Result<(), String> {
+/// Runs `command` (the tool `variable` names), or says what failed with its output.
+fn run(mut command: Command, variable: &str, what: &str) -> Result<(), String> {
     let program = command.get_program().to_string_lossy().into_owned();
     let out = command.output().map_err(|e| {
-        format!("cannot run `{program}` to {what}: {e} (name the tool to use in the variable README's deploy section gives)")
+        format!("cannot run `{program}` to {what}: {e} (set ${variable} to the tool to use)")
     })?;
     if out.status.success() {
         return Ok(());
@@ -117,7 +123,7 @@ pub fn link(dir: &Path, name: &str, object: &[u8], tools: &Toolchain) -> Result<
         format!("{{\n  global: {name}_*;\n  local: *;\n}};\n").as_bytes(),
     )?;
     let shared_name = format!("lib{name}.so");
-    let mut cc = Command::new(&tools.cc);
+    let mut cc = Command::new(&tools.cc.0);
     cc.arg("-shared")
         .arg("-o")
         .arg(work.file(&shared_name))
@@ -127,11 +133,11 @@ pub fn link(dir: &Path, name: &str, object: &[u8], tools: &Toolchain) -> Result<
         .arg("-Wl,--strip-all")
         .arg(format!("-Wl,--version-script={}", exports.display()))
         .args(nabla_compiler::native::system_libraries().split(' '));
-    run(cc, "link the shared library")?;
+    run(cc, &tools.cc.1, "link the shared library")?;
     let static_name = format!("lib{name}.a");
-    let mut ar = Command::new(&tools.ar);
+    let mut ar = Command::new(&tools.ar.0);
     ar.arg("rcs").arg(work.file(&static_name)).arg(&object);
-    run(ar, "archive the model")?;
+    run(ar, &tools.ar.1, "archive the model")?;
     work.copy(archive, RUNTIME)?;
     Ok(Linked {
         shared: work.install(&shared_name)?,
