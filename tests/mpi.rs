@@ -8,17 +8,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use nabla_runtime::checkpoint;
+mod common;
+
+use common::{difference, scratch, tensors};
 
 /// The longest any job here may take before the test fails instead of hanging.
 const DEADLINE: Duration = Duration::from_secs(180);
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("nabla-mpi-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    dir
-}
 
 /// `examples/mnist_mlp.nn` with an Adam train block too, its data found from anywhere.
 fn model(dir: &Path) -> PathBuf {
@@ -101,35 +96,6 @@ fn ok(o: Output) -> Output {
     o
 }
 
-/// Every tensor of a saved file, by name.
-fn tensors(path: &Path) -> Vec<(String, Vec<f32>)> {
-    let contents = checkpoint::load(path, "weights", 1 << 30).expect("saved weights");
-    contents
-        .tensors
-        .into_iter()
-        .map(|(name, _, values)| (name, values))
-        .collect()
-}
-
-/// The largest difference between two files' tensors: elementwise relative to each tensor's
-/// largest magnitude, and as the 2-norm of the difference relative to the tensor's.
-fn difference(a: &Path, b: &Path) -> (f64, f64) {
-    let norm = |v: &mut dyn Iterator<Item = f64>| v.map(|x| x * x).sum::<f64>().sqrt();
-    tensors(a)
-        .iter()
-        .zip(tensors(b))
-        .map(|((_, x), (_, y))| {
-            let scale = x.iter().fold(1e-12f64, |m, v| m.max(f64::from(v.abs())));
-            let diffs = || x.iter().zip(&y).map(|(u, v)| f64::from(u - v));
-            let largest = diffs().fold(0.0f64, |m, d| m.max(d.abs())) / scale;
-            let l2 = norm(&mut diffs()) / norm(&mut x.iter().map(|&v| f64::from(v))).max(1e-12);
-            (largest, l2)
-        })
-        .fold((0.0, 0.0), |(a, b), (c, d)| {
-            (f64::max(a, c), f64::max(b, d))
-        })
-}
-
 /// SGD: every element within 1e-4 of its tensor's largest (see `tests/distributed.rs`'
 /// `F32_TOLERANCE`: the same means summed in another order, over 100 steps; measured 3.5e-5,
 /// and a wrong weighing of the shards is 2e-2 apart). Adam divides each gradient by the root
@@ -165,7 +131,7 @@ fn two_ranks_train_the_mnist_mlp_as_one_process_at_twice_the_batch_and_repeat_bi
         args.extend(common);
         args.extend([one.as_str(), "--batch", "64"]);
         ok(one_process(&args));
-        let d = difference(Path::new(&one), Path::new(&two));
+        let d = difference(&tensors(Path::new(&one)), &tensors(Path::new(&two)));
         assert!(d.0 < largest && d.1 < l2, "{config}: {d:?} apart");
         distributed(&again);
         assert_eq!(

@@ -4,6 +4,9 @@
 use crate::float::Float;
 use crate::parallel;
 
+#[cfg(target_arch = "x86_64")]
+mod leveled;
+
 /// `c [m, n] (+)= A [m, k] @ B [k, n]`, the operands given as `(elements, row stride, column
 /// stride)` and `c` row-major; with `accumulate`, added to what `c` holds.
 pub(super) fn gemm<T: Float>(
@@ -42,6 +45,27 @@ pub(super) unsafe fn strided_gemm<T: 'static + Copy + num_traits::Zero + num_tra
     (b, b_row, b_col): (*const T, isize, isize),
     accumulate: bool,
 ) {
+    #[cfg(target_arch = "x86_64")]
+    let level = crate::isa::level().unwrap_or(crate::isa::Level::Native);
+    #[cfg(target_arch = "x86_64")]
+    if level != crate::isa::Level::Native {
+        let operands = leveled::Operands {
+            mnk: [m, n, k],
+            c: (c.cast(), c_row),
+            a: (a.cast(), a_row, a_col),
+            b: (b.cast(), b_row, b_col),
+            accumulate,
+        };
+        // SAFETY: as the caller promises; `T` is f32 or f64 (`Float`).
+        unsafe {
+            if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() {
+                return leveled::f32(level, operands);
+            }
+            if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f64>() {
+                return leveled::f64(level, operands);
+            }
+        }
+    }
     // SAFETY: as the caller promises.
     unsafe {
         gemm::gemm(

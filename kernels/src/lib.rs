@@ -15,6 +15,7 @@ pub mod call;
 mod convolution;
 mod float;
 pub mod gemm;
+pub mod isa;
 mod library;
 pub mod parallel;
 pub mod peaks;

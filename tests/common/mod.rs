@@ -13,6 +13,35 @@ pub fn scratch(name: &str) -> std::path::PathBuf {
     dir
 }
 
+/// Every tensor of a saved weights file, by name, in order.
+pub fn tensors(path: &std::path::Path) -> Vec<(String, Vec<f32>)> {
+    let contents =
+        nabla_runtime::checkpoint::load(path, "weights", 1 << 30).expect("saved weights");
+    contents
+        .tensors
+        .into_iter()
+        .map(|(name, _, values)| (name, values))
+        .collect()
+}
+
+/// The largest difference between two runs' tensors: elementwise relative to each tensor's
+/// largest magnitude, and as the 2-norm of the difference relative to the tensor's.
+pub fn difference(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) -> (f64, f64) {
+    let norm = |v: &mut dyn Iterator<Item = f64>| v.map(|x| x * x).sum::<f64>().sqrt();
+    a.iter()
+        .zip(b)
+        .map(|((_, x), (_, y))| {
+            let scale = x.iter().fold(1e-12f64, |m, v| m.max(f64::from(v.abs())));
+            let diffs = || x.iter().zip(y).map(|(u, v)| f64::from(u - v));
+            let largest = diffs().fold(0.0f64, |m, d| m.max(d.abs())) / scale;
+            let l2 = norm(&mut diffs()) / norm(&mut x.iter().map(|&v| f64::from(v))).max(1e-12);
+            (largest, l2)
+        })
+        .fold((0.0, 0.0), |(a, b), (c, d)| {
+            (f64::max(a, c), f64::max(b, d))
+        })
+}
+
 /// Runs the `nabla` binary from the repository root.
 pub fn nabla(args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_nabla"))

@@ -50,7 +50,7 @@ pub fn compile(
     threads: usize,
 ) -> Result<Compiled, CodegenError> {
     let mut jit_builder = JITBuilder::with_isa(
-        machine::isa(&Machine::default(), false)?,
+        machine::isa(&Machine::jit()?, false)?,
         default_libcall_names(),
     );
     let precision = precision(elem);

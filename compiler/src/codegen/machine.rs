@@ -1,5 +1,5 @@
 //! The machine code is generated for: this one, with every instruction-set extension its CPU
-//! has (the JIT, and an export by default), or another, named by a target triple and a CPU, for
+//! has (the JIT, unless `NABLA_ISA` names a lesser level, and an export by default), or another, named by a target triple and a CPU, for
 //! a library that runs elsewhere (`nabla export --target`). A library records the extensions
 //! its code uses ([`features`]) so that its run time refuses a CPU without them instead of
 //! dying of an illegal instruction.
@@ -65,6 +65,22 @@ impl Machine {
         }
         isa(&machine, true).map_err(|e| e.0)?;
         Ok(machine)
+    }
+
+    /// The machine the JIT compiles for: this one, at the instruction-set level `NABLA_ISA`
+    /// names (`nabla_kernels::isa`), its best by default.
+    pub fn jit() -> Result<Machine, CodegenError> {
+        use nabla_kernels::isa::Level;
+        let cpu = match nabla_kernels::isa::level().map_err(err)? {
+            Level::Native => None,
+            Level::Avx512 => Some("x86-64-v4"),
+            Level::Avx2 => Some("x86-64-v3"),
+            Level::Baseline => Some("baseline"),
+        };
+        Ok(Machine {
+            triple: None,
+            cpu: cpu.map(str::to_string),
+        })
     }
 
     /// The triple code is generated for.
