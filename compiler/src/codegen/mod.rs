@@ -2,10 +2,13 @@
 //!
 //! [`clif`] is the emitter core (buffers, loops, expressions) and turns each kernel of a
 //! [`crate::kernel::Plan`] into Cranelift IR, one family of phases per file: [`loops`] (maps
-//! and reductions) and [`matmul`] (register-tiled products and their epilogues); [`jit`]
-//! compiles the kernels for the host and returns a `nabla_runtime::Program`. Generated code
-//! calls into [`library`] (the tuned GEMM, convolution, pooling, slicing), which splits large
-//! calls over the cores with [`parallel`]'s fork-join pool.
+//! and reductions), [`matmul`] (register-tiled products and their epilogues) and [`math`]
+//! (transcendental functions in registers). [`module`] defines a plan's kernels in any
+//! Cranelift module, for the ISA [`machine`] chooses (the host at the level `NABLA_ISA` names,
+//! or an export's target); [`jit`] compiles them in this process and returns a
+//! `nabla_runtime::Program`, [`object`] into a relocatable object for a library. Generated code
+//! calls into the kernel library (`nabla_kernels`: the tuned GEMM, convolution, pooling,
+//! slicing, and the fork-join pool that splits large calls over the cores).
 
 pub mod clif;
 pub mod jit;
