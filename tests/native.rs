@@ -171,8 +171,20 @@ fn compile_c(
     exe
 }
 
-/// The f32 bits of every value of `nabla predict --json`'s rows.
-fn predicted_bits(json_lines: &str) -> Vec<u32> {
+/// The f32 bits of every value `nabla predict --json --batch BATCHES` gives for the CSV
+/// `rows` with the weights `dir` holds.
+fn predicted_bits(model: &str, dir: &Path, rows: &Path, batches: &str) -> Vec<u32> {
+    let json_lines = run_ok(&[
+        "predict",
+        model,
+        "--weights",
+        dir.join("w.safetensors").to_str().unwrap(),
+        "--input",
+        rows.to_str().unwrap(),
+        "--batch",
+        batches,
+        "--json",
+    ]);
     json_lines
         .lines()
         .flat_map(|l| {
@@ -252,18 +264,7 @@ fn classify_mnist(
         .parse()
         .unwrap();
     assert!(accuracy > 50.0, "{model}: {said}");
-    let predicted = run_ok(&[
-        "predict",
-        model,
-        "--weights",
-        dir.join("w.safetensors").to_str().unwrap(),
-        "--input",
-        rows.to_str().unwrap(),
-        "--batch",
-        "1,64",
-        "--json",
-    ]);
-    let expected = predicted_bits(&predicted);
+    let expected = predicted_bits(model, dir, &rows, "1,64");
     let got = bits_of(&std::fs::read(&logits).unwrap());
     assert_eq!(expected.len(), n * 10);
     let differing = expected.iter().zip(&got).filter(|(a, b)| a != b).count();
@@ -465,18 +466,7 @@ fn every_example_model_predicts_through_the_shared_library_as_nabla_predict_does
                 .unwrap(),
             "the C program",
         );
-        let predicted = run_ok(&[
-            "predict",
-            &model,
-            "--weights",
-            dir.join("w.safetensors").to_str().unwrap(),
-            "--input",
-            rows.to_str().unwrap(),
-            "--batch",
-            "1,4",
-            "--json",
-        ]);
-        let expected = predicted_bits(&predicted);
+        let expected = predicted_bits(&model, &dir, &rows, "1,4");
         let got = bits_of(&std::fs::read(&output).unwrap());
         assert_eq!(
             expected.len(),

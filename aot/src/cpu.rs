@@ -50,17 +50,13 @@ pub fn names(bits: u64) -> Vec<&'static str> {
 }
 
 /// The extensions of `required` that the CPU running this does not have (asked of the
-/// standard library, which caches what the CPU says).
+/// standard library, which caches what the CPU says). Called on every call of a library, so
+/// only the required ones are asked about.
 pub fn missing(required: u64) -> u64 {
-    required & !present()
-}
-
-/// The extensions of [`FEATURES`] this CPU has.
-fn present() -> u64 {
     FEATURES
         .iter()
         .enumerate()
-        .filter(|&(_, f)| has(f))
+        .filter(|&(i, f)| required & (1 << i) != 0 && !has(f))
         .fold(0, |bits, (i, _)| bits | 1 << i)
 }
 
@@ -111,6 +107,15 @@ fn has(_: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The extensions of [`FEATURES`] this CPU has.
+    fn present() -> u64 {
+        FEATURES
+            .iter()
+            .enumerate()
+            .filter(|&(_, f)| has(f))
+            .fold(0, |bits, (i, _)| bits | 1 << i)
+    }
 
     #[test]
     fn a_required_extension_the_cpu_lacks_is_missing_and_none_is_missing_when_none_is_required() {

@@ -85,7 +85,7 @@ impl ModelPrograms {
     /// One generation step for one sequence: the prediction for the fed token, with every
     /// recurrent state read from and written back to the external buffer of its name (zeros
     /// before the first step), and the names of those buffers with their lengths.
-    pub fn generate_step(&self) -> Result<(Program, Vec<(String, usize)>), String> {
+    pub fn generate_step(&self) -> Result<(Program, Carries), String> {
         let (model, outputs, assignments, carries) = self.generation()?;
         let compiled = self.build(&model.graph, outputs, assignments)?;
         Ok((compiled.program, carries))

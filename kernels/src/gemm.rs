@@ -46,7 +46,7 @@ pub(super) unsafe fn strided_gemm<T: 'static + Copy + num_traits::Zero + num_tra
     accumulate: bool,
 ) {
     #[cfg(target_arch = "x86_64")]
-    let level = crate::isa::level().unwrap_or(crate::isa::Level::Native);
+    let level = crate::isa::of_products();
     #[cfg(target_arch = "x86_64")]
     if level != crate::isa::Level::Native {
         let operands = leveled::Operands {

@@ -60,14 +60,25 @@ impl Level {
 }
 
 /// The level `NABLA_ISA` asks for (native when unset), read once.
-pub fn level() -> Result<Level, String> {
+fn chosen() -> &'static Result<Level, String> {
     static LEVEL: OnceLock<Result<Level, String>> = OnceLock::new();
-    LEVEL
-        .get_or_init(|| match std::env::var("NABLA_ISA") {
-            Ok(name) => Level::named(&name),
-            Err(_) => Ok(Level::Native),
-        })
-        .clone()
+    LEVEL.get_or_init(|| match std::env::var("NABLA_ISA") {
+        Ok(name) => Level::named(&name),
+        Err(_) => Ok(Level::Native),
+    })
+}
+
+/// The level `NABLA_ISA` asks for, or why it cannot be had.
+pub fn level() -> Result<Level, String> {
+    chosen().clone()
+}
+
+/// The level every matrix product runs at: the one asked for, native when that is not a
+/// level this CPU has (the compiler has reported it before any product runs). Called on every
+/// product, so it reads the cached choice without copying its error.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn of_products() -> Level {
+    *chosen().as_ref().unwrap_or(&Level::Native)
 }
 
 #[cfg(test)]
