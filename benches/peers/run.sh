@@ -3,18 +3,22 @@
 # side by side in one run (compare.py), and prints one table with nabla's ratios. Not part of
 # CI: it downloads gigabytes.
 #
-#   benches/peers/run.sh [--steps N]
+#   benches/peers/run.sh [--steps N] [--isa avx2|baseline]
+#
+# --isa runs nabla as on a lesser CPU (NABLA_ISA), the peers as they are.
 #
 # The virtualenv lives outside the repository (benches/peers/venv.sh).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 steps=200
+isa=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --steps) steps="$2"; shift 2 ;;
+    --isa) isa=(--isa "$2"); shift 2 ;;
     *) echo "unknown argument $1" >&2; exit 1 ;;
   esac
 done
 source benches/peers/venv.sh
 cargo build --release --locked --quiet
-"$venv/bin/python" benches/peers/compare.py --steps "$steps"
+"$venv/bin/python" benches/peers/compare.py --steps "$steps" "${isa[@]}"
