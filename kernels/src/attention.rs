@@ -16,6 +16,7 @@
 use crate::convolution::with_scratch;
 use crate::float::Float;
 use crate::gemm::strided_gemm;
+use crate::lanes;
 use crate::parallel;
 
 /// The call's sizes, as its words lay them out: `[products, Tq, Tk, D, Dv, causal, the
@@ -151,21 +152,17 @@ impl Geometry {
         product([tq, d, tk], scores, (q, 1), (k, 1, k.row));
         let scale = T::of(self.scale);
         for (i, row) in p.chunks_exact_mut(tk).enumerate() {
-            let (seen, hidden) = row.split_at_mut(self.seen(i));
-            hidden.fill(T::zero());
-            if seen.is_empty() {
-                continue;
+            let seen = self.seen(i);
+            let width = if seen == 0 {
+                0
+            } else {
+                seen.next_multiple_of(lanes::LANES).min(tk)
+            };
+            let (active, rest) = row.split_at_mut(width);
+            rest.fill(T::zero());
+            if seen > 0 {
+                lanes::softmax(active, seen, scale);
             }
-            // Separate passes, so that the elementwise ones vectorise; a NaN score is never
-            // the maximum, and its exponential makes the row NaN, as in PyTorch.
-            seen.iter_mut().for_each(|x| *x = *x * scale);
-            let max = seen
-                .iter()
-                .fold(T::neg_infinity(), |m, &x| if x > m { x } else { m });
-            seen.iter_mut().for_each(|x| *x = (*x - max).exp_fast());
-            let sum = seen.iter().fold(T::zero(), |a, &x| a + x);
-            let inverse = T::one() / sum;
-            seen.iter_mut().for_each(|x| *x = *x * inverse);
         }
     }
 }
@@ -249,13 +246,7 @@ pub(super) fn backward<T: Float>(args: &[usize], inputs: &[&[T]], out: &mut [T],
         product([tq, dv, tk], ds, (x.o, 1), (x.v, 1, x.v.row));
         let scale = T::of(g.scale);
         for (p_row, dp_row) in p.chunks_exact(tk).zip(dp.chunks_exact_mut(tk)) {
-            let total = p_row
-                .iter()
-                .zip(dp_row.iter())
-                .fold(T::zero(), |a, (&x, &y)| a + x * y);
-            for (ds, &pj) in dp_row.iter_mut().zip(p_row) {
-                *ds = pj * (*ds - total) * scale;
-            }
+            lanes::softmax_grad(p_row, dp_row, scale);
         }
         product([tq, tk, d], dq, (ds, 1), (x.k, x.k.row, 1));
         product([tk, tq, d], dk, (ds_t, tk), (x.q, x.q.row, 1));

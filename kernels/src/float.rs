@@ -20,12 +20,14 @@ pub(super) trait Float:
 }
 
 impl Float for f32 {
+    #[inline(always)]
     fn exp_fast(self) -> f32 {
         // e^x = 2^n e^r with n = round(x log2 e), |r| <= ln 2 / 2; adding and subtracting
         // 1.5 * 2^23 rounds to the nearest integer without a call.
         const ROUND: f32 = 12_582_912.0;
         let x = self.clamp(-87.0, 88.0);
-        let n = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
+        let k = x * std::f32::consts::LOG2_E + ROUND;
+        let n = k - ROUND;
         let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
         let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2)
             * r
@@ -33,7 +35,9 @@ impl Float for f32 {
             * r
             + 0.5;
         let e = p * r * r + r + 1.0;
-        e * f32::from_bits(((n as i32 + 127) << 23) as u32)
+        // 2^n from `k`'s bits, whose low ones hold n (in -126..=127), without a conversion
+        // to an integer (Rust's saturating `as i32` does not vectorise).
+        e * f32::from_bits(k.to_bits().wrapping_add(127) << 23)
     }
 
     fn of(v: f64) -> f32 {
@@ -51,6 +55,7 @@ impl Float for f32 {
 }
 
 impl Float for f64 {
+    #[inline(always)]
     fn exp_fast(self) -> f64 {
         self.exp()
     }

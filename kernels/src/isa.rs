@@ -81,6 +81,18 @@ pub(crate) fn of_products() -> Level {
     *chosen().as_ref().unwrap_or(&Level::Native)
 }
 
+/// Whether the library's own loops (attention's rows, [`crate::lanes`]) may run in their AVX2
+/// build: the CPU has AVX2 and FMA, and `NABLA_ISA` does not ask for less.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn wide_loops() -> bool {
+    static WIDE: OnceLock<bool> = OnceLock::new();
+    *WIDE.get_or_init(|| {
+        of_products() != Level::Baseline
+            && is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,8 @@
 //! [`call`] (the routines generated code calls by number, and their sizes), [`library`] (their
 //! dispatch, and slices, concatenations, gathers and scatters), [`convolution`] (im2col,
 //! col2im and convolutions), [`pooling`] (max pooling), [`gemm`] (matrix products through the
-//! `gemm` crate), [`attention`] (attention without stored scores), [`parallel`] (the fork-join pool), [`float`] (the float types),
+//! `gemm` crate), [`attention`] (attention without stored scores), [`lanes`] (its row loops, vectorised),
+//! [`parallel`] (the fork-join pool), [`float`] (the float types),
 //! [`shims`] (the `extern "C"` entry points generated code imports), and [`peaks`] (this
 //! machine's measured compute and memory peaks, for profiles' rooflines).
 #![deny(missing_docs)]
@@ -16,6 +17,7 @@ mod convolution;
 mod float;
 pub mod gemm;
 pub mod isa;
+mod lanes;
 mod library;
 pub mod parallel;
 pub mod peaks;
