@@ -8,8 +8,11 @@
 //! and its operands, which it reads whole; the operands of matrix products (but a transpose,
 //! which the product reads with swapped strides); the elementwise
 //! operands of broadcasts, transposes and reshapes (so that a value read at many points is
-//! computed once); and transcendental values (`exp`, `log`, ...) that several kernels would
-//! otherwise each recompute. Every other value is inline, so it never touches memory.
+//! computed once); transcendental values (`exp`, `log`, ...) that several kernels would
+//! otherwise each recompute; values read at several points whose inline computation would
+//! read more than two buffers of their size (a sum of many stored values, such as a
+//! transformer's residual stream); and values whose inline computation would reach too far
+//! back (an unrolled recurrence). Every other value is inline, so it never touches memory.
 //!
 //! Stored values are then grouped, in topological order, into kernels:
 //! - a **matrix product** with its *epilogue*: the elementwise values of its shape that read it
@@ -153,7 +156,10 @@ pub fn fuse(graph: &Graph, roots: &[NodeId], options: Options) -> Fusion {
     let mut cone = Cone::new(graph.len());
     for &id in &nodes {
         stored[id.index()] = must_store(graph, id, roots, &users, options)
-            || (is_elementwise(graph.op(id)) && cone.too_large(graph, id, &stored));
+            || (is_elementwise(graph.op(id)) && {
+                let shared = users.get(&id).is_some_and(|us| us.len() > 1);
+                cone.too_costly(graph, id, &stored, shared)
+            });
     }
     let computed = |id: &NodeId, stored: &[bool]| {
         let op = graph.op(*id);
@@ -188,6 +194,13 @@ pub fn fuse(graph: &Graph, roots: &[NodeId], options: Options) -> Fusion {
 /// inline expressions.
 const MAX_INLINE: usize = 64;
 
+/// The most buffers of its own size a value read at several points may read inline. A sum
+/// of many stored values (a transformer's residual stream: the input plus every block's
+/// outputs) left inline would make every kernel reading it read all of them, the backward's
+/// layer norms most of all; stored, each reads one buffer. Two is an elementwise binary
+/// op's own operands, which every kernel pays anyway.
+const MAX_SHARED_READS: usize = 2;
+
 /// The walk over the nodes a value would recompute inline, reused from node to node: a node is
 /// seen in the current walk when its stamp is the walk's number, so no set is made per node.
 struct Cone {
@@ -205,25 +218,36 @@ impl Cone {
         }
     }
 
-    /// Whether computing `id` inline would recompute more than [`MAX_INLINE`] nodes, given
-    /// which of the nodes before it are stored (every operand of `id` is already decided: ids
-    /// ascend).
-    fn too_large(&mut self, graph: &Graph, id: NodeId, stored: &[bool]) -> bool {
+    /// Whether computing `id` inline would recompute more than [`MAX_INLINE`] nodes, or, for
+    /// a value read at several points (`shared`), read more than [`MAX_SHARED_READS`] buffers
+    /// of its own size, given which of the nodes before it are stored (every operand of `id`
+    /// is already decided: ids ascend).
+    fn too_costly(&mut self, graph: &Graph, id: NodeId, stored: &[bool], shared: bool) -> bool {
         self.walk += 1;
         self.stack.clear();
         self.stack.push(id);
-        let mut seen = 0;
+        let size = graph.shape(id).numel();
+        let (mut seen, mut reads) = (0, 0);
         while let Some(x) = self.stack.pop() {
             if std::mem::replace(&mut self.stamps[x.index()], self.walk) == self.walk {
                 continue;
             }
-            seen += 1;
-            if seen > MAX_INLINE {
-                return true;
+            if x != id && (stored[x.index()] || is_leaf(graph.op(x))) {
+                reads += usize::from(graph.shape(x).numel() == size);
+                if shared && reads > MAX_SHARED_READS {
+                    return true;
+                }
+                continue;
+            }
+            // A reshape costs nothing, but reads its operand's buffer.
+            if !matches!(graph.op(x), Op::Reshape(_)) {
+                seen += 1;
+                if seen > MAX_INLINE {
+                    return true;
+                }
             }
             for &o in graph.operands(x) {
-                let op = graph.op(o);
-                if !stored[o.index()] && !is_leaf(op) && !is_free(op) {
+                if !matches!(graph.op(o), Op::Const(_) | Op::Numel(_)) {
                     self.stack.push(o);
                 }
             }
