@@ -18,7 +18,8 @@
 //! - a **matrix product** with its *epilogue*: the elementwise values of its shape that read it
 //!   at the same point (bias, activation, the gradient's activation mask, the optimizer's update
 //!   of a weight from its gradient), computed in registers before anything is stored;
-//! - **reductions** over the same shape and axes (siblings share one pass), followed by
+//! - **reductions** over the same shape and axes (siblings share one pass, a sibling that reads
+//!   nothing of the group joining it even after its later phases have formed), followed by
 //!   elementwise phases that read them (`log` of a row sum, the mean's division);
 //! - **maps**: elementwise values of one shape, siblings sharing one loop;
 //! - **calls**: one library call, alone.
@@ -456,10 +457,10 @@ fn group(
                 .into_iter()
                 .flat_map(|gs| gs.iter().rev().take(SIBLINGS_TRIED))
                 .copied()
+                // A sibling joins the first pass even after later phases have formed: it reads
+                // nothing of the group, so no phase of it needs to come first.
                 .find(|&g| {
-                    groups[g].members.is_empty()
-                        && fits(g, &groups)
-                        && read.iter().all(|(x, _)| group_of.get(x) != Some(&g))
+                    fits(g, &groups) && read.iter().all(|(x, _)| group_of.get(x) != Some(&g))
                 }),
             _ => {
                 // An epilogue of an anchor it reads, else a sibling map of the same shape.
