@@ -91,7 +91,9 @@ impl Lowerer<'_> {
             let count = located(self.graph.node(Op::Numel(Shape(reduced)), &[]), span)?;
             let sum = located(self.graph.sum(x, &axes), span)?;
             let mean = located(self.graph.div(sum, count), span)?;
-            let total = self.squared_deviations(x, mean, &axes, span)?;
+            let centred = located(self.graph.sub(x, mean), span)?;
+            let squares = located(self.graph.mul(centred, centred), span)?;
+            let total = located(self.graph.sum(squares, &axes), span)?;
             let var = located(self.graph.div(total, count), span)?;
             // running = (1 - momentum) running + momentum batch, the variance unbiased.
             let one = self.graph.constant(1.0);
@@ -119,26 +121,6 @@ impl Lowerer<'_> {
             return Ok(normalised);
         }
         self.scale_and_shift(normalised, &prefix, (features, &column_shape), true, span)
-    }
-
-    /// `sum((x - mean)^2)` over `axes`, the mean held constant for the gradient. Its gradient
-    /// through the mean, `-2 sum(x - mean)` times the variance's, is zero (the deviations from a
-    /// mean sum to zero), so leaving it out changes no derivative; kept, it made the backward
-    /// reduce the mean's gradient only after the variance's, two passes over the data where
-    /// PyTorch's formula, `(dy - mean(dy) - x̂ mean(dy x̂)) / σ`, which this now lowers to, needs
-    /// one for both sums. After autodiff the stop is dropped and the deviations are the
-    /// normalisation's own `x - mean`, computed once.
-    fn squared_deviations(
-        &mut self,
-        x: NodeId,
-        mean: NodeId,
-        axes: &[usize],
-        span: Span,
-    ) -> LResult<NodeId> {
-        let fixed = located(self.graph.unary(UnaryOp::StopGradient, mean), span)?;
-        let deviations = located(self.graph.sub(x, fixed), span)?;
-        let squares = located(self.graph.mul(deviations, deviations), span)?;
-        located(self.graph.sum(squares, axes), span)
     }
 
     /// `centred / sqrt(var + eps)`.
@@ -218,15 +200,15 @@ impl Lowerer<'_> {
         }
         let axis = [shape.rank() - 1];
         let count = self.graph.constant(features as f64);
-        let (centred, total) = if rms {
-            let squares = located(self.graph.mul(x, x), span)?;
-            (x, located(self.graph.sum(squares, &axis), span)?)
+        let centred = if rms {
+            x
         } else {
             let sum = located(self.graph.sum(x, &axis), span)?;
             let mean = located(self.graph.div(sum, count), span)?;
-            let centred = located(self.graph.sub(x, mean), span)?;
-            (centred, self.squared_deviations(x, mean, &axis, span)?)
+            located(self.graph.sub(x, mean), span)?
         };
+        let squares = located(self.graph.mul(centred, centred), span)?;
+        let total = located(self.graph.sum(squares, &axis), span)?;
         let var = located(self.graph.div(total, count), span)?;
         let normalised = self.normalise(centred, var, eps, span)?;
         if !a.flag("affine", true)? {
