@@ -564,30 +564,25 @@ fn bad_flags_and_a_missing_run_time_are_errors_that_write_nothing() {
         );
         assert!(!out_dir.exists(), "{all:?} wrote something");
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_nabla"))
-        .args(["export", "examples/xor.nn", "--weights", w, "-o", o])
-        .env("NABLA_AOT_LIB", dir.join("nowhere.a"))
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("NABLA_AOT_LIB"),
-        "{err}"
-    );
+    // The export's error under the environment `vars`.
+    let export_error = |vars: &[(&str, PathBuf)]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_nabla"))
+            .args(["export", "examples/xor.nn", "--weights", w, "-o", o])
+            .envs(vars.iter().map(|(k, v)| (k, v)))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = export_error(&[("NABLA_AOT_LIB", dir.join("nowhere.a"))]);
+    assert!(err.contains("NABLA_AOT_LIB"), "{err}");
     assert!(!out_dir.exists());
-    let out = Command::new(env!("CARGO_BIN_EXE_nabla"))
-        .args(["export", "examples/xor.nn", "--weights", w, "-o", o])
-        .env("NABLA_AOT_LIB", runtime_archive())
-        .env("CC", dir.join("no-such-cc"))
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("set $CC to the tool to use"),
-        "{err}"
-    );
+    let err = export_error(&[
+        ("NABLA_AOT_LIB", runtime_archive()),
+        ("CC", dir.join("no-such-cc")),
+    ]);
+    assert!(err.contains("set $CC to the tool to use"), "{err}");
     let written: Vec<_> = std::fs::read_dir(&out_dir).unwrap().flatten().collect();
     assert!(written.is_empty(), "{written:?}");
 }

@@ -80,6 +80,11 @@ def main():
     rows = []
     mnist = nabla_mnist_run()
 
+    def one_thread_row(model_file, batch, ours):
+        one = nabla_bench(model_file, batch, args.steps, threads=1)
+        rows.append(("  nabla on 1 thread, step ms", f"{one['step_ms']:.3f}", "-", "-",
+                     f"{one['step_ms'] / ours['step_ms']:.2f}x on 2 threads", ">= 1.8x"))
+
     def step_row(name, model_file, model, batch, steps, goal, scale=1.0):
         ours = nabla_bench(model_file, batch, steps)
         torch = peer_bench("torch", model, batch, steps)
@@ -92,9 +97,7 @@ def main():
     # Issue 23's goals: 1.3x where both sides have AVX-512's peak, 1.0x at AVX2's.
     mlp_goal = ">= 1.3x" if isa == "AVX-512" else ">= 1.0x"
     ours, jax = step_row("MLP recipe, batch 128, step ms", "examples/mnist_pytorch_recipe.nn", "mlp", 128, args.steps, mlp_goal)
-    one = nabla_bench("examples/mnist_pytorch_recipe.nn", 128, args.steps, threads=1)
-    rows.append(("  nabla on 1 thread, step ms", f"{one['step_ms']:.3f}", "-", "-",
-                 f"{one['step_ms'] / ours['step_ms']:.2f}x on 2 threads", ">= 1.8x"))
+    one_thread_row("examples/mnist_pytorch_recipe.nn", 128, ours)
     rows.append(("compile, parse to native step, ms", f"{ours['compile_ms']:.1f}", "-",
                  f"{jax['compile_ms']:.1f}", f"{jax['compile_ms'] / ours['compile_ms']:.0f}x faster", "<= 20 ms"))
     ours, jax = step_row("MLP recipe, batch 16, step ms", "examples/mnist_pytorch_recipe.nn", "mlp", 16, args.steps, ">= 1.5x JAX")
@@ -109,9 +112,7 @@ def main():
         torch = peer_bench("torch", model, 64, args.steps)
         rows.append((f"{name}, batch 64, step ms", f"{ours['step_ms']:.3f}", f"{torch['step_ms']:.3f}", "-",
                      f"{torch['step_ms'] / ours['step_ms']:.2f}x faster", ">= 1.2x torch"))
-        one = nabla_bench(model_file, 64, args.steps, threads=1)
-        rows.append(("  nabla on 1 thread, step ms", f"{one['step_ms']:.3f}", "-", "-",
-                     f"{one['step_ms'] / ours['step_ms']:.2f}x on 2 threads", ">= 1.8x"))
+        one_thread_row(model_file, 64, ours)
     ours = nabla_bench("examples/char_rnn.nn", 32, args.steps // 4)
     torch = run_json([sys.executable, CHAR_RNN, "--steps", "0", "--time", str(args.steps // 4)])
     rows.append(("char-RNN (T = 64), batch 32, step ms", f"{ours['step_ms']:.3f}", f"{torch['step_ms']:.3f}", "-",

@@ -153,16 +153,13 @@ impl Geometry {
         let scale = T::of(self.scale);
         for (i, row) in p.chunks_exact_mut(tk).enumerate() {
             let seen = self.seen(i);
-            let width = if seen == 0 {
-                0
-            } else {
-                seen.next_multiple_of(lanes::LANES).min(tk)
-            };
-            let (active, rest) = row.split_at_mut(width);
-            rest.fill(T::zero());
-            if seen > 0 {
-                lanes::softmax(active, seen, scale);
+            if seen == 0 {
+                row.fill(T::zero());
+                continue;
             }
+            let (active, rest) = row.split_at_mut(seen.next_multiple_of(lanes::LANES).min(tk));
+            rest.fill(T::zero());
+            lanes::softmax(active, seen, scale);
         }
     }
 }

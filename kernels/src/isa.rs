@@ -86,11 +86,7 @@ pub(crate) fn of_products() -> Level {
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn wide_loops() -> bool {
     static WIDE: OnceLock<bool> = OnceLock::new();
-    *WIDE.get_or_init(|| {
-        of_products() != Level::Baseline
-            && is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-    })
+    *WIDE.get_or_init(|| of_products() != Level::Baseline && Level::Avx2.supported())
 }
 
 #[cfg(test)]
