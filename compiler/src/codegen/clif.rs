@@ -209,11 +209,13 @@ impl Emitter<'_, '_> {
 pub(super) struct Emitter<'a, 'b> {
     pub(super) b: &'a mut FunctionBuilder<'b>,
     pub(super) t: &'a Target,
-    table: Value,
+    pub(super) table: Value,
     /// Buffer start addresses, loaded once per slot.
-    bases: HashMap<usize, Value>,
+    pub(super) bases: HashMap<usize, Value>,
     /// The bounds of the outermost loop variable, when the function computes a band of rows.
     rows: Option<(Value, Value)>,
+    /// The slots the kernel writes (in any phase); every other slot is read-only while it runs.
+    pub(super) written: Vec<usize>,
 }
 
 impl<'a, 'b> Emitter<'a, 'b> {
@@ -230,6 +232,7 @@ impl<'a, 'b> Emitter<'a, 'b> {
             table,
             bases: HashMap::new(),
             rows: None,
+            written: kernel.phases.iter().flat_map(Phase::writes).collect(),
         };
         for slot in kernel.slots() {
             e.base(slot);
@@ -251,38 +254,7 @@ impl<'a, 'b> Emitter<'a, 'b> {
     }
 }
 
-/// Memory flags for buffer accesses: in bounds (the plan guarantees it), alignment not assumed
-/// for vectors that start mid-buffer.
-fn flags() -> MemFlagsData {
-    MemFlagsData::new().with_notrap()
-}
-
 impl Emitter<'_, '_> {
-    /// The start of buffer `slot` (loaded in the entry block by [`emit_kernel`]).
-    pub(super) fn base(&mut self, slot: usize) -> Value {
-        if let Some(&v) = self.bases.get(&slot) {
-            return v;
-        }
-        let offset = (slot * self.t.pointer.bytes() as usize) as i32;
-        let v = self
-            .b
-            .ins()
-            .load(self.t.pointer, MemFlagsData::trusted(), self.table, offset);
-        self.bases.insert(slot, v);
-        v
-    }
-
-    /// `base + index * element size`.
-    pub(super) fn addr(&mut self, base: Value, index: Value) -> Value {
-        let bytes = self.b.ins().imul_imm_s(index, self.t.size());
-        self.b.ins().iadd(base, bytes)
-    }
-
-    pub(super) fn store(&mut self, value: Value, base: Value, index: Value) {
-        let a = self.addr(base, index);
-        self.b.ins().store(flags(), value, a, 0);
-    }
-
     pub(super) fn constant(&mut self, ty: Type, v: f64) -> Value {
         let scalar = if self.t.scalar == types::F32 {
             self.b.ins().f32const(v as f32)
@@ -294,26 +266,6 @@ impl Emitter<'_, '_> {
         } else {
             scalar
         }
-    }
-
-    /// `Σ coeffs[k] * vars[k]` (an element offset).
-    pub(super) fn offset(&mut self, coeffs: &[i64], vars: &[Value]) -> Value {
-        let mut total: Option<Value> = None;
-        for (&c, &v) in coeffs.iter().zip(vars) {
-            if c == 0 {
-                continue;
-            }
-            let term = if c == 1 {
-                v
-            } else {
-                self.b.ins().imul_imm_s(v, c)
-            };
-            total = Some(match total {
-                Some(t) => self.b.ins().iadd(t, term),
-                None => term,
-            });
-        }
-        total.unwrap_or_else(|| self.b.ins().iconst(types::I64, 0))
     }
 
     /// `for i in (start..end).step_by(step) { body(i) }` with constant bounds.
@@ -349,8 +301,12 @@ impl Emitter<'_, '_> {
         self.b.ins().jump(header, &[start.into()]);
         self.b.switch_to_block(header);
         let i = self.b.block_params(header)[0];
-        let more = self.b.ins().icmp(IntCC::SignedLessThan, i, end);
-        self.b.ins().brif(more, inner, &[], exit, &[]);
+        // The exit is the branch's first target: Cranelift's loop-invariant code motion
+        // visits the dominator tree's children in reverse successor order and stops
+        // hoisting out of a loop once it has visited a block outside it, so with the body
+        // first nothing would leave the loop (a per-channel scale reloaded at every element).
+        let done = self.b.ins().icmp(IntCC::SignedGreaterThanOrEqual, i, end);
+        self.b.ins().brif(done, exit, &[], inner, &[]);
         self.b.switch_to_block(inner);
         body(self, i);
         let next = self.b.ins().iadd_imm_s(i, step);
@@ -412,61 +368,6 @@ impl Emitter<'_, '_> {
             values.push(v);
         }
         values
-    }
-
-    /// The element of `slot` at the affine offset, as `ty`: a vector load, a splat or a gather.
-    pub(super) fn load_at(
-        &mut self,
-        slot: usize,
-        coeffs: &[i64],
-        vars: &[Value],
-        ty: Type,
-    ) -> Value {
-        let base = self.base(slot);
-        let at = self.offset(coeffs, vars);
-        let address = self.addr(base, at);
-        let stride = coeffs.last().copied().unwrap_or(0) * self.t.size();
-        self.load_lanes(ty, address, 0, stride)
-    }
-
-    /// The value of type `ty` at `address + offset` bytes, its lanes `stride` bytes apart: a
-    /// scalar or vector load, a splat (stride 0) or a gather.
-    pub(super) fn load_lanes(
-        &mut self,
-        ty: Type,
-        address: Value,
-        offset: i64,
-        stride: i64,
-    ) -> Value {
-        let load = |e: &mut Self, ty: Type, offset: i64| match i32::try_from(offset) {
-            Ok(imm) => e.b.ins().load(ty, flags(), address, imm),
-            Err(_) => {
-                let at = e.b.ins().iadd_imm_s(address, offset);
-                e.b.ins().load(ty, flags(), at, 0)
-            }
-        };
-        let sty = self.t.scalar;
-        if !ty.is_vector() || stride == self.t.size() {
-            return load(self, ty, offset);
-        }
-        if stride == 0 {
-            let x = load(self, sty, offset);
-            return self.b.ins().splat(ty, x);
-        }
-        let mut v = self.constant(ty, 0.0);
-        for lane in 0..self.t.lanes() {
-            let x = load(self, sty, offset + lane * stride);
-            v = self.b.ins().insertlane(v, x, lane as u8);
-        }
-        v
-    }
-
-    /// Stores `value` (of type `ty`) at the affine offset; vector stores need a unit innermost
-    /// coefficient (the loops only vectorise then).
-    pub(super) fn store_at(&mut self, value: Value, slot: usize, coeffs: &[i64], vars: &[Value]) {
-        let base = self.base(slot);
-        let at = self.offset(coeffs, vars);
-        self.store(value, base, at);
     }
 
     /// `Σ coeffs[k] * vars[k]` as a float, per lane for vectors.

@@ -149,17 +149,18 @@ impl Emitter<'_, '_> {
         let (a_base, b_base) = (self.base(p.a.slot), self.base(p.b.slot));
         let a_start = self.addr_scaled(a_base, i0, p.a.row);
         let b_start = self.addr_scaled(b_base, j0, p.b.col);
+        let (a_flags, b_flags) = (self.read_flags(p.a.slot), self.read_flags(p.b.slot));
         self.for_range(0, p.k, 1, &mut |e, k| {
             let b_at = e.step_address(b_start, k, p.b.row);
             let b_values: Vec<Value> = columns
                 .iter()
                 .map(|&(ty, offset)| {
-                    e.load_lanes(ty, b_at, offset * p.b.col * size, p.b.col * size)
+                    e.load_lanes(ty, b_at, offset * p.b.col * size, p.b.col * size, b_flags)
                 })
                 .collect();
             let a_at = e.step_address(a_start, k, p.a.col);
             for r in 0..rows as usize {
-                let a_scalar = e.load_lanes(sty, a_at, r as i64 * p.a.row * size, 0);
+                let a_scalar = e.load_lanes(sty, a_at, r as i64 * p.a.row * size, 0, a_flags);
                 let a_vector = (vectors > 0).then(|| e.b.ins().splat(vty, a_scalar));
                 for (ci, &(ty, _)) in columns.iter().enumerate() {
                     let var = acc[r * columns.len() + ci];

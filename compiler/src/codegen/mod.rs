@@ -10,6 +10,7 @@
 //! calls into the kernel library (`nabla_kernels`: the tuned GEMM, convolution, pooling,
 //! slicing, and the fork-join pool that splits large calls over the cores).
 
+mod access;
 pub mod clif;
 pub mod jit;
 mod loops;
