@@ -92,20 +92,29 @@ pub(super) fn convolve<T: Float>(
             let mut parts: Vec<&mut [T]> = vec![&mut *out];
             parts.extend(partial.chunks_mut(o * ckk));
             for_each_band(&mut parts, threads, |k, dw| {
-                dw.fill(T::zero());
-                with_scratch(ckk * p, |cols| {
+                with_scratch(ckk * p + ckk * o, |scratch| {
+                    // The transpose `dw^T [C KH KW, O] = sum cols dy^T`, then copied into
+                    // `dw`: the `gemm` crate runs this orientation 20-25% faster for both of
+                    // the MNIST CNN's layers (AMD Zen 4; `nabla bench --profile`).
+                    let (cols, dw_t) = scratch.split_at_mut(ckk * p);
+                    dw_t.fill(T::zero());
                     for i in group(k) {
                         im2col(w, c, &a[i * image..(i + 1) * image], cols);
                         let dy = &b[i * o * p..(i + 1) * o * p];
                         gemm(
-                            o,
                             ckk,
+                            o,
                             p,
-                            dw,
-                            (dy, p as isize, 1),
-                            (cols, 1, p as isize),
+                            dw_t,
+                            (cols, p as isize, 1),
+                            (dy, 1, p as isize),
                             true,
                         );
+                    }
+                    for (r, row) in dw_t.chunks_exact(o).enumerate() {
+                        for (q, &v) in row.iter().enumerate() {
+                            dw[q * ckk + r] = v;
+                        }
                     }
                 });
             });
