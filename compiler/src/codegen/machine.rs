@@ -128,8 +128,24 @@ pub(super) fn isa(machine: &Machine, pic: bool) -> Result<OwnedTargetIsa, Codege
             ))
         })?,
     }
+    for (level, extensions) in LEVELS_COMPLETED {
+        if machine.cpu_name() == *level {
+            for extension in *extensions {
+                builder.enable(extension).map_err(err)?;
+            }
+        }
+    }
     builder.finish(settings::Flags::new(flags)).map_err(err)
 }
+
+/// Extensions the x86-64 psABI's levels include that Cranelift's presets of the same names
+/// leave out. Without AVX, Cranelift uses neither VEX encodings nor FMA (its `use_fma` asks
+/// for both), so every fused multiply-add became a call of `fmaf` per lane: the tiny model's
+/// step took 23 µs at `NABLA_ISA=avx2` against 2.3 µs native on the same AVX-512 CPU.
+const LEVELS_COMPLETED: &[(&str, &[&str])] = &[
+    ("x86-64-v3", &["has_avx"]),
+    ("x86-64-v4", &["has_avx", "has_avx512f"]),
+];
 
 /// The instruction-set extensions code for `machine` may use, as the run time's bits
 /// (`nabla_aot::cpu`).
@@ -162,6 +178,27 @@ mod tests {
         for cpu in ["x86-64-v3", "skylake-avx512", "znver4"] {
             let named = Machine::named(Some("x86_64-unknown-linux-gnu"), Some(cpu)).unwrap();
             assert_ne!(features(&named).unwrap(), 0, "{cpu}");
+        }
+    }
+
+    #[test]
+    fn the_generic_levels_have_the_extensions_the_psabi_gives_them() {
+        let bits = |cpu: &str| {
+            let named = Machine::named(Some("x86_64-unknown-linux-gnu"), Some(cpu)).unwrap();
+            nabla_aot::cpu::names(features(&named).unwrap())
+        };
+        for (cpu, needed) in [
+            ("x86-64-v3", &["avx", "avx2", "fma", "bmi2"][..]),
+            (
+                "x86-64-v4",
+                &["avx", "avx2", "fma", "avx512f", "avx512vl"][..],
+            ),
+            ("haswell", &["avx", "avx2", "fma"][..]),
+        ] {
+            let has = bits(cpu);
+            for n in needed {
+                assert!(has.contains(n), "{cpu} lacks {n}: {has:?}");
+            }
         }
     }
 
