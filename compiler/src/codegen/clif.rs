@@ -10,8 +10,9 @@
 //! a large weight, a wide activation); bands are inside the rows the plan checked.
 //!
 //! The phase families live beside this file: [`super::loops`] (maps and reductions) and
-//! [`super::matmul`] (register-tiled products with their epilogues); the f32 functions computed
-//! in registers (`tanh`, `exp`, `log`, `sigmoid`) in [`super::math`].
+//! [`super::matmul`] (register-tiled products with their epilogues); the buffer accesses in
+//! [`super::access`]; the f32 functions computed in registers (`tanh`, `exp`, `log`,
+//! `sigmoid`) in [`super::math`].
 
 use std::collections::HashMap;
 
