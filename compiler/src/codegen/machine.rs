@@ -121,16 +121,15 @@ pub(super) fn isa(machine: &Machine, pic: bool) -> Result<OwnedTargetIsa, Codege
     };
     match machine.cpu_name() {
         "native" | "baseline" => {}
-        cpu => builder.enable(cpu).map_err(|_| {
-            err(format!(
-                "`--target-cpu {cpu}`: not a CPU Cranelift knows for {} (`native`, `baseline`, or LLVM's names such as x86-64-v2, x86-64-v3, haswell, skylake-avx512, znver3)",
-                machine.triple().architecture
-            ))
-        })?,
-    }
-    for (level, extensions) in LEVELS_COMPLETED {
-        if machine.cpu_name() == *level {
-            for extension in *extensions {
+        cpu => {
+            builder.enable(cpu).map_err(|_| {
+                err(format!(
+                    "`--target-cpu {cpu}`: not a CPU Cranelift knows for {} (`native`, `baseline`, or LLVM's names such as x86-64-v2, x86-64-v3, haswell, skylake-avx512, znver3)",
+                    machine.triple().architecture
+                ))
+            })?;
+            let completed = LEVELS_COMPLETED.iter().find(|(level, _)| *level == cpu);
+            for extension in completed.map_or(&[][..], |(_, extensions)| extensions) {
                 builder.enable(extension).map_err(err)?;
             }
         }
