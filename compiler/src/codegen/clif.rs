@@ -87,6 +87,10 @@ pub struct Target {
     /// The functions computing a band of rows of this kernel's phases that run on several
     /// threads, with the phase's rows, by phase index (see [`Loop::split_rows`](crate::kernel::Loop::split_rows)).
     pub rows: HashMap<usize, (FuncRef, usize)>,
+    /// Whether vector comparisons must take their operands from registers: x86-64 without
+    /// AVX, where Cranelift 0.135 encodes SSE's `cmpps`/`cmppd` with an unaligned memory
+    /// operand, which faults ([`Emitter::compare`]).
+    pub compares_in_registers: bool,
 }
 
 impl Target {
@@ -389,7 +393,17 @@ impl Emitter<'_, '_> {
     }
 
     /// A comparison as a condition: a flag for scalars, a lane mask (as floats) for vectors.
+    /// Where [`Target::compares_in_registers`], each vector operand first has +0 added: the
+    /// same value for the comparison (only -0 becomes +0, which compares equal to it), but
+    /// the result of an addition, so Cranelift cannot fold a load into the compare as an
+    /// unaligned memory operand, which SSE's `cmpps` may not have.
     pub(super) fn compare(&mut self, cc: FloatCC, a: Value, b: Value, ty: Type) -> Value {
+        let (a, b) = if ty.is_vector() && self.t.compares_in_registers {
+            let zero = self.constant(ty, 0.0);
+            (self.b.ins().fadd(a, zero), self.b.ins().fadd(b, zero))
+        } else {
+            (a, b)
+        };
         let c = self.b.ins().fcmp(cc, a, b);
         if ty.is_vector() {
             let little = MemFlagsData::new().with_endianness(Endianness::Little);

@@ -94,6 +94,13 @@ pub(super) fn define<M: Module>(
     threads: usize,
 ) -> Result<Defined, CodegenError> {
     let pointer = module.target_config().pointer_type();
+    let compares_in_registers = module.isa().triple().architecture
+        == target_lexicon::Architecture::X86_64
+        && !module
+            .isa()
+            .isa_flags()
+            .iter()
+            .any(|flag| flag.name == "has_avx" && flag.as_bool() == Some(true));
     let (scalar, vector) = match elem {
         Elem::F32 => (types::F32, types::F32X4),
         Elem::F64 => (types::F64, types::F64X2),
@@ -145,6 +152,7 @@ pub(super) fn define<M: Module>(
                     call: module.declare_func_in_func(imports.call, b.func),
                     threads: threads.max(1) as i64,
                     parallel: module.declare_func_in_func(imports.parallel, b.func),
+                    compares_in_registers,
                     rows: rows
                         .iter()
                         .map(|(&index, &(id, extent))| {
