@@ -208,6 +208,7 @@ fn decide(phase: &mut Phase, threads: usize) {
                 fold_rows(l);
             }
             l.split_rows = splits(l, true);
+            short_rows_outward(l, &mut []);
         }
         Phase::MatMul {
             m,
@@ -227,6 +228,7 @@ fn decide(phase: &mut Phase, threads: usize) {
         Phase::Reduce { body, reductions } => {
             outermost_kept(body, reductions);
             body.split_rows = big(body) && reductions.iter().all(|r| r.coeffs[0] != 0);
+            short_rows_outward(body, reductions);
         }
         Phase::Call { .. } => {}
     }
@@ -269,18 +271,39 @@ fn outermost_kept(body: &mut Loop, reductions: &mut [Reduction]) {
     let Some(j) = (1..last).find(|&j| reductions.iter().all(|r| r.coeffs[j] != 0)) else {
         return;
     };
-    to_front(&mut body.dims, j);
+    reorder(body, reductions, |items| to_front(items, j));
+}
+
+/// Rows shorter than a vector: fewer elements than an f32 vector's lanes.
+const SHORT_ROW: usize = 4;
+
+/// Swaps the two innermost loop variables of a loop over rows shorter than a vector (a softmax
+/// over two classes, the bias gradient of a layer of two units) when there are at least a
+/// vector's worth of rows: generated code vectorises the innermost variable, so its vectors
+/// then run across rows instead of none running at all, and a reduction along the rows keeps
+/// each row's partial result in its own lane. Each row's elements are still combined in
+/// order; a loop whose rows split over threads keeps its order.
+fn short_rows_outward(body: &mut Loop, reductions: &mut [Reduction]) {
+    let n = body.dims.len();
+    if n < 2 || body.split_rows || body.dims[n - 1] >= SHORT_ROW || body.dims[n - 2] < SHORT_ROW {
+        return;
+    }
+    reorder(body, reductions, |items| items.swap(n - 2, n - 1));
+}
+
+/// Reorders the loop variables of `body` by `order`, applied alike to its extents and to every
+/// access's coefficients.
+fn reorder(body: &mut Loop, reductions: &mut [Reduction], order: impl Fn(&mut Vec<i64>)) {
+    let mut dims: Vec<i64> = body.dims.iter().map(|&d| d as i64).collect();
+    order(&mut dims);
+    body.dims = dims.into_iter().map(|d| d as usize).collect();
     for e in &mut body.exprs {
         if let Expr::Load { coeffs, .. } | Expr::Index { coeffs } = e {
-            to_front(coeffs, j);
+            order(coeffs);
         }
     }
-    body.stores
-        .iter_mut()
-        .for_each(|s| to_front(&mut s.coeffs, j));
-    reductions
-        .iter_mut()
-        .for_each(|r| to_front(&mut r.coeffs, j));
+    body.stores.iter_mut().for_each(|s| order(&mut s.coeffs));
+    reductions.iter_mut().for_each(|r| order(&mut r.coeffs));
 }
 
 /// Moves element `j` to the front.

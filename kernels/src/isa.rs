@@ -81,12 +81,36 @@ pub(crate) fn of_products() -> Level {
     *chosen().as_ref().unwrap_or(&Level::Native)
 }
 
+/// The widest build of the library's precompiled vector code ([`crate::tiles`], and
+/// [`crate::lanes`] in its AVX2 build) that the CPU has and `NABLA_ISA` allows.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Wide {
+    /// 512-bit registers (AVX-512F).
+    Avx512,
+    /// 256-bit registers with fused multiply-adds (AVX2 and FMA).
+    Avx2,
+    /// None: SSE2 code as Rust compiles it for every x86-64.
+    None,
+}
+
+/// The widest build the CPU has and `NABLA_ISA` allows, decided once.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn wide() -> Wide {
+    static WIDE: OnceLock<Wide> = OnceLock::new();
+    *WIDE.get_or_init(|| match of_products() {
+        Level::Baseline => Wide::None,
+        Level::Native | Level::Avx512 if Level::Avx512.supported() => Wide::Avx512,
+        Level::Native | Level::Avx512 | Level::Avx2 if Level::Avx2.supported() => Wide::Avx2,
+        _ => Wide::None,
+    })
+}
+
 /// Whether the library's own loops (attention's rows, [`crate::lanes`]) may run in their AVX2
 /// build: the CPU has AVX2 and FMA, and `NABLA_ISA` does not ask for less.
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn wide_loops() -> bool {
-    static WIDE: OnceLock<bool> = OnceLock::new();
-    *WIDE.get_or_init(|| of_products() != Level::Baseline && Level::Avx2.supported())
+    wide() != Wide::None
 }
 
 #[cfg(test)]

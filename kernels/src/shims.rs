@@ -1,10 +1,11 @@
 //! The entry points generated code calls, as `extern "C"` functions: the math functions of each
-//! precision, the GEMM, the library routines and the fork-join of bands of rows, each exported
-//! under the symbol [`Symbols::name`] gives. A JIT registers their addresses under those
-//! symbols; ahead-of-time code imports them and is linked against this crate's functions
-//! (through `nabla-aot`'s archive).
+//! precision, the GEMM, the small f32 products, the library routines and the fork-join of
+//! bands of rows, each exported under the symbol [`Symbols::name`] gives. A JIT registers their
+//! addresses under those symbols; ahead-of-time code imports them and is linked against this
+//! crate's functions (through `nabla-aot`'s archive).
 
 use crate::gemm::Gemm;
+use crate::tiles::Small;
 use crate::{Call, call, library, parallel};
 
 /// The precision a program computes in.
@@ -47,6 +48,12 @@ impl Symbols {
             Precision::F32 => gemm_f32 as *const u8,
             Precision::F64 => gemm_f64 as *const u8,
         }
+    }
+
+    /// The small f32 product in registers: `(m, k, n, a, a_row, a_col, b, b_row, b_col, c)`,
+    /// under the name `tiles` (f32 only: generated code computes f64's in its own tiles).
+    pub fn tiles() -> *const u8 {
+        tiles_f32 as *const u8
     }
 
     /// A library routine: `(call number, operand addresses, output, words)`.
@@ -182,6 +189,39 @@ macro_rules! gemm_shim {
 
 gemm_shim!(gemm_f32, f32);
 gemm_shim!(gemm_f64, f64);
+
+/// The `nabla_tiles_f32` symbol generated code calls for a small f32 product where the target
+/// has AVX2 (see [`crate::tiles`]).
+#[allow(clippy::too_many_arguments)]
+#[unsafe(export_name = "nabla_tiles_f32")]
+extern "C" fn tiles_f32(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: *const f32,
+    a_row: isize,
+    a_col: isize,
+    b: *const f32,
+    b_row: isize,
+    b_col: isize,
+    c: *mut f32,
+) {
+    let product = Small {
+        m,
+        k,
+        n,
+        a,
+        a_row,
+        a_col,
+        b,
+        b_row,
+        b_col,
+        c,
+    };
+    // SAFETY: as for the GEMM: the runtime checked the buffers against the plan, and the
+    // product's buffer is its own.
+    unsafe { product.run() }
+}
 
 /// The `nabla_call` symbol generated code calls for a library call: the library routine
 /// `call` (a [`Call`] as an integer) on the buffers whose addresses `inputs` lists, writing

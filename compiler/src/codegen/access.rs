@@ -125,11 +125,23 @@ impl Emitter<'_, '_> {
         v
     }
 
-    /// Stores `value` (of type `ty`) at the affine offset; vector stores need a unit innermost
-    /// coefficient (the loops only vectorise then).
+    /// Stores `value` at the affine offset: a vector's lanes go to consecutive elements for a
+    /// unit innermost coefficient, else each to its own (a scatter).
     pub(super) fn store_at(&mut self, value: Value, slot: usize, coeffs: &[i64], vars: &[Value]) {
         let base = self.base(slot);
         let at = self.offset(coeffs, vars);
-        self.store(value, base, at);
+        let stride = coeffs.last().copied().unwrap_or(0);
+        if !self.b.func.dfg.value_type(value).is_vector() || stride == 1 {
+            return self.store(value, base, at);
+        }
+        let address = self.addr(base, at);
+        for lane in 0..self.t.lanes() {
+            let x = self.b.ins().extractlane(value, lane as u8);
+            let at = self
+                .b
+                .ins()
+                .iadd_imm_s(address, lane * stride * self.t.size());
+            self.b.ins().store(flags(), x, at, 0);
+        }
     }
 }

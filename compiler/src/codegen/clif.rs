@@ -78,6 +78,9 @@ pub struct Target {
     pub math: Vec<FuncRef>,
     /// The imported matrix product (see [`super::jit`]'s `gemm` shim).
     pub gemm: FuncRef,
+    /// The imported small f32 product in AVX-512 or AVX2 registers, where the target has AVX2
+    /// and FMA: small products call it instead of emitting 128-bit register tiles.
+    pub tiles: Option<FuncRef>,
     /// The imported library of windows and convolutions (see [`super::jit`]'s `call` shim).
     pub call: FuncRef,
     /// Threads the matrix product may use.
@@ -364,8 +367,16 @@ impl Emitter<'_, '_> {
                 Expr::Unary(op, x) => self.unary(*op, values[*x], ty),
                 Expr::Binary(op, x, y) => self.binary(*op, values[*x], values[*y], ty),
                 Expr::Select(c, x, y) => {
-                    let zero = self.constant(ty, 0.0);
-                    let cond = self.compare(FloatCC::NotEqual, values[*c], zero, ty);
+                    // A comparison selects by its own condition, not by the 1.0 or 0.0 it
+                    // makes (the same choice; Cranelift drops the unused mask).
+                    let cond = if let Expr::Binary(op, a, b) = exprs[*c]
+                        && let Some(cc) = condition(op)
+                    {
+                        self.compare(cc, values[a], values[b], ty)
+                    } else {
+                        let zero = self.constant(ty, 0.0);
+                        self.compare(FloatCC::NotEqual, values[*c], zero, ty)
+                    };
                     self.choose(cond, values[*x], values[*y], ty)
                 }
                 Expr::Product => product.expect("a product only appears in its epilogue"),
@@ -485,6 +496,9 @@ impl Emitter<'_, '_> {
     }
 
     pub(super) fn binary(&mut self, op: BinaryOp, a: Value, b: Value, ty: Type) -> Value {
+        if let Some(cc) = condition(op) {
+            return self.mask(cc, a, b, ty);
+        }
         match op {
             BinaryOp::Add => self.b.ins().fadd(a, b),
             BinaryOp::Sub => self.b.ins().fsub(a, b),
@@ -493,10 +507,20 @@ impl Emitter<'_, '_> {
             BinaryOp::Max => self.b.ins().fmax(a, b),
             BinaryOp::Min => self.b.ins().fmin(a, b),
             BinaryOp::Pow => self.call(MathFn::Pow, &[a, b], ty),
-            BinaryOp::Lt => self.mask(FloatCC::LessThan, a, b, ty),
-            BinaryOp::Gt => self.mask(FloatCC::GreaterThan, a, b, ty),
-            BinaryOp::Le => self.mask(FloatCC::LessThanOrEqual, a, b, ty),
-            BinaryOp::Eq => self.mask(FloatCC::Equal, a, b, ty),
+            BinaryOp::Lt | BinaryOp::Gt | BinaryOp::Le | BinaryOp::Eq => {
+                unreachable!("comparisons are masks, above")
+            }
         }
+    }
+}
+
+/// The condition a comparison op tests, or `None` for an op that is not one.
+fn condition(op: BinaryOp) -> Option<FloatCC> {
+    match op {
+        BinaryOp::Lt => Some(FloatCC::LessThan),
+        BinaryOp::Gt => Some(FloatCC::GreaterThan),
+        BinaryOp::Le => Some(FloatCC::LessThanOrEqual),
+        BinaryOp::Eq => Some(FloatCC::Equal),
+        _ => None,
     }
 }

@@ -10,7 +10,7 @@ use super::clif::MathFn;
 use super::machine::{self, Machine};
 use super::module::{self, precision};
 use crate::kernel::Plan;
-use nabla_kernels::Symbols;
+use nabla_kernels::{Precision, Symbols};
 
 /// Why code generation failed (a bug or an unsupported host, never bad user input).
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +60,9 @@ pub fn compile(
         jit_builder.symbol(Symbols::name(f.name(), precision), ptr);
     }
     jit_builder.symbol(Symbols::name("gemm", precision), Symbols::gemm(precision));
+    if precision == Precision::F32 {
+        jit_builder.symbol(Symbols::name("tiles", precision), Symbols::tiles());
+    }
     jit_builder.symbol(Symbols::name("call", precision), Symbols::call(precision));
     jit_builder.symbol(
         Symbols::name("parallel", precision),

@@ -8,10 +8,11 @@ use crate::ir::ReduceOp;
 use crate::kernel::{Loop, Reduction};
 
 impl Emitter<'_, '_> {
-    /// Evaluates and stores at every point of the loop.
+    /// Evaluates and stores at every point of the loop, in vectors unless a store's innermost
+    /// coefficient is 0 (where the vector's lanes would write one element).
     pub(super) fn map(&mut self, l: &Loop) {
-        let contiguous = l.stores.iter().all(|s| s.coeffs.last() == Some(&1));
-        self.innermost(&l.dims, contiguous, &mut |e, vars, ty| {
+        let vectorise = l.stores.iter().all(|s| s.coeffs.last() != Some(&0));
+        self.innermost(&l.dims, vectorise, &mut |e, vars, ty| {
             let values = e.eval(&l.exprs, vars, ty, None);
             for s in &l.stores {
                 e.store_at(values[s.value], s.slot, &s.coeffs, vars);

@@ -47,6 +47,10 @@ impl Emitter<'_, '_> {
                 None => self.epilogue(n, out, epilogue),
             };
         }
+        if let Some(tiles) = self.t.tiles {
+            self.library_tiles(tiles, [m, k, n], a, b, out);
+            return self.epilogue(n, out, epilogue);
+        }
         let (m, n) = (m as i64, n as i64);
         let p = Product {
             k: k as i64,
@@ -101,6 +105,31 @@ impl Emitter<'_, '_> {
         ];
         let gemm = self.t.gemm;
         self.b.ins().call(gemm, &args);
+    }
+
+    /// A small product by a call to the library's register tiles.
+    fn library_tiles(
+        &mut self,
+        tiles: FuncRef,
+        [m, k, n]: [usize; 3],
+        a: Operand,
+        b: Operand,
+        out: usize,
+    ) {
+        let int = |e: &mut Self, v: i64| e.b.ins().iconst(types::I64, v);
+        let args = [
+            int(self, m as i64),
+            int(self, k as i64),
+            int(self, n as i64),
+            self.base(a.slot),
+            int(self, a.row),
+            int(self, a.col),
+            self.base(b.slot),
+            int(self, b.row),
+            int(self, b.col),
+            self.base(out),
+        ];
+        self.b.ins().call(tiles, &args);
     }
 
     /// The epilogue of a product of `n` columns in `out`, reading it back.

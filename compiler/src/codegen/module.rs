@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 
 use cranelift_codegen::ir::{AbiParam, UserFuncName, types};
+use cranelift_codegen::isa::TargetIsa;
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_module::{FuncId, Linkage, Module};
 use nabla_runtime::Elem;
@@ -27,6 +28,7 @@ pub(super) fn precision(elem: Elem) -> Precision {
 pub(super) struct Imports {
     math: Vec<FuncId>,
     gemm: FuncId,
+    tiles: Option<FuncId>,
     call: FuncId,
     parallel: FuncId,
 }
@@ -36,6 +38,7 @@ pub(super) fn imports<M: Module>(module: &mut M, elem: Elem) -> Result<Imports, 
     let precision = precision(elem);
     let pointer = module.target_config().pointer_type();
     let scalar = scalar(elem);
+    let wide = has_flags(module.isa(), &["has_avx2", "has_fma"]);
     let mut import = |name: &str, params: &[types::Type], returns: &[types::Type]| {
         let mut sig = module.make_signature();
         sig.params.extend(params.iter().map(|&t| AbiParam::new(t)));
@@ -57,14 +60,33 @@ pub(super) fn imports<M: Module>(module: &mut M, elem: Elem) -> Result<Imports, 
         ],
         &[],
     )?;
+    let tiles = match elem {
+        Elem::F32 if wide => Some(import(
+            "tiles",
+            &[i64, i64, i64, pointer, i64, i64, pointer, i64, i64, pointer],
+            &[],
+        )?),
+        _ => None,
+    };
     let call = import("call", &[i64, pointer, pointer, pointer], &[])?;
     let parallel = import("parallel", &[pointer, pointer, i64, i64], &[])?;
     Ok(Imports {
         math,
         gemm,
+        tiles,
         call,
         parallel,
     })
+}
+
+/// Whether `isa` is an x86-64 one with every flag of `flags` set (`has_avx`, `has_fma`).
+fn has_flags(isa: &dyn TargetIsa, flags: &[&str]) -> bool {
+    isa.triple().architecture == target_lexicon::Architecture::X86_64
+        && flags.iter().all(|name| {
+            isa.isa_flags()
+                .iter()
+                .any(|flag| flag.name == *name && flag.as_bool() == Some(true))
+        })
 }
 
 /// The scalar type of `elem`.
@@ -94,13 +116,9 @@ pub(super) fn define<M: Module>(
     threads: usize,
 ) -> Result<Defined, CodegenError> {
     let pointer = module.target_config().pointer_type();
-    let compares_in_registers = module.isa().triple().architecture
-        == target_lexicon::Architecture::X86_64
-        && !module
-            .isa()
-            .isa_flags()
-            .iter()
-            .any(|flag| flag.name == "has_avx" && flag.as_bool() == Some(true));
+    let isa = module.isa();
+    let compares_in_registers = isa.triple().architecture == target_lexicon::Architecture::X86_64
+        && !has_flags(isa, &["has_avx"]);
     let (scalar, vector) = match elem {
         Elem::F32 => (types::F32, types::F32X4),
         Elem::F64 => (types::F64, types::F64X2),
@@ -149,6 +167,9 @@ pub(super) fn define<M: Module>(
                     pointer,
                     math,
                     gemm: module.declare_func_in_func(imports.gemm, b.func),
+                    tiles: imports
+                        .tiles
+                        .map(|id| module.declare_func_in_func(id, b.func)),
                     call: module.declare_func_in_func(imports.call, b.func),
                     threads: threads.max(1) as i64,
                     parallel: module.declare_func_in_func(imports.parallel, b.func),
