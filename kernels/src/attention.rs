@@ -2,7 +2,7 @@
 //! `Op::AttentionGrad`; `nabla_compiler::ir::attention` is the reference): per product of the
 //! batch (a head of an example), the scores `q k^T` go to a per-thread scratch of `Tq x Tk`,
 //! are masked, scaled and turned into probabilities in place, and multiply the values, all by
-//! the tuned GEMM; only the output is kept. The backward recomputes the probabilities
+//! register tiles ([`crate::tiles`]; the GEMM in f64 or without AVX2); only the output is kept. The backward recomputes the probabilities
 //! (FlashAttention's trade: a product and a softmax again instead of `Tq Tk` stored values per
 //! head). Memory is the scratch of each thread, whatever the batch.
 //!
@@ -18,6 +18,7 @@ use crate::float::Float;
 use crate::gemm::strided_gemm;
 use crate::lanes;
 use crate::parallel;
+use crate::tiles::{self, Small};
 
 /// The call's sizes, as its words lay them out: `[products, Tq, Tk, D, Dv, causal, the
 /// scale's f64 bits, heads]`; `heads` is 0 for separate operands.
@@ -164,14 +165,33 @@ impl Geometry {
     }
 }
 
-/// `c [m, n] = A [m, k] @ B [k, n]` by the GEMM on this thread: `c` and `a` by their rows (`a`
-/// with the given column stride), `b` by its row and column strides.
+/// `c [m, n] = A [m, k] @ B [k, n]` on this thread: `c` and `a` by their rows (`a` with the
+/// given column stride), `b` by its row and column strides. In f32 where the CPU has wide
+/// registers, by the library's register tiles: a head's products (`64 x 32 x 64` in the baby
+/// GPT) are small enough that the GEMM's packing costs more than it saves.
 fn product<T: Float>(
     [m, k, n]: [usize; 3],
     c: Matrix<T>,
     (a, a_col): (Matrix<T>, usize),
     (b, b_row, b_col): (Matrix<T>, usize, usize),
 ) {
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() && tiles::vectorised() {
+        let small = Small {
+            m,
+            k,
+            n,
+            a: a.at.cast_const().cast(),
+            a_row: a.row as isize,
+            a_col: a_col as isize,
+            b: b.at.cast_const().cast(),
+            b_row: b_row as isize,
+            b_col: b_col as isize,
+            c: c.at.cast(),
+            c_row: c.row as isize,
+        };
+        // SAFETY: as below; `T` is f32.
+        return unsafe { small.run() };
+    }
     // SAFETY: every caller passes matrices inside the call's buffers for these sizes (the
     // layouts `Geometry::views` gives), and `c` apart from `a` and `b`.
     unsafe {

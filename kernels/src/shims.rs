@@ -217,6 +217,7 @@ extern "C" fn tiles_f32(
         b_row,
         b_col,
         c,
+        c_row: n as isize,
     };
     // SAFETY: as for the GEMM: the runtime checked the buffers against the plan, and the
     // product's buffer is its own.

@@ -11,8 +11,8 @@
 //! build: the bits are those of the portable loop (and of generated register tiles), on every
 //! CPU and level.
 
-/// A product `c [m, n] = A [m, k] @ B [k, n]`, `a` and `b` by row and column strides, `c`
-/// row-major.
+/// A product `c [m, n] = A [m, k] @ B [k, n]`, `a` and `b` by row and column strides, `c` by
+/// its row stride (its columns contiguous).
 #[derive(Clone, Copy)]
 pub(crate) struct Small {
     pub(crate) m: usize,
@@ -25,6 +25,7 @@ pub(crate) struct Small {
     pub(crate) b_row: isize,
     pub(crate) b_col: isize,
     pub(crate) c: *mut f32,
+    pub(crate) c_row: isize,
 }
 
 thread_local! {
@@ -32,11 +33,20 @@ thread_local! {
     static PACKED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// Whether [`Small::run`] has a build in vector registers here (AVX2 or AVX-512, as
+/// `NABLA_ISA` allows), rather than only the portable loop.
+pub(crate) fn vectorised() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return crate::isa::wide() != crate::isa::Wide::None;
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 impl Small {
     /// Computes the product.
     ///
     /// # Safety
-    /// The strides stay inside `a` and `b`, `c` holds `m * n` elements and overlaps neither.
+    /// The strides stay inside `a`, `b` and `c`, and `c` overlaps neither `a` nor `b`.
     pub(crate) unsafe fn run(self) {
         if self.b_col == 1 || self.k == 0 || self.n == 0 {
             // SAFETY: as the caller promises.
@@ -96,8 +106,8 @@ impl Small {
                     };
                     sum = a.mul_add(b, sum);
                 }
-                // SAFETY: `c` holds `m * n` elements.
-                unsafe { *self.c.offset(i * self.n as isize + j) = sum };
+                // SAFETY: inside `c`, as the caller promises.
+                unsafe { *self.c.offset(i * self.c_row + j) = sum };
             }
         }
     }
@@ -350,7 +360,7 @@ mod x86 {
                 b = b.offset(p.b_row);
             }
             for (r, sums) in acc.iter().enumerate() {
-                let c = p.c.add((i + r) * p.n + j);
+                let c = p.c.offset((i + r) as isize * p.c_row).add(j);
                 for (w, sum) in sums.iter().enumerate() {
                     if RAGGED && w == W - 1 {
                         sum.store_masked(c.add(w * V::LANES), mask);
@@ -387,6 +397,7 @@ mod tests {
             b_row,
             b_col,
             c: c.as_mut_ptr(),
+            c_row: n as isize,
         });
         c
     }
