@@ -319,11 +319,19 @@ fn must_store(
         return true;
     }
     // Matrix products read buffers (a transposed operand is read in place, with its strides
-    // swapped); values read at many points through a broadcast or a transpose are computed
-    // once.
+    // swapped, unless it is the right operand of several products: the GEMM packs a right
+    // operand with strided columns on every call, so one transposed copy serves them all, as
+    // an RNN's recurrent weight for every time step); values read at many points through a
+    // broadcast or a transpose are computed once.
+    let right_of_products = users.get(&id).map_or(0, |us| {
+        us.iter()
+            .filter(|&&u| matches!(graph.op(u), Op::MatMul) && graph.operands(u)[1] == id)
+            .count()
+    });
+    let in_place = transposed_in_place(graph, id) && right_of_products < 2;
     let read_by_matmul = users.get(&id).is_some_and(|us| {
         us.iter()
-            .any(|&u| matches!(graph.op(u), Op::MatMul) && !transposed_in_place(graph, id))
+            .any(|&u| matches!(graph.op(u), Op::MatMul) && !in_place)
     });
     reshaped
         || (!matches!(op, Op::Reshape(_)) && read_by_matmul)
