@@ -1,6 +1,7 @@
 //! Criterion benchmarks, run with `cargo bench --bench nabla`: compile latency of each example's
-//! train step, train-step time of the MLPs at batch 16 and 128, matrix-product throughput at the
-//! MLP's first-layer shape, and fused elementwise throughput. Steps run on synthetic data (no
+//! train step, train-step time of the MLPs at batch 16 and 128 and of the tiny 2-16-16-2 model,
+//! matrix-product throughput at the MLP's first-layer shape and at 16x16x16 (register tiles),
+//! and fused elementwise throughput. Steps run on synthetic data (no
 //! data set needed), timed by the runtime's own step loop, one thread unless a bench says two.
 //! `benches/peers/run.sh` compares the same recipe with PyTorch and JAX.
 
@@ -73,6 +74,15 @@ fn train_step(c: &mut Criterion) {
             }
         }
     }
+    let tiny = std::fs::read_to_string(format!(
+        "{}/benches/peers/tiny.nn",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .expect("the tiny model");
+    group.throughput(Throughput::Elements(16));
+    group.bench_function("tiny/batch16/threads1", |b| {
+        b.iter_custom(|iters| steps(&tiny, 16, 1, iters))
+    });
     group.finish();
 }
 
@@ -87,6 +97,14 @@ fn matmul(c: &mut Criterion) {
             b.iter_custom(|iters| steps(source, 128, threads, iters))
         });
     }
+    // Batch 16 with 16 features: the forward product and the weight gradient are 16x16x16,
+    // under the GEMM's threshold, so register tiles compute them.
+    let small =
+        "model t {\n  input x[B, 16]\n  param w[16, 16] = normal(0, 0.1)\n  loss = sum(x @ w)\n}\n";
+    group.throughput(Throughput::Elements(2 * 2 * 16 * 16 * 16));
+    group.bench_function("tiles_16x16x16", |b| {
+        b.iter_custom(|iters| steps(small, 16, 1, iters))
+    });
     group.finish();
 }
 
