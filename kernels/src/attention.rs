@@ -15,10 +15,11 @@
 
 use crate::convolution::with_scratch;
 use crate::float::Float;
+use crate::gemm::Gemm;
 use crate::gemm::strided_gemm;
 use crate::lanes;
 use crate::parallel;
-use crate::tiles::{self, Small};
+use crate::tiles;
 
 /// The call's sizes, as its words lay them out: `[products, Tq, Tk, D, Dv, causal, the
 /// scale's f64 bits, heads]`; `heads` is 0 for separate operands.
@@ -176,7 +177,7 @@ fn product<T: Float>(
     (b, b_row, b_col): (Matrix<T>, usize, usize),
 ) {
     if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() && tiles::vectorised() {
-        let small = Small {
+        let small = Gemm {
             m,
             k,
             n,
@@ -190,7 +191,7 @@ fn product<T: Float>(
             c_row: c.row as isize,
         };
         // SAFETY: as below; `T` is f32.
-        return unsafe { small.run() };
+        return unsafe { small.tiles() };
     }
     // SAFETY: every caller passes matrices inside the call's buffers for these sizes (the
     // layouts `Geometry::views` gives), and `c` apart from `a` and `b`.

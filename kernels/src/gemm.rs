@@ -93,7 +93,7 @@ pub(super) unsafe fn strided_gemm<T: 'static + Copy + num_traits::Zero + num_tra
 }
 
 /// A matrix product's operands: `a: [m, k]` and `b: [k, n]` by row and column strides (so
-/// transposes cost nothing), `c: [m, n]` row-major.
+/// transposes cost nothing), `c: [m, n]` by its row stride (its columns contiguous).
 #[derive(Clone, Copy)]
 pub(crate) struct Gemm<T> {
     pub(crate) m: usize,
@@ -106,6 +106,7 @@ pub(crate) struct Gemm<T> {
     pub(crate) b_row: isize,
     pub(crate) b_col: isize,
     pub(crate) c: *mut T,
+    pub(crate) c_row: isize,
 }
 
 // SAFETY: the pointers are only used by `Gemm::run`, each thread on a disjoint part of `c`
@@ -156,8 +157,8 @@ impl<T: 'static + Copy + num_traits::Zero + num_traits::One + Send + Sync> Gemm<
     /// so a band of a larger product is kept larger than that ([`bands`]).
     ///
     /// # Safety
-    /// `a` and `b` hold every element their strides reach, `c` holds `m * n` elements and
-    /// overlaps neither.
+    /// `a`, `b` and `c` hold every element their strides reach, and `c` overlaps neither
+    /// `a` nor `b`.
     pub(crate) unsafe fn run(self, threads: usize) {
         let (parts, by_rows) = if self.m * self.k * self.n >= PARALLEL_MIN_MACS {
             bands([self.m, self.k, self.n], threads)
@@ -166,7 +167,7 @@ impl<T: 'static + Copy + num_traits::Zero + num_traits::One + Send + Sync> Gemm<
         };
         if parts == 1 {
             // SAFETY: as the caller promises.
-            return unsafe { self.serial_with(self.n) };
+            return unsafe { self.serial() };
         }
         let len = if by_rows { self.m } else { self.n };
         parallel::for_each_part(parts, threads, &|p| {
@@ -177,24 +178,24 @@ impl<T: 'static + Copy + num_traits::Zero + num_traits::One + Send + Sync> Gemm<
                 if by_rows {
                     band.m = end - start;
                     band.a = self.a.offset(start as isize * self.a_row);
-                    band.c = self.c.add(start * self.n);
+                    band.c = self.c.offset(start as isize * self.c_row);
                 } else {
                     band.n = end - start;
                     band.b = self.b.offset(start as isize * self.b_col);
                     band.c = self.c.add(start);
                 }
-                band.serial_with(self.n)
+                band.serial()
             }
         });
     }
 
-    /// The product on this thread, `c`'s rows `row_stride` apart.
-    unsafe fn serial_with(self, row_stride: usize) {
+    /// The product on this thread.
+    unsafe fn serial(self) {
         // SAFETY: as `run`'s caller promises, for this band.
         unsafe {
             strided_gemm(
                 [self.m, self.n, self.k],
-                (self.c, row_stride as isize),
+                (self.c, self.c_row),
                 (self.a, self.a_row, self.a_col),
                 (self.b, self.b_row, self.b_col),
                 false,

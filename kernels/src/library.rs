@@ -124,6 +124,7 @@ fn batch_matmul<T: Float>(args: &[usize], a: &[T], b: &[T], out: &mut [T], threa
             b_row: n as isize,
             b_col: 1,
             c: c.as_mut_ptr(),
+            c_row: n as isize,
         };
         // SAFETY: `a`, `b` and `c` are one product's `m * k`, `k * n` and `m * n` elements,
         // row-major, and `c` is the output, a buffer apart from the operands.

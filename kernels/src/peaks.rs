@@ -44,6 +44,7 @@ pub fn measure(threads: usize) -> Peaks {
         b_row: SIDE as isize,
         b_col: 1,
         c: c.as_mut_ptr(),
+        c_row: SIDE as isize,
     };
     let flops = best(|| {
         // SAFETY: `a` and `b` hold SIDE x SIDE row-major elements, `c` as many, all distinct.

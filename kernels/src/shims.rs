@@ -5,7 +5,6 @@
 //! crate's functions (through `nabla-aot`'s archive).
 
 use crate::gemm::Gemm;
-use crate::tiles::Small;
 use crate::{Call, call, library, parallel};
 
 /// The precision a program computes in.
@@ -50,8 +49,8 @@ impl Symbols {
         }
     }
 
-    /// The small f32 product in registers: `(m, k, n, a, a_row, a_col, b, b_row, b_col, c)`,
-    /// under the name `tiles` (f32 only: generated code computes f64's in its own tiles).
+    /// The small f32 product in registers, with the GEMM's arguments, under the name `tiles`
+    /// (f32 only: generated code computes f64's in its own tiles).
     pub fn tiles() -> *const u8 {
         tiles_f32 as *const u8
     }
@@ -149,9 +148,10 @@ macro_rules! math_shims {
 math_shims!(shims_f32, f32, "f32", libm::erff);
 math_shims!(shims_f64, f64, "f64", libm::erf);
 
-/// The `nabla_gemm` symbol generated code calls, for one float type.
-macro_rules! gemm_shim {
-    ($name:ident, $t:ty) => {
+/// An `extern "C"` matrix product generated code calls, `(m, k, n, a, a_row, a_col, b, b_row,
+/// b_col, c, threads)`, exported as `nabla_<name>`, computing the [`Gemm`] by `$run`.
+macro_rules! product_shim {
+    ($name:ident, $t:ty, |$product:ident, $threads:ident| $run:expr) => {
         #[allow(clippy::too_many_arguments)]
         #[unsafe(export_name = concat!("nabla_", stringify!($name)))]
         extern "C" fn $name(
@@ -165,9 +165,9 @@ macro_rules! gemm_shim {
             b_row: isize,
             b_col: isize,
             c: *mut $t,
-            threads: usize,
+            $threads: usize,
         ) {
-            let product = Gemm {
+            let $product = Gemm {
                 m,
                 k,
                 n,
@@ -178,51 +178,22 @@ macro_rules! gemm_shim {
                 b_row,
                 b_col,
                 c,
+                c_row: n as isize,
             };
             // SAFETY: the generated kernel passes buffers the runtime checked against the plan:
             // `a` and `b` hold every element their strides reach, `c` holds `m * n`, and `c`
             // overlaps neither (the scheduler gives every product a buffer of its own).
-            unsafe { product.run(threads) }
+            unsafe { $run }
         }
     };
 }
 
-gemm_shim!(gemm_f32, f32);
-gemm_shim!(gemm_f64, f64);
-
-/// The `nabla_tiles_f32` symbol generated code calls for a small f32 product where the target
-/// has AVX2 (see [`crate::tiles`]).
-#[allow(clippy::too_many_arguments)]
-#[unsafe(export_name = "nabla_tiles_f32")]
-extern "C" fn tiles_f32(
-    m: usize,
-    k: usize,
-    n: usize,
-    a: *const f32,
-    a_row: isize,
-    a_col: isize,
-    b: *const f32,
-    b_row: isize,
-    b_col: isize,
-    c: *mut f32,
-) {
-    let product = Small {
-        m,
-        k,
-        n,
-        a,
-        a_row,
-        a_col,
-        b,
-        b_row,
-        b_col,
-        c,
-        c_row: n as isize,
-    };
-    // SAFETY: as for the GEMM: the runtime checked the buffers against the plan, and the
-    // product's buffer is its own.
-    unsafe { product.run() }
-}
+// The GEMM (`nabla_gemm_f32`, `nabla_gemm_f64`), on up to `threads` threads.
+product_shim!(gemm_f32, f32, |product, threads| product.run(threads));
+product_shim!(gemm_f64, f64, |product, threads| product.run(threads));
+// Small f32 products in register tiles (`nabla_tiles_f32`, see [`crate::tiles`]), where the
+// target has AVX2: on the calling thread.
+product_shim!(tiles_f32, f32, |product, _threads| product.tiles());
 
 /// The `nabla_call` symbol generated code calls for a library call: the library routine
 /// `call` (a [`Call`] as an integer) on the buffers whose addresses `inputs` lists, writing

@@ -11,29 +11,14 @@
 //! build: the bits are those of the portable loop (and of generated register tiles), on every
 //! CPU and level.
 
-/// A product `c [m, n] = A [m, k] @ B [k, n]`, `a` and `b` by row and column strides, `c` by
-/// its row stride (its columns contiguous).
-#[derive(Clone, Copy)]
-pub(crate) struct Small {
-    pub(crate) m: usize,
-    pub(crate) k: usize,
-    pub(crate) n: usize,
-    pub(crate) a: *const f32,
-    pub(crate) a_row: isize,
-    pub(crate) a_col: isize,
-    pub(crate) b: *const f32,
-    pub(crate) b_row: isize,
-    pub(crate) b_col: isize,
-    pub(crate) c: *mut f32,
-    pub(crate) c_row: isize,
-}
+use crate::gemm::Gemm;
 
 thread_local! {
     /// `B` with contiguous columns, when the caller's has not (a transposed operand).
     static PACKED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Whether [`Small::run`] has a build in vector registers here (AVX2 or AVX-512, as
+/// Whether [`Gemm::tiles`] has a build in vector registers here (AVX2 or AVX-512, as
 /// `NABLA_ISA` allows), rather than only the portable loop.
 pub(crate) fn vectorised() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -42,12 +27,12 @@ pub(crate) fn vectorised() -> bool {
     false
 }
 
-impl Small {
-    /// Computes the product.
+impl Gemm<f32> {
+    /// Computes the product in register tiles.
     ///
     /// # Safety
     /// The strides stay inside `a`, `b` and `c`, and `c` overlaps neither `a` nor `b`.
-    pub(crate) unsafe fn run(self) {
+    pub(crate) unsafe fn tiles(self) {
         if self.b_col == 1 || self.k == 0 || self.n == 0 {
             // SAFETY: as the caller promises.
             return unsafe { self.dispatch() };
@@ -63,7 +48,7 @@ impl Small {
                     *x = unsafe { *from.offset(j as isize * self.b_col) };
                 }
             }
-            let contiguous = Small {
+            let contiguous = Gemm {
                 b: packed.as_ptr(),
                 b_row: self.n as isize,
                 b_col: 1,
@@ -140,7 +125,8 @@ trait Vector: Copy {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{Small, Vector};
+    use super::Vector;
+    use crate::gemm::Gemm;
 
     #[derive(Clone, Copy)]
     pub(super) struct Zmm(__m512);
@@ -255,7 +241,7 @@ mod x86 {
     /// vectors: Zen 4 runs a 512-bit multiply-add as two 256-bit halves, so a half-empty
     /// 512-bit register costs twice a full 256-bit one.
     #[target_feature(enable = "avx512f,avx2,fma")]
-    pub(super) unsafe fn avx512(p: Small) {
+    pub(super) unsafe fn avx512(p: Gemm<f32>) {
         let ragged = p.n % Zmm::LANES;
         let wide = if ragged <= Ymm::LANES {
             p.n - ragged
@@ -271,7 +257,7 @@ mod x86 {
 
     /// The AVX2 build.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn avx2(p: Small) {
+    pub(super) unsafe fn avx2(p: Gemm<f32>) {
         // SAFETY: as the caller promises.
         unsafe { columns::<Ymm>(p, 0..p.n, Ymm::ROWS) }
     }
@@ -279,7 +265,7 @@ mod x86 {
     /// Columns `columns` in blocks of up to two vectors, each split into tiles of up to
     /// `most_rows` rows (at most 8).
     #[inline(always)]
-    unsafe fn columns<V: Vector>(p: Small, columns: std::ops::Range<usize>, most_rows: usize) {
+    unsafe fn columns<V: Vector>(p: Gemm<f32>, columns: std::ops::Range<usize>, most_rows: usize) {
         let mut j = columns.start;
         while j < columns.end {
             let width = (columns.end - j).min(2 * V::LANES);
@@ -304,7 +290,7 @@ mod x86 {
     /// A tile of `rows` rows, with the row count a constant of its own code.
     #[inline(always)]
     unsafe fn tile_rows<V: Vector, const W: usize, const RAGGED: bool>(
-        p: Small,
+        p: Gemm<f32>,
         i: usize,
         j: usize,
         columns: usize,
@@ -329,7 +315,7 @@ mod x86 {
     /// `RAGGED` (AMD's AVX2 masked stores are slow, so full vectors are not masked).
     #[inline(always)]
     unsafe fn tile<V: Vector, const R: usize, const W: usize, const RAGGED: bool>(
-        p: Small,
+        p: Gemm<f32>,
         i: usize,
         j: usize,
         columns: usize,
@@ -383,10 +369,10 @@ mod tests {
         (a_row, a_col): (isize, isize),
         b: &[f32],
         (b_row, b_col): (isize, isize),
-        build: impl Fn(Small),
+        build: impl Fn(Gemm<f32>),
     ) -> Vec<f32> {
         let mut c = vec![f32::NAN; m * n];
-        build(Small {
+        build(Gemm {
             m,
             k,
             n,
@@ -403,7 +389,7 @@ mod tests {
     }
 
     /// A way to compute a product, by name.
-    type Build = (&'static str, fn(Small));
+    type Build = (&'static str, fn(Gemm<f32>));
 
     /// Every build the CPU has gives the portable loop's bits, on sizes with ragged rows and
     /// columns (a last block in 256-bit registers on AVX-512), transposed operands (packed
@@ -418,7 +404,7 @@ mod tests {
             state ^= state << 5;
             (state % 2001) as f32 / 997.0 - 1.0
         };
-        let mut builds: Vec<Build> = vec![("dispatched", |p| unsafe { p.run() })];
+        let mut builds: Vec<Build> = vec![("dispatched", |p| unsafe { p.tiles() })];
         #[cfg(target_arch = "x86_64")]
         {
             if std::arch::is_x86_feature_detected!("avx512f") {

@@ -2,11 +2,15 @@
 //! shim of [`super::jit`]) with the operands' strides, so a transposed operand is never copied,
 //! then run the epilogue as a vectorised loop over the product, which is still in cache. Small
 //! ones, where a call and the GEMM's packing cost more than the arithmetic, use register tiles:
-//! each tile of up to 4 rows by 2 vectors (8 f32 columns) keeps its accumulators in registers
-//! for the whole `k` loop, splatting one `A` element per row and streaming one row of `B` per
-//! step through fused multiply-adds, and each finished accumulator goes through the epilogue in
-//! registers. A tile's operands are addressed from one pointer each, advanced per step; its rows
-//! and columns sit at constant offsets from it, so a step does no other index arithmetic.
+//! in f32 on a target with AVX2 and FMA, the kernel library's (`nabla_tiles_f32`: 256- or
+//! 512-bit registers, which Cranelift does not emit), the epilogue then a loop as above; else
+//! emitted here, each tile of up to 4 rows by 2 vectors (8 f32 columns) keeping its
+//! accumulators in registers for the whole `k` loop, splatting one `A` element per row and
+//! streaming one row of `B` per step through fused multiply-adds, and each finished accumulator
+//! going through the epilogue in registers. A tile's operands are addressed from one pointer
+//! each, advanced per step; its rows and columns sit at constant offsets from it, so a step does
+//! no other index arithmetic. Both kinds of tile sum each element's terms in order, one fused
+//! multiply-add each, so they give the same bits.
 
 use cranelift_codegen::ir::{FuncRef, InstBuilder, Type, Value, types};
 
@@ -41,14 +45,15 @@ impl Emitter<'_, '_> {
         rows: Option<(FuncRef, usize)>,
     ) {
         if method == crate::kernel::Product::Gemm {
-            self.gemm([m, k, n], a, b, out);
+            let gemm = self.t.gemm;
+            self.library_product(gemm, [m, k, n], a, b, out);
             return match rows {
                 Some((f, extent)) => self.parallel_rows(f, extent),
                 None => self.epilogue(n, out, epilogue),
             };
         }
         if let Some(tiles) = self.t.tiles {
-            self.library_tiles(tiles, [m, k, n], a, b, out);
+            self.library_product(tiles, [m, k, n], a, b, out);
             return self.epilogue(n, out, epilogue);
         }
         let (m, n) = (m as i64, n as i64);
@@ -87,30 +92,11 @@ impl Emitter<'_, '_> {
         }
     }
 
-    /// The product by a call to the GEMM.
-    fn gemm(&mut self, [m, k, n]: [usize; 3], a: Operand, b: Operand, out: usize) {
-        let int = |e: &mut Self, v: i64| e.b.ins().iconst(types::I64, v);
-        let args = [
-            int(self, m as i64),
-            int(self, k as i64),
-            int(self, n as i64),
-            self.base(a.slot),
-            int(self, a.row),
-            int(self, a.col),
-            self.base(b.slot),
-            int(self, b.row),
-            int(self, b.col),
-            self.base(out),
-            int(self, self.t.threads),
-        ];
-        let gemm = self.t.gemm;
-        self.b.ins().call(gemm, &args);
-    }
-
-    /// A small product by a call to the library's register tiles.
-    fn library_tiles(
+    /// The product by a call to `f`, the GEMM or the library's register tiles, which take the
+    /// same arguments: `(m, k, n, a, a_row, a_col, b, b_row, b_col, c, threads)`.
+    fn library_product(
         &mut self,
-        tiles: FuncRef,
+        f: FuncRef,
         [m, k, n]: [usize; 3],
         a: Operand,
         b: Operand,
@@ -128,8 +114,9 @@ impl Emitter<'_, '_> {
             int(self, b.row),
             int(self, b.col),
             self.base(out),
+            int(self, self.t.threads),
         ];
-        self.b.ins().call(tiles, &args);
+        self.b.ins().call(f, &args);
     }
 
     /// The epilogue of a product of `n` columns in `out`, reading it back.

@@ -53,19 +53,14 @@ pub(super) fn imports<M: Module>(module: &mut M, elem: Elem) -> Result<Imports, 
         .map(|f| import(f.name(), &vec![scalar; f.arity()], &[scalar]))
         .collect::<Result<_, _>>()?;
     let i64 = types::I64;
-    let gemm = import(
-        "gemm",
-        &[
-            i64, i64, i64, pointer, i64, i64, pointer, i64, i64, pointer, i64,
-        ],
-        &[],
-    )?;
+    // The GEMM's and the register tiles' arguments: sizes, operands by strides, the output,
+    // the threads.
+    let product = [
+        i64, i64, i64, pointer, i64, i64, pointer, i64, i64, pointer, i64,
+    ];
+    let gemm = import("gemm", &product, &[])?;
     let tiles = match elem {
-        Elem::F32 if wide => Some(import(
-            "tiles",
-            &[i64, i64, i64, pointer, i64, i64, pointer, i64, i64, pointer],
-            &[],
-        )?),
+        Elem::F32 if wide => Some(import("tiles", &product, &[])?),
         _ => None,
     };
     let call = import("call", &[i64, pointer, pointer, pointer], &[])?;
