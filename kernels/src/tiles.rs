@@ -38,7 +38,12 @@ impl Gemm<f32> {
             return unsafe { self.dispatch() };
         }
         PACKED.with_borrow_mut(|packed| {
-            packed.resize(self.k * self.n, 0.0);
+            // Grown, never shrunk: products of different sizes take turns with it.
+            let len = self.k * self.n;
+            if packed.len() < len {
+                packed.resize(len, 0.0);
+            }
+            let packed = &mut packed[..len];
             // Row by row of the packed copy, so that its writes are consecutive.
             for (kk, row) in packed.chunks_exact_mut(self.n).enumerate() {
                 // SAFETY: row `kk` of `b` is inside it, as the caller promises.

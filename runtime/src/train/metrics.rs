@@ -161,6 +161,20 @@ pub(super) fn correct(
     else {
         return 0;
     };
+    match prediction.elem() {
+        Elem::F32 => correct_in(info, prediction.f32s(), target, rows),
+        Elem::F64 => correct_in(info, prediction.f64s(), target, rows),
+    }
+}
+
+/// [`correct`] over the predictions' elements, read as f64 (one match on the element type
+/// per batch, not per element: a tiny model's step is a couple of microseconds).
+fn correct_in<T: Copy + Into<f64>>(
+    info: &ModelInfo,
+    prediction: &[T],
+    target: &crate::data::Column,
+    rows: &[usize],
+) -> usize {
     let positions = info.predictions_per_example();
     let per_row = prediction.len() / (rows.len() * positions).max(1);
     let mut correct = 0;
@@ -172,9 +186,8 @@ pub(super) fn correct(
                 _ => usize::from(label > 0.5),
             };
             let first = (slot * positions + at) * per_row;
-            let predicted = info
-                .prediction
-                .class_of(per_row, |i| prediction.get(first + i));
+            let values = &prediction[first..first + per_row];
+            let predicted = info.prediction.class_of(per_row, |i| values[i].into());
             correct += usize::from(predicted == Some(expected));
         }
     }

@@ -129,7 +129,10 @@ impl Runner {
                 }
             }
         }
-        exe.run(&mut [inputs, store]).map_err(|e| e.to_string())?;
+        // The store first: it holds most of the buffers a step binds (parameters, optimizer
+        // state, the step's scalars), and no name is in both (inputs are named by the model's
+        // inputs and masks, which no parameter or state shares).
+        exe.run(&mut [store, inputs]).map_err(|e| e.to_string())?;
         Ok(exe)
     }
 
