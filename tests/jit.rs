@@ -324,6 +324,27 @@ fn rows_split_over_threads_compute_what_one_thread_does() {
     assert!(split.filter(|p| p.split_rows().is_some()).count() >= 2);
 }
 
+/// A large product read as a reshape of itself (a `[B T, C]` projection seen as `[B, T, C]`)
+/// takes the ops after it into its epilogue, over their own shape (GELU and a residual add, as
+/// in a transformer block); split over two threads: the interpreter's values, and bit for bit
+/// what one thread computes.
+#[test]
+fn epilogues_read_a_large_product_through_a_reshape() {
+    let plan = two_threads_agree(
+        "model block {
+  input  x[B, 7, 33]
+  target t[B] : class
+  h      = x + dense(gelu(dense(x, 65, bias = false)), 33, bias = false)
+  loss   = cross_entropy(dense(flatten(h), 3), t)
+}",
+        131,
+    );
+    let titles: Vec<&str> = plan.kernels.iter().map(|k| k.title.as_str()).collect();
+    for fused in ["matmul, gelu", "matmul, add (h)"] {
+        assert!(titles.iter().any(|t| t.starts_with(fused)), "{titles:?}");
+    }
+}
+
 /// Large reductions split over two threads by a variable every output keeps (batch
 /// normalisation's channel, moved outermost): the interpreter's values, and bit for bit what
 /// one thread computes.

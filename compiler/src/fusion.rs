@@ -6,7 +6,8 @@
 //! inside every kernel that uses them). Stored are: the roots; every matrix product and
 //! reduction (the anchors of kernels); every library call (windows of images, convolutions, slices, concatenations, gathers),
 //! and its operands, which it reads whole; the operands of matrix products (but a transpose,
-//! which the product reads with swapped strides); the elementwise
+//! which the product reads with swapped strides, unless it is the right operand of several);
+//! the elementwise
 //! operands of broadcasts, transposes and reshapes (so that a value read at many points is
 //! computed once); transcendental values (`exp`, `log`, ...) that several kernels would
 //! otherwise each recompute; values read at several points whose inline computation would
@@ -17,7 +18,10 @@
 //! Stored values are then grouped, in topological order, into kernels:
 //! - a **matrix product** with its *epilogue*: the elementwise values of its shape that read it
 //!   at the same point (bias, activation, the gradient's activation mask, the optimizer's update
-//!   of a weight from its gradient), computed in registers before anything is stored;
+//!   of a weight from its gradient), computed in registers before anything is stored; for a
+//!   product the GEMM computes, also values that read it in element order through a reshape
+//!   (a transformer's `[B T, C]` projection seen as `[B, T, C]` by GELU or a residual add),
+//!   over their own shape;
 //! - **reductions** over the same shape and axes (siblings share one pass, a sibling that reads
 //!   nothing of the group joining it even after its later phases have formed), followed by
 //!   elementwise phases that read them (`log` of a row sum, the mean's division);
@@ -27,11 +31,15 @@
 //! A value joins an existing group only when everything else it reads is computed by an earlier
 //! group, so the groups in creation order are a valid execution order.
 //!
+//! This file is long because what is stored and how the stored values group are one decision
+//! made in two passes over the same walks of the graph (`reads`, `reads_in_order`).
+//!
 //! **Architecture invariant:** no loops, strides or Cranelift types here.
 
 use std::collections::HashMap;
 
 use crate::ir::{BinaryOp, Graph, NodeId, Op, Shape};
+use crate::kernel::Product;
 
 /// Whether to fuse at all (`--no-fuse` makes every op its own kernel, to measure fusion).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -394,6 +402,50 @@ pub fn reads(graph: &Graph, id: NodeId, stored: &[bool]) -> Vec<(NodeId, bool)> 
     out
 }
 
+/// Whether `id` reads the stored value `x` only at its own flat index: through elementwise ops
+/// and reshapes (which keep the row-major order of the elements), never a broadcast or a
+/// transpose. A large product's epilogue can then compute `id` over `id`'s own shape, reading
+/// the product from memory where the GEMM left it (a transformer's `[B T, C]` projection read
+/// as `[B, T, C]` by its residual add or GELU).
+fn reads_in_order(graph: &Graph, id: NodeId, x: NodeId, stored: &[bool]) -> bool {
+    if !is_elementwise(graph.op(id)) {
+        return false;
+    }
+    let mut found = false;
+    let mut seen = std::collections::HashSet::new();
+    let mut stack: Vec<(NodeId, bool)> = graph.operands(id).iter().map(|&o| (o, true)).collect();
+    while let Some((y, in_order)) = stack.pop() {
+        if !seen.insert((y, in_order)) {
+            continue;
+        }
+        if y == x {
+            if !in_order {
+                return false;
+            }
+            found = true;
+            continue;
+        }
+        let op = graph.op(y);
+        if stored[y.index()] && !matches!(op, Op::Reshape(_)) || is_leaf(op) {
+            continue;
+        }
+        let keeps = in_order && (is_elementwise(op) || matches!(op, Op::Reshape(_)));
+        stack.extend(graph.operands(y).iter().map(|&o| (o, keeps)));
+    }
+    found
+}
+
+/// Whether the product `id` is large enough for the GEMM, whose epilogue is a loop over the
+/// product in memory (the register tiles of a small one apply theirs in registers, at the
+/// product's own points), as lowering decides it.
+fn computed_by_gemm(graph: &Graph, id: NodeId) -> bool {
+    let [a, b] = [0, 1].map(|i| graph.shape(graph.operands(id)[i]).concrete());
+    match (a, b) {
+        (Some(a), Some(b)) => Product::for_macs(a[0] * a[1] * b[1]) == Product::Gemm,
+        _ => false,
+    }
+}
+
 /// A group of one stored node (no fusion).
 fn single(graph: &Graph, id: NodeId) -> Group {
     match graph.op(id) {
@@ -450,13 +502,35 @@ fn group(
         // Whether `id` may join group `g`: everything it reads from other groups is computed
         // earlier, and what it reads from `g` itself is read at the same point (or, for a
         // reduction's later phases, already complete in memory).
+        // A product's epilogue also takes values that read the product in element order
+        // through a reshape, over their own shape, when the GEMM computes the product.
+        let epilogue_in_order = |g: usize, groups: &[Group]| {
+            let group = &groups[g];
+            group.kind == GroupKind::MatMul
+                && computed_by_gemm(graph, group.anchors[0])
+                && reads_in_order(graph, id, group.anchors[0], stored)
+        };
+        // Members of a product's epilogue share one shape (they are one loop).
+        let one_shape = |g: usize, groups: &[Group]| {
+            groups[g].kind != GroupKind::MatMul
+                || groups[g]
+                    .members
+                    .first()
+                    .is_none_or(|&m| graph.shape(m) == graph.shape(id))
+        };
         let fits = |g: usize, groups: &[Group]| {
             let same_phase = groups[g].kind != GroupKind::Reduce;
-            read.iter().all(|(x, same_point)| match group_of.get(x) {
-                Some(&h) if h == g => *same_point || !same_phase,
-                Some(&h) => h < g,
-                None => true,
-            })
+            one_shape(g, groups)
+                && read.iter().all(|(x, same_point)| match group_of.get(x) {
+                    Some(&h) if h == g => {
+                        *same_point
+                            || !same_phase
+                            || (groups[g].anchors.first() == Some(x)
+                                && epilogue_in_order(g, groups))
+                    }
+                    Some(&h) => h < g,
+                    None => true,
+                })
         };
         let target = match op {
             op if matches!(op, Op::MatMul) || op.is_library_call() => None,
@@ -476,7 +550,10 @@ fn group(
                     let g = *group_of.get(x)?;
                     let group = &groups[g];
                     let ok = match group.kind {
-                        GroupKind::MatMul => *same_point && graph.shape(*x) == graph.shape(id),
+                        GroupKind::MatMul => {
+                            (*same_point && graph.shape(*x) == graph.shape(id))
+                                || epilogue_in_order(g, &groups)
+                        }
                         GroupKind::Reduce => true,
                         GroupKind::Map | GroupKind::Call => false,
                     };

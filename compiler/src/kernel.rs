@@ -164,6 +164,21 @@ pub enum Product {
     Tiles,
 }
 
+impl Product {
+    /// Products of at least this many multiply-adds (`m k n`) call the GEMM; smaller ones are
+    /// register tiles.
+    pub const GEMM_MIN_MACS: usize = 1 << 15;
+
+    /// How a product of `macs` multiply-adds is computed.
+    pub fn for_macs(macs: usize) -> Product {
+        if macs >= Product::GEMM_MIN_MACS {
+            Product::Gemm
+        } else {
+            Product::Tiles
+        }
+    }
+}
+
 /// One generated function: its phases in order, and a line saying what it computes (for
 /// dumps).
 #[derive(Clone, Debug, PartialEq)]

@@ -176,10 +176,6 @@ pub fn roots(outputs: &[(String, NodeId)], assignments: &[(NodeId, String)]) -> 
         .collect()
 }
 
-/// Products of at least this many multiply-adds (`m k n`) call the GEMM; smaller ones are
-/// register tiles.
-pub const GEMM_MIN_MACS: usize = 1 << 15;
-
 /// Loops of at least this many elements split their rows over the threads: a few tens of
 /// microseconds of memory traffic, against about a microsecond to fork and join.
 const PARALLEL_MIN_ELEMENTS: usize = 1 << 15;
@@ -218,11 +214,7 @@ fn decide(phase: &mut Phase, threads: usize) {
             epilogue,
             ..
         } => {
-            *method = if *m * *k * *n >= GEMM_MIN_MACS {
-                Product::Gemm
-            } else {
-                Product::Tiles
-            };
+            *method = Product::for_macs(*m * *k * *n);
             epilogue.split_rows = splits(epilogue, *method == Product::Gemm);
         }
         Phase::Reduce { body, reductions } => {
@@ -473,7 +465,11 @@ impl Lowering<'_> {
                     Phase::Map(l) => l,
                     _ => unreachable!("map_phase builds maps"),
                 };
-                epilogue.dims = dims(g, product);
+                // Over the members' shape: the product's, or a reshape of it that keeps the
+                // elements' order (fusion's `reads_in_order`).
+                if group.members.is_empty() {
+                    epilogue.dims = dims(g, product);
+                }
                 phases.push(Phase::MatMul {
                     m: a_dims[0],
                     k: a_dims[1],
@@ -827,7 +823,38 @@ fn collapse(phase: Phase) -> Phase {
             }
             Phase::Reduce { body, reductions }
         }
-        call @ (Phase::MatMul { .. } | Phase::Call { .. }) => call,
+        // An epilogue over a reshape of its product (`[B, T, C]` for `[B T, C]`) merges its
+        // leading variables back where every access allows, keeping the columns innermost.
+        Phase::MatMul {
+            m,
+            k,
+            n,
+            a,
+            b,
+            out,
+            method,
+            mut epilogue,
+        } => {
+            let mut d = 0;
+            while d + 2 < epilogue.dims.len() {
+                if access_coeffs(&epilogue).all(|c| mergeable(c, &epilogue.dims, d)) {
+                    merge_at(&mut epilogue, &mut [], d);
+                } else {
+                    d += 1;
+                }
+            }
+            Phase::MatMul {
+                m,
+                k,
+                n,
+                a,
+                b,
+                out,
+                method,
+                epilogue,
+            }
+        }
+        call @ Phase::Call { .. } => call,
     }
 }
 

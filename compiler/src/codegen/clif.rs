@@ -158,9 +158,7 @@ pub fn emit_rows(b: &mut FunctionBuilder, kernel: &Kernel, index: usize, target:
             .to_vec();
     e.rows = Some((params[1], params[2]));
     match &kernel.phases[index] {
-        Phase::MatMul {
-            n, out, epilogue, ..
-        } => e.epilogue(*n, *out, epilogue),
+        Phase::MatMul { out, epilogue, .. } => e.epilogue(*out, epilogue),
         Phase::Reduce { body, reductions } => e.accumulate(body, reductions),
         phase => e.map(phase.body()),
     }

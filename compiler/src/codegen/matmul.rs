@@ -49,12 +49,12 @@ impl Emitter<'_, '_> {
             self.library_product(gemm, [m, k, n], a, b, out);
             return match rows {
                 Some((f, extent)) => self.parallel_rows(f, extent),
-                None => self.epilogue(n, out, epilogue),
+                None => self.epilogue(out, epilogue),
             };
         }
         if let Some(tiles) = self.t.tiles {
             self.library_product(tiles, [m, k, n], a, b, out);
-            return self.epilogue(n, out, epilogue);
+            return self.epilogue(out, epilogue);
         }
         let (m, n) = (m as i64, n as i64);
         let p = Product {
@@ -119,12 +119,16 @@ impl Emitter<'_, '_> {
         self.b.ins().call(f, &args);
     }
 
-    /// The epilogue of a product of `n` columns in `out`, reading it back.
-    pub(super) fn epilogue(&mut self, n: usize, out: usize, epilogue: &Loop) {
+    /// The epilogue of a product in `out`, reading it back at each point of the epilogue's
+    /// loop: the product's `[m, n]`, or a reshape of it in the same element order.
+    pub(super) fn epilogue(&mut self, out: usize, epilogue: &Loop) {
         if epilogue.stores.is_empty() {
             return;
         }
-        let product = [n as i64, 1];
+        let mut product = vec![1i64; epilogue.dims.len()];
+        for d in (0..epilogue.dims.len().saturating_sub(1)).rev() {
+            product[d] = product[d + 1] * epilogue.dims[d + 1] as i64;
+        }
         self.innermost(&epilogue.dims, true, &mut |e, vars, ty| {
             let value = e.load_at(out, &product, vars, ty);
             let values = e.eval(&epilogue.exprs, vars, ty, Some(value));
