@@ -100,7 +100,10 @@ pub(crate) fn wide() -> Wide {
     static WIDE: OnceLock<Wide> = OnceLock::new();
     *WIDE.get_or_init(|| match of_products() {
         Level::Baseline => Wide::None,
-        Level::Native | Level::Avx512 if Level::Avx512.supported() => Wide::Avx512,
+        // The AVX-512 build also uses AVX2 and FMA (for its narrow last columns).
+        Level::Native | Level::Avx512 if Level::Avx512.supported() && Level::Avx2.supported() => {
+            Wide::Avx512
+        }
         Level::Native | Level::Avx512 | Level::Avx2 if Level::Avx2.supported() => Wide::Avx2,
         _ => Wide::None,
     })

@@ -412,12 +412,12 @@ mod tests {
         let mut builds: Vec<Build> = vec![("dispatched", |p| unsafe { p.tiles() })];
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx512f") {
+            let avx2 = std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma");
+            if avx2 && std::arch::is_x86_feature_detected!("avx512f") {
                 builds.push(("avx512", |p| unsafe { x86::avx512(p) }));
             }
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
+            if avx2 {
                 builds.push(("avx2", |p| unsafe { x86::avx2(p) }));
             }
         }
