@@ -133,6 +133,40 @@ mod x86 {
     use super::Vector;
     use crate::gemm::Gemm;
 
+    /// The operations both widths spell alike, from their intrinsics' names.
+    macro_rules! unmasked {
+        ($v:ident, $features:literal, $zero:ident, $set1:ident, $load:ident, $store:ident, $fmadd:ident) => {
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn zero() -> Self {
+                $v($zero())
+            }
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn splat(at: *const f32) -> Self {
+                // SAFETY: the caller's element.
+                $v($set1(unsafe { *at }))
+            }
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn load(at: *const f32) -> Self {
+                // SAFETY: the caller's `LANES` elements.
+                $v(unsafe { $load(at) })
+            }
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn store(self, at: *mut f32) {
+                // SAFETY: as for `load`.
+                unsafe { $store(at, self.0) }
+            }
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn fma(self, a: Self, b: Self) -> Self {
+                $v($fmadd(a.0, b.0, self.0))
+            }
+        };
+    }
+
     #[derive(Clone, Copy)]
     pub(super) struct Zmm(__m512);
 
@@ -140,33 +174,19 @@ mod x86 {
         const LANES: usize = 16;
         const ROWS: usize = 8;
         type Mask = __mmask16;
+        unmasked!(
+            Zmm,
+            "avx512f",
+            _mm512_setzero_ps,
+            _mm512_set1_ps,
+            _mm512_loadu_ps,
+            _mm512_storeu_ps,
+            _mm512_fmadd_ps
+        );
         #[inline]
         #[target_feature(enable = "avx512f")]
         unsafe fn mask(count: usize) -> __mmask16 {
             ((1u32 << count) - 1) as __mmask16
-        }
-        #[inline]
-        #[target_feature(enable = "avx512f")]
-        unsafe fn zero() -> Self {
-            Zmm(_mm512_setzero_ps())
-        }
-        #[inline]
-        #[target_feature(enable = "avx512f")]
-        unsafe fn splat(at: *const f32) -> Self {
-            // SAFETY: the caller's element.
-            Zmm(_mm512_set1_ps(unsafe { *at }))
-        }
-        #[inline]
-        #[target_feature(enable = "avx512f")]
-        unsafe fn load(at: *const f32) -> Self {
-            // SAFETY: the caller's 16 elements.
-            Zmm(unsafe { _mm512_loadu_ps(at) })
-        }
-        #[inline]
-        #[target_feature(enable = "avx512f")]
-        unsafe fn store(self, at: *mut f32) {
-            // SAFETY: as for `load`.
-            unsafe { _mm512_storeu_ps(at, self.0) }
         }
         #[inline]
         #[target_feature(enable = "avx512f")]
@@ -177,13 +197,8 @@ mod x86 {
         #[inline]
         #[target_feature(enable = "avx512f")]
         unsafe fn store_masked(self, at: *mut f32, mask: __mmask16) {
-            // SAFETY: as for `load`.
+            // SAFETY: as for `load_masked`.
             unsafe { _mm512_mask_storeu_ps(at, mask, self.0) }
-        }
-        #[inline]
-        #[target_feature(enable = "avx512f")]
-        unsafe fn fma(self, a: Self, b: Self) -> Self {
-            Zmm(_mm512_fmadd_ps(a.0, b.0, self.0))
         }
     }
 
@@ -194,34 +209,20 @@ mod x86 {
         const LANES: usize = 8;
         const ROWS: usize = 4;
         type Mask = __m256i;
+        unmasked!(
+            Ymm,
+            "avx2,fma",
+            _mm256_setzero_ps,
+            _mm256_set1_ps,
+            _mm256_loadu_ps,
+            _mm256_storeu_ps,
+            _mm256_fmadd_ps
+        );
         #[inline]
         #[target_feature(enable = "avx2,fma")]
         unsafe fn mask(count: usize) -> __m256i {
             let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
             _mm256_cmpgt_epi32(_mm256_set1_epi32(count as i32), lane)
-        }
-        #[inline]
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn zero() -> Self {
-            Ymm(_mm256_setzero_ps())
-        }
-        #[inline]
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn splat(at: *const f32) -> Self {
-            // SAFETY: the caller's element.
-            Ymm(_mm256_set1_ps(unsafe { *at }))
-        }
-        #[inline]
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn load(at: *const f32) -> Self {
-            // SAFETY: the caller's 8 elements.
-            Ymm(unsafe { _mm256_loadu_ps(at) })
-        }
-        #[inline]
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn store(self, at: *mut f32) {
-            // SAFETY: as for `load`.
-            unsafe { _mm256_storeu_ps(at, self.0) }
         }
         #[inline]
         #[target_feature(enable = "avx2,fma")]
@@ -232,13 +233,8 @@ mod x86 {
         #[inline]
         #[target_feature(enable = "avx2,fma")]
         unsafe fn store_masked(self, at: *mut f32, mask: __m256i) {
-            // SAFETY: as for `load`.
+            // SAFETY: as for `load_masked`.
             unsafe { _mm256_maskstore_ps(at, mask, self.0) }
-        }
-        #[inline]
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn fma(self, a: Self, b: Self) -> Self {
-            Ymm(_mm256_fmadd_ps(a.0, b.0, self.0))
         }
     }
 
