@@ -773,89 +773,65 @@ fn push(b: &mut PhaseBuilder, node: NodeId, index: &IndexMap, expr: Expr) -> usi
 /// Merges adjacent loop dimensions that every access walks contiguously (`c[d] = c[d+1] *
 /// dims[d+1]` for every load, store, index and reduction), so an elementwise kernel over
 /// `[128, 512]` is one loop of 65,536 that vectorises, and size-1 dimensions disappear.
-fn collapse(phase: Phase) -> Phase {
-    let mergeable =
-        |coeffs: &[i64], dims: &[usize], d: usize| coeffs[d] == coeffs[d + 1] * dims[d + 1] as i64;
-    let merge_at = |l: &mut Loop, extra: &mut [&mut Vec<i64>], d: usize| {
-        let inner = l.dims.remove(d + 1);
-        l.dims[d] *= inner;
-        let fix = |c: &mut Vec<i64>| {
-            c.remove(d);
-        };
-        for e in &mut l.exprs {
-            if let Expr::Load { coeffs, .. } | Expr::Index { coeffs } = e {
-                fix(coeffs);
-            }
-        }
-        l.stores.iter_mut().for_each(|s| fix(&mut s.coeffs));
-        extra.iter_mut().for_each(|c| fix(c));
-    };
-    match phase {
-        Phase::Map(mut l) => {
-            let mut d = 0;
-            while d + 1 < l.dims.len() {
-                let all = access_coeffs(&l).all(|c| mergeable(c, &l.dims, d));
-                if all {
-                    merge_at(&mut l, &mut [], d);
-                } else {
-                    d += 1;
-                }
-            }
-            Phase::Map(l)
-        }
-        Phase::Reduce {
-            mut body,
-            mut reductions,
-        } => {
+fn collapse(mut phase: Phase) -> Phase {
+    match &mut phase {
+        Phase::Map(l) => merge_contiguous(l, 0),
+        // An epilogue over a reshape of its product (`[B, T, C]` for `[B T, C]`) merges its
+        // leading variables back where every access allows, keeping the columns innermost.
+        Phase::MatMul { epilogue, .. } => merge_contiguous(epilogue, 1),
+        Phase::Reduce { body, reductions } => {
             let mut d = 0;
             while d + 1 < body.dims.len() {
-                let all = access_coeffs(&body).all(|c| mergeable(c, &body.dims, d))
+                let all = access_coeffs(body).all(|c| mergeable(c, &body.dims, d))
                     && reductions
                         .iter()
                         .all(|r| mergeable(&r.coeffs, &body.dims, d));
                 if all {
                     let mut extra: Vec<&mut Vec<i64>> =
                         reductions.iter_mut().map(|r| &mut r.coeffs).collect();
-                    merge_at(&mut body, &mut extra, d);
+                    merge_at(body, &mut extra, d);
                 } else {
                     d += 1;
                 }
             }
-            Phase::Reduce { body, reductions }
         }
-        // An epilogue over a reshape of its product (`[B, T, C]` for `[B T, C]`) merges its
-        // leading variables back where every access allows, keeping the columns innermost.
-        Phase::MatMul {
-            m,
-            k,
-            n,
-            a,
-            b,
-            out,
-            method,
-            mut epilogue,
-        } => {
-            let mut d = 0;
-            while d + 2 < epilogue.dims.len() {
-                if access_coeffs(&epilogue).all(|c| mergeable(c, &epilogue.dims, d)) {
-                    merge_at(&mut epilogue, &mut [], d);
-                } else {
-                    d += 1;
-                }
-            }
-            Phase::MatMul {
-                m,
-                k,
-                n,
-                a,
-                b,
-                out,
-                method,
-                epilogue,
-            }
-        }
-        call @ Phase::Call { .. } => call,
+        Phase::Call { .. } => {}
     }
+    phase
+}
+
+/// Merges the adjacent variables of `l` that every access walks contiguously, leaving its
+/// last `kept` variables as they are.
+fn merge_contiguous(l: &mut Loop, kept: usize) {
+    let mut d = 0;
+    while d + 1 + kept < l.dims.len() {
+        if access_coeffs(l).all(|c| mergeable(c, &l.dims, d)) {
+            merge_at(l, &mut [], d);
+        } else {
+            d += 1;
+        }
+    }
+}
+
+/// Whether variables `d` and `d + 1` are walked as one by an access of coefficients `coeffs`.
+fn mergeable(coeffs: &[i64], dims: &[usize], d: usize) -> bool {
+    coeffs[d] == coeffs[d + 1] * dims[d + 1] as i64
+}
+
+/// Merges variable `d + 1` into `d` in `l` and in the `extra` coefficients (reductions').
+fn merge_at(l: &mut Loop, extra: &mut [&mut Vec<i64>], d: usize) {
+    let inner = l.dims.remove(d + 1);
+    l.dims[d] *= inner;
+    let fix = |c: &mut Vec<i64>| {
+        c.remove(d);
+    };
+    for e in &mut l.exprs {
+        if let Expr::Load { coeffs, .. } | Expr::Index { coeffs } = e {
+            fix(coeffs);
+        }
+    }
+    l.stores.iter_mut().for_each(|s| fix(&mut s.coeffs));
+    extra.iter_mut().for_each(|c| fix(c));
 }
 
 /// Every coefficient vector of a loop's loads, indices and stores.

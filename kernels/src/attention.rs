@@ -2,9 +2,9 @@
 //! `Op::AttentionGrad`; `nabla_compiler::ir::attention` is the reference): per product of the
 //! batch (a head of an example), the scores `q k^T` go to a per-thread scratch of `Tq x Tk`,
 //! are masked, scaled and turned into probabilities in place, and multiply the values, all by
-//! register tiles ([`crate::tiles`]; the GEMM in f64 or without AVX2); only the output is kept. The backward recomputes the probabilities
-//! (FlashAttention's trade: a product and a softmax again instead of `Tq Tk` stored values per
-//! head). Memory is the scratch of each thread, whatever the batch.
+//! register tiles ([`crate::tiles`]; the GEMM in f64 or without AVX2); only the output is
+//! kept. The backward recomputes the probabilities (FlashAttention's trade: a product and a
+//! softmax again instead of `Tq Tk` stored values per head). Memory is the scratch of each thread, whatever the batch.
 //!
 //! Two layouts: separate `q [S, Tq, D]`, `k [S, Tk, D]`, `v [S, Tk, Dv]`, or, for
 //! self-attention, one projection `qkv [B, T, 3C]` read in place, head `h` of `q`, `k` and `v`
@@ -15,8 +15,7 @@
 
 use crate::convolution::with_scratch;
 use crate::float::Float;
-use crate::gemm::Gemm;
-use crate::gemm::strided_gemm;
+use crate::gemm::{Gemm, strided_gemm};
 use crate::lanes;
 use crate::parallel;
 use crate::tiles;

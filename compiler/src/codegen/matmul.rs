@@ -15,7 +15,7 @@
 use cranelift_codegen::ir::{FuncRef, InstBuilder, Type, Value, types};
 
 use super::clif::Emitter;
-use crate::kernel::{Loop, Operand};
+use crate::kernel::{Loop, Operand, row_major};
 
 /// Rows of `C` per register tile.
 const TILE_ROWS: i64 = 4;
@@ -125,10 +125,7 @@ impl Emitter<'_, '_> {
         if epilogue.stores.is_empty() {
             return;
         }
-        let mut product = vec![1i64; epilogue.dims.len()];
-        for d in (0..epilogue.dims.len().saturating_sub(1)).rev() {
-            product[d] = product[d + 1] * epilogue.dims[d + 1] as i64;
-        }
+        let product = row_major(&epilogue.dims);
         self.innermost(&epilogue.dims, true, &mut |e, vars, ty| {
             let value = e.load_at(out, &product, vars, ty);
             let values = e.eval(&epilogue.exprs, vars, ty, Some(value));
