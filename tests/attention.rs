@@ -1,7 +1,9 @@
 //! Attention and transformers: random attention models (1 to 4 heads, odd widths, 1 to 9
 //! positions, causal, masked or neither) against finite differences and compiled against the
-//! interpreter; a deliberately wrong rule under attention or layer norm caught; three AdamW steps
-//! of a small GPT against PyTorch; fully hidden rows; generation over a window.
+//! interpreter; long causal attention (up to 40 queries and keys, several of the kernel's
+//! blocks) compiled against the interpreter, and a NaN in a late key kept out of earlier
+//! blocks; a deliberately wrong rule under attention or layer norm caught; three AdamW steps of
+//! a small GPT against PyTorch; fully hidden rows; generation over a window.
 
 use nabla_compiler::autodiff;
 use nabla_compiler::evaluator::JitEvaluator;
@@ -72,6 +74,105 @@ proptest! {
             let compared = common::compiled_matches_interpreter(&m, 3, seed, evaluator, tol, true);
             prop_assert!(compared.is_ok(), "{source}\n{elem:?}: {compared:?}");
         }
+    }
+}
+
+/// Causal attention of `queries` positions over `keys` (PyTorch's alignment when they differ),
+/// queries, keys and values projected from the inputs by `dense`.
+fn long_causal_source(queries: usize, keys: usize, width: usize) -> String {
+    format!(
+        "model long {{
+  input  x[B, {queries}, {width}]
+  input  z[B, {keys}, {width}]
+  target y[B, {queries}, {width}]
+  h      = attention(dense(x, {width}), dense(z, {width}), dense(z, {width}), causal = true)
+  loss   = mse(h, y)
+}}
+"
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    /// Causal attention over more positions than one of the kernel's blocks, queries and keys
+    /// of different counts included: every gradient of the compiled step (f64 and f32, one and
+    /// two threads) agrees with the interpreter, which sums over the seen keys alone.
+    #[test]
+    fn long_causal_attention_matches_the_interpreter(
+        queries in 1usize..41,
+        keys in 1usize..41,
+        width in prop::sample::select(vec![3usize, 8, 17]),
+        seed in 0u64..1000,
+    ) {
+        let m = model(&long_causal_source(queries, keys, width));
+        for threads in [1, 2] {
+            for (elem, tol) in [(Elem::F64, 1e-10), (Elem::F32, 1e-4)] {
+                let evaluator = JitEvaluator::new(elem).with_threads(threads);
+                let compared = common::compiled_matches_interpreter(&m, 2, seed, evaluator, tol, true);
+                prop_assert!(
+                    compared.is_ok(),
+                    "{queries} queries, {keys} keys, width {width}, {elem:?}, {threads} threads: {compared:?}"
+                );
+            }
+        }
+    }
+}
+
+/// A NaN in the last key and value reaches no query of an earlier block: those outputs are
+/// finite and the interpreter's (the whole product multiplied the late value by weights of 0,
+/// so every query's output was NaN).
+#[test]
+fn a_late_nan_stays_out_of_earlier_blocks() {
+    let m = model(
+        "model late {
+  input  x[B, 40, 3]
+  target y[B, 40, 3]
+  h      = attention(x, x, x, causal = true)
+  loss   = mse(h, y)
+}
+",
+    );
+    let mut bound = m.clone();
+    bound.bind(&|_| Some(1)).unwrap();
+    let (graph, _, _) = bound.gradient_graph().unwrap();
+    let h = bound
+        .bindings
+        .iter()
+        .find(|b| b.name == "h")
+        .expect("the binding h")
+        .node;
+    let mut x: Vec<f64> = (0..120)
+        .map(|i| ((i * 7 % 11) as f64 - 5.0) / 5.0)
+        .collect();
+    x[117] = f64::NAN;
+    let tensor = |data: Vec<f64>| nabla_compiler::ir::Tensor {
+        shape: vec![1, 40, 3],
+        data,
+    };
+    let feeds = [("x", tensor(x)), ("y", tensor(vec![0.0; 120]))]
+        .into_iter()
+        .map(|(n, t)| (n.to_string(), t))
+        .collect();
+    let expected = interp::eval(&graph, &feeds, &[h]).unwrap();
+    let compiled = JitEvaluator::new(Elem::F32)
+        .eval(&graph, &feeds, &[h])
+        .unwrap();
+    assert!(
+        expected[0].data[117].is_nan(),
+        "the last query sees the NaN"
+    );
+    for (i, (e, c)) in expected[0]
+        .data
+        .iter()
+        .zip(&compiled[0].data)
+        .enumerate()
+        .take(96)
+    {
+        assert!(
+            e.is_finite() && (e - c).abs() < 1e-5,
+            "element {i}: {e} against {c}"
+        );
     }
 }
 

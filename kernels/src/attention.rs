@@ -4,7 +4,16 @@
 //! are masked, scaled and turned into probabilities in place, and multiply the values, all by
 //! register tiles ([`crate::tiles`]; the GEMM in f64 or without AVX2); only the output is
 //! kept. The backward recomputes the probabilities (FlashAttention's trade: a product and a
-//! softmax again instead of `Tq Tk` stored values per head). Memory is the scratch of each thread, whatever the batch.
+//! softmax again instead of `Tq Tk` stored values per head). Memory is the scratch of each
+//! thread, whatever the batch.
+//!
+//! Causal products run by blocks of [`BLOCK`] queries (or keys), each bounded by the keys its
+//! queries see (or the queries that see its keys), so the multiply-adds by weights that are 0
+//! everywhere in a block, about half of a causal head's, are skipped, as PyTorch's CPU flash
+//! attention skips the key blocks after a query block. A skipped term adds 0 to a sum that
+//! starts at +0, so a finite result has the bits of the whole product; a key no query of a
+//! block sees no longer reaches that block's outputs even when it holds NaN, as in the
+//! reference (`nabla_compiler::ir::attention`), which sums over the seen keys alone.
 //!
 //! Two layouts: separate `q [S, Tq, D]`, `k [S, Tk, D]`, `v [S, Tk, Dv]`, or, for
 //! self-attention, one projection `qkv [B, T, 3C]` read in place, head `h` of `q`, `k` and `v`
@@ -49,7 +58,15 @@ impl<T> Matrix<T> {
             row,
         }
     }
+
+    /// The matrix from its row `i` on.
+    fn down(self, i: usize) -> Matrix<T> {
+        Matrix::new(self.at, i * self.row, self.row)
+    }
 }
+
+/// Queries (or keys) per block of a causal head's products.
+const BLOCK: usize = 16;
 
 /// One product's operands and results: `q`, `k`, `v` and the output (forward), or `q`, `k`,
 /// `v`, the output's gradient, and `dq`, `dk`, `dv` (backward).
@@ -94,6 +111,34 @@ impl Geometry {
         } else {
             self.tk
         }
+    }
+
+    /// The first query that sees key `j` (`Tq` when none does).
+    fn first_viewer(&self, j: usize) -> usize {
+        if self.causal {
+            (j + self.tq).saturating_sub(self.tk).min(self.tq)
+        } else {
+            0
+        }
+    }
+
+    /// The blocks of queries: the first, how many, and how many keys the last of them sees
+    /// (one block of every query unless causal).
+    fn query_blocks(&self) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
+        let step = if self.causal { BLOCK } else { self.tq.max(1) };
+        (0..self.tq).step_by(step).map(move |i| {
+            let rows = step.min(self.tq - i);
+            (i, rows, self.seen(i + rows - 1))
+        })
+    }
+
+    /// The blocks of keys: the first, how many, and the first query that sees the first of
+    /// them (one block of every key unless causal).
+    fn key_blocks(&self) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
+        let step = if self.causal { BLOCK } else { self.tk.max(1) };
+        (0..self.tk)
+            .step_by(step)
+            .map(move |j| (j, step.min(self.tk - j), self.first_viewer(j)))
     }
 
     /// The units split over the threads (examples with heads, products without) and the
@@ -146,11 +191,15 @@ impl Geometry {
     }
 
     /// `p [Tq, Tk]`: each query's attention weights over the keys (0 where it does not see
-    /// one, a row of zeros where it sees none), from the scores `scale q k^T` computed in place.
-    fn probabilities<T: Float>(&self, q: Matrix<T>, k: Matrix<T>, p: &mut [T]) {
-        let (tq, tk, d) = (self.tq, self.tk, self.d);
-        let scores = Matrix::new(p.as_ptr(), 0, tk);
-        product([tq, d, tk], scores, (q, 1), (k, 1, k.row));
+    /// one, a row of zeros where it sees none), from the scores `scale q k^T` computed in place,
+    /// by blocks of queries, with `k^T` in `packed` (`D x Tk`).
+    fn probabilities<T: Float>(&self, q: Matrix<T>, k: Matrix<T>, p: &mut [T], packed: &mut [T]) {
+        let (tk, d) = (self.tk, self.d);
+        let k_t = transpose(k, [tk, d], packed);
+        for (i, rows, seen) in self.query_blocks() {
+            let scores = Matrix::new(p.as_ptr(), i * tk, tk);
+            product([rows, d, seen], scores, (q.down(i), 1), (k_t, tk, 1));
+        }
         let scale = T::of(self.scale);
         for (i, row) in p.chunks_exact_mut(tk).enumerate() {
             let seen = self.seen(i);
@@ -165,8 +214,8 @@ impl Geometry {
     }
 }
 
-/// `c [m, n] = A [m, k] @ B [k, n]` on this thread: `c` and `a` by their rows (`a` with the
-/// given column stride), `b` by its row and column strides. In f32 where the CPU has wide
+/// `c [m, n] = A [m, k] @ B [k, n]` on this thread (zeros when `k` is 0): `c` and `a` by their
+/// rows (`a` with the given column stride), `b` by its row and column strides. In f32 where the CPU has wide
 /// registers, by the library's register tiles: a head's products (`64 x 32 x 64` in the baby
 /// GPT) are small enough that the GEMM's packing costs more than it saves.
 fn product<T: Float>(
@@ -175,6 +224,13 @@ fn product<T: Float>(
     (a, a_col): (Matrix<T>, usize),
     (b, b_row, b_col): (Matrix<T>, usize, usize),
 ) {
+    if k == 0 {
+        for i in 0..m {
+            // SAFETY: row `i` of `c` holds `n` elements, as for the product.
+            unsafe { std::slice::from_raw_parts_mut(c.at.add(i * c.row), n) }.fill(T::zero());
+        }
+        return;
+    }
     if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() && tiles::vectorised() {
         let small = Gemm {
             m,
@@ -233,10 +289,19 @@ pub(super) fn forward<T: Float>(args: &[usize], inputs: &[&[T]], out: &mut [T], 
         inputs: inputs.iter().map(|x| x.as_ptr()).collect(),
         out: out.as_mut_ptr(),
     };
-    each_product(&g, &buffers, threads, (g.tq * g.tk, false), &|x, p| {
-        g.probabilities(x.q, x.k, p);
-        let weights = Matrix::new(p.as_ptr(), 0, g.tk);
-        product([g.tq, g.tk, g.dv], x.o, (weights, 1), (x.v, x.v.row, 1));
+    let scratch = g.tq * g.tk + g.d * g.tk;
+    each_product(&g, &buffers, threads, (scratch, false), &|x, scratch| {
+        let (p, packed) = scratch.split_at_mut(g.tq * g.tk);
+        g.probabilities(x.q, x.k, p, packed);
+        for (i, rows, seen) in g.query_blocks() {
+            let weights = Matrix::new(p.as_ptr(), i * g.tk, g.tk);
+            product(
+                [rows, seen, g.dv],
+                x.o.down(i),
+                (weights, 1),
+                (x.v, x.v.row, 1),
+            );
+        }
     });
 }
 
@@ -249,23 +314,60 @@ pub(super) fn backward<T: Float>(args: &[usize], inputs: &[&[T]], out: &mut [T],
         out: out.as_mut_ptr(),
     };
     let (tq, tk, d, dv) = (g.tq, g.tk, g.d, g.dv);
-    each_product(&g, &buffers, threads, (2 * tq * tk, true), &|x, scratch| {
-        let (p, dp) = scratch.split_at_mut(tq * tk);
-        g.probabilities(x.q, x.k, p);
+    let scratch = 2 * tq * tk + d.max(dv) * tk;
+    each_product(&g, &buffers, threads, (scratch, true), &|x, scratch| {
+        let (p, rest) = scratch.split_at_mut(tq * tk);
+        let (dp, packed) = rest.split_at_mut(tq * tk);
+        g.probabilities(x.q, x.k, p, packed);
         let [dq, dk, d_v] = x.grads;
-        // The weights' transpose: rows 1 apart, columns `Tk`.
-        let weights_t = Matrix::new(p.as_ptr(), 0, 1);
-        product([tk, tq, dv], d_v, (weights_t, tk), (x.o, x.o.row, 1));
-        let (ds, ds_t) = (
-            Matrix::new(dp.as_ptr(), 0, tk),
-            Matrix::new(dp.as_ptr(), 0, 1),
-        );
-        product([tq, dv, tk], ds, (x.o, 1), (x.v, 1, x.v.row));
+        // Key `j`'s rows of `dv` and `dk` sum over the queries that see it: from column
+        // `first` of the weights' transpose (rows 1 apart, columns `Tk`).
+        for (j, keys, first) in g.key_blocks() {
+            let weights_t = Matrix::new(p.as_ptr(), j + first * tk, 1);
+            product(
+                [keys, tq - first, dv],
+                d_v.down(j),
+                (weights_t, tk),
+                (x.o.down(first), x.o.row, 1),
+            );
+        }
+        let v_t = transpose(x.v, [tk, dv], packed);
+        for (i, rows, seen) in g.query_blocks() {
+            let block = Matrix::new(dp.as_ptr(), i * tk, tk);
+            product([rows, dv, seen], block, (x.o.down(i), 1), (v_t, tk, 1));
+            for row in dp[i * tk..(i + rows) * tk].chunks_exact_mut(tk) {
+                row[seen..].fill(T::zero());
+            }
+        }
         let scale = T::of(g.scale);
         for (p_row, dp_row) in p.chunks_exact(tk).zip(dp.chunks_exact_mut(tk)) {
             lanes::softmax_grad(p_row, dp_row, scale);
         }
-        product([tq, tk, d], dq, (ds, 1), (x.k, x.k.row, 1));
-        product([tk, tq, d], dk, (ds_t, tk), (x.q, x.q.row, 1));
+        for (i, rows, seen) in g.query_blocks() {
+            let ds = Matrix::new(dp.as_ptr(), i * tk, tk);
+            product([rows, seen, d], dq.down(i), (ds, 1), (x.k, x.k.row, 1));
+        }
+        for (j, keys, first) in g.key_blocks() {
+            let ds_t = Matrix::new(dp.as_ptr(), j + first * tk, 1);
+            product(
+                [keys, tq - first, d],
+                dk.down(j),
+                (ds_t, tk),
+                (x.q.down(first), x.q.row, 1),
+            );
+        }
     });
+}
+
+/// `x [rows, cols]` (by its row stride) transposed into `into`, as `cols` rows of `rows`: the
+/// right operand of a product whose columns are `x`'s rows, made contiguous once per head
+/// rather than by every block's product.
+fn transpose<T: Float>(x: Matrix<T>, [rows, cols]: [usize; 2], into: &mut [T]) -> Matrix<T> {
+    for (c, column) in into[..rows * cols].chunks_exact_mut(rows).enumerate() {
+        for (r, to) in column.iter_mut().enumerate() {
+            // SAFETY: element `(r, c)` of `x` is inside its buffer, as every view's is.
+            *to = unsafe { *x.at.add(r * x.row + c) };
+        }
+    }
+    Matrix::new(into.as_ptr(), 0, rows)
 }
