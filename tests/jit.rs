@@ -168,7 +168,8 @@ fn compiled_gradients_pass_gradcheck() {
 
 /// `op` compiled for f32, at every 1021st f32 of either sign and at `special`: the worst
 /// distance in ulp from `reference` (computed in f64, then rounded) with the input it occurs
-/// at, and the output at each special value. NaN must map to NaN.
+/// at, and the output at each special value. NaN must map to NaN, and one long row must give
+/// the bits of rows of 5.
 fn inline_f32(op: UnaryOp, reference: fn(f64) -> f64, special: &[f32]) -> (u64, f32, Vec<f32>) {
     let mut values: Vec<f32> = (0..0x7f80_0000u32)
         .step_by(1021)
@@ -188,6 +189,29 @@ fn inline_f32(op: UnaryOp, reference: fn(f64) -> f64, special: &[f32]) -> (u64, 
         ),
     )]);
     let out = JitEvaluator::new(Elem::F32).eval(&g, &feeds, &[y]).unwrap();
+    // Rows of 5 (a 4-lane vector and a scalar), read through a transpose so that they cannot
+    // merge into longer ones, are computed inline; the long row above goes to the kernel
+    // library's wide build where the CPU has one: the same bits.
+    let rows = values.len().div_ceil(5);
+    let mut g = Graph::new();
+    let x = g.input("x", Shape::known(&[5, rows])).unwrap();
+    let x = g.transpose(x, &[1, 0]).unwrap();
+    let short = g.unary(op, x).unwrap();
+    let mut columns = vec![0.0; rows * 5];
+    for (i, &v) in values.iter().enumerate() {
+        columns[(i % 5) * rows + i / 5] = f64::from(v);
+    }
+    let feeds = HashMap::from([("x".to_string(), Tensor::new(vec![5, rows], columns))]);
+    let inline = JitEvaluator::new(Elem::F32)
+        .eval(&g, &feeds, &[short])
+        .unwrap();
+    for (i, (&long, &short)) in out[0].data.iter().zip(&inline[0].data).enumerate() {
+        assert!(
+            long.to_bits() == short.to_bits() || (long.is_nan() && short.is_nan()),
+            "{op:?}({}): {long} in a long row, {short} in rows of 5",
+            values[i]
+        );
+    }
     let mut worst = (0, 0.0f32);
     for (&v, &got) in values.iter().zip(&out[0].data) {
         let (got, want) = (got as f32, reference(f64::from(v)) as f32);
@@ -215,7 +239,9 @@ fn inline_f32(op: UnaryOp, reference: fn(f64) -> f64, special: &[f32]) -> (u64, 
 
 /// Generated code computes f32 `tanh`, `erf`, `exp`, `log` and `sigmoid` in registers (no call), within a
 /// few ulp of the correctly rounded value over the whole f32 range and exact at the special
-/// values: infinities, signed zeros, and the edges of overflow and underflow.
+/// values: infinities, signed zeros, and the edges of overflow and underflow; long rows,
+/// whose `tanh`, `erf` and `exp` the kernel library computes where the CPU has AVX2, to the
+/// bit what short rows compute inline.
 #[test]
 fn inline_transcendentals_are_accurate_over_the_whole_f32_range() {
     let specials = [

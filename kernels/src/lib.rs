@@ -5,7 +5,8 @@
 //! [`call`] (the routines generated code calls by number, and their sizes), [`library`] (their
 //! dispatch, and slices, concatenations, gathers and scatters), [`convolution`] (im2col,
 //! col2im and convolutions), [`pooling`] (max pooling), [`gemm`] (matrix products through the
-//! `gemm` crate), [`tiles`] (small f32 products in AVX-512 or AVX2 registers), [`attention`] (attention without stored scores), [`lanes`] (its row loops, vectorised),
+//! `gemm` crate), [`tiles`] (small f32 products in AVX-512 or AVX2 registers), [`transcendentals`]
+//! (f32 `exp`, `erf` and `tanh` of blocks in the same registers, the bits of generated code's), [`attention`] (attention without stored scores), [`lanes`] (its row loops, vectorised),
 //! [`parallel`] (the fork-join pool), [`float`] (the float types),
 //! [`shims`] (the `extern "C"` entry points generated code imports), and [`peaks`] (this
 //! machine's measured compute and memory peaks, for profiles' rooflines).
@@ -24,6 +25,7 @@ pub mod peaks;
 mod pooling;
 pub mod shims;
 mod tiles;
+pub mod transcendentals;
 pub mod window;
 
 pub use call::Call;

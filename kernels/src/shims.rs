@@ -1,10 +1,12 @@
 //! The entry points generated code calls, as `extern "C"` functions: the math functions of each
-//! precision, the GEMM, the small f32 products, the library routines and the fork-join of
+//! precision, the GEMM, the small f32 products, f32 transcendentals in wide registers, the
+//! library routines and the fork-join of
 //! bands of rows, each exported under the symbol [`Symbols::name`] gives. A JIT registers their
 //! addresses under those symbols; ahead-of-time code imports them and is linked against this
 //! crate's functions (through `nabla-aot`'s archive).
 
 use crate::gemm::Gemm;
+use crate::transcendentals::Transcendental;
 use crate::{Call, call, library, parallel};
 
 /// The precision a program computes in.
@@ -53,6 +55,12 @@ impl Symbols {
     /// (f32 only: generated code computes f64's in its own tiles).
     pub fn tiles() -> *const u8 {
         tiles_f32 as *const u8
+    }
+
+    /// f32 `exp`, `erf` or `tanh` of a block in place, in the widest registers: `(function
+    /// number, block, length)`, under the name `transcendental` (f32 only).
+    pub fn transcendental() -> *const u8 {
+        transcendental_f32 as *const u8
     }
 
     /// A library routine: `(call number, operand addresses, output, words)`.
@@ -194,6 +202,17 @@ product_shim!(gemm_f64, f64, |product, threads| product.run(threads));
 // Small f32 products in register tiles (`nabla_tiles_f32`, see [`crate::tiles`]), where the
 // target has AVX2: on the calling thread.
 product_shim!(tiles_f32, f32, |product, _threads| product.tiles());
+
+/// The `nabla_transcendental_f32` symbol generated code calls where the target has AVX2 and
+/// FMA: a [`Transcendental`] (by its number) of `len` elements at `block`, in place.
+#[unsafe(export_name = "nabla_transcendental_f32")]
+extern "C" fn transcendental_f32(function: i64, block: *mut f32, len: i64) {
+    let Some(f) = Transcendental::of(function) else {
+        return;
+    };
+    // SAFETY: generated code passes a block of its own stack holding `len` elements.
+    f.apply(unsafe { std::slice::from_raw_parts_mut(block, len.max(0) as usize) })
+}
 
 /// The `nabla_call` symbol generated code calls for a library call: the library routine
 /// `call` (a [`Call`] as an integer) on the buffers whose addresses `inputs` lists, writing

@@ -81,6 +81,10 @@ pub struct Target {
     /// The imported small f32 product in AVX-512 or AVX2 registers, where the target has AVX2
     /// and FMA: small products call it instead of emitting 128-bit register tiles.
     pub tiles: Option<FuncRef>,
+    /// The imported f32 `exp`, `erf` and `tanh` of a block in AVX-512 or AVX2 registers, where
+    /// the target has AVX2 and FMA: maps hand it their transcendental functions' arguments
+    /// ([`super::transcendental`]).
+    pub transcendental: Option<FuncRef>,
     /// The imported library of windows and convolutions (see [`super::jit`]'s `call` shim).
     pub call: FuncRef,
     /// Threads the matrix product may use.
@@ -293,7 +297,7 @@ impl Emitter<'_, '_> {
     }
 
     /// `for i in (start..end).step_by(step) { body(i) }` with bounds computed at run time.
-    fn for_values(
+    pub(super) fn for_values(
         &mut self,
         start: Value,
         end: Value,
@@ -348,16 +352,22 @@ impl Emitter<'_, '_> {
     }
 
     /// Evaluates `exprs` at the point `vars` (whose last entry is lane 0's innermost index when
-    /// `ty` is a vector), with `product` standing for [`Expr::Product`].
+    /// `ty` is a vector), with `product` standing for [`Expr::Product`] and the expressions
+    /// `fixed` names taking the values it gives instead of being computed.
     pub(super) fn eval(
         &mut self,
         exprs: &[Expr],
         vars: &[Value],
         ty: Type,
         product: Option<Value>,
+        fixed: &[(usize, Value)],
     ) -> Vec<Value> {
         let mut values: Vec<Value> = Vec::with_capacity(exprs.len());
-        for expr in exprs {
+        for (index, expr) in exprs.iter().enumerate() {
+            if let Some(&(_, v)) = fixed.iter().find(|(i, _)| *i == index) {
+                values.push(v);
+                continue;
+            }
             let v = match expr {
                 Expr::Load { slot, coeffs } => self.load_at(*slot, coeffs, vars, ty),
                 Expr::Const(c) => self.constant(ty, *c),

@@ -62,6 +62,10 @@ pub fn compile(
     jit_builder.symbol(Symbols::name("gemm", precision), Symbols::gemm(precision));
     if precision == Precision::F32 {
         jit_builder.symbol(Symbols::name("tiles", precision), Symbols::tiles());
+        jit_builder.symbol(
+            Symbols::name("transcendental", precision),
+            Symbols::transcendental(),
+        );
     }
     jit_builder.symbol(Symbols::name("call", precision), Symbols::call(precision));
     jit_builder.symbol(

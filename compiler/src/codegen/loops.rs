@@ -4,6 +4,7 @@
 use cranelift_codegen::ir::{InstBuilder, Type, Value, types};
 
 use super::clif::Emitter;
+use super::transcendental::Body;
 use crate::ir::ReduceOp;
 use crate::kernel::{Loop, Reduction};
 
@@ -12,12 +13,12 @@ impl Emitter<'_, '_> {
     /// coefficient is 0 (where the vector's lanes would write one element).
     pub(super) fn map(&mut self, l: &Loop) {
         let vectorise = l.stores.iter().all(|s| s.coeffs.last() != Some(&0));
-        self.innermost(&l.dims, vectorise, &mut |e, vars, ty| {
-            let values = e.eval(&l.exprs, vars, ty, None);
-            for s in &l.stores {
-                e.store_at(values[s.value], s.slot, &s.coeffs, vars);
-            }
-        });
+        let body = Body {
+            exprs: &l.exprs,
+            stores: &l.stores,
+            product: None,
+        };
+        self.points(&l.dims, vectorise, &body);
     }
 
     /// Runs `body` at every point of `dims`: the innermost variable in vector steps when
@@ -84,7 +85,7 @@ impl Emitter<'_, '_> {
         if !inner_reduced {
             let contiguous = reductions.iter().all(|r| r.coeffs.last() == Some(&1));
             self.innermost(&body.dims, contiguous, &mut |e, vars, ty| {
-                let values = e.eval(&body.exprs, vars, ty, None);
+                let values = e.eval(&body.exprs, vars, ty, None, &[]);
                 for r in reductions {
                     let current = e.load_at(r.slot, &r.coeffs, vars, ty);
                     let next = e.combine(r.op, current, values[r.value]);
@@ -110,7 +111,7 @@ impl Emitter<'_, '_> {
                 .collect();
             e.for_range(0, vector_end, lanes, &mut |e, i| {
                 vars.push(i);
-                let values = e.eval(&body.exprs, &vars, vty, None);
+                let values = e.eval(&body.exprs, &vars, vty, None, &[]);
                 for (r, &var) in reductions.iter().zip(&vector_acc) {
                     let acc = e.b.use_var(var);
                     let next = e.combine(r.op, acc, values[r.value]);
@@ -135,7 +136,7 @@ impl Emitter<'_, '_> {
                 .collect();
             e.for_range(vector_end, inner as i64, 1, &mut |e, i| {
                 vars.push(i);
-                let values = e.eval(&body.exprs, &vars, sty, None);
+                let values = e.eval(&body.exprs, &vars, sty, None, &[]);
                 for (r, &var) in reductions.iter().zip(&scalar_acc) {
                     let acc = e.b.use_var(var);
                     let next = e.combine(r.op, acc, values[r.value]);

@@ -2,17 +2,20 @@
 //! `log` (range reduction and Cephes' polynomials, reading and building `2^n` in the exponent
 //! bits, subnormal inputs and results handled), and `sigmoid` from `exp(-|x|)` so that it never
 //! overflows. Each is tested over the whole f32 range against an f64 reference
-//! (`tests/jit.rs`); the other transcendental functions call Rust's implementations.
+//! (`tests/jit.rs`); the other transcendental functions call Rust's implementations. The
+//! coefficients are the kernel library's (`nabla_kernels::transcendentals`), whose wide
+//! `exp`, `erf` and `tanh` compute the same operations, so the bits do not depend on which
+//! one a loop uses.
 
 use cranelift_codegen::ir::condcodes::FloatCC;
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Type, Value, types};
 
-use super::clif::Emitter;
+use nabla_kernels::transcendentals::{
+    ERF_CLAMP, ERF_DENOMINATOR, ERF_NUMERATOR, EXP_POLYNOMIAL, EXP_RANGE, LN2_HI, LN2_LO, ROUND,
+    TANH_CLAMP, TANH_DENOMINATOR, TANH_NUMERATOR, TANH_SATURATION, TANH_TINY,
+};
 
-/// ln 2 as the sum of a part with few significant bits, so that an exponent times it is exact,
-/// and the remainder: range reduction for the inline `exp` and `log`.
-const LN2_HI: f64 = 0.693_359_375;
-const LN2_LO: f64 = -2.121_944_400_5e-4;
+use super::clif::Emitter;
 
 impl Emitter<'_, '_> {
     /// `tanh` of f32 scalars or vectors in registers, no call: a rational function (odd
@@ -21,33 +24,18 @@ impl Emitter<'_, '_> {
     /// magnitude, and ±1 beyond 9.02. Within 6 ulp of the correctly rounded value over every
     /// f32 (tested against the scalar function); NaN stays NaN and ±inf gives ±1.
     pub(super) fn tanh_f32(&mut self, x: Value, ty: Type) -> Value {
-        const NUMERATOR: [f64; 7] = [
-            4.893_524_558_917_86e-3,
-            6.372_619_288_754_36e-4,
-            1.485_722_357_179_79e-5,
-            5.122_297_090_371_14e-8,
-            -8.604_671_522_137_35e-11,
-            2.000_187_904_824_77e-13,
-            -2.760_768_477_423_55e-16,
-        ];
-        const DENOMINATOR: [f64; 4] = [
-            4.893_525_185_543_85e-3,
-            2.268_434_632_439e-3,
-            1.185_347_056_866_54e-4,
-            1.198_258_394_667_02e-6,
-        ];
-        let clamped = self.clamp(x, (-7.905_311_107_635_498, 7.905_311_107_635_498), ty);
+        let clamped = self.clamp(x, (-TANH_CLAMP, TANH_CLAMP), ty);
         let x2 = self.b.ins().fmul(clamped, clamped);
-        let p = self.horner(&NUMERATOR, x2, ty);
-        let q = self.horner(&DENOMINATOR, x2, ty);
+        let p = self.horner(&TANH_NUMERATOR, x2, ty);
+        let q = self.horner(&TANH_DENOMINATOR, x2, ty);
         let p = self.b.ins().fmul(p, clamped);
         let ratio = self.b.ins().fdiv(p, q);
         let magnitude = self.b.ins().fabs(x);
-        let tiny = self.constant(ty, 4e-4);
+        let tiny = self.constant(ty, TANH_TINY);
         let small = self.compare(FloatCC::LessThan, magnitude, tiny, ty);
         let near = self.choose(small, x, ratio, ty);
         // Beyond 9.02, tanh rounds to ±1 exactly (the clamped fraction stops a few ulp short).
-        let saturation = self.constant(ty, 9.02);
+        let saturation = self.constant(ty, TANH_SATURATION);
         let saturated = self.compare(FloatCC::GreaterThan, magnitude, saturation, ty);
         let (one, minus_one, zero) = (
             self.constant(ty, 1.0),
@@ -64,28 +52,20 @@ impl Emitter<'_, '_> {
     /// so that a subnormal result is rounded once. Beyond 88.8 the result overflows to `inf`,
     /// below -104 it underflows to 0; NaN stays NaN.
     pub(super) fn exp_f32(&mut self, x: Value, ty: Type) -> Value {
-        const POLYNOMIAL: [f64; 6] = [
-            5.000_000_120_1e-1,
-            1.666_666_545_9e-1,
-            4.166_579_589_4e-2,
-            8.333_451_907_3e-3,
-            1.398_199_950_7e-3,
-            1.987_569_150_0e-4,
-        ];
-        let clamped = self.clamp(x, (-104.0, 88.8), ty);
+        let clamped = self.clamp(x, EXP_RANGE, ty);
         let log2e = self.constant(ty, std::f64::consts::LOG2_E);
         let scaled = self.b.ins().fmul(clamped, log2e);
         // Adding 1.5 * 2^23 rounds to the nearest integer (ties to even, as `nearest`), which
         // the sum's low bits then hold: three instructions where rounding and a saturating
         // conversion took eight on x86.
-        let round = self.constant(ty, 12_582_912.0);
+        let round = self.constant(ty, ROUND);
         let shifted = self.b.ins().fadd(scaled, round);
         let n = self.b.ins().fsub(shifted, round);
         // r = x - n ln 2, with ln 2 split in two so that n times its first part is exact.
         let (ln2_hi, ln2_lo) = (self.constant(ty, -LN2_HI), self.constant(ty, -LN2_LO));
         let r = self.b.ins().fma(n, ln2_hi, clamped);
         let r = self.b.ins().fma(n, ln2_lo, r);
-        let p = self.horner(&POLYNOMIAL, r, ty);
+        let p = self.horner(&EXP_POLYNOMIAL, r, ty);
         let r2 = self.b.ins().fmul(r, r);
         let one = self.constant(ty, 1.0);
         let e_r = self.b.ins().fma(p, r2, r);
@@ -183,26 +163,10 @@ impl Emitter<'_, '_> {
     /// clamped to ±4, beyond which f32's erf rounds to ±1. Within 6 ulp of the correctly
     /// rounded value over every f32 (tested); NaN stays NaN, ±inf gives ±1.
     pub(super) fn erf_f32(&mut self, x: Value, ty: Type) -> Value {
-        const NUMERATOR: [f64; 7] = [
-            -1.609_603_332_624_15e-2,
-            -2.954_599_808_540_25e-3,
-            -7.349_906_303_268_55e-4,
-            -5.692_506_394_623_46e-5,
-            -2.101_024_020_825_08e-6,
-            2.770_681_424_959_02e-8,
-            -2.726_142_258_013_06e-10,
-        ];
-        const DENOMINATOR: [f64; 5] = [
-            -1.426_473_905_141_89e-2,
-            -7.373_329_167_204_68e-3,
-            -1.682_826_974_382_03e-3,
-            -2.133_740_552_789_05e-4,
-            -1.456_607_184_649_96e-5,
-        ];
-        let clamped = self.clamp(x, (-4.0, 4.0), ty);
+        let clamped = self.clamp(x, (-ERF_CLAMP, ERF_CLAMP), ty);
         let x2 = self.b.ins().fmul(clamped, clamped);
-        let p = self.horner(&NUMERATOR, x2, ty);
-        let q = self.horner(&DENOMINATOR, x2, ty);
+        let p = self.horner(&ERF_NUMERATOR, x2, ty);
+        let q = self.horner(&ERF_DENOMINATOR, x2, ty);
         // The ratio first (about 2/sqrt(pi) near 0), so that a tiny `x` never underflows.
         let ratio = self.b.ins().fdiv(p, q);
         self.b.ins().fmul(ratio, clamped)

@@ -15,6 +15,7 @@
 use cranelift_codegen::ir::{FuncRef, InstBuilder, Type, Value, types};
 
 use super::clif::Emitter;
+use super::transcendental::Body;
 use crate::kernel::{Loop, Operand, row_major};
 
 /// Rows of `C` per register tile.
@@ -125,14 +126,12 @@ impl Emitter<'_, '_> {
         if epilogue.stores.is_empty() {
             return;
         }
-        let product = row_major(&epilogue.dims);
-        self.innermost(&epilogue.dims, true, &mut |e, vars, ty| {
-            let value = e.load_at(out, &product, vars, ty);
-            let values = e.eval(&epilogue.exprs, vars, ty, Some(value));
-            for s in &epilogue.stores {
-                e.store_at(values[s.value], s.slot, &s.coeffs, vars);
-            }
-        });
+        let body = Body {
+            exprs: &epilogue.exprs,
+            stores: &epilogue.stores,
+            product: Some((out, row_major(&epilogue.dims))),
+        };
+        self.points(&epilogue.dims, true, &body);
     }
 
     /// One tile at (`i0`, `j0`): `rows` rows by `vectors` vectors or `scalars` columns.
@@ -198,7 +197,7 @@ impl Emitter<'_, '_> {
                 let j = self.b.ins().iadd_imm_s(j0, offset);
                 let vars = [i, j];
                 self.store_at(product, p.out, &[p.n, 1], &vars);
-                let values = self.eval(&epilogue.exprs, &vars, ty, Some(product));
+                let values = self.eval(&epilogue.exprs, &vars, ty, Some(product), &[]);
                 for s in &epilogue.stores {
                     self.store_at(values[s.value], s.slot, &s.coeffs, &vars);
                 }

@@ -29,6 +29,7 @@ pub(super) struct Imports {
     math: Vec<FuncId>,
     gemm: FuncId,
     tiles: Option<FuncId>,
+    transcendental: Option<FuncId>,
     call: FuncId,
     parallel: FuncId,
 }
@@ -63,12 +64,17 @@ pub(super) fn imports<M: Module>(module: &mut M, elem: Elem) -> Result<Imports, 
         Elem::F32 if wide => Some(import("tiles", &product, &[])?),
         _ => None,
     };
+    let transcendental = match elem {
+        Elem::F32 if wide => Some(import("transcendental", &[i64, pointer, i64], &[])?),
+        _ => None,
+    };
     let call = import("call", &[i64, pointer, pointer, pointer], &[])?;
     let parallel = import("parallel", &[pointer, pointer, i64, i64], &[])?;
     Ok(Imports {
         math,
         gemm,
         tiles,
+        transcendental,
         call,
         parallel,
     })
@@ -164,6 +170,9 @@ pub(super) fn define<M: Module>(
                     gemm: module.declare_func_in_func(imports.gemm, b.func),
                     tiles: imports
                         .tiles
+                        .map(|id| module.declare_func_in_func(id, b.func)),
+                    transcendental: imports
+                        .transcendental
                         .map(|id| module.declare_func_in_func(id, b.func)),
                     call: module.declare_func_in_func(imports.call, b.func),
                     threads: threads.max(1) as i64,
