@@ -5,7 +5,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use nabla_runtime::{Buffer, Elem, Executable};
+use nabla_runtime::{Buffer, Buffers, Elem, Executable};
 
 use crate::codegen::jit::Listing;
 use crate::ir::{EvalError, Graph, NodeId, Tensor};
@@ -73,7 +73,7 @@ impl JitEvaluator {
             cache.insert(outputs.to_vec(), exe);
         }
         let exe = cache.get_mut(outputs).expect("inserted above");
-        let mut externals: HashMap<String, Buffer> = feeds
+        let mut externals: Buffers = feeds
             .iter()
             .map(|(k, t)| (k.clone(), Buffer::from_f64(&t.data, self.elem)))
             .collect();

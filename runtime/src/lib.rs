@@ -6,6 +6,7 @@
 #![deny(missing_docs)]
 
 pub mod buffer;
+pub mod buffers;
 pub mod checkpoint;
 pub mod collective;
 pub mod data;
@@ -19,6 +20,7 @@ pub mod text;
 pub mod train;
 
 pub use buffer::{AllocError, Buffer, Elem, available_memory};
+pub use buffers::Buffers;
 pub use collective::{Alone, Collective};
 pub use init::Init;
 pub use program::{BufferSpec, Executable, KernelFn, KernelNote, Program, RunError};

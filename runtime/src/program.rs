@@ -10,10 +10,9 @@
 //! The program never compiles and allocates nothing per run.
 
 use std::any::Any;
-use std::collections::HashMap;
-use std::hash::BuildHasher;
 
 use crate::buffer::{AllocError, Buffer, Elem};
+use crate::buffers::Buffers;
 
 /// A generated kernel.
 pub type KernelFn = unsafe extern "C" fn(*const *mut u8);
@@ -108,6 +107,16 @@ pub struct Executable {
     table: Vec<*mut u8>,
     /// With profiling on, the seconds each kernel has run, summed over runs.
     seconds: Option<Vec<f64>>,
+    /// Where the last run found each external slot's buffer, and the layouts of the
+    /// collections it was given then: while they are unchanged, no name is looked up.
+    bound: Option<Binding>,
+}
+
+/// The places of a program's external buffers in the collections of one run.
+struct Binding {
+    layouts: Vec<(u64, u64)>,
+    /// Per external slot: the slot, which collection, and the place in it.
+    places: Vec<(usize, usize, usize)>,
 }
 
 impl Executable {
@@ -135,6 +144,7 @@ impl Executable {
             temps,
             table,
             seconds: None,
+            bound: None,
         })
     }
 
@@ -158,27 +168,29 @@ impl Executable {
 
     /// Runs every kernel once, binding each external buffer the plan names to the first of
     /// `externals` that holds it, after checking it has exactly the planned length (a packed
-    /// part: that the part lies within it) and element type. Several maps let callers keep, say, per-batch inputs apart from parameters without
-    /// moving buffers between them.
-    pub fn run<S: BuildHasher>(
-        &mut self,
-        externals: &mut [&mut HashMap<String, Buffer, S>],
-    ) -> Result<(), RunError> {
-        for (slot, spec) in self.program.buffers.iter().enumerate() {
-            let Some(name) = &spec.external else {
-                continue;
-            };
-            let buffer = externals
-                .iter_mut()
-                .find_map(|map| map.get_mut(name))
-                .ok_or_else(|| RunError::Missing(name.clone()))?;
+    /// part: that the part lies within it) and element type. Several collections let callers
+    /// keep, say, per-batch inputs apart from parameters without moving buffers between them.
+    /// The names are looked up on the first run and again only when a collection's layout
+    /// changes ([`Buffers::layout`]); the lengths and types are checked on every run.
+    pub fn run(&mut self, externals: &mut [&mut Buffers]) -> Result<(), RunError> {
+        let layouts: Vec<(u64, u64)> = externals.iter().map(|b| b.layout()).collect();
+        if self.bound.as_ref().is_none_or(|b| b.layouts != layouts) {
+            self.bound = Some(Binding {
+                places: self.places(externals)?,
+                layouts,
+            });
+        }
+        let bound = self.bound.as_ref().expect("bound above");
+        for &(slot, collection, place) in &bound.places {
+            let spec = &self.program.buffers[slot];
+            let buffer = externals[collection].at_mut(place);
             let fits = match spec.offset {
                 None => buffer.len() == spec.len,
                 Some(offset) => offset + spec.len <= buffer.len(),
             };
             if !fits || buffer.elem() != self.program.elem {
                 return Err(RunError::Mismatch {
-                    name: name.clone(),
+                    name: spec.external.clone().unwrap_or_default(),
                     expected: spec.offset.unwrap_or(0) + spec.len,
                     got: buffer.len(),
                 });
@@ -209,9 +221,93 @@ impl Executable {
         Ok(())
     }
 
+    /// Each external slot's collection and place among `externals`: the first that holds its
+    /// name.
+    fn places(&self, externals: &[&mut Buffers]) -> Result<Vec<(usize, usize, usize)>, RunError> {
+        let mut places = Vec::new();
+        for (slot, spec) in self.program.buffers.iter().enumerate() {
+            let Some(name) = &spec.external else {
+                continue;
+            };
+            let (collection, place) = externals
+                .iter()
+                .enumerate()
+                .find_map(|(c, buffers)| Some((c, buffers.place(name)?)))
+                .ok_or_else(|| RunError::Missing(name.clone()))?;
+            places.push((slot, collection, place));
+        }
+        Ok(places)
+    }
+
     /// The buffer holding the named output after a run.
     pub fn output(&self, name: &str) -> Option<&Buffer> {
         let (_, slot) = self.program.outputs.iter().find(|(n, _)| n == name)?;
         self.temps[*slot].as_ref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `table[1][0] = table[0][0]`, in f64.
+    unsafe extern "C" fn copy_first(table: *const *mut u8) {
+        // SAFETY: the program below plans two external f64 buffers of one element.
+        unsafe {
+            let (from, to) = (*table as *const f64, *table.add(1) as *mut f64);
+            *to = *from;
+        }
+    }
+
+    fn copying() -> Program {
+        let external = |name: &str| BufferSpec {
+            len: 1,
+            external: Some(name.to_string()),
+            offset: None,
+        };
+        Program {
+            buffers: vec![external("x"), external("y")],
+            kernels: vec![copy_first],
+            notes: vec![KernelNote::default()],
+            outputs: Vec::new(),
+            elem: Elem::F64,
+            code: Box::new(()),
+        }
+    }
+
+    fn value(v: f64) -> Buffer {
+        Buffer::from_f64(&[v], Elem::F64)
+    }
+
+    #[test]
+    fn a_changed_layout_is_bound_by_name_again_and_every_run_checks_lengths() {
+        let mut exe = Executable::new(copying()).unwrap();
+        let mut store: Buffers = [("x", 1.0), ("y", 0.0)]
+            .into_iter()
+            .map(|(n, v)| (n.to_string(), value(v)))
+            .collect();
+        exe.run(&mut [&mut store]).unwrap();
+        assert_eq!(store["y"].get(0), 1.0);
+        // `y` moves to `x`'s place and `x` comes back after it: places bound before would
+        // copy `y` into `x`.
+        store.remove("x");
+        store.insert("x".into(), value(5.0));
+        exe.run(&mut [&mut store]).unwrap();
+        assert_eq!((store["x"].get(0), store["y"].get(0)), (5.0, 5.0));
+        // Replaced in its place by a buffer of the wrong length: refused.
+        store.insert("x".into(), Buffer::zeros(2, Elem::F64));
+        let refused = exe.run(&mut [&mut store]);
+        assert!(
+            matches!(&refused, Err(RunError::Mismatch { name, expected: 1, got: 2 }) if name == "x"),
+            "{refused:?}"
+        );
+        let mut other: Buffers = [("y", 0.0)]
+            .into_iter()
+            .map(|(n, v)| (n.to_string(), value(v)))
+            .collect();
+        assert_eq!(
+            exe.run(&mut [&mut other]),
+            Err(RunError::Missing("x".into()))
+        );
     }
 }

@@ -2,11 +2,9 @@
 //! inputs (learning rate, bias corrections) and dropout masks, with how each is initialised,
 //! filled before a step, and checked.
 
-use std::collections::HashMap;
-
 use super::contract::{ModelInfo, numel};
 use crate::data::Dataset;
-use crate::{Buffer, Elem, Rng};
+use crate::{Buffer, Buffers, Elem, Rng};
 
 /// The stream tag of dropout masks, apart from every epoch's shuffle.
 pub(super) const MASK_STREAM: u64 = 0x6d61_736b;
@@ -37,10 +35,9 @@ pub(super) fn fill_masks(info: &ModelInfo, seed: u64, step: usize, inputs: &mut 
     }
 }
 
-/// Parameters, optimizer state and scalar inputs, by buffer name. Hashed with FxHash: every
-/// step binds each of them by name, and SipHash's resistance to chosen keys buys nothing for
-/// names the model itself declares.
-pub type Store = HashMap<String, Buffer, rustc_hash::FxBuildHasher>;
+/// Parameters, optimizer state and scalar inputs, by buffer name, each at a place a program
+/// resolves once ([`Buffers`]).
+pub type Store = Buffers;
 
 /// Initialises every parameter from its initialiser (in order, from `seed`) and zeroes the
 /// optimizer state; an error when the memory cannot be had.
