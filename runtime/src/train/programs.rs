@@ -2,7 +2,7 @@
 //! size and cached with the buffers its batches are copied into, so that the last partial batch
 //! of an epoch is trained, not dropped, and the step loop allocates nothing.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 use super::contract::{Compile, ModelInfo, evaluation_batch};
 use super::store::{Store, fill_masks};
@@ -13,7 +13,7 @@ use crate::{Buffer, Elem, Executable};
 pub(super) struct Runner {
     pub(super) kind: ProgramKind,
     pub(super) elem: Elem,
-    pub(super) programs: HashMap<usize, (Executable, Store)>,
+    pub(super) programs: FxHashMap<usize, (Executable, Store)>,
     /// For evaluation and prediction, the batch [`evaluation_batch`] gives, planned once.
     batch: Option<usize>,
 }
@@ -33,7 +33,7 @@ impl Runner {
         Runner {
             kind,
             elem,
-            programs: HashMap::new(),
+            programs: FxHashMap::default(),
             batch: None,
         }
     }
@@ -118,14 +118,19 @@ impl Runner {
                 continue;
             };
             let n = feed.row_len;
-            for (slot, &row) in rows.iter().enumerate() {
-                let src = &column.values[row * n..(row + 1) * n];
-                match self.elem {
-                    Elem::F32 => buffer.f32s_mut()[slot * n..(slot + 1) * n].copy_from_slice(src),
-                    Elem::F64 => buffer.f64s_mut()[slot * n..(slot + 1) * n]
-                        .iter_mut()
-                        .zip(src)
-                        .for_each(|(d, &s)| *d = s as f64),
+            let source = |row: usize| &column.values[row * n..(row + 1) * n];
+            match self.elem {
+                Elem::F32 => {
+                    for (to, &row) in buffer.f32s_mut().chunks_exact_mut(n).zip(rows) {
+                        to.copy_from_slice(source(row));
+                    }
+                }
+                Elem::F64 => {
+                    for (to, &row) in buffer.f64s_mut().chunks_exact_mut(n).zip(rows) {
+                        to.iter_mut()
+                            .zip(source(row))
+                            .for_each(|(d, &s)| *d = f64::from(s));
+                    }
                 }
             }
         }
