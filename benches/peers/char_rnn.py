@@ -75,7 +75,8 @@ def main():
             start = time.perf_counter()
             step(*train)
             times.append(time.perf_counter() - start)
-        print(json.dumps({"framework": "torch", "model": "char_rnn", "step_ms": 1e3 * statistics.median(times)}))
+        print(json.dumps({"framework": "torch", "model": "char_rnn", "step_ms": 1e3 * statistics.mean(times),
+                          "step_ms_median": 1e3 * statistics.median(times)}))
         return
 
     rows = len(train[0])
@@ -104,7 +105,8 @@ def main():
         "framework": "torch",
         "model": "char_rnn",
         "steps": done,
-        "step_ms": 1e3 * statistics.median(times),
+        "step_ms": 1e3 * statistics.mean(times),
+        "step_ms_median": 1e3 * statistics.median(times),
         "seconds": seconds,
         "train_loss": statistics.mean(losses[-per_epoch:]),
         "val_loss": total / len(val[0]),
