@@ -88,10 +88,11 @@ def main():
     parser.add_argument("--time", type=int, default=0, help="only time this many steps")
     parser.add_argument("--compile", action="store_true", help="torch.compile the step's model")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--context", type=int, default=64, help="positions per window (the cost-growth rows)")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     torch.set_num_threads(os.cpu_count())
-    r, batch = Recipe(), 12
+    r, batch = Recipe(seq=args.context), 12
     if args.time:
         vocab = list(range(76))
         x = torch.randint(0, 76, (batch, r.seq))
