@@ -215,9 +215,9 @@ impl Geometry {
 }
 
 /// `c [m, n] = A [m, k] @ B [k, n]` on this thread (zeros when `k` is 0): `c` and `a` by their
-/// rows (`a` with the given column stride), `b` by its row and column strides. In f32 where the CPU has wide
-/// registers, by the library's register tiles: a head's products (`64 x 32 x 64` in the baby
-/// GPT) are small enough that the GEMM's packing costs more than it saves.
+/// rows (`a` with the given column stride), `b` by its row and column strides. In f32 where
+/// the CPU has wide registers, by the library's register tiles: a head's products (`64 x 32 x
+/// 64` in the baby GPT) are small enough that the GEMM's packing costs more than it saves.
 fn product<T: Float>(
     [m, k, n]: [usize; 3],
     c: Matrix<T>,
