@@ -1,5 +1,6 @@
 //! Criterion benchmarks, run with `cargo bench --bench nabla`: compile latency of each example's
-//! train step, train-step time of the MLPs at batch 16 and 128 and of the tiny 2-16-16-2 model,
+//! train step, train-step time of the MLPs at batch 16 and 128, of the tiny 2-16-16-2 model and
+//! of one causal self-attention layer,
 //! matrix-product throughput at the MLP's first-layer shape and at 16x16x16 (register tiles),
 //! and fused elementwise throughput. Steps run on synthetic data (no
 //! data set needed), timed by the runtime's own step loop, one thread unless a bench says two.
@@ -83,8 +84,22 @@ fn train_step(c: &mut Criterion) {
     group.bench_function("tiny/batch16/threads1", |b| {
         b.iter_custom(|iters| steps(&tiny, 16, 1, iters))
     });
+    group.throughput(Throughput::Elements(12));
+    group.bench_function("causal_attention/batch12/threads1", |b| {
+        b.iter_custom(|iters| steps(CAUSAL_ATTENTION, 12, 1, iters))
+    });
     group.finish();
 }
+
+/// One causal self-attention layer of the baby GPT's sizes (64 positions, 4 heads of 32), its
+/// step mostly the attention kernel and its gradient, with the two projections around them.
+const CAUSAL_ATTENTION: &str = "model attention {
+  input  x[B, 64, 128]
+  target y[B, 64, 128]
+  h      = causal_self_attention(x, 4)
+  loss   = mse(h, y)
+}
+";
 
 /// `sum(x @ w)` at batch 128: the step is the forward product `[128, 784] @ [784, 512]` and
 /// the weight gradient `[784, 128] @ [128, 512]`; throughput counts their FLOPs.
