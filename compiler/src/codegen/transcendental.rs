@@ -79,17 +79,28 @@ impl Emitter<'_, '_> {
         });
     }
 
-    /// `body` at one point (a vector of points when `ty` is one), with `fixed` expressions'
-    /// values given instead of computed.
+    /// `body` at one point (a vector of points when `ty` is one), stored, with `fixed`
+    /// expressions' values given instead of computed.
     fn point(&mut self, body: &Body, vars: &[Value], ty: Type, fixed: &[(usize, Value)]) {
+        let values = self.values(body, vars, ty, fixed);
+        for s in body.stores {
+            self.store_at(values[s.value], s.slot, &s.coeffs, vars);
+        }
+    }
+
+    /// The values of `body`'s expressions at one point, as [`Self::point`] computes them.
+    fn values(
+        &mut self,
+        body: &Body,
+        vars: &[Value],
+        ty: Type,
+        fixed: &[(usize, Value)],
+    ) -> Vec<Value> {
         let product = body
             .product
             .as_ref()
             .map(|(slot, coeffs)| self.load_at(*slot, coeffs, vars, ty));
-        let values = self.eval(body.exprs, vars, ty, product, fixed);
-        for s in body.stores {
-            self.store_at(values[s.value], s.slot, &s.coeffs, vars);
-        }
+        self.eval(body.exprs, vars, ty, product, fixed)
     }
 
     /// The `len` points of the innermost variable from `start` (a whole number of vectors):
@@ -118,11 +129,7 @@ impl Emitter<'_, '_> {
             // The functions' values are not needed yet: no argument depends on one.
             let zero = e.constant(vty, 0.0);
             let fixed: Vec<(usize, Value)> = wide.iter().map(|w| (w.expr, zero)).collect();
-            let product = body
-                .product
-                .as_ref()
-                .map(|(slot, coeffs)| e.load_at(*slot, coeffs, &vars, vty));
-            let values = e.eval(body.exprs, &vars, vty, product, &fixed);
+            let values = e.values(body, &vars, vty, &fixed);
             for (which, w) in wide.iter().enumerate() {
                 let address = at(e, which, i);
                 e.b.ins()
