@@ -119,6 +119,20 @@ proptest! {
     }
 }
 
+/// `m`'s gradient graph at batch 1, its loss and gradients, and the node of its binding `h`.
+fn gradient_graph_and_h(m: &nabla_compiler::model::Model) -> (Graph, NodeId, Vec<NodeId>, NodeId) {
+    let mut bound = m.clone();
+    bound.bind(&|_| Some(1)).unwrap();
+    let (graph, loss, grads) = bound.gradient_graph().unwrap();
+    let h = bound
+        .bindings
+        .iter()
+        .find(|b| b.name == "h")
+        .expect("the binding h")
+        .node;
+    (graph, loss, grads, h)
+}
+
 /// A NaN in the last key and value reaches no query of an earlier block: those outputs are
 /// finite and the interpreter's (the whole product multiplied the late value by weights of 0,
 /// so every query's output was NaN).
@@ -133,15 +147,7 @@ fn a_late_nan_stays_out_of_earlier_blocks() {
 }
 ",
     );
-    let mut bound = m.clone();
-    bound.bind(&|_| Some(1)).unwrap();
-    let (graph, _, _) = bound.gradient_graph().unwrap();
-    let h = bound
-        .bindings
-        .iter()
-        .find(|b| b.name == "h")
-        .expect("the binding h")
-        .node;
+    let (graph, _, _, h) = gradient_graph_and_h(&m);
     let mut x: Vec<f64> = (0..120)
         .map(|i| ((i * 7 % 11) as f64 - 5.0) / 5.0)
         .collect();
@@ -297,16 +303,7 @@ fn fully_hidden_rows_stay_finite() {
   loss   = mse(h, y)
 }
 ";
-    let m = model(source);
-    let mut bound = m.clone();
-    bound.bind(&|_| Some(1)).unwrap();
-    let (graph, loss, grads) = bound.gradient_graph().unwrap();
-    let h = bound
-        .bindings
-        .iter()
-        .find(|b| b.name == "h")
-        .expect("the binding h")
-        .node;
+    let (graph, loss, grads, h) = gradient_graph_and_h(&model(source));
     let roots = [vec![loss, h], grads].concat();
     let tensor = |shape: &[usize], data: &[f64]| nabla_compiler::ir::Tensor {
         shape: shape.to_vec(),

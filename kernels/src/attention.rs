@@ -141,6 +141,31 @@ impl Geometry {
             .map(move |j| (j, step.min(self.tk - j), self.first_viewer(j)))
     }
 
+    /// `out [Tq, n] = w rhs` for weights `w [Tq, Tk]` (row-major) and `rhs [Tk, n]`, by blocks
+    /// of queries, each summing over the keys its last query sees.
+    fn by_queries<T: Float>(&self, w: &[T], (rhs, n): (Matrix<T>, usize), out: Matrix<T>) {
+        for (i, rows, seen) in self.query_blocks() {
+            let block = Matrix::new(w.as_ptr(), i * self.tk, self.tk);
+            product([rows, seen, n], out.down(i), (block, 1), (rhs, rhs.row, 1));
+        }
+    }
+
+    /// `out [Tk, n] = w^T rhs` for weights `w [Tq, Tk]` (row-major) and `rhs [Tq, n]`, by
+    /// blocks of keys, each summing over the queries from the first that sees its first key:
+    /// the transpose's rows are 1 apart and its columns `Tk`.
+    fn by_keys<T: Float>(&self, w: &[T], (rhs, n): (Matrix<T>, usize), out: Matrix<T>) {
+        for (j, keys, first) in self.key_blocks() {
+            let block = Matrix::new(w.as_ptr(), j + first * self.tk, 1);
+            let summed = self.tq - first;
+            product(
+                [keys, summed, n],
+                out.down(j),
+                (block, self.tk),
+                (rhs.down(first), rhs.row, 1),
+            );
+        }
+    }
+
     /// The units split over the threads (examples with heads, products without) and the
     /// products in each.
     fn units(&self) -> (usize, usize) {
@@ -293,15 +318,7 @@ pub(super) fn forward<T: Float>(args: &[usize], inputs: &[&[T]], out: &mut [T], 
     each_product(&g, &buffers, threads, (scratch, false), &|x, scratch| {
         let (p, packed) = scratch.split_at_mut(g.tq * g.tk);
         g.probabilities(x.q, x.k, p, packed);
-        for (i, rows, seen) in g.query_blocks() {
-            let weights = Matrix::new(p.as_ptr(), i * g.tk, g.tk);
-            product(
-                [rows, seen, g.dv],
-                x.o.down(i),
-                (weights, 1),
-                (x.v, x.v.row, 1),
-            );
-        }
+        g.by_queries(p, (x.v, g.dv), x.o);
     });
 }
 
@@ -320,17 +337,7 @@ pub(super) fn backward<T: Float>(args: &[usize], inputs: &[&[T]], out: &mut [T],
         let (dp, packed) = rest.split_at_mut(tq * tk);
         g.probabilities(x.q, x.k, p, packed);
         let [dq, dk, d_v] = x.grads;
-        // Key `j`'s rows of `dv` and `dk` sum over the queries that see it: from column
-        // `first` of the weights' transpose (rows 1 apart, columns `Tk`).
-        for (j, keys, first) in g.key_blocks() {
-            let weights_t = Matrix::new(p.as_ptr(), j + first * tk, 1);
-            product(
-                [keys, tq - first, dv],
-                d_v.down(j),
-                (weights_t, tk),
-                (x.o.down(first), x.o.row, 1),
-            );
-        }
+        g.by_keys(p, (x.o, dv), d_v);
         let v_t = transpose(x.v, [tk, dv], packed);
         for (i, rows, seen) in g.query_blocks() {
             let block = Matrix::new(dp.as_ptr(), i * tk, tk);
@@ -343,19 +350,8 @@ pub(super) fn backward<T: Float>(args: &[usize], inputs: &[&[T]], out: &mut [T],
         for (p_row, dp_row) in p.chunks_exact(tk).zip(dp.chunks_exact_mut(tk)) {
             lanes::softmax_grad(p_row, dp_row, scale);
         }
-        for (i, rows, seen) in g.query_blocks() {
-            let ds = Matrix::new(dp.as_ptr(), i * tk, tk);
-            product([rows, seen, d], dq.down(i), (ds, 1), (x.k, x.k.row, 1));
-        }
-        for (j, keys, first) in g.key_blocks() {
-            let ds_t = Matrix::new(dp.as_ptr(), j + first * tk, 1);
-            product(
-                [keys, tq - first, d],
-                dk.down(j),
-                (ds_t, tk),
-                (x.q.down(first), x.q.row, 1),
-            );
-        }
+        g.by_queries(dp, (x.k, d), dq);
+        g.by_keys(dp, (x.q, d), dk);
     });
 }
 

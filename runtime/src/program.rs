@@ -173,11 +173,17 @@ impl Executable {
     /// The names are looked up on the first run and again only when a collection's layout
     /// changes ([`Buffers::layout`]); the lengths and types are checked on every run.
     pub fn run(&mut self, externals: &mut [&mut Buffers]) -> Result<(), RunError> {
-        let layouts: Vec<(u64, u64)> = externals.iter().map(|b| b.layout()).collect();
-        if self.bound.as_ref().is_none_or(|b| b.layouts != layouts) {
+        let unchanged = |b: &Binding| {
+            b.layouts.len() == externals.len()
+                && b.layouts
+                    .iter()
+                    .zip(externals.iter())
+                    .all(|(l, e)| *l == e.layout())
+        };
+        if !self.bound.as_ref().is_some_and(unchanged) {
             self.bound = Some(Binding {
                 places: self.places(externals)?,
-                layouts,
+                layouts: externals.iter().map(|b| b.layout()).collect(),
             });
         }
         let bound = self.bound.as_ref().expect("bound above");
