@@ -2,13 +2,18 @@
 one table with nabla's ratio against the faster peer. Called by run.sh, which makes the
 virtualenv and builds nabla first; every figure comes from a command this script runs. Steps
 are compared by their medians on both sides: on a shared machine one preempted step moves the
-mean of 2,000 tiny steps by a third, and the mean of JAX's, each 40 times longer, hardly."""
+mean of 2,000 tiny steps by a third, and the mean of JAX's, each 40 times longer, hardly.
+With `--rounds K` every workload is measured K times, the rounds one after the other (so that
+each workload's rounds fall minutes apart), and each ratio is given as the median of the
+rounds' ratios with their range: on a shared machine either side's step moves by a third from
+one minute to the next, and one round's ratio says as much about the minute as the code."""
 
 import argparse
 import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 
@@ -68,9 +73,41 @@ def nabla_mnist_run():
             "peak_rss_mb": peak / 1024}
 
 
+def one_round(steps):
+    """Every workload once, nabla first and then its peers: the step figures of one round."""
+    r = {}
+    mlp = "examples/mnist_pytorch_recipe.nn"
+    for batch in (128, 16):
+        r[f"mlp{batch}"] = nabla_bench(mlp, batch, steps)
+        r[f"mlp{batch} torch"] = peer_bench("torch", "mlp", batch, steps)
+        r[f"mlp{batch} jax"] = peer_bench("jax", "mlp", batch, steps)
+    r["mlp128 1 thread"] = nabla_bench(mlp, 128, steps, threads=1)
+    r["tiny"] = nabla_bench("benches/peers/tiny.nn", 16, steps * 10)
+    r["tiny torch"] = peer_bench("torch", "tiny", 16, steps * 10)
+    r["tiny jax"] = peer_bench("jax", "tiny", 16, steps * 10)
+    # As many steps as the MLP's: PyTorch's CNN step swings between runs of a few dozen steps
+    # (13 to 21 ms where 300 steps give 9.5 to 11.7 ms).
+    for model in ("cnn", "cnn_bn"):
+        r[model] = nabla_bench(f"examples/mnist_{model}.nn", 64, steps)
+        r[f"{model} torch"] = peer_bench("torch", model, 64, steps)
+        r[f"{model} 1 thread"] = nabla_bench(f"examples/mnist_{model}.nn", 64, steps, threads=1)
+    r["char_rnn"] = nabla_bench("examples/char_rnn.nn", 32, steps // 4)
+    r["char_rnn torch"] = run_json([sys.executable, CHAR_RNN, "--steps", "0", "--time", str(steps // 4)])
+    r["gpt"] = nabla_bench("examples/gpt_shakespeare.nn", 12, steps // 4)
+    r["gpt torch"] = run_json([sys.executable, GPT, "--time", str(steps // 4)])
+    r["gpt torch.compile"] = run_json([sys.executable, GPT, "--time", str(steps // 4), "--compile"])
+    return r
+
+
+def median(values):
+    return statistics.median(values)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure every workload this many times, the rounds one after another, and give the median ratio and its range")
     parser.add_argument("--isa", help="run nabla at this NABLA_ISA level (avx2, baseline) instead of the CPU's best")
     args = parser.parse_args()
     cpu, flags = cpu_flags()
@@ -78,53 +115,57 @@ def main():
     if args.isa:
         NABLA_ENV["NABLA_ISA"] = args.isa
     level = NABLA_ENV.get("NABLA_ISA", "native")
-    print(f"machine: {os.cpu_count()} cores, {cpu}, best ISA {isa}; nabla at NABLA_ISA={level}")
-    rows = []
+    print(f"machine: {os.cpu_count()} cores, {cpu}, best ISA {isa}; nabla at NABLA_ISA={level}; "
+          f"{args.rounds} round(s), medians over the rounds")
     mnist = nabla_mnist_run()
+    rounds = [one_round(args.steps) for _ in range(max(args.rounds, 1))]
 
-    def one_thread_row(model_file, batch, ours):
-        one = nabla_bench(model_file, batch, args.steps, threads=1)
-        rows.append(("  nabla on 1 thread, step ms", f"{one['step_ms_median']:.3f}", "-", "-",
-                     f"{one['step_ms_median'] / ours['step_ms_median']:.2f}x on 2 threads", ">= 1.8x"))
+    def step(key, r):
+        return r[key]["step_ms_median"]
 
-    def step_row(name, model_file, model, batch, steps, goal, scale=1.0):
-        ours = nabla_bench(model_file, batch, steps)
-        torch = peer_bench("torch", model, batch, steps)
-        jax = peer_bench("jax", model, batch, steps)
-        faster = min(torch["step_ms_median"], jax["step_ms_median"])
-        shown = [f"{r['step_ms_median'] * scale:.3f}" for r in (ours, torch, jax)]
-        rows.append((name, *shown, f"{faster / ours['step_ms_median']:.2f}x faster", goal))
-        return ours, jax
+    rows = []
+
+    def row(name, keys, ratio, unit, goal, scale=1.0, digits=2):
+        """A row of step figures (nabla, torch, jax: the medians over the rounds) and nabla's
+        ratio, computed in each round and given as the median with the rounds' range."""
+        cells = [f"{median([step(k, r) for r in rounds]) * scale:.3f}" if k else "-" for k in keys]
+        ratios = [ratio(r) for r in rounds]
+        cell = f"{median(ratios):.{digits}f}x {unit}"
+        if len(ratios) > 1:
+            cell += f" ({min(ratios):.{digits}f}-{max(ratios):.{digits}f})"
+        rows.append((name, *cells, cell, goal))
+
+    def faster(ours, *peers):
+        return lambda r: min(step(p, r) for p in peers) / step(ours, r)
+
+    def one_thread_row(key):
+        row("  nabla on 1 thread, step ms", (f"{key} 1 thread", None, None), faster(key, f"{key} 1 thread"),
+            "on 2 threads", ">= 1.8x")
 
     # Issue 23's goals: 1.3x where both sides have AVX-512's peak, 1.0x at AVX2's.
     mlp_goal = ">= 1.3x" if isa == "AVX-512" else ">= 1.0x"
-    ours, jax = step_row("MLP recipe, batch 128, step ms", "examples/mnist_pytorch_recipe.nn", "mlp", 128, args.steps, mlp_goal)
-    one_thread_row("examples/mnist_pytorch_recipe.nn", 128, ours)
-    rows.append(("compile, parse to native step, ms", f"{ours['compile_ms']:.1f}", "-",
-                 f"{jax['compile_ms']:.1f}", f"{jax['compile_ms'] / ours['compile_ms']:.0f}x faster", "<= 20 ms"))
-    ours, jax = step_row("MLP recipe, batch 16, step ms", "examples/mnist_pytorch_recipe.nn", "mlp", 16, args.steps, ">= 1.5x JAX")
-    rows[-1] = rows[-1][:4] + (f"{jax['step_ms_median'] / ours['step_ms_median']:.2f}x JAX",) + rows[-1][5:]
-    ours, jax = step_row("tiny 2-16-16-2, batch 16, step µs", "benches/peers/tiny.nn", "tiny", 16, args.steps * 10, ">= 40x JAX", 1000.0)
-    rows[-1] = rows[-1][:4] + (f"{jax['step_ms_median'] / ours['step_ms_median']:.0f}x JAX",) + rows[-1][5:]
-    # As many steps as the MLP's: PyTorch's CNN step swings between runs of a few dozen steps
-    # (13 to 21 ms where 300 steps give 9.5 to 11.7 ms).
-    for name, model_file, model in (("MNIST CNN", "examples/mnist_cnn.nn", "cnn"),
-                                    ("MNIST CNN with batch norm", "examples/mnist_cnn_bn.nn", "cnn_bn")):
-        ours = nabla_bench(model_file, 64, args.steps)
-        torch = peer_bench("torch", model, 64, args.steps)
-        rows.append((f"{name}, batch 64, step ms", f"{ours['step_ms_median']:.3f}", f"{torch['step_ms_median']:.3f}", "-",
-                     f"{torch['step_ms_median'] / ours['step_ms_median']:.2f}x faster", ">= 1.2x torch"))
-        one_thread_row(model_file, 64, ours)
-    ours = nabla_bench("examples/char_rnn.nn", 32, args.steps // 4)
-    torch = run_json([sys.executable, CHAR_RNN, "--steps", "0", "--time", str(args.steps // 4)])
-    rows.append(("char-RNN (T = 64), batch 32, step ms", f"{ours['step_ms_median']:.3f}", f"{torch['step_ms_median']:.3f}", "-",
-                 f"{torch['step_ms_median'] / ours['step_ms_median']:.2f}x faster", ">= 1.5x torch"))
-    rows.append(("  compile of its train step, ms", f"{ours['compile_ms']:.1f}", "-", "-", "", "< 1000"))
-    ours = nabla_bench("examples/gpt_shakespeare.nn", 12, args.steps // 4)
-    for mode, flags, goal in (("eager", [], ">= 1.5x torch"), ("torch.compile", ["--compile"], "> 1x")):
-        torch = run_json([sys.executable, GPT, "--time", str(args.steps // 4), *flags])
-        rows.append((f"baby GPT (T = 64), batch 12, step ms, PyTorch {mode}", f"{ours['step_ms_median']:.3f}",
-                     f"{torch['step_ms_median']:.3f}", "-", f"{torch['step_ms_median'] / ours['step_ms_median']:.2f}x faster", goal))
+    row("MLP recipe, batch 128, step ms", ("mlp128", "mlp128 torch", "mlp128 jax"),
+        faster("mlp128", "mlp128 torch", "mlp128 jax"), "faster", mlp_goal)
+    one_thread_row("mlp128")
+    compile_ms = [(r["mlp128 jax"]["compile_ms"], r["mlp128"]["compile_ms"]) for r in rounds]
+    rows.append(("compile, parse to native step, ms", f"{median([o for _, o in compile_ms]):.1f}", "-",
+                 f"{median([j for j, _ in compile_ms]):.1f}",
+                 f"{median([j / o for j, o in compile_ms]):.0f}x faster", "<= 20 ms"))
+    row("MLP recipe, batch 16, step ms", ("mlp16", "mlp16 torch", "mlp16 jax"), faster("mlp16", "mlp16 jax"),
+        "JAX", ">= 1.5x JAX")
+    row("tiny 2-16-16-2, batch 16, step µs", ("tiny", "tiny torch", "tiny jax"), faster("tiny", "tiny jax"),
+        "JAX", ">= 40x JAX", scale=1000.0, digits=0)
+    for name, key in (("MNIST CNN", "cnn"), ("MNIST CNN with batch norm", "cnn_bn")):
+        row(f"{name}, batch 64, step ms", (key, f"{key} torch", None), faster(key, f"{key} torch"),
+            "faster", ">= 1.2x torch")
+        one_thread_row(key)
+    row("char-RNN (T = 64), batch 32, step ms", ("char_rnn", "char_rnn torch", None),
+        faster("char_rnn", "char_rnn torch"), "faster", ">= 1.5x torch")
+    rows.append(("  compile of its train step, ms",
+                 f"{median([r['char_rnn']['compile_ms'] for r in rounds]):.1f}", "-", "-", "", "< 1000"))
+    for mode, key, goal in (("eager", "gpt torch", ">= 1.5x torch"), ("torch.compile", "gpt torch.compile", "> 1x")):
+        row(f"baby GPT (T = 64), batch 12, step ms, PyTorch {mode}", ("gpt", key, None), faster("gpt", key),
+            "faster", goal)
     ours = mnist
     theirs = run_json([sys.executable, PEERS, "--framework", "torch", "--mnist", "data/mnist"])
     rows.append(("5-epoch MNIST recipe: peak RSS MB", f"{ours['peak_rss_mb']:.0f}", f"{theirs['peak_rss_mb']:.0f}", "-",
