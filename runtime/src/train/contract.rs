@@ -20,10 +20,20 @@ pub enum PredictionKind {
 impl PredictionKind {
     /// The class one example's prediction stands for (`None` for regression), reading its
     /// `len` values through `value`.
+    #[inline]
     pub fn class_of(self, len: usize, value: impl Fn(usize) -> f64) -> Option<usize> {
         match self {
+            PredictionKind::Classes if len == 0 => Some(0),
             PredictionKind::Classes => {
-                Some((0..len).fold(0, |best, i| if value(i) > value(best) { i } else { best }))
+                // The first of the largest values; each value read once.
+                let mut best = (0, value(0));
+                for i in 1..len {
+                    let v = value(i);
+                    if v > best.1 {
+                        best = (i, v);
+                    }
+                }
+                Some(best.0)
             }
             PredictionKind::Logit => Some(usize::from(value(0) > 0.0)),
             PredictionKind::Probability => Some(usize::from(value(0) > 0.5)),

@@ -176,18 +176,18 @@ fn correct_in<T: Copy + Into<f64>>(
     rows: &[usize],
 ) -> usize {
     let positions = info.predictions_per_example();
-    let per_row = prediction.len() / (rows.len() * positions).max(1);
+    let per_row = (prediction.len() / (rows.len() * positions).max(1)).max(1);
+    let kind = info.prediction;
+    let mut predictions = prediction.chunks_exact(per_row);
     let mut correct = 0;
-    for (slot, &row) in rows.iter().enumerate() {
-        for at in 0..positions {
-            let label = target.values[row * target.row_len + at];
-            let expected = match info.prediction {
+    for &row in rows {
+        let labels = &target.values[row * target.row_len..][..positions];
+        for (&label, values) in labels.iter().zip(predictions.by_ref()) {
+            let expected = match kind {
                 PredictionKind::Classes => label as usize,
                 _ => usize::from(label > 0.5),
             };
-            let first = (slot * positions + at) * per_row;
-            let values = &prediction[first..first + per_row];
-            let predicted = info.prediction.class_of(per_row, |i| values[i].into());
+            let predicted = kind.class_of(per_row, |i| values[i].into());
             correct += usize::from(predicted == Some(expected));
         }
     }
