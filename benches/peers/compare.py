@@ -13,7 +13,7 @@ import json
 import os
 import platform
 import resource
-import statistics
+from statistics import median
 import subprocess
 import sys
 
@@ -97,10 +97,6 @@ def one_round(steps):
     r["gpt torch"] = run_json([sys.executable, GPT, "--time", str(steps // 4)])
     r["gpt torch.compile"] = run_json([sys.executable, GPT, "--time", str(steps // 4), "--compile"])
     return r
-
-
-def median(values):
-    return statistics.median(values)
 
 
 def main():
