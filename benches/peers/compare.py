@@ -13,9 +13,9 @@ import json
 import os
 import platform
 import resource
-from statistics import median
 import subprocess
 import sys
+from statistics import median
 
 NABLA = "target/release/nabla"
 PEERS = "benches/peers/mlp.py"
