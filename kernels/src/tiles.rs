@@ -271,11 +271,11 @@ mod x86 {
             _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
             _mm256_set1_epi32(stride),
         );
+        let whole = p.n / 8 * 8;
         for (kk, row) in packed.chunks_exact_mut(p.n).enumerate() {
             // SAFETY: row `kk` of `b`, and each gather's eight columns, are inside it.
             unsafe {
                 let from = p.b.offset(kk as isize * p.b_row);
-                let whole = p.n / 8 * 8;
                 for (j, out) in (0..whole).step_by(8).zip(row.chunks_exact_mut(8)) {
                     let at = from.offset(j as isize * p.b_col);
                     _mm256_storeu_ps(out.as_mut_ptr(), _mm256_i32gather_ps::<4>(at, index));

@@ -118,13 +118,12 @@ impl Runner {
                 continue;
             };
             let n = feed.row_len;
-            let source = |row: usize| &column.values[row * n..(row + 1) * n];
             match self.elem {
                 Elem::F32 => gather(buffer.f32s_mut(), &column.values, n, rows),
                 Elem::F64 => {
                     for (to, &row) in buffer.f64s_mut().chunks_exact_mut(n).zip(rows) {
                         to.iter_mut()
-                            .zip(source(row))
+                            .zip(&column.values[row * n..(row + 1) * n])
                             .for_each(|(d, &s)| *d = f64::from(s));
                     }
                 }
