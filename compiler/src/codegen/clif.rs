@@ -1,6 +1,7 @@
 //! The emitter core: one Cranelift function per kernel of the kernel IR, its phases in order.
 //! Expressions are evaluated in 128-bit vectors (f32x4 or f64x2) along the innermost loop
-//! variable where the phase allows it, with a scalar tail; loads whose innermost coefficient is
+//! variable where the phase allows it (two vectors an iteration where nothing is carried from
+//! one to the next), with a scalar tail; loads whose innermost coefficient is
 //! 1 are vector loads, 0 a splat, anything else a gather of lanes. Transcendental functions call
 //! into Rust's implementations, lane by lane. Loop bounds and strides are compile-time
 //! constants, so no kernel takes a length or checks a bound: the runtime checked every buffer
@@ -275,6 +276,31 @@ impl Emitter<'_, '_> {
             self.b.ins().splat(ty, scalar)
         } else {
             scalar
+        }
+    }
+
+    /// `for i in (start..start + len).step_by(lanes) { body(i) }` for the first lane of each
+    /// vector (`len` a whole number of vectors), two vectors an iteration while two remain:
+    /// half the loop's compare, branches and index updates per element, and the two bodies'
+    /// independent work side by side. Each element is computed as in one vector a step.
+    pub(super) fn for_vectors(
+        &mut self,
+        start: Value,
+        len: i64,
+        body: &mut dyn FnMut(&mut Self, Value),
+    ) {
+        let lanes = self.t.lanes();
+        let pairs = len / (2 * lanes) * (2 * lanes);
+        let pairs_end = self.b.ins().iadd_imm_s(start, pairs);
+        if pairs > 0 {
+            self.for_values(start, pairs_end, 2 * lanes, &mut |e, i| {
+                body(e, i);
+                let next = e.b.ins().iadd_imm_s(i, lanes);
+                body(e, next);
+            });
+        }
+        if pairs < len {
+            body(self, pairs_end);
         }
     }
 

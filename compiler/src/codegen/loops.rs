@@ -43,7 +43,8 @@ impl Emitter<'_, '_> {
         let (vty, sty) = (self.t.vector, self.t.scalar);
         self.nest(outer, &mut |e, outer_vars| {
             let mut vars = outer_vars.to_vec();
-            e.for_range(0, vector_end, lanes, &mut |e, i| {
+            let start = e.b.ins().iconst(types::I64, 0);
+            e.for_vectors(start, vector_end, &mut |e, i| {
                 vars.push(i);
                 body(e, &vars, vty);
                 vars.pop();

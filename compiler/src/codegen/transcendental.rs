@@ -114,7 +114,6 @@ impl Emitter<'_, '_> {
         (start, len): (Value, i64),
     ) {
         let (vty, pointer, size) = (self.t.vector, self.t.pointer, self.t.size());
-        let end = self.b.ins().iadd_imm_s(start, len);
         let mut vars = outer_vars.to_vec();
         let at = |e: &mut Self, which: usize, i: Value| {
             let base =
@@ -124,12 +123,24 @@ impl Emitter<'_, '_> {
             let bytes = e.b.ins().imul_imm_s(from_start, size);
             e.b.ins().iadd(base, bytes)
         };
-        self.for_values(start, end, self.t.lanes(), &mut |e, i| {
+        // The first loop computes only what the arguments need: no argument depends on a
+        // function's value, and a load nothing uses would stay (the product's among them).
+        let needed = needed_by(body.exprs, wide.iter().map(|w| w.argument));
+        let product = body.product.as_ref().filter(|_| {
+            body.exprs
+                .iter()
+                .zip(&needed)
+                .any(|(x, &n)| n && *x == Expr::Product)
+        });
+        self.for_vectors(start, len, &mut |e, i| {
             vars.push(i);
-            // The functions' values are not needed yet: no argument depends on one.
             let zero = e.constant(vty, 0.0);
-            let fixed: Vec<(usize, Value)> = wide.iter().map(|w| (w.expr, zero)).collect();
-            let values = e.values(body, &vars, vty, &fixed);
+            let fixed: Vec<(usize, Value)> = (0..body.exprs.len())
+                .filter(|&x| !needed[x])
+                .map(|x| (x, zero))
+                .collect();
+            let product = product.map(|(slot, coeffs)| e.load_at(*slot, coeffs, &vars, vty));
+            let values = e.eval(body.exprs, &vars, vty, product, &fixed);
             for (which, w) in wide.iter().enumerate() {
                 let address = at(e, which, i);
                 e.b.ins()
@@ -150,7 +161,7 @@ impl Emitter<'_, '_> {
             let count = self.b.ins().iconst(types::I64, len);
             self.b.ins().call(callee, &[function, address, count]);
         }
-        self.for_values(start, end, self.t.lanes(), &mut |e, i| {
+        self.for_vectors(start, len, &mut |e, i| {
             vars.push(i);
             let fixed: Vec<(usize, Value)> = wide
                 .iter()
@@ -177,15 +188,7 @@ impl Emitter<'_, '_> {
         let mut after_wide = vec![false; exprs.len()];
         let mut wide = Vec::new();
         for (i, expr) in exprs.iter().enumerate() {
-            let operands: Vec<usize> = match *expr {
-                Expr::Unary(_, x) => vec![x],
-                Expr::Binary(_, x, y) => vec![x, y],
-                Expr::Select(c, x, y) => vec![c, x, y],
-                Expr::Load { .. } | Expr::Const(_) | Expr::Index { .. } | Expr::Product => {
-                    Vec::new()
-                }
-            };
-            after_wide[i] = operands.iter().any(|&x| after_wide[x]);
+            after_wide[i] = operands(expr).iter().any(|&x| after_wide[x]);
             let function = match *expr {
                 Expr::Unary(UnaryOp::Exp, _) => Some(Transcendental::Exp),
                 Expr::Unary(UnaryOp::Erf, _) => Some(Transcendental::Erf),
@@ -205,4 +208,30 @@ impl Emitter<'_, '_> {
         }
         wide
     }
+}
+
+/// The expressions an expression reads.
+fn operands(expr: &Expr) -> Vec<usize> {
+    match *expr {
+        Expr::Unary(_, x) => vec![x],
+        Expr::Binary(_, x, y) => vec![x, y],
+        Expr::Select(c, x, y) => vec![c, x, y],
+        Expr::Load { .. } | Expr::Const(_) | Expr::Index { .. } | Expr::Product => Vec::new(),
+    }
+}
+
+/// Which of `exprs` (each reading only earlier ones) the `roots` need, themselves included.
+fn needed_by(exprs: &[Expr], roots: impl Iterator<Item = usize>) -> Vec<bool> {
+    let mut needed = vec![false; exprs.len()];
+    for root in roots {
+        needed[root] = true;
+    }
+    for i in (0..exprs.len()).rev() {
+        if needed[i] {
+            for x in operands(&exprs[i]) {
+                needed[x] = true;
+            }
+        }
+    }
+    needed
 }
