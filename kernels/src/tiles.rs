@@ -44,15 +44,8 @@ impl Gemm<f32> {
                 packed.resize(len, 0.0);
             }
             let packed = &mut packed[..len];
-            // SAFETY: the level says the CPU has AVX2; `b` as the caller promises.
-            #[cfg(target_arch = "x86_64")]
-            let gathered = vectorised() && unsafe { x86::pack(&self, packed) }.is_some();
-            #[cfg(not(target_arch = "x86_64"))]
-            let gathered = false;
-            if !gathered {
-                // SAFETY: as the caller promises.
-                unsafe { self.pack(packed) };
-            }
+            // SAFETY: as the caller promises.
+            unsafe { self.pack(packed) };
             let contiguous = Gemm {
                 b: packed.as_ptr(),
                 b_row: self.n as isize,
@@ -65,7 +58,9 @@ impl Gemm<f32> {
     }
 
     /// `B` into `packed` as `k` rows of `n` contiguous columns, row by row of the copy, so
-    /// that its writes are consecutive.
+    /// that its writes are consecutive. Element by element: AVX2 gathers of eight columns took
+    /// a tiny model's two transposed weights from 1,940 instructions a step to 720, but its
+    /// step from 1.34-1.35 µs to 1.37-1.38 on Zen 4, whose gathers are slow.
     ///
     /// # Safety
     /// `b`'s strides stay inside it.
@@ -255,39 +250,6 @@ mod x86 {
         }
     }
 
-    /// `B` (`p.k` rows of `p.n`, columns `p.b_col` apart) into `packed` with contiguous
-    /// columns, eight a gather where the column stride fits its 32-bit indices (`None` where
-    /// it does not: the caller copies element by element). A tiny model's backward packs two
-    /// transposed weights a step: 1,940 instructions element by element, 720 by gathers.
-    ///
-    /// # Safety
-    /// `p`'s strides stay inside `b`, and `packed` holds `p.k * p.n` elements.
-    #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn pack(p: &Gemm<f32>, packed: &mut [f32]) -> Option<()> {
-        let stride = i32::try_from(p.b_col)
-            .ok()
-            .filter(|s| s.checked_mul(7).is_some())?;
-        let index = _mm256_mullo_epi32(
-            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-            _mm256_set1_epi32(stride),
-        );
-        let whole = p.n / 8 * 8;
-        for (kk, row) in packed.chunks_exact_mut(p.n).enumerate() {
-            // SAFETY: row `kk` of `b`, and each gather's eight columns, are inside it.
-            unsafe {
-                let from = p.b.offset(kk as isize * p.b_row);
-                for (j, out) in (0..whole).step_by(8).zip(row.chunks_exact_mut(8)) {
-                    let at = from.offset(j as isize * p.b_col);
-                    _mm256_storeu_ps(out.as_mut_ptr(), _mm256_i32gather_ps::<4>(at, index));
-                }
-                for (j, x) in row.iter_mut().enumerate().skip(whole) {
-                    *x = *from.offset(j as isize * p.b_col);
-                }
-            }
-        }
-        Some(())
-    }
-
     /// The AVX-512 build. Columns past the last multiple of 16 that fit in 8 go in AVX2
     /// vectors: Zen 4 runs a 512-bit multiply-add as two 256-bit halves, so a half-empty
     /// 512-bit register costs twice a full 256-bit one.
@@ -437,40 +399,6 @@ mod tests {
             c_row: n as isize,
         });
         c
-    }
-
-    /// The gathering copy of a strided `B` gives the element-by-element copy's values, for
-    /// column counts around a gather's eight and strides either way.
-    #[test]
-    #[cfg(target_arch = "x86_64")]
-    fn gathered_packing_copies_what_the_loop_copies() {
-        if !std::arch::is_x86_feature_detected!("avx2") {
-            return;
-        }
-        let b: Vec<f32> = (0..40 * 40).map(|v| v as f32).collect();
-        for (k, n) in [(1, 1), (3, 7), (16, 16), (2, 17), (5, 24)] {
-            for (offset, b_row, b_col) in [(0, 1, 40), (0, 40, 1), (39 * 40, 1, -40), (0, 2, 41)] {
-                let p = Gemm {
-                    m: 1,
-                    k,
-                    n,
-                    a: b.as_ptr(),
-                    a_row: 0,
-                    a_col: 0,
-                    b: b[offset..].as_ptr(),
-                    b_row,
-                    b_col,
-                    c: std::ptr::null_mut(),
-                    c_row: 0,
-                };
-                let (mut looped, mut gathered) = (vec![0.0; k * n], vec![0.0; k * n]);
-                unsafe {
-                    p.pack(&mut looped);
-                    x86::pack(&p, &mut gathered).expect("the stride fits");
-                }
-                assert_eq!(gathered, looped, "{k}x{n}, strides {b_row}, {b_col}");
-            }
-        }
     }
 
     /// A way to compute a product, by name.
