@@ -332,7 +332,7 @@ impl Emitter<'_, '_> {
     }
 
     /// The loop with its test at the bottom: one conditional branch an iteration, where a
-    /// test at the top took it and a jump back (the tiny model's step 14% faster). `guarded`
+    /// test at the top took it and a jump back. `guarded`
     /// tests before the first iteration too, for bounds known only at run time: a band of rows
     /// is never empty as `nabla_parallel` splits them, but a row function does not rely on it.
     fn rotated(

@@ -9,21 +9,20 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use egg::{Analysis, Language, Runner};
+use egg::{Analysis, Language, Rewrite, Runner};
 use quanta::{Clock, Mock};
 
-/// Runs `runner` with `run` under a clock that follows the OS's monotonic time iteration by
-/// iteration, and returns it with the wall time the run took.
-pub fn run_timed<L, N, F>(runner: Runner<L, N>, run: F) -> (Runner<L, N>, Duration)
+/// Runs `runner` over `rules` under a clock that follows the OS's monotonic time iteration
+/// by iteration, and returns it with the wall time the run took.
+pub fn run_timed<L, N>(runner: Runner<L, N>, rules: &[Rewrite<L, N>]) -> (Runner<L, N>, Duration)
 where
     L: Language + 'static,
     N: Analysis<L> + 'static,
-    F: FnOnce(Runner<L, N>) -> Runner<L, N>,
 {
     let (clock, mock) = Clock::mock();
     let started = Instant::now();
     let runner = runner.with_hook(follow(mock, started));
-    let runner = quanta::with_clock(&clock, || run(runner));
+    let runner = quanta::with_clock(&clock, || runner.run(rules));
     (runner, started.elapsed())
 }
 
@@ -50,25 +49,23 @@ mod tests {
 
     #[test]
     fn the_time_limit_still_stops_a_run() {
+        // No rules, but each iteration takes 5 ms and adds a node, so it never saturates: the
+        // time limit stops it after about 10 iterations, the iteration limit (if the clock
+        // stood still) after 200.
         let runner: Runner<SymbolLang, ()> = Runner::default()
             .with_expr(&"x".parse().unwrap())
             .with_iter_limit(200)
             .with_node_limit(usize::MAX)
-            .with_time_limit(Duration::from_millis(50));
-        // No rules, but each iteration takes 5 ms and adds a node, so it never saturates: the
-        // time limit stops it after about 10 iterations, the iteration limit (if the clock
-        // stood still) after 200.
-        let (runner, took) = run_timed(runner, |r| {
-            r.with_hook(|runner| {
+            .with_time_limit(Duration::from_millis(50))
+            .with_hook(|runner| {
                 std::thread::sleep(Duration::from_millis(5));
                 let fresh = format!("n{}", runner.iterations.len());
                 runner
                     .egraph
                     .add_expr(&fresh.parse::<RecExpr<SymbolLang>>().unwrap());
                 Ok(())
-            })
-            .run(&[])
-        });
+            });
+        let (runner, took) = run_timed(runner, &[]);
         assert!(
             matches!(runner.stop_reason, Some(StopReason::TimeLimit(_))),
             "stopped by {:?}",

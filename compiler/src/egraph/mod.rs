@@ -118,7 +118,7 @@ pub fn simplify_with(
         .with_node_limit(nodes.len() + limits.nodes)
         .with_iter_limit(limits.iterations)
         .with_time_limit(limits.time);
-    let (runner, took) = clock::run_timed(runner, |runner| runner.run(&rules));
+    let (runner, took) = clock::run_timed(runner, &rules);
     let mut fired: HashMap<String, usize> = HashMap::new();
     for iteration in &runner.iterations {
         for (rule, count) in &iteration.applied {
