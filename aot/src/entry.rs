@@ -2,7 +2,8 @@
 //! size, a prediction for any number of examples, and one generation step. They trust the
 //! descriptor (nabla wrote it into the same library) and check everything the caller passes:
 //! null pointers, class indices outside their vocabulary, a scratch the library should
-//! allocate. They never panic: every error is a code.
+//! allocate. They never panic: every error is a code. The kernels run with denormals flushed,
+//! as in nabla (`nabla_kernels::denormals`), and the caller's mode is restored after.
 
 use std::alloc::Layout;
 
@@ -155,6 +156,7 @@ unsafe fn run(model: Descriptor, at: usize, scratch: *mut u8, binding: &impl Bin
         }
     }
     let kernels = model.word(at + program::KERNEL_TABLE);
+    let _denormals = nabla_kernels::denormals::Scope::enter();
     for k in 0..model.word(at + program::KERNELS) {
         // SAFETY: the linker wrote each kernel's address; every slot points at a buffer of the
         // planned size, which is all a kernel requires.

@@ -18,6 +18,10 @@ pub mod schedule;
 
 pub use schedule::{Chunk, schedule};
 
+/// The floating-point mode kernels run under, here and in nabla's own runtime, which reaches
+/// it through this crate: exported libraries and the JIT compute alike.
+pub use nabla_kernels::denormals;
+
 // The kernel library's entry points must be in the archive even though nothing here calls
 // them: generated code does.
 pub use nabla_kernels::shims::Symbols;

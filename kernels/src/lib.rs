@@ -7,7 +7,8 @@
 //! col2im and convolutions), [`pooling`] (max pooling), [`gemm`] (matrix products through the
 //! `gemm` crate), [`tiles`] (small f32 products in AVX-512 or AVX2 registers), [`transcendentals`]
 //! (f32 `exp`, `erf` and `tanh` of blocks in the same registers, the bits of generated code's), [`attention`] (attention without stored scores), [`lanes`] (its row loops, vectorised),
-//! [`parallel`] (the fork-join pool), [`float`] (the float types),
+//! [`parallel`] (the fork-join pool), [`denormals`] (the floating-point mode compiled code runs
+//! under), [`float`] (the float types),
 //! [`shims`] (the `extern "C"` entry points generated code imports), and [`peaks`] (this
 //! machine's measured compute and memory peaks, for profiles' rooflines).
 #![deny(missing_docs)]
@@ -15,6 +16,7 @@
 mod attention;
 pub mod call;
 mod convolution;
+pub mod denormals;
 mod float;
 pub mod gemm;
 pub mod isa;

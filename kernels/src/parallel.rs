@@ -8,7 +8,8 @@
 //! only after [`SPIN`] without work; the calling thread takes parts itself instead of waiting,
 //! and parts are claimed from one counter, so a helper that is slow to arrive costs nothing:
 //! the caller has run its parts meanwhile. Each part is one fixed piece of work whoever runs
-//! it, so results do not depend on which thread ran what.
+//! it, and runs under the floating-point control register of the thread that forked the job
+//! (its denormal mode, [`crate::denormals`]), so results do not depend on which thread ran what.
 //!
 //! One job runs at a time. A call made while the pool is busy (from another thread, or from
 //! inside a part) runs its parts on the calling thread.
@@ -19,6 +20,8 @@ use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+use crate::denormals::Control;
 
 /// How long a helper keeps looking for work before it parks.
 const SPIN: Duration = Duration::from_micros(500);
@@ -46,10 +49,12 @@ pub fn for_each_part(parts: usize, threads: usize, f: &(dyn Fn(usize) + Sync)) {
 }
 
 /// The job being run: a part function borrowed from [`for_each_part`]'s caller, who waits
-/// until every claimed part has finished before the borrow ends.
+/// until every claimed part has finished before the borrow ends, and the caller's
+/// floating-point control register, which every part runs under.
 #[derive(Clone, Copy)]
 struct Job {
     f: *const (dyn Fn(usize) + Sync),
+    control: Control,
 }
 
 struct Pool {
@@ -88,6 +93,7 @@ fn pool() -> &'static Pool {
             busy: AtomicBool::new(false),
             job: UnsafeCell::new(Job {
                 f: &(|_: usize| {}) as &(dyn Fn(usize) + Sync),
+                control: Control::current(),
             }),
             claim: AtomicU64::new(0),
             done: AtomicUsize::new(0),
@@ -128,6 +134,7 @@ impl Pool {
                 f: std::mem::transmute::<&(dyn Fn(usize) + Sync), &'static (dyn Fn(usize) + Sync)>(
                     f,
                 ),
+                control: Control::current(),
             };
         }
         self.done.store(0, Ordering::Relaxed);
@@ -169,6 +176,7 @@ impl Pool {
         // it and `job` is that generation's.
         let job = unsafe { *self.job.get() };
         let part = (claim & 0xFFFF) as usize;
+        job.control.adopt();
         let ran = catch_unwind(AssertUnwindSafe(|| unsafe { (*job.f)(part) }));
         if let Err(panic) = ran {
             *self.panic.lock().unwrap_or_else(|e| e.into_inner()) = Some(panic);
@@ -245,6 +253,38 @@ mod tests {
             })
         });
         assert_eq!(total.load(Ordering::Relaxed), 12);
+    }
+
+    #[test]
+    fn helpers_run_parts_under_the_callers_denormal_mode() {
+        if pool().helpers == 0 {
+            return;
+        }
+        let caller = std::thread::current().id();
+        let _flushed = crate::denormals::Scope::enter();
+        // Until a helper takes a part (the pool may be busy with another test's job).
+        for _ in 0..1000 {
+            let on_helpers = AtomicUsize::new(0);
+            let kept = AtomicUsize::new(0);
+            for_each_part(16, 2, &|_| {
+                let start = Instant::now();
+                while start.elapsed() < Duration::from_micros(50) {
+                    std::hint::spin_loop();
+                }
+                if std::thread::current().id() != caller {
+                    on_helpers.fetch_add(1, Ordering::Relaxed);
+                }
+                let half = std::hint::black_box(f32::MIN_POSITIVE) * std::hint::black_box(0.5);
+                if half != 0.0 {
+                    kept.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+            assert_eq!(kept.load(Ordering::Relaxed), 0, "a part kept a denormal");
+            if on_helpers.load(Ordering::Relaxed) > 0 {
+                return;
+            }
+        }
+        panic!("no helper took a part");
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! the table is built ([`Executable::run`] compares every buffer with its planned length), and
 //! generated code never needs a bounds check.
 //!
-//! The program never compiles and allocates nothing per run.
+//! The program never compiles and allocates nothing per run. Its kernels run with denormal
+//! floats flushed to zero (`nabla_aot::denormals`, the kernel library's; the caller's mode is restored after).
 
 use std::any::Any;
 
@@ -206,6 +207,7 @@ impl Executable {
             self.table[slot] = unsafe { buffer.as_mut_ptr().add(start) };
         }
         let table = self.table.as_ptr();
+        let _denormals = nabla_aot::denormals::Scope::enter();
         match &mut self.seconds {
             None => {
                 for kernel in &self.program.kernels {
@@ -265,7 +267,17 @@ mod tests {
         }
     }
 
-    fn copying() -> Program {
+    /// `table[1][0] = table[0][0] / 2`, in f32.
+    unsafe extern "C" fn halve_first(table: *const *mut u8) {
+        // SAFETY: the program below plans two external f32 buffers of one element.
+        unsafe {
+            let (from, to) = (*table as *const f32, *table.add(1) as *mut f32);
+            *to = *from * 0.5;
+        }
+    }
+
+    /// A program of two external buffers, `x` and `y`, of one `elem` each, and one kernel.
+    fn one_kernel(kernel: KernelFn, elem: Elem) -> Program {
         let external = |name: &str| BufferSpec {
             len: 1,
             external: Some(name.to_string()),
@@ -273,12 +285,16 @@ mod tests {
         };
         Program {
             buffers: vec![external("x"), external("y")],
-            kernels: vec![copy_first],
+            kernels: vec![kernel],
             notes: vec![KernelNote::default()],
             outputs: Vec::new(),
-            elem: Elem::F64,
+            elem,
             code: Box::new(()),
         }
+    }
+
+    fn copying() -> Program {
+        one_kernel(copy_first, Elem::F64)
     }
 
     fn value(v: f64) -> Buffer {
@@ -315,5 +331,20 @@ mod tests {
             exe.run(&mut [&mut other]),
             Err(RunError::Missing("x".into()))
         );
+    }
+
+    #[test]
+    fn kernels_run_with_denormals_flushed_and_the_callers_mode_comes_back() {
+        use nabla_aot::denormals::{Mode, mode};
+        let mut exe = Executable::new(one_kernel(halve_first, Elem::F32)).unwrap();
+        let mut store: Buffers = [("x", f64::from(f32::MIN_POSITIVE)), ("y", 1.0)]
+            .into_iter()
+            .map(|(n, v)| (n.to_string(), Buffer::from_f64(&[v], Elem::F32)))
+            .collect();
+        exe.run(&mut [&mut store]).unwrap();
+        let half = std::hint::black_box(f32::MIN_POSITIVE) * std::hint::black_box(0.5);
+        assert!(half > 0.0, "the caller's IEEE mode after the run");
+        let expected = if mode() == Ok(Mode::Keep) { half } else { 0.0 };
+        assert_eq!(store["y"].f32s()[0], expected);
     }
 }

@@ -68,9 +68,11 @@ impl Machine {
     }
 
     /// The machine the JIT compiles for: this one, at the instruction-set level `NABLA_ISA`
-    /// names (`nabla_kernels::isa`), its best by default.
+    /// names (`nabla_kernels::isa`), its best by default; an error too where `NABLA_DENORMALS`
+    /// names no mode the compiled code could run under.
     pub fn jit() -> Result<Machine, CodegenError> {
         use nabla_kernels::isa::Level;
+        nabla_kernels::denormals::mode().map_err(err)?;
         let cpu = match nabla_kernels::isa::level().map_err(err)? {
             Level::Native => None,
             Level::Avx512 => Some("x86-64-v4"),
