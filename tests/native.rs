@@ -207,8 +207,8 @@ fn bits_of(bytes: &[u8]) -> Vec<u32> {
 }
 
 /// How many of `got`'s values, in rows of `width`, differ from `expected`'s by more than f32
-/// round-off: 1e-5 of the row's largest magnitude (or of 1). A sum of 784 products in
-/// another order moves a logit by a few 1e-7 of it.
+/// round-off: 1e-5 of the row's largest magnitude (or of 1); NaN differs from everything. A
+/// sum of 784 products in another order moves a logit by a few 1e-7 of it.
 fn beyond_round_off(expected: &[u32], got: &[u32], width: usize) -> usize {
     let floats = |bits: &[u32]| bits.iter().map(|&b| f32::from_bits(b)).collect::<Vec<_>>();
     let (expected, got) = (floats(expected), floats(got));
@@ -219,7 +219,10 @@ fn beyond_round_off(expected: &[u32], got: &[u32], width: usize) -> usize {
             let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
             want.iter()
                 .zip(have)
-                .filter(|(w, h)| !((*w - *h).abs() <= 1e-5 * scale))
+                .filter(|(w, h)| {
+                    let close = (*w - *h).abs() <= 1e-5 * scale;
+                    !close
+                })
                 .count()
         })
         .sum()
