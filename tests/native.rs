@@ -206,28 +206,6 @@ fn bits_of(bytes: &[u8]) -> Vec<u32> {
         .collect()
 }
 
-/// How many of `got`'s values, in rows of `width`, differ from `expected`'s by more than f32
-/// round-off: 1e-5 of the row's largest magnitude (or of 1); NaN differs from everything. A
-/// sum of 784 products in another order moves a logit by a few 1e-7 of it.
-fn beyond_round_off(expected: &[u32], got: &[u32], width: usize) -> usize {
-    let floats = |bits: &[u32]| bits.iter().map(|&b| f32::from_bits(b)).collect::<Vec<_>>();
-    let (expected, got) = (floats(expected), floats(got));
-    expected
-        .chunks(width)
-        .zip(got.chunks(width))
-        .map(|(want, have)| {
-            let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
-            want.iter()
-                .zip(have)
-                .filter(|(w, h)| {
-                    let close = (*w - *h).abs() <= 1e-5 * scale;
-                    !close
-                })
-                .count()
-        })
-        .sum()
-}
-
 /// The uncompressed bytes of a gzipped file of the repository.
 fn gunzip(path: &str) -> Vec<u8> {
     use std::io::Read;
@@ -241,14 +219,12 @@ fn gunzip(path: &str) -> Vec<u8> {
 
 /// Trains `model` for `steps` steps, exports it with `more` arguments, classifies the first `n`
 /// examples of the MNIST test set with a C program built and run by `tools`, checks that its
-/// logits equal `nabla predict`'s (bit for bit, or else to f32 round-off) and returns the
-/// export's report.
+/// logits equal `nabla predict`'s bit for bit and returns the export's report.
 fn classify_mnist(
     (model, steps): (&str, &str),
     n: usize,
     more: &[&str],
     (dir, tools): (&Path, &Toolchain),
-    bit_for_bit: bool,
 ) -> Value {
     let images = gunzip("data/mnist/t10k-images-idx3-ubyte.gz");
     let labels = gunzip("data/mnist/t10k-labels-idx1-ubyte.gz");
@@ -291,13 +267,12 @@ fn classify_mnist(
     let expected = predicted_bits(model, dir, &rows, "1,64");
     let got = bits_of(&std::fs::read(&logits).unwrap());
     assert_eq!(expected.len(), n * 10);
-    assert_eq!(got.len(), expected.len(), "{model}: logits missing");
-    let differing = if bit_for_bit {
-        expected.iter().zip(&got).filter(|(a, b)| a != b).count()
-    } else {
-        beyond_round_off(&expected, &got, 10)
-    };
-    assert_eq!(differing, 0, "{model}: logits differ from nabla predict");
+    let differing = expected.iter().zip(&got).filter(|(a, b)| a != b).count();
+    assert_eq!(
+        (got.len(), differing),
+        (expected.len(), 0),
+        "{model}: logits differ from nabla predict"
+    );
     report
 }
 
@@ -308,7 +283,7 @@ fn the_mnist_models_classify_the_test_set_in_c_as_nabla_predict_does_bit_for_bit
         ("examples/mnist_cnn.nn", "20"),
     ] {
         let dir = scratch(&format!("native-{}", model.0.replace('/', "-")));
-        let report = classify_mnist(model, 10000, &[], (&dir, &Toolchain::host()), true);
+        let report = classify_mnist(model, 10000, &[], (&dir, &Toolchain::host()));
         assert_eq!(report["target"], HOST_TRIPLE);
         assert_eq!(report["cpu"], "native");
     }
@@ -322,15 +297,9 @@ fn an_export_for_any_x86_64_classifies_as_the_native_one_does() {
     let dir = scratch("native-baseline");
     let tools = Toolchain::host();
     let model = ("examples/mnist_mlp.nn", "60");
-    let native = classify_mnist(model, 1000, &[], (&dir, &tools), true);
+    let native = classify_mnist(model, 1000, &[], (&dir, &tools));
     assert!(native["features"].as_array().unwrap().len() > 2, "{native}");
-    let baseline = classify_mnist(
-        model,
-        1000,
-        &["--target", HOST_TRIPLE],
-        (&dir, &tools),
-        true,
-    );
+    let baseline = classify_mnist(model, 1000, &["--target", HOST_TRIPLE], (&dir, &tools));
     assert_eq!(baseline["cpu"], "baseline");
     assert_eq!(baseline["features"], serde_json::json!([]));
 }
@@ -394,13 +363,11 @@ fn a_library_for_extensions_this_cpu_lacks_refuses_to_run_with_an_error_code() {
 }
 
 /// Exported for 64-bit ARM from this machine and run under emulation: the MNIST models'
-/// logits equal nabla's here to f32 round-off, and the char-RNN generates the same text. Not
-/// bit for bit: the `gemm` crate sums `k` in blocks it sizes from the L1 cache's geometry and
-/// its register tile, which differ between CPUs and builds (on an AMD Zen 4 the blocks agreed
-/// with the aarch64 build's and the bits did; on an Intel Ice Lake, AVX-512's blocks of 392
-/// against one of 784, 8,176 of 10,000 logits differed, by at most 5e-7 of their row).
-/// Needs Debian's cross compiler and QEMU and the run-time archive built for the target
-/// (`.ci/install-cross`).
+/// logits and the char-RNN's generated text equal nabla's here bit for bit (the kernel
+/// library's products sum `k` in the same blocks on both architectures: on an Intel Ice Lake,
+/// before it fixed them, the `gemm` crate's own blocks differed and so did 8,176 of 10,000
+/// logits). Needs Debian's cross
+/// compiler and QEMU and the run-time archive built for the target (`.ci/install-cross`).
 #[cfg(target_arch = "x86_64")]
 #[test]
 #[ignore = "needs the aarch64 cross tools that .ci/install-cross installs"]
@@ -412,7 +379,7 @@ fn an_export_for_aarch64_runs_under_emulation_as_nabla_does_here() {
         (("examples/mnist_cnn.nn", "20"), 200),
     ] {
         let dir = scratch(&format!("native-aarch64-{}", model.0.replace('/', "-")));
-        let report = classify_mnist(model, n, &target, (&dir, &tools), false);
+        let report = classify_mnist(model, n, &target, (&dir, &tools));
         assert_eq!(report["target"], "aarch64-unknown-linux-gnu");
     }
     generates_as_nabla_does("native-aarch64-generate", &target, &tools, false);

@@ -32,9 +32,19 @@ pub(super) fn gemm<T: Float>(
     }
 }
 
-/// The one call into the `gemm` crate, on this thread: `c [m, n] (+)= A [m, k] @ B [k, n]`,
-/// every operand given by its start and strides (`c` by its row stride, columns contiguous),
-/// so transposed operands cost nothing.
+/// The most of `k` one call into the `gemm` crate sums. The crate cuts `k` into blocks it
+/// sizes from the L1 cache's geometry and its register tile, so the order of each sum, and its
+/// bits, depended on the CPU and the build: the MLP's 784 inputs were two blocks of 392 in the
+/// AVX-512 build on an Intel Ice Lake and one of 784 in the AVX2 build there and on aarch64
+/// (8,176 of 10,000 exported logits differed in their last bits). It never cuts a `k` of 512 or
+/// less, so products are cut here instead, into the equal blocks the crate itself chooses
+/// where its limit is 512, each block summed from zero and added to `c` in order: the same
+/// bits on every CPU, build and thread count.
+const K_BLOCK: usize = 512;
+
+/// `c [m, n] (+)= A [m, k] @ B [k, n]` on this thread, every operand given by its start and
+/// strides (`c` by its row stride, columns contiguous), so transposed operands cost nothing;
+/// `k` summed in blocks of at most [`K_BLOCK`].
 ///
 /// # Safety
 /// The strides stay inside each operand, and `c` overlaps neither `a` nor `b`.
@@ -47,48 +57,91 @@ pub(super) unsafe fn strided_gemm<T: 'static + Copy + num_traits::Zero + num_tra
 ) {
     #[cfg(target_arch = "x86_64")]
     let level = crate::isa::of_products();
-    #[cfg(target_arch = "x86_64")]
-    if level != crate::isa::Level::Native {
-        let operands = leveled::Operands {
-            mnk: [m, n, k],
-            c: (c.cast(), c_row),
-            a: (a.cast(), a_row, a_col),
-            b: (b.cast(), b_row, b_col),
-            accumulate,
-        };
-        // SAFETY: as the caller promises; `T` is f32 or f64 (`Float`).
-        unsafe {
-            if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() {
-                return leveled::f32(level, operands);
-            }
-            if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f64>() {
-                return leveled::f64(level, operands);
-            }
-        }
-    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let level = crate::isa::Level::Native;
     // SAFETY: as the caller promises.
     unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c,
-            1,
-            c_row,
+        blocked(
+            level,
+            [m, n, k],
+            (c, c_row),
+            (a, a_row, a_col),
+            (b, b_row, b_col),
             accumulate,
-            a,
-            a_col,
-            a_row,
-            b,
-            b_col,
-            b_row,
-            T::one(),
-            T::one(),
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
         )
+    }
+}
+
+/// [`strided_gemm`] at `level`, each block of `k` one call into the `gemm` crate.
+///
+/// # Safety
+/// As [`strided_gemm`]'s.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+unsafe fn blocked<T: 'static + Copy + num_traits::Zero + num_traits::One>(
+    level: crate::isa::Level,
+    [m, n, k]: [usize; 3],
+    (c, c_row): (*mut T, isize),
+    (a, a_row, a_col): (*const T, isize, isize),
+    (b, b_row, b_col): (*const T, isize, isize),
+    accumulate: bool,
+) {
+    // One call into the crate: `k` in one block from `a` and `b`.
+    let call = |k: usize, a: *const T, b: *const T, accumulate: bool| {
+        #[cfg(target_arch = "x86_64")]
+        if level != crate::isa::Level::Native {
+            let operands = leveled::Operands {
+                mnk: [m, n, k],
+                c: (c.cast(), c_row),
+                a: (a.cast(), a_row, a_col),
+                b: (b.cast(), b_row, b_col),
+                accumulate,
+            };
+            // SAFETY: as the caller promises; `T` is f32 or f64 (`Float`).
+            unsafe {
+                if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() {
+                    return leveled::f32(level, operands);
+                }
+                if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f64>() {
+                    return leveled::f64(level, operands);
+                }
+            }
+        }
+        // SAFETY: as the caller promises.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                c,
+                1,
+                c_row,
+                accumulate,
+                a,
+                a_col,
+                a_row,
+                b,
+                b_col,
+                b_row,
+                T::one(),
+                T::one(),
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            )
+        }
+    };
+    let blocks = k.div_ceil(K_BLOCK).max(1);
+    let block = k.div_ceil(blocks);
+    for index in 0..blocks {
+        let start = index * block;
+        // `start..start + len` is inside `0..k`, so the operands' blocks are inside them.
+        call(
+            block.min(k - start),
+            a.wrapping_offset(start as isize * a_col),
+            b.wrapping_offset(start as isize * b_row),
+            accumulate || index > 0,
+        );
     }
 }
 
@@ -115,27 +168,13 @@ unsafe impl<T> Send for Gemm<T> {}
 // SAFETY: as above.
 unsafe impl<T> Sync for Gemm<T> {}
 
-/// The side up to which the `gemm` crate treats a product as small, and the `k` above which
-/// its blocking of small and large products differs (`gemm-common`'s `gemm_basic_generic`).
-const SMALL_SIDE: usize = 64;
-const SMALL_KC: usize = 512;
-
-/// How a product of sizes `[m, k, n]` is split on `threads` threads: the number of bands of at
-/// least 16 rows or columns, and whether they are bands of rows. Every band must sum `k` in the
-/// whole product's blocks, so that the bits do not depend on the thread count: a large product
-/// whose `k` exceeds [`SMALL_KC`] keeps every band larger than [`SMALL_SIDE`] on one side,
-/// which splitting the other side does when that side is large.
-fn bands([m, k, n]: [usize; 3], threads: usize) -> (usize, bool) {
+/// How a product of `m` rows and `n` columns is split on `threads` threads: the number of bands
+/// of at least 16 rows or columns, and whether they are bands of rows (of the longer side where
+/// both split alike). Every band sums `k` in the whole product's blocks ([`K_BLOCK`]), so the
+/// bits do not depend on the thread count.
+fn bands([m, n]: [usize; 2], threads: usize) -> (usize, bool) {
     let parts = |len: usize| threads.min(len / 16).max(1);
-    let (mut rows, mut columns) = (parts(m), parts(n));
-    if k > SMALL_KC && (m > SMALL_SIDE || n > SMALL_SIDE) {
-        if n <= SMALL_SIDE {
-            rows = rows.min(m / (SMALL_SIDE + 1)).max(1);
-        }
-        if m <= SMALL_SIDE {
-            columns = columns.min(n / (SMALL_SIDE + 1)).max(1);
-        }
-    }
+    let (rows, columns) = (parts(m), parts(n));
     match rows.cmp(&columns) {
         std::cmp::Ordering::Equal => (rows, m >= n),
         more => (rows.max(columns), more.is_gt()),
@@ -152,16 +191,14 @@ const PARALLEL_MIN_MACS: usize = 1 << 17;
 impl<T: 'static + Copy + num_traits::Zero + num_traits::One + Send + Sync> Gemm<T> {
     /// The product through the `gemm` crate, split into `threads` bands of rows (or of
     /// columns, when there are more) run on the fork-join pool. Every element is computed
-    /// by one band, in the same order whatever the thread count: the crate sums `k` in blocks
-    /// of 512 for products within 64 x 64 and in blocks sized by the caches for larger ones,
-    /// so a band of a larger product is kept larger than that ([`bands`]).
+    /// by one band, in the same order whatever the thread count ([`K_BLOCK`]).
     ///
     /// # Safety
     /// `a`, `b` and `c` hold every element their strides reach, and `c` overlaps neither
     /// `a` nor `b`.
     pub(crate) unsafe fn run(self, threads: usize) {
         let (parts, by_rows) = if self.m * self.k * self.n >= PARALLEL_MIN_MACS {
-            bands([self.m, self.k, self.n], threads)
+            bands([self.m, self.n], threads)
         } else {
             (1, true)
         };
@@ -208,30 +245,74 @@ impl<T: 'static + Copy + num_traits::Zero + num_traits::One + Send + Sync> Gemm<
 mod tests {
     use super::*;
 
-    /// Every band of a split product takes the `gemm` crate's path for the whole product (small
-    /// within 64 x 64, else large), so it blocks `k` the same way on any number of threads.
+    /// A product sums `k` in the same blocks at every vector level this CPU has, whatever the
+    /// `gemm` crate would choose from its caches: each element is the sum, in order, of its
+    /// blocks' fused multiply-add chains (`K_BLOCK`). Without the blocks, on an Intel Ice Lake
+    /// the AVX2 build summed 784 terms in one block where the AVX-512 build took two of 392.
     #[test]
-    fn bands_keep_the_whole_products_blocking() {
-        let small = |m: usize, n: usize| m <= SMALL_SIDE && n <= SMALL_SIDE;
-        for m in [16, 33, 64, 65, 100, 128, 130, 784] {
-            for n in [1, 10, 64, 65, 128, 256] {
-                for threads in 1..=8 {
-                    let (parts, by_rows) = bands([m, 784, n], threads);
-                    let len = if by_rows { m } else { n };
-                    assert!(parts >= 1 && parts <= threads.max(1));
-                    for p in 0..parts {
-                        let band = len * (p + 1) / parts - len * p / parts;
-                        let (bm, bn) = if by_rows { (band, n) } else { (m, band) };
-                        assert_eq!(
-                            small(bm, bn),
-                            small(m, n),
-                            "[{m}, 784, {n}] on {threads} threads: band {bm} x {bn}"
-                        );
+    fn every_level_sums_k_in_the_same_blocks() {
+        use crate::isa::Level;
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        };
+        for [m, k, n] in [[64usize, 784, 256], [3, 1025, 70], [100, 300, 20]] {
+            let a: Vec<f32> = (0..m * k).map(|_| next()).collect();
+            let b: Vec<f32> = (0..k * n).map(|_| next()).collect();
+            let blocks = k.div_ceil(K_BLOCK);
+            let block = k.div_ceil(blocks);
+            let expected: Vec<u32> = (0..m * n)
+                .map(|e| {
+                    let (i, j) = (e / n, e % n);
+                    let mut total = 0.0f32;
+                    for start in (0..k).step_by(block) {
+                        let mut sum = 0.0f32;
+                        for kk in start..(start + block).min(k) {
+                            sum = a[i * k + kk].mul_add(b[kk * n + j], sum);
+                        }
+                        total += sum;
                     }
-                }
+                    total.to_bits()
+                })
+                .collect();
+            let mut levels = vec![Level::Native];
+            #[cfg(target_arch = "x86_64")]
+            levels.extend(
+                ["avx512", "avx2"]
+                    .into_iter()
+                    .filter_map(|name| Level::named(name).ok()),
+            );
+            for level in levels {
+                let mut c = vec![0.0f32; m * n];
+                // SAFETY: the operands are whole row-major matrices of these sizes.
+                unsafe {
+                    blocked(
+                        level,
+                        [m, n, k],
+                        (c.as_mut_ptr(), n as isize),
+                        (a.as_ptr(), k as isize, 1),
+                        (b.as_ptr(), n as isize, 1),
+                        false,
+                    )
+                };
+                let differing = c
+                    .iter()
+                    .zip(&expected)
+                    .filter(|(c, e)| c.to_bits() != **e)
+                    .count();
+                assert_eq!(differing, 0, "[{m}, {k}, {n}] at {level:?}");
             }
         }
-        // Where nothing forbids it, both threads are used: the MLP's first layer at batch 64.
-        assert_eq!(bands([64, 784, 128], 2), (2, true));
+    }
+
+    #[test]
+    fn both_threads_take_a_band_where_both_sides_allow() {
+        // The MLP's first layer at batch 64: bands of its wider side.
+        assert_eq!(bands([64, 128], 2), (2, false));
+        assert_eq!(bands([128, 10], 2), (2, true));
+        assert_eq!(bands([20, 1000], 8), (8, false));
     }
 }
