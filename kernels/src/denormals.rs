@@ -95,7 +95,10 @@ impl Scope {
     /// Sets the mode on this thread.
     pub fn enter() -> Scope {
         let saved = Control::current();
-        saved.with(mode().unwrap_or(Mode::Flush)).adopt();
+        // The cached choice by reference: `mode()` would copy an error's message on every run.
+        saved
+            .with(*chosen().as_ref().unwrap_or(&Mode::Flush))
+            .adopt();
         Scope { saved }
     }
 }

@@ -8,7 +8,8 @@
 //! generated code never needs a bounds check.
 //!
 //! The program never compiles and allocates nothing per run. Its kernels run with denormal
-//! floats flushed to zero (`nabla_aot::denormals`, the kernel library's; the caller's mode is restored after).
+//! floats flushed to zero (`nabla_aot::denormals`, the kernel library's); the caller's mode is
+//! restored after.
 
 use std::any::Any;
 
