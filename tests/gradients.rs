@@ -228,6 +228,32 @@ fn gradcheck_reports_non_finite_values_and_scales_its_tolerance() {
     assert!(big.iter().all(|r| r.passed && r.round_off > 1.0), "{big:?}");
 }
 
+/// `gelu`'s rule and its derivative's rule (reached by differentiating twice, as `nabla diff`
+/// of a gradient would) against central differences of the function and of its derivative.
+#[test]
+fn gelu_derivatives_of_first_and_second_order_match_finite_differences() {
+    let nabla_dsl::Formula {
+        mut graph,
+        root,
+        variables,
+    } = nabla_dsl::formula("gelu(x) + 0 * y").expect("the formula parses");
+    let x = variables.iter().find(|(v, _)| v == "x").expect("used").1;
+    let first = differentiate(&mut graph, root, &[x]).expect("differentiates")[0];
+    let second = differentiate(&mut graph, first, &[x]).expect("differentiates again")[0];
+    let eps = 1e-5;
+    for at in [-4.2, -1.3, -0.4, 0.0, 0.25, 1.0, 2.7, 5.5] {
+        let value = |node: NodeId, x: f64| eval_at(&graph, &[node], x, 0.0)[0];
+        for (function, derivative) in [(root, first), (first, second)] {
+            let numeric = (value(function, at + eps) - value(function, at - eps)) / (2.0 * eps);
+            let analytic = value(derivative, at);
+            assert!(
+                (analytic - numeric).abs() <= 1e-7,
+                "at {at}: {analytic} against {numeric}"
+            );
+        }
+    }
+}
+
 fn eval_at(graph: &Graph, roots: &[NodeId], x: f64, y: f64) -> Vec<f64> {
     let feeds: HashMap<String, Tensor<f64>> = [
         ("x".to_string(), Tensor::scalar(x)),

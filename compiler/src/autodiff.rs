@@ -316,6 +316,23 @@ pub fn vjp(
                 let d = graph.scale(e, std::f64::consts::FRAC_2_SQRT_PI)?;
                 Some(graph.mul(g, d)?)
             }
+            // d gelu x = Φ(x) + x φ(x), one op the kernel library computes in its widest
+            // registers (PyTorch's `GeluBackward`)
+            UnaryOp::Gelu => {
+                let d = graph.unary(UnaryOp::GeluDerivative, x[0])?;
+                Some(graph.mul(g, d)?)
+            }
+            // d (Φ(x) + x φ(x)) = 2 φ(x) + x φ'(x) = φ(x) (2 - x^2)
+            UnaryOp::GeluDerivative => {
+                let sq = graph.mul(x[0], x[0])?;
+                let exponent = graph.scale(sq, -0.5)?;
+                let e = graph.unary(UnaryOp::Exp, exponent)?;
+                let density = graph.scale(e, 1.0 / (2.0 * std::f64::consts::PI).sqrt())?;
+                let two = graph.constant(2.0);
+                let factor = graph.sub(two, sq)?;
+                let d = graph.mul(density, factor)?;
+                Some(graph.mul(g, d)?)
+            }
             // d tanh(x) = 1 - tanh(x)^2 = 1 - out^2
             UnaryOp::Tanh => {
                 let out_sq = graph.mul(out, out)?;

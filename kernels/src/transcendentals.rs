@@ -1,4 +1,5 @@
-//! f32 `exp`, `erf` and `tanh` of a block of memory in place, in the CPU's widest registers.
+//! f32 `exp`, `erf`, `tanh`, `gelu` and `gelu`'s derivative of a block of memory in place, in
+//! the CPU's widest registers.
 //! Cranelift emits 128-bit vectors at most, so a map whose work is a transcendental function
 //! (GELU's `erf` and its gradient's `exp`, on a transformer's widest activations) ran at a
 //! quarter of an AVX-512 core's width in generated code; generated code now leaves such
@@ -27,6 +28,8 @@ pub const TANH_DENOMINATOR: [f64; 4] = [
     1.185_347_056_866_54e-4,
     1.198_258_394_667_02e-6,
 ];
+/// `1 / sqrt(2 pi)`, the standard normal density's factor.
+pub const FRAC_1_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
 /// Where f32's `tanh` rounds to ±1: the fit's argument is clamped to it.
 pub const TANH_CLAMP: f64 = 7.905_311_107_635_498;
 /// Below this magnitude `tanh(x)` is `x` itself.
@@ -85,14 +88,25 @@ pub enum Transcendental {
     Erf = 1,
     /// The hyperbolic tangent.
     Tanh = 2,
+    /// The Gaussian error linear unit, `x Φ(x)`.
+    Gelu = 3,
+    /// `gelu`'s derivative, `Φ(x) + x φ(x)`.
+    GeluDerivative = 4,
 }
 
 impl Transcendental {
+    /// Every function, by number.
+    pub const ALL: [Transcendental; 5] = [
+        Self::Exp,
+        Self::Erf,
+        Self::Tanh,
+        Self::Gelu,
+        Self::GeluDerivative,
+    ];
+
     /// The function numbered `code`, if any.
     pub fn of(code: i64) -> Option<Transcendental> {
-        [Self::Exp, Self::Erf, Self::Tanh]
-            .into_iter()
-            .find(|&f| f as i64 == code)
+        Self::ALL.into_iter().find(|&f| f as i64 == code)
     }
 
     /// The function of one f32, as generated code computes it.
@@ -102,6 +116,8 @@ impl Transcendental {
             Self::Exp => exp(x),
             Self::Erf => erf(x),
             Self::Tanh => tanh(x),
+            Self::Gelu => gelu(x),
+            Self::GeluDerivative => gelu_derivative(x),
         }
     }
 
@@ -130,6 +146,8 @@ fn each(f: Transcendental, block: &mut [f32]) {
         Transcendental::Exp => block.iter_mut().for_each(|x| *x = exp(*x)),
         Transcendental::Erf => block.iter_mut().for_each(|x| *x = erf(*x)),
         Transcendental::Tanh => block.iter_mut().for_each(|x| *x = tanh(*x)),
+        Transcendental::Gelu => block.iter_mut().for_each(|x| *x = gelu(*x)),
+        Transcendental::GeluDerivative => block.iter_mut().for_each(|x| *x = gelu_derivative(*x)),
     }
 }
 
@@ -198,6 +216,27 @@ pub fn erf(x: f32) -> f32 {
     ratio * clamped
 }
 
+/// `gelu(x) = (x / 2) (erf(x / sqrt 2) + 1)`, PyTorch's exact GELU in its order of operations.
+#[inline(always)]
+pub fn gelu(x: f32) -> f32 {
+    (x * 0.5) * normal_cdf_doubled(x)
+}
+
+/// `gelu`'s derivative `Φ(x) + x φ(x) = (erf(x / sqrt 2) + 1) / 2 + x e^(-x^2 / 2) / sqrt(2 pi)`,
+/// as PyTorch's `GeluBackward` computes it.
+#[inline(always)]
+pub fn gelu_derivative(x: f32) -> f32 {
+    let cdf = normal_cdf_doubled(x) * 0.5;
+    let density = exp((x * x) * -0.5) * FRAC_1_SQRT_2PI as f32;
+    cdf + x * density
+}
+
+/// `erf(x / sqrt 2) + 1`, twice the standard normal distribution function.
+#[inline(always)]
+fn normal_cdf_doubled(x: f32) -> f32 {
+    erf(x * std::f32::consts::FRAC_1_SQRT_2) + 1.0
+}
+
 /// `tanh(x)`: the rational fit of `x` clamped to ±[`TANH_CLAMP`], `x` itself below
 /// [`TANH_TINY`] in magnitude and ±1 beyond [`TANH_SATURATION`].
 #[inline(always)]
@@ -245,11 +284,7 @@ mod tests {
 
     #[test]
     fn every_build_gives_the_portable_bits() {
-        for f in [
-            Transcendental::Exp,
-            Transcendental::Erf,
-            Transcendental::Tanh,
-        ] {
+        for f in Transcendental::ALL {
             let inputs = values();
             let mut wide = inputs.clone();
             f.apply(&mut wide);
@@ -265,13 +300,9 @@ mod tests {
 
     #[test]
     fn functions_are_numbered_as_generated_code_passes_them() {
-        for f in [
-            Transcendental::Exp,
-            Transcendental::Erf,
-            Transcendental::Tanh,
-        ] {
+        for f in Transcendental::ALL {
             assert_eq!(Transcendental::of(f as i64), Some(f));
         }
-        assert_eq!(Transcendental::of(3), None);
+        assert_eq!(Transcendental::of(Transcendental::ALL.len() as i64), None);
     }
 }

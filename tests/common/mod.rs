@@ -146,6 +146,7 @@ pub const BODIES: &[&str] = &[
     "sum(tan(z / 4) * u)",
     "sum(sinh(z) * u + cosh(z))",
     "sum(atan(z) * u + erf(z))",
+    "sum(gelu(z) * u + gelu(z, approximate = \"tanh\"))",
     "sum(relu(z) * u)",
     "sum(dropout(z, 0.3) * u)",
     "sum(batch_norm(z) * u)",

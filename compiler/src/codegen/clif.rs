@@ -520,7 +520,7 @@ impl Emitter<'_, '_> {
         out
     }
 
-    fn unary(&mut self, op: UnaryOp, x: Value, ty: Type) -> Value {
+    pub(super) fn unary(&mut self, op: UnaryOp, x: Value, ty: Type) -> Value {
         match op {
             UnaryOp::StopGradient => x,
             UnaryOp::Neg => self.b.ins().fneg(x),
@@ -545,6 +545,8 @@ impl Emitter<'_, '_> {
             UnaryOp::Log if ty.lane_type() == types::F32 => self.log_f32(x, ty),
             UnaryOp::Sigmoid if ty.lane_type() == types::F32 => self.sigmoid_f32(x, ty),
             UnaryOp::Erf if ty.lane_type() == types::F32 => self.erf_f32(x, ty),
+            UnaryOp::Gelu => self.gelu(x, ty),
+            UnaryOp::GeluDerivative => self.gelu_derivative(x, ty),
             // Every other op is transcendental: a call.
             transcendental => self.call(MathFn::Unary(transcendental), &[x], ty),
         }

@@ -2,20 +2,22 @@
 //! `log` (range reduction and Cephes' polynomials, reading and building `2^n` in the exponent
 //! bits, subnormal inputs and results handled), and `sigmoid` from `exp(-|x|)` so that it never
 //! overflows. Each is tested over the whole f32 range against an f64 reference
-//! (`tests/jit.rs`); the other transcendental functions call Rust's implementations. The
+//! (`tests/jit.rs`); the other transcendental functions call Rust's implementations. `gelu`
+//! and its derivative are made of `erf` and `exp` (in registers in f32, calls in f64). The
 //! coefficients are the kernel library's (`nabla_kernels::transcendentals`), whose wide
-//! `exp`, `erf` and `tanh` compute the same operations, so the bits do not depend on which
-//! one a loop uses.
+//! `exp`, `erf`, `tanh`, `gelu` and `gelu`'s derivative compute the same operations, so the
+//! bits do not depend on which one a loop uses.
 
 use cranelift_codegen::ir::condcodes::FloatCC;
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Type, Value, types};
 
 use nabla_kernels::transcendentals::{
-    ERF_CLAMP, ERF_DENOMINATOR, ERF_NUMERATOR, EXP_POLYNOMIAL, EXP_RANGE, LN2_HI, LN2_LO, ROUND,
-    TANH_CLAMP, TANH_DENOMINATOR, TANH_NUMERATOR, TANH_SATURATION, TANH_TINY,
+    ERF_CLAMP, ERF_DENOMINATOR, ERF_NUMERATOR, EXP_POLYNOMIAL, EXP_RANGE, FRAC_1_SQRT_2PI, LN2_HI,
+    LN2_LO, ROUND, TANH_CLAMP, TANH_DENOMINATOR, TANH_NUMERATOR, TANH_SATURATION, TANH_TINY,
 };
 
 use super::clif::Emitter;
+use crate::ir::UnaryOp;
 
 impl Emitter<'_, '_> {
     /// `tanh` of f32 scalars or vectors in registers, no call: a rational function (odd
@@ -170,6 +172,40 @@ impl Emitter<'_, '_> {
         // The ratio first (about 2/sqrt(pi) near 0), so that a tiny `x` never underflows.
         let ratio = self.b.ins().fdiv(p, q);
         self.b.ins().fmul(ratio, clamped)
+    }
+
+    /// `gelu(x) = (x / 2) (erf(x / sqrt 2) + 1)`, from [`Self::unary`]'s `erf`; in f32 the
+    /// operations of the library's (`nabla_kernels::transcendentals::gelu`), in its order.
+    pub(super) fn gelu(&mut self, x: Value, ty: Type) -> Value {
+        let shifted = self.normal_cdf_doubled(x, ty);
+        let half = self.constant(ty, 0.5);
+        let halved = self.b.ins().fmul(x, half);
+        self.b.ins().fmul(halved, shifted)
+    }
+
+    /// `gelu`'s derivative `Φ(x) + x φ(x)`: `(erf(x / sqrt 2) + 1) / 2 + x e^(-x^2 / 2) /
+    /// sqrt(2 pi)`, as [`Self::gelu`] mirrors the library's.
+    pub(super) fn gelu_derivative(&mut self, x: Value, ty: Type) -> Value {
+        let shifted = self.normal_cdf_doubled(x, ty);
+        let half = self.constant(ty, 0.5);
+        let cdf = self.b.ins().fmul(shifted, half);
+        let square = self.b.ins().fmul(x, x);
+        let minus_half = self.constant(ty, -0.5);
+        let exponent = self.b.ins().fmul(square, minus_half);
+        let e = self.unary(UnaryOp::Exp, exponent, ty);
+        let scale = self.constant(ty, FRAC_1_SQRT_2PI);
+        let density = self.b.ins().fmul(e, scale);
+        let slope = self.b.ins().fmul(x, density);
+        self.b.ins().fadd(cdf, slope)
+    }
+
+    /// `erf(x / sqrt 2) + 1`, twice the standard normal distribution function.
+    fn normal_cdf_doubled(&mut self, x: Value, ty: Type) -> Value {
+        let scale = self.constant(ty, std::f64::consts::FRAC_1_SQRT_2);
+        let scaled = self.b.ins().fmul(x, scale);
+        let erf = self.unary(UnaryOp::Erf, scaled, ty);
+        let one = self.constant(ty, 1.0);
+        self.b.ins().fadd(erf, one)
     }
 
     /// f32 `sigmoid` in registers, from [`Self::exp_f32`] of `-|x|` so that nothing overflows:

@@ -1,8 +1,8 @@
-//! Maps whose f32 `exp`, `erf` or `tanh` the kernel library computes in the CPU's widest
-//! registers (`nabla_kernels::transcendentals`), where the target has AVX2 and FMA. Cranelift
-//! emits 128-bit vectors at most, and such a function is a few dozen vector operations per
-//! four elements: the GELU of a transformer's MLP and its gradient's `exp` bounded their
-//! kernels. Each row is taken in blocks of up to [`BLOCK`] elements: a first loop computes the
+//! Maps whose f32 `exp`, `erf`, `tanh`, `gelu` or `gelu`'s derivative the kernel library
+//! computes in the CPU's widest registers (`nabla_kernels::transcendentals`), where the target
+//! has AVX2 and FMA. Cranelift emits 128-bit vectors at most, and such a function is a few
+//! dozen vector operations per four elements: the GELU of a transformer's MLP and its
+//! gradient bounded their kernels. Each row is taken in blocks of up to [`BLOCK`] elements: a first loop computes the
 //! functions' arguments into a stack array, one library call per function replaces them by
 //! their values, and a second loop computes the rest of the body from there. The library
 //! computes what the inline code would, operation for operation, so the bits are the same
@@ -177,7 +177,8 @@ impl Emitter<'_, '_> {
         });
     }
 
-    /// The expressions the library computes: f32 `exp`, `erf` and `tanh` whose arguments
+    /// The expressions the library computes: f32 `exp`, `erf`, `tanh`, `gelu` and its
+    /// derivative whose arguments
     /// depend on no other such function, in a vectorised loop whose innermost extent holds at
     /// least one 512-bit register; none where the target lacks the library's wide build.
     fn wide_functions(&self, dims: &[usize], vectorise: bool, exprs: &[Expr]) -> Vec<Wide> {
@@ -193,6 +194,8 @@ impl Emitter<'_, '_> {
                 Expr::Unary(UnaryOp::Exp, _) => Some(Transcendental::Exp),
                 Expr::Unary(UnaryOp::Erf, _) => Some(Transcendental::Erf),
                 Expr::Unary(UnaryOp::Tanh, _) => Some(Transcendental::Tanh),
+                Expr::Unary(UnaryOp::Gelu, _) => Some(Transcendental::Gelu),
+                Expr::Unary(UnaryOp::GeluDerivative, _) => Some(Transcendental::GeluDerivative),
                 _ => None,
             };
             if let (Some(function), Expr::Unary(_, argument)) = (function, expr)

@@ -79,7 +79,7 @@ impl FromOp for TensorNode {
 }
 
 /// The elementwise ops patterns may name.
-const ELEMENTWISE: [Op; 28] = [
+const ELEMENTWISE: [Op; 30] = [
     Op::Unary(UnaryOp::Neg),
     Op::Unary(UnaryOp::Recip),
     Op::Unary(UnaryOp::Exp),
@@ -97,6 +97,8 @@ const ELEMENTWISE: [Op; 28] = [
     Op::Unary(UnaryOp::Cosh),
     Op::Unary(UnaryOp::Atan),
     Op::Unary(UnaryOp::Erf),
+    Op::Unary(UnaryOp::Gelu),
+    Op::Unary(UnaryOp::GeluDerivative),
     Op::Binary(BinaryOp::Add),
     Op::Binary(BinaryOp::Sub),
     Op::Binary(BinaryOp::Mul),

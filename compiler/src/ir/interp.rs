@@ -333,8 +333,23 @@ pub fn unary<T: Float>(op: UnaryOp, x: T) -> T {
         UnaryOp::Cosh => x.cosh(),
         UnaryOp::Atan => x.atan(),
         UnaryOp::Erf => T::from(libm::erf(x.to_f64().unwrap_or(f64::NAN))).unwrap_or(x),
+        UnaryOp::Gelu | UnaryOp::GeluDerivative => {
+            let x = x.to_f64().unwrap_or(f64::NAN);
+            let cdf = 0.5 * (1.0 + libm::erf(x * std::f64::consts::FRAC_1_SQRT_2));
+            let value = if op == UnaryOp::Gelu {
+                x * cdf
+            } else {
+                cdf + x * normal_density(x)
+            };
+            T::from(value).unwrap_or(T::nan())
+        }
         UnaryOp::StopGradient => x,
     }
+}
+
+/// The standard normal density `e^(-x^2 / 2) / sqrt(2 pi)`.
+fn normal_density(x: f64) -> f64 {
+    (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt()
 }
 
 /// The scalar meaning of each binary op.

@@ -82,6 +82,13 @@ pub enum UnaryOp {
     Atan,
     /// the error function `2/sqrt(pi) ∫_0^x e^(-t^2) dt`
     Erf,
+    /// the Gaussian error linear unit `x Φ(x) = (x / 2) (1 + erf(x / sqrt 2))` (PyTorch's exact
+    /// `gelu`): one op rather than its five, so that a transformer's widest activation and
+    /// its gradient are each one call of the kernel library's widest registers, and the
+    /// backward keeps only `x`
+    Gelu,
+    /// `gelu`'s derivative `Φ(x) + x φ(x)`, `φ` the standard normal density (its gradient rule)
+    GeluDerivative,
     /// `x`, through which no gradient flows (JAX's `stop_gradient`, PyTorch's `detach`): how a
     /// built-in states a gradient other than its value's derivative.
     StopGradient,
@@ -630,6 +637,8 @@ impl Op {
                 UnaryOp::Cosh => "cosh",
                 UnaryOp::Atan => "atan",
                 UnaryOp::Erf => "erf",
+                UnaryOp::Gelu => "gelu",
+                UnaryOp::GeluDerivative => "gelu_derivative",
                 UnaryOp::StopGradient => "stop_gradient",
             },
             Op::Binary(b) => match b {

@@ -1,13 +1,26 @@
-//! The ops nabla computes as one (attention, the windows of images) written as the standard
-//! operators they stand for: attention as its products, causal mask and softmax, with heads cut
-//! out of a packed projection; windows as a grouped convolution whose filters each pick one
-//! window element.
+//! The ops nabla computes as one (GELU, attention, the windows of images) written as the
+//! standard operators they stand for: GELU as its `erf`, products and sums; attention as its
+//! products, causal mask and softmax, with heads cut out of a packed projection; windows as a
+//! grouped convolution whose filters each pick one window element.
 
 use super::proto::data_type;
 use super::{ExportError, Writer, int, ints, window_attributes};
 use crate::ir::NodeId;
 
 impl Writer<'_> {
+    /// `gelu(x)` as the operators of opset 17 (which has no `Gelu`), in the order nabla
+    /// computes it: `(x / 2) (1 + erf(x / sqrt 2))`.
+    pub(super) fn gelu(&mut self, x: &str) -> String {
+        let scale = self.floats(&[], &[std::f32::consts::FRAC_1_SQRT_2]);
+        let scaled = self.op("Mul", &[x, &scale], Vec::new());
+        let erf = self.op("Erf", &[&scaled], Vec::new());
+        let one = self.floats(&[], &[1.0]);
+        let shifted = self.op("Add", &[&erf, &one], Vec::new());
+        let half = self.floats(&[], &[0.5]);
+        let halved = self.op("Mul", &[x, &half], Vec::new());
+        self.op("Mul", &[&halved, &shifted], Vec::new())
+    }
+
     /// The windows of images as rows (`[N, C, H, W]` -> `[N, OH, OW, C, KH, KW]`, what average
     /// pooling sums) by a grouped convolution whose filters pick one window element each
     /// (exact for finite pixels: each output is one pixel times 1 plus the others times 0).

@@ -423,6 +423,10 @@ impl Writer<'_> {
                     UnaryOp::Cosh => "Cosh",
                     UnaryOp::Atan => "Atan",
                     UnaryOp::Erf => "Erf",
+                    UnaryOp::Gelu => return Ok(self.gelu(a[0])),
+                    UnaryOp::GeluDerivative => {
+                        return Err(self.unsupported("gelu's derivative", id));
+                    }
                     UnaryOp::StopGradient => "Identity",
                 };
                 self.op(op, &a, Vec::new())

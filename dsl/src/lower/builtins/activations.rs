@@ -48,7 +48,8 @@ impl Lowerer<'_> {
     }
 
     /// `gelu(x, approximate = "none" | "tanh")`, PyTorch's `nn.GELU`: exactly
-    /// `x/2 (1 + erf(x / sqrt 2))`, or `x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x³)))`.
+    /// `x/2 (1 + erf(x / sqrt 2))` (one primitive, [`UnaryOp::Gelu`]), or
+    /// `x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x³)))`.
     fn gelu(&mut self, span: Span, args: &[Arg], env: &Env) -> LResult<NodeId> {
         let a = Args::new("gelu", span, args, 1, 1, &["approximate"])?;
         let tanh = match a.named("approximate") {
@@ -67,20 +68,18 @@ impl Lowerer<'_> {
             },
         };
         let x = self.expr(a.positional[0], env)?;
-        let inner = if tanh {
-            let cube = located(self.graph.mul(x, x), span)?;
-            let cube = located(self.graph.mul(cube, x), span)?;
-            let cube = located(self.graph.scale(cube, 0.044715), span)?;
-            let sum = located(self.graph.add(x, cube), span)?;
-            let sum = located(
-                self.graph.scale(sum, (2.0 / std::f64::consts::PI).sqrt()),
-                span,
-            )?;
-            located(self.graph.unary(UnaryOp::Tanh, sum), span)?
-        } else {
-            let scaled = located(self.graph.scale(x, std::f64::consts::FRAC_1_SQRT_2), span)?;
-            located(self.graph.unary(UnaryOp::Erf, scaled), span)?
-        };
+        if !tanh {
+            return located(self.graph.unary(UnaryOp::Gelu, x), span);
+        }
+        let cube = located(self.graph.mul(x, x), span)?;
+        let cube = located(self.graph.mul(cube, x), span)?;
+        let cube = located(self.graph.scale(cube, 0.044715), span)?;
+        let sum = located(self.graph.add(x, cube), span)?;
+        let sum = located(
+            self.graph.scale(sum, (2.0 / std::f64::consts::PI).sqrt()),
+            span,
+        )?;
+        let inner = located(self.graph.unary(UnaryOp::Tanh, sum), span)?;
         let one = self.graph.constant(1.0);
         let plus_one = located(self.graph.add(inner, one), span)?;
         let half = located(self.graph.scale(x, 0.5), span)?;
