@@ -7,7 +7,10 @@
 //! So the pool's helpers spin for a while after each job, as OpenMP runtimes do, and park
 //! only after [`SPIN`] without work; the calling thread takes parts itself instead of waiting,
 //! and parts are claimed from one counter, so a helper that is slow to arrive costs nothing:
-//! the caller has run its parts meanwhile. Each part is one fixed piece of work whoever runs
+//! the caller has run its parts meanwhile. Part 0 is always the caller's (claimed as the job
+//! is announced): consecutive kernels split alike then run each band on the same core, whose
+//! cache holds what it wrote (on a Xeon whose L3 is as slow as DRAM, the GPT's step 3% faster
+//! than when a spinning helper sometimes won part 0). Each part is one fixed piece of work whoever runs
 //! it, and runs under the floating-point control register of the thread that forked the job
 //! (its denormal mode, [`crate::denormals`]), so results do not depend on which thread ran what.
 //!
@@ -140,12 +143,15 @@ impl Pool {
         self.done.store(0, Ordering::Relaxed);
         self.allowed.store(threads - 1, Ordering::Relaxed);
         let next = (generation(self.claim.load(Ordering::Relaxed)) + 1) & 0xFFFF_FFFF;
+        // Part 0 is the caller's, claimed as the job is announced, so that the same thread
+        // runs the same band of consecutive kernels and finds it in its own cache.
         self.claim
-            .store(next << 32 | (parts as u64) << 16, Ordering::SeqCst);
+            .store(next << 32 | (parts as u64) << 16 | 1, Ordering::SeqCst);
         if self.sleepers.load(Ordering::SeqCst) > 0 {
             let _parked = self.parked.lock().unwrap_or_else(|e| e.into_inner());
             self.wake.notify_all();
         }
+        self.run_claimed(0);
         while self.run_a_part(next) {}
         while self.done.load(Ordering::Acquire) < parts {
             std::hint::spin_loop();
@@ -172,17 +178,22 @@ impl Pool {
                 Err(now) => claim = now,
             }
         }
+        self.run_claimed((claim & 0xFFFF) as usize);
+        true
+    }
+
+    /// Runs part `part` of the current job, claimed by this thread, keeping a panic for the
+    /// caller.
+    fn run_claimed(&self, part: usize) {
         // SAFETY: the part was claimed in the job's generation, so the caller is waiting for
         // it and `job` is that generation's.
         let job = unsafe { *self.job.get() };
-        let part = (claim & 0xFFFF) as usize;
         job.control.adopt();
         let ran = catch_unwind(AssertUnwindSafe(|| unsafe { (*job.f)(part) }));
         if let Err(panic) = ran {
             *self.panic.lock().unwrap_or_else(|e| e.into_inner()) = Some(panic);
         }
         self.done.fetch_add(1, Ordering::Release);
-        true
     }
 
     /// A helper's life: take parts of each new job it is allowed into, spinning between jobs
@@ -242,6 +253,31 @@ mod tests {
                 });
             }
         });
+    }
+
+    /// The caller runs part 0 of every job, however eager a spinning helper is, so that one
+    /// thread runs the same band of consecutive kernels (the data it wrote is in its cache).
+    /// Jobs run until a helper has taken 2,000 parts (or 200,000 jobs): when part 0 went to
+    /// whoever claimed first, a spinning helper had taken it 87 to 207 times by then (five
+    /// runs on a 2-core Xeon).
+    #[test]
+    fn the_caller_runs_the_first_part() {
+        let caller = std::thread::current().id();
+        let (first_elsewhere, helped) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        for _ in 0..200_000 {
+            for_each_part(2, 2, &|p| {
+                if std::thread::current().id() != caller {
+                    helped.fetch_add(1, Ordering::Relaxed);
+                    if p == 0 {
+                        first_elsewhere.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+            if helped.load(Ordering::Relaxed) >= 2_000 {
+                break;
+            }
+        }
+        assert_eq!(first_elsewhere.load(Ordering::Relaxed), 0);
     }
 
     #[test]
