@@ -84,8 +84,7 @@ fn every_level_trains_as_native(model: &str, (elementwise, whole): (f64, f64)) {
         );
         if level != "baseline" {
             assert_eq!(largest, 0.0, "{model}: {level} differs from native");
-        }
-        if level == "baseline" {
+        } else {
             assert!(
                 largest > 0.0,
                 "{model}: the scalar products gave the native bits"

@@ -10,9 +10,10 @@
 //! the caller has run its parts meanwhile. Part 0 is always the caller's (claimed as the job
 //! is announced): consecutive kernels split alike then run each band on the same core, whose
 //! cache holds what it wrote (on a Xeon whose L3 is as slow as DRAM, the GPT's step 3% faster
-//! than when a spinning helper sometimes won part 0). Each part is one fixed piece of work whoever runs
-//! it, and runs under the floating-point control register of the thread that forked the job
-//! (its denormal mode, [`crate::denormals`]), so results do not depend on which thread ran what.
+//! than when a spinning helper sometimes won part 0). Each part is one fixed piece of work
+//! whoever runs it, and runs under the floating-point control register of the thread that
+//! forked the job (its denormal mode, [`crate::denormals`]), so results do not depend on which
+//! thread ran what.
 //!
 //! One job runs at a time. A call made while the pool is busy (from another thread, or from
 //! inside a part) runs its parts on the calling thread.

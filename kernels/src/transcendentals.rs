@@ -1,9 +1,9 @@
 //! f32 `exp`, `erf`, `tanh`, `gelu` and `gelu`'s derivative of a block of memory in place, in
-//! the CPU's widest registers.
-//! Cranelift emits 128-bit vectors at most, so a map whose work is a transcendental function
-//! (GELU's `erf` and its gradient's `exp`, on a transformer's widest activations) ran at a
-//! quarter of an AVX-512 core's width in generated code; generated code now leaves such
-//! functions' arguments here a block of a row at a time (`compiler/src/codegen/loops.rs`).
+//! the CPU's widest registers. Cranelift emits 128-bit vectors at most, so a map whose work is
+//! a transcendental function (GELU and its derivative, on a transformer's widest activations)
+//! ran at a quarter of an AVX-512 core's width in generated code; generated code now leaves
+//! such functions' arguments here a block of a row at a time
+//! (`compiler/src/codegen/transcendental.rs`).
 //!
 //! Each function is the generated one (`compiler/src/codegen/math.rs`, whose coefficients
 //! are these) operation for operation: the same roundings in the same order, an FMA exactly
@@ -28,8 +28,6 @@ pub const TANH_DENOMINATOR: [f64; 4] = [
     1.185_347_056_866_54e-4,
     1.198_258_394_667_02e-6,
 ];
-/// `1 / sqrt(2 pi)`, the standard normal density's factor.
-pub const FRAC_1_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
 /// Where f32's `tanh` rounds to ±1: the fit's argument is clamped to it.
 pub const TANH_CLAMP: f64 = 7.905_311_107_635_498;
 /// Below this magnitude `tanh(x)` is `x` itself.
@@ -78,6 +76,8 @@ pub const ERF_DENOMINATOR: [f64; 5] = [
 ];
 /// Where f32's `erf` rounds to ±1: the fit's argument is clamped to it.
 pub const ERF_CLAMP: f64 = 4.0;
+/// `1 / sqrt(2 pi)`, the standard normal density's factor (in `gelu`'s derivative).
+pub const FRAC_1_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
 
 /// A function this module applies, by the number generated code passes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

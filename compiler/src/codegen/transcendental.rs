@@ -2,9 +2,10 @@
 //! computes in the CPU's widest registers (`nabla_kernels::transcendentals`), where the target
 //! has AVX2 and FMA. Cranelift emits 128-bit vectors at most, and such a function is a few
 //! dozen vector operations per four elements: the GELU of a transformer's MLP and its
-//! gradient bounded their kernels. Each row is taken in blocks of up to [`BLOCK`] elements: a first loop computes the
-//! functions' arguments into a stack array, one library call per function replaces them by
-//! their values, and a second loop computes the rest of the body from there. The library
+//! gradient bounded their kernels. Each row is taken in blocks of up to [`BLOCK`] elements: a
+//! first loop computes the functions' arguments into a stack array, one library call per
+//! function replaces them by their values, and a second loop computes the rest of the body
+//! from there. The library
 //! computes what the inline code would, operation for operation, so the bits are the same
 //! either way; rows shorter than one 512-bit register, scalars and f64 stay inline.
 
@@ -178,9 +179,9 @@ impl Emitter<'_, '_> {
     }
 
     /// The expressions the library computes: f32 `exp`, `erf`, `tanh`, `gelu` and its
-    /// derivative whose arguments
-    /// depend on no other such function, in a vectorised loop whose innermost extent holds at
-    /// least one 512-bit register; none where the target lacks the library's wide build.
+    /// derivative whose arguments depend on no other such function, in a vectorised loop whose
+    /// innermost extent holds at least one 512-bit register; none where the target lacks the
+    /// library's wide build.
     fn wide_functions(&self, dims: &[usize], vectorise: bool, exprs: &[Expr]) -> Vec<Wide> {
         let long = dims.last().is_some_and(|&inner| inner >= 16);
         if self.t.transcendental.is_none() || self.t.scalar != types::F32 || !vectorise || !long {
